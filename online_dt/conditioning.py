@@ -1,0 +1,615 @@
+"""Reward conditioning of any Hugging Face causal LM (decision-transformer style).
+
+The policy models ``p(completion | prompt, R)`` where ``R`` is a reward: the target asked for
+at sampling time, and the achieved reward at training time (hindsight relabeling). This follows
+the Decision Transformer (Chen et al., 2021) with a single return-to-go token, as in
+reward-conditioned language models (e.g. Quark, Lu et al., 2022, which uses reward tokens).
+
+Two modes place the reward in the same slot, index 0 of the sequence (see
+:mod:`online_dt.layout`):
+
+* ``scalar``: a learned ``Linear(1, hidden)`` maps the normalised reward to one embedding.
+* ``token``: the reward is binned to one of K new tokens ``<|reward_k|>`` added to the
+  tokenizer; their embeddings start from the mean and std of the existing embedding matrix.
+
+A saved policy is a normal Hugging Face model directory (vLLM and plain transformers load the
+base weights from it) plus ``online_dt_conditioning.json`` and, in scalar mode,
+``reward_head.safetensors``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from online_dt.config import ConditioningConfig, NormalizationConfig
+from online_dt.generation import sample_tokens
+from online_dt.layout import ConditionedBatch, layout_batch
+
+CONDITIONING_FILE = "online_dt_conditioning.json"
+HEAD_FILE = "reward_head.safetensors"
+FORMAT_VERSION = 1
+
+
+def reward_token(k: int) -> str:
+    """The text of reward token ``k`` (``<|reward_k|>``)."""
+    return f"<|reward_{k}|>"
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``auto``/``cpu``/``cuda`` to a torch device (``auto``: CUDA when available)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# reward normalisation and binning
+# ---------------------------------------------------------------------------------------------
+
+
+class RewardNormalizer:
+    """Affine or running normalisation ``(r - centre) / scale`` of rewards for the scalar head.
+
+    ``affine`` keeps the configured centre and scale. ``running`` tracks the mean and standard
+    deviation of every reward passed to :meth:`update` (Welford's online algorithm) and starts
+    from the configured centre/scale until two rewards have been seen.
+    """
+
+    def __init__(self, cfg: NormalizationConfig) -> None:
+        self.kind = cfg.kind
+        self.center = cfg.center
+        self.scale = cfg.scale
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def update(self, rewards: Sequence[float]) -> None:
+        """Fold rewards (reward units) into the running statistics; no-op for ``affine``."""
+        if self.kind != "running":
+            return
+        for r in rewards:
+            self.count += 1
+            delta = r - self.mean
+            self.mean += delta / self.count
+            self.m2 += delta * (r - self.mean)
+        if self.count >= 2:
+            self.center = self.mean
+            self.scale = max(math.sqrt(self.m2 / (self.count - 1)), 1e-6)
+
+    def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Normalise a tensor of rewards (any shape); returns the same shape."""
+        return (rewards - self.center) / self.scale
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state."""
+        return {k: getattr(self, k) for k in ("kind", "center", "scale", "count", "mean", "m2")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class RewardBinning:
+    """Maps rewards to K bins by K-1 increasing interior edges (token mode).
+
+    Bin ``k`` holds rewards ``edges[k-1] <= r < edges[k]``; rewards below the first edge go to
+    bin 0 and rewards at or above the last to bin K-1.
+    """
+
+    def __init__(self, edges: Sequence[float]) -> None:
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError(f"bin edges must be strictly increasing, got {list(edges)}")
+        self.edges = [float(e) for e in edges]
+
+    @property
+    def num_bins(self) -> int:
+        """K, the number of bins."""
+        return len(self.edges) + 1
+
+    @classmethod
+    def evenly(cls, low: float, high: float, num_bins: int) -> RewardBinning:
+        """K equal-width bins over ``[low, high]``."""
+        step = (high - low) / num_bins
+        return cls([low + step * k for k in range(1, num_bins)])
+
+    @classmethod
+    def from_quantiles(cls, rewards: Sequence[float], num_bins: int) -> RewardBinning:
+        """Equal-mass bins: edges at the ``k/K`` quantiles of ``rewards``.
+
+        Ties are broken by nudging repeated edges up by a tiny amount so edges stay increasing.
+
+        Raises:
+            ValueError: fewer than ``num_bins`` rewards are given.
+        """
+        if len(rewards) < num_bins:
+            raise ValueError(f"need at least {num_bins} rewards to cut {num_bins} bins")
+        values = torch.tensor(list(rewards), dtype=torch.float64)
+        qs = torch.arange(1, num_bins, dtype=torch.float64) / num_bins
+        edges = torch.quantile(values, qs).tolist()
+        for i in range(1, len(edges)):
+            if edges[i] <= edges[i - 1]:
+                edges[i] = edges[i - 1] + 1e-9 * max(1.0, abs(edges[i - 1]))
+        return cls(edges)
+
+    def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Bin indices, ``LongTensor`` of the same shape as ``rewards``, values in ``[0, K)``."""
+        edges = torch.tensor(self.edges, dtype=rewards.dtype, device=rewards.device)
+        return torch.bucketize(rewards.contiguous(), edges, right=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the policy
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    """One sampled completion of the conditioned policy.
+
+    Attributes:
+        prompt: the prompt text.
+        completion: decoded completion text (special tokens removed).
+        token_ids: generated ids, ending with EOS when ``finished``.
+        logprobs: raw log-probability of each generated token (natural log).
+        target: the target reward the policy was conditioned on (reward units).
+        finished: whether the completion ended with EOS.
+    """
+
+    prompt: str
+    completion: str
+    token_ids: list[int]
+    logprobs: list[float]
+    target: float
+    finished: bool
+
+
+class RewardConditionedPolicy(nn.Module):
+    """A causal LM conditioned on a reward through one input slot at index 0.
+
+    Create one with :meth:`from_base` (fresh conditioning over a base model) or
+    :meth:`from_pretrained` (a directory written by :meth:`save_pretrained`). The wrapped
+    ``model`` and ``tokenizer`` are ordinary Hugging Face objects.
+
+    Attributes:
+        model: the ``AutoModelForCausalLM``.
+        tokenizer: its tokenizer (with reward tokens added in token mode).
+        config: the :class:`ConditioningConfig`.
+        head: ``Linear(1, hidden)`` in scalar mode, else ``None``.
+        normalizer: reward normalisation used before the head (scalar mode).
+        binning: reward bins (token mode), else ``None``.
+        reward_token_ids: ids of ``<|reward_0|>..<|reward_{K-1}|>`` (token mode), else ``[]``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: ConditioningConfig,
+        *,
+        head: nn.Linear | None = None,
+        normalizer: RewardNormalizer | None = None,
+        binning: RewardBinning | None = None,
+        reward_token_ids: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.head = head
+        self.normalizer = normalizer or RewardNormalizer(config.normalization)
+        self.binning = binning
+        self.reward_token_ids = list(reward_token_ids)
+        if self.pad_token_id is None:
+            raise ValueError("the tokenizer needs a pad or EOS token")
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_base(
+        cls,
+        name_or_path: str | Path,
+        config: ConditioningConfig,
+        *,
+        device: str = "cpu",
+        attn_implementation: str = "sdpa",
+        seed: int = 0,
+    ) -> RewardConditionedPolicy:
+        """Wrap a base causal LM with fresh conditioning.
+
+        Args:
+            name_or_path: hub name or local directory, loaded with ``from_pretrained``.
+            config: conditioning settings.
+            device: ``cpu``, ``cuda`` or ``auto``.
+            attn_implementation: passed to ``from_pretrained``.
+            seed: seed for the new parameters (head, reward-token embeddings).
+
+        Raises:
+            OSError: the model or tokenizer cannot be found (a hub name without network, or a
+                missing directory); the message names ``name_or_path``.
+        """
+        model, tokenizer = _load_model_and_tokenizer(name_or_path, attn_implementation)
+        generator = torch.Generator().manual_seed(seed)
+        embeddings = model.get_input_embeddings().weight.detach().float()
+        if config.mode == "scalar":
+            head = _new_scalar_head(embeddings, generator)
+            policy = cls(model, tokenizer, config, head=head)
+        else:
+            token_ids = _add_reward_tokens(model, tokenizer, config.num_reward_tokens, generator)
+            binning = (
+                RewardBinning(config.bin_edges)
+                if config.bin_edges is not None
+                else RewardBinning.evenly(
+                    config.reward_min, config.reward_max, config.num_reward_tokens
+                )
+            )
+            policy = cls(model, tokenizer, config, binning=binning, reward_token_ids=token_ids)
+        return policy.to(resolve_device(device))
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, device: str = "cpu", attn_implementation: str = "sdpa"
+    ) -> RewardConditionedPolicy:
+        """Load a policy written by :meth:`save_pretrained`.
+
+        Raises:
+            FileNotFoundError: ``path`` has no ``online_dt_conditioning.json``.
+            ValueError: the file's format version is newer than this library understands.
+        """
+        path = Path(path)
+        meta_file = path / CONDITIONING_FILE
+        if not meta_file.is_file():
+            raise FileNotFoundError(
+                f"{path} is not a conditioned policy directory (no {CONDITIONING_FILE})"
+            )
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{meta_file} has format_version {meta['format_version']}")
+        config = ConditioningConfig.model_validate(meta["config"])
+        model, tokenizer = _load_model_and_tokenizer(path, attn_implementation)
+        normalizer = RewardNormalizer(config.normalization)
+        normalizer.load_state_dict(meta["normalizer"])
+        head = None
+        if config.mode == "scalar":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path / HEAD_FILE))
+            head = nn.Linear(1, state["weight"].shape[0])
+            head.load_state_dict(state)
+        binning = RewardBinning(meta["bin_edges"]) if meta.get("bin_edges") is not None else None
+        policy = cls(
+            model,
+            tokenizer,
+            config,
+            head=head,
+            normalizer=normalizer,
+            binning=binning,
+            reward_token_ids=meta.get("reward_token_ids", []),
+        )
+        return policy.to(resolve_device(device))
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the model, tokenizer and conditioning to ``path`` (created if needed).
+
+        The directory is a normal Hugging Face model directory; ``online_dt_conditioning.json``
+        holds the conditioning config, normaliser state, bin edges and reward-token ids, and
+        ``reward_head.safetensors`` the scalar head. Callers that need atomicity write to a
+        temporary directory and rename it (see the run-directory code).
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        if self.head is not None:
+            state = {
+                k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()
+            }
+            save_file(state, str(path / HEAD_FILE))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.model_dump(mode="json"),
+            "normalizer": self.normalizer.state_dict(),
+            "bin_edges": self.binning.edges if self.binning is not None else None,
+            "reward_token_ids": self.reward_token_ids,
+        }
+        (path / CONDITIONING_FILE).write_text(json.dumps(meta, indent=2))
+
+    # -- properties ----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    @property
+    def eos_token_id(self) -> int:
+        """The tokenizer's EOS id (completions end with it)."""
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The pad id (falls back to EOS)."""
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    # -- the conditioning slot -----------------------------------------------------------------
+
+    def fit_reward_statistics(self, rewards: Sequence[float]) -> None:
+        """Adapt normalisation or bins to rewards the policy is about to be trained on.
+
+        Scalar mode with ``running`` normalisation folds them into the running mean/std; token
+        mode with ``bin_method: quantile`` and no fixed edges re-cuts the bins at their
+        quantiles. Otherwise nothing changes.
+        """
+        self.normalizer.update(rewards)
+        cfg = self.config
+        if cfg.mode == "token" and cfg.bin_method == "quantile" and cfg.bin_edges is None:
+            self.binning = RewardBinning.from_quantiles(rewards, cfg.num_reward_tokens)
+
+    def slot_token_ids(self, rewards: Sequence[float]) -> list[int]:
+        """Column-0 ids for rewards: the reward token (token mode) or the pad id (scalar mode)."""
+        if self.config.mode == "scalar":
+            return [self.pad_token_id] * len(rewards)
+        assert self.binning is not None
+        bins = self.binning(torch.tensor(list(rewards), dtype=torch.float64))
+        return [self.reward_token_ids[int(b)] for b in bins]
+
+    def embed(self, input_ids: torch.Tensor, rewards: torch.Tensor | None) -> torch.Tensor:
+        """Input embeddings ``[B, T, H]`` with the slot (column 0) filled for ``rewards``.
+
+        Args:
+            input_ids: ``LongTensor[B, T]`` in the shared layout (column 0 is the slot).
+            rewards: ``[B]`` rewards in reward units, or ``None`` when ``input_ids`` holds no
+                slot (decoding steps). In token mode column 0 already holds the reward token,
+                so the rewards are not needed there.
+        """
+        embeds = self.model.get_input_embeddings()(input_ids)
+        if rewards is not None and self.head is not None:
+            normed = self.normalizer(rewards.to(self.head.weight.dtype).to(embeds.device))
+            slot = self.head(normed[:, None]).to(embeds.dtype)
+            embeds = torch.cat([slot[:, None, :], embeds[:, 1:, :]], dim=1)
+        return embeds
+
+    def forward(self, batch: ConditionedBatch, rewards: torch.Tensor) -> Any:
+        """Teacher-forced forward pass of a batch in the shared layout.
+
+        Args:
+            batch: from :meth:`layout` (or :func:`online_dt.layout.layout_batch`).
+            rewards: ``[B]`` conditioning rewards (reward units).
+
+        Returns:
+            The model's ``CausalLMOutput``; ``logits`` is ``[B, T, V]`` and, when the batch has
+            labels, ``loss`` is the mean next-token cross-entropy over labelled tokens.
+        """
+        return self.model(
+            inputs_embeds=self.embed(batch.input_ids, rewards),
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            labels=batch.labels,
+        )
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens."""
+        return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+    def layout(
+        self,
+        prompts: Sequence[str],
+        rewards: Sequence[float],
+        completions: Sequence[str] | None = None,
+        *,
+        include_prompt_loss: bool = False,
+    ) -> ConditionedBatch:
+        """Tokenise and lay out a batch: right padded with labels when completions are given
+        (completions get EOS appended), else left padded for generation."""
+        prompt_ids = self.encode(prompts)
+        completion_ids = None
+        if completions is not None:
+            completion_ids = [[*ids, self.eos_token_id] for ids in self.encode(completions)]
+        return layout_batch(
+            self.slot_token_ids(rewards),
+            prompt_ids,
+            completion_ids,
+            pad_id=self.pad_token_id,
+            padding_side="right" if completions is not None else "left",
+            include_prompt_loss=include_prompt_loss,
+        )
+
+    def prompt_embeds(self, prompt_ids: Sequence[int], reward: float) -> torch.Tensor:
+        """``[1 + len(prompt_ids), H]`` embeddings of one conditioned prompt (scalar mode), the
+        form vLLM's ``prompt_embeds`` input takes: reward embedding, then token embeddings.
+        Positions are not added here; the model adds them (0, 1, ...) as in training."""
+        ids = torch.tensor([[self.pad_token_id, *prompt_ids]], device=self.device)
+        rewards = torch.tensor([reward], device=self.device)
+        with torch.no_grad():
+            return self.embed(ids, rewards)[0]
+
+    def conditioned_token_ids(self, prompt_ids: Sequence[int], reward: float) -> list[int]:
+        """``[reward token, *prompt_ids]`` for one prompt (token mode), as plain token ids."""
+        return [*self.slot_token_ids([reward]), *prompt_ids]
+
+    # -- generation (HF reference sampler) -------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[float],
+        *,
+        max_new_tokens: int = 24,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        batch_size: int = 128,
+    ) -> list[Generation]:
+        """Sample one completion per prompt, each conditioned on its own target reward.
+
+        Args:
+            prompts: B prompt texts.
+            targets: B target rewards (reward units).
+            max_new_tokens: completion length limit in tokens.
+            temperature: 0 for greedy decoding.
+            top_p: nucleus threshold in ``(0, 1]``.
+            seed: seed of the sampling RNG (``None``: torch's global RNG).
+            batch_size: prompts per forward batch.
+
+        Returns:
+            B :class:`Generation` records in the order of ``prompts``.
+
+        Raises:
+            ValueError: ``prompts`` and ``targets`` differ in length.
+        """
+        if len(prompts) != len(targets):
+            raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+        was_training = self.training
+        self.eval()
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        results: list[Generation] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk_prompts = list(prompts[start : start + batch_size])
+            chunk_targets = [float(t) for t in targets[start : start + batch_size]]
+            batch = self.layout(chunk_prompts, chunk_targets).to(self.device)
+            rewards = torch.tensor(chunk_targets, device=self.device)
+            sampled = sample_tokens(
+                self.model,
+                self.embed(batch.input_ids, rewards),
+                batch.attention_mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.eos_token_id,
+                pad_token_id=self.pad_token_id,
+                temperature=temperature,
+                top_p=top_p,
+                generator=generator,
+                banned_token_ids=self.reward_token_ids,
+            )
+            for i, prompt in enumerate(chunk_prompts):
+                ids = sampled.token_ids[i]
+                results.append(
+                    Generation(
+                        prompt=prompt,
+                        completion=self.tokenizer.decode(ids, skip_special_tokens=True),
+                        token_ids=ids,
+                        logprobs=sampled.logprobs[i],
+                        target=chunk_targets[i],
+                        finished=sampled.finished[i],
+                    )
+                )
+        self.train(was_training)
+        return results
+
+    @torch.no_grad()
+    def completion_logprobs(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[float],
+        completion_ids: Sequence[Sequence[int]],
+    ) -> list[list[float]]:
+        """Teacher-forced log-probabilities of given completion tokens under the conditioning.
+
+        Args:
+            prompts: B prompt texts.
+            targets: B conditioning rewards.
+            completion_ids: B lists of completion token ids (as generated, EOS included).
+
+        Returns:
+            B lists, one natural-log probability per completion token.
+        """
+        batch = layout_batch(
+            self.slot_token_ids(targets),
+            self.encode(prompts),
+            completion_ids,
+            pad_id=self.pad_token_id,
+            padding_side="right",
+        ).to(self.device)
+        rewards = torch.tensor([float(t) for t in targets], device=self.device)
+        logits = self.model(
+            inputs_embeds=self.embed(batch.input_ids, rewards),
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+        ).logits.float()
+        logps = logits[:, :-1].log_softmax(-1)
+        labels = batch.labels[:, 1:]
+        out: list[list[float]] = []
+        for i in range(len(prompts)):
+            where = (labels[i] != -100).nonzero().squeeze(-1)
+            out.append(logps[i, where, labels[i, where]].tolist())
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_model_and_tokenizer(
+    name_or_path: str | Path, attn_implementation: str
+) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(name_or_path), dtype=torch.float32, attn_implementation=attn_implementation
+        )
+    except OSError as e:
+        raise OSError(
+            f"cannot load model {name_or_path!r}: {e}. Give a local model directory, or check "
+            "that the Hugging Face Hub is reachable for hub names."
+        ) from e
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def _new_scalar_head(embeddings: torch.Tensor, generator: torch.Generator) -> nn.Linear:
+    """``Linear(1, hidden)`` whose outputs start on the scale of token embeddings: bias is the
+    mean embedding, weight is drawn with the embedding entries' standard deviation."""
+    hidden = embeddings.shape[1]
+    head = nn.Linear(1, hidden)
+    with torch.no_grad():
+        std = embeddings.std().item()
+        head.weight.copy_(torch.randn(hidden, 1, generator=generator) * std)
+        head.bias.copy_(embeddings.mean(0))
+    return head
+
+
+def _add_reward_tokens(
+    model: Any, tokenizer: Any, num_tokens: int, generator: torch.Generator
+) -> list[int]:
+    """Add ``<|reward_k|>`` tokens, resize embeddings and initialise the new rows from the
+    per-dimension mean and std of the existing rows (input and, if untied, output matrix)."""
+    tokens = [reward_token(k) for k in range(num_tokens)]
+    tokenizer.add_tokens(tokens, special_tokens=True)
+    token_ids = tokenizer.convert_tokens_to_ids(tokens)
+    old_vocab = model.get_input_embeddings().weight.shape[0]
+    # Some models pad their vocabulary beyond the tokenizer's; never shrink it.
+    model.resize_token_embeddings(max(old_vocab, max(token_ids) + 1), mean_resizing=False)
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    new_rows = torch.tensor(token_ids)
+    keep = torch.ones(matrices[0].shape[0], dtype=torch.bool)
+    keep[new_rows] = False
+    keep[old_vocab:] = False
+    with torch.no_grad():
+        for weight in matrices:
+            old = weight[keep].float()
+            mean, std = old.mean(0), old.std(0)
+            noise = torch.randn(len(token_ids), weight.shape[1], generator=generator)
+            weight[new_rows] = (mean + std * noise).to(weight.dtype)
+    return token_ids

@@ -1,0 +1,386 @@
+"""Typed configuration, validated before any heavy work starts.
+
+Every model forbids unknown keys, documents each field, and checks its ranges, so a typo in a
+YAML file fails with the field's dotted path (``training.lr``) before a model is loaded. The style
+follows prime-rl's pydantic configs (docstring under each field, ``Field`` constraints,
+cross-field checks in ``model_validator``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EMBEDDED = "embedded"
+"""Special ``model.name_or_path``: the project's own tiny GPT-2 (``online-dt bootstrap``)."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, fields document themselves."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=False)
+
+
+class ConfigError(ValueError):
+    """A config file is missing, not YAML, or fails validation; the message names the field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# model and conditioning
+# ---------------------------------------------------------------------------------------------
+
+
+class ModelConfig(StrictModel):
+    """Which causal LM to condition, and where it runs."""
+
+    name_or_path: str = EMBEDDED
+    """Hugging Face hub name or local directory of an ``AutoModelForCausalLM``, or ``embedded``
+    for the project's own tiny GPT-2 (built by ``online-dt bootstrap`` on first use)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device for the learner and the HF reference sampler; ``auto`` picks CUDA when present."""
+
+    bf16_autocast: bool = True
+    """Use bfloat16 autocast for training forward passes on CUDA (ignored on CPU)."""
+
+    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    """Attention kernel passed to ``from_pretrained``."""
+
+
+class NormalizationConfig(StrictModel):
+    """How a reward is normalised before the scalar head embeds it: ``(r - centre) / scale``."""
+
+    kind: Literal["affine", "running"] = "affine"
+    """``affine``: fixed ``centre``/``scale``. ``running``: centre and scale are the running mean
+    and standard deviation of every reward the policy has been trained on (Welford's method)."""
+
+    center: float = 0.0
+    """Centre for ``affine`` (reward units); the starting mean for ``running``."""
+
+    scale: float = Field(1.0, gt=0.0)
+    """Scale for ``affine`` (reward units, > 0); the starting std for ``running``."""
+
+
+class ConditioningConfig(StrictModel):
+    """How the target reward enters the policy's input (one slot at sequence index 0)."""
+
+    mode: Literal["scalar", "token"] = "scalar"
+    """``scalar``: a learned ``Linear(1, hidden)`` embeds the normalised reward. ``token``: the
+    reward is binned to one of ``num_reward_tokens`` new tokens ``<|reward_k|>``."""
+
+    normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
+    """Reward normalisation for scalar mode."""
+
+    num_reward_tokens: int = Field(8, ge=2, le=1024)
+    """Number of reward bins (and reward tokens) in token mode."""
+
+    bin_method: Literal["fixed", "quantile"] = "quantile"
+    """``fixed``: bin edges are ``bin_edges``. ``quantile``: edges are re-cut at the quantiles of
+    the rewards the policy is first trained on (equal-mass bins)."""
+
+    bin_edges: list[float] | None = None
+    """Interior bin edges for ``fixed`` binning: ``num_reward_tokens - 1`` increasing values.
+    When omitted with ``fixed``, edges are spaced evenly over ``[reward_min, reward_max]``."""
+
+    reward_min: float = -1.0
+    """Lower end of the reward range, for evenly spaced fixed edges and for clamping targets."""
+
+    reward_max: float = 1.0
+    """Upper end of the reward range, for evenly spaced fixed edges and for clamping targets."""
+
+    @model_validator(mode="after")
+    def _check_bins(self) -> ConditioningConfig:
+        if self.reward_max <= self.reward_min:
+            raise ValueError("reward_max must be greater than reward_min")
+        if self.bin_edges is not None:
+            if len(self.bin_edges) != self.num_reward_tokens - 1:
+                raise ValueError(
+                    f"bin_edges needs num_reward_tokens - 1 = {self.num_reward_tokens - 1} values,"
+                    f" got {len(self.bin_edges)}"
+                )
+            if any(b <= a for a, b in zip(self.bin_edges, self.bin_edges[1:], strict=False)):
+                raise ValueError("bin_edges must be strictly increasing")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# reward model
+# ---------------------------------------------------------------------------------------------
+
+
+class RewardModelConfig(StrictModel):
+    """Which reward model scores (prompt, completion) pairs."""
+
+    kind: Literal["vader", "hf_classifier", "custom"] = "vader"
+    """``vader``: VADER compound sentiment in [-1, 1]. ``hf_classifier``: a sequence classifier's
+    logit or probability for ``label``. ``custom``: the class at ``class_path``."""
+
+    score_prompt: bool = False
+    """Score ``prompt + completion`` instead of the completion alone (vader, hf_classifier)."""
+
+    model_name_or_path: str | None = None
+    """``hf_classifier``: hub name or local directory of a sequence-classification model."""
+
+    label: str | int = 1
+    """``hf_classifier``: the label whose score is the reward, by name (``POSITIVE``) or index."""
+
+    output: Literal["logit", "probability"] = "probability"
+    """``hf_classifier``: reward is the label's raw logit or its softmax probability in [0, 1]."""
+
+    max_length: int = Field(512, ge=8)
+    """``hf_classifier``: texts are truncated to this many tokens."""
+
+    batch_size: int = Field(64, ge=1)
+    """Texts per forward pass of a neural reward model."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device of a neural reward model."""
+
+    class_path: str | None = None
+    """``custom``: ``package.module:ClassName`` of a class following the ``RewardModel``
+    protocol of ``online_dt.rewards``."""
+
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """``custom``: keyword arguments passed to the class's constructor."""
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> RewardModelConfig:
+        if self.kind == "hf_classifier" and not self.model_name_or_path:
+            raise ValueError("model_name_or_path is required when kind is 'hf_classifier'")
+        if self.kind == "custom":
+            if not self.class_path:
+                raise ValueError("class_path is required when kind is 'custom'")
+            module, sep, name = self.class_path.partition(":")
+            if not sep or not module or not name:
+                raise ValueError(
+                    f"class_path must look like 'package.module:ClassName', got {self.class_path!r}"
+                )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling, training, prompts
+# ---------------------------------------------------------------------------------------------
+
+
+class SamplingConfig(StrictModel):
+    """Sampling parameters for rollouts and evaluation."""
+
+    temperature: float = Field(1.0, ge=0.0)
+    """Softmax temperature; 0 means greedy decoding."""
+
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches ``top_p``."""
+
+    max_new_tokens: int = Field(24, ge=1)
+    """Maximum completion length in tokens (generation also stops at the EOS token)."""
+
+    batch_size: int = Field(128, ge=1)
+    """Prompts per generation batch of the HF reference sampler."""
+
+
+class TrainingConfig(StrictModel):
+    """Next-token training of the conditioned policy."""
+
+    lr: float = Field(1e-3, gt=0.0)
+    """Peak AdamW learning rate."""
+
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    """Clip the global gradient norm to this value; ``null`` disables clipping."""
+
+    warmup_steps: int = Field(0, ge=0)
+    """Linear learning-rate warm-up from 0 over this many optimizer steps."""
+
+    batch_size: int = Field(64, ge=1)
+    """Records per optimizer step."""
+
+    steps: int = Field(300, ge=0)
+    """Optimizer steps of offline training."""
+
+    include_prompt_loss: bool = False
+    """Also train on prompt tokens (by default only completion tokens carry loss)."""
+
+    head_lr_multiplier: float = Field(10.0, gt=0.0)
+    """Learning-rate multiplier for the freshly initialised conditioning parameters (the scalar
+    head, or the reward-token embeddings are part of the model and use the base rate)."""
+
+    seed: int = 0
+    """Seed for batch order and initialisation."""
+
+
+class PromptsConfig(StrictModel):
+    """Where prompts come from."""
+
+    source: Literal["embedded", "file"] = "embedded"
+    """``embedded``: the synthetic review openings of the embedded corpus. ``file``: one prompt
+    per line of ``path``."""
+
+    path: Path | None = None
+    """Text file with one prompt per line, for ``source: file``."""
+
+    limit: int | None = Field(None, ge=1)
+    """Use at most this many prompts."""
+
+    @model_validator(mode="after")
+    def _check_path(self) -> PromptsConfig:
+        if self.source == "file" and self.path is None:
+            raise ValueError("path is required when source is 'file'")
+        return self
+
+
+class BootstrapConfig(StrictModel):
+    """How the embedded base model is built (synthetic corpus, BPE tokenizer, tiny GPT-2)."""
+
+    cache_dir: Path | None = None
+    """Where the built model is cached; default ``$ONLINE_DT_CACHE`` or ``~/.cache/online-dt``."""
+
+    num_texts: int = Field(60_000, ge=100)
+    """Synthetic review texts generated for tokenizer and model training."""
+
+    vocab_size: int = Field(2048, ge=300)
+    """BPE vocabulary size."""
+
+    n_layer: int = Field(4, ge=1)
+    """Transformer layers of the tiny GPT-2."""
+
+    n_embd: int = Field(128, ge=16)
+    """Hidden size of the tiny GPT-2."""
+
+    n_head: int = Field(4, ge=1)
+    """Attention heads of the tiny GPT-2."""
+
+    n_positions: int = Field(128, ge=32)
+    """Context length of the tiny GPT-2 in tokens."""
+
+    steps: int = Field(1500, ge=1)
+    """Pretraining optimizer steps."""
+
+    batch_size: int = Field(64, ge=1)
+    """Texts per pretraining step."""
+
+    lr: float = Field(3e-3, gt=0.0)
+    """Peak pretraining learning rate (cosine decay after a short warm-up)."""
+
+    seed: int = 0
+    """Seed for the corpus, the tokenizer's input order and the model's initialisation."""
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> BootstrapConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class OfflineConfig(StrictModel):
+    """The offline decision-transformer demo: sample, score, train conditioned, evaluate."""
+
+    run_dir: Path = Path("runs/offline")
+    """Directory for the trained policy and the calibration table."""
+
+    samples_per_prompt: int = Field(4, ge=1)
+    """Base-model completions sampled per prompt to build the training data."""
+
+    eval_targets: list[float] | None = None
+    """Targets to evaluate; default: a low, a middle and a high quantile of the training rewards."""
+
+    eval_samples_per_target: int = Field(256, ge=1)
+    """Completions sampled per evaluation target."""
+
+    seed: int = 0
+    """Seed for sampling."""
+
+
+class OfflineRunConfig(StrictModel):
+    """Top-level config of ``online-dt train-offline``."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The base policy."""
+
+    conditioning: ConditioningConfig = Field(default_factory=ConditioningConfig)
+    """How the policy is conditioned on a target reward."""
+
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    """Which reward model scores completions."""
+
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    """Where prompts come from."""
+
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """Sampling parameters for data collection and evaluation."""
+
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    """Offline training of the conditioned policy."""
+
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    """How the embedded base model is built when ``model.name_or_path`` is ``embedded``."""
+
+    offline: OfflineConfig = Field(default_factory=OfflineConfig)
+    """Offline demo settings."""
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """Render pydantic errors as one line per field, each naming the dotted field path."""
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_config(path: str | Path, cls: type[C], overrides: dict[str, Any] | None = None) -> C:
+    """Load a YAML file into the config class ``cls``.
+
+    Args:
+        path: YAML file.
+        cls: the pydantic model to validate against (e.g. ``OfflineRunConfig``).
+        overrides: nested dict merged over the file's content before validation.
+
+    Raises:
+        ConfigError: the file is missing, is not a YAML mapping, or a field is invalid; the
+            message names every offending field by its dotted path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

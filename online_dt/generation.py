@@ -1,0 +1,146 @@
+"""Incremental sampling with a KV cache and explicit position ids (the HF reference sampler).
+
+We run our own decoding loop rather than ``model.generate`` so that the position rule of
+:mod:`online_dt.layout` is applied by our code in prefill and in every decoding step, for any
+causal LM (absolute or rotary positions), with inputs given as embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from online_dt.layout import positions_from_mask
+
+
+@dataclass
+class SampledTokens:
+    """Result of :func:`sample_tokens` for a batch of B rows.
+
+    Attributes:
+        token_ids: per row, the generated ids including a final EOS when the row stopped on it.
+        logprobs: per row, the log-probability (natural log, ``<= 0``) of each generated token
+            under the model's raw distribution (``log_softmax`` of the logits, before
+            temperature, top-p or banned tokens), the convention of vLLM's ``raw_logprobs``.
+        finished: per row, whether it ended with EOS (False: stopped at ``max_new_tokens``).
+    """
+
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    finished: list[bool]
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask logits outside the nucleus (Holtzman et al., 2020, "The Curious Case of Neural Text
+    Degeneration").
+
+    Args:
+        logits: ``[B, V]``.
+        top_p: in ``(0, 1]``; the smallest set of tokens whose probability reaches ``top_p`` is
+            kept (the most likely token always is).
+
+    Returns:
+        ``[B, V]`` logits with the others set to ``-inf``.
+    """
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    # drop a token when the mass before it already reaches top_p
+    drop_sorted = probs.cumsum(-1) - probs >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+@torch.no_grad()
+def sample_tokens(
+    model: torch.nn.Module,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    banned_token_ids: Sequence[int] = (),
+) -> SampledTokens:
+    """Sample continuations of left-padded prefixes given as embeddings.
+
+    Prefill runs on ``inputs_embeds`` with position ids ``cumsum(mask) - 1``; each decoding step
+    appends a 1 to the mask and uses the next position, so incremental logits equal
+    teacher-forced ones.
+
+    Args:
+        model: a Hugging Face causal LM (``forward`` accepts ``inputs_embeds``, ``input_ids``,
+            ``attention_mask``, ``position_ids``, ``past_key_values``).
+        inputs_embeds: ``[B, T, H]`` prefix embeddings (left padded).
+        attention_mask: ``[B, T]``, 0 on padding.
+        max_new_tokens: at most this many tokens per row (>= 1).
+        eos_token_id: a row stops after sampling this id.
+        pad_token_id: fed for rows that already stopped.
+        temperature: softmax temperature; 0 means greedy.
+        top_p: nucleus sampling threshold in ``(0, 1]``.
+        generator: torch RNG for reproducible sampling (on the model's device).
+        banned_token_ids: ids that are never sampled (e.g. reward tokens).
+
+    Returns:
+        :class:`SampledTokens`.
+    """
+    device = inputs_embeds.device
+    batch = inputs_embeds.shape[0]
+    mask = attention_mask.to(device)
+    positions = positions_from_mask(mask)
+    out = model(
+        inputs_embeds=inputs_embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+    )
+    cache = out.past_key_values
+    logits = out.logits[:, -1, :].float()
+    next_position = positions[:, -1:] + 1
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens: list[torch.Tensor] = []
+    logps: list[torch.Tensor] = []
+    banned = torch.tensor(list(banned_token_ids), dtype=torch.long, device=device)
+    for _ in range(max_new_tokens):
+        raw_logprobs = logits.log_softmax(-1)
+        scores = logits.clone()
+        if banned.numel():
+            scores[:, banned] = float("-inf")
+        if temperature == 0.0:
+            choice = scores.argmax(-1)
+        else:
+            probs = top_p_filter(scores / temperature, top_p).softmax(-1)
+            choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        choice = torch.where(done, torch.full_like(choice, pad_token_id), choice)
+        tokens.append(choice)
+        logps.append(raw_logprobs.gather(-1, choice[:, None]).squeeze(-1))
+        done = done | (choice == eos_token_id)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        out = model(
+            input_ids=choice[:, None],
+            attention_mask=mask,
+            position_ids=next_position,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        next_position = next_position + 1
+
+    token_matrix = torch.stack(tokens, dim=1).tolist()
+    logp_matrix = torch.stack(logps, dim=1).tolist()
+    result = SampledTokens([], [], [])
+    for row_tokens, row_logps in zip(token_matrix, logp_matrix, strict=True):
+        length = row_tokens.index(eos_token_id) + 1 if eos_token_id in row_tokens else None
+        result.token_ids.append(row_tokens[:length])
+        result.logprobs.append(row_logps[:length])
+        result.finished.append(length is not None)
+    return result

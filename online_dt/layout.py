@@ -1,0 +1,122 @@
+"""The one sequence layout shared by training, HF generation and the vLLM prompt.
+
+Every conditioned sequence is ``[slot] + tokens``: the conditioning slot (the scalar reward
+embedding, or the reward token) sits at index 0, followed by the prompt and, in training, the
+completion. Padding goes after the slot: on the left of the tokens for generation batches, on
+the right for training batches. The attention mask is 1 for the slot and every real token, and
+position ids are ``cumsum(mask) - 1`` clamped at 0, so a left-padded row gets exactly the
+positions of the same row unpadded: slot at 0, first prompt token at 1, and so on. Decoding
+keeps appending 1s to the mask and continues the positions from the last one.
+
+This is the rule ../shared/PLATFORM.md derives from the first scalar-conditioning library for
+GPT-2, whose generation path prepended the slot to the mask but kept the old position ids, so
+the first generated token reused the last prompt token's position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+IGNORE_INDEX = -100
+"""Label of positions that carry no loss (slot, padding, and prompt tokens by default)."""
+
+
+@dataclass
+class ConditionedBatch:
+    """A padded batch in the shared layout.
+
+    Attributes:
+        input_ids: ``LongTensor[B, T]``. Column 0 is the slot: the reward token id in token mode,
+            a placeholder (the pad id) in scalar mode, whose embedding is replaced.
+        attention_mask: ``LongTensor[B, T]``, 1 for the slot and real tokens, 0 for padding.
+        position_ids: ``LongTensor[B, T]``, ``clamp(cumsum(attention_mask) - 1, min=0)``.
+        labels: ``LongTensor[B, T]`` or ``None``; ``-100`` where no loss is taken. Labels are
+            aligned with ``input_ids`` (the model shifts them: logits at t predict token t+1).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> ConditionedBatch:
+        """Return the batch with every tensor moved to ``device``."""
+        return ConditionedBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            None if self.labels is None else self.labels.to(device),
+        )
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a (possibly padded) mask: ``clamp(cumsum(mask, -1) - 1, min=0)``.
+
+    Args:
+        attention_mask: ``[B, T]`` of 0/1.
+
+    Returns:
+        ``LongTensor[B, T]``; padded positions get the position of the last real token before
+        them (or 0), which is harmless because they are masked out.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def layout_batch(
+    slot_ids: Sequence[int],
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]] | None = None,
+    *,
+    pad_id: int,
+    padding_side: Literal["left", "right"] = "right",
+    include_prompt_loss: bool = False,
+) -> ConditionedBatch:
+    """Pad ``[slot] + prompt (+ completion)`` rows into one batch.
+
+    Args:
+        slot_ids: one id per row for column 0 (reward token, or a placeholder in scalar mode).
+        prompt_ids: token ids of each prompt, without any special token.
+        completion_ids: token ids of each completion (usually ending with EOS); when given,
+            ``labels`` is filled: completion tokens are targets, the slot and padding are -100,
+            and prompt tokens are -100 unless ``include_prompt_loss``.
+        pad_id: token id written into padded positions.
+        padding_side: ``left`` puts padding between the slot and the tokens (generation),
+            ``right`` after the tokens (training).
+        include_prompt_loss: also take loss on prompt tokens.
+
+    Returns:
+        A :class:`ConditionedBatch` of width ``1 + max(len(prompt) + len(completion))``.
+
+    Raises:
+        ValueError: the three sequences differ in length, or the batch is empty.
+    """
+    n = len(slot_ids)
+    if n == 0:
+        raise ValueError("cannot lay out an empty batch")
+    if len(prompt_ids) != n or (completion_ids is not None and len(completion_ids) != n):
+        raise ValueError("slot_ids, prompt_ids and completion_ids must have the same length")
+    completions = completion_ids if completion_ids is not None else [[] for _ in range(n)]
+    bodies = [list(p) + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
+    width = 1 + max(len(b) for b in bodies)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    input_ids[:, 0] = torch.tensor(list(slot_ids), dtype=torch.long)
+    mask[:, 0] = 1
+    for i, body in enumerate(bodies):
+        start = 1 if padding_side == "right" else width - len(body)
+        end = start + len(body)
+        input_ids[i, start:end] = torch.tensor(body, dtype=torch.long)
+        mask[i, start:end] = 1
+        loss_from = start if include_prompt_loss else start + len(prompt_ids[i])
+        labels[i, loss_from:end] = input_ids[i, loss_from:end]
+    return ConditionedBatch(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions_from_mask(mask),
+        labels=labels if completion_ids is not None else None,
+    )

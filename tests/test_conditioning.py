@@ -1,0 +1,297 @@
+"""Layout invariants, incremental-decoding parity and save/load of the conditioned policy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from online_dt.conditioning import (
+    CONDITIONING_FILE,
+    RewardBinning,
+    RewardConditionedPolicy,
+    RewardNormalizer,
+    reward_token,
+)
+from online_dt.config import ConditioningConfig, NormalizationConfig
+from online_dt.layout import IGNORE_INDEX, layout_batch, positions_from_mask
+from tests.tiny import build_tiny_model
+
+PROMPTS = ["the movie was", "honestly the game is fun and", "i"]
+TARGETS = [0.9, -0.5, 0.1]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def base_dir(request, tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def make_policy(base_dir, mode="scalar", **kw):
+    cfg = ConditioningConfig(mode=mode, **kw)
+    policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
+    return policy.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# layout
+# ---------------------------------------------------------------------------------------------
+
+
+def test_left_padded_rows_get_unpadded_positions():
+    batch = layout_batch([7, 8], [[1, 2, 3, 4], [5]], pad_id=0, padding_side="left")
+    assert batch.input_ids.tolist() == [[7, 1, 2, 3, 4], [8, 0, 0, 0, 5]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1]]
+    # the slot is position 0 and the first real token position 1 in both rows
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4]
+    assert batch.position_ids[1, 0].item() == 0
+    assert batch.position_ids[1, -1].item() == 1
+    alone = layout_batch([8], [[5]], pad_id=0, padding_side="left")
+    assert alone.position_ids.tolist() == [[0, 1]]
+    assert batch.labels is None
+
+
+def test_training_layout_labels_completion_only():
+    batch = layout_batch([9, 9], [[1, 2], [3]], [[4, 5, 0], [6, 0]], pad_id=0)
+    assert batch.input_ids.tolist() == [[9, 1, 2, 4, 5, 0], [9, 3, 6, 0, 0, 0]]
+    assert batch.attention_mask.tolist() == [[1] * 6, [1, 1, 1, 1, 0, 0]]
+    ignore = IGNORE_INDEX
+    assert batch.labels.tolist() == [
+        [ignore, ignore, ignore, 4, 5, 0],
+        [ignore, ignore, 6, 0, ignore, ignore],
+    ]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 3, 3]]
+    with_prompt = layout_batch([9], [[1, 2]], [[4]], pad_id=0, include_prompt_loss=True)
+    assert with_prompt.labels.tolist() == [[ignore, 1, 2, 4]]
+
+
+def test_positions_from_mask_clamps_leading_padding():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+def test_layout_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="same length"):
+        layout_batch([1, 2], [[1]], pad_id=0)
+    with pytest.raises(ValueError, match="empty"):
+        layout_batch([], [], pad_id=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation and bins
+# ---------------------------------------------------------------------------------------------
+
+
+def test_running_normalizer_tracks_mean_and_std():
+    norm = RewardNormalizer(NormalizationConfig(kind="running", center=0.0, scale=1.0))
+    values = [1.0, 3.0, 5.0, 7.0]
+    norm.update(values)
+    t = torch.tensor(values)
+    assert norm.center == pytest.approx(t.mean().item())
+    assert norm.scale == pytest.approx(t.std().item())
+    assert norm(torch.tensor([4.0])).item() == pytest.approx(0.0)
+    affine = RewardNormalizer(NormalizationConfig(kind="affine", center=1.0, scale=2.0))
+    affine.update(values)
+    assert affine(torch.tensor([5.0])).item() == pytest.approx(2.0)
+
+
+def test_binning_fixed_and_quantile():
+    bins = RewardBinning.evenly(-1.0, 1.0, 4)
+    assert bins.edges == pytest.approx([-0.5, 0.0, 0.5])
+    assert bins(torch.tensor([-2.0, -0.5, -0.1, 0.0, 0.49, 0.5, 3.0])).tolist() == [
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+    ]
+    rewards = torch.linspace(0, 1, 1001).tolist()
+    q = RewardBinning.from_quantiles(rewards, 4)
+    assert q.edges == pytest.approx([0.25, 0.5, 0.75])
+    counts = torch.bincount(q(torch.tensor(rewards)), minlength=4)
+    assert counts.min() >= 240
+    ties = RewardBinning.from_quantiles([0.0] * 50 + [1.0] * 50, 4)
+    assert all(b > a for a, b in zip(ties.edges, ties.edges[1:], strict=False))
+    with pytest.raises(ValueError, match="increasing"):
+        RewardBinning([0.5, 0.1])
+
+
+# ---------------------------------------------------------------------------------------------
+# policy construction
+# ---------------------------------------------------------------------------------------------
+
+
+def test_token_mode_adds_reward_tokens(base_dir):
+    before = make_policy(base_dir, "scalar")
+    policy = make_policy(base_dir, "token", num_reward_tokens=5, bin_method="fixed")
+    tok = policy.tokenizer
+    ids = [tok.convert_tokens_to_ids(reward_token(k)) for k in range(5)]
+    assert ids == policy.reward_token_ids
+    assert len(set(ids)) == 5 and min(ids) >= len(before.tokenizer)
+    # each reward token stays one token and decodes away as a special token
+    assert tok.encode(reward_token(3), add_special_tokens=False) == [ids[3]]
+    emb = policy.model.get_input_embeddings().weight.detach()
+    old = emb[: len(before.tokenizer)]
+    new = emb[ids]
+    # new rows are drawn around the old rows' mean with their spread
+    assert (new.mean(0) - old.mean(0)).abs().mean() < 3 * old.std(0).mean()
+    assert new.std() == pytest.approx(old.std().item(), rel=0.6)
+    # slot ids: targets map through evenly spaced bins over [-1, 1]
+    assert policy.slot_token_ids([-0.95, 0.95]) == [ids[0], ids[4]]
+    batch = policy.layout(["the movie"], [0.95])
+    assert batch.input_ids[0, 0].item() == ids[4]
+
+
+def test_scalar_slot_embedding_depends_on_reward(base_dir):
+    policy = make_policy(base_dir, "scalar")
+    a = policy.prompt_embeds([5, 6], 1.0)
+    b = policy.prompt_embeds([5, 6], -1.0)
+    assert a.shape == (3, policy.model.config.hidden_size)
+    assert not torch.allclose(a[0], b[0])
+    assert torch.equal(a[1:], b[1:])
+    token_embeds = policy.model.get_input_embeddings()(torch.tensor([5, 6]))
+    assert torch.equal(a[1:], token_embeds)
+
+
+def test_missing_model_gives_clear_error(tmp_path):
+    with pytest.raises(OSError, match="cannot load model"):
+        RewardConditionedPolicy.from_base(tmp_path / "nope", ConditioningConfig())
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher-forced vs incremental logits
+# ---------------------------------------------------------------------------------------------
+
+
+def incremental_logits(policy, prompts, targets, continuation, buggy=False):
+    """Prefill the left-padded conditioned prompts, then feed ``continuation`` one token at a
+    time with the shared position rule (or, ``buggy``, reusing the last prompt position for the
+    first decoded token as the defective library did)."""
+    batch = policy.layout(prompts, targets)
+    rewards = torch.tensor(targets)
+    mask = batch.attention_mask
+    out = policy.model(
+        inputs_embeds=policy.embed(batch.input_ids, rewards),
+        attention_mask=mask,
+        position_ids=batch.position_ids,
+        use_cache=True,
+    )
+    steps = [out.logits[:, -1]]
+    cache = out.past_key_values
+    position = batch.position_ids[:, -1:] + (0 if buggy else 1)
+    for t in range(continuation.shape[1] - 1):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = policy.model(
+            input_ids=continuation[:, t : t + 1],
+            attention_mask=mask,
+            position_ids=position,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        steps.append(out.logits[:, -1])
+        position = position + 1
+    return torch.stack(steps, dim=1)
+
+
+def teacher_forced_logits(policy, prompts, targets, continuation):
+    prompt_ids = policy.encode(prompts)
+    batch = layout_batch(
+        policy.slot_token_ids(targets),
+        prompt_ids,
+        continuation.tolist(),
+        pad_id=policy.pad_token_id,
+        padding_side="left",
+    )
+    logits = policy(batch, torch.tensor(targets)).logits
+    n = continuation.shape[1]
+    # logits at the last prompt token and each continuation token but the last
+    return logits[:, -n - 1 : -1]
+
+
+@pytest.mark.parametrize("mode", ["scalar", "token"])
+def test_incremental_logits_equal_teacher_forced(base_dir, mode):
+    torch.manual_seed(0)
+    policy = make_policy(base_dir, mode)
+    vocab = len(policy.tokenizer)
+    continuation = torch.randint(0, vocab - 20, (len(PROMPTS), 6))
+    with torch.no_grad():
+        full = teacher_forced_logits(policy, PROMPTS, TARGETS, continuation)
+        step = incremental_logits(policy, PROMPTS, TARGETS, continuation)
+        buggy = incremental_logits(policy, PROMPTS, TARGETS, continuation, buggy=True)
+    assert (full - step).abs().max().item() < 1e-4
+    # the check can fail: the defective position rule is far off
+    assert (full - buggy).abs().max().item() > 1e-3
+    # padding does not matter: each row alone gives the same logits
+    with torch.no_grad():
+        for i in range(len(PROMPTS)):
+            alone = teacher_forced_logits(
+                policy, PROMPTS[i : i + 1], TARGETS[i : i + 1], continuation[i : i + 1]
+            )
+            assert (alone[0] - full[i]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["scalar", "token"])
+def test_sampled_logprobs_match_teacher_forced(base_dir, mode):
+    policy = make_policy(base_dir, mode)
+    prompts = PROMPTS * 4
+    targets = [-1.0, 0.0, 1.0, 0.5] * 3
+    gens = policy.generate(prompts, targets, max_new_tokens=8, temperature=1.0, seed=3)
+    assert [g.prompt for g in gens] == prompts
+    assert [g.target for g in gens] == targets
+    scored = policy.completion_logprobs(prompts, targets, [g.token_ids for g in gens])
+    for g, ref in zip(gens, scored, strict=True):
+        assert len(g.token_ids) == len(g.logprobs) == len(ref) >= 1
+        assert max(abs(a - b) for a, b in zip(g.logprobs, ref, strict=True)) < 1e-4
+        assert not set(g.token_ids) & set(policy.reward_token_ids)
+        assert g.finished == (g.token_ids[-1] == policy.eos_token_id)
+    # sampling is reproducible under a seed
+    again = policy.generate(prompts, targets, max_new_tokens=8, temperature=1.0, seed=3)
+    assert [g.token_ids for g in again] == [g.token_ids for g in gens]
+
+
+def test_greedy_generation_ignores_batch_composition(base_dir):
+    policy = make_policy(base_dir, "scalar")
+    together = policy.generate(PROMPTS, TARGETS, max_new_tokens=6, temperature=0.0)
+    for i, g in enumerate(together):
+        alone = policy.generate([PROMPTS[i]], [TARGETS[i]], max_new_tokens=6, temperature=0.0)
+        assert alone[0].token_ids == g.token_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# save / load
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["scalar", "token"])
+def test_save_load_round_trip(base_dir, mode, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    policy = make_policy(base_dir, mode, normalization={"kind": "running"})
+    policy.fit_reward_statistics([0.1, 0.4, -0.3, 0.9, 0.2, -0.8, 0.5, 0.0, 0.3])
+    with torch.no_grad():
+        policy.head is not None and policy.head.weight.mul_(1.5)
+    policy.save_pretrained(tmp_path / "p")
+    loaded = RewardConditionedPolicy.from_pretrained(tmp_path / "p", attn_implementation="eager")
+    batch = policy.layout(PROMPTS, TARGETS, ["a b", "c", "d e f"])
+    with torch.no_grad():
+        a = policy(batch, torch.tensor(TARGETS)).logits
+        b = loaded.eval()(batch, torch.tensor(TARGETS)).logits
+    assert torch.equal(a, b)
+    assert loaded.normalizer.state_dict() == policy.normalizer.state_dict()
+    assert loaded.reward_token_ids == policy.reward_token_ids
+    if mode == "token":
+        assert loaded.binning.edges == policy.binning.edges
+    meta = json.loads((tmp_path / "p" / CONDITIONING_FILE).read_text())
+    assert meta["config"]["mode"] == mode
+    # a plain transformers load of the same directory gives the base weights
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, policy.model.state_dict()[name]), name
+
+
+def test_from_pretrained_rejects_plain_model_dir(base_dir):
+    with pytest.raises(FileNotFoundError, match=CONDITIONING_FILE):
+        RewardConditionedPolicy.from_pretrained(base_dir)

@@ -1,0 +1,80 @@
+"""Tiny random models and a locally trained tokenizer for tests (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SENTENCES = [
+    "the movie was wonderful and the acting was great",
+    "the food was terrible and the service was slow",
+    "i thought the book was boring but the ending was lovely",
+    "this hotel is awful, dirty and loud",
+    "honestly the game is fun, bright and clever",
+    "the plot felt weak and the music was sad",
+]
+
+
+def build_tokenizer(path: Path, vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained on a few sentences, saved to ``path``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(SENTENCES * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.save_pretrained(path)
+    return fast
+
+
+def build_tiny_model(path: Path, arch: str = "gpt2", seed: int = 0) -> Path:
+    """Save a tiny random GPT-2 or Llama-style model plus tokenizer to ``path``."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(path)
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    if arch == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+        model = GPT2LMHeadModel(cfg)
+    else:
+        cfg = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+            tie_word_embeddings=False,
+            initializer_range=0.2,
+        )
+        model = LlamaForCausalLM(cfg)
+    model.save_pretrained(path)
+    return path
