@@ -1,0 +1,194 @@
+"""Next-token training of the reward-conditioned policy (the decision-transformer objective).
+
+Each record is (prompt, completion, reward). The policy is conditioned on the record's reward,
+which for collected data is the reward the completion *achieved* (hindsight relabeling), and
+trained by cross-entropy on the completion tokens (and EOS); prompt tokens carry loss only when
+``include_prompt_loss`` is set. AdamW with global-norm clipping and optional linear warm-up;
+bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from online_dt.conditioning import RewardConditionedPolicy
+from online_dt.config import TrainingConfig
+from online_dt.layout import IGNORE_INDEX, ConditionedBatch
+
+
+@dataclass(frozen=True)
+class Record:
+    """One training example.
+
+    Attributes:
+        prompt: prompt text.
+        completion: completion text (EOS is appended when tokenised).
+        reward: the conditioning reward in reward units: the achieved reward of the completion.
+    """
+
+    prompt: str
+    completion: str
+    reward: float
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What one optimizer step did.
+
+    Attributes:
+        loss: mean next-token cross-entropy (nats per labelled token).
+        grad_norm: global gradient norm before clipping.
+        lr: base learning rate used for the step.
+        tokens: labelled tokens in the batch.
+    """
+
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int
+
+
+def collate(
+    policy: RewardConditionedPolicy, records: Sequence[Record], include_prompt_loss: bool = False
+) -> tuple[ConditionedBatch, torch.Tensor]:
+    """Lay out records for a teacher-forced step.
+
+    Returns:
+        The right-padded :class:`ConditionedBatch` with labels, and ``rewards`` as a float
+        tensor ``[B]`` (reward units).
+    """
+    rewards = [r.reward for r in records]
+    batch = policy.layout(
+        [r.prompt for r in records],
+        rewards,
+        [r.completion for r in records],
+        include_prompt_loss=include_prompt_loss,
+    )
+    return batch, torch.tensor(rewards, dtype=torch.float32)
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]``.
+
+    Args:
+        logits: ``[B, T, V]``.
+        labels: ``[B, T]`` aligned with the inputs, ``-100`` where no loss is taken.
+
+    Returns:
+        The scalar loss (nats per labelled token) and the number of labelled tokens.
+    """
+    targets = labels[:, 1:]
+    count = int((targets != IGNORE_INDEX).sum())
+    loss = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss / max(count, 1), count
+
+
+class ConditionedTrainer:
+    """Owns the optimizer and schedule for a :class:`RewardConditionedPolicy`.
+
+    The conditioning head (scalar mode) gets ``lr * head_lr_multiplier`` because it starts from
+    scratch while the rest of the model is pretrained.
+    """
+
+    def __init__(
+        self, policy: RewardConditionedPolicy, cfg: TrainingConfig, *, bf16_autocast: bool = True
+    ) -> None:
+        self.policy = policy
+        self.cfg = cfg
+        self.device = policy.device
+        self.autocast = bf16_autocast and self.device.type == "cuda"
+        head_params = list(policy.head.parameters()) if policy.head is not None else []
+        groups: list[dict[str, Any]] = [{"params": list(policy.model.parameters()), "lr": cfg.lr}]
+        if head_params:
+            groups.append({"params": head_params, "lr": cfg.lr * cfg.head_lr_multiplier})
+        self.optimizer = torch.optim.AdamW(groups, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        warmup = cfg.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        self.step_count = 0
+        self._rng = torch.Generator().manual_seed(cfg.seed)
+
+    def step(self, records: Sequence[Record]) -> StepMetrics:
+        """One optimizer step on ``records`` (a batch); returns its metrics."""
+        self.policy.train()
+        batch, rewards = collate(self.policy, records, self.cfg.include_prompt_loss)
+        batch = batch.to(self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.policy.model(
+                inputs_embeds=self.policy.embed(batch.input_ids, rewards.to(self.device)),
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+            ).logits
+        assert batch.labels is not None
+        loss, tokens = next_token_loss(logits, batch.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+        return StepMetrics(float(loss.detach()), float(grad_norm), lr, tokens)
+
+    def batches(self, records: Sequence[Record]) -> Iterator[list[Record]]:
+        """Endless shuffled passes over ``records`` in batches of ``cfg.batch_size``."""
+        if not records:
+            raise ValueError("no training records")
+        size = min(self.cfg.batch_size, len(records))
+        while True:
+            order = torch.randperm(len(records), generator=self._rng).tolist()
+            for start in range(0, len(order) - size + 1, size):
+                yield [records[i] for i in order[start : start + size]]
+
+    def fit(
+        self,
+        records: Sequence[Record],
+        steps: int,
+        *,
+        progress: bool = True,
+        desc: str = "train",
+    ) -> list[StepMetrics]:
+        """Train ``steps`` optimizer steps on shuffled batches of ``records``.
+
+        Raises:
+            ValueError: ``records`` is empty.
+        """
+        history: list[StepMetrics] = []
+        batches = self.batches(records)
+        bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
+        for _ in bar:
+            metrics = self.step(next(batches))
+            history.append(metrics)
+            bar.set_postfix(loss=f"{metrics.loss:.3f}")
+        return history
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, schedule and RNG state, for checkpoints."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step_count": self.step_count,
+            "rng": self._rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_count = state["step_count"]
+        self._rng.set_state(state["rng"])

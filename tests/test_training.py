@@ -1,0 +1,107 @@
+"""Training step: loss masking, parameter updates, warm-up, and a tiny conditioning task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from online_dt.conditioning import RewardConditionedPolicy
+from online_dt.config import ConditioningConfig, TrainingConfig
+from online_dt.layout import IGNORE_INDEX
+from online_dt.training import ConditionedTrainer, Record, collate, next_token_loss
+from tests.tiny import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("gpt2"), "gpt2")
+
+
+def policy_for(base_dir, mode="scalar", **kw):
+    cfg = ConditioningConfig(mode=mode, bin_method="fixed", **kw)
+    return RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
+
+
+RECORDS = [
+    Record("the movie was", " wonderful and great", 1.0),
+    Record("the food was", " terrible and slow", -1.0),
+    Record("honestly the game is", " fun", 0.5),
+]
+
+
+def test_collate_masks_prompt_and_padding(gpt2_dir):
+    policy = policy_for(gpt2_dir)
+    batch, rewards = collate(policy, RECORDS)
+    assert rewards.tolist() == [1.0, -1.0, 0.5]
+    for i, r in enumerate(RECORDS):
+        completion = policy.encode([r.completion])[0] + [policy.eos_token_id]
+        labelled = batch.labels[i][batch.labels[i] != IGNORE_INDEX].tolist()
+        assert labelled == completion
+    batch_p, _ = collate(policy, RECORDS, include_prompt_loss=True)
+    assert (batch_p.labels != IGNORE_INDEX).sum() > (batch.labels != IGNORE_INDEX).sum()
+
+
+def test_next_token_loss_matches_reference():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, 1, 2, -100, -100]])
+    loss, count = next_token_loss(logits, labels)
+    assert count == 5
+    picks = [(0, 1, 3), (0, 2, 4), (0, 3, 5), (1, 0, 1), (1, 1, 2)]
+    manual = -sum(logits[b, t].log_softmax(-1)[y] for b, t, y in picks) / 5
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["scalar", "token"])
+def test_step_updates_every_parameter_and_lowers_loss(gpt2_dir, mode):
+    policy = policy_for(gpt2_dir, mode)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    trainer = ConditionedTrainer(policy, TrainingConfig(lr=3e-3, batch_size=3, seed=0))
+    first = trainer.step(RECORDS)
+    for _ in range(20):
+        last = trainer.step(RECORDS)
+    assert torch.isfinite(torch.tensor(first.loss)) and first.tokens > 0
+    assert last.loss < first.loss * 0.7
+    unchanged = [n for n, p in policy.named_parameters() if torch.equal(p, before[n])]
+    # every parameter moves except embedding rows of tokens that never appear: check tensors
+    assert unchanged == []
+    if mode == "scalar":
+        assert not torch.equal(policy.head.weight, before["head.weight"])
+
+
+def test_warmup_ramps_learning_rate(gpt2_dir):
+    policy = policy_for(gpt2_dir)
+    trainer = ConditionedTrainer(policy, TrainingConfig(lr=1e-3, warmup_steps=4, batch_size=3))
+    lrs = [trainer.step(RECORDS).lr for _ in range(6)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4:] == pytest.approx([1e-3, 1e-3])
+    head_lr = trainer.optimizer.param_groups[1]["lr"]
+    assert head_lr == pytest.approx(1e-3 * TrainingConfig().head_lr_multiplier)
+
+
+def test_trainer_state_round_trip(gpt2_dir):
+    policy = policy_for(gpt2_dir)
+    trainer = ConditionedTrainer(policy, TrainingConfig(batch_size=2, seed=5))
+    trainer.fit(RECORDS, 3, progress=False)
+    state = trainer.state_dict()
+    other = ConditionedTrainer(policy, TrainingConfig(batch_size=2, seed=99))
+    other.load_state_dict(state)
+    assert other.step_count == 3
+    assert next(other.batches(RECORDS)) == next(trainer.batches(RECORDS))
+
+
+def test_fit_rejects_empty_records(gpt2_dir):
+    trainer = ConditionedTrainer(policy_for(gpt2_dir), TrainingConfig())
+    with pytest.raises(ValueError, match="no training records"):
+        trainer.fit([], 1, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["scalar", "token"])
+def test_conditioning_is_learned_on_a_toy_task(gpt2_dir, mode):
+    """The same prompt must be completed differently depending on the reward alone."""
+    policy = policy_for(gpt2_dir, mode, num_reward_tokens=2)
+    records = [Record("the movie was", " great", 1.0), Record("the movie was", " awful", -1.0)]
+    trainer = ConditionedTrainer(policy, TrainingConfig(lr=3e-3, batch_size=2, seed=0))
+    trainer.fit(records * 2, 60, progress=False)
+    out = policy.generate(["the movie was"] * 2, [1.0, -1.0], max_new_tokens=4, temperature=0.0)
+    assert [g.completion for g in out] == [" great", " awful"]
