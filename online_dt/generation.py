@@ -144,3 +144,57 @@ def sample_tokens(
         result.logprobs.append(row_logps[:length])
         result.finished.append(length is not None)
     return result
+
+
+@torch.no_grad()
+def sample_unconditioned(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    banned_token_ids: Sequence[int] = (),
+    batch_size: int = 128,
+) -> SampledTokens:
+    """Sample from a plain (unconditioned) causal LM: left-padded prompts, no reward slot.
+
+    Used to collect the base model's completions for offline training and to measure the base
+    model's reward spread. Arguments are those of :func:`sample_tokens`; ``prompt_ids`` are the
+    prompts' token ids (each non-empty).
+
+    Raises:
+        ValueError: a prompt has no tokens.
+    """
+    device = next(model.parameters()).device
+    embed = model.get_input_embeddings()
+    result = SampledTokens([], [], [])
+    for start in range(0, len(prompt_ids), batch_size):
+        chunk = [list(p) for p in prompt_ids[start : start + batch_size]]
+        if any(not p for p in chunk):
+            raise ValueError("cannot sample from an empty prompt")
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, p in enumerate(chunk):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        part = sample_tokens(
+            model,
+            embed(ids.to(device)),
+            mask.to(device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            temperature=temperature,
+            top_p=top_p,
+            generator=generator,
+            banned_token_ids=banned_token_ids,
+        )
+        result.token_ids.extend(part.token_ids)
+        result.logprobs.extend(part.logprobs)
+        result.finished.extend(part.finished)
+    return result
