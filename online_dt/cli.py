@@ -126,7 +126,8 @@ def _train_offline(cfg: OfflineRunConfig, progress: bool) -> int:
         return 1
     base = report["base_samples"]
     print(
-        f"\nbase model samples: {base['count']}, reward mean {base['mean']:.3f} sd {base['std']:.3f}"
+        f"\nbase model samples: {base['count']}, "
+        f"reward mean {base['mean']:.3f} sd {base['std']:.3f}"
     )
     print(f"conditioned policy ({report['conditioning']} mode), achieved reward per target:")
     print(format_calibration_table(report["calibration"]))

@@ -120,7 +120,10 @@ def evaluate_targets(
 
 def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of :func:`evaluate_targets` rows."""
-    header = f"{'target':>8} {'achieved':>9} {'std':>6} {'p10':>7} {'p90':>7} {'|err|':>6} {'d-1':>5} {'d-2':>5}"
+    header = (
+        f"{'target':>8} {'achieved':>9} {'std':>6} {'p10':>7} {'p90':>7} "
+        f"{'|err|':>6} {'d-1':>5} {'d-2':>5}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
