@@ -148,6 +148,137 @@ class RewardBinning:
 
 
 # ---------------------------------------------------------------------------------------------
+# the conditioner: everything about the slot, independent of the language model
+# ---------------------------------------------------------------------------------------------
+
+
+class RewardConditioner(nn.Module):
+    """Turns rewards into the content of the conditioning slot (sequence index 0).
+
+    Holds the conditioning config, the scalar head and normaliser (scalar mode) or the bins and
+    reward-token ids (token mode). The policy uses it for training and HF generation; the vLLM
+    sampler uses the same object to build ``prompt_embeds`` or reward-token prompts, so the slot
+    is computed by one piece of code everywhere.
+
+    Attributes:
+        config: the :class:`ConditioningConfig`.
+        head: ``Linear(1, hidden)`` in scalar mode, else ``None``.
+        normalizer: reward normalisation used before the head.
+        binning: reward bins (token mode), else ``None``.
+        reward_token_ids: ids of ``<|reward_0|>..<|reward_{K-1}|>`` (token mode), else ``[]``.
+        placeholder_id: id written into column 0 in scalar mode (its embedding is replaced).
+    """
+
+    def __init__(
+        self,
+        config: ConditioningConfig,
+        *,
+        placeholder_id: int,
+        head: nn.Linear | None = None,
+        binning: RewardBinning | None = None,
+        reward_token_ids: Sequence[int] = (),
+        normalizer: RewardNormalizer | None = None,
+    ) -> None:
+        super().__init__()
+        if config.mode == "scalar" and head is None:
+            raise ValueError("scalar conditioning needs a head")
+        if config.mode == "token" and (binning is None or not reward_token_ids):
+            raise ValueError("token conditioning needs bins and reward-token ids")
+        self.config = config
+        self.head = head
+        self.normalizer = normalizer or RewardNormalizer(config.normalization)
+        self.binning = binning
+        self.reward_token_ids = list(reward_token_ids)
+        self.placeholder_id = placeholder_id
+
+    def fit_reward_statistics(self, rewards: Sequence[float]) -> None:
+        """Adapt normalisation or bins to rewards the policy is about to be trained on.
+
+        Scalar mode with ``running`` normalisation folds them into the running mean/std; token
+        mode with ``bin_method: quantile`` and no fixed edges re-cuts the bins at their
+        quantiles. Otherwise nothing changes.
+        """
+        self.normalizer.update(rewards)
+        cfg = self.config
+        if cfg.mode == "token" and cfg.bin_method == "quantile" and cfg.bin_edges is None:
+            self.binning = RewardBinning.from_quantiles(rewards, cfg.num_reward_tokens)
+
+    def slot_token_ids(self, rewards: Sequence[float]) -> list[int]:
+        """Column-0 ids for rewards: the reward token (token mode) or the placeholder."""
+        if self.binning is None:
+            return [self.placeholder_id] * len(rewards)
+        bins = self.binning(torch.tensor([float(r) for r in rewards], dtype=torch.float64))
+        return [self.reward_token_ids[int(b)] for b in bins]
+
+    def fill_slot(self, embeds: torch.Tensor, rewards: torch.Tensor | None) -> torch.Tensor:
+        """Replace column 0 of ``embeds`` (``[B, T, H]``) with the scalar reward embedding of
+        ``rewards`` (``[B]``, reward units). Token mode, or ``rewards=None``, returns
+        ``embeds`` unchanged (the reward token's own embedding is already there)."""
+        if rewards is None or self.head is None:
+            return embeds
+        normed = self.normalizer(rewards.to(self.head.weight.device, self.head.weight.dtype))
+        slot = self.head(normed[:, None]).to(embeds.dtype)
+        return torch.cat([slot[:, None, :], embeds[:, 1:, :]], dim=1)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``online_dt_conditioning.json`` (and ``reward_head.safetensors``) to ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if self.head is not None:
+            state = {
+                k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()
+            }
+            save_file(state, str(path / HEAD_FILE))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.model_dump(mode="json"),
+            "normalizer": self.normalizer.state_dict(),
+            "bin_edges": self.binning.edges if self.binning is not None else None,
+            "reward_token_ids": self.reward_token_ids,
+            "placeholder_id": self.placeholder_id,
+        }
+        (path / CONDITIONING_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RewardConditioner:
+        """Read what :meth:`save` wrote (on CPU).
+
+        Raises:
+            FileNotFoundError: ``path`` has no ``online_dt_conditioning.json``.
+            ValueError: the file's format version is newer than this library understands.
+        """
+        path = Path(path)
+        meta_file = path / CONDITIONING_FILE
+        if not meta_file.is_file():
+            raise FileNotFoundError(
+                f"{path} is not a conditioned policy directory (no {CONDITIONING_FILE})"
+            )
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{meta_file} has format_version {meta['format_version']}")
+        config = ConditioningConfig.model_validate(meta["config"])
+        normalizer = RewardNormalizer(config.normalization)
+        normalizer.load_state_dict(meta["normalizer"])
+        head = None
+        if config.mode == "scalar":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path / HEAD_FILE))
+            head = nn.Linear(1, state["weight"].shape[0])
+            head.load_state_dict(state)
+        edges = meta.get("bin_edges")
+        return cls(
+            config,
+            placeholder_id=meta["placeholder_id"],
+            head=head,
+            binning=RewardBinning(edges) if edges is not None else None,
+            reward_token_ids=meta.get("reward_token_ids", []),
+            normalizer=normalizer,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # the policy
 # ---------------------------------------------------------------------------------------------
 
@@ -183,34 +314,14 @@ class RewardConditionedPolicy(nn.Module):
     Attributes:
         model: the ``AutoModelForCausalLM``.
         tokenizer: its tokenizer (with reward tokens added in token mode).
-        config: the :class:`ConditioningConfig`.
-        head: ``Linear(1, hidden)`` in scalar mode, else ``None``.
-        normalizer: reward normalisation used before the head (scalar mode).
-        binning: reward bins (token mode), else ``None``.
-        reward_token_ids: ids of ``<|reward_0|>..<|reward_{K-1}|>`` (token mode), else ``[]``.
+        conditioner: the :class:`RewardConditioner` that fills the slot.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        config: ConditioningConfig,
-        *,
-        head: nn.Linear | None = None,
-        normalizer: RewardNormalizer | None = None,
-        binning: RewardBinning | None = None,
-        reward_token_ids: Sequence[int] = (),
-    ) -> None:
+    def __init__(self, model: Any, tokenizer: Any, conditioner: RewardConditioner) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        self.config = config
-        self.head = head
-        self.normalizer = normalizer or RewardNormalizer(config.normalization)
-        self.binning = binning
-        self.reward_token_ids = list(reward_token_ids)
-        if self.pad_token_id is None:
-            raise ValueError("the tokenizer needs a pad or EOS token")
+        self.conditioner = conditioner
 
     # -- construction --------------------------------------------------------------------------
 
@@ -240,9 +351,10 @@ class RewardConditionedPolicy(nn.Module):
         model, tokenizer = _load_model_and_tokenizer(name_or_path, attn_implementation)
         generator = torch.Generator().manual_seed(seed)
         embeddings = model.get_input_embeddings().weight.detach().float()
+        placeholder = _pad_id(tokenizer)
         if config.mode == "scalar":
             head = _new_scalar_head(embeddings, generator)
-            policy = cls(model, tokenizer, config, head=head)
+            conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head)
         else:
             token_ids = _add_reward_tokens(model, tokenizer, config.num_reward_tokens, generator)
             binning = (
@@ -252,8 +364,10 @@ class RewardConditionedPolicy(nn.Module):
                     config.reward_min, config.reward_max, config.num_reward_tokens
                 )
             )
-            policy = cls(model, tokenizer, config, binning=binning, reward_token_ids=token_ids)
-        return policy.to(resolve_device(device))
+            conditioner = RewardConditioner(
+                config, placeholder_id=placeholder, binning=binning, reward_token_ids=token_ids
+            )
+        return cls(model, tokenizer, conditioner).to(resolve_device(device))
 
     @classmethod
     def from_pretrained(
@@ -265,37 +379,9 @@ class RewardConditionedPolicy(nn.Module):
             FileNotFoundError: ``path`` has no ``online_dt_conditioning.json``.
             ValueError: the file's format version is newer than this library understands.
         """
-        path = Path(path)
-        meta_file = path / CONDITIONING_FILE
-        if not meta_file.is_file():
-            raise FileNotFoundError(
-                f"{path} is not a conditioned policy directory (no {CONDITIONING_FILE})"
-            )
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{meta_file} has format_version {meta['format_version']}")
-        config = ConditioningConfig.model_validate(meta["config"])
+        conditioner = RewardConditioner.load(path)
         model, tokenizer = _load_model_and_tokenizer(path, attn_implementation)
-        normalizer = RewardNormalizer(config.normalization)
-        normalizer.load_state_dict(meta["normalizer"])
-        head = None
-        if config.mode == "scalar":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path / HEAD_FILE))
-            head = nn.Linear(1, state["weight"].shape[0])
-            head.load_state_dict(state)
-        binning = RewardBinning(meta["bin_edges"]) if meta.get("bin_edges") is not None else None
-        policy = cls(
-            model,
-            tokenizer,
-            config,
-            head=head,
-            normalizer=normalizer,
-            binning=binning,
-            reward_token_ids=meta.get("reward_token_ids", []),
-        )
-        return policy.to(resolve_device(device))
+        return cls(model, tokenizer, conditioner).to(resolve_device(device))
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the model, tokenizer and conditioning to ``path`` (created if needed).
@@ -303,29 +389,25 @@ class RewardConditionedPolicy(nn.Module):
         The directory is a normal Hugging Face model directory; ``online_dt_conditioning.json``
         holds the conditioning config, normaliser state, bin edges and reward-token ids, and
         ``reward_head.safetensors`` the scalar head. Callers that need atomicity write to a
-        temporary directory and rename it (see the run-directory code).
+        temporary directory and rename it (:func:`online_dt.io.atomic_write_dir`).
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        if self.head is not None:
-            state = {
-                k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()
-            }
-            save_file(state, str(path / HEAD_FILE))
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "config": self.config.model_dump(mode="json"),
-            "normalizer": self.normalizer.state_dict(),
-            "bin_edges": self.binning.edges if self.binning is not None else None,
-            "reward_token_ids": self.reward_token_ids,
-        }
-        (path / CONDITIONING_FILE).write_text(json.dumps(meta, indent=2))
+        self.conditioner.save(path)
 
     # -- properties ----------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ConditioningConfig:
+        """The conditioning config."""
+        return self.conditioner.config
+
+    @property
+    def reward_token_ids(self) -> list[int]:
+        """Reward-token ids (token mode), else ``[]``; never sampled."""
+        return self.conditioner.reward_token_ids
 
     @property
     def device(self) -> torch.device:
@@ -340,30 +422,17 @@ class RewardConditionedPolicy(nn.Module):
     @property
     def pad_token_id(self) -> int:
         """The pad id (falls back to EOS)."""
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+        return _pad_id(self.tokenizer)
 
     # -- the conditioning slot -----------------------------------------------------------------
 
     def fit_reward_statistics(self, rewards: Sequence[float]) -> None:
-        """Adapt normalisation or bins to rewards the policy is about to be trained on.
-
-        Scalar mode with ``running`` normalisation folds them into the running mean/std; token
-        mode with ``bin_method: quantile`` and no fixed edges re-cuts the bins at their
-        quantiles. Otherwise nothing changes.
-        """
-        self.normalizer.update(rewards)
-        cfg = self.config
-        if cfg.mode == "token" and cfg.bin_method == "quantile" and cfg.bin_edges is None:
-            self.binning = RewardBinning.from_quantiles(rewards, cfg.num_reward_tokens)
+        """See :meth:`RewardConditioner.fit_reward_statistics`."""
+        self.conditioner.fit_reward_statistics(rewards)
 
     def slot_token_ids(self, rewards: Sequence[float]) -> list[int]:
-        """Column-0 ids for rewards: the reward token (token mode) or the pad id (scalar mode)."""
-        if self.config.mode == "scalar":
-            return [self.pad_token_id] * len(rewards)
-        assert self.binning is not None
-        bins = self.binning(torch.tensor(list(rewards), dtype=torch.float64))
-        return [self.reward_token_ids[int(b)] for b in bins]
+        """See :meth:`RewardConditioner.slot_token_ids`."""
+        return self.conditioner.slot_token_ids(rewards)
 
     def embed(self, input_ids: torch.Tensor, rewards: torch.Tensor | None) -> torch.Tensor:
         """Input embeddings ``[B, T, H]`` with the slot (column 0) filled for ``rewards``.
@@ -371,15 +440,9 @@ class RewardConditionedPolicy(nn.Module):
         Args:
             input_ids: ``LongTensor[B, T]`` in the shared layout (column 0 is the slot).
             rewards: ``[B]`` rewards in reward units, or ``None`` when ``input_ids`` holds no
-                slot (decoding steps). In token mode column 0 already holds the reward token,
-                so the rewards are not needed there.
+                slot (decoding steps). In token mode column 0 already holds the reward token.
         """
-        embeds = self.model.get_input_embeddings()(input_ids)
-        if rewards is not None and self.head is not None:
-            normed = self.normalizer(rewards.to(self.head.weight.dtype).to(embeds.device))
-            slot = self.head(normed[:, None]).to(embeds.dtype)
-            embeds = torch.cat([slot[:, None, :], embeds[:, 1:, :]], dim=1)
-        return embeds
+        return self.conditioner.fill_slot(self.model.get_input_embeddings()(input_ids), rewards)
 
     def forward(self, batch: ConditionedBatch, rewards: torch.Tensor) -> Any:
         """Teacher-forced forward pass of a batch in the shared layout.
@@ -573,6 +636,15 @@ def _load_model_and_tokenizer(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer needs a pad or EOS token")
+    return int(pad)
 
 
 def _new_scalar_head(embeddings: torch.Tensor, generator: torch.Generator) -> nn.Linear:

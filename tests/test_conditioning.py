@@ -272,7 +272,8 @@ def test_save_load_round_trip(base_dir, mode, tmp_path):
     policy = make_policy(base_dir, mode, normalization={"kind": "running"})
     policy.fit_reward_statistics([0.1, 0.4, -0.3, 0.9, 0.2, -0.8, 0.5, 0.0, 0.3])
     with torch.no_grad():
-        policy.head is not None and policy.head.weight.mul_(1.5)
+        if policy.conditioner.head is not None:
+            policy.conditioner.head.weight.mul_(1.5)
     policy.save_pretrained(tmp_path / "p")
     loaded = RewardConditionedPolicy.from_pretrained(tmp_path / "p", attn_implementation="eager")
     batch = policy.layout(PROMPTS, TARGETS, ["a b", "c", "d e f"])
@@ -280,10 +281,10 @@ def test_save_load_round_trip(base_dir, mode, tmp_path):
         a = policy(batch, torch.tensor(TARGETS)).logits
         b = loaded.eval()(batch, torch.tensor(TARGETS)).logits
     assert torch.equal(a, b)
-    assert loaded.normalizer.state_dict() == policy.normalizer.state_dict()
+    assert loaded.conditioner.normalizer.state_dict() == policy.conditioner.normalizer.state_dict()
     assert loaded.reward_token_ids == policy.reward_token_ids
     if mode == "token":
-        assert loaded.binning.edges == policy.binning.edges
+        assert loaded.conditioner.binning.edges == policy.conditioner.binning.edges
     meta = json.loads((tmp_path / "p" / CONDITIONING_FILE).read_text())
     assert meta["config"]["mode"] == mode
     # a plain transformers load of the same directory gives the base weights

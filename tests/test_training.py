@@ -66,7 +66,7 @@ def test_step_updates_every_parameter_and_lowers_loss(gpt2_dir, mode):
     # every parameter moves except embedding rows of tokens that never appear: check tensors
     assert unchanged == []
     if mode == "scalar":
-        assert not torch.equal(policy.head.weight, before["head.weight"])
+        assert not torch.equal(policy.conditioner.head.weight, before["conditioner.head.weight"])
 
 
 def test_warmup_ramps_learning_rate(gpt2_dir):
