@@ -13,8 +13,8 @@ Two modes place the reward in the same slot, index 0 of the sequence (see
   tokenizer; their embeddings start from the mean and std of the existing embedding matrix.
 
 A saved policy is a normal Hugging Face model directory (vLLM and plain transformers load the
-base weights from it) plus ``online_dt_conditioning.json`` and, in scalar mode,
-``reward_head.safetensors``.
+base weights from it) plus a ``reward_conditioning/`` folder with ``conditioning.json`` and, in
+scalar mode, ``head.safetensors``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ from online_dt.config import ConditioningConfig, NormalizationConfig
 from online_dt.generation import sample_tokens
 from online_dt.layout import ConditionedBatch, layout_batch
 
-CONDITIONING_FILE = "online_dt_conditioning.json"
-HEAD_FILE = "reward_head.safetensors"
+CONDITIONING_DIR = "reward_conditioning"
+"""Subdirectory of a policy directory holding the conditioning (kept out of the top level,
+where vLLM and transformers load every ``*.safetensors`` file as model weights)."""
+CONDITIONING_FILE = f"{CONDITIONING_DIR}/conditioning.json"
+HEAD_FILE = f"{CONDITIONING_DIR}/head.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -221,10 +224,12 @@ class RewardConditioner(nn.Module):
         return torch.cat([slot[:, None, :], embeds[:, 1:, :]], dim=1)
 
     def save(self, path: str | Path) -> None:
-        """Write ``online_dt_conditioning.json`` (and ``reward_head.safetensors``) to ``path``."""
+        """Write ``reward_conditioning/conditioning.json`` (and ``head.safetensors``) under
+        ``path``."""
         from safetensors.torch import save_file
 
         path = Path(path)
+        (path / CONDITIONING_DIR).mkdir(parents=True, exist_ok=True)
         if self.head is not None:
             state = {
                 k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()
@@ -245,7 +250,7 @@ class RewardConditioner(nn.Module):
         """Read what :meth:`save` wrote (on CPU).
 
         Raises:
-            FileNotFoundError: ``path`` has no ``online_dt_conditioning.json``.
+            FileNotFoundError: ``path`` has no ``reward_conditioning/conditioning.json``.
             ValueError: the file's format version is newer than this library understands.
         """
         path = Path(path)
@@ -376,7 +381,7 @@ class RewardConditionedPolicy(nn.Module):
         """Load a policy written by :meth:`save_pretrained`.
 
         Raises:
-            FileNotFoundError: ``path`` has no ``online_dt_conditioning.json``.
+            FileNotFoundError: ``path`` has no ``reward_conditioning/conditioning.json``.
             ValueError: the file's format version is newer than this library understands.
         """
         conditioner = RewardConditioner.load(path)
@@ -386,10 +391,11 @@ class RewardConditionedPolicy(nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         """Write the model, tokenizer and conditioning to ``path`` (created if needed).
 
-        The directory is a normal Hugging Face model directory; ``online_dt_conditioning.json``
-        holds the conditioning config, normaliser state, bin edges and reward-token ids, and
-        ``reward_head.safetensors`` the scalar head. Callers that need atomicity write to a
-        temporary directory and rename it (:func:`online_dt.io.atomic_write_dir`).
+        The directory is a normal Hugging Face model directory;
+        ``reward_conditioning/conditioning.json`` holds the conditioning config, normaliser
+        state, bin edges and reward-token ids, and ``reward_conditioning/head.safetensors`` the
+        scalar head. Callers that need atomicity write to a temporary directory and rename it
+        (:func:`online_dt.io.atomic_write_dir`).
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

