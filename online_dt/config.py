@@ -21,7 +21,9 @@ EMBEDDED = "embedded"
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, fields document themselves."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=False)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, frozen=False, allow_inf_nan=False
+    )
 
 
 class ConfigError(ValueError):
