@@ -346,7 +346,10 @@ def test_unregistered_kind_and_non_finite_target_raise():
     cfg = ScheduleConfig().model_copy(update={"kind": "exponential"})
     with pytest.raises(ValueError, match="unknown schedule kind"):
         next_target(cfg, ScheduleState(), EMPTY)
-    nan_cfg = ScheduleConfig(kind="constant", value=float("nan"))
+    # configs reject NaN when loaded; a config built around validation still cannot leak one
+    with pytest.raises(ValueError, match="finite"):
+        ScheduleConfig(kind="constant", value=float("nan"))
+    nan_cfg = ScheduleConfig(kind="constant").model_copy(update={"value": float("nan")})
     with pytest.raises(ValueError, match="non-finite"):
         next_target(nan_cfg, ScheduleState(), EMPTY)
 
