@@ -451,6 +451,106 @@ class OfflineRunConfig(StrictModel):
     """Offline demo settings."""
 
 
+class ResourcesConfig(StrictModel):
+    """Ray resources of the actors (fractional GPUs allowed)."""
+
+    num_samplers: int = Field(1, ge=1)
+    """Sampler actor replicas; each prompt batch is split across them."""
+
+    sampler_cpus: float = Field(1.0, ge=0.0)
+    """CPUs per sampler actor."""
+
+    sampler_gpus: float = Field(0.0, ge=0.0)
+    """GPUs per sampler actor (fractions share a GPU)."""
+
+    learner_cpus: float = Field(1.0, ge=0.0)
+    """CPUs of the learner actor."""
+
+    learner_gpus: float = Field(0.0, ge=0.0)
+    """GPUs of the learner actor."""
+
+    reward_cpus: float = Field(0.0, ge=0.0)
+    """CPUs of the reward-model actor (0: it shares the CPUs of the others; VADER is light)."""
+
+    reward_gpus: float = Field(0.0, ge=0.0)
+    """GPUs of the reward-model actor."""
+
+
+class OnlineConfig(StrictModel):
+    """The online decision-transformer loop."""
+
+    run_dir: Path = Path("runs/default")
+    """Run directory: config, metrics.jsonl, samples, buffer shards, checkpoints."""
+
+    iterations: int = Field(30, ge=1)
+    """Online iterations (rollout, score, append, train, sync)."""
+
+    prompts_per_iteration: int = Field(64, ge=1)
+    """Prompts rolled out per iteration (cycling through the prompt set)."""
+
+    samples_per_prompt: int = Field(4, ge=1)
+    """Completions sampled per prompt."""
+
+    train_steps_per_iteration: int = Field(20, ge=0)
+    """Learner optimizer steps per iteration, on batches drawn from the replay buffer."""
+
+    mode: Literal["sync", "async"] = "sync"
+    """``sync``: rollouts wait for the newest weights. ``async``: the next rollout overlaps the
+    current training, so samples may come from a policy up to ``max_policy_lag`` versions old."""
+
+    max_policy_lag: int = Field(1, ge=1)
+    """``async``: largest allowed difference between the learner's and a sample's version."""
+
+    warm_start_samples_per_prompt: int = Field(0, ge=0)
+    """Offline warm start: base-model completions per prompt scored and added to the buffer
+    before the first iteration (0 = no warm start)."""
+
+    warm_start_steps: int = Field(0, ge=0)
+    """Offline warm start: training steps on the warm-start samples."""
+
+    kl_coef: float = Field(0.0, ge=0.0)
+    """KL-to-base penalty coefficient (0 = pure decision transformer; > 0 penalises divergence
+    from the frozen base model, as Quark does)."""
+
+    kl_samples: int = Field(64, ge=0)
+    """Samples per iteration used to estimate KL to the base model (0 disables the estimate)."""
+
+    checkpoint_every: int = Field(1, ge=1)
+    """Write a resumable checkpoint every this many iterations (and after the last)."""
+
+    samples_logged_per_iteration: int = Field(16, ge=0)
+    """Completions per iteration written to ``samples.jsonl`` for inspection."""
+
+    resume_policy: Literal["keep", "discard"] = "keep"
+    """On ``--resume``: ``keep`` every persisted sample (those of an interrupted iteration stay
+    in the buffer once), or ``discard`` samples persisted after the last checkpoint."""
+
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to ``RUN_DIR/tensorboard`` (needs ``tensorboard``)."""
+
+    seed: int = 0
+    """Seed of prompt order and sampling."""
+
+
+class OnlineRunConfig(OfflineRunConfig):
+    """Top-level config of ``online-dt run``: everything of the offline demo plus the loop."""
+
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    """Sampler backend and engine settings."""
+
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    """Reward-target schedule."""
+
+    buffer: ReplayBufferConfig = Field(default_factory=ReplayBufferConfig)
+    """Replay buffer."""
+
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
+    """Online loop settings."""
+
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    """Ray resources of the actors."""
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------

@@ -43,16 +43,19 @@ class StepMetrics:
     """What one optimizer step did.
 
     Attributes:
-        loss: mean next-token cross-entropy (nats per labelled token).
+        loss: training loss: mean next-token cross-entropy (nats per labelled token), plus
+            ``kl_coef * kl`` when the KL penalty is on.
         grad_norm: global gradient norm before clipping.
         lr: base learning rate used for the step.
         tokens: labelled tokens in the batch.
+        kl: mean per-token KL to the base model (nats; 0 when the penalty is off).
     """
 
     loss: float
     grad_norm: float
     lr: float
     tokens: int
+    kl: float = 0.0
 
 
 def collate(
@@ -95,17 +98,63 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return loss / max(count, 1), count
 
 
+def kl_to_base(
+    policy_logits: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Mean per-token KL(policy || base) over labelled next-token positions, in nats.
+
+    Args:
+        policy_logits: ``[B, T, V]`` logits of the conditioned policy.
+        base_logits: ``[B, T, V]`` logits of the frozen base model at the same columns.
+        labels: ``[B, T]`` aligned with the inputs, ``-100`` where no loss is taken.
+    """
+    where = labels[:, 1:] != IGNORE_INDEX
+    logp = policy_logits[:, :-1].float().log_softmax(-1)[where]
+    logq = base_logits[:, :-1].float().log_softmax(-1)[where]
+    if logp.numel() == 0:
+        return policy_logits.sum() * 0.0
+    return (logp.exp() * (logp - logq)).sum(-1).mean()
+
+
+def base_model_logits(base_model: torch.nn.Module, batch: ConditionedBatch) -> torch.Tensor:
+    """Logits ``[B, T, V]`` of an unconditioned base model on a conditioned batch's tokens.
+
+    The slot column is masked out, so positions (``cumsum(mask) - 1``) start at the first
+    prompt token: the base model sees exactly ``prompt + completion``, and column t of its
+    logits lines up with column t of the policy's.
+    """
+    mask = batch.attention_mask.clone()
+    mask[:, 0] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return base_model(
+            input_ids=batch.input_ids, attention_mask=mask, position_ids=positions
+        ).logits
+
+
 class ConditionedTrainer:
     """Owns the optimizer and schedule for a :class:`RewardConditionedPolicy`.
 
     The conditioning head (scalar mode) gets ``lr * head_lr_multiplier`` because it starts from
-    scratch while the rest of the model is pretrained.
+    scratch while the rest of the model is pretrained. With ``kl_coef > 0`` and a frozen
+    ``base_model``, the loss adds ``kl_coef`` times the mean per-token KL from the policy to the
+    base model on completion tokens (the regulariser of Quark, Lu et al., 2022).
     """
 
     def __init__(
-        self, policy: RewardConditionedPolicy, cfg: TrainingConfig, *, bf16_autocast: bool = True
+        self,
+        policy: RewardConditionedPolicy,
+        cfg: TrainingConfig,
+        *,
+        bf16_autocast: bool = True,
+        base_model: torch.nn.Module | None = None,
+        kl_coef: float = 0.0,
     ) -> None:
+        if kl_coef > 0 and base_model is None:
+            raise ValueError("kl_coef > 0 needs the frozen base model")
         self.policy = policy
+        self.base_model = base_model
+        self.kl_coef = kl_coef
         self.cfg = cfg
         self.device = policy.device
         self.autocast = bf16_autocast and self.device.type == "cuda"
@@ -135,6 +184,12 @@ class ConditionedTrainer:
             ).logits
         assert batch.labels is not None
         loss, tokens = next_token_loss(logits, batch.labels)
+        kl = 0.0
+        if self.kl_coef > 0:
+            assert self.base_model is not None
+            kl_term = kl_to_base(logits, base_model_logits(self.base_model, batch), batch.labels)
+            loss = loss + self.kl_coef * kl_term
+            kl = float(kl_term.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -144,7 +199,7 @@ class ConditionedTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
-        return StepMetrics(float(loss.detach()), float(grad_norm), lr, tokens)
+        return StepMetrics(float(loss.detach()), float(grad_norm), lr, tokens, kl)
 
     def batches(self, records: Sequence[Record]) -> Iterator[list[Record]]:
         """Endless shuffled passes over ``records`` in batches of ``cfg.batch_size``."""

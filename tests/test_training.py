@@ -105,3 +105,38 @@ def test_conditioning_is_learned_on_a_toy_task(gpt2_dir, mode):
     trainer.fit(records * 2, 60, progress=False)
     out = policy.generate(["the movie was"] * 2, [1.0, -1.0], max_new_tokens=4, temperature=0.0)
     assert [g.completion for g in out] == [" great", " awful"]
+
+
+def test_kl_penalty_is_zero_at_start_and_pulls_towards_base(gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    from online_dt.training import base_model_logits, kl_to_base
+
+    policy = policy_for(gpt2_dir)
+    base = AutoModelForCausalLM.from_pretrained(gpt2_dir, attn_implementation="eager").eval()
+    batch, rewards = collate(policy, RECORDS)
+    with torch.no_grad():
+        logits = policy(batch, rewards).logits
+    base_logits = base_model_logits(base, batch)
+    # untrained, the policy is the base model plus one reward slot in front: a small KL; a
+    # scrambled base distribution gives a larger one
+    start = kl_to_base(logits, base_logits, batch.labels).item()
+    assert 0 <= start < 0.5
+    assert kl_to_base(logits, base_logits.roll(1, dims=-1), batch.labels).item() > start
+
+    def final_kl(coef):
+        p = policy_for(gpt2_dir)
+        trainer = ConditionedTrainer(
+            p, TrainingConfig(lr=3e-3, batch_size=3), base_model=base, kl_coef=coef
+        )
+        for _ in range(15):
+            metrics = trainer.step(RECORDS)
+        with torch.no_grad():
+            return kl_to_base(p(batch, rewards).logits, base_logits, batch.labels).item(), metrics
+
+    free, _ = final_kl(0.0)
+    held, metrics = final_kl(5.0)
+    assert metrics.kl > 0
+    assert held < free
+    with pytest.raises(ValueError, match="base model"):
+        ConditionedTrainer(policy, TrainingConfig(), kl_coef=1.0)
