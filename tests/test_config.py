@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from online_dt.cli import main, parse_overrides
 from online_dt.config import (
     ConditioningConfig,
     ConfigError,
     OfflineRunConfig,
+    OnlineRunConfig,
     RewardModelConfig,
     load_config,
 )
@@ -24,7 +26,10 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    cfg = load_config(path, OfflineRunConfig)
+    """Online configs (those with an ``online`` section) validate as OnlineRunConfig, the
+    offline demo's as OfflineRunConfig."""
+    online = "online" in yaml.safe_load(path.read_text())
+    cfg = load_config(path, OnlineRunConfig if online else OfflineRunConfig)
     assert cfg.training.steps >= 0
 
 
@@ -89,6 +94,7 @@ def test_overrides_parse_and_merge(tmp_path):
     cfg = load_config(
         write(tmp_path, "training: {lr: 0.5}"),
         OfflineRunConfig,
+        OnlineRunConfig,
         overrides={"training": {"steps": 7}},
     )
     assert (cfg.training.lr, cfg.training.steps) == (0.5, 7)

@@ -1,0 +1,247 @@
+"""The learner: replay buffer, conditioned training, weight publication and checkpoints.
+
+Pure core (no Ray): ``actors.learner`` wraps one :class:`Learner` in a Ray actor. Scored
+rollouts are appended to the replay buffer labelled with the reward they *achieved*
+(hindsight relabeling), along with the target they were asked for, the policy version that
+produced them and the iteration; training batches are drawn from the buffer and the policy is
+conditioned on each sample's achieved reward.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from online_dt.buffer import ReplayBuffer
+from online_dt.conditioning import RewardConditionedPolicy, resolve_device
+from online_dt.config import OnlineRunConfig
+from online_dt.io import atomic_write_dir
+from online_dt.layout import IGNORE_INDEX, layout_batch
+from online_dt.rundir import RunDir
+from online_dt.sampling import Rollout
+from online_dt.training import ConditionedTrainer, Record, base_model_logits
+from online_dt.weight_sync import CheckpointPublisher, WeightUpdate
+
+STATE_FILE = "state.json"
+TRAINER_FILE = "trainer.pt"
+
+
+class Learner:
+    """Owns the policy, its optimizer, the replay buffer and the published versions.
+
+    Args:
+        cfg: the run config.
+        base_path: the base model (hub name or directory).
+        run_dir: the run directory.
+        checkpoint: a checkpoint directory to resume from (``None``: fresh start).
+    """
+
+    def __init__(
+        self,
+        cfg: OnlineRunConfig,
+        base_path: str,
+        run_dir: str | Path,
+        checkpoint: str | Path | None = None,
+    ) -> None:
+        torch.manual_seed(cfg.training.seed)
+        self.cfg = cfg
+        self.run = RunDir(run_dir)
+        device = str(resolve_device(cfg.model.device))
+        attn = cfg.model.attn_implementation
+        state: dict[str, Any] = {}
+        if checkpoint is None:
+            self.policy = RewardConditionedPolicy.from_base(
+                base_path,
+                cfg.conditioning,
+                device=device,
+                attn_implementation=attn,
+                seed=cfg.training.seed,
+            )
+        else:
+            checkpoint = Path(checkpoint)
+            state = json.loads((checkpoint / STATE_FILE).read_text())
+            self.policy = RewardConditionedPolicy.from_pretrained(
+                checkpoint / "policy", device=device, attn_implementation=attn
+            )
+        self.base_model = None
+        if cfg.online.kl_coef > 0 or cfg.online.kl_samples > 0:
+            # the frozen reference: the base model as the fresh policy wraps it (same vocabulary,
+            # reward tokens included), rebuilt identically on resume
+            fresh = self.policy
+            if checkpoint is not None:
+                fresh = RewardConditionedPolicy.from_base(
+                    base_path,
+                    cfg.conditioning,
+                    device=device,
+                    attn_implementation=attn,
+                    seed=cfg.training.seed,
+                )
+            self.base_model = copy.deepcopy(fresh.model).eval().requires_grad_(False)
+        self.trainer = ConditionedTrainer(
+            self.policy,
+            cfg.training,
+            bf16_autocast=cfg.model.bf16_autocast,
+            base_model=self.base_model if cfg.online.kl_coef > 0 else None,
+            kl_coef=cfg.online.kl_coef,
+        )
+        self.publisher = CheckpointPublisher(self.run.weights_dir, keep=cfg.sampler.keep_versions)
+        if checkpoint is None:
+            self.buffer = ReplayBuffer(cfg.buffer, self.run.buffer_dir, seed=cfg.training.seed)
+            self.version = 0
+        else:
+            self.trainer.load_state_dict(torch.load(checkpoint / TRAINER_FILE, weights_only=False))
+            upto = state["buffer"]["last_sample_id"]
+            self.buffer = ReplayBuffer.load(
+                cfg.buffer,
+                self.run.buffer_dir,
+                seed=cfg.training.seed,
+                upto_sample_id=upto if cfg.online.resume_policy == "discard" else None,
+            )
+            if cfg.online.resume_policy == "discard" and upto is not None:
+                self.buffer.drop_after(upto)
+            self.buffer.load_state_dict(state["buffer"])
+            self.version = state["version"]
+        self.controller_state: dict[str, Any] = state.get("controller", {})
+
+    # -- the iteration's steps -------------------------------------------------------------------
+
+    def publish(self) -> WeightUpdate:
+        """Publish the current weights as the next policy version."""
+        self.version += 1
+        return self.publisher.publish(self.policy, self.version)
+
+    def initial_update(self) -> WeightUpdate:
+        """Publish the current version (0 on a fresh start) for samplers to start from."""
+        return self.publisher.publish(self.policy, self.version)
+
+    def buffer_rewards(self) -> list[float]:
+        """Achieved rewards held in the buffer (for the target schedule)."""
+        return self.buffer.rewards().tolist()
+
+    def append(
+        self,
+        rollouts: Sequence[Rollout],
+        rewards: Sequence[float],
+        iteration: int,
+        scored_at: float,
+    ) -> dict[str, Any]:
+        """Append scored rollouts with hindsight relabeling: the achieved reward becomes each
+        sample's conditioning label; the target it was asked for is kept beside it.
+
+        Returns:
+            ``count``, ``first_id``, ``last_id`` and ``buffer_size``.
+
+        Raises:
+            ValueError: lengths differ or a reward is not finite (nothing is appended).
+        """
+        if len(rollouts) != len(rewards):
+            raise ValueError(f"{len(rollouts)} rollouts but {len(rewards)} rewards")
+        added = self.buffer.append(
+            [
+                {
+                    "prompt": r.prompt,
+                    "completion": r.completion,
+                    "achieved_reward": float(reward),
+                    "target_reward": float(r.target),
+                    "policy_version": int(r.policy_version),
+                    "iteration": iteration,
+                    "created_at": float(r.created_at),
+                    "scored_at": scored_at,
+                    "completion_tokens": len(r.token_ids),
+                }
+                for r, reward in zip(rollouts, rewards, strict=True)
+            ]
+        )
+        self.policy.fit_reward_statistics([float(x) for x in rewards])
+        return {
+            "count": len(added),
+            "first_id": added[0].sample_id if added else None,
+            "last_id": added[-1].sample_id if added else None,
+            "buffer_size": len(self.buffer),
+        }
+
+    def train(self, steps: int) -> dict[str, float]:
+        """``steps`` optimizer steps on batches drawn from the buffer.
+
+        Returns:
+            Mean ``loss`` and ``kl_penalty`` over the steps, ``tokens`` trained on, ``seconds``.
+        """
+        start = time.perf_counter()
+        losses, kls, tokens = [], [], 0
+        for _ in range(steps):
+            batch = self.buffer.sample_batch(self.cfg.training.batch_size)
+            records = [Record(s.prompt, s.completion, s.achieved_reward) for s in batch]
+            metrics = self.trainer.step(records)
+            losses.append(metrics.loss)
+            kls.append(metrics.kl)
+            tokens += metrics.tokens
+        self.policy.eval()
+        return {
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "kl_penalty": float(np.mean(kls)) if kls else 0.0,
+            "train_tokens": tokens,
+            "seconds": time.perf_counter() - start,
+        }
+
+    @torch.no_grad()
+    def kl_estimate(self, rollouts: Sequence[Rollout]) -> float | None:
+        """Sample-based KL(policy || base) per completion, in nats: the mean over rollouts of
+        ``sum_t (log pi(y_t) - log p_base(y_t))`` with the policy's logprobs as sampled (the
+        ``k1`` estimator; Schulman, "Approximating KL Divergence", 2020). ``None`` without a
+        base model or rollouts."""
+        if self.base_model is None or not rollouts:
+            return None
+        chosen = list(rollouts[: self.cfg.online.kl_samples])
+        batch = layout_batch(
+            self.policy.slot_token_ids([r.target for r in chosen]),
+            self.policy.encode([r.prompt for r in chosen]),
+            [r.token_ids for r in chosen],
+            pad_id=self.policy.pad_token_id,
+        ).to(self.policy.device)
+        logq = base_model_logits(self.base_model, batch)[:, :-1].float().log_softmax(-1)
+        labels = batch.labels[:, 1:]
+        totals = []
+        for i, r in enumerate(chosen):
+            where = (labels[i] != IGNORE_INDEX).nonzero().squeeze(-1)
+            base_lp = logq[i, where, labels[i, where]]
+            totals.append(float(sum(r.logprobs) - base_lp.sum().item()))
+        return float(np.mean(totals))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def checkpoint(self, iteration: int, controller_state: dict[str, Any]) -> str:
+        """Write a resumable checkpoint after ``iteration`` and mark it latest.
+
+        Holds the policy (with conditioning), optimizer and LR schedule, buffer position and
+        RNG, the policy version, and the controller's state (schedule, prompt cursor, RNG).
+        Older checkpoints than the previous one are deleted.
+
+        Returns:
+            The checkpoint directory.
+        """
+        path = self.run.checkpoint_path(iteration)
+        state = {
+            "iteration": iteration,
+            "version": self.version,
+            "buffer": self.buffer.state_dict(),
+            "controller": controller_state,
+        }
+
+        def write(tmp: Path) -> None:
+            self.policy.save_pretrained(tmp / "policy")
+            torch.save(self.trainer.state_dict(), tmp / TRAINER_FILE)
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+        atomic_write_dir(path, write)
+        self.run.mark_latest(path)
+        for old in sorted(self.run.checkpoints_dir.glob("iter-*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        return str(path)

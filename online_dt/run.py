@@ -1,0 +1,187 @@
+"""Entry point of the online loop: ``python -m online_dt.run --config configs/default.yaml``.
+
+This is what ``online-dt run`` and ``ray job submit ... -- python -m online_dt.run`` execute.
+The config is validated (and the run directory checked) before Ray or any model is touched.
+With ``--local`` the workers run in this process instead of Ray actors (debugging, tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from online_dt.config import ConfigError, OnlineRunConfig, load_config
+from online_dt.rundir import RunDir, RunDirError
+from online_dt.schedule import ScheduleState
+
+log = logging.getLogger("online_dt.run")
+
+
+@dataclass
+class RunPlan:
+    """Everything decided before any worker starts.
+
+    Attributes:
+        cfg: the validated config (on resume: the run directory's own config).
+        run: the run directory.
+        checkpoint: checkpoint to resume from, or ``None``.
+        start_iteration: first iteration to run.
+        schedule_state: schedule state to continue from, or ``None``.
+    """
+
+    cfg: OnlineRunConfig
+    run: RunDir
+    checkpoint: Path | None
+    start_iteration: int
+    schedule_state: ScheduleState | None
+
+
+def plan_run(cfg: OnlineRunConfig | None, resume: str | Path | None) -> RunPlan:
+    """Create the run directory, or find where to resume.
+
+    On resume the run directory's ``config.yaml`` is authoritative; logs of iterations after
+    the checkpoint are dropped (they will be run again).
+
+    Raises:
+        RunDirError: a new run would overwrite an existing one, or there is nothing to resume.
+        ConfigError: the run directory's config is invalid.
+    """
+    if resume is not None:
+        run = RunDir(resume)
+        cfg = load_config(run.path / "config.yaml", OnlineRunConfig)
+        checkpoint = run.latest_checkpoint()
+        import json
+
+        state = json.loads((checkpoint / "state.json").read_text())["controller"]
+        run.truncate_logs(state["iteration"])
+        return RunPlan(
+            cfg, run, checkpoint, state["iteration"] + 1, ScheduleState.from_dict(state["schedule"])
+        )
+    assert cfg is not None
+    run = RunDir(cfg.online.run_dir)
+    run.create(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return RunPlan(cfg, run, None, 0, None)
+
+
+def base_model_path(cfg: OnlineRunConfig) -> str:
+    """The base model path, building the embedded model if it is configured and absent."""
+    from online_dt.offline import resolve_base_model
+
+    return resolve_base_model(cfg.model, cfg.bootstrap, progress=True)
+
+
+def local_workers(plan: RunPlan) -> Any:
+    """Workers in this process: one sampler, the reward model and the learner."""
+    from online_dt.handles import LocalHandle, SamplerGroup
+    from online_dt.learner import Learner
+    from online_dt.loop import Workers
+    from online_dt.rewards import load_reward_model, score_checked
+
+    cfg = plan.cfg
+    learner = Learner(cfg, base_model_path(cfg), plan.run.path, plan.checkpoint)
+    update = learner.initial_update()
+    sampler = make_sampler(cfg, update.path, update.version)
+    reward_model = load_reward_model(cfg.reward_model)
+
+    class Scorer:
+        def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+            return score_checked(reward_model, prompts, completions)
+
+    return Workers(
+        SamplerGroup([LocalHandle(sampler)]), LocalHandle(Scorer()), LocalHandle(learner)
+    )
+
+
+def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Any:
+    """The configured sampler backend over a published checkpoint directory."""
+    from online_dt.sampling import HFSampler, make_sampler_backend_name
+
+    if make_sampler_backend_name(cfg.sampler.backend) == "vllm":
+        from online_dt.vllm_sampler import VLLMSampler
+
+        return VLLMSampler(path, cfg.sampler, policy_version=version)
+    from online_dt.conditioning import RewardConditionedPolicy, resolve_device
+
+    policy = RewardConditionedPolicy.from_pretrained(
+        path, device=str(resolve_device(cfg.model.device))
+    )
+    return HFSampler(policy.eval(), batch_size=cfg.sampling.batch_size, policy_version=version)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``online-dt run`` / ``python -m online_dt.run``."""
+    parser = argparse.ArgumentParser(
+        prog="online-dt run",
+        description="Run the online decision-transformer loop (Ray actors by default).",
+    )
+    parser.add_argument("--config", default="configs/default.yaml", help="YAML config")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field by its dotted path, e.g. --set online.iterations=5",
+    )
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
+    )
+    parser.add_argument(
+        "--local", action="store_true", help="run the workers in this process, without Ray"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the loop; returns the exit code (2: bad config or run directory)."""
+    from online_dt.cli import parse_overrides
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        cfg = None
+        if args.resume is None:
+            cfg = load_config(args.config, OnlineRunConfig, parse_overrides(args.overrides))
+        plan = plan_run(cfg, args.resume)
+    except (ConfigError, RunDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log.info(
+        "run directory %s, iterations %d..%d",
+        plan.run.path,
+        plan.start_iteration,
+        plan.cfg.online.iterations - 1,
+    )
+    if args.local:
+        from online_dt.loop import run_loop
+        from online_dt.prompts import load_prompts
+
+        workers = local_workers(plan)
+        run_loop(
+            plan.cfg,
+            load_prompts(plan.cfg.prompts),
+            workers,
+            plan.run,
+            start_iteration=plan.start_iteration,
+            schedule_state=plan.schedule_state,
+            progress=not args.no_progress,
+        )
+        return 0
+    from actors.controller import run_on_ray
+
+    return run_on_ray(plan, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The run directory: resolved config, per-iteration metrics, sample logs and checkpoints.
+
+Layout::
+
+    RUN_DIR/
+      config.yaml        resolved config (written once, atomically)
+      metrics.jsonl      one JSON record per finished iteration
+      samples.jsonl      a few completions per iteration, for inspection
+      buffer/            replay-buffer parquet shards (online_dt.buffer)
+      weights/           published policy versions (checkpoint weight sync)
+      checkpoints/       resumable checkpoints; latest.json names the newest complete one
+
+Every file is written to a temporary name and renamed, or appended line by line with a flush
+and fsync; a reader drops a torn last line, so a crash never leaves a record half-read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from online_dt.io import atomic_write_json, atomic_write_text
+
+
+class RunDirError(RuntimeError):
+    """The run directory is missing, already used by another run, or not resumable."""
+
+
+class RunDir:
+    """Paths and crash-safe writers of one run directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def metrics_file(self) -> Path:
+        """``metrics.jsonl``."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def samples_file(self) -> Path:
+        """``samples.jsonl``."""
+        return self.path / "samples.jsonl"
+
+    @property
+    def buffer_dir(self) -> Path:
+        """``buffer/`` (parquet shards)."""
+        return self.path / "buffer"
+
+    @property
+    def weights_dir(self) -> Path:
+        """``weights/`` (published policy versions)."""
+        return self.path / "weights"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """``checkpoints/``."""
+        return self.path / "checkpoints"
+
+    def create(self, config_yaml: str) -> None:
+        """Start a new run: create the directory and write ``config.yaml``.
+
+        Raises:
+            RunDirError: the directory already holds a run (use ``--resume``).
+        """
+        if (self.path / "config.yaml").exists() or self.metrics_file.exists():
+            raise RunDirError(
+                f"{self.path} already holds a run; pass --resume {self.path} to continue it, "
+                "or choose another online.run_dir"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "config.yaml", config_yaml)
+
+    # -- jsonl logs ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _append_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        if not text:
+            return
+        with open(path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    @staticmethod
+    def _read_lines(path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash mid-append
+        return out
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one iteration's metrics record (durable when this returns)."""
+        self._append_lines(self.metrics_file, [record])
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All complete metrics records, in order."""
+        return self._read_lines(self.metrics_file)
+
+    def append_samples(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append sample records (prompt, completion, target, reward, version, iteration)."""
+        self._append_lines(self.samples_file, records)
+
+    def truncate_logs(self, last_iteration: int) -> None:
+        """Drop metrics and sample records of iterations after ``last_iteration`` (resume)."""
+        for path in (self.metrics_file, self.samples_file):
+            if path.exists():
+                kept = [r for r in self._read_lines(path) if r["iteration"] <= last_iteration]
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def checkpoint_path(self, iteration: int) -> Path:
+        """Directory of the checkpoint taken after ``iteration``."""
+        return self.checkpoints_dir / f"iter-{iteration:06d}"
+
+    def mark_latest(self, path: Path) -> None:
+        """Point ``checkpoints/latest.json`` at a complete checkpoint directory."""
+        atomic_write_json(self.checkpoints_dir / "latest.json", {"path": path.name})
+
+    def latest_checkpoint(self) -> Path:
+        """The newest complete checkpoint.
+
+        Raises:
+            RunDirError: the run has no checkpoint yet.
+        """
+        marker = self.checkpoints_dir / "latest.json"
+        if not marker.exists():
+            raise RunDirError(f"{self.path} has no checkpoint to resume from")
+        return self.checkpoints_dir / json.loads(marker.read_text())["path"]

@@ -1,0 +1,133 @@
+"""The online loop in process (no Ray): bookkeeping, hindsight relabeling, resume."""
+
+from __future__ import annotations
+
+import pytest
+
+from online_dt.buffer import export_dataset
+from online_dt.config import OnlineRunConfig
+from online_dt.handles import Done, Gather, LocalHandle, SamplerGroup
+from online_dt.loop import prompts_for, run_loop
+from online_dt.run import local_workers, main, plan_run
+from online_dt.sampling import SamplingParams
+from tests.tiny import build_tiny_model
+
+PROMPTS = ["the movie was", "the food was", "honestly the game is", "this hotel is"]
+
+
+def make_cfg(tmp_path, base, **online):
+    return OnlineRunConfig.model_validate(
+        {
+            "model": {"name_or_path": str(base), "device": "cpu"},
+            "sampler": {"backend": "hf"},
+            "sampling": {"max_new_tokens": 6},
+            "training": {"batch_size": 8, "lr": 1e-3},
+            "schedule": {"kind": "quantile", "iterations": 3, "max_increase": 0.1, "spread": 0.05},
+            "online": {
+                "run_dir": str(tmp_path / "run"),
+                "iterations": 4,
+                "prompts_per_iteration": 4,
+                "samples_per_prompt": 2,
+                "train_steps_per_iteration": 2,
+                "kl_samples": 4,
+                **online,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("gpt2"), "gpt2")
+
+
+def run_local(cfg, resume=None):
+    plan = plan_run(None if resume else cfg, resume)
+    workers = local_workers(plan)
+    return run_loop(
+        plan.cfg,
+        PROMPTS,
+        workers,
+        plan.run,
+        start_iteration=plan.start_iteration,
+        schedule_state=plan.schedule_state,
+        progress=False,
+    ), plan
+
+
+def test_handles_and_sampler_group():
+    assert Done(3).result() == 3
+    with pytest.raises(KeyError):
+        LocalHandle({}).__getitem__("x").result()
+    assert Gather([Done(1), Done(2)], sum).result() == 3
+
+    class Echo:
+        def generate(self, prompts, targets, params):
+            from online_dt.sampling import Rollout
+
+            return [
+                Rollout(p, "", [], [], t, 0, True, i, 0.0, 0.0)
+                for i, (p, t) in enumerate(zip(prompts, targets, strict=True))
+            ]
+
+    group = SamplerGroup([LocalHandle(Echo()), LocalHandle(Echo())])
+    out = group.generate(["a", "b", "c"], [1.0, 2.0, 3.0], SamplingParams(seed=0)).result()
+    assert [(r.prompt, r.prompt_index, r.target) for r in out] == [
+        ("a", 0, 1.0),
+        ("b", 1, 2.0),
+        ("c", 2, 3.0),
+    ]
+    assert prompts_for(["x", "y", "z"], 1, 2) == ["z", "x"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_loop_bookkeeping(tmp_path, base, mode):
+    cfg = make_cfg(tmp_path, base, mode=mode)
+    history, plan = run_local(cfg)
+    assert [m["iteration"] for m in history] == [0, 1, 2, 3]
+    assert plan.run.read_metrics() == history
+    # every scored sample is in the buffer exactly once, labelled with its achieved reward
+    data = export_dataset(plan.run.buffer_dir)
+    assert len(data) == 4 * 4 * 2 == history[-1]["buffer_size"]
+    assert sorted(data["sample_id"]) == list(range(len(data)))
+    # each sample's version is one the learner published, and the lag is bounded
+    published = {0} | {m["policy_version"] for m in history}
+    assert set(data["policy_version"]) <= published
+    lags = [m["policy_lag_max"] for m in history]
+    assert lags == ([0, 0, 0, 0] if mode == "sync" else [0, 1, 1, 1])
+    for m in history:
+        for key in ("target", "achieved_mean", "distinct_1", "kl_to_base", "rollout_s", "sync_s"):
+            assert m[key] is not None, key
+    # targets follow the capped schedule
+    targets = [m["target"] for m in history]
+    assert all(b - a <= 0.1 + 1e-9 for a, b in zip(targets, targets[1:], strict=False))
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, base):
+    full, _ = run_local(make_cfg(tmp_path / "full", base))
+    first, plan = run_local(make_cfg(tmp_path / "cut", base, iterations=2))
+    # continue the stopped run to 4 iterations: resume reads the run dir's own config
+    import yaml
+
+    cfg_file = plan.run.path / "config.yaml"
+    data = yaml.safe_load(cfg_file.read_text())
+    data["online"]["iterations"] = 4
+    cfg_file.write_text(yaml.safe_dump(data))
+    rest, plan = run_local(None, resume=plan.run.path)
+    resumed = plan.run.read_metrics()
+    assert [m["iteration"] for m in resumed] == [0, 1, 2, 3]
+    assert [m["target"] for m in resumed] == pytest.approx([m["target"] for m in full])
+    assert len(export_dataset(plan.run.buffer_dir)) == full[-1]["buffer_size"]
+    assert resumed[-1]["buffer_size"] == full[-1]["buffer_size"]
+
+
+def test_new_run_refuses_existing_dir(tmp_path, base, capsys):
+    cfg = make_cfg(tmp_path, base)
+    plan_run(cfg, None)
+    assert main(["--config", "nope.yaml"]) == 2
+    cfg_path = tmp_path / "c.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["--config", str(cfg_path), "--local"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
