@@ -42,11 +42,16 @@ class RunPlan:
     schedule_state: ScheduleState | None
 
 
-def plan_run(cfg: OnlineRunConfig | None, resume: str | Path | None) -> RunPlan:
+def plan_run(
+    cfg: OnlineRunConfig | None,
+    resume: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+) -> RunPlan:
     """Create the run directory, or find where to resume.
 
-    On resume the run directory's ``config.yaml`` is authoritative; logs of iterations after
-    the checkpoint are dropped (they will be run again).
+    On resume the run directory's ``config.yaml`` is authoritative, with ``overrides`` applied
+    on top (e.g. more ``online.iterations``); logs of iterations after the checkpoint are
+    dropped (they will be run again).
 
     Raises:
         RunDirError: a new run would overwrite an existing one, or there is nothing to resume.
@@ -54,7 +59,7 @@ def plan_run(cfg: OnlineRunConfig | None, resume: str | Path | None) -> RunPlan:
     """
     if resume is not None:
         run = RunDir(resume)
-        cfg = load_config(run.path / "config.yaml", OnlineRunConfig)
+        cfg = load_config(run.path / "config.yaml", OnlineRunConfig, overrides)
         checkpoint = run.latest_checkpoint()
         import json
 
@@ -151,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = None
+        overrides = parse_overrides(args.overrides)
         if args.resume is None:
-            cfg = load_config(args.config, OnlineRunConfig, parse_overrides(args.overrides))
-        plan = plan_run(cfg, args.resume)
+            cfg = load_config(args.config, OnlineRunConfig, overrides)
+        plan = plan_run(cfg, args.resume, overrides)
     except (ConfigError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from online_dt.buffer import export_dataset
@@ -41,8 +43,8 @@ def base(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("gpt2"), "gpt2")
 
 
-def run_local(cfg, resume=None):
-    plan = plan_run(None if resume else cfg, resume)
+def run_local(cfg, resume=None, overrides=None):
+    plan = plan_run(None if resume else cfg, resume, overrides)
     workers = local_workers(plan)
     return run_loop(
         plan.cfg,
@@ -100,20 +102,14 @@ def test_loop_bookkeeping(tmp_path, base, mode):
             assert m[key] is not None, key
     # targets follow the capped schedule
     targets = [m["target"] for m in history]
-    assert all(b - a <= 0.1 + 1e-9 for a, b in zip(targets, targets[1:], strict=False))
+    assert all(b - a <= 0.1 + 1e-9 for a, b in itertools.pairwise(targets))
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, base):
     full, _ = run_local(make_cfg(tmp_path / "full", base))
-    first, plan = run_local(make_cfg(tmp_path / "cut", base, iterations=2))
-    # continue the stopped run to 4 iterations: resume reads the run dir's own config
-    import yaml
-
-    cfg_file = plan.run.path / "config.yaml"
-    data = yaml.safe_load(cfg_file.read_text())
-    data["online"]["iterations"] = 4
-    cfg_file.write_text(yaml.safe_dump(data))
-    rest, plan = run_local(None, resume=plan.run.path)
+    _first, plan = run_local(make_cfg(tmp_path / "cut", base, iterations=2))
+    # continue the stopped run to 4 iterations (the run dir's config, with an override)
+    _rest, plan = run_local(None, resume=plan.run.path, overrides={"online": {"iterations": 4}})
     resumed = plan.run.read_metrics()
     assert [m["iteration"] for m in resumed] == [0, 1, 2, 3]
     assert [m["target"] for m in resumed] == pytest.approx([m["target"] for m in full])
