@@ -51,6 +51,9 @@ class Learner:
         run_dir: str | Path,
         checkpoint: str | Path | None = None,
     ) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one bar per published version would flood the log
         torch.manual_seed(cfg.training.seed)
         self.cfg = cfg
         self.run = RunDir(run_dir)

@@ -157,6 +157,7 @@ class VLLMSampler:
             seed=self.cfg.seed,
             logprobs_mode="raw_logprobs",
             worker_extension_cls="online_dt.vllm_worker.PolicyReloadExtension",
+            use_tqdm_on_load=False,
             **kwargs,
         )
         self.llm.update_weight_version(str(policy_version))

@@ -1,0 +1,88 @@
+"""The controller: starts the actors on Ray, then runs the loop of :mod:`online_dt.loop`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from online_dt.run import RunPlan, base_model_path
+
+log = logging.getLogger(__name__)
+
+
+def metrics_exporter(prefix: str = "online_dt_") -> Any:
+    """A callback that mirrors each numeric per-iteration figure to a ``ray.util.metrics``
+    gauge (exported in Prometheus format by Ray's metrics agent)."""
+    from ray.util.metrics import Gauge
+
+    gauges: dict[str, Gauge] = {}
+
+    def export(record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if key not in gauges:
+                    gauges[key] = Gauge(prefix + key, description=f"online-dt {key} per iteration")
+                gauges[key].set(float(value))
+
+    return export
+
+
+def run_on_ray(plan: RunPlan, *, progress: bool = True) -> int:
+    """Start sampler, reward-model and learner actors with the configured resources and run
+    the loop. Connects to ``RAY_ADDRESS`` when set (``ray job submit``), else starts a local
+    Ray instance."""
+    import ray
+
+    from actors.handle import RayHandle
+    from actors.workers import LearnerActor, RewardModelActor, SamplerActor
+    from online_dt.handles import SamplerGroup
+    from online_dt.loop import Workers, run_loop
+    from online_dt.prompts import load_prompts
+
+    cfg, res = plan.cfg, plan.cfg.resources
+    prompts = load_prompts(cfg.prompts)
+    base = base_model_path(cfg)  # builds the embedded model here, once, before any actor
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    learner = (
+        ray.remote(LearnerActor)
+        .options(num_cpus=res.learner_cpus, num_gpus=res.learner_gpus)
+        .remote(cfg, base, str(plan.run.path), str(plan.checkpoint) if plan.checkpoint else None)
+    )
+    update = ray.get(learner.initial_update.remote())
+    samplers = [
+        ray.remote(SamplerActor)
+        .options(num_cpus=res.sampler_cpus, num_gpus=res.sampler_gpus)
+        .remote(cfg, update)
+        for _ in range(res.num_samplers)
+    ]
+    reward = (
+        ray.remote(RewardModelActor)
+        .options(num_cpus=res.reward_cpus, num_gpus=res.reward_gpus)
+        .remote(cfg)
+    )
+    workers = Workers(
+        SamplerGroup([RayHandle(s) for s in samplers]), RayHandle(reward), RayHandle(learner)
+    )
+    export = metrics_exporter()
+    history = run_loop(
+        cfg,
+        prompts,
+        workers,
+        plan.run,
+        start_iteration=plan.start_iteration,
+        schedule_state=plan.schedule_state,
+        progress=progress,
+        on_metrics=export,
+    )
+    if history:
+        last = history[-1]
+        log.info(
+            "finished iteration %d: target %.3f, achieved %.3f, policy version %d",
+            last["iteration"],
+            last["target"],
+            last["achieved_mean"],
+            last["policy_version"],
+        )
+    return 0

@@ -1,0 +1,57 @@
+"""The Ray actors: thin wrappers that build core objects inside the actor process.
+
+No algorithm lives here; each class only constructs pieces of :mod:`online_dt` where Ray
+placed it. The controller turns them into actors with ``ray.remote(...).options(...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from online_dt.config import OnlineRunConfig
+from online_dt.learner import Learner
+from online_dt.sampling import Rollout, SamplingParams
+from online_dt.weight_sync import WeightUpdate
+
+
+class SamplerActor:
+    """A sampler replica (vLLM, or the HF reference when vLLM is absent)."""
+
+    def __init__(self, cfg: OnlineRunConfig, update: WeightUpdate) -> None:
+        from online_dt.run import make_sampler
+
+        assert update.path is not None
+        self.sampler = make_sampler(cfg, update.path, update.version)
+
+    def generate(
+        self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
+    ) -> list[Rollout]:
+        """See :meth:`online_dt.sampling.Sampler.generate`."""
+        return self.sampler.generate(prompts, targets, params)
+
+    def load_weights(self, update: WeightUpdate) -> None:
+        """See :meth:`online_dt.sampling.Sampler.load_weights`."""
+        self.sampler.load_weights(update)
+
+
+class RewardModelActor:
+    """The reward model (built-in or a user's class by import path), scores checked."""
+
+    def __init__(self, cfg: OnlineRunConfig) -> None:
+        from online_dt.rewards import load_reward_model
+
+        self.model = load_reward_model(cfg.reward_model)
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """Validated scores, one finite float per sample (raises RewardModelError)."""
+        from online_dt.rewards import score_checked
+
+        return score_checked(self.model, prompts, completions)
+
+
+class LearnerActor(Learner):
+    """The :class:`online_dt.learner.Learner` itself, as an actor."""
+
+    def __init__(self, cfg: OnlineRunConfig, base_path: str, run_dir: str, checkpoint: Any) -> None:
+        super().__init__(cfg, base_path, run_dir, checkpoint)
