@@ -385,7 +385,7 @@ class BootstrapConfig(StrictModel):
     n_positions: int = Field(128, ge=32)
     """Context length of the tiny GPT-2 in tokens."""
 
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(800, ge=1)
     """Pretraining optimizer steps."""
 
     batch_size: int = Field(64, ge=1)

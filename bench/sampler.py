@@ -1,0 +1,131 @@
+"""Sampler benchmark: vLLM with conditioning vs. its plain-prompt ceiling vs. the HF reference.
+
+Prints, from one run with the same prompts and sampling settings:
+  * vLLM tokens/s with reward conditioning (scalar: prompt_embeds; token: reward token ids),
+  * vLLM tokens/s on plain token-id prompts without conditioning, same engine and weights
+    (the ceiling conditioning is measured against),
+  * HF reference sampler tokens/s,
+  * the ratios between them, and weight-sync milliseconds (publish + in-place reload).
+
+Usage (CPU, embedded model; builds it first if needed):
+    .venv/bin/python bench/sampler.py [--mode scalar|token] [--prompts 256] [--max-new-tokens 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="embedded", help="base model (default: embedded)")
+    parser.add_argument("--mode", choices=["scalar", "token"], default="scalar")
+    parser.add_argument("--prompts", type=int, default=256, help="prompts per timed call")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per backend")
+    parser.add_argument("--syncs", type=int, default=5, help="weight syncs to time")
+    args = parser.parse_args()
+
+    import torch
+
+    from online_dt.conditioning import RewardConditionedPolicy
+    from online_dt.config import BootstrapConfig, ConditioningConfig, SamplerConfig, TrainingConfig
+    from online_dt.corpus import embedded_prompts
+    from online_dt.sampling import HFSampler, SamplingParams
+    from online_dt.training import ConditionedTrainer, Record
+    from online_dt.vllm_sampler import VLLMSampler
+    from online_dt.weight_sync import CheckpointPublisher
+
+    base = args.model
+    if base == "embedded":
+        from online_dt.bootstrap import ensure_embedded_model
+
+        base = str(ensure_embedded_model(BootstrapConfig()))
+    prompts = [embedded_prompts()[i % len(embedded_prompts())] for i in range(args.prompts)]
+    targets = [(-1.0 + 2.0 * i / max(1, args.prompts - 1)) for i in range(args.prompts)]
+    params = SamplingParams(n=1, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    cond = ConditioningConfig(mode=args.mode, bin_method="fixed")
+    policy = RewardConditionedPolicy.from_base(base, cond).eval()
+    work = Path(tempfile.mkdtemp(prefix="odt-bench-"))
+    publisher = CheckpointPublisher(work / "weights")
+    first = publisher.publish(policy, 0)
+    sampler = VLLMSampler(first.path, SamplerConfig(), policy_version=0)
+
+    def timed(fn) -> tuple[float, int]:
+        start = time.perf_counter()
+        tokens = fn()
+        return time.perf_counter() - start, tokens
+
+    def vllm_conditioned() -> int:
+        return sum(len(r.token_ids) for r in sampler.generate(prompts, targets, params))
+
+    plain_inputs = [{"prompt_token_ids": ids} for ids in sampler.prompts.encode(prompts)]
+
+    def vllm_plain() -> int:
+        from vllm import SamplingParams as VP
+
+        sp = [VP(max_tokens=args.max_new_tokens, seed=i, logprobs=0) for i in range(len(prompts))]
+        outs = sampler.llm.generate(plain_inputs, sp, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outs)
+
+    hf = HFSampler(policy, batch_size=256)
+
+    def hf_conditioned() -> int:
+        return sum(len(r.token_ids) for r in hf.generate(prompts, targets, params))
+
+    results = {}
+    for name, fn in [("vllm_conditioned", vllm_conditioned), ("vllm_plain", vllm_plain)]:
+        fn()  # warm-up
+        runs = [timed(fn) for _ in range(args.repeats)]
+        results[name] = sum(t for _, t in runs) / sum(s for s, _ in runs)
+    runs = [timed(hf_conditioned) for _ in range(max(1, args.repeats - 1))]
+    results["hf_reference"] = sum(t for _, t in runs) / sum(s for s, _ in runs)
+
+    trainer = ConditionedTrainer(policy, TrainingConfig(batch_size=8))
+    records = [Record(p, " it was great", t) for p, t in zip(prompts[:8], targets[:8], strict=True)]
+    publish_ms, reload_ms = [], []
+    for version in range(1, args.syncs + 1):
+        trainer.step(records)
+        start = time.perf_counter()
+        update = publisher.publish(policy, version)
+        publish_ms.append(1000 * (time.perf_counter() - start))
+        start = time.perf_counter()
+        sampler.load_weights(update)
+        reload_ms.append(1000 * (time.perf_counter() - start))
+    sampler.close()
+
+    report = {
+        "model": base,
+        "mode": args.mode,
+        "params": sum(p.numel() for p in policy.model.parameters()),
+        "prompts": args.prompts,
+        "max_new_tokens": args.max_new_tokens,
+        "torch_threads": torch.get_num_threads(),
+        "tokens_per_s": {k: round(v, 1) for k, v in results.items()},
+        "ratios": {
+            "vllm_conditioned / vllm_plain": round(
+                results["vllm_conditioned"] / results["vllm_plain"], 3
+            ),
+            "vllm_conditioned / hf_reference": round(
+                results["vllm_conditioned"] / results["hf_reference"], 3
+            ),
+        },
+        "weight_sync_ms": {
+            "publish_median": round(statistics.median(publish_ms), 1),
+            "reload_median": round(statistics.median(reload_ms), 1),
+            "total_median": round(
+                statistics.median(p + r for p, r in zip(publish_ms, reload_ms, strict=True)), 1
+            ),
+        },
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""Shared fixtures: the embedded default base model, built once per test session and cached."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir():
+    """Path of the embedded default base model (built on first use, then reused from cache)."""
+    from online_dt.bootstrap import ensure_embedded_model
+    from online_dt.config import BootstrapConfig
+
+    return ensure_embedded_model(BootstrapConfig(), progress=False)
