@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -95,6 +96,20 @@ def test_corpus_sentiment_varies_widely() -> None:
     assert sum(s >= 0.5 for s in scores) > 0.25 * len(scores)
     assert sum(s <= -0.5 for s in scores) > 0.25 * len(scores)
     assert sum(abs(s) < 0.3 for s in scores) > 0.05 * len(scores)  # some neutral-ish ones too
+
+
+def test_each_text_is_coherent_in_sentiment() -> None:
+    # the shared mood keeps strongly positive and strongly negative words out of the same text
+    # (about 2% of texts have both, mostly through negation: "not horrible"; without the mood
+    # it would be about 20%)
+    strong_positive = set(ADJECTIVES[2] + ADJECTIVES[3])
+    strong_negative = set(ADJECTIVES[-2] + ADJECTIVES[-3])
+    reviews = generate_reviews(2000, seed=2)
+    mixed = 0
+    for r in reviews:
+        words = set(re.findall(r"[a-z]+", r.completion.lower()))
+        mixed += bool(words & strong_positive) and bool(words & strong_negative)
+    assert mixed < 0.06 * len(reviews)
 
 
 def test_word_lists_sit_on_the_side_of_zero_their_level_claims() -> None:
