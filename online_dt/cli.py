@@ -81,17 +81,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a config file and print it resolved")
     _config_args(p, "configs/offline.yaml")
+
+    sub.add_parser(
+        "run",
+        add_help=False,
+        help="the online decision-transformer loop on Ray (see `online-dt run --help`)",
+    )
+    p = sub.add_parser(
+        "export",
+        help="export a run's replay buffer as a Hugging Face dataset directory",
+        description="Write every persisted sample of RUN_DIR/buffer (sorted by sample id) with "
+        "datasets' save_to_disk.",
+    )
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/export)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (2 for config errors)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "run":
+        from online_dt.run import main as run_main
+
+        return run_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.command == "export":
+        return _export(Path(args.run_dir), Path(args.out) if args.out else None)
     try:
         cfg = load_config(args.config, OfflineRunConfig, parse_overrides(args.overrides))
     except ConfigError as e:
@@ -104,6 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bootstrap":
         return _bootstrap(cfg, args.samples, progress)
     return _train_offline(cfg, progress)
+
+
+def _export(run_dir: Path, out: Path | None) -> int:
+    from online_dt.buffer import export_to_disk
+
+    buffer_dir = run_dir / "buffer"
+    if not buffer_dir.is_dir():
+        print(f"error: {run_dir} has no buffer/ directory", file=sys.stderr)
+        return 2
+    out = out or run_dir / "export"
+    data = export_to_disk(buffer_dir, out)
+    print(f"wrote {len(data)} samples with columns {data.column_names} to {out}")
+    return 0
 
 
 def _bootstrap(cfg: OfflineRunConfig, samples: int, progress: bool) -> int:

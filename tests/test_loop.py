@@ -127,3 +127,16 @@ def test_new_run_refuses_existing_dir(tmp_path, base, capsys):
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     assert main(["--config", str(cfg_path), "--local"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_cli_export_writes_a_dataset(tmp_path, base, capsys):
+    from datasets import load_from_disk
+
+    from online_dt.cli import main as cli_main
+
+    cfg = make_cfg(tmp_path, base, iterations=1)
+    run_local(cfg)
+    assert cli_main(["export", str(tmp_path / "run")]) == 0
+    data = load_from_disk(str(tmp_path / "run" / "export"))
+    assert len(data) == 8 and "achieved_reward" in data.column_names
+    assert cli_main(["export", str(tmp_path / "nothing")]) == 2
