@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from online_dt.run import RunPlan, base_model_path
+from online_dt.run import RunPlan, base_model_path, metrics_callback
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_on_ray(plan: RunPlan, *, progress: bool = True) -> int:
     workers = Workers(
         SamplerGroup([RayHandle(s) for s in samplers]), RayHandle(reward), RayHandle(learner)
     )
-    export = metrics_exporter()
+    export = metrics_callback(plan, metrics_exporter())
     history = run_loop(
         cfg,
         prompts,

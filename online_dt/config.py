@@ -257,12 +257,24 @@ class TrainingConfig(StrictModel):
 class PromptsConfig(StrictModel):
     """Where prompts come from."""
 
-    source: Literal["embedded", "file"] = "embedded"
+    source: Literal["embedded", "file", "dataset"] = "embedded"
     """``embedded``: the synthetic review openings of the embedded corpus. ``file``: one prompt
-    per line of ``path``."""
+    per line of ``path``. ``dataset``: a column of a Hugging Face ``datasets`` dataset."""
 
     path: Path | None = None
     """Text file with one prompt per line, for ``source: file``."""
+
+    dataset: str | None = None
+    """``dataset``: hub name or local path passed to ``datasets.load_dataset`` (e.g. ``imdb``)."""
+
+    split: str = "train"
+    """``dataset``: the split to read."""
+
+    column: str = "text"
+    """``dataset``: the column holding the text."""
+
+    prefix_words: int | None = Field(None, ge=1)
+    """Cut each prompt to its first this many words (e.g. review openings from full reviews)."""
 
     limit: int | None = Field(None, ge=1)
     """Use at most this many prompts."""
@@ -271,6 +283,8 @@ class PromptsConfig(StrictModel):
     def _check_path(self) -> PromptsConfig:
         if self.source == "file" and self.path is None:
             raise ValueError("path is required when source is 'file'")
+        if self.source == "dataset" and not self.dataset:
+            raise ValueError("dataset is required when source is 'dataset'")
         return self
 
 

@@ -90,6 +90,30 @@ def iteration_metrics(
     }
 
 
+def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers) -> dict[str, Any]:
+    """Optional offline warm start before iteration 0: sample ``warm_start_samples_per_prompt``
+    completions of one iteration's prompts at the schedule's ``start`` target, score them,
+    append them (iteration -1), train ``warm_start_steps`` steps and sync the weights."""
+    on = cfg.online
+    batch = prompts_for(prompts, 0, on.prompts_per_iteration)
+    params = sampling_params(cfg, -1, on.warm_start_samples_per_prompt)
+    rollouts = workers.samplers.generate(batch, [cfg.schedule.start] * len(batch), params).result()
+    rewards = workers.reward.score(
+        [r.prompt for r in rollouts], [r.completion for r in rollouts]
+    ).result()
+    appended = workers.learner.append(rollouts, rewards, -1, time.time()).result()
+    trained = workers.learner.train(on.warm_start_steps).result()
+    update = workers.learner.publish().result()
+    workers.samplers.load_weights(update).result()
+    log.info(
+        "warm start: %d samples, %d steps, loss %.3f",
+        appended["count"],
+        on.warm_start_steps,
+        trained["loss"],
+    )
+    return appended
+
+
 def run_loop(
     cfg: OnlineRunConfig,
     prompts: Sequence[str],
@@ -114,6 +138,8 @@ def run_loop(
         return target, state, workers.samplers.generate(batch, targets, params)
 
     history: list[dict[str, Any]] = []
+    if start_iteration == 0 and on.warm_start_samples_per_prompt > 0:
+        warm_start(cfg, prompts, workers)
     target, next_state, inflight = launch(start_iteration, state)
     bar = tqdm(range(start_iteration, on.iterations), desc="online", disable=not progress)
     for it in bar:

@@ -49,3 +49,35 @@ def reward_summary(rewards: Sequence[float]) -> dict[str, float]:
         "median": float(p50),
         "p90": float(p90),
     }
+
+
+class TensorBoardLogger:
+    """Writes every numeric field of each per-iteration record as a TensorBoard scalar
+    (``online_dt/<field>`` at step ``iteration``), through ``torch.utils.tensorboard``.
+
+    Raises:
+        ImportError: the ``tensorboard`` package is not installed (``pip install
+            online-dt[tensorboard]``).
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                "online.tensorboard needs the tensorboard package: pip install "
+                "'online-dt[tensorboard]'"
+            ) from e
+        self.writer = SummaryWriter(log_dir)
+
+    def __call__(self, record: dict) -> None:
+        """Log one iteration's record."""
+        step = int(record["iteration"])
+        for key, value in record.items():
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and key != "iteration"
+            ):
+                self.writer.add_scalar(f"online_dt/{key}", value, step)
+        self.writer.flush()

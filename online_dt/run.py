@@ -74,6 +74,22 @@ def plan_run(
     return RunPlan(cfg, run, None, 0, None)
 
 
+def metrics_callback(plan: RunPlan, *extra: Any) -> Any:
+    """One ``on_metrics`` callback calling ``extra`` callbacks and, when configured, the
+    TensorBoard logger (``RUN_DIR/tensorboard``)."""
+    callbacks = list(extra)
+    if plan.cfg.online.tensorboard:
+        from online_dt.metrics import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(str(plan.run.path / "tensorboard")))
+
+    def call(record: dict[str, Any]) -> None:
+        for callback in callbacks:
+            callback(record)
+
+    return call
+
+
 def base_model_path(cfg: OnlineRunConfig) -> str:
     """The base model path, building the embedded model if it is configured and absent."""
     from online_dt.offline import resolve_base_model
@@ -154,13 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from online_dt.prompts import PromptError, load_prompts
+
     try:
         cfg = None
         overrides = parse_overrides(args.overrides)
         if args.resume is None:
             cfg = load_config(args.config, OnlineRunConfig, overrides)
+            load_prompts(cfg.prompts)  # fail on a missing prompt source before creating anything
         plan = plan_run(cfg, args.resume, overrides)
-    except (ConfigError, RunDirError) as e:
+    except (ConfigError, RunDirError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log.info(

@@ -10,7 +10,7 @@ from online_dt.buffer import export_dataset
 from online_dt.config import OnlineRunConfig
 from online_dt.handles import Done, Gather, LocalHandle, SamplerGroup
 from online_dt.loop import prompts_for, run_loop
-from online_dt.run import local_workers, main, plan_run
+from online_dt.run import local_workers, main, metrics_callback, plan_run
 from online_dt.sampling import SamplingParams
 from tests.tiny import build_tiny_model
 
@@ -54,6 +54,7 @@ def run_local(cfg, resume=None, overrides=None):
         start_iteration=plan.start_iteration,
         schedule_state=plan.schedule_state,
         progress=False,
+        on_metrics=metrics_callback(plan),
     ), plan
 
 
@@ -140,3 +141,76 @@ def test_cli_export_writes_a_dataset(tmp_path, base, capsys):
     data = load_from_disk(str(tmp_path / "run" / "export"))
     assert len(data) == 8 and "achieved_reward" in data.column_names
     assert cli_main(["export", str(tmp_path / "nothing")]) == 2
+
+
+def test_custom_reward_model_and_warm_start_through_config(tmp_path, base):
+    """The example reward model is swapped in by the config alone; the warm start adds one
+    batch of samples (iteration -1) before iteration 0."""
+    cfg = make_cfg(
+        tmp_path, base, iterations=2, warm_start_samples_per_prompt=1, warm_start_steps=2
+    )
+    cfg = cfg.model_copy(
+        update={
+            "reward_model": cfg.reward_model.model_copy(
+                update={
+                    "kind": "custom",
+                    "class_path": "examples.length_reward:LengthReward",
+                    "kwargs": {"target_words": 3},
+                }
+            )
+        }
+    )
+    history, plan = run_local(cfg)
+    data = export_dataset(plan.run.buffer_dir)
+    assert data["iteration"].count(-1) == 4
+    assert len(data) == 4 + 2 * 8
+    # the rewards are the example model's: 1 - |words - 3| / 3, clipped at -1
+    for completion, reward in zip(data["completion"], data["achieved_reward"], strict=True):
+        assert reward == pytest.approx(max(-1.0, 1 - abs(len(completion.split()) - 3) / 3))
+    assert history[0]["policy_version"] == 2  # warm start published version 1
+
+
+def test_tensorboard_logging(tmp_path, base):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    history, plan = run_local(make_cfg(tmp_path, base, iterations=2, tensorboard=True))
+    events = EventAccumulator(str(plan.run.path / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert "online_dt/achieved_mean" in scalars
+    assert [e.value for e in events.Scalars("online_dt/target")] == pytest.approx(
+        [m["target"] for m in history]
+    )
+
+
+def test_gpt2_imdb_config_fails_clearly_without_the_hub(tmp_path):
+    """The GPU config validates; without the Hub it stops with a clear message before any run
+    directory is created."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "imdb"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "online_dt.run",
+            "--config",
+            "configs/gpt2_imdb.yaml",
+            "--set",
+            f"online.run_dir={run_dir}",
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "cannot load prompt dataset 'imdb'" in proc.stderr
+    assert "Hub" in proc.stderr
+    assert not run_dir.exists()

@@ -1,0 +1,1 @@
+"""Examples of user extensions (importable as ``examples.*`` from the repository root)."""
