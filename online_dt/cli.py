@@ -39,7 +39,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _config_args(parser: argparse.ArgumentParser, default: str) -> None:
+def add_config_args(parser: argparse.ArgumentParser, default: str) -> None:
+    """Add ``--config``, repeatable ``--set KEY=VALUE`` and ``--no-progress`` to a parser."""
     parser.add_argument("--config", default=default, help=f"YAML config (default: {default})")
     parser.add_argument(
         "--set",
@@ -47,7 +48,8 @@ def _config_args(parser: argparse.ArgumentParser, default: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field by its dotted path, e.g. --set training.steps=50",
+        help="override a config field by its dotted path, e.g. --set training.steps=50 "
+        "(repeatable)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build the embedded default base model: a synthetic review corpus, a BPE "
         "tokenizer and a tiny GPT-2 pretrained on CPU, cached and reused.",
     )
-    _config_args(p, "configs/offline.yaml")
+    add_config_args(p, "configs/offline.yaml")
     p.add_argument("--samples", type=int, default=256, help="samples for the VADER spread report")
 
     p = sub.add_parser(
@@ -77,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train the reward-conditioned policy on them and print a calibration table (achieved "
         "reward for a low, a middle and a high target), saved as calibration.json.",
     )
-    _config_args(p, "configs/offline.yaml")
+    add_config_args(p, "configs/offline.yaml")
 
     p = sub.add_parser("validate", help="validate a config file and print it resolved")
-    _config_args(p, "configs/offline.yaml")
+    add_config_args(p, "configs/offline.yaml")
 
     sub.add_parser(
         "run",

@@ -141,22 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="online-dt run",
         description="Run the online decision-transformer loop (Ray actors by default).",
     )
-    parser.add_argument("--config", default="configs/default.yaml", help="YAML config")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field by its dotted path, e.g. --set online.iterations=5",
-    )
+    from online_dt.cli import add_config_args
+
+    add_config_args(parser, "configs/default.yaml")
     parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
     )
     parser.add_argument(
         "--local", action="store_true", help="run the workers in this process, without Ray"
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
