@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from online_dt.config import ConfigError, OfflineRunConfig, load_config
+from online_dt.config import ConfigError, OfflineRunConfig, config_class_for, load_config
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_args(p, "configs/offline.yaml")
 
-    p = sub.add_parser("validate", help="validate a config file and print it resolved")
+    p = sub.add_parser(
+        "validate", help="validate a config file (offline or online) and print it resolved"
+    )
     add_config_args(p, "configs/offline.yaml")
 
     sub.add_parser(
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         return _export(Path(args.run_dir), Path(args.out) if args.out else None)
     try:
-        cfg = load_config(args.config, OfflineRunConfig, parse_overrides(args.overrides))
+        cls = config_class_for(args.config) if args.command == "validate" else OfflineRunConfig
+        cfg = load_config(args.config, cls, parse_overrides(args.overrides))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

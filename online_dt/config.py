@@ -614,6 +614,19 @@ def load_config(path: str | Path, cls: type[C], overrides: dict[str, Any] | None
         raise ConfigError(format_validation_error(e, str(path))) from None
 
 
+def config_class_for(path: str | Path) -> type[OfflineRunConfig]:
+    """``OnlineRunConfig`` for a YAML file with an ``online`` (or ``schedule``) section, else
+    ``OfflineRunConfig`` (the offline demo's); unreadable files get ``OfflineRunConfig`` and fail
+    in :func:`load_config` with its message."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return OfflineRunConfig
+    if isinstance(data, dict) and ({"online", "schedule", "buffer", "sampler"} & data.keys()):
+        return OnlineRunConfig
+    return OfflineRunConfig
+
+
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():

@@ -14,6 +14,7 @@ from online_dt.config import (
     OfflineRunConfig,
     OnlineRunConfig,
     RewardModelConfig,
+    config_class_for,
     load_config,
 )
 
@@ -29,7 +30,9 @@ def test_every_shipped_config_loads(path):
     """Online configs (those with an ``online`` section) validate as OnlineRunConfig, the
     offline demo's as OfflineRunConfig."""
     online = "online" in yaml.safe_load(path.read_text())
-    cfg = load_config(path, OnlineRunConfig if online else OfflineRunConfig)
+    cls = config_class_for(path)
+    assert cls is (OnlineRunConfig if online else OfflineRunConfig)
+    cfg = load_config(path, cls)
     assert cfg.training.steps >= 0
 
 
