@@ -97,7 +97,6 @@ def test_overrides_parse_and_merge(tmp_path):
     cfg = load_config(
         write(tmp_path, "training: {lr: 0.5}"),
         OfflineRunConfig,
-        OnlineRunConfig,
         overrides={"training": {"steps": 7}},
     )
     assert (cfg.training.lr, cfg.training.steps) == (0.5, 7)
