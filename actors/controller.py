@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from online_dt.run import RunPlan, base_model_path, metrics_callback
+from online_dt.run import RunPlan, base_model_path, execute
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,9 @@ def run_on_ray(plan: RunPlan, *, progress: bool = True) -> int:
     from actors.handle import RayHandle
     from actors.workers import LearnerActor, RewardModelActor, SamplerActor
     from online_dt.handles import SamplerGroup
-    from online_dt.loop import Workers, run_loop
-    from online_dt.prompts import load_prompts
+    from online_dt.loop import Workers
 
     cfg, res = plan.cfg, plan.cfg.resources
-    prompts = load_prompts(cfg.prompts)
     base = base_model_path(cfg)  # builds the embedded model here, once, before any actor
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
@@ -65,17 +63,7 @@ def run_on_ray(plan: RunPlan, *, progress: bool = True) -> int:
     workers = Workers(
         SamplerGroup([RayHandle(s) for s in samplers]), RayHandle(reward), RayHandle(learner)
     )
-    export = metrics_callback(plan, metrics_exporter())
-    history = run_loop(
-        cfg,
-        prompts,
-        workers,
-        plan.run,
-        start_iteration=plan.start_iteration,
-        schedule_state=plan.schedule_state,
-        progress=progress,
-        on_metrics=export,
-    )
+    history = execute(plan, workers, progress=progress, callbacks=[metrics_exporter()])
     if history:
         last = history[-1]
         log.info(

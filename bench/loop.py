@@ -29,7 +29,6 @@ def main() -> int:
     from actors.controller import run_on_ray
     from online_dt.config import OnlineRunConfig, load_config
     from online_dt.loop import prompts_for, sampling_params
-    from online_dt.prompts import load_prompts
     from online_dt.run import make_sampler, plan_run
 
     work = Path(tempfile.mkdtemp(prefix="odt-bench-loop-"))
@@ -47,8 +46,7 @@ def main() -> int:
     ray.shutdown()
     versions = sorted((plan.run.weights_dir).glob("v*"))
     sampler = make_sampler(cfg, str(versions[-1]), 0)
-    prompts = load_prompts(cfg.prompts)
-    batch = prompts_for(prompts, 0, cfg.online.prompts_per_iteration)
+    batch = prompts_for(plan.prompts, 0, cfg.online.prompts_per_iteration)
     targets = [metrics[0]["target"]] * len(batch)
     params = sampling_params(cfg, 0, cfg.online.samples_per_prompt)
     sampler.generate(batch, targets, params)  # warm-up

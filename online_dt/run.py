@@ -8,8 +8,10 @@ With ``--local`` the workers run in this process instead of Ray actors (debuggin
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ class RunPlan:
         checkpoint: checkpoint to resume from, or ``None``.
         start_iteration: first iteration to run.
         schedule_state: schedule state to continue from, or ``None``.
+        prompts: the loaded prompt set.
     """
 
     cfg: OnlineRunConfig
@@ -40,6 +43,7 @@ class RunPlan:
     checkpoint: Path | None
     start_iteration: int
     schedule_state: ScheduleState | None
+    prompts: list[str]
 
 
 def plan_run(
@@ -47,8 +51,9 @@ def plan_run(
     resume: str | Path | None,
     overrides: dict[str, Any] | None = None,
 ) -> RunPlan:
-    """Create the run directory, or find where to resume.
+    """Load the prompts, then create the run directory, or find where to resume.
 
+    Prompts are loaded first so that a missing prompt source fails before anything is created.
     On resume the run directory's ``config.yaml`` is authoritative, with ``overrides`` applied
     on top (e.g. more ``online.iterations``); logs of iterations after the checkpoint are
     dropped (they will be run again).
@@ -56,22 +61,43 @@ def plan_run(
     Raises:
         RunDirError: a new run would overwrite an existing one, or there is nothing to resume.
         ConfigError: the run directory's config is invalid.
+        PromptError: the prompt source is missing or empty.
     """
+    from online_dt.prompts import load_prompts
+
     if resume is not None:
         run = RunDir(resume)
         cfg = load_config(run.path / "config.yaml", OnlineRunConfig, overrides)
+        prompts = load_prompts(cfg.prompts)
         checkpoint = run.latest_checkpoint()
-        import json
-
         state = json.loads((checkpoint / "state.json").read_text())["controller"]
         run.truncate_logs(state["iteration"])
-        return RunPlan(
-            cfg, run, checkpoint, state["iteration"] + 1, ScheduleState.from_dict(state["schedule"])
-        )
+        schedule_state = ScheduleState.from_dict(state["schedule"])
+        return RunPlan(cfg, run, checkpoint, state["iteration"] + 1, schedule_state, prompts)
     assert cfg is not None
+    prompts = load_prompts(cfg.prompts)
     run = RunDir(cfg.online.run_dir)
     run.create(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    return RunPlan(cfg, run, None, 0, None)
+    return RunPlan(cfg, run, None, 0, None, prompts)
+
+
+def execute(
+    plan: RunPlan, workers: Any, *, progress: bool = True, callbacks: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
+    """Run the loop of :mod:`online_dt.loop` for a plan with any workers (local or Ray);
+    per-iteration records also go to ``callbacks`` and, when configured, TensorBoard."""
+    from online_dt.loop import run_loop
+
+    return run_loop(
+        plan.cfg,
+        plan.prompts,
+        workers,
+        plan.run,
+        start_iteration=plan.start_iteration,
+        schedule_state=plan.schedule_state,
+        progress=progress,
+        on_metrics=metrics_callback(plan, *callbacks),
+    )
 
 
 def metrics_callback(plan: RunPlan, *extra: Any) -> Any:
@@ -163,14 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from online_dt.prompts import PromptError, load_prompts
+    from online_dt.prompts import PromptError
 
     try:
         cfg = None
         overrides = parse_overrides(args.overrides)
         if args.resume is None:
             cfg = load_config(args.config, OnlineRunConfig, overrides)
-            load_prompts(cfg.prompts)  # fail on a missing prompt source before creating anything
         plan = plan_run(cfg, args.resume, overrides)
     except (ConfigError, RunDirError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -182,19 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         plan.cfg.online.iterations - 1,
     )
     if args.local:
-        from online_dt.loop import run_loop
-        from online_dt.prompts import load_prompts
-
-        workers = local_workers(plan)
-        run_loop(
-            plan.cfg,
-            load_prompts(plan.cfg.prompts),
-            workers,
-            plan.run,
-            start_iteration=plan.start_iteration,
-            schedule_state=plan.schedule_state,
-            progress=not args.no_progress,
-        )
+        execute(plan, local_workers(plan), progress=not args.no_progress)
         return 0
     from actors.controller import run_on_ray
 

@@ -9,8 +9,8 @@ import pytest
 from online_dt.buffer import export_dataset
 from online_dt.config import OnlineRunConfig
 from online_dt.handles import Done, Gather, LocalHandle, SamplerGroup
-from online_dt.loop import prompts_for, run_loop
-from online_dt.run import local_workers, main, metrics_callback, plan_run
+from online_dt.loop import prompts_for
+from online_dt.run import execute, local_workers, main, plan_run
 from online_dt.sampling import SamplingParams
 from tests.tiny import build_tiny_model
 
@@ -45,17 +45,8 @@ def base(tmp_path_factory):
 
 def run_local(cfg, resume=None, overrides=None):
     plan = plan_run(None if resume else cfg, resume, overrides)
-    workers = local_workers(plan)
-    return run_loop(
-        plan.cfg,
-        PROMPTS,
-        workers,
-        plan.run,
-        start_iteration=plan.start_iteration,
-        schedule_state=plan.schedule_state,
-        progress=False,
-        on_metrics=metrics_callback(plan),
-    ), plan
+    plan.prompts = PROMPTS
+    return execute(plan, local_workers(plan), progress=False), plan
 
 
 def test_handles_and_sampler_group():
