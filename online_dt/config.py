@@ -489,6 +489,60 @@ class ResourcesConfig(StrictModel):
     reward_gpus: float = Field(0.0, ge=0.0)
     """GPUs of the reward-model actor."""
 
+    colocate: bool = False
+    """Sampler replicas and the learner share GPUs (one placement-group bundle per GPU holds
+    the learner's share and the samplers' shares) instead of using separate GPUs."""
+
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Ray placement-group strategy for the actors' bundles (Ray's own names)."""
+
+    use_placement_group: bool = True
+    """Reserve the actors' resources in one Ray placement group before starting them, so a
+    run either gets all its resources or waits; ``false`` schedules each actor on its own."""
+
+
+class DashboardConfig(StrictModel):
+    """The run's read-only web dashboard (started by ``online-dt run``)."""
+
+    enabled: bool = True
+    """Start the dashboard with the run (its URL is logged at start)."""
+
+    host: str = "127.0.0.1"
+    """Bind address; ``0.0.0.0`` exposes it on every interface (e.g. behind a cluster's head)."""
+
+    port: int = Field(8470, ge=0, le=65535)
+    """TCP port (0: any free port)."""
+
+    poll_interval_s: float = Field(2.0, gt=0.0, le=3600.0)
+    """How often the page asks the server for new iterations, in seconds."""
+
+    recent_samples: int = Field(50, ge=1, le=10_000)
+    """Rows in the table of recent samples."""
+
+
+class FaultToleranceConfig(StrictModel):
+    """What the loop does when a worker dies or a reward model misbehaves."""
+
+    sampler_max_restarts: int = Field(3, ge=-1)
+    """Ray restarts of each sampler actor after its process dies (-1: unlimited)."""
+
+    reward_max_restarts: int = Field(3, ge=-1)
+    """Ray restarts of the reward-model actor after its process dies (-1: unlimited)."""
+
+    rollout_retries: int = Field(2, ge=0)
+    """Times an interrupted rollout chunk is re-issued (to the restarted replica) before it
+    is dropped with a logged count."""
+
+    reward_retries: int = Field(2, ge=0)
+    """Times a scoring batch is retried after the reward model raised or its actor died."""
+
+    on_reward_failure: Literal["stop", "skip"] = "stop"
+    """After the retries: ``stop`` the run with the error, or ``skip`` the batch (its samples
+    go to ``RUN_DIR/rejected/`` with the reason either way)."""
+
+    retry_backoff_s: float = Field(1.0, ge=0.0, le=600.0)
+    """Wait before each retry, in seconds (doubled at every further attempt)."""
+
 
 class OnlineConfig(StrictModel):
     """The online decision-transformer loop."""
@@ -563,6 +617,12 @@ class OnlineRunConfig(OfflineRunConfig):
 
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     """Ray resources of the actors."""
+
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    """The run's web dashboard."""
+
+    fault_tolerance: FaultToleranceConfig = Field(default_factory=FaultToleranceConfig)
+    """Restarts, retries and what to do with batches that cannot be scored."""
 
 
 # ---------------------------------------------------------------------------------------------
