@@ -67,10 +67,10 @@ def run_on_ray(plan: RunPlan, *, progress: bool = True) -> int:
     if history:
         last = history[-1]
         log.info(
-            "finished iteration %d: target %.3f, achieved %.3f, policy version %d",
+            "finished iteration %d: target %.3f, achieved %s, policy version %d",
             last["iteration"],
             last["target"],
-            last["achieved_mean"],
+            f"{last['achieved_mean']:.3f}" if "achieved_mean" in last else "(batch skipped)",
             last["policy_version"],
         )
     return 0

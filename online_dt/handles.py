@@ -3,17 +3,31 @@
 The controller's loop calls methods on *handles* and gets *futures* back (anything with
 ``result()``). :class:`LocalHandle` runs the call at once (tests, single process);
 ``actors.RayHandle`` submits it to a Ray actor. :class:`SamplerGroup` fans one rollout request
-out over several sampler replicas and gathers the results, like OpenRLHF's ``RayActorGroup``.
+out over several sampler replicas and gathers the results, like OpenRLHF's ``RayActorGroup``;
+when a replica's process dies mid-rollout (:class:`WorkerLostError`), the group re-sends it the
+current weights and re-issues its chunk, or drops the chunk with a logged count.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from online_dt.sampling import Rollout, SamplingParams
 
 T = TypeVar("T", covariant=True)
+log = logging.getLogger(__name__)
+
+
+class WorkerLostError(RuntimeError):
+    """A worker's process died (or became unreachable) while a call was pending.
+
+    Raised by a future's ``result()``; ``actors.RayFuture`` turns Ray's actor-death errors into
+    this one so the core can tell a lost worker (retry) from an error raised by the call itself.
+    """
 
 
 class Future(Protocol[T]):
@@ -70,25 +84,133 @@ class LocalHandle:
         return call
 
 
+class RolloutFuture:
+    """Pending rollouts of a :class:`SamplerGroup` request; ``result()`` gathers the chunks.
+
+    A chunk whose replica was lost is re-issued (after re-sending the current weights) up to
+    ``retries`` times, then dropped. After ``result()``, :attr:`stats` holds
+    ``rollouts_reissued`` and ``rollouts_dropped`` (prompts, not samples),
+    ``samplers_lost`` (losses seen) and ``sampler_recovery_s`` (seconds spent re-issuing).
+
+    Raises (from ``result()``):
+        WorkerLostError: every chunk was dropped (no rollouts at all).
+        Exception: any other error of a replica's ``generate``, unchanged.
+    """
+
+    def __init__(
+        self,
+        group: SamplerGroup,
+        chunks: list[tuple[int, int, int, SamplingParams, Any]],
+        request: tuple[Sequence[str], Sequence[float]],
+    ) -> None:
+        self.group = group
+        self.chunks = chunks
+        self.request = request
+        self.stats: dict[str, float] = {
+            "rollouts_reissued": 0,
+            "rollouts_dropped": 0,
+            "samplers_lost": 0,
+            "sampler_recovery_s": 0.0,
+        }
+
+    def result(self) -> list[Rollout]:
+        """Wait for every chunk; rollouts in prompt order, ``prompt_index`` over the request."""
+        prompts, targets = self.request
+        out: list[Rollout] = []
+        for k, lo, hi, params, future in self.chunks:
+            chunk = self._chunk_result(k, lo, hi, params, future, prompts, targets)
+            for r in chunk:
+                r.prompt_index += lo
+                out.append(r)
+        if self.chunks and not out and self.stats["rollouts_dropped"]:
+            raise WorkerLostError("every sampler replica was lost; no rollouts this iteration")
+        return out
+
+    def _chunk_result(
+        self,
+        k: int,
+        lo: int,
+        hi: int,
+        params: SamplingParams,
+        future: Any,
+        prompts: Sequence[str],
+        targets: Sequence[float],
+    ) -> list[Rollout]:
+        try:
+            return future.result()
+        except WorkerLostError as e:
+            lost_at = time.perf_counter()
+            self.stats["samplers_lost"] += 1
+            error: WorkerLostError = e
+        handle = self.group.handles[k]
+        for attempt in range(1, self.group.retries + 1):
+            log.warning(
+                "sampler %d lost during a rollout (%s); re-issuing its %d prompts (attempt %d/%d)",
+                k,
+                error,
+                hi - lo,
+                attempt,
+                self.group.retries,
+            )
+            self.stats["rollouts_reissued"] += hi - lo
+            time.sleep(self.group.backoff_s * 2 ** (attempt - 1))
+            try:
+                self.group.resync(k)
+                chunk = handle.generate(prompts[lo:hi], targets[lo:hi], params).result()
+                self.stats["sampler_recovery_s"] += time.perf_counter() - lost_at
+                return chunk
+            except WorkerLostError as e:
+                self.stats["samplers_lost"] += 1
+                error = e
+        log.error(
+            "sampler %d still lost after %d re-issues; dropping its %d prompts",
+            k,
+            self.group.retries,
+            hi - lo,
+        )
+        self.stats["rollouts_dropped"] += hi - lo
+        self.stats["sampler_recovery_s"] += time.perf_counter() - lost_at
+        self.group.stale.add(k)
+        return []
+
+
 class SamplerGroup:
     """Fans rollouts out over sampler replicas (handles whose calls return futures).
 
     A request of P prompts is split into contiguous chunks, one per replica; results come back
-    in prompt order with ``prompt_index`` relative to the whole request.
+    in prompt order with ``prompt_index`` relative to the whole request. The group remembers
+    the last weight update; a replica that was lost (and restarted by its supervisor, e.g.
+    Ray's ``max_restarts``) gets it again before it samples.
+
+    Args:
+        handles: one handle per replica (``generate`` and ``load_weights`` return futures).
+        retries: re-issues of a lost replica's chunk before it is dropped (>= 0).
+        backoff_s: wait before the first re-issue, doubled at each further one (seconds).
     """
 
-    def __init__(self, handles: Sequence[Any]) -> None:
+    def __init__(self, handles: Sequence[Any], retries: int = 2, backoff_s: float = 0.0) -> None:
         if not handles:
             raise ValueError("a sampler group needs at least one sampler")
         self.handles = list(handles)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.update: Any = None
+        self.stale: set[int] = set()
+
+    def resync(self, k: int) -> None:
+        """Send replica ``k`` the last weight update (a restarted replica starts from the
+        weights it was created with). Raises :class:`WorkerLostError` if it is still lost."""
+        if self.update is not None:
+            self.handles[k].load_weights(self.update).result()
+        self.stale.discard(k)
 
     def generate(
         self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
-    ) -> Gather:
+    ) -> RolloutFuture:
         """Submit to every replica; the future's result is the concatenated rollouts."""
         n = len(self.handles)
         size = -(-len(prompts) // n)
-        futures, offsets = [], []
+        chunks = []
         for k, handle in enumerate(self.handles):
             lo, hi = k * size, min((k + 1) * size, len(prompts))
             if lo >= hi:
@@ -97,19 +219,40 @@ class SamplerGroup:
             chunk_params = SamplingParams(
                 params.n, params.temperature, params.top_p, params.max_new_tokens, seed
             )
-            futures.append(handle.generate(prompts[lo:hi], targets[lo:hi], chunk_params))
-            offsets.append(lo)
-
-        def combine(chunks: list[list[Rollout]]) -> list[Rollout]:
-            out = []
-            for offset, chunk in zip(offsets, chunks, strict=True):
-                for r in chunk:
-                    r.prompt_index += offset
-                    out.append(r)
-            return out
-
-        return Gather(futures, combine)
+            if k in self.stale:
+                with contextlib.suppress(WorkerLostError):  # else generate takes the re-issue path
+                    self.resync(k)
+            chunks.append(
+                (
+                    k,
+                    lo,
+                    hi,
+                    chunk_params,
+                    handle.generate(prompts[lo:hi], targets[lo:hi], chunk_params),
+                )
+            )
+        return RolloutFuture(self, chunks, (prompts, targets))
 
     def load_weights(self, update: Any) -> Gather:
-        """Apply a weight update on every replica."""
-        return Gather([h.load_weights(update) for h in self.handles])
+        """Apply a weight update on every replica; a lost replica is marked stale and gets the
+        update before its next rollout instead of failing the sync."""
+        self.update = update
+        return Gather(
+            [_SyncFuture(self, k, h.load_weights(update)) for k, h in enumerate(self.handles)]
+        )
+
+
+class _SyncFuture:
+    """A replica's weight sync that marks the replica stale if it was lost."""
+
+    def __init__(self, group: SamplerGroup, k: int, future: Any) -> None:
+        self.group, self.k, self.future = group, k, future
+
+    def result(self) -> None:
+        try:
+            self.future.result()
+        except WorkerLostError as e:
+            log.warning(
+                "sampler %d lost during weight sync (%s); resync before it samples", self.k, e
+            )
+            self.group.stale.add(self.k)

@@ -175,10 +175,13 @@ class Learner:
         """``steps`` optimizer steps on batches drawn from the buffer.
 
         Returns:
-            Mean ``loss`` and ``kl_penalty`` over the steps, ``tokens`` trained on, ``seconds``.
+            Mean ``loss`` and ``kl_penalty`` over the steps, ``tokens`` trained on, ``seconds``
+            (no steps, loss NaN, while the buffer is empty).
         """
         start = time.perf_counter()
         losses, kls, tokens = [], [], 0
+        if len(self.buffer) == 0:
+            steps = 0  # every batch so far was rejected: nothing to learn from yet
         for _ in range(steps):
             batch = self.buffer.sample_batch(self.cfg.training.batch_size)
             records = [Record(s.prompt, s.completion, s.achieved_reward) for s in batch]

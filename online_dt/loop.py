@@ -25,6 +25,7 @@ from online_dt.metrics import distinct_n, reward_summary
 from online_dt.rundir import RunDir
 from online_dt.sampling import Rollout, SamplingParams
 from online_dt.schedule import RewardStats, ScheduleState, next_target, sample_targets
+from online_dt.scoring import score_rollouts
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,17 @@ def iteration_metrics(
 
     ``learner_version`` is the version the learner trained these samples on (before this
     iteration's update); ``policy_lag_max`` is how many versions the oldest sample is behind it
-    (0 in sync mode, up to 1 in async mode).
+    (0 in sync mode, up to 1 in async mode). With no rollouts (a skipped batch) only
+    ``iteration``, ``target`` and ``samples`` are set.
     """
-    summary = reward_summary(rewards)
     tokens = [r.token_ids for r in rollouts]
+    record: dict[str, Any] = {"iteration": iteration, "target": target, "samples": len(rollouts)}
+    if not rollouts:  # the batch was skipped (reward model failed) or every replica was lost
+        return record
+    summary = reward_summary(rewards)
     versions = [r.policy_version for r in rollouts]
     return {
-        "iteration": iteration,
-        "target": target,
+        **record,
         "achieved_mean": summary["mean"],
         "achieved_median": summary["median"],
         "achieved_p10": summary["p10"],
@@ -84,13 +88,14 @@ def iteration_metrics(
         "distinct_1": distinct_n(tokens, 1),
         "distinct_2": distinct_n(tokens, 2),
         "completion_tokens_mean": sum(map(len, tokens)) / max(1, len(tokens)),
-        "samples": len(rollouts),
         "sample_policy_version_min": min(versions),
         "policy_lag_max": learner_version - min(versions),
     }
 
 
-def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers) -> dict[str, Any]:
+def warm_start(
+    cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers, run: RunDir
+) -> dict[str, Any]:
     """Optional offline warm start before iteration 0: sample ``warm_start_samples_per_prompt``
     completions of one iteration's prompts at the schedule's ``start`` target, score them,
     append them (iteration -1), train ``warm_start_steps`` steps and sync the weights."""
@@ -98,9 +103,9 @@ def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers) -
     batch = prompts_for(prompts, 0, on.prompts_per_iteration)
     params = sampling_params(cfg, -1, on.warm_start_samples_per_prompt)
     rollouts = workers.samplers.generate(batch, [cfg.schedule.start] * len(batch), params).result()
-    rewards = workers.reward.score(
-        [r.prompt for r in rollouts], [r.completion for r in rollouts]
-    ).result()
+    rewards = score_rollouts(workers.reward.score, rollouts, -1, cfg.fault_tolerance, run).rewards
+    if rewards is None:
+        rollouts, rewards = [], []
     appended = workers.learner.append(rollouts, rewards, -1, time.time()).result()
     trained = workers.learner.train(on.warm_start_steps).result()
     update = workers.learner.publish().result()
@@ -139,16 +144,17 @@ def run_loop(
 
     history: list[dict[str, Any]] = []
     if start_iteration == 0 and on.warm_start_samples_per_prompt > 0:
-        warm_start(cfg, prompts, workers)
+        warm_start(cfg, prompts, workers, run)
     target, next_state, inflight = launch(start_iteration, state)
     bar = tqdm(range(start_iteration, on.iterations), desc="online", disable=not progress)
     for it in bar:
         t_start = time.perf_counter()
         rollouts = inflight.result()
         t_rollout = time.perf_counter()
-        rewards = workers.reward.score(
-            [r.prompt for r in rollouts], [r.completion for r in rollouts]
-        ).result()
+        scored = score_rollouts(workers.reward.score, rollouts, it, cfg.fault_tolerance, run)
+        if scored.rewards is None:  # skipped after the retries; kept in rejected/
+            rollouts = []
+        rewards = scored.rewards or []
         t_scored = time.perf_counter()
         appended = workers.learner.append(rollouts, rewards, it, time.time()).result()
         training = workers.learner.train(on.train_steps_per_iteration)
@@ -187,6 +193,8 @@ def run_loop(
                 - train_metrics["seconds"]
                 - (t_synced - t_trained),
             ),
+            **scored.metrics(),
+            **getattr(inflight, "stats", {}),
             time=time.time(),
         )
         run.append_samples(
@@ -204,7 +212,7 @@ def run_loop(
         history.append(record)
         if on_metrics is not None:
             on_metrics(record)
-        bar.set_postfix(target=f"{target:.3f}", achieved=f"{record['achieved_mean']:.3f}")
+        bar.set_postfix(target=f"{target:.3f}", achieved=f"{record.get('achieved_mean', 0):.3f}")
         if (it + 1) % on.checkpoint_every == 0 or it + 1 == on.iterations:
             workers.learner.checkpoint(it, {"schedule": state.to_dict(), "iteration": it}).result()
         if it + 1 < on.iterations:

@@ -9,6 +9,7 @@ Layout::
       buffer/            replay-buffer parquet shards (online_dt.buffer)
       weights/           published policy versions (checkpoint weight sync)
       checkpoints/       resumable checkpoints; latest.json names the newest complete one
+      rejected/          batches the reward model could not score, with the reason
 
 Every file is written to a temporary name and renamed, or appended line by line with a flush
 and fsync; a reader drops a torn last line, so a crash never leaves a record half-read.
@@ -17,12 +18,26 @@ and fsync; a reader drops a torn last line, so a crash never leaves a record hal
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from online_dt.io import atomic_write_json, atomic_write_text
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with NaN and infinite floats replaced by ``None`` (strict JSON, which browsers
+    and ``jq`` read; Python's ``json`` would otherwise write bare ``NaN``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 class RunDirError(RuntimeError):
@@ -60,6 +75,11 @@ class RunDir:
         """``checkpoints/``."""
         return self.path / "checkpoints"
 
+    @property
+    def rejected_dir(self) -> Path:
+        """``rejected/`` (batches that could not be scored)."""
+        return self.path / "rejected"
+
     def create(self, config_yaml: str) -> None:
         """Start a new run: create the directory and write ``config.yaml``.
 
@@ -78,7 +98,7 @@ class RunDir:
 
     @staticmethod
     def _append_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(r) + "\n" for r in records)
+        text = "".join(json.dumps(_finite_or_none(r), allow_nan=False) + "\n" for r in records)
         if not text:
             return
         with open(path, "a") as f:
@@ -116,6 +136,39 @@ class RunDir:
             if path.exists():
                 kept = [r for r in self._read_lines(path) if r["iteration"] <= last_iteration]
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # -- rejected batches ------------------------------------------------------------------------
+
+    def write_rejected(self, iteration: int, reason: str, record: dict[str, Any]) -> Path:
+        """Keep a batch that could not be scored: ``rejected/iter-NNNNNN-REASON[-k].json``
+        holding ``iteration``, ``reason``, ``time`` and ``record`` (message, samples, ...).
+
+        Returns:
+            The file written (atomically).
+        """
+        stem = f"iter-{iteration:06d}-{reason}"
+        path = self.rejected_dir / f"{stem}.json"
+        k = 1
+        while path.exists():
+            k += 1
+            path = self.rejected_dir / f"{stem}-{k}.json"
+        atomic_write_json(
+            path,
+            _finite_or_none(
+                {"iteration": iteration, "reason": reason, "time": time.time(), **record}
+            ),
+        )
+        return path
+
+    def read_rejected(self) -> list[dict[str, Any]]:
+        """Every rejected batch, oldest first (unreadable files are skipped)."""
+        out = []
+        for path in sorted(self.rejected_dir.glob("iter-*.json")):
+            try:
+                out.append({"file": path.name, **json.loads(path.read_text())})
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
 
     # -- checkpoints -----------------------------------------------------------------------------
 

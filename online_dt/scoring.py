@@ -1,0 +1,196 @@
+"""Scoring a rollout batch with retries, and keeping the batches that could not be scored.
+
+The reward model is user code and runs in its own worker: it can raise, its process can die,
+and it can return NaN, infinities or the wrong number of scores. :func:`score_rollouts`
+
+* retries a batch whose scoring raised or whose worker was lost (``reward_retries`` times,
+  with exponential back-off; Ray restarts a dead actor meanwhile, ``reward_max_restarts``);
+* does not retry a batch whose scores failed validation (:class:`RewardModelError`: the same
+  inputs give the same NaN);
+* writes every batch it gives up on to ``RUN_DIR/rejected/`` with the reason, the message and
+  every sample (prompt, completion, target, policy version), so nothing is lost;
+* then stops the run (:class:`RewardBatchError`) or skips the batch, as configured.
+
+The buffer never sees a non-finite reward: validation happens here, and the buffer checks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from online_dt.config import FaultToleranceConfig
+from online_dt.handles import WorkerLostError
+from online_dt.rewards import RewardModelError
+from online_dt.rundir import RunDir
+from online_dt.sampling import Rollout
+
+log = logging.getLogger(__name__)
+
+
+class RewardBatchError(RuntimeError):
+    """A batch could not be scored and ``fault_tolerance.on_reward_failure`` is ``stop``.
+
+    Attributes:
+        iteration: the iteration whose batch failed.
+        reason: ``nan``, ``inf``, ``wrong_count``, ``not_a_number``, ``not_a_sequence``
+            (validation), ``worker_lost`` or ``error`` (the model raised).
+        rejected_file: where the batch was kept.
+    """
+
+    def __init__(self, message: str, *, iteration: int, reason: str, rejected_file: str) -> None:
+        super().__init__(message)
+        self.iteration = iteration
+        self.reason = reason
+        self.rejected_file = rejected_file
+
+
+@dataclass
+class ScoreOutcome:
+    """What :func:`score_rollouts` did with one batch.
+
+    Attributes:
+        rewards: one finite reward per rollout, or ``None`` when the batch was skipped.
+        attempts: scoring calls made (1 when the first succeeded).
+        rejected: samples written to ``rejected/`` (0 or the batch size).
+        reason: why the batch was rejected (``None`` when scored).
+        recovery_s: seconds from the first failure to the successful retry (0 if none).
+    """
+
+    rewards: list[float] | None
+    attempts: int = 1
+    rejected: int = 0
+    reason: str | None = None
+    recovery_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        """The per-iteration figures of this batch's scoring."""
+        return {
+            "reward_attempts": self.attempts,
+            "rejected_samples": self.rejected,
+            "reward_recovery_s": self.recovery_s,
+        }
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (Ray appends remote tracebacks), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def failure_reason(error: BaseException) -> str:
+    """Short reason of a scoring failure: the :class:`RewardModelError` reason,
+    ``worker_lost`` or ``error``."""
+    if isinstance(error, RewardModelError):
+        return error.reason
+    if isinstance(error, WorkerLostError):
+        return "worker_lost"
+    return "error"
+
+
+def score_rollouts(
+    score: Callable[[list[str], list[str]], Any],
+    rollouts: Sequence[Rollout],
+    iteration: int,
+    policy: FaultToleranceConfig,
+    run: RunDir,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ScoreOutcome:
+    """Score ``rollouts`` with ``score(prompts, completions)`` (returns a future), retrying.
+
+    Args:
+        score: the reward worker's ``score`` (a handle method; its future's ``result()`` gives
+            the validated rewards or raises).
+        rollouts: the batch, ``N`` rollouts.
+        iteration: the iteration (names the rejected file).
+        policy: retries, back-off and what to do after them.
+        run: the run directory (``rejected/``).
+        sleep: back-off function (tests pass a no-op).
+
+    Returns:
+        A :class:`ScoreOutcome`; ``rewards`` is ``None`` when the batch was skipped.
+
+    Raises:
+        RewardBatchError: the batch failed for good and ``on_reward_failure`` is ``stop``.
+    """
+    prompts = [r.prompt for r in rollouts]
+    completions = [r.completion for r in rollouts]
+    outcome = ScoreOutcome(rewards=None, attempts=0)
+    first_failure: float | None = None
+    error: BaseException | None = None
+    while outcome.attempts <= policy.reward_retries:
+        outcome.attempts += 1
+        try:
+            outcome.rewards = list(score(prompts, completions).result())
+            if first_failure is not None:
+                outcome.recovery_s = time.perf_counter() - first_failure
+                log.info(
+                    "iteration %d: scored after %d attempts (%.1fs after the first failure)",
+                    iteration,
+                    outcome.attempts,
+                    outcome.recovery_s,
+                )
+            return outcome
+        except Exception as e:  # the reward model is user code: anything can come back
+            error = e
+            first_failure = first_failure or time.perf_counter()
+            outcome.errors.append(f"{type(e).__name__}: {e}")
+            if isinstance(e, RewardModelError):
+                break  # invalid scores are not retried: the same inputs give the same output
+            if outcome.attempts <= policy.reward_retries:
+                wait = policy.retry_backoff_s * 2 ** (outcome.attempts - 1)
+                log.warning(
+                    "iteration %d: scoring failed (%s: %s); retry %d/%d in %.1fs",
+                    iteration,
+                    type(e).__name__,
+                    first_line(e),
+                    outcome.attempts,
+                    policy.reward_retries,
+                    wait,
+                )
+                sleep(wait)
+    assert error is not None
+    outcome.rewards = None
+    outcome.reason = failure_reason(error)
+    outcome.rejected = len(rollouts)
+    if first_failure is not None:
+        outcome.recovery_s = time.perf_counter() - first_failure
+    path = run.write_rejected(
+        iteration,
+        outcome.reason,
+        {
+            "message": str(error),
+            "errors": outcome.errors,
+            "attempts": outcome.attempts,
+            "offending_indices": getattr(error, "indices", None),
+            "samples": [
+                {
+                    "prompt": r.prompt,
+                    "completion": r.completion,
+                    "target": r.target,
+                    "policy_version": r.policy_version,
+                    "prompt_index": r.prompt_index,
+                }
+                for r in rollouts
+            ],
+        },
+    )
+    summary = (
+        f"iteration {iteration}: the reward model failed on a batch of {len(rollouts)} samples "
+        f"({outcome.reason}) after {outcome.attempts} attempt(s): {first_line(error)}; "
+        f"the batch is kept in {path}"
+    )
+    if policy.on_reward_failure == "stop":
+        raise RewardBatchError(
+            summary + f". Fix the reward model, then continue with --resume {run.path}",
+            iteration=iteration,
+            reason=outcome.reason,
+            rejected_file=str(path),
+        )
+    log.error("%s; skipping it (fault_tolerance.on_reward_failure=skip)", summary)
+    return outcome
