@@ -6,6 +6,7 @@ placed it. The controller turns them into actors with ``ray.remote(...).options(
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,9 @@ class SamplerActor:
 
     def __init__(self, cfg: OnlineRunConfig, update: WeightUpdate) -> None:
         from online_dt.run import make_sampler
+        from online_dt.weight_sync import newest_available
 
+        update = newest_available(update)  # after a restart the first version may be pruned
         assert update.path is not None
         self.sampler = make_sampler(cfg, update.path, update.version)
 
@@ -33,6 +36,10 @@ class SamplerActor:
     def load_weights(self, update: WeightUpdate) -> None:
         """See :meth:`online_dt.sampling.Sampler.load_weights`."""
         self.sampler.load_weights(update)
+
+    def pid(self) -> int:
+        """The actor's process id (operators and fault-injection tests kill it by pid)."""
+        return os.getpid()
 
 
 class RewardModelActor:
@@ -48,6 +55,10 @@ class RewardModelActor:
         from online_dt.rewards import score_checked
 
         return score_checked(self.model, prompts, completions)
+
+    def pid(self) -> int:
+        """The actor's process id."""
+        return os.getpid()
 
 
 class LearnerActor(Learner):

@@ -542,7 +542,15 @@ class HFClassifierReward:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_custom(class_path: str, kwargs: dict[str, Any]) -> RewardModel:
+def import_reward_class(class_path: str) -> Any:
+    """Import ``package.module:ClassName`` (``ClassName`` may be dotted) without calling it.
+
+    Used to check a config before any worker starts; :func:`load_reward_model` then builds it.
+
+    Raises:
+        RewardModelLoadError: the path is malformed, the module does not import, the attribute
+            is missing (the message lists the module's classes) or is not callable.
+    """
     module_name, sep, attr_path = class_path.partition(":")
     if not sep or not module_name or not attr_path:
         raise RewardModelLoadError(
@@ -573,7 +581,11 @@ def _load_custom(class_path: str, kwargs: dict[str, Any]) -> RewardModel:
         raise RewardModelLoadError(
             f"custom reward model {class_path!r} is a {type(target).__name__}, not a class"
         )
+    return target
 
+
+def _load_custom(class_path: str, kwargs: dict[str, Any]) -> RewardModel:
+    target = import_reward_class(class_path)
     try:
         model = target(**kwargs)
     except Exception as e:

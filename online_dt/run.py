@@ -51,9 +51,12 @@ def plan_run(
     resume: str | Path | None,
     overrides: dict[str, Any] | None = None,
 ) -> RunPlan:
-    """Load the prompts, then create the run directory, or find where to resume.
+    """Load the prompts and check the inputs, then create the run directory, or find where to
+    resume.
 
-    Prompts are loaded first so that a missing prompt source fails before anything is created.
+    Prompts are loaded and :func:`online_dt.preflight.preflight` checks the base model, the
+    reward model and the prompt lengths first, so that bad input fails before anything is
+    created.
     On resume the run directory's ``config.yaml`` is authoritative, with ``overrides`` applied
     on top (e.g. more ``online.iterations``); logs of iterations after the checkpoint are
     dropped (they will be run again).
@@ -62,13 +65,17 @@ def plan_run(
         RunDirError: a new run would overwrite an existing one, or there is nothing to resume.
         ConfigError: the run directory's config is invalid.
         PromptError: the prompt source is missing or empty.
+        PreflightError: the base model or reward model cannot be loaded, or a prompt is too
+            long for the model's context.
     """
+    from online_dt.preflight import preflight
     from online_dt.prompts import load_prompts
 
     if resume is not None:
         run = RunDir(resume)
         cfg = load_config(run.path / "config.yaml", OnlineRunConfig, overrides)
         prompts = load_prompts(cfg.prompts)
+        preflight(cfg, prompts, base_model_path(cfg))
         checkpoint = run.latest_checkpoint()
         state = json.loads((checkpoint / "state.json").read_text())["controller"]
         run.truncate_logs(state["iteration"])
@@ -77,6 +84,8 @@ def plan_run(
     assert cfg is not None
     prompts = load_prompts(cfg.prompts)
     run = RunDir(cfg.online.run_dir)
+    run.check_new()
+    preflight(cfg, prompts, base_model_path(cfg))
     run.create(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return RunPlan(cfg, run, None, 0, None, prompts)
 
@@ -140,8 +149,11 @@ def local_workers(plan: RunPlan) -> Any:
         def score(self, prompts: list[str], completions: list[str]) -> list[float]:
             return score_checked(reward_model, prompts, completions)
 
+    ft = cfg.fault_tolerance
     return Workers(
-        SamplerGroup([LocalHandle(sampler)]), LocalHandle(Scorer()), LocalHandle(learner)
+        SamplerGroup([LocalHandle(sampler)], ft.rollout_retries, ft.retry_backoff_s),
+        LocalHandle(Scorer()),
+        LocalHandle(learner),
     )
 
 
@@ -189,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from online_dt.preflight import PreflightError
     from online_dt.prompts import PromptError
 
     try:
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is None:
             cfg = load_config(args.config, OnlineRunConfig, overrides)
         plan = plan_run(cfg, args.resume, overrides)
-    except (ConfigError, RunDirError, PromptError) as e:
+    except (ConfigError, RunDirError, PromptError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log.info(
@@ -206,12 +219,42 @@ def main(argv: list[str] | None = None) -> int:
         plan.start_iteration,
         plan.cfg.online.iterations - 1,
     )
-    if args.local:
-        execute(plan, local_workers(plan), progress=not args.no_progress)
-        return 0
-    from actors.controller import run_on_ray
+    try:
+        if args.local:
+            execute(plan, local_workers(plan), progress=not args.no_progress)
+            return 0
+        from actors.controller import run_on_ray
 
-    return run_on_ray(plan, progress=not args.no_progress)
+        return run_on_ray(plan, progress=not args.no_progress)
+    except Exception as e:
+        print(f"error: {stopped_message(plan, e)}", file=sys.stderr)
+        if args.resume is None and plan.run.remove_if_unstarted():
+            print(f"(nothing was run; removed {plan.run.path})", file=sys.stderr)
+        return 1
+
+
+def stopped_message(plan: RunPlan, error: Exception) -> str:
+    """One message for a run that stopped on ``error``: what went wrong and how to continue."""
+    from online_dt.handles import WorkerLostError
+    from online_dt.scoring import RewardBatchError, first_line
+
+    if isinstance(error, RewardBatchError):
+        return str(error)
+    if isinstance(error, OSError):
+        what = f"cannot write to the run directory {plan.run.path}: {error}"
+    elif isinstance(error, WorkerLostError):
+        what = f"a worker was lost for good: {error}"
+    else:
+        what = f"{type(error).__name__}: {first_line(error)}"
+        log.exception("the run stopped")
+    try:
+        checkpoint = plan.run.latest_checkpoint().name
+        return (
+            f"{what}. The last complete checkpoint is {checkpoint}; continue with"
+            f" --resume {plan.run.path}"
+        )
+    except RunDirError:
+        return f"{what}. No checkpoint was written"
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -80,19 +81,46 @@ class RunDir:
         """``rejected/`` (batches that could not be scored)."""
         return self.path / "rejected"
 
-    def create(self, config_yaml: str) -> None:
-        """Start a new run: create the directory and write ``config.yaml``.
+    def check_new(self) -> None:
+        """Check that a new run can start here (before anything is created).
 
         Raises:
-            RunDirError: the directory already holds a run (use ``--resume``).
+            RunDirError: the directory already holds a run (use ``--resume``), or exists and is
+                not a directory.
         """
         if (self.path / "config.yaml").exists() or self.metrics_file.exists():
             raise RunDirError(
                 f"{self.path} already holds a run; pass --resume {self.path} to continue it, "
                 "or choose another online.run_dir"
             )
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"online.run_dir: {self.path} exists and is not a directory")
+
+    def create(self, config_yaml: str) -> None:
+        """Start a new run: create the directory and write ``config.yaml``.
+
+        Raises:
+            RunDirError: see :meth:`check_new`.
+            OSError: the directory cannot be created or written.
+        """
+        self.check_new()
+        self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "config.yaml", config_yaml)
+
+    def remove_if_unstarted(self) -> bool:
+        """Remove the directory if :meth:`create` made it in this process and the run never
+        reached a checkpoint (it cannot be resumed, and a new run could not reuse the path).
+
+        Returns:
+            Whether it was removed.
+        """
+        if not getattr(self, "_created", False):
+            return False
+        if (self.checkpoints_dir / "latest.json").exists():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return not self.path.exists()
 
     # -- jsonl logs ------------------------------------------------------------------------------
 
@@ -101,10 +129,20 @@ class RunDir:
         text = "".join(json.dumps(_finite_or_none(r), allow_nan=False) + "\n" for r in records)
         if not text:
             return
-        with open(path, "a") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        data = text.encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)  # no torn line left behind (e.g. the disk is full)
+                raise
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _read_lines(path: Path) -> list[dict[str, Any]]:

@@ -55,6 +55,27 @@ def version_dir_name(version: int) -> str:
     return f"v{version:06d}"
 
 
+def newest_available(update: WeightUpdate) -> WeightUpdate:
+    """``update`` if its directory still exists, else the newest version published beside it.
+
+    A sampler restarted after a crash is re-created with the update it was first given, whose
+    directory the publisher may have pruned since; it starts from the newest one instead (and
+    is sent the current update before it samples).
+
+    Raises:
+        FileNotFoundError: no published version is left next to ``update.path``.
+    """
+    if update.backend != "checkpoint" or update.path is None or Path(update.path).is_dir():
+        return update
+    root = Path(update.path).parent
+    versions = sorted(p for p in root.glob("v[0-9]*") if p.is_dir())
+    if not versions:
+        raise FileNotFoundError(f"no published policy version under {root}")
+    return WeightUpdate(
+        version=int(versions[-1].name[1:]), backend="checkpoint", path=str(versions[-1])
+    )
+
+
 class CheckpointPublisher:
     """Publishes each version as a checkpoint directory under ``root``.
 

@@ -1,0 +1,114 @@
+"""Checks of a run's inputs before its directory is created or any worker starts.
+
+Config *values* are checked by pydantic (:mod:`online_dt.config`); this module checks what the
+values point at, cheaply, so a run fails in seconds with one message naming the problem rather
+than minutes later inside an actor:
+
+* the base model's config and tokenizer load (a missing directory, an unreachable Hub name);
+* the reward model: a custom class imports, a classifier's config loads;
+* every prompt fits the model's context with the reward slot and ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from online_dt.config import OnlineRunConfig
+
+
+class PreflightError(ValueError):
+    """A run's input is unusable. The message starts with the config field it comes from."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_reward_model(cfg: OnlineRunConfig) -> None:
+    """Import a custom reward class, or load a classifier's config (not its weights).
+
+    Raises:
+        PreflightError: naming ``reward_model.class_path`` or ``reward_model.model_name_or_path``.
+    """
+    rm = cfg.reward_model
+    if rm.kind == "custom" and rm.class_path:
+        from online_dt.rewards import RewardModelLoadError, import_reward_class
+
+        try:
+            import_reward_class(rm.class_path)
+        except RewardModelLoadError as e:
+            raise PreflightError(f"reward_model.class_path: {e}") from e
+    elif rm.kind == "hf_classifier" and rm.model_name_or_path:
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(rm.model_name_or_path)
+        except Exception as e:  # OSError, ValueError, HF hub errors...
+            raise PreflightError(
+                f"reward_model.model_name_or_path: cannot load {rm.model_name_or_path!r}: "
+                f"{_first_line(e)}"
+            ) from e
+
+
+def context_length(model_config: Any) -> int | None:
+    """The model's maximum sequence length in tokens (``max_position_embeddings``,
+    ``n_positions`` or ``n_ctx``), or ``None`` when the config does not say."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_prompt_lengths(
+    prompts: Sequence[str], tokenizer: Any, max_new_tokens: int, context: int, source: str
+) -> None:
+    """Every prompt must fit: ``1`` (reward slot) + prompt tokens + ``max_new_tokens`` <=
+    ``context``.
+
+    Raises:
+        PreflightError: naming the longest prompt (its index, token count, start) and how
+            many prompts are too long.
+    """
+    budget = context - 1 - max_new_tokens
+    if budget < 1:
+        raise PreflightError(
+            f"sampling.max_new_tokens: {max_new_tokens} new tokens plus the reward slot leave no"
+            f" room for a prompt in the model's context of {context} tokens"
+        )
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    too_long = [i for i, n in enumerate(lengths) if n > budget]
+    if too_long:
+        worst = max(too_long, key=lambda i: lengths[i])
+        raise PreflightError(
+            f"prompts: {len(too_long)} of {len(prompts)} prompts from {source} are longer than"
+            f" {budget} tokens (the model's context of {context} minus the reward slot and"
+            f" sampling.max_new_tokens={max_new_tokens}); the longest, #{worst}, has"
+            f" {lengths[worst]} tokens: {prompts[worst][:60]!r}... Shorten them (e.g."
+            " prompts.prefix_words) or lower sampling.max_new_tokens"
+        )
+
+
+def preflight(cfg: OnlineRunConfig, prompts: Sequence[str], base_path: str) -> None:
+    """Run every check of this module for a run on ``base_path`` with ``prompts``.
+
+    Raises:
+        PreflightError: the first problem found, naming its config field.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    where = f"model.name_or_path: cannot load {cfg.model.name_or_path!r}"
+    try:
+        model_config = AutoConfig.from_pretrained(base_path)
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+    except Exception as e:  # OSError for a missing path, hub errors when offline
+        raise PreflightError(f"{where} ({base_path}): {_first_line(e)}") from e
+    check_reward_model(cfg)
+    context = context_length(model_config)
+    if cfg.sampler.max_model_len is not None:
+        context = min(context or cfg.sampler.max_model_len, cfg.sampler.max_model_len)
+    if context is not None:
+        source = cfg.prompts.source if cfg.prompts.path is None else str(cfg.prompts.path)
+        check_prompt_lengths(prompts, tokenizer, cfg.sampling.max_new_tokens, context, source)
