@@ -35,6 +35,7 @@ def run_on_ray(plan: RunPlan, *, progress: bool = True) -> int:
     import ray
 
     from actors.handle import RayHandle
+    from actors.placement import start_placement
     from actors.workers import LearnerActor, RewardModelActor, SamplerActor
     from online_dt.handles import SamplerGroup
     from online_dt.loop import Workers
@@ -43,27 +44,25 @@ def run_on_ray(plan: RunPlan, *, progress: bool = True) -> int:
     base = base_model_path(cfg)  # builds the embedded model here, once, before any actor
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    opts = start_placement(res)  # reserves the placement group (see online_dt/placement.py)
     learner = (
         ray.remote(LearnerActor)
-        .options(num_cpus=res.learner_cpus, num_gpus=res.learner_gpus)
+        .options(**opts.learner)
         .remote(cfg, base, str(plan.run.path), str(plan.checkpoint) if plan.checkpoint else None)
     )
     update = ray.get(learner.initial_update.remote())
     samplers = [
-        ray.remote(SamplerActor)
-        .options(num_cpus=res.sampler_cpus, num_gpus=res.sampler_gpus)
-        .remote(cfg, update)
-        for _ in range(res.num_samplers)
+        ray.remote(SamplerActor).options(**opts.samplers[i]).remote(cfg, update)
+        for i in range(res.num_samplers)
     ]
-    reward = (
-        ray.remote(RewardModelActor)
-        .options(num_cpus=res.reward_cpus, num_gpus=res.reward_gpus)
-        .remote(cfg)
-    )
+    reward = ray.remote(RewardModelActor).options(**opts.reward).remote(cfg)
     workers = Workers(
         SamplerGroup([RayHandle(s) for s in samplers]), RayHandle(reward), RayHandle(learner)
     )
-    history = execute(plan, workers, progress=progress, callbacks=[metrics_exporter()])
+    try:
+        history = execute(plan, workers, progress=progress, callbacks=[metrics_exporter()])
+    finally:
+        opts.remove()  # frees the reserved resources (and ends the actors in the group)
     if history:
         last = history[-1]
         log.info(
