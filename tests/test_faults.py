@@ -1,0 +1,420 @@
+"""Faults and bad input in process (no Ray): reward failures, lost samplers, bad inputs,
+a full disk and a killed driver. Each test injects the fault for real and checks that nothing
+is lost: every sample is in the buffer once or kept in ``rejected/``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tests.test_loop as loop_tests
+from online_dt.buffer import export_dataset, read_persisted
+from online_dt.config import FaultToleranceConfig, RewardModelConfig
+from online_dt.handles import Done, LocalHandle, SamplerGroup, WorkerLostError
+from online_dt.run import main
+from online_dt.rundir import RunDir
+from online_dt.sampling import Rollout, SamplingParams
+from online_dt.schedule import RewardStats, ScheduleState, next_target
+from online_dt.scoring import RewardBatchError, score_rollouts
+from tests.faulty_rewards import FaultyReward, length_reward
+
+REPO = Path(__file__).resolve().parents[1]
+NO_WAIT = FaultToleranceConfig(retry_backoff_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return loop_tests.build_tiny_model(tmp_path_factory.mktemp("gpt2"), "gpt2")
+
+
+def rollouts(n=6):
+    return [
+        Rollout(f"prompt {i}", "a b c " * i, [1] * i, [0.0] * i, 0.5, 3, True, i, 0.0, 0.1)
+        for i in range(n)
+    ]
+
+
+def faulty(tmp_path, fail_calls, fault, **kw):
+    return FaultyReward(str(tmp_path / "calls"), fail_calls, fault, **kw)
+
+
+def reward_cfg(tmp_path, fail_calls, fault, **kw):
+    return RewardModelConfig(
+        kind="custom",
+        class_path="tests.faulty_rewards:FaultyReward",
+        kwargs={
+            "counter_file": str(tmp_path / "calls"),
+            "fail_calls": fail_calls,
+            "fault": fault,
+            **kw,
+        },
+    )
+
+
+class Scorer:
+    """The reward actor's ``score``, validation included (as ``RewardModelActor``)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def score(self, prompts, completions):
+        from online_dt.rewards import score_checked
+
+        return score_checked(self.model, prompts, completions)
+
+
+# -- scoring: retries, rejection, stop or skip ---------------------------------------------------
+
+
+def test_failed_scoring_is_retried_then_succeeds(tmp_path):
+    run = RunDir(tmp_path / "run")
+    model = faulty(tmp_path, [1, 2], "raise")
+    out = score_rollouts(LocalHandle(Scorer(model)).score, rollouts(), 0, NO_WAIT, run)
+    assert out.attempts == 3 and out.rejected == 0 and out.reason is None
+    assert out.rewards == [length_reward(r.completion) for r in rollouts()]
+    assert not run.rejected_dir.exists()
+
+
+def test_exhausted_retries_stop_and_keep_the_batch(tmp_path):
+    run = RunDir(tmp_path / "run")
+    model = faulty(tmp_path, [1, 2, 3], "raise")
+    with pytest.raises(RewardBatchError, match=r"after 3 attempt.*--resume") as info:
+        score_rollouts(LocalHandle(Scorer(model)).score, rollouts(), 4, NO_WAIT, run)
+    assert info.value.reason == "error" and info.value.iteration == 4
+    [kept] = run.read_rejected()
+    assert kept["file"] == "iter-000004-error.json" and kept["reason"] == "error"
+    assert kept["attempts"] == 3 and "injected failure on call 3" in kept["message"]
+    assert [s["prompt"] for s in kept["samples"]] == [r.prompt for r in rollouts()]
+    assert {s["policy_version"] for s in kept["samples"]} == {3}
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "indices"),
+    [("nan", "nan", [3]), ("inf", "inf", [0]), ("wrong_count", "wrong_count", list(range(6)))],
+)
+def test_invalid_scores_are_rejected_without_retry(tmp_path, fault, reason, indices):
+    run = RunDir(tmp_path / "run")
+    model = faulty(tmp_path, [1], fault)
+    skip = NO_WAIT.model_copy(update={"on_reward_failure": "skip"})
+    out = score_rollouts(LocalHandle(Scorer(model)).score, rollouts(), 2, skip, run)
+    assert out.rewards is None and out.attempts == 1 and out.reason == reason
+    assert out.rejected == 6
+    [kept] = run.read_rejected()
+    assert kept["reason"] == reason and kept["offending_indices"] == indices
+    assert len(kept["samples"]) == 6
+
+
+def test_lost_reward_worker_is_retried(tmp_path):
+    calls = []
+
+    class Dying:
+        def score(self, prompts, completions):
+            calls.append(1)
+            if len(calls) == 1:
+                return Done(error=WorkerLostError("ActorDiedError: killed"))
+            return Done([0.0] * len(prompts))
+
+    run = RunDir(tmp_path / "run")
+    out = score_rollouts(Dying().score, rollouts(), 0, NO_WAIT, run)
+    assert out.rewards == [0.0] * 6 and out.attempts == 2 and out.recovery_s >= 0
+    never = NO_WAIT.model_copy(update={"reward_retries": 0})
+    calls.clear()
+    with pytest.raises(RewardBatchError) as info:
+        score_rollouts(Dying().score, rollouts(), 1, never, run)
+    assert info.value.reason == "worker_lost"
+
+
+# -- lost sampler replicas -----------------------------------------------------------------------
+
+
+class Replica:
+    """A sampler replica that 'dies' during the listed generate calls (1-based) and restarts
+    at its initial weights, like a Ray actor re-created by ``max_restarts``."""
+
+    def __init__(self, die_on=()):
+        self.die_on, self.calls, self.version, self.loads = set(die_on), 0, 0, []
+
+    def generate(self, prompts, targets, params):
+        self.calls += 1
+        if self.calls in self.die_on:
+            self.version = 0  # the restarted process starts from its constructor's weights
+            raise WorkerLostError("ActorDiedError: the actor's process died")
+        return [
+            Rollout(p, "x", [1], [0.0], t, self.version, True, i, 0.0, 0.0)
+            for i, (p, t) in enumerate(zip(prompts, targets, strict=True))
+        ]
+
+    def load_weights(self, update):
+        self.loads.append(update)
+        self.version = update
+
+
+def test_lost_sampler_chunk_is_reissued_with_current_weights():
+    alive, dying = Replica(), Replica(die_on=[2])
+    group = SamplerGroup([LocalHandle(alive), LocalHandle(dying)], retries=2)
+    group.load_weights(5).result()
+    prompts = [f"p{i}" for i in range(6)]
+    future = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0))
+    first = future.result()
+    assert future.stats["rollouts_reissued"] == 0
+    future = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0))
+    out = future.result()
+    assert [r.prompt for r in out] == prompts and [r.prompt_index for r in out] == list(range(6))
+    assert {r.policy_version for r in out} == {5}, "the restarted replica got the weights again"
+    assert future.stats["rollouts_reissued"] == 3 and future.stats["rollouts_dropped"] == 0
+    assert future.stats["samplers_lost"] == 1 and len(first) == 6
+
+
+def test_sampler_lost_for_good_drops_its_chunk_with_a_count():
+    group = SamplerGroup([LocalHandle(Replica()), LocalHandle(Replica(die_on=[1, 2, 3]))], 2)
+    future = group.generate(["a", "b", "c", "d"], [0.0] * 4, SamplingParams(seed=0))
+    out = future.result()
+    assert [r.prompt for r in out] == ["a", "b"]
+    assert future.stats["rollouts_dropped"] == 2 and future.stats["rollouts_reissued"] == 4
+    # every replica lost: a clear error instead of an empty iteration
+    group = SamplerGroup([LocalHandle(Replica(die_on=[1, 2]))], retries=1)
+    with pytest.raises(WorkerLostError, match="every sampler replica was lost"):
+        group.generate(["a"], [0.0], SamplingParams(seed=0)).result()
+
+
+def test_sampler_lost_during_weight_sync_is_resynced_before_sampling():
+    replica = Replica()
+
+    class DiesOnSync(LocalHandle):
+        def __getattr__(self, name):
+            if name == "load_weights" and not replica.loads:
+                replica.loads.append("lost")
+                return lambda update: Done(error=WorkerLostError("died during sync"))
+            return super().__getattr__(name)
+
+    group = SamplerGroup([DiesOnSync(replica)])
+    group.load_weights(7).result()  # does not raise: the replica is marked stale
+    assert group.stale == {0}
+    out = group.generate(["a"], [0.0], SamplingParams(seed=0)).result()
+    assert out[0].policy_version == 7 and group.stale == set()
+
+
+# -- the loop with a misbehaving reward model ----------------------------------------------------
+
+
+def faulty_run_cfg(tmp_path, base, fail_calls, fault, on_failure, **online):
+    cfg = loop_tests.make_cfg(tmp_path, base, **online)
+    return cfg.model_copy(
+        update={
+            "reward_model": reward_cfg(tmp_path, fail_calls, fault),
+            "fault_tolerance": NO_WAIT.model_copy(update={"on_reward_failure": on_failure}),
+        }
+    )
+
+
+def test_loop_skips_a_rejected_batch_and_loses_nothing(tmp_path, base):
+    cfg = faulty_run_cfg(tmp_path, base, [2], "nan", "skip")
+    history, plan = loop_tests.run_local(cfg)
+    assert [m["samples"] for m in history] == [8, 0, 8, 8]
+    assert history[1]["rejected_samples"] == 8 and "achieved_mean" not in history[1]
+    data = export_dataset(plan.run.buffer_dir)
+    assert len(data) == 24 and all(math.isfinite(r) for r in data["achieved_reward"])
+    assert sorted(data["sample_id"]) == list(range(24))
+    [kept] = plan.run.read_rejected()
+    assert kept["iteration"] == 1 and kept["reason"] == "nan" and len(kept["samples"]) == 8
+    # metrics.jsonl is strict JSON (a browser can parse it)
+    for line in plan.run.metrics_file.read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+def test_loop_stops_on_a_failed_batch_and_resumes_after_the_fix(tmp_path, base, capsys):
+    cfg = faulty_run_cfg(tmp_path, base, [3, 4, 5], "raise", "stop")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["--config", str(path), "--local", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "iteration 2" in err and "after 3 attempt(s)" in err and "--resume" in err
+    run = RunDir(cfg.online.run_dir)
+    assert [m["iteration"] for m in run.read_metrics()] == [0, 1]
+    [kept] = run.read_rejected()
+    assert kept["iteration"] == 2 and len(kept["samples"]) == 8
+    # the 'fixed' reward model: no more failures
+    fixed = "reward_model.kwargs.fail_calls=[]"
+    assert main(["--resume", str(run.path), "--set", fixed, "--local", "--no-progress"]) == 0
+    metrics = run.read_metrics()
+    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
+    assert len(export_dataset(run.buffer_dir)) == 32
+
+
+# -- bad configuration and inputs: one message, no run directory ---------------------------------
+
+
+def run_main_with(tmp_path, base, capsys, *sets, prompts=None):
+    cfg = loop_tests.make_cfg(tmp_path, base)
+    path = tmp_path / "c.yaml"
+    data = cfg.model_dump(mode="json")
+    if prompts is not None:
+        (tmp_path / "prompts.txt").write_text(prompts)
+        data["prompts"] = {"source": "file", "path": str(tmp_path / "prompts.txt")}
+    path.write_text(yaml.safe_dump(data))
+    args = ["--config", str(path), "--local", "--no-progress"]
+    for s in sets:
+        args += ["--set", s]
+    code = main(args)
+    return code, capsys.readouterr().err, Path(cfg.online.run_dir)
+
+
+@pytest.mark.parametrize(
+    ("sets", "prompts", "expected"),
+    [
+        (["online.iterationz=3"], None, "online.iterationz: unknown key"),
+        (["online.iterations=three"], None, "online.iterations: Input should be a valid integer"),
+        (["training.lr=-1"], None, "training.lr: Input should be greater than 0"),
+        (
+            ["reward_model.kind=custom", "reward_model.class_path=no_such_pkg.mod:Reward"],
+            None,
+            "reward_model.class_path: custom reward model 'no_such_pkg.mod:Reward': could not "
+            "import module 'no_such_pkg.mod'",
+        ),
+        (
+            ["reward_model.kind=custom", "reward_model.class_path=tests.faulty_rewards:Nope"],
+            None,
+            "has no attribute 'Nope'; classes in 'tests.faulty_rewards': FaultyReward",
+        ),
+        (
+            ["model.name_or_path=/no/such/model"],
+            None,
+            "model.name_or_path: cannot load '/no/such/model'",
+        ),
+        ([], "\n\n", "holds no prompt"),
+        ([], "the movie was " * 200 + "\nshort one\n", "prompts: 1 of 2 prompts from"),
+        (["sampling.max_new_tokens=4000"], None, "sampling.max_new_tokens: 4000 new tokens"),
+    ],
+)
+def test_bad_input_gives_one_message_and_no_run_dir(
+    tmp_path, base, capsys, sets, prompts, expected
+):
+    code, err, run_dir = run_main_with(tmp_path, base, capsys, *sets, prompts=prompts)
+    assert code == 2
+    assert expected in err
+    assert err.count("error:") == 1
+    assert not run_dir.exists(), "no half-created run directory"
+
+
+def test_failure_while_starting_workers_removes_the_new_run_dir(tmp_path, base, capsys):
+    # the class imports, but constructing it fails (inside the worker, after the run dir exists)
+    code, err, run_dir = run_main_with(
+        tmp_path,
+        base,
+        capsys,
+        "reward_model.kind=custom",
+        "reward_model.class_path=tests.faulty_rewards:FaultyReward",
+        "reward_model.kwargs.unknown_arg=1",
+    )
+    assert code == 1 and "unknown_arg" in err and "removed" in err
+    assert not run_dir.exists()
+
+
+# -- the disk fills up ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 3 MiB tmpfs (the tests run as root, as CI does), unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def tmp_leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".old")]
+
+
+def test_full_disk_stops_cleanly_and_resumes(tmp_path, base, capsys, small_fs):
+    cfg = loop_tests.make_cfg(tmp_path, base, iterations=40, kl_samples=0)
+    cfg = cfg.model_copy(
+        update={"online": cfg.online.model_copy(update={"run_dir": small_fs / "run"})}
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    code = main(["--config", str(path), "--local", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "cannot write to the run directory" in err and "No space left on device" in err
+    run = RunDir(small_fs / "run")
+    assert tmp_leftovers(run.path) == [], "no half-written checkpoint, shard or log"
+    checkpoint = run.latest_checkpoint()
+    state = json.loads((checkpoint / "state.json").read_text())
+    done = [m["iteration"] for m in run.read_metrics()]
+    assert done and state["iteration"] <= done[-1] < 39
+    persisted = read_persisted(run.buffer_dir).to_pylist()
+    assert [r["sample_id"] for r in persisted] == list(range(len(persisted)))
+    # room again: the run continues from its last checkpoint to the end
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_fs)], check=True)
+    assert main(["--resume", str(run.path), "--local", "--no-progress"]) == 0
+    assert [m["iteration"] for m in run.read_metrics()] == list(range(40))
+    data = export_dataset(run.buffer_dir)
+    assert sorted(data["sample_id"]) == list(range(len(data)))
+    assert len(data) >= 40 * 8
+
+
+# -- the driver is killed ------------------------------------------------------------------------
+
+
+def test_driver_sigkill_then_resume_keeps_every_persisted_sample(tmp_path, base):
+    cfg = loop_tests.make_cfg(tmp_path, base, iterations=12, kl_samples=0)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    run = RunDir(cfg.online.run_dir)
+    cmd = [sys.executable, "-m", "online_dt.run", "--config", str(path), "--local", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while len(run.read_metrics()) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.3)  # land somewhere inside the next iteration
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {r["sample_id"]: r for r in read_persisted(run.buffer_dir).to_pylist()}
+    stopped = json.loads((run.latest_checkpoint() / "state.json").read_text())["controller"]
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "online_dt.run",
+            "--resume",
+            str(run.path),
+            "--local",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = run.read_metrics()
+    assert [m["iteration"] for m in metrics] == list(range(12))
+    data = read_persisted(run.buffer_dir).to_pylist()
+    ids = [r["sample_id"] for r in data]
+    assert len(ids) == len(set(ids)), "no sample twice"
+    after = {r["sample_id"]: r for r in data}
+    for sid, row in before.items():  # every sample persisted before the kill, unchanged
+        assert after[sid] == row
+    # the schedule continued from its checkpointed state and the kept samples: the first
+    # resumed target is exactly what the schedule gives from there
+    state = ScheduleState.from_dict(stopped["schedule"])
+    stats = RewardStats.from_rewards(
+        [r["achieved_reward"] for r in before.values()], cfg.schedule.k
+    )
+    expected, _ = next_target(cfg.schedule, state, stats)
+    assert metrics[stopped["iteration"] + 1]["target"] == pytest.approx(expected, abs=1e-12)
+    targets = [m["target"] for m in metrics]
+    assert all(b - a <= 0.1 + 1e-9 for a, b in zip(targets, targets[1:], strict=False))
