@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from online_dt.run import RunPlan, base_model_path, execute
@@ -28,10 +29,18 @@ def metrics_exporter(prefix: str = "online_dt_") -> Any:
     return export
 
 
-def run_on_ray(plan: RunPlan, *, progress: bool = True) -> int:
+def run_on_ray(
+    plan: RunPlan, *, progress: bool = True, callbacks: Sequence[Callable[[dict], None]] = ()
+) -> int:
     """Start sampler, reward-model and learner actors with the configured resources and run
     the loop. Connects to ``RAY_ADDRESS`` when set (``ray job submit``), else starts a local
-    Ray instance."""
+    Ray instance (or uses the one this process already joined).
+
+    Sampler and reward actors are restarted by Ray after their process dies
+    (``fault_tolerance.*_max_restarts``); the loop re-issues the interrupted call. The learner
+    is not restarted: it holds the optimizer and the buffer, and the run resumes from its last
+    checkpoint instead (``--resume``). ``callbacks`` get each iteration's metrics record.
+    """
     import ray
 
     from actors.handle import RayHandle
@@ -51,16 +60,28 @@ def run_on_ray(plan: RunPlan, *, progress: bool = True) -> int:
         .remote(cfg, base, str(plan.run.path), str(plan.checkpoint) if plan.checkpoint else None)
     )
     update = ray.get(learner.initial_update.remote())
+    # a dead sampler or reward actor is restarted by Ray; the loop re-issues its call itself
+    ft = cfg.fault_tolerance
     samplers = [
-        ray.remote(SamplerActor).options(**opts.samplers[i]).remote(cfg, update)
+        ray.remote(SamplerActor)
+        .options(**opts.samplers[i], max_restarts=ft.sampler_max_restarts, max_task_retries=0)
+        .remote(cfg, update)
         for i in range(res.num_samplers)
     ]
-    reward = ray.remote(RewardModelActor).options(**opts.reward).remote(cfg)
+    reward = (
+        ray.remote(RewardModelActor)
+        .options(**opts.reward, max_restarts=ft.reward_max_restarts, max_task_retries=0)
+        .remote(cfg)
+    )
     workers = Workers(
-        SamplerGroup([RayHandle(s) for s in samplers]), RayHandle(reward), RayHandle(learner)
+        SamplerGroup([RayHandle(s) for s in samplers], ft.rollout_retries, ft.retry_backoff_s),
+        RayHandle(reward),
+        RayHandle(learner),
     )
     try:
-        history = execute(plan, workers, progress=progress, callbacks=[metrics_exporter()])
+        history = execute(
+            plan, workers, progress=progress, callbacks=[metrics_exporter(), *callbacks]
+        )
     finally:
         opts.remove()  # frees the reserved resources (and ends the actors in the group)
     if history:

@@ -21,9 +21,9 @@ class SamplerActor:
 
     def __init__(self, cfg: OnlineRunConfig, update: WeightUpdate) -> None:
         from online_dt.run import make_sampler
-        from online_dt.weight_sync import newest_available
+        from online_dt.weight_sync import newest_published
 
-        update = newest_available(update)  # after a restart the first version may be pruned
+        update = newest_published(update)  # a restarted actor starts from the newest weights
         assert update.path is not None
         self.sampler = make_sampler(cfg, update.path, update.version)
 

@@ -87,10 +87,12 @@ class LocalHandle:
 class RolloutFuture:
     """Pending rollouts of a :class:`SamplerGroup` request; ``result()`` gathers the chunks.
 
-    A chunk whose replica was lost is re-issued (after re-sending the current weights) up to
-    ``retries`` times, then dropped. After ``result()``, :attr:`stats` holds
-    ``rollouts_reissued`` and ``rollouts_dropped`` (prompts, not samples),
-    ``samplers_lost`` (losses seen) and ``sampler_recovery_s`` (seconds spent re-issuing).
+    A chunk whose replica was lost, or which comes back from an older policy version than the
+    group last sent (the replica was restarted between calls), is re-issued after re-sending
+    the current weights, up to ``retries`` times, then dropped. After ``result()``,
+    :attr:`stats` holds ``rollouts_reissued`` and ``rollouts_dropped`` (prompts, not
+    samples), ``samplers_lost`` (losses seen) and ``sampler_recovery_s`` (seconds from a loss
+    to the re-issued chunk's result).
 
     Raises (from ``result()``):
         WorkerLostError: every chunk was dropped (no rollouts at all).
@@ -106,6 +108,7 @@ class RolloutFuture:
         self.group = group
         self.chunks = chunks
         self.request = request
+        self.expected_version: int | None = getattr(group.update, "version", None)
         self.stats: dict[str, float] = {
             "rollouts_reissued": 0,
             "rollouts_dropped": 0,
@@ -136,40 +139,51 @@ class RolloutFuture:
         prompts: Sequence[str],
         targets: Sequence[float],
     ) -> list[Rollout]:
-        try:
-            return future.result()
-        except WorkerLostError as e:
-            lost_at = time.perf_counter()
-            self.stats["samplers_lost"] += 1
-            error: WorkerLostError = e
-        handle = self.group.handles[k]
-        for attempt in range(1, self.group.retries + 1):
-            log.warning(
-                "sampler %d lost during a rollout (%s); re-issuing its %d prompts (attempt %d/%d)",
-                k,
-                error,
-                hi - lo,
-                attempt,
-                self.group.retries,
-            )
-            self.stats["rollouts_reissued"] += hi - lo
-            time.sleep(self.group.backoff_s * 2 ** (attempt - 1))
+        handle, retries = self.group.handles[k], self.group.retries
+        lost_at: float | None = None
+        problem = ""
+        for attempt in range(retries + 1):
+            if attempt:
+                log.warning(
+                    "sampler %d: %s; re-issuing its %d prompts (attempt %d/%d)",
+                    k,
+                    problem,
+                    hi - lo,
+                    attempt,
+                    retries,
+                )
+                self.stats["rollouts_reissued"] += hi - lo
+                time.sleep(self.group.backoff_s * 2 ** (attempt - 1))
             try:
-                self.group.resync(k)
-                chunk = handle.generate(prompts[lo:hi], targets[lo:hi], params).result()
-                self.stats["sampler_recovery_s"] += time.perf_counter() - lost_at
-                return chunk
+                if attempt:
+                    self.group.resync(k)
+                    future = handle.generate(prompts[lo:hi], targets[lo:hi], params)
+                chunk = future.result()
             except WorkerLostError as e:
+                lost_at = lost_at or time.perf_counter()
                 self.stats["samplers_lost"] += 1
-                error = e
+                problem = f"lost during a rollout ({e})"
+                continue
+            oldest = min((r.policy_version for r in chunk), default=self.expected_version)
+            if self.expected_version is not None and oldest < self.expected_version:
+                # restarted between calls: it sampled with the weights it was created with
+                lost_at = lost_at or time.perf_counter()
+                self.stats["samplers_lost"] += 1
+                problem = f"answered with policy version {oldest} < {self.expected_version}"
+                continue
+            if lost_at is not None:
+                self.stats["sampler_recovery_s"] += time.perf_counter() - lost_at
+            return chunk
         log.error(
-            "sampler %d still lost after %d re-issues; dropping its %d prompts",
+            "sampler %d: %s after %d re-issues; dropping its %d prompts",
             k,
-            self.group.retries,
+            problem,
+            retries,
             hi - lo,
         )
         self.stats["rollouts_dropped"] += hi - lo
-        self.stats["sampler_recovery_s"] += time.perf_counter() - lost_at
+        if lost_at is not None:
+            self.stats["sampler_recovery_s"] += time.perf_counter() - lost_at
         self.group.stale.add(k)
         return []
 

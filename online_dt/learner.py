@@ -122,7 +122,13 @@ class Learner:
         return self.publisher.publish(self.policy, self.version)
 
     def initial_update(self) -> WeightUpdate:
-        """Publish the current version (0 on a fresh start) for samplers to start from."""
+        """Publish the current version (0 on a fresh start) for samplers to start from.
+
+        Versions newer than it, published by an interrupted run after its last checkpoint,
+        are deleted first, so no sampler (a restarted one included) can load them.
+        """
+        if isinstance(self.publisher, CheckpointPublisher):
+            self.publisher.discard_after(self.version)
         return self.publisher.publish(self.policy, self.version)
 
     def buffer_rewards(self) -> list[float]:

@@ -55,25 +55,25 @@ def version_dir_name(version: int) -> str:
     return f"v{version:06d}"
 
 
-def newest_available(update: WeightUpdate) -> WeightUpdate:
-    """``update`` if its directory still exists, else the newest version published beside it.
+def newest_published(update: WeightUpdate) -> WeightUpdate:
+    """The newest version published in ``update``'s directory (``update`` itself for NCCL).
 
-    A sampler restarted after a crash is re-created with the update it was first given, whose
-    directory the publisher may have pruned since; it starts from the newest one instead (and
-    is sent the current update before it samples).
+    A sampler that Ray restarts after a crash is re-created with the update it was first
+    given, possibly pruned since and certainly old; it starts from the newest published
+    version instead, which is the one the learner last sent (and is re-sent it anyway before
+    its chunk is re-issued).
 
     Raises:
         FileNotFoundError: no published version is left next to ``update.path``.
     """
-    if update.backend != "checkpoint" or update.path is None or Path(update.path).is_dir():
+    if update.backend != "checkpoint" or update.path is None:
         return update
     root = Path(update.path).parent
     versions = sorted(p for p in root.glob("v[0-9]*") if p.is_dir())
     if not versions:
         raise FileNotFoundError(f"no published policy version under {root}")
-    return WeightUpdate(
-        version=int(versions[-1].name[1:]), backend="checkpoint", path=str(versions[-1])
-    )
+    newest = versions[-1]
+    return WeightUpdate(version=int(newest.name[1:]), backend="checkpoint", path=str(newest))
 
 
 class CheckpointPublisher:
@@ -104,3 +104,10 @@ class CheckpointPublisher:
         for old in versions[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return WeightUpdate(version=version, backend="checkpoint", path=str(path))
+
+    def discard_after(self, version: int) -> None:
+        """Delete published versions newer than ``version``: an interrupted run may have
+        published some after its last checkpoint, and a resumed one must not serve them."""
+        for p in self.root.glob("v[0-9]*"):
+            if p.is_dir() and p.name[1:].isdigit() and int(p.name[1:]) > version:
+                shutil.rmtree(p, ignore_errors=True)

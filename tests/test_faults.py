@@ -25,6 +25,7 @@ from online_dt.rundir import RunDir
 from online_dt.sampling import Rollout, SamplingParams
 from online_dt.schedule import RewardStats, ScheduleState, next_target
 from online_dt.scoring import RewardBatchError, score_rollouts
+from online_dt.weight_sync import WeightUpdate
 from tests.faulty_rewards import FaultyReward, length_reward
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,13 +156,13 @@ class Replica:
 
     def load_weights(self, update):
         self.loads.append(update)
-        self.version = update
+        self.version = update.version
 
 
 def test_lost_sampler_chunk_is_reissued_with_current_weights():
     alive, dying = Replica(), Replica(die_on=[2])
     group = SamplerGroup([LocalHandle(alive), LocalHandle(dying)], retries=2)
-    group.load_weights(5).result()
+    group.load_weights(WeightUpdate(5, "checkpoint")).result()
     prompts = [f"p{i}" for i in range(6)]
     future = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0))
     first = future.result()
@@ -172,6 +173,16 @@ def test_lost_sampler_chunk_is_reissued_with_current_weights():
     assert {r.policy_version for r in out} == {5}, "the restarted replica got the weights again"
     assert future.stats["rollouts_reissued"] == 3 and future.stats["rollouts_dropped"] == 0
     assert future.stats["samplers_lost"] == 1 and len(first) == 6
+
+
+def test_sampler_restarted_between_calls_is_caught_by_its_policy_version():
+    replica = Replica()
+    group = SamplerGroup([LocalHandle(replica)], retries=1)
+    group.load_weights(WeightUpdate(4, "checkpoint")).result()
+    replica.version = 0  # killed and restarted by Ray between two calls: no error seen
+    future = group.generate(["a", "b"], [0.0] * 2, SamplingParams(seed=0))
+    assert {r.policy_version for r in future.result()} == {4}
+    assert future.stats["rollouts_reissued"] == 2 and future.stats["samplers_lost"] == 1
 
 
 def test_sampler_lost_for_good_drops_its_chunk_with_a_count():
@@ -197,7 +208,7 @@ def test_sampler_lost_during_weight_sync_is_resynced_before_sampling():
             return super().__getattr__(name)
 
     group = SamplerGroup([DiesOnSync(replica)])
-    group.load_weights(7).result()  # does not raise: the replica is marked stale
+    group.load_weights(WeightUpdate(7, "checkpoint")).result()  # no error: marked stale
     assert group.stale == {0}
     out = group.generate(["a"], [0.0], SamplingParams(seed=0)).result()
     assert out[0].policy_version == 7 and group.stale == set()
@@ -418,3 +429,15 @@ def test_driver_sigkill_then_resume_keeps_every_persisted_sample(tmp_path, base)
     assert metrics[stopped["iteration"] + 1]["target"] == pytest.approx(expected, abs=1e-12)
     targets = [m["target"] for m in metrics]
     assert all(b - a <= 0.1 + 1e-9 for a, b in zip(targets, targets[1:], strict=False))
+
+
+def test_restarted_sampler_starts_from_the_newest_version_a_resumed_run_published(tmp_path):
+    from online_dt.weight_sync import CheckpointPublisher, newest_published
+
+    root = tmp_path / "weights"
+    for v in (3, 4, 5):  # 5 was published after the last checkpoint, then the driver died
+        (root / f"v{v:06d}").mkdir(parents=True)
+    CheckpointPublisher(root).discard_after(4)  # what Learner.initial_update does on resume
+    assert sorted(p.name for p in root.iterdir()) == ["v000003", "v000004"]
+    first = WeightUpdate(0, "checkpoint", str(root / "v000000"))  # long pruned
+    assert newest_published(first) == WeightUpdate(4, "checkpoint", str(root / "v000004"))
