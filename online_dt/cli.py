@@ -99,7 +99,90 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", help="run directory")
     p.add_argument("--out", help="output directory (default: RUN_DIR/export)")
+
+    p = sub.add_parser(
+        "dashboard",
+        help="serve the read-only web dashboard of a finished or running run directory",
+        description="Serve the dashboard of RUN_DIR (schedule, calibration, buffer rewards, "
+        "diversity and KL, throughput, recent samples, status, latest evaluation) until Ctrl-C. "
+        "It reads the run directory only and updates as iterations land.",
+    )
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="TCP port, 0 for any free port (default: the run's dashboard.port, 8470, or a free "
+        "port when that one is busy)",
+    )
+
+    p = sub.add_parser(
+        "eval",
+        help="calibration of a policy: achieved vs target reward, diversity, KL; JSON + PNG",
+        description="Sample completions of a run's policy (its latest checkpoint, a checkpoint "
+        "or a policy directory) for each target, score them with the run's reward model and "
+        "write calibration.json and calibration.png to RUN_DIR/eval/. A target above the best "
+        "reward in the replay buffer is added and marked as extrapolation.",
+    )
+    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="run, checkpoint or policy")
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        type=_finite_float,
+        metavar="R",
+        help="target rewards (default: the buffer's 10th, 50th and 90th percentile)",
+    )
+    p.add_argument(
+        "--samples-per-target",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="completions per target (default: 64)",
+    )
+    p.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
+    p.add_argument("--config", help="config to use instead of the run's config.yaml")
+    p.add_argument(
+        "--backend",
+        choices=["hf", "config"],
+        default="hf",
+        help="hf: the in-process reference sampler (default); config: the run's sampler backend",
+    )
+    p.add_argument(
+        "--extrapolation-margin",
+        type=_finite_float,
+        default=0.25,
+        metavar="M",
+        help="add the target best-buffer-reward + M (default: 0.25)",
+    )
+    p.add_argument(
+        "--no-extrapolation", action="store_true", help="do not add the extrapolation target"
+    )
+    p.add_argument("--no-kl", action="store_true", help="skip the KL estimate (no base model)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     return parser
+
+
+def _finite_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "export":
         return _export(Path(args.run_dir), Path(args.out) if args.out else None)
+    if args.command == "dashboard":
+        return _dashboard(Path(args.run_dir), args.host, args.port)
+    if args.command == "eval":
+        return _eval(args)
     try:
         cls = config_class_for(args.config) if args.command == "validate" else OfflineRunConfig
         cfg = load_config(args.config, cls, parse_overrides(args.overrides))
@@ -145,6 +232,67 @@ def _export(run_dir: Path, out: Path | None) -> int:
     return 0
 
 
+def _dashboard(run_dir: Path, host: str, port: int | None) -> int:
+    from online_dt.config import DashboardConfig
+    from online_dt.dashboard import DashboardError, serve
+
+    if not run_dir.is_dir():
+        print(f"error: {run_dir} is not a directory", file=sys.stderr)
+        return 2
+    import yaml
+
+    settings = DashboardConfig()
+    try:  # the run's own poll interval and table size, when its config says
+        section = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("dashboard")
+        settings = DashboardConfig.model_validate(section or {})
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        pass  # no or unreadable config: the defaults
+    try:
+        handle = serve(
+            run_dir,
+            host,
+            settings.port if port is None else port,
+            poll_interval_s=settings.poll_interval_s,
+            recent_samples=settings.recent_samples,
+            fallback=port is None,
+        )
+    except DashboardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"dashboard of {run_dir}: {handle.url} (Ctrl-C to stop)", flush=True)
+    handle.wait()
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from online_dt.evaluation import EvalError, format_calibration_table, run_eval
+    from online_dt.prompts import PromptError
+
+    try:
+        report = run_eval(
+            args.source,
+            targets=args.targets,
+            samples_per_target=args.samples_per_target,
+            out_dir=args.out,
+            config_path=args.config,
+            backend=args.backend,
+            extrapolation_margin=None if args.no_extrapolation else args.extrapolation_margin,
+            with_kl=not args.no_kl,
+            seed=args.seed,
+        )
+    except (EvalError, ConfigError, PromptError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    where = "" if report["iteration"] is None else f" (iteration {report['iteration']})"
+    print(f"policy {report['policy']}{where}, {report['samples_per_target']} samples per target")
+    print(format_calibration_table(report["rows"]))
+    print(f"\nwrote {report['table']} and {report['plot']}")
+    return 0
+
+
 def _bootstrap(cfg: OfflineRunConfig, samples: int, progress: bool) -> int:
     from online_dt.bootstrap import ensure_embedded_model, sample_vader_spread
 
@@ -156,7 +304,8 @@ def _bootstrap(cfg: OfflineRunConfig, samples: int, progress: bool) -> int:
 
 
 def _train_offline(cfg: OfflineRunConfig, progress: bool) -> int:
-    from online_dt.offline import format_calibration_table, run_offline
+    from online_dt.evaluation import format_calibration_table
+    from online_dt.offline import run_offline
 
     try:
         report = run_offline(cfg, progress=progress)

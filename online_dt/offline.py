@@ -24,9 +24,10 @@ import torch
 
 from online_dt.conditioning import RewardConditionedPolicy, resolve_device
 from online_dt.config import EMBEDDED, BootstrapConfig, ModelConfig, OfflineRunConfig
+from online_dt.evaluation import calibration_row
 from online_dt.generation import sample_unconditioned
 from online_dt.io import atomic_write_dir, atomic_write_json, atomic_write_text
-from online_dt.metrics import distinct_n, reward_summary
+from online_dt.metrics import reward_summary
 from online_dt.prompts import load_prompts
 from online_dt.rewards import RewardModel, load_reward_model, score_checked
 from online_dt.training import ConditionedTrainer, Record
@@ -82,9 +83,10 @@ def evaluate_targets(
     """Calibration table: for each target, sample conditioned completions and score them.
 
     Returns:
-        One row per target: ``target``, achieved ``mean``/``std``/``p10``/``median``/``p90``,
-        ``calibration_error`` (``|mean - target|``), ``distinct_1``/``distinct_2`` over
-        completion tokens, and ``samples`` (a few example completions).
+        One :func:`online_dt.evaluation.calibration_row` per target: ``target``, achieved
+        ``mean``/``std``/``p10``/``median``/``p90``, ``calibration_error`` (``|mean - target|``),
+        ``distinct_1``/``distinct_2`` over completion tokens, ``count`` and ``samples`` (a few
+        example completions).
     """
     rows = []
     eval_prompts = [prompts[i % len(prompts)] for i in range(samples_per_target)]
@@ -101,37 +103,8 @@ def evaluate_targets(
         completions = [g.completion for g in gens]
         rewards = score_checked(reward_model, eval_prompts, completions)
         tokens = [g.token_ids for g in gens]
-        summary = reward_summary(rewards)
-        rows.append(
-            {
-                "target": float(target),
-                **summary,
-                "calibration_error": abs(summary["mean"] - target),
-                "distinct_1": distinct_n(tokens, 1),
-                "distinct_2": distinct_n(tokens, 2),
-                "samples": [
-                    {"prompt": p, "completion": c, "reward": r}
-                    for p, c, r in list(zip(eval_prompts, completions, rewards, strict=True))[:5]
-                ],
-            }
-        )
+        rows.append(calibration_row(target, eval_prompts, completions, tokens, rewards))
     return rows
-
-
-def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of :func:`evaluate_targets` rows."""
-    header = (
-        f"{'target':>8} {'achieved':>9} {'std':>6} {'p10':>7} {'p90':>7} "
-        f"{'|err|':>6} {'d-1':>5} {'d-2':>5}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['target']:>8.3f} {r['mean']:>9.3f} {r['std']:>6.3f} {r['p10']:>7.3f} "
-            f"{r['p90']:>7.3f} {r['calibration_error']:>6.3f} {r['distinct_1']:>5.2f} "
-            f"{r['distinct_2']:>5.2f}"
-        )
-    return "\n".join(lines)
 
 
 def seed_everything(seed: int) -> None:

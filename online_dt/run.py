@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         plan.start_iteration,
         plan.cfg.online.iterations - 1,
     )
+    from online_dt.dashboard import start_for_run
+
+    dashboard = start_for_run(plan.run.path, plan.cfg.dashboard)  # None: disabled or failed
     try:
         if args.local:
             execute(plan, local_workers(plan), progress=not args.no_progress)
@@ -231,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is None and plan.run.remove_if_unstarted():
             print(f"(nothing was run; removed {plan.run.path})", file=sys.stderr)
         return 1
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+            log.info("dashboard stopped; `online-dt dashboard %s` serves it again", plan.run.path)
 
 
 def stopped_message(plan: RunPlan, error: Exception) -> str:

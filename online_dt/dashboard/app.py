@@ -1,0 +1,179 @@
+"""The dashboard's FastAPI app: a page, its packaged static assets and a read-only JSON API.
+
+Routes (all ``GET``; anything else is 404 or 405):
+
+* ``/`` the page; ``/static/<file>`` its assets, served only from an allow-list of the files
+  packaged in ``online_dt/dashboard/static`` (no path from the request ever reaches the file
+  system, so ``..``, encoded or not, and absolute paths are 404);
+* ``/api/settings`` poll interval and table size for the page;
+* ``/api/status`` iteration, policy version, buffer size, state, checkpoint, errors;
+* ``/api/config`` the run's config and a summary;
+* ``/api/metrics?since=I`` per-iteration records with ``iteration > I`` (``-1``: all);
+* ``/api/samples?limit=N`` the newest N logged samples;
+* ``/api/buffer?iteration=I&bins=B`` reward histogram of the replay buffer (now, and at I);
+* ``/api/eval`` the latest ``online-dt eval`` report; ``/api/eval/plot.png`` its plot.
+
+No route serves an arbitrary file of the run directory: each reads one fixed name through
+:class:`~online_dt.dashboard.reader.RunReader`, which refuses symlinks that leave it. Query
+parameters are validated (``since=abc`` or out-of-range values get 422) and every answer is
+``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from online_dt.dashboard.reader import MAX_SAMPLES_KEPT, RunReader
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+"""The packaged page and its assets (``index.html``, ``app.js``, ``style.css``, ``vendor/``)."""
+
+MAX_INT = 2**53 - 1
+"""Largest iteration accepted in a query (JavaScript's largest exact integer)."""
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'none'"
+)
+
+_MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".md": "text/plain; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+
+
+def static_assets(root: Path = STATIC_DIR) -> dict[str, Path]:
+    """The allow-list of servable assets: ``{relative posix path: absolute path}`` of every
+    regular file under ``root`` that resolves inside it (symlinks out are left out)."""
+    root = root.resolve()
+    assets = {}
+    for path in sorted(root.rglob("*")):
+        resolved = path.resolve()
+        if path.is_file() and resolved.is_relative_to(root):
+            assets[path.relative_to(root).as_posix()] = resolved
+    return assets
+
+
+def create_app(
+    run_dir: str | Path,
+    *,
+    poll_interval_s: float = 2.0,
+    recent_samples: int = 50,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """The dashboard app over one run directory (which may not exist yet).
+
+    Args:
+        run_dir: the run directory to show.
+        poll_interval_s: how often the page polls for new iterations (seconds, > 0).
+        recent_samples: rows of the recent-samples table (1 .. 10000).
+        allowed_hosts: if given, requests whose ``Host`` header names another host get 400
+            (protects a loopback-bound server against DNS rebinding).
+
+    Raises:
+        ValueError: ``poll_interval_s`` or ``recent_samples`` out of range.
+    """
+    if not poll_interval_s > 0:
+        raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
+    if not 1 <= recent_samples <= MAX_SAMPLES_KEPT:
+        raise ValueError(f"recent_samples must be in 1..{MAX_SAMPLES_KEPT}, got {recent_samples}")
+    reader = RunReader(run_dir)
+    assets = static_assets()
+    app = FastAPI(title="online-dt dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.reader = reader
+    hosts = {h.lower() for h in allowed_hosts} if allowed_hosts is not None else None
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Response:
+        if hosts is not None and _host_name(request.headers.get("host", "")) not in hosts:
+            return JSONResponse({"detail": "unknown host"}, status_code=400)
+        response = await call_next(request)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = CSP
+        return response
+
+    def asset(name: str) -> FileResponse:
+        path = assets.get(name)
+        if path is None:
+            raise HTTPException(status_code=404, detail="not found")
+        media = _MEDIA_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0]
+        return FileResponse(path, media_type=media or "application/octet-stream")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return asset("index.html")
+
+    @app.get("/static/{name:path}", include_in_schema=False)
+    def static(name: str) -> FileResponse:
+        return asset(name)
+
+    @app.get("/api/settings")
+    def settings() -> dict[str, Any]:
+        return {
+            "poll_interval_s": poll_interval_s,
+            "recent_samples": recent_samples,
+            "run_dir": str(reader.root),
+            "name": reader.root.name,
+        }
+
+    @app.get("/api/status")
+    def status() -> dict[str, Any]:
+        return reader.status()
+
+    @app.get("/api/config")
+    def config() -> dict[str, Any]:
+        return reader.config()
+
+    @app.get("/api/metrics")
+    def metrics(since: int = Query(-1, ge=-1, le=MAX_INT)) -> dict[str, Any]:
+        return reader.metrics(since)
+
+    @app.get("/api/samples")
+    def samples(
+        limit: int = Query(recent_samples, ge=1, le=MAX_SAMPLES_KEPT),
+    ) -> dict[str, Any]:
+        return reader.samples(limit)
+
+    @app.get("/api/buffer")
+    def buffer(
+        iteration: int | None = Query(None, ge=-1, le=MAX_INT),
+        bins: int = Query(30, ge=1, le=200),
+    ) -> dict[str, Any]:
+        return reader.buffer_histogram(iteration, bins)
+
+    @app.get("/api/eval")
+    def evaluation() -> dict[str, Any]:
+        return reader.evaluation()
+
+    @app.get("/api/eval/plot.png")
+    def eval_plot(v: str | None = Query(None, max_length=64)) -> FileResponse:
+        path = reader.eval_plot()
+        if path is None:
+            raise HTTPException(status_code=404, detail="no evaluation plot")
+        return FileResponse(path, media_type="image/png")
+
+    return app
+
+
+def _host_name(host: str) -> str:
+    """The host of a ``Host`` header without its port (``[::1]:8470`` -> ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -1,0 +1,475 @@
+"""Read-only view of a run directory for the dashboard, safe while the run writes to it.
+
+Every read goes through :meth:`RunReader.file`, which resolves the path and refuses anything
+that is not a regular file (or directory) *inside* the run directory, so a symlink in the run
+directory that points elsewhere is treated as absent. Nothing here takes a lock or writes a
+file: the learner and the controller never wait for the dashboard.
+
+* ``metrics.jsonl`` and ``samples.jsonl`` are followed incrementally (:class:`JsonlTail`): only
+  complete lines (ending in a newline) are parsed, so a torn last line of a concurrent append is
+  read once it is complete; a line that is not a JSON object is skipped. A file replaced or cut
+  (resume rewrites the logs) is read again from the start and its ``generation`` increases.
+* The replay buffer's parquet shards are read with pyarrow directly (three columns only), each
+  shard cached by (name, size, mtime); shards being replaced by the writer are retried.
+* Non-finite floats (NaN, inf) become ``None`` so that every answer is valid JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+CONFIG_FILE = "config.yaml"
+BUFFER_DIR = "buffer"
+REJECTED_DIR = "rejected"
+EVAL_TABLE = "eval/calibration.json"
+EVAL_PLOT = "eval/calibration.png"
+
+MAX_SAMPLES_KEPT = 10_000
+"""Most recent ``samples.jsonl`` records held in memory (the API's ``limit`` maximum)."""
+
+MAX_JSON_FILE_BYTES = 8 * 1024 * 1024
+"""Larger config, evaluation or rejected-batch files are not parsed (reported as too large)."""
+
+# online_dt.buffer.shard_name: shard-<first id>-<last id>.parquet, ids zero-padded to 12 digits
+_SHARD_RE = re.compile(r"^shard-(\d{12})-(\d{12})\.parquet$")
+_BUFFER_COLUMNS = ["sample_id", "achieved_reward", "iteration"]
+_READ_RETRIES = 5
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by ``None``, recursively
+    through dicts, lists and tuples (tuples become lists)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+class JsonlTail:
+    """Incremental reader of an append-only JSON-lines file.
+
+    Args:
+        path: the file (it may not exist yet).
+        keep: hold at most this many of the newest records (``None``: all).
+    """
+
+    def __init__(self, path: Path, keep: int | None = None) -> None:
+        self.path = path
+        self.keep = keep
+        self._records: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._offset = 0
+        self._ident: tuple[int, int] | None = None
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    def _reset(self) -> None:
+        if self._offset or self._records:
+            self._generation += 1
+        self._records = deque(maxlen=self.keep)
+        self._offset = 0
+
+    def read(self, path: Path | None) -> tuple[list[dict[str, Any]], int]:
+        """The complete records read so far, after reading what was appended since the last
+        call, and the file's generation (bumped whenever the file was replaced or shrank).
+
+        Args:
+            path: the checked path to read now, or ``None`` when the file is absent or refused.
+        """
+        with self._lock:
+            if path is None:
+                self._reset()
+                self._ident = None
+                return [], self._generation
+            try:
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    ident = (st.st_dev, st.st_ino)
+                    if ident != self._ident or st.st_size < self._offset:
+                        self._reset()
+                        self._ident = ident
+                    if st.st_size > self._offset:
+                        f.seek(self._offset)
+                        data = f.read(st.st_size - self._offset)
+                        end = data.rfind(b"\n")
+                        if end >= 0:
+                            self._offset += end + 1
+                            self._parse(data[: end + 1])
+            except FileNotFoundError:
+                self._reset()
+                self._ident = None
+            return list(self._records), self._generation
+
+    def _parse(self, chunk: bytes) -> None:
+        for line in chunk.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash, then continued by a later append
+            if isinstance(record, dict):
+                self._records.append(finite(record))
+
+
+class RunReader:
+    """Everything the dashboard shows, read from one run directory.
+
+    Args:
+        run_dir: the run directory (it may not exist yet, or be incomplete).
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir).resolve()
+        self._metrics = JsonlTail(self.root / METRICS_FILE)
+        self._samples = JsonlTail(self.root / SAMPLES_FILE, keep=MAX_SAMPLES_KEPT)
+        self._shard_cache: dict[str, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
+        self._buffer_lock = threading.Lock()
+
+    # -- path safety -----------------------------------------------------------------------------
+
+    def file(self, relative: str, *, directory: bool = False) -> Path | None:
+        """The resolved path of ``relative`` inside the run directory, or ``None`` when it is
+        absent, of the wrong kind, or resolves outside the run directory (a symlink pointing
+        out, ``..``)."""
+        try:
+            path = (self.root / relative).resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if path != self.root and not path.is_relative_to(self.root):
+            return None
+        ok = path.is_dir() if directory else path.is_file()
+        return path if ok else None
+
+    def _json_file(self, relative: str) -> tuple[Any, str | None]:
+        path = self.file(relative)
+        if path is None:
+            return None, None
+        try:
+            if path.stat().st_size > MAX_JSON_FILE_BYTES:
+                return None, f"{relative} is larger than {MAX_JSON_FILE_BYTES} bytes"
+            return finite(json.loads(path.read_bytes())), None
+        except (OSError, ValueError) as e:
+            return None, f"{relative} cannot be read: {e}"
+
+    # -- logs --------------------------------------------------------------------------------------
+
+    def metrics(self, since: int = -1) -> dict[str, Any]:
+        """Per-iteration records with ``iteration > since``, in file order.
+
+        Returns:
+            ``records``, ``total`` (all complete records) and ``generation`` (changes when the
+            file was rewritten, e.g. by a resume: then a client reloads from ``since=-1``).
+        """
+        records, generation = self._metrics.read(self.file(METRICS_FILE))
+        new = [r for r in records if _int(r.get("iteration"), -(10**18)) > since]
+        return {"records": new, "total": len(records), "generation": generation}
+
+    def samples(self, limit: int) -> dict[str, Any]:
+        """The newest ``limit`` records of ``samples.jsonl``, newest first (prompt, completion,
+        target, achieved reward, policy version, iteration)."""
+        records, generation = self._samples.read(self.file(SAMPLES_FILE))
+        newest = records[-limit:][::-1]
+        return {"records": newest, "total": len(records), "generation": generation}
+
+    # -- config and status -------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The run's ``config.yaml`` (``config``, or ``None``), a flat ``summary`` of the fields
+        that matter most, and ``error`` when the file cannot be parsed."""
+        import yaml
+
+        path = self.file(CONFIG_FILE)
+        if path is None:
+            return {"config": None, "summary": {}, "error": None}
+        try:
+            if path.stat().st_size > MAX_JSON_FILE_BYTES:
+                raise ValueError("file too large")
+            data = yaml.safe_load(path.read_text())
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            return {"config": None, "summary": {}, "error": f"config.yaml cannot be read: {e}"}
+        if not isinstance(data, dict):
+            return {"config": None, "summary": {}, "error": "config.yaml is not a mapping"}
+        return {"config": finite(data), "summary": config_summary(data), "error": None}
+
+    def rejected(self, latest: int = 10) -> dict[str, Any]:
+        """Rejected reward batches in ``rejected/`` (JSON files with a ``reason``): ``count``
+        and the ``latest`` newest as ``{file, reason, time}``; ``count`` is 0 without the
+        directory."""
+        folder = self.file(REJECTED_DIR, directory=True)
+        if folder is None:
+            return {"count": 0, "latest": []}
+        entries = []
+        for entry in os.scandir(folder):
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                path = self.file(f"{REJECTED_DIR}/{entry.name}")
+                if path is not None:
+                    try:
+                        entries.append((path.stat().st_mtime, entry.name))
+                    except OSError:
+                        continue
+        entries.sort(reverse=True)
+        out = []
+        for mtime, name in entries[:latest]:
+            data, error = self._json_file(f"{REJECTED_DIR}/{name}")
+            reason = data.get("reason") if isinstance(data, dict) else None
+            if reason is None:
+                reason = error or "(no reason given)"
+            out.append({"file": name, "reason": str(reason)[:2000], "time": mtime})
+        return {"count": len(entries), "latest": out}
+
+    def status(self) -> dict[str, Any]:
+        """Run status: the last iteration's figures, progress, state, latest checkpoint,
+        whether an evaluation exists, and errors (rejected batches, ``errors`` lists in the
+        metrics records)."""
+        metrics = self.metrics()["records"]
+        cfg = self.config()
+        total = _int(((cfg["config"] or {}).get("online") or {}).get("iterations"), None)
+        last = metrics[-1] if metrics else {}
+        path = self.file(METRICS_FILE)
+        updated = path.stat().st_mtime if path is not None else None
+        iteration = last.get("iteration")
+        if not metrics:
+            state = "not started"
+        elif total is not None and _int(iteration, -1) >= total - 1:
+            state = "finished"
+        elif updated is not None and time.time() - updated > max(600.0, 10 * _median_wall(metrics)):
+            state = "stalled"
+        else:
+            state = "running"
+        errors = [
+            {"iteration": r.get("iteration"), "error": str(e)[:2000]}
+            for r in metrics
+            for e in (r.get("errors") or [] if isinstance(r.get("errors"), list) else [])
+        ]
+        checkpoint = None
+        latest, _ = self._json_file("checkpoints/latest.json")
+        if isinstance(latest, dict):
+            checkpoint = latest.get("path")
+        return {
+            "run_dir": str(self.root),
+            "name": self.root.name,
+            "exists": self.root.is_dir(),
+            "state": state,
+            "iteration": iteration,
+            "iterations_total": total,
+            "policy_version": last.get("policy_version"),
+            "buffer_size": last.get("buffer_size"),
+            "target": last.get("target"),
+            "achieved_mean": last.get("achieved_mean"),
+            "updated_at": updated,
+            "checkpoint": checkpoint,
+            "eval_available": self.file(EVAL_TABLE) is not None,
+            "config_error": cfg["error"],
+            "rejected": self.rejected(),
+            "errors": errors[-10:],
+            "errors_count": len(errors),
+        }
+
+    # -- evaluation --------------------------------------------------------------------------------
+
+    def evaluation(self) -> dict[str, Any]:
+        """The latest ``online-dt eval`` report (``report``, or ``None``), whether its plot
+        exists, and ``error`` when the report cannot be parsed."""
+        report, error = self._json_file(EVAL_TABLE)
+        if report is not None and not isinstance(report, dict):
+            report, error = None, f"{EVAL_TABLE} is not a JSON object"
+        return {
+            "report": report,
+            "plot_available": self.file(EVAL_PLOT) is not None,
+            "error": error,
+        }
+
+    def eval_plot(self) -> Path | None:
+        """Path of the latest evaluation's PNG inside the run directory, or ``None``."""
+        return self.file(EVAL_PLOT)
+
+    # -- replay buffer -----------------------------------------------------------------------------
+
+    def buffer_rewards(self) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """Achieved reward and iteration of every persisted sample, in id order, and an error
+        message when the shards are incomplete or unreadable (then what was read is returned).
+        """
+        folder = self.file(BUFFER_DIR, directory=True)
+        if folder is None:
+            return np.zeros(0), np.zeros(0, dtype=np.int64), None
+        with self._buffer_lock:
+            for attempt in range(_READ_RETRIES):
+                try:
+                    return self._read_buffer(folder)
+                except FileNotFoundError:
+                    if attempt == _READ_RETRIES - 1:
+                        return np.zeros(0), np.zeros(0, dtype=np.int64), "buffer is being rewritten"
+                    time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    def _read_buffer(self, folder: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        shards = []
+        for entry in os.scandir(folder):
+            m = _SHARD_RE.match(entry.name)
+            if m and self.file(f"{BUFFER_DIR}/{entry.name}") is not None:
+                shards.append((int(m.group(1)), -int(m.group(2)), entry.name))
+        shards.sort()
+        rewards, iterations, seen = [], [], set()
+        last, error = -1, None
+        for first, neg_last, name in shards:
+            shard_last = -neg_last
+            if shard_last <= last:
+                continue  # covered by a newer shard (an interrupted rewrite)
+            if first > last + 1:
+                error = f"samples {last + 1}..{first - 1} are missing from the buffer"
+                break
+            st = os.stat(folder / name)
+            key = (st.st_size, st.st_mtime_ns)
+            cached = self._shard_cache.get(name)
+            if cached is None or cached[0] != key:
+                try:
+                    table = pq.read_table(folder / name, columns=_BUFFER_COLUMNS)
+                except FileNotFoundError:
+                    raise
+                except (pa.ArrowException, OSError) as e:
+                    error = f"shard {name} cannot be read: {e}"
+                    break
+                cached = (
+                    key,
+                    table.column("achieved_reward").to_numpy().astype(np.float64),
+                    table.column("iteration").to_numpy().astype(np.int64),
+                )
+                self._shard_cache[name] = cached
+            seen.add(name)
+            skip = last + 1 - first
+            rewards.append(cached[1][skip:])
+            iterations.append(cached[2][skip:])
+            last = shard_last
+        for name in set(self._shard_cache) - seen:
+            del self._shard_cache[name]
+        if not rewards:
+            return np.zeros(0), np.zeros(0, dtype=np.int64), error
+        return np.concatenate(rewards), np.concatenate(iterations), error
+
+    def buffer_histogram(self, iteration: int | None = None, bins: int = 30) -> dict[str, Any]:
+        """Histogram of the achieved rewards of the persisted replay-buffer samples.
+
+        Args:
+            iteration: also count the samples appended at iterations ``<= iteration`` (the
+                buffer as it was then); ``None``: the latest iteration.
+            bins: number of equal-width bins over ``[min, max]`` of all persisted rewards, the
+                same edges for every iteration so histograms compare.
+
+        Returns:
+            ``edges`` (bins + 1 values), ``current`` (counts over all samples), ``at`` (the
+            ``iteration`` and its ``counts``), ``iterations`` (sorted distinct iterations in the
+            buffer; -1 is the warm start), ``total``, ``best``, ``mean`` and ``error``.
+        """
+        rewards, iterations, error = self.buffer_rewards()
+        if len(rewards) == 0:
+            return {
+                "edges": [],
+                "current": [],
+                "at": {"iteration": iteration, "counts": [], "total": 0},
+                "iterations": [],
+                "total": 0,
+                "best": None,
+                "mean": None,
+                "error": error,
+            }
+        low, high = float(rewards.min()), float(rewards.max())
+        if high <= low:
+            low, high = low - 0.5, high + 0.5
+        edges = np.linspace(low, high, bins + 1)
+        distinct = np.unique(iterations)
+        at = int(distinct[-1]) if iteration is None else iteration
+        chosen = rewards[iterations <= at]
+        return finite(
+            {
+                "edges": edges.tolist(),
+                "current": np.histogram(rewards, edges)[0].tolist(),
+                "at": {
+                    "iteration": at,
+                    "counts": np.histogram(chosen, edges)[0].tolist(),
+                    "total": len(chosen),
+                },
+                "iterations": distinct.tolist(),
+                "total": len(rewards),
+                "best": float(rewards.max()),
+                "mean": float(rewards.mean()),
+                "error": error,
+            }
+        )
+
+
+def config_summary(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A flat ``{label: value}`` digest of a run config (model, conditioning, reward model,
+    schedule, loop sizes, sampler, buffer); missing sections are left out."""
+
+    def get(*keys: str) -> Any:
+        node: Any = cfg
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                return None
+            node = node[key]
+        return node
+
+    schedule = get("schedule") or {}
+    sched = str(schedule.get("kind", "")) if isinstance(schedule, dict) else ""
+    if sched == "quantile":
+        sched += f" q {get('schedule', 'q_start')}->{get('schedule', 'q_end')}"
+    elif sched == "linear":
+        sched += f" {get('schedule', 'start')}->{get('schedule', 'end')}"
+    elif sched == "constant":
+        sched += f" {get('schedule', 'value')}"
+    if get("schedule", "max_increase") is not None:
+        sched += f", max +{get('schedule', 'max_increase')}/iteration"
+    items = {
+        "model": get("model", "name_or_path"),
+        "conditioning": get("conditioning", "mode"),
+        "reward model": get("reward_model", "kind"),
+        "schedule": sched or None,
+        "iterations": get("online", "iterations"),
+        "prompts x samples": (
+            f"{get('online', 'prompts_per_iteration')} x {get('online', 'samples_per_prompt')}"
+            if get("online") is not None
+            else None
+        ),
+        "train steps / iteration": get("online", "train_steps_per_iteration"),
+        "mode": get("online", "mode"),
+        "sampler": get("sampler", "backend"),
+        "buffer capacity": get("buffer", "capacity"),
+        "learning rate": get("training", "lr"),
+    }
+    return {k: finite(v) for k, v in items.items() if v is not None}
+
+
+def _int(value: Any, default: Any) -> Any:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return default
+
+
+def _median_wall(metrics: list[dict[str, Any]]) -> float:
+    walls = [
+        sum(float(r.get(k) or 0.0) for k in ("rollout_s", "scoring_s", "training_s", "sync_s"))
+        for r in metrics[-20:]
+    ]
+    return float(np.median(walls)) if walls else 0.0

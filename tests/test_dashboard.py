@@ -1,0 +1,592 @@
+"""The dashboard's JSON API over a synthetic run directory and over a short real run: values,
+torn lines, path traversal and symlinks (nothing outside the run directory is readable),
+malformed query parameters, the server thread, the CLI and the run's start-up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from online_dt.buffer import ReplayBuffer
+from online_dt.config import DashboardConfig, OnlineRunConfig, ReplayBufferConfig
+from online_dt.dashboard import DashboardError, create_app, serve, start_for_run
+from online_dt.rundir import RunDir
+from tests.dashboard_run import ITERATIONS, evaluated_run, real_run, run_config
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "TOP-SECRET-OUTSIDE-THE-RUN"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+
+
+# ---------------------------------------------------------------------------------------------
+# a synthetic run directory
+# ---------------------------------------------------------------------------------------------
+
+
+def metrics_record(it: int, **extra) -> dict:
+    return {
+        "iteration": it,
+        "target": 0.1 * it,
+        "achieved_mean": 0.1 * it - 0.05,
+        "achieved_median": 0.1 * it,
+        "achieved_p10": 0.1 * it - 0.5,
+        "achieved_p90": 0.1 * it + 0.4,
+        "achieved_std": 0.3,
+        "distinct_1": 0.4,
+        "distinct_2": 0.7 - 0.01 * it,
+        "kl_to_base": 1.0 + it,
+        "loss": 2.0,
+        "buffer_size": 4 * (it + 1),
+        "policy_version": it + 1,
+        "samples_per_s": 50.0,
+        "rollout_s": 0.2,
+        "scoring_s": 0.01,
+        "training_s": 0.1,
+        "sync_s": 0.05,
+        "idle_s": 0.0,
+        "time": 1.7e9 + it,
+        **extra,
+    }
+
+
+def make_synthetic_run(root: Path) -> Path:
+    """5 iterations (one with a NaN loss and an ``errors`` list), a torn last metrics line,
+    samples, 20 buffer samples in 4-sample shards (plus a covered shard and a temp file),
+    rejected batches (one malformed, one not JSON), an evaluation report and plot."""
+    run = root / "run"
+    run.mkdir(parents=True)
+    cfg = OnlineRunConfig.model_validate({"online": {"run_dir": str(run), "iterations": 10}})
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    lines = [json.dumps(metrics_record(it)) for it in range(5)]
+    lines[2] = json.dumps(metrics_record(2, loss=float("nan"), errors=["sampler 1 restarted"]))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"iteration": 5, "tar')
+    samples = [
+        {
+            "iteration": i // 2,
+            "prompt": f"prompt {i}",
+            "completion": f"completion {i}",
+            "target": 0.1 * i,
+            "achieved_reward": -0.2 + 0.05 * i,
+            "policy_version": i // 2,
+        }
+        for i in range(10)
+    ]
+    samples[-1]["completion"] = "<img src=x onerror=alert(1)> & <b>bold</b>"
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    buf = ReplayBuffer(ReplayBufferConfig(shard_size=4), run / "buffer")
+    for it in range(5):
+        buf.append(
+            [
+                {
+                    "prompt": "p",
+                    "completion": "c",
+                    "achieved_reward": -1.0 + 0.1 * (4 * it + k),
+                    "target_reward": 0.0,
+                    "policy_version": it,
+                    "iteration": it,
+                    "created_at": 0.0,
+                    "scored_at": 0.0,
+                    "completion_tokens": 3,
+                }
+                for k in range(4)
+            ]
+        )
+    shards = sorted((run / "buffer").glob("shard-*.parquet"))
+    assert len(shards) == 5
+    # a stale open shard left by an interrupted rewrite, and a temporary file: both ignored
+    shutil.copy(shards[0], run / "buffer" / "shard-000000000000-000000000001.parquet")
+    (run / "buffer" / ".shard-x.parquet.123.tmp").write_bytes(b"garbage")
+    rejected = run / "rejected"
+    rejected.mkdir()
+    for k, reason in enumerate(["reward model returned NaN", "wrong count", "timeout"]):
+        path = rejected / f"batch-{k}.json"
+        path.write_text(json.dumps({"reason": reason, "iteration": k}))
+        os.utime(path, (1_000 + k, 1_000 + k))
+    (rejected / "broken.json").write_text("{not json")
+    os.utime(rejected / "broken.json", (900, 900))
+    (rejected / "notes.txt").write_text("not a batch")
+    (run / "eval").mkdir()
+    report = {
+        "created_at": 123.0,
+        "iteration": 4,
+        "policy_version": 5,
+        "samples_per_target": 8,
+        "buffer": {"best_reward": 0.9, "samples": 20},
+        "rows": [
+            {"target": 0.0, "mean": 0.1, "kl_to_base": float("inf"), "extrapolation": False},
+            {"target": 1.15, "mean": 0.5, "kl_to_base": 3.0, "extrapolation": True},
+        ],
+    }
+    (run / "eval" / "calibration.json").write_text(json.dumps(report))
+    (run / "eval" / "calibration.png").write_bytes(PNG)
+    return run
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    return make_synthetic_run(tmp_path)
+
+
+@pytest.fixture
+def client(synthetic):
+    return TestClient(create_app(synthetic, poll_interval_s=0.5, recent_samples=4))
+
+
+def test_metrics_samples_and_status(client, synthetic):
+    data = client.get("/api/metrics").json()
+    assert [r["iteration"] for r in data["records"]] == [0, 1, 2, 3, 4]  # torn line left out
+    assert data["records"][2]["loss"] is None  # NaN becomes null: valid JSON
+    assert data["records"][3]["target"] == pytest.approx(0.3)
+    assert [r["iteration"] for r in client.get("/api/metrics?since=2").json()["records"]] == [3, 4]
+    assert client.get("/api/metrics?since=4").json()["records"] == []
+
+    samples = client.get("/api/samples").json()
+    assert samples["total"] == 10
+    assert [s["prompt"] for s in samples["records"]] == [f"prompt {i}" for i in (9, 8, 7, 6)]
+    assert samples["records"][0]["completion"].startswith("<img")  # raw text; the page escapes
+    assert len(client.get("/api/samples?limit=10000").json()["records"]) == 10
+
+    st = client.get("/api/status").json()
+    assert st["iteration"] == 4 and st["iterations_total"] == 10
+    assert st["policy_version"] == 5 and st["buffer_size"] == 20
+    assert st["state"] in ("running", "stalled")
+    assert st["eval_available"] is True
+    assert st["errors"] == [{"iteration": 2, "error": "sampler 1 restarted"}]
+    assert st["rejected"]["count"] == 4  # three batches and one unreadable file; notes.txt no
+    latest = st["rejected"]["latest"]
+    assert [r["reason"] for r in latest[:3]] == [
+        "timeout",
+        "wrong count",
+        "reward model returned NaN",
+    ]
+    assert latest[3]["file"] == "broken.json" and "cannot be read" in latest[3]["reason"]
+
+    cfg = client.get("/api/config").json()
+    assert cfg["config"]["online"]["iterations"] == 10
+    assert cfg["summary"]["schedule"].startswith("quantile")
+    assert cfg["summary"]["prompts x samples"] == "64 x 4"
+
+    settings = client.get("/api/settings").json()
+    assert settings == {
+        "poll_interval_s": 0.5,
+        "recent_samples": 4,
+        "run_dir": str(synthetic.resolve()),
+        "name": "run",
+    }
+
+
+def test_buffer_histogram(client):
+    data = client.get("/api/buffer?bins=4").json()
+    assert data["total"] == 20 and data["iterations"] == [0, 1, 2, 3, 4]
+    assert data["edges"][0] == pytest.approx(-1.0) and data["edges"][-1] == pytest.approx(0.9)
+    assert sum(data["current"]) == 20 and data["at"]["iteration"] == 4
+    assert data["best"] == pytest.approx(0.9) and data["error"] is None
+    at1 = client.get("/api/buffer?bins=4&iteration=1").json()["at"]
+    assert at1["total"] == 8 and sum(at1["counts"]) == 8
+    # the first 8 rewards (-1.0 .. -0.3) fall in the lowest bins of [-1, 0.9] cut in 4
+    assert at1["counts"][2:] == [0, 0]
+    assert client.get("/api/buffer?iteration=-1").json()["at"]["total"] == 0
+
+
+def test_evaluation_endpoints(client):
+    data = client.get("/api/eval").json()
+    assert data["plot_available"] is True and data["error"] is None
+    assert data["report"]["rows"][0]["kl_to_base"] is None  # inf becomes null
+    assert data["report"]["rows"][1]["extrapolation"] is True
+    png = client.get("/api/eval/plot.png?v=123.0")
+    assert png.status_code == 200 and png.content == PNG
+    assert png.headers["content-type"] == "image/png"
+
+
+def test_missing_run_dir_answers_empty(tmp_path):
+    client = TestClient(create_app(tmp_path / "not-yet"))
+    assert client.get("/api/metrics").json()["records"] == []
+    st = client.get("/api/status").json()
+    assert st["state"] == "not started" and st["exists"] is False
+    assert st["rejected"] == {"count": 0, "latest": []}
+    assert client.get("/api/buffer").json()["total"] == 0
+    assert client.get("/api/eval").json()["report"] is None
+    assert client.get("/api/eval/plot.png").status_code == 404
+    assert client.get("/api/config").json()["config"] is None
+
+
+def test_torn_line_is_read_once_complete_and_rewrites_reset(client, synthetic):
+    metrics = synthetic / "metrics.jsonl"
+    first = client.get("/api/metrics").json()
+    assert first["total"] == 5
+    with open(metrics, "a") as f:  # the writer finishes the torn line
+        f.write('get": 0.5}\n')
+    data = client.get("/api/metrics?since=4").json()
+    assert [r["iteration"] for r in data["records"]] == [5]
+    assert data["generation"] == first["generation"]
+    # a resume rewrites the file (atomic rename): the reader starts over, generation changes
+    RunDir(synthetic).truncate_logs(2)
+    data = client.get("/api/metrics").json()
+    assert [r["iteration"] for r in data["records"]] == [0, 1, 2]
+    assert data["generation"] != first["generation"]
+    # a line that is not JSON in the middle is skipped, the next ones are read
+    with open(metrics, "a") as f:
+        f.write("garbage\n" + json.dumps(metrics_record(3)) + "\n")
+    assert [r["iteration"] for r in client.get("/api/metrics").json()["records"]] == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# static assets, traversal, unknown routes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_page_and_static_assets(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="chart-schedule"' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    js = client.get("/static/app.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    chart = client.get("/static/vendor/chartjs/chart.umd.min.js")
+    assert chart.status_code == 200 and "Chart.js v4.6.1" in chart.text[:200]
+    assert client.get("/static/style.css").status_code == 200
+    assert client.get("/static/vendor/chartjs/LICENSE.md").status_code == 200
+    # the page loads nothing from another origin
+    assert "http://" not in page.text and "https://" not in page.text
+
+
+TRAVERSALS = [
+    "/static/../../etc/passwd",
+    "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/static/..%2f..%2f..%2fetc%2fpasswd",
+    "/static/%2e%2e%2f%2e%2e%2fapp.py",
+    "/static/../app.py",
+    "/static/..%2fapp.py",
+    "/static//etc/passwd",
+    "/static/%2fetc%2fpasswd",
+    "/static/..%5c..%5capp.py",
+    "/static/vendor/../../app.py",
+    "/static/",
+    "/static/vendor",
+    "/etc/passwd",
+    "/api/../../etc/passwd",
+    "/api/eval/../../../etc/passwd",
+    "/metrics.jsonl",
+    "/config.yaml",
+    "/samples.jsonl",
+    "/buffer/shard-000000000000-000000000003.parquet",
+    "/eval/calibration.json",
+    "/rejected/batch-0.json",
+    "/run/metrics.jsonl",
+    "/api/file?path=/etc/passwd",
+    "/api/eval/plot.png/../../../config.yaml",
+    "/api/nope",
+    "/favicon.ico",
+    "/docs",
+    "/openapi.json",
+    "/redoc",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_traversal_and_unknown_paths_are_404(client, path):
+    response = client.get(path)
+    assert response.status_code == 404, (path, response.text[:200])
+    assert "root:" not in response.text and "import" not in response.text
+
+
+def raw_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """A GET whose request line is sent exactly as given (no client-side normalisation)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    return int(raw.split(b" ", 2)[1]), raw
+
+
+def test_raw_traversal_requests_over_http(synthetic):
+    handle = serve(synthetic, port=0)
+    try:
+        assert raw_get(handle.port, "/api/status")[0] == 200
+        for path in [*TRAVERSALS, "/static/../../../../etc/passwd", "/static/....//etc/passwd"]:
+            status, raw = raw_get(handle.port, path)
+            assert status in (400, 404), (path, raw[:200])
+            assert b"root:" not in raw and b"import " not in raw
+        # an absolute-form request target names a host, never a file
+        status, raw = raw_get(handle.port, "http://127.0.0.1/etc/passwd")
+        assert status in (400, 404) and b"root:" not in raw
+        # a loopback-bound server refuses other Host names (DNS rebinding)
+        assert raw_get(handle.port, "/api/status", host="evil.example")[0] == 400
+        assert raw_get(handle.port, "/api/status", host=f"localhost:{handle.port}")[0] == 200
+    finally:
+        handle.stop()
+
+
+def test_symlinks_pointing_outside_are_not_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.json"
+    secret.write_text(json.dumps({"reason": SECRET, "iteration": 1, "target": SECRET}) + "\n")
+    (outside / "eval").mkdir()
+    (outside / "eval" / "calibration.json").write_text(json.dumps({"rows": [], "x": SECRET}))
+    (outside / "eval" / "calibration.png").write_bytes(PNG + SECRET.encode())
+    real = make_synthetic_run(tmp_path / "real")
+    shutil.copytree(real / "buffer", outside / "buffer")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to(secret)
+    (run / "samples.jsonl").symlink_to(secret)
+    (run / "config.yaml").symlink_to(secret)
+    (run / "eval").symlink_to(outside / "eval")
+    (run / "buffer").symlink_to(outside / "buffer")
+    (run / "rejected").mkdir()
+    (run / "rejected" / "evil.json").symlink_to(secret)
+    (run / "rejected" / "ok.json").write_text(json.dumps({"reason": "inside"}))
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "latest.json").symlink_to(secret)
+
+    client = TestClient(create_app(run))
+    bodies = [
+        client.get(path)
+        for path in (
+            "/api/metrics",
+            "/api/samples",
+            "/api/config",
+            "/api/status",
+            "/api/buffer",
+            "/api/eval",
+            "/api/eval/plot.png",
+        )
+    ]
+    for response in bodies:
+        assert SECRET not in response.text
+    assert client.get("/api/metrics").json()["records"] == []
+    assert client.get("/api/buffer").json()["total"] == 0
+    assert client.get("/api/eval").json()["report"] is None
+    assert client.get("/api/eval/plot.png").status_code == 404
+    st = client.get("/api/status").json()
+    assert st["rejected"]["count"] == 1 and st["rejected"]["latest"][0]["reason"] == "inside"
+    # the run directory itself may be a symlink: it is resolved once, and reads stay inside it
+    link = tmp_path / "link-to-real"
+    link.symlink_to(real)
+    assert TestClient(create_app(link)).get("/api/metrics").json()["total"] == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# malformed queries
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/metrics?since=abc",
+        "/api/metrics?since=-2",
+        "/api/metrics?since=1e3",
+        "/api/metrics?since=99999999999999999999999999999",
+        "/api/metrics?since=",
+        "/api/metrics?since=%00",
+        "/api/samples?limit=0",
+        "/api/samples?limit=-5",
+        "/api/samples?limit=10001",
+        "/api/samples?limit=ten",
+        "/api/buffer?bins=0",
+        "/api/buffer?bins=201",
+        "/api/buffer?bins=1.5",
+        "/api/buffer?iteration=-7",
+        "/api/buffer?iteration=x",
+        "/api/buffer?iteration=18446744073709551616",
+        "/api/eval/plot.png?v=" + "x" * 65,
+    ],
+)
+def test_malformed_query_parameters_get_422(client, path):
+    response = client.get(path)
+    assert response.status_code == 422, (path, response.text[:200])
+    assert client.get("/api/status").status_code == 200  # the app still answers
+
+
+def test_only_get_is_allowed(client):
+    assert client.post("/api/status").status_code == 405
+    assert client.delete("/api/metrics").status_code == 405
+    assert client.put("/static/app.js", content=b"x").status_code == 405
+
+
+def test_create_app_rejects_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="poll_interval_s"):
+        create_app(tmp_path, poll_interval_s=0)
+    with pytest.raises(ValueError, match="recent_samples"):
+        create_app(tmp_path, recent_samples=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the server thread, busy ports, the run's start-up and the CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_serve_binds_and_stops(synthetic, caplog):
+    handle = serve(synthetic, port=0, poll_interval_s=1.0)
+    assert handle.url == f"http://127.0.0.1:{handle.port}/" and handle.alive
+    assert get_json(handle.url + "api/status")["iteration"] == 4
+    # the port is busy now: without fallback a clear error, with fallback another port
+    with pytest.raises(DashboardError, match=f"cannot listen on 127.0.0.1:{handle.port}"):
+        serve(synthetic, port=handle.port)
+    with caplog.at_level(logging.WARNING, logger="online_dt.dashboard"):
+        other = serve(synthetic, port=handle.port, fallback=True)
+    assert other.port != handle.port and "is busy" in caplog.text
+    assert get_json(other.url + "api/settings")["name"] == "run"
+    other.stop()
+    handle.stop()
+    assert not handle.alive and not other.alive
+    with pytest.raises(urllib.error.URLError):
+        get_json(handle.url + "api/status")
+
+
+def test_start_for_run_never_raises(synthetic, caplog):
+    assert start_for_run(synthetic, DashboardConfig(enabled=False)) is None
+    with caplog.at_level(logging.WARNING, logger="online_dt.dashboard"):
+        assert start_for_run(synthetic, DashboardConfig(host="256.1.1.1", port=0)) is None
+    assert "dashboard not started" in caplog.text
+    with caplog.at_level(logging.INFO, logger="online_dt.dashboard"):
+        handle = start_for_run(synthetic, DashboardConfig(port=0))
+    assert handle is not None and f"dashboard: {handle.url}" in caplog.text
+    handle.stop()
+
+
+@pytest.mark.slow
+def test_run_main_starts_and_stops_its_dashboard(tmp_path, embedded_model_dir, caplog):
+    """``online-dt run --local`` logs the dashboard's URL (falling back from a busy port) and
+    stops it at the end; the run itself is unaffected."""
+    from online_dt.run import main
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    busy = blocker.getsockname()[1]
+    cfg = run_config(tmp_path / "run", embedded_model_dir, iterations=1)
+    data = cfg.model_dump(mode="json")
+    data["dashboard"] = {"enabled": True, "port": busy, "poll_interval_s": 1.0}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        with caplog.at_level(logging.INFO):
+            assert main(["--config", str(path), "--local", "--no-progress"]) == 0
+    finally:
+        blocker.close()
+    assert f"dashboard port {busy} on 127.0.0.1 is busy" in caplog.text
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("dashboard: "))
+    url = line.removeprefix("dashboard: ")
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/")
+    assert "dashboard stopped" in caplog.text
+    with pytest.raises(urllib.error.URLError):
+        get_json(url + "api/status")
+    assert len(RunDir(tmp_path / "run").read_metrics()) == 1
+
+
+def test_cli_dashboard_serves_a_run_dir(synthetic, tmp_path):
+    from online_dt.cli import main
+
+    assert main(["dashboard", str(tmp_path / "missing")]) == 2
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:  # an explicitly asked-for busy port is an error, not a silent move
+        assert main(["dashboard", str(synthetic), "--port", str(blocker.getsockname()[1])]) == 2
+    finally:
+        blocker.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "online_dt.cli", "dashboard", str(synthetic), "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert found, (line, proc.poll())
+        url = found.group(0)
+        assert get_json(url + "api/status")["iteration"] == 4
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+# ---------------------------------------------------------------------------------------------
+# a short real run
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def real_run_dir(tmp_path_factory, embedded_model_dir):
+    return real_run(tmp_path_factory, embedded_model_dir)
+
+
+@pytest.mark.slow
+def test_api_over_a_real_run(real_run_dir, tmp_path_factory, embedded_model_dir):
+    from online_dt.buffer import export_dataset
+
+    run = RunDir(real_run_dir)
+    client = TestClient(create_app(real_run_dir))
+    metrics = client.get("/api/metrics").json()["records"]
+    assert metrics == json.loads(json.dumps(run.read_metrics()))
+    assert len(metrics) == ITERATIONS
+    for record in metrics:
+        for key in ("target", "achieved_mean", "achieved_p10", "achieved_p90", "kl_to_base"):
+            assert math.isfinite(record[key]), key
+        for key in ("rollout_s", "scoring_s", "training_s", "sync_s", "idle_s", "samples_per_s"):
+            assert record[key] >= 0, key
+
+    st = client.get("/api/status").json()
+    assert st["state"] == "finished" and st["iteration"] == ITERATIONS - 1
+    assert st["buffer_size"] == metrics[-1]["buffer_size"]
+    assert st["checkpoint"] == f"iter-{ITERATIONS - 1:06d}"
+    assert st["rejected"]["count"] == 0 and st["eval_available"] is False
+
+    data = export_dataset(run.buffer_dir)
+    hist = client.get("/api/buffer?bins=10").json()
+    assert hist["total"] == len(data) == metrics[-1]["buffer_size"]
+    assert hist["best"] == pytest.approx(max(data["achieved_reward"]))
+    at0 = client.get("/api/buffer?bins=10&iteration=0").json()["at"]
+    assert at0["total"] == data["iteration"].count(0) == metrics[0]["samples"]
+
+    logged = [json.loads(line) for line in run.samples_file.read_text().splitlines()]
+    samples = client.get("/api/samples?limit=5").json()["records"]
+    assert samples == logged[::-1][:5]
+
+    evaluated = TestClient(create_app(evaluated_run(tmp_path_factory, embedded_model_dir)))
+    report = evaluated.get("/api/eval").json()
+    assert report["plot_available"] and len(report["report"]["rows"]) == 4
+    assert evaluated.get("/api/eval/plot.png").content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reader_keeps_up_with_a_writer(tmp_path):
+    """Appends landing in small pieces (as a concurrent writer's) are each read exactly once."""
+    run = tmp_path / "run"
+    run.mkdir()
+    client = TestClient(create_app(run))
+    text = "".join(json.dumps(metrics_record(it)) + "\n" for it in range(30))
+    with open(run / "metrics.jsonl", "w") as f:
+        for start in range(0, len(text), 97):
+            f.write(text[start : start + 97])
+            f.flush()
+            client.get("/api/metrics?since=-1")
+    records = client.get("/api/metrics").json()["records"]
+    assert [r["iteration"] for r in records] == list(range(30))
