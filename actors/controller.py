@@ -74,7 +74,12 @@ def run_on_ray(
         .remote(cfg)
     )
     workers = Workers(
-        SamplerGroup([RayHandle(s) for s in samplers], ft.rollout_retries, ft.retry_backoff_s),
+        SamplerGroup(
+            [RayHandle(s) for s in samplers],
+            ft.rollout_retries,
+            ft.retry_backoff_s,
+            ft.restart_timeout_s,
+        ),
         RayHandle(reward),
         RayHandle(learner),
     )

@@ -21,23 +21,45 @@ class RayFuture:
         """Block until the call finished; return its value or raise its error.
 
         Raises:
-            WorkerLostError: the actor died or is unreachable (Ray may be restarting it).
+            WorkerLostError: the actor died (``restarting=False``) or is unavailable while
+                Ray restarts it (``restarting=True``).
             Exception: what the remote method raised.
         """
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
         from online_dt.handles import WorkerLostError
 
         try:
             return ray.get(self.ref)
         except RayActorError as e:
-            raise WorkerLostError(f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+            restarting = isinstance(e, ActorUnavailableError) or _may_come_back(e.actor_id)
+            message = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
+            raise WorkerLostError(message, restarting=restarting) from e
         except RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, Exception):
                 raise cause from e
             raise
+
+
+def _may_come_back(actor_id: str | None) -> bool:
+    """Whether an actor that raised ``ActorDiedError`` is being restarted rather than gone.
+
+    Calls that reached the old process before Ray noticed its death fail with
+    ``ActorDiedError`` even when Ray restarts the actor (``max_restarts``), so the actor's
+    state is asked for: anything but ``DEAD`` may come back. When the state cannot be read
+    (no dashboard), the caller's restart timeout bounds the wait.
+    """
+    if not actor_id:
+        return False
+    try:
+        from ray.util.state import get_actor
+
+        state = get_actor(actor_id, timeout=10)
+    except Exception:  # the state API needs Ray's dashboard; without it, assume a restart
+        return True
+    return state is None or state.state != "DEAD"
 
 
 class RayHandle:

@@ -570,6 +570,10 @@ class FaultToleranceConfig(StrictModel):
     retry_backoff_s: float = Field(1.0, ge=0.0, le=600.0)
     """Wait before each retry, in seconds (doubled at every further attempt)."""
 
+    restart_timeout_s: float = Field(600.0, gt=0.0)
+    """How long a retry waits for a restarting worker to come back (a sampler reloads its
+    model), in seconds, before the attempt counts as failed."""
+
 
 class OnlineConfig(StrictModel):
     """The online decision-transformer loop."""

@@ -27,7 +27,39 @@ class WorkerLostError(RuntimeError):
 
     Raised by a future's ``result()``; ``actors.RayFuture`` turns Ray's actor-death errors into
     this one so the core can tell a lost worker (retry) from an error raised by the call itself.
+
+    Attributes:
+        restarting: the worker is being restarted (Ray's ``ActorUnavailableError``): a call
+            made once it is back will run; ``False`` when it is gone for good.
     """
+
+    def __init__(self, message: str, *, restarting: bool = False) -> None:
+        super().__init__(message)
+        self.restarting = restarting
+
+
+def call_when_back(call: Callable[[], T], timeout_s: float, poll_s: float = 0.5) -> T:
+    """``call()`` (submit and wait), repeated while the worker is restarting.
+
+    A restart (a new process, a model loaded again) takes seconds to minutes; calls made
+    meanwhile fail at once with a restarting :class:`WorkerLostError`. This waits them out.
+
+    Args:
+        call: submits the call and returns its result.
+        timeout_s: longest wait for the worker to come back (seconds).
+        poll_s: pause between tries (seconds).
+
+    Raises:
+        WorkerLostError: the worker is gone for good, or still restarting after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except WorkerLostError as e:
+            if not e.restarting or time.monotonic() >= deadline:
+                raise
+            time.sleep(poll_s)
 
 
 class Future(Protocol[T]):
@@ -156,7 +188,7 @@ class RolloutFuture:
                 time.sleep(self.group.backoff_s * 2 ** (attempt - 1))
             try:
                 if attempt:
-                    self.group.resync(k)
+                    call_when_back(lambda: self.group.resync(k), self.group.restart_timeout_s)
                     future = handle.generate(prompts[lo:hi], targets[lo:hi], params)
                 chunk = future.result()
             except WorkerLostError as e:
@@ -200,14 +232,22 @@ class SamplerGroup:
         handles: one handle per replica (``generate`` and ``load_weights`` return futures).
         retries: re-issues of a lost replica's chunk before it is dropped (>= 0).
         backoff_s: wait before the first re-issue, doubled at each further one (seconds).
+        restart_timeout_s: how long a re-issue waits for a restarting replica (seconds).
     """
 
-    def __init__(self, handles: Sequence[Any], retries: int = 2, backoff_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        handles: Sequence[Any],
+        retries: int = 2,
+        backoff_s: float = 0.0,
+        restart_timeout_s: float = 600.0,
+    ) -> None:
         if not handles:
             raise ValueError("a sampler group needs at least one sampler")
         self.handles = list(handles)
         self.retries = retries
         self.backoff_s = backoff_s
+        self.restart_timeout_s = restart_timeout_s
         self.update: Any = None
         self.stale: set[int] = set()
 

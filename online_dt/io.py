@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -43,6 +44,9 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
 
     Raises:
         Whatever ``write`` raises; the temporary directory is removed and ``path`` is untouched.
+        A write failure reported by native code as a plain ``Exception`` with an
+        ``(os error N)`` message (the Rust ``tokenizers`` and ``safetensors`` do this) is
+        raised as the :class:`OSError` it stands for.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,8 +61,12 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        native = re.search(r"\(os error (\d+)\)", str(e))
+        if native and not isinstance(e, OSError):
+            code = int(native.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from e
         raise
 
 

@@ -151,7 +151,9 @@ def local_workers(plan: RunPlan) -> Any:
 
     ft = cfg.fault_tolerance
     return Workers(
-        SamplerGroup([LocalHandle(sampler)], ft.rollout_retries, ft.retry_backoff_s),
+        SamplerGroup(
+            [LocalHandle(sampler)], ft.rollout_retries, ft.retry_backoff_s, ft.restart_timeout_s
+        ),
         LocalHandle(Scorer()),
         LocalHandle(learner),
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from online_dt.config import FaultToleranceConfig
-from online_dt.handles import WorkerLostError
+from online_dt.handles import WorkerLostError, call_when_back
 from online_dt.rewards import RewardModelError
 from online_dt.rundir import RunDir
 from online_dt.sampling import Rollout
@@ -126,7 +126,11 @@ def score_rollouts(
     while outcome.attempts <= policy.reward_retries:
         outcome.attempts += 1
         try:
-            outcome.rewards = list(score(prompts, completions).result())
+            outcome.rewards = list(
+                call_when_back(
+                    lambda: score(prompts, completions).result(), policy.restart_timeout_s
+                )
+            )
             if first_failure is not None:
                 outcome.recovery_s = time.perf_counter() - first_failure
                 log.info(

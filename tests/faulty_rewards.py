@@ -38,6 +38,8 @@ class FaultyReward(_Counted):
         fault: ``raise`` (RuntimeError), ``nan``/``inf`` (one bad score in the batch),
             ``wrong_count`` (one score short), ``exit`` (the process dies).
         delay_s: sleep before scoring (so a test can kill the worker mid-call).
+        faults: per-call faults, ``{"2": "exit", "4": "raise"}`` (keys are call numbers as
+            strings, as YAML and JSON write them); they take precedence over ``fail_calls``.
     """
 
     def __init__(
@@ -46,10 +48,11 @@ class FaultyReward(_Counted):
         fail_calls: Sequence[int] = (),
         fault: str = "raise",
         delay_s: float = 0.0,
+        faults: dict[str, str] | None = None,
     ) -> None:
         super().__init__(counter_file)
-        self.fail_calls = set(fail_calls)
-        self.fault = fault
+        self.faults = {call: fault for call in fail_calls}
+        self.faults.update({int(k): v for k, v in (faults or {}).items()})
         self.delay_s = delay_s
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
@@ -57,16 +60,15 @@ class FaultyReward(_Counted):
         if self.delay_s:
             time.sleep(self.delay_s)
         scores = [length_reward(c) for c in completions]
-        if call not in self.fail_calls:
-            return scores
-        if self.fault == "raise":
+        fault = self.faults.get(call)
+        if fault == "raise":
             raise RuntimeError(f"injected failure on call {call}")
-        if self.fault == "exit":
-            os._exit(1)
-        if self.fault == "nan":
+        if fault == "exit":
+            os._exit(1)  # the process dies mid-call, as on a segfault or an OOM kill
+        if fault == "nan":
             scores[len(scores) // 2] = math.nan
-        elif self.fault == "inf":
+        elif fault == "inf":
             scores[0] = math.inf
-        elif self.fault == "wrong_count":
+        elif fault == "wrong_count":
             scores = scores[:-1]
         return scores
