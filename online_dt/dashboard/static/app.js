@@ -250,8 +250,8 @@ async function pollMetrics() {
 function renderStatus(st) {
   text($("st-state"), st.state);
   const total = st.iterations_total;
-  text($("st-iteration"), st.iteration === null ? null :
-    total ? `${st.iteration} / ${total - 1}` : st.iteration);
+  const done = st.iteration === null ? null : st.iteration + 1; // iterations are 0-based
+  text($("st-iteration"), done === null ? null : total ? `${done} / ${total}` : done);
   text($("st-version"), st.policy_version);
   text($("st-buffer"), st.buffer_size);
   text($("st-target"), fmt(st.target));

@@ -1,0 +1,230 @@
+"""``online-dt eval``: target planning, the calibration table with fakes, the KL estimator
+against the learner's, and the command on a short real run (JSON table and PNG plot)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import struct
+
+import pytest
+
+from online_dt.evaluation import (
+    EvalError,
+    calibration_row,
+    evaluate_calibration,
+    format_calibration_table,
+    plan_targets,
+    resolve_source,
+)
+from online_dt.sampling import Rollout, SamplingParams
+from tests.dashboard_run import ITERATIONS, real_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROW_FIELDS = ("target", "mean", "std", "p10", "median", "p90", "calibration_error")
+ROW_FIELDS += ("distinct_1", "distinct_2", "kl_to_base")
+
+
+# ---------------------------------------------------------------------------------------------
+# pure pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def test_plan_targets_marks_and_adds_extrapolation():
+    assert plan_targets([0.5, -0.5, 0.0], 0.8, 0.25) == [
+        (-0.5, False),
+        (0.0, False),
+        (0.5, False),
+        (pytest.approx(1.05), True),
+    ]
+    # a given target already past best + margin: nothing added, it is the extrapolation
+    assert plan_targets([0.0, 1.5], 0.8, 0.25) == [(0.0, False), (1.5, True)]
+    # every target above the best is an extrapolation, even without the added one
+    assert plan_targets([0.0, 0.9], 0.8, None) == [(0.0, False), (0.9, True)]
+    # no buffer: nothing to extrapolate from
+    assert plan_targets([0.0], None, 0.25) == [(0.0, False)]
+    with pytest.raises(ValueError, match="finite"):
+        plan_targets([math.nan], 0.8, 0.25)
+    with pytest.raises(ValueError, match="margin"):
+        plan_targets([0.0], 0.8, 0.0)
+
+
+def test_calibration_row():
+    row = calibration_row(
+        0.5,
+        ["p"] * 4,
+        ["a", "b", "c", "d"],
+        [[1, 2, 3], [1, 2, 4], [5], [1]],
+        [0.0, 0.5, 1.0, 0.5],
+        examples=2,
+    )
+    assert row["mean"] == pytest.approx(0.5) and row["median"] == pytest.approx(0.5)
+    assert row["calibration_error"] == pytest.approx(0.0)
+    assert row["std"] == pytest.approx(math.sqrt(0.125))
+    assert row["distinct_1"] == pytest.approx(5 / 8)  # tokens 1,2,3,4,5 of 8
+    assert row["distinct_2"] == pytest.approx(3 / 4)  # (1,2) twice, (2,3), (2,4)
+    assert row["count"] == 4 and len(row["samples"]) == 2
+    with pytest.raises(ValueError, match="lengths differ"):
+        calibration_row(0.0, ["p"], ["a", "b"], [[1]], [0.0])
+
+
+class EchoSampler:
+    """Completions that say their own target: 'reward <target>', with two tokens each."""
+
+    backend = "fake"
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, targets, params):
+        self.calls.append((list(prompts), list(targets), params))
+        return [
+            Rollout(p, f"{t + 0.01 * i}", [i, i + 1], [-1.0, -2.0], t, 3, True, i, 0.0, 0.0)
+            for i, (p, t) in enumerate(zip(prompts, targets, strict=True))
+        ]
+
+
+def test_evaluate_calibration_with_fakes():
+    sampler = EchoSampler()
+    rows = evaluate_calibration(
+        sampler,
+        lambda prompts, completions: [float(c) for c in completions],
+        ["a", "b", "c"],
+        [(0.0, False), (1.2, True)],
+        4,
+        lambda k: SamplingParams(seed=10 + k),
+        kl=lambda rollouts: [0.5 * r.target for r in rollouts],
+    )
+    # every target sees the same prompts (cycling), each with its own seed
+    assert [c[0] for c in sampler.calls] == [["a", "b", "c", "a"]] * 2
+    assert [c[2].seed for c in sampler.calls] == [10, 11]
+    assert [r["target"] for r in rows] == [0.0, 1.2]
+    assert rows[0]["mean"] == pytest.approx(0.015) and rows[1]["mean"] == pytest.approx(1.215)
+    assert [r["extrapolation"] for r in rows] == [False, True]
+    assert rows[1]["kl_to_base"] == pytest.approx(0.6)
+    assert rows[0]["distinct_1"] == pytest.approx(5 / 8)
+    table = format_calibration_table(rows)
+    assert "1.200*" in table and "extrapolation" in table and "KL" in table
+    with pytest.raises(ValueError, match="samples_per_target"):
+        evaluate_calibration(sampler, None, ["a"], [(0.0, False)], 0, lambda k: None)
+
+
+def test_resolve_source_rejects_other_directories(tmp_path):
+    with pytest.raises(EvalError, match="not a directory"):
+        resolve_source(tmp_path / "missing")
+    with pytest.raises(EvalError, match="not a run directory"):
+        resolve_source(tmp_path)
+
+
+@pytest.mark.slow
+def test_kl_estimate_matches_the_learner(tmp_path):
+    """The evaluation's KL is the learner's k1 estimator, completion by completion."""
+    import numpy as np
+
+    from online_dt.evaluation import kl_per_completion
+    from online_dt.learner import Learner
+    from online_dt.sampling import HFSampler
+    from tests.dashboard_run import run_config
+    from tests.tiny import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "gpt2", "gpt2")
+    cfg = run_config(tmp_path / "run", base)
+    learner = Learner(cfg, str(base), tmp_path / "run")
+    first = HFSampler(learner.policy).generate(
+        ["the movie was", "the food"], [0.5, -0.5], SamplingParams(n=3, max_new_tokens=6, seed=0)
+    )
+    # train a little so that the policy and the base model differ
+    learner.append(first, [0.1 * i for i in range(len(first))], 0, 0.0)
+    learner.train(3)
+    made = HFSampler(learner.policy).generate(
+        ["the movie was", "the food"], [0.5, -0.5], SamplingParams(n=3, max_new_tokens=6, seed=2)
+    )
+    ours = kl_per_completion(learner.policy, learner.base_model, made, batch_size=4)
+    assert len(ours) == len(made)
+    assert float(np.mean(ours)) == pytest.approx(learner.kl_estimate(made), abs=1e-5)
+    assert any(abs(k) > 1e-3 for k in ours)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command on a short real run
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_copy(tmp_path_factory, embedded_model_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(real_run(tmp_path_factory, embedded_model_dir), run, symlinks=True)
+    return run
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.slow
+def test_cli_eval_writes_table_and_plot(run_copy, capsys):
+    from online_dt.buffer import export_dataset
+    from online_dt.cli import main
+
+    argv = ["eval", str(run_copy), "--targets", "-0.5", "0", "0.5", "1.5"]
+    assert main([*argv, "--samples-per-target", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "extrapolation" in out and "calibration.json" in out
+
+    report = json.loads((run_copy / "eval" / "calibration.json").read_text())
+    best = max(export_dataset(run_copy / "buffer")["achieved_reward"])
+    assert report["buffer"]["best_reward"] == pytest.approx(best)
+    assert report["iteration"] == ITERATIONS - 1 and report["policy_version"] == ITERATIONS
+    assert report["samples_per_target"] == 12 and report["backend"] == "hf"
+    rows = report["rows"]
+    # 1.5 lies beyond best + 0.25 (VADER <= 1), so it is the extrapolation row; none is added
+    assert [r["target"] for r in rows] == [-0.5, 0.0, 0.5, 1.5]
+    assert [r["extrapolation"] for r in rows] == [t > best for t in (-0.5, 0.0, 0.5, 1.5)]
+    assert rows[-1]["extrapolation"] is True
+    for row in rows:
+        assert row["count"] == 12
+        for key in ROW_FIELDS:
+            assert isinstance(row[key], float) and math.isfinite(row[key]), key
+        assert row["p10"] <= row["median"] <= row["p90"]
+        assert 0 <= row["distinct_1"] <= 1 and 0 <= row["distinct_2"] <= 1
+        assert -1 <= row["mean"] <= 1
+
+    plot = (run_copy / "eval" / "calibration.png").read_bytes()
+    assert png_size(plot) == (1000, 420) and len(plot) > 20_000
+    assert not list((run_copy / "eval").glob(".*tmp"))  # atomic writes leave no temp file
+
+
+@pytest.mark.slow
+def test_eval_of_a_checkpoint_with_default_targets(run_copy, tmp_path):
+    """A checkpoint directory given directly; default targets are the buffer's p10/p50/p90
+    plus best + margin, marked as the extrapolation."""
+    import numpy as np
+
+    from online_dt.buffer import export_dataset
+    from online_dt.evaluation import run_eval
+
+    checkpoint = run_copy / "checkpoints" / f"iter-{ITERATIONS - 2:06d}"
+    out = tmp_path / "out"
+    report = run_eval(checkpoint, samples_per_target=8, out_dir=out, with_kl=False)
+    rewards = export_dataset(run_copy / "buffer")["achieved_reward"]
+    expected = [*np.quantile(rewards, [0.1, 0.5, 0.9]), max(rewards) + 0.25]
+    assert [r["target"] for r in report["rows"]] == pytest.approx(expected)
+    assert [r["extrapolation"] for r in report["rows"]] == [False, False, False, True]
+    assert all(r["kl_to_base"] is None for r in report["rows"])
+    assert report["iteration"] == ITERATIONS - 2
+    assert (out / "calibration.json").is_file() and (out / "calibration.png").is_file()
+    assert not (run_copy / "eval").exists()
+
+
+def test_cli_eval_rejects_bad_input(tmp_path, capsys):
+    from online_dt.cli import main
+
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path), "--targets", "nan"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["eval", str(tmp_path), "--samples-per-target", "0"])
