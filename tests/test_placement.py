@@ -228,7 +228,8 @@ def test_shortfall_message_names_missing_resources():
 @pytest.fixture
 def local_ray(monkeypatch):
     """A fresh in-process Ray instance with 2 CPUs (never an existing cluster)."""
-    ray = pytest.importorskip("ray")
+    import ray
+
     # a throw-away local instance: no token authentication (see tests/test_e2e_ray_job.py)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
