@@ -590,3 +590,33 @@ def test_reader_keeps_up_with_a_writer(tmp_path):
             client.get("/api/metrics?since=-1")
     records = client.get("/api/metrics").json()["records"]
     assert [r["iteration"] for r in records] == list(range(30))
+
+
+def test_buffer_reader_survives_a_writer_and_reports_gaps(synthetic, monkeypatch):
+    from online_dt.dashboard.reader import RunReader
+
+    reader = RunReader(synthetic)
+    real = reader._read_buffer
+    calls = []
+
+    def flaky(folder):
+        calls.append(folder)
+        if len(calls) == 1:  # the open shard was renamed between listing and reading
+            raise FileNotFoundError(folder / "shard-gone.parquet")
+        return real(folder)
+
+    monkeypatch.setattr(reader, "_read_buffer", flaky)
+    rewards, iterations, error = reader.buffer_rewards()
+    assert len(calls) == 2 and len(rewards) == 20 and error is None
+    assert list(iterations) == [it for it in range(5) for _ in range(4)]
+
+    def gone(folder):
+        raise FileNotFoundError(folder)
+
+    monkeypatch.setattr(reader, "_read_buffer", gone)
+    assert reader.buffer_rewards()[2] == "the buffer is being rewritten"
+
+    # a missing shard in the middle: what comes before it is shown, with the error
+    (synthetic / "buffer" / "shard-000000000008-000000000011.parquet").unlink()
+    hist = TestClient(create_app(synthetic)).get("/api/buffer").json()
+    assert hist["total"] == 8 and "samples 8..11 are missing" in hist["error"]

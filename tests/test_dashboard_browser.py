@@ -182,6 +182,7 @@ def test_every_panel_shows_the_run(browser_page, run_dir):
         f" === {first}",
     )
     assert page.inner_text("#buffer-at") == "0"
+    assert not page.is_visible("#buffer-error")
     assert chart(page, "buffer")["datasets"][0]["label"] == "up to iteration 0"
 
     # diversity and KL

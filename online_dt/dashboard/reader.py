@@ -308,14 +308,12 @@ class RunReader:
         if folder is None:
             return np.zeros(0), np.zeros(0, dtype=np.int64), None
         with self._buffer_lock:
-            for attempt in range(_READ_RETRIES):
+            for _ in range(_READ_RETRIES):
                 try:
                     return self._read_buffer(folder)
-                except FileNotFoundError:
-                    if attempt == _READ_RETRIES - 1:
-                        return np.zeros(0), np.zeros(0, dtype=np.int64), "buffer is being rewritten"
+                except FileNotFoundError:  # the writer replaced the open shard meanwhile
                     time.sleep(0.05)
-        raise AssertionError("unreachable")
+        return np.zeros(0), np.zeros(0, dtype=np.int64), "the buffer is being rewritten"
 
     def _read_buffer(self, folder: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
         import pyarrow as pa

@@ -335,6 +335,9 @@ async function pollBuffer(bufferSize, force = false) {
   text($("buffer-at"), data.at ? data.at.iteration : null);
   text($("buffer-total"), data.total);
   text($("buffer-best"), fmt(data.best));
+  const problem = $("buffer-error");
+  problem.textContent = data.error || "";
+  problem.hidden = !data.error;
   const edges = data.edges || [];
   const chart = charts.buffer;
   chart.data.labels = edges.slice(0, -1).map((e, i) => fmt((e + edges[i + 1]) / 2, 2));
