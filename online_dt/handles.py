@@ -38,7 +38,12 @@ class WorkerLostError(RuntimeError):
         self.restarting = restarting
 
 
-def call_when_back(call: Callable[[], T], timeout_s: float, poll_s: float = 0.5) -> T:
+def call_when_back(
+    call: Callable[[], T],
+    timeout_s: float,
+    poll_s: float = 0.5,
+    on_lost: Callable[[WorkerLostError], None] | None = None,
+) -> T:
     """``call()`` (submit and wait), repeated while the worker is restarting.
 
     A restart (a new process, a model loaded again) takes seconds to minutes; calls made
@@ -48,17 +53,22 @@ def call_when_back(call: Callable[[], T], timeout_s: float, poll_s: float = 0.5)
         call: submits the call and returns its result.
         timeout_s: longest wait for the worker to come back (seconds).
         poll_s: pause between tries (seconds).
+        on_lost: called once, with the first restarting error, when a wait begins.
 
     Raises:
         WorkerLostError: the worker is gone for good, or still restarting after ``timeout_s``.
     """
     deadline = time.monotonic() + timeout_s
+    waiting = False
     while True:
         try:
             return call()
         except WorkerLostError as e:
             if not e.restarting or time.monotonic() >= deadline:
                 raise
+            if not waiting and on_lost is not None:
+                on_lost(e)
+            waiting = True
             time.sleep(poll_s)
 
 

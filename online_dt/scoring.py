@@ -54,7 +54,9 @@ class ScoreOutcome:
 
     Attributes:
         rewards: one finite reward per rollout, or ``None`` when the batch was skipped.
-        attempts: scoring calls made (1 when the first succeeded).
+        attempts: scoring attempts made (1 when the first succeeded); a call repeated once
+            the worker restarted after dying mid-call is the same attempt.
+        workers_lost: times the reward worker died during a call and was waited for.
         rejected: samples written to ``rejected/`` (0 or the batch size).
         reason: why the batch was rejected (``None`` when scored).
         recovery_s: seconds from the first failure to the successful retry (0 if none).
@@ -62,6 +64,7 @@ class ScoreOutcome:
 
     rewards: list[float] | None
     attempts: int = 1
+    workers_lost: int = 0
     rejected: int = 0
     reason: str | None = None
     recovery_s: float = 0.0
@@ -71,6 +74,7 @@ class ScoreOutcome:
         """The per-iteration figures of this batch's scoring."""
         return {
             "reward_attempts": self.attempts,
+            "reward_workers_lost": self.workers_lost,
             "rejected_samples": self.rejected,
             "reward_recovery_s": self.recovery_s,
         }
@@ -123,12 +127,21 @@ def score_rollouts(
     outcome = ScoreOutcome(rewards=None, attempts=0)
     first_failure: float | None = None
     error: BaseException | None = None
+
+    def lost(e: WorkerLostError) -> None:  # the worker died mid-call; Ray restarts it
+        nonlocal first_failure
+        outcome.workers_lost += 1
+        first_failure = first_failure or time.perf_counter()
+        log.warning("iteration %d: reward worker lost (%s); waiting for its restart", iteration, e)
+
     while outcome.attempts <= policy.reward_retries:
         outcome.attempts += 1
         try:
             outcome.rewards = list(
                 call_when_back(
-                    lambda: score(prompts, completions).result(), policy.restart_timeout_s
+                    lambda: score(prompts, completions).result(),
+                    policy.restart_timeout_s,
+                    on_lost=lost,
                 )
             )
             if first_failure is not None:

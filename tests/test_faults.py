@@ -134,6 +134,22 @@ def test_lost_reward_worker_is_retried(tmp_path):
     assert info.value.reason == "worker_lost"
 
 
+def test_restarting_reward_worker_is_waited_for_within_the_same_attempt(tmp_path):
+    calls = []
+
+    class Restarting:
+        def score(self, prompts, completions):
+            calls.append(1)
+            if len(calls) <= 3:  # died mid-call, then unavailable while Ray restarts it
+                return Done(error=WorkerLostError("ActorUnavailableError", restarting=True))
+            return Done([1.0] * len(prompts))
+
+    policy = NO_WAIT.model_copy(update={"reward_retries": 0})
+    out = score_rollouts(Restarting().score, rollouts(), 0, policy, RunDir(tmp_path / "run"))
+    assert out.rewards == [1.0] * 6 and out.attempts == 1 and out.workers_lost == 1
+    assert len(calls) == 4 and out.recovery_s > 0
+
+
 # -- lost sampler replicas -----------------------------------------------------------------------
 
 
