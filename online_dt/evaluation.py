@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from online_dt.metrics import distinct_n, reward_summary
+from online_dt.training import kl_per_completion
 
 log = logging.getLogger(__name__)
 
@@ -238,45 +239,6 @@ def evaluate_calibration(
             row["p90"],
         )
     return rows
-
-
-def kl_per_completion(
-    policy: Any, base_model: Any, rollouts: Sequence[Any], *, batch_size: int = 64
-) -> list[float]:
-    """Sample-based KL(policy || base) of each completion, in nats: ``sum_t (log pi(y_t) -
-    log p_base(y_t))`` with the policy's raw logprobs as sampled (the ``k1`` estimator, the same
-    one as :meth:`online_dt.learner.Learner.kl_estimate`; its mean over samples estimates the
-    KL per completion).
-
-    Args:
-        policy: the :class:`~online_dt.conditioning.RewardConditionedPolicy` (tokenizer and
-            conditioning slot ids).
-        base_model: the frozen base causal LM over the same vocabulary.
-        rollouts: rollouts with ``prompt``, ``target``, ``token_ids`` and ``logprobs``.
-        batch_size: rollouts per forward pass of the base model.
-    """
-    import torch
-
-    from online_dt.layout import IGNORE_INDEX, layout_batch
-    from online_dt.training import base_model_logits
-
-    out: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(rollouts), batch_size):
-            chunk = list(rollouts[start : start + batch_size])
-            batch = layout_batch(
-                policy.slot_token_ids([r.target for r in chunk]),
-                policy.encode([r.prompt for r in chunk]),
-                [r.token_ids for r in chunk],
-                pad_id=policy.pad_token_id,
-            ).to(policy.device)
-            logq = base_model_logits(base_model, batch)[:, :-1].float().log_softmax(-1)
-            labels = batch.labels[:, 1:]
-            for i, r in enumerate(chunk):
-                where = (labels[i] != IGNORE_INDEX).nonzero().squeeze(-1)
-                base_lp = logq[i, where, labels[i, where]]
-                out.append(float(sum(r.logprobs) - base_lp.sum().item()))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,10 +24,9 @@ from online_dt.buffer import ReplayBuffer
 from online_dt.conditioning import RewardConditionedPolicy, resolve_device
 from online_dt.config import OnlineRunConfig
 from online_dt.io import atomic_write_dir
-from online_dt.layout import IGNORE_INDEX, layout_batch
 from online_dt.rundir import RunDir
 from online_dt.sampling import Rollout
-from online_dt.training import ConditionedTrainer, Record, base_model_logits
+from online_dt.training import ConditionedTrainer, Record, kl_per_completion
 from online_dt.weight_sync import CheckpointPublisher, WeightUpdate
 
 STATE_FILE = "state.json"
@@ -212,19 +211,7 @@ class Learner:
         if self.base_model is None or not rollouts:
             return None
         chosen = list(rollouts[: self.cfg.online.kl_samples])
-        batch = layout_batch(
-            self.policy.slot_token_ids([r.target for r in chosen]),
-            self.policy.encode([r.prompt for r in chosen]),
-            [r.token_ids for r in chosen],
-            pad_id=self.policy.pad_token_id,
-        ).to(self.policy.device)
-        logq = base_model_logits(self.base_model, batch)[:, :-1].float().log_softmax(-1)
-        labels = batch.labels[:, 1:]
-        totals = []
-        for i, r in enumerate(chosen):
-            where = (labels[i] != IGNORE_INDEX).nonzero().squeeze(-1)
-            base_lp = logq[i, where, labels[i, where]]
-            totals.append(float(sum(r.logprobs) - base_lp.sum().item()))
+        totals = kl_per_completion(self.policy, self.base_model, chosen, batch_size=len(chosen))
         return float(np.mean(totals))
 
     # -- checkpoints -----------------------------------------------------------------------------

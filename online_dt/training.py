@@ -248,3 +248,39 @@ class ConditionedTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = state["step_count"]
         self._rng.set_state(state["rng"])
+
+
+def kl_per_completion(
+    policy: Any, base_model: Any, rollouts: Sequence[Any], *, batch_size: int = 64
+) -> list[float]:
+    """Sample-based KL(policy || base) of each completion, in nats: ``sum_t (log pi(y_t) -
+    log p_base(y_t))`` with the policy's raw logprobs as sampled (the ``k1`` estimator; Schulman,
+    "Approximating KL Divergence", 2020; its mean over samples estimates the KL per
+    completion).
+
+    Args:
+        policy: the :class:`~online_dt.conditioning.RewardConditionedPolicy` (tokenizer and
+            conditioning slot ids).
+        base_model: the frozen base causal LM over the same vocabulary.
+        rollouts: rollouts with ``prompt``, ``target``, ``token_ids`` and ``logprobs``.
+        batch_size: rollouts per forward pass of the base model.
+    """
+    from online_dt.layout import layout_batch
+
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(rollouts), batch_size):
+            chunk = list(rollouts[start : start + batch_size])
+            batch = layout_batch(
+                policy.slot_token_ids([r.target for r in chunk]),
+                policy.encode([r.prompt for r in chunk]),
+                [r.token_ids for r in chunk],
+                pad_id=policy.pad_token_id,
+            ).to(policy.device)
+            logq = base_model_logits(base_model, batch)[:, :-1].float().log_softmax(-1)
+            labels = batch.labels[:, 1:]
+            for i, r in enumerate(chunk):
+                where = (labels[i] != IGNORE_INDEX).nonzero().squeeze(-1)
+                base_lp = logq[i, where, labels[i, where]]
+                out.append(float(sum(r.logprobs) - base_lp.sum().item()))
+    return out

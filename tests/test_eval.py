@@ -122,9 +122,9 @@ def test_kl_estimate_matches_the_learner(tmp_path):
     """The evaluation's KL is the learner's k1 estimator, completion by completion."""
     import numpy as np
 
-    from online_dt.evaluation import kl_per_completion
     from online_dt.learner import Learner
     from online_dt.sampling import HFSampler
+    from online_dt.training import kl_per_completion
     from tests.dashboard_run import run_config
     from tests.tiny import build_tiny_model
 
