@@ -43,47 +43,15 @@ def run_on_ray(
     """
     import ray
 
-    from actors.handle import RayHandle
     from actors.placement import start_placement
-    from actors.workers import LearnerActor, RewardModelActor, SamplerActor
-    from online_dt.handles import SamplerGroup
-    from online_dt.loop import Workers
 
     cfg, res = plan.cfg, plan.cfg.resources
     base = base_model_path(cfg)  # builds the embedded model here, once, before any actor
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     opts = start_placement(res)  # reserves the placement group (see online_dt/placement.py)
-    learner = (
-        ray.remote(LearnerActor)
-        .options(**opts.learner)
-        .remote(cfg, base, str(plan.run.path), str(plan.checkpoint) if plan.checkpoint else None)
-    )
-    update = ray.get(learner.initial_update.remote())
-    # a dead sampler or reward actor is restarted by Ray; the loop re-issues its call itself
-    ft = cfg.fault_tolerance
-    samplers = [
-        ray.remote(SamplerActor)
-        .options(**opts.samplers[i], max_restarts=ft.sampler_max_restarts, max_task_retries=0)
-        .remote(cfg, update)
-        for i in range(res.num_samplers)
-    ]
-    reward = (
-        ray.remote(RewardModelActor)
-        .options(**opts.reward, max_restarts=ft.reward_max_restarts, max_task_retries=0)
-        .remote(cfg)
-    )
-    workers = Workers(
-        SamplerGroup(
-            [RayHandle(s) for s in samplers],
-            ft.rollout_retries,
-            ft.retry_backoff_s,
-            ft.restart_timeout_s,
-        ),
-        RayHandle(reward),
-        RayHandle(learner),
-    )
     try:
+        workers = start_workers(plan, base, opts)
         history = execute(
             plan, workers, progress=progress, callbacks=[metrics_exporter(), *callbacks]
         )
@@ -99,3 +67,46 @@ def run_on_ray(
             last["policy_version"],
         )
     return 0
+
+
+def start_workers(plan: RunPlan, base: str, opts: Any) -> Any:
+    """Start the learner, then the sampler replicas (from the learner's first published
+    version) and the reward model, in their placement-group bundles; return the loop's
+    :class:`online_dt.loop.Workers`.
+
+    A dead sampler or reward actor is restarted by Ray (``fault_tolerance.*_max_restarts``);
+    Ray does not retry its calls (``max_task_retries=0``): the loop re-issues them itself.
+    """
+    import ray
+
+    from actors.handle import RayHandle
+    from actors.workers import LearnerActor, RewardModelActor, SamplerActor
+    from online_dt.handles import SamplerGroup
+    from online_dt.loop import Workers
+
+    cfg, ft = plan.cfg, plan.cfg.fault_tolerance
+    checkpoint = str(plan.checkpoint) if plan.checkpoint else None
+    learner = (
+        ray.remote(LearnerActor)
+        .options(**opts.learner)
+        .remote(cfg, base, str(plan.run.path), checkpoint)
+    )
+    update = ray.get(learner.initial_update.remote())
+    samplers = [
+        ray.remote(SamplerActor)
+        .options(**opts.samplers[i], max_restarts=ft.sampler_max_restarts, max_task_retries=0)
+        .remote(cfg, update)
+        for i in range(cfg.resources.num_samplers)
+    ]
+    reward = (
+        ray.remote(RewardModelActor)
+        .options(**opts.reward, max_restarts=ft.reward_max_restarts, max_task_retries=0)
+        .remote(cfg)
+    )
+    group = SamplerGroup(
+        [RayHandle(s) for s in samplers],
+        ft.rollout_retries,
+        ft.retry_backoff_s,
+        ft.restart_timeout_s,
+    )
+    return Workers(group, RayHandle(reward), RayHandle(learner))

@@ -33,7 +33,9 @@ class RayFuture:
         try:
             return ray.get(self.ref)
         except RayActorError as e:
-            restarting = isinstance(e, ActorUnavailableError) or _may_come_back(e.actor_id)
+            restarting = isinstance(e, ActorUnavailableError) or (
+                not getattr(e, "_actor_init_failed", False) and _may_come_back(e.actor_id)
+            )
             message = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
             raise WorkerLostError(message, restarting=restarting) from e
         except RayTaskError as e:

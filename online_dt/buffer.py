@@ -87,7 +87,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from online_dt.config import ReplayBufferConfig
-from online_dt.io import atomic_write_dir
+from online_dt.io import atomic_write_dir, fsync_dir
 
 if TYPE_CHECKING:
     import datasets
@@ -341,20 +341,6 @@ def _publish(tmp: Path, path: Path) -> None:
 def _remove(path: Path) -> None:
     """Delete a file if it exists (a seam for crash tests)."""
     path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames and deletions in ``path`` durable (best effort where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_parquet_atomic(path: Path, table: pa.Table) -> None:
@@ -618,12 +604,12 @@ class ReplayBuffer:
                 path = self.root / shard_name(chunk[0].sample_id, chunk[-1].sample_id)
                 _write_parquet_atomic(path, _to_table(chunk))
                 written.append(path)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             try:
                 for path in written:
                     _remove(path)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             except OSError as e:
                 self._blocked = (
                     f"an append failed and its shards could not be removed ({e}); reload the"
@@ -863,12 +849,12 @@ class ReplayBuffer:
         beyond = [s for s, _ in used if s.first > sample_id]
         for s in sorted(beyond, key=lambda s: -s.first):
             _remove(s.path)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         for s, _ in used:
             if s.first <= sample_id < s.last:
                 kept = _read_shard(s).slice(0, sample_id - s.first + 1)
                 _write_parquet_atomic(self.root / shard_name(s.first, sample_id), kept)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 _remove(s.path)
         self._rebuild(None)
         return removed

@@ -265,8 +265,10 @@ def _dashboard(run_dir: Path, host: str, port: int | None) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from online_dt.buffer import BufferCorruptError
     from online_dt.evaluation import EvalError, format_calibration_table, run_eval
     from online_dt.prompts import PromptError
+    from online_dt.rewards import RewardModelLoadError
 
     try:
         report = run_eval(
@@ -283,7 +285,7 @@ def _eval(args: argparse.Namespace) -> int:
     except (EvalError, ConfigError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError, RewardModelLoadError, BufferCorruptError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     where = "" if report["iteration"] is None else f" (iteration {report['iteration']})"

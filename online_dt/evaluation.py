@@ -473,26 +473,31 @@ def run_eval(
     prompts = load_prompts(cfg.prompts)
     reward_model = load_reward_model(cfg.reward_model)
     sampler, policy = _load_sampler(cfg, src, backend)
-    t_loaded = time.perf_counter()
-    kl_fn = None
-    kl_error = None
-    if with_kl:
-        try:
-            base_model = _load_base_model(cfg)
-            kl_fn = lambda rollouts: kl_per_completion(policy, base_model, rollouts)  # noqa: E731
-        except OSError as e:
-            kl_error = f"base model could not be loaded: {e}"
-            log.warning("no KL estimate: %s", kl_error)
+    try:
+        t_loaded = time.perf_counter()
+        kl_fn = None
+        kl_error = None
+        if with_kl:
+            try:
+                base_model = _load_base_model(cfg)
+                kl_fn = lambda rollouts: kl_per_completion(policy, base_model, rollouts)  # noqa: E731
+            except OSError as e:
+                kl_error = f"base model could not be loaded: {e}"
+                log.warning("no KL estimate: %s", kl_error)
 
-    rows = evaluate_calibration(
-        sampler,
-        lambda p, c: score_checked(reward_model, p, c),
-        prompts,
-        planned,
-        samples_per_target,
-        lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=seed + k),
-        kl=kl_fn,
-    )
+        rows = evaluate_calibration(
+            sampler,
+            lambda p, c: score_checked(reward_model, p, c),
+            prompts,
+            planned,
+            samples_per_target,
+            lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=seed + k),
+            kl=kl_fn,
+        )
+    finally:
+        close = getattr(sampler, "close", None)
+        if close is not None:
+            close()  # a vLLM engine holds memory and processes until closed
     out = (
         Path(out_dir) if out_dir is not None else (src.run_dir or src.policy_dir.parent) / EVAL_DIR
     )
@@ -523,9 +528,6 @@ def run_eval(
     }
     atomic_write_bytes(out / PLOT_FILE, plot_calibration(report))
     atomic_write_json(out / TABLE_FILE, report)
-    close = getattr(sampler, "close", None)
-    if close is not None:
-        close()
     return report
 
 

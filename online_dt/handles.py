@@ -132,9 +132,9 @@ class RolloutFuture:
     A chunk whose replica was lost, or which comes back from an older policy version than the
     group last sent (the replica was restarted between calls), is re-issued after re-sending
     the current weights, up to ``retries`` times, then dropped. After ``result()``,
-    :attr:`stats` holds ``rollouts_reissued`` and ``rollouts_dropped`` (prompts, not
-    samples), ``samplers_lost`` (losses seen) and ``sampler_recovery_s`` (seconds from a loss
-    to the re-issued chunk's result).
+    :attr:`stats` holds ``prompts_reissued`` and ``prompts_dropped`` (each prompt stands for
+    its ``n`` samples), ``sampler_failures`` (lost calls and stale answers seen) and
+    ``sampler_recovery_s`` (seconds from the first failure to the re-issued chunk's result).
 
     Raises (from ``result()``):
         WorkerLostError: every chunk was dropped (no rollouts at all).
@@ -152,9 +152,9 @@ class RolloutFuture:
         self.request = request
         self.expected_version: int | None = getattr(group.update, "version", None)
         self.stats: dict[str, float] = {
-            "rollouts_reissued": 0,
-            "rollouts_dropped": 0,
-            "samplers_lost": 0,
+            "prompts_reissued": 0,
+            "prompts_dropped": 0,
+            "sampler_failures": 0,
             "sampler_recovery_s": 0.0,
         }
 
@@ -167,7 +167,7 @@ class RolloutFuture:
             for r in chunk:
                 r.prompt_index += lo
                 out.append(r)
-        if self.chunks and not out and self.stats["rollouts_dropped"]:
+        if self.chunks and not out and self.stats["prompts_dropped"]:
             raise WorkerLostError("every sampler replica was lost; no rollouts this iteration")
         return out
 
@@ -194,7 +194,7 @@ class RolloutFuture:
                     attempt,
                     retries,
                 )
-                self.stats["rollouts_reissued"] += hi - lo
+                self.stats["prompts_reissued"] += hi - lo
                 time.sleep(self.group.backoff_s * 2 ** (attempt - 1))
             try:
                 if attempt:
@@ -203,14 +203,14 @@ class RolloutFuture:
                 chunk = future.result()
             except WorkerLostError as e:
                 lost_at = lost_at or time.perf_counter()
-                self.stats["samplers_lost"] += 1
+                self.stats["sampler_failures"] += 1
                 problem = f"lost during a rollout ({e})"
                 continue
             oldest = min((r.policy_version for r in chunk), default=self.expected_version)
             if self.expected_version is not None and oldest < self.expected_version:
                 # restarted between calls: it sampled with the weights it was created with
                 lost_at = lost_at or time.perf_counter()
-                self.stats["samplers_lost"] += 1
+                self.stats["sampler_failures"] += 1
                 problem = f"answered with policy version {oldest} < {self.expected_version}"
                 continue
             if lost_at is not None:
@@ -223,7 +223,7 @@ class RolloutFuture:
             retries,
             hi - lo,
         )
-        self.stats["rollouts_dropped"] += hi - lo
+        self.stats["prompts_dropped"] += hi - lo
         if lost_at is not None:
             self.stats["sampler_recovery_s"] += time.perf_counter() - lost_at
         self.group.stale.add(k)

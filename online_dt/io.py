@@ -1,4 +1,8 @@
-"""Crash-safe writes into a run directory: write to a temporary name, then rename."""
+"""Crash-safe writes into a run directory: write to a temporary name, fsync, then rename.
+
+Readers see the old file or the new one, never a part, after a process crash; the data and
+the directory entry are fsynced, so a machine crash or power loss keeps them too.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         write(tmp)
+        fsync_tree(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -51,6 +56,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         native = re.search(r"\(os error (\d+)\)", str(e))
@@ -75,6 +81,35 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (renames and deletions in it) to disk; best effort where
+    the filesystem does not support it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """Flush every file under ``root`` and every directory's entries to disk (what a writer
+    such as ``save_pretrained`` does not do itself)."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(folder)

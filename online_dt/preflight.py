@@ -15,15 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from online_dt.config import OnlineRunConfig
+from online_dt.scoring import first_line
 
 
 class PreflightError(ValueError):
     """A run's input is unusable. The message starts with the config field it comes from."""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_reward_model(cfg: OnlineRunConfig) -> None:
@@ -48,7 +44,7 @@ def check_reward_model(cfg: OnlineRunConfig) -> None:
         except Exception as e:  # OSError, ValueError, HF hub errors...
             raise PreflightError(
                 f"reward_model.model_name_or_path: cannot load {rm.model_name_or_path!r}: "
-                f"{_first_line(e)}"
+                f"{first_line(e)}"
             ) from e
 
 
@@ -104,7 +100,7 @@ def preflight(cfg: OnlineRunConfig, prompts: Sequence[str], base_path: str) -> N
         model_config = AutoConfig.from_pretrained(base_path)
         tokenizer = AutoTokenizer.from_pretrained(base_path)
     except Exception as e:  # OSError for a missing path, hub errors when offline
-        raise PreflightError(f"{where} ({base_path}): {_first_line(e)}") from e
+        raise PreflightError(f"{where} ({base_path}): {first_line(e)}") from e
     check_reward_model(cfg)
     context = context_length(model_config)
     if cfg.sampler.max_model_len is not None:

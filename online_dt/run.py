@@ -8,6 +8,7 @@ With ``--local`` the workers run in this process instead of Ray actors (debuggin
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from online_dt.config import ConfigError, OnlineRunConfig, load_config
+from online_dt.io import atomic_write_text
 from online_dt.rundir import RunDir, RunDirError
 from online_dt.schedule import ScheduleState
 
@@ -77,6 +79,8 @@ def plan_run(
         prompts = load_prompts(cfg.prompts)
         preflight(cfg, prompts, base_model_path(cfg))
         checkpoint = run.latest_checkpoint()
+        if overrides:  # the run directory's config stays the one the run actually uses
+            atomic_write_text(run.path / "config.yaml", config_yaml(cfg))
         state = json.loads((checkpoint / "state.json").read_text())["controller"]
         run.truncate_logs(state["iteration"])
         schedule_state = ScheduleState.from_dict(state["schedule"])
@@ -86,8 +90,13 @@ def plan_run(
     run = RunDir(cfg.online.run_dir)
     run.check_new()
     preflight(cfg, prompts, base_model_path(cfg))
-    run.create(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    run.create(config_yaml(cfg))
     return RunPlan(cfg, run, None, 0, None, prompts)
+
+
+def config_yaml(cfg: OnlineRunConfig) -> str:
+    """The resolved config as the run directory's ``config.yaml`` holds it."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 def execute(
@@ -242,14 +251,18 @@ def main(argv: list[str] | None = None) -> int:
             log.info("dashboard stopped; `online-dt dashboard %s` serves it again", plan.run.path)
 
 
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+"""``OSError`` numbers that mean the run directory cannot be written."""
+
+
 def stopped_message(plan: RunPlan, error: Exception) -> str:
     """One message for a run that stopped on ``error``: what went wrong and how to continue."""
     from online_dt.handles import WorkerLostError
     from online_dt.scoring import RewardBatchError, first_line
 
     if isinstance(error, RewardBatchError):
-        return str(error)
-    if isinstance(error, OSError):
+        what = f"{error}. Fix the reward model"
+    elif isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
         what = f"cannot write to the run directory {plan.run.path}: {error}"
     elif isinstance(error, WorkerLostError):
         what = f"a worker was lost for good: {error}"
@@ -263,7 +276,7 @@ def stopped_message(plan: RunPlan, error: Exception) -> str:
             f" --resume {plan.run.path}"
         )
     except RunDirError:
-        return f"{what}. No checkpoint was written"
+        return f"{what}. No checkpoint was written yet: start a new run (another online.run_dir)"
 
 
 if __name__ == "__main__":

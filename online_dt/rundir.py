@@ -29,15 +29,16 @@ from typing import Any
 from online_dt.io import atomic_write_json, atomic_write_text
 
 
-def _finite_or_none(value: Any) -> Any:
-    """``value`` with NaN and infinite floats replaced by ``None`` (strict JSON, which browsers
-    and ``jq`` read; Python's ``json`` would otherwise write bare ``NaN``)."""
+def finite_or_none(value: Any) -> Any:
+    """``value`` with NaN and infinite floats replaced by ``None``, recursively through dicts,
+    lists and tuples (tuples become lists): strict JSON, which browsers and ``jq`` read
+    (Python's ``json`` would otherwise write bare ``NaN``)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
@@ -109,15 +110,23 @@ class RunDir:
         atomic_write_text(self.path / "config.yaml", config_yaml)
 
     def remove_if_unstarted(self) -> bool:
-        """Remove the directory if :meth:`create` made it in this process and the run never
-        reached a checkpoint (it cannot be resumed, and a new run could not reuse the path).
+        """Remove the directory if :meth:`create` made it in this process and nothing of the
+        run is in it yet: no metrics, no persisted sample, no rejected batch, no checkpoint
+        (only ``config.yaml`` and published weights, which are rebuilt). A failed start then
+        leaves no directory that a new run would refuse to reuse.
 
         Returns:
             Whether it was removed.
         """
         if not getattr(self, "_created", False):
             return False
-        if (self.checkpoints_dir / "latest.json").exists():
+        kept = (
+            self.metrics_file,
+            self.checkpoints_dir / "latest.json",
+        )
+        if any(p.exists() for p in kept) or any(
+            any(d.glob("*")) for d in (self.buffer_dir, self.rejected_dir) if d.is_dir()
+        ):
             return False
         shutil.rmtree(self.path, ignore_errors=True)
         return not self.path.exists()
@@ -126,7 +135,7 @@ class RunDir:
 
     @staticmethod
     def _append_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(_finite_or_none(r), allow_nan=False) + "\n" for r in records)
+        text = "".join(json.dumps(finite_or_none(r), allow_nan=False) + "\n" for r in records)
         if not text:
             return
         data = text.encode()
@@ -183,6 +192,9 @@ class RunDir:
 
         Returns:
             The file written (atomically).
+
+        Raises:
+            OSError: the directory cannot be written (nothing partial is left).
         """
         stem = f"iter-{iteration:06d}-{reason}"
         path = self.rejected_dir / f"{stem}.json"
@@ -192,7 +204,7 @@ class RunDir:
             path = self.rejected_dir / f"{stem}-{k}.json"
         atomic_write_json(
             path,
-            _finite_or_none(
+            finite_or_none(
                 {"iteration": iteration, "reason": reason, "time": time.time(), **record}
             ),
         )
@@ -201,7 +213,7 @@ class RunDir:
     def read_rejected(self) -> list[dict[str, Any]]:
         """Every rejected batch, oldest first (unreadable files are skipped)."""
         out = []
-        for path in sorted(self.rejected_dir.glob("iter-*.json")):
+        for path in sorted(self.rejected_dir.glob("iter-*.json"), key=lambda p: p.stat().st_mtime):
             try:
                 out.append({"file": path.name, **json.loads(path.read_text())})
             except (OSError, json.JSONDecodeError):

@@ -60,6 +60,7 @@ class ScoreOutcome:
         rejected: samples written to ``rejected/`` (0 or the batch size).
         reason: why the batch was rejected (``None`` when scored).
         recovery_s: seconds from the first failure to the successful retry (0 if none).
+        errors: ``"Type: message"`` of each failed attempt, in order.
     """
 
     rewards: list[float] | None
@@ -71,8 +72,10 @@ class ScoreOutcome:
     errors: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
-        """The per-iteration figures of this batch's scoring."""
+        """The per-iteration figures of this batch's scoring (``errors`` only when some
+        attempt failed; the dashboard lists them)."""
         return {
+            **({"errors": [e[:2000] for e in self.errors]} if self.errors else {}),
             "reward_attempts": self.attempts,
             "reward_workers_lost": self.workers_lost,
             "rejected_samples": self.rejected,
@@ -121,6 +124,7 @@ def score_rollouts(
 
     Raises:
         RewardBatchError: the batch failed for good and ``on_reward_failure`` is ``stop``.
+        OSError: ``rejected/`` cannot be written (the batch is then not kept).
     """
     prompts = [r.prompt for r in rollouts]
     completions = [r.completion for r in rollouts]
@@ -204,7 +208,7 @@ def score_rollouts(
     )
     if policy.on_reward_failure == "stop":
         raise RewardBatchError(
-            summary + f". Fix the reward model, then continue with --resume {run.path}",
+            summary,
             iteration=iteration,
             reason=outcome.reason,
             rejected_file=str(path),

@@ -264,6 +264,9 @@ def kl_per_completion(
         base_model: the frozen base causal LM over the same vocabulary.
         rollouts: rollouts with ``prompt``, ``target``, ``token_ids`` and ``logprobs``.
         batch_size: rollouts per forward pass of the base model.
+
+    Returns:
+        One float per rollout, nats per completion (can be negative for a single sample).
     """
     from online_dt.layout import layout_batch
 

@@ -21,5 +21,5 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 echo "[install_browser] installing Debian's chromium (about 1 minute)"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 test -x /usr/bin/chromium

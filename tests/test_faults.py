@@ -88,7 +88,10 @@ def test_failed_scoring_is_retried_then_succeeds(tmp_path):
 def test_exhausted_retries_stop_and_keep_the_batch(tmp_path):
     run = RunDir(tmp_path / "run")
     model = faulty(tmp_path, [1, 2, 3], "raise")
-    with pytest.raises(RewardBatchError, match=r"after 3 attempt.*--resume") as info:
+    with pytest.raises(
+        RewardBatchError,
+        match=r"after 3 attempt\(s\): injected failure on call 3; the batch is kept in",
+    ) as info:
         score_rollouts(LocalHandle(Scorer(model)).score, rollouts(), 4, NO_WAIT, run)
     assert info.value.reason == "error" and info.value.iteration == 4
     [kept] = run.read_rejected()
@@ -182,13 +185,13 @@ def test_lost_sampler_chunk_is_reissued_with_current_weights():
     prompts = [f"p{i}" for i in range(6)]
     future = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0))
     first = future.result()
-    assert future.stats["rollouts_reissued"] == 0
+    assert future.stats["prompts_reissued"] == 0
     future = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0))
     out = future.result()
     assert [r.prompt for r in out] == prompts and [r.prompt_index for r in out] == list(range(6))
     assert {r.policy_version for r in out} == {5}, "the restarted replica got the weights again"
-    assert future.stats["rollouts_reissued"] == 3 and future.stats["rollouts_dropped"] == 0
-    assert future.stats["samplers_lost"] == 1 and len(first) == 6
+    assert future.stats["prompts_reissued"] == 3 and future.stats["prompts_dropped"] == 0
+    assert future.stats["sampler_failures"] == 1 and len(first) == 6
 
 
 def test_sampler_restarted_between_calls_is_caught_by_its_policy_version():
@@ -198,7 +201,7 @@ def test_sampler_restarted_between_calls_is_caught_by_its_policy_version():
     replica.version = 0  # killed and restarted by Ray between two calls: no error seen
     future = group.generate(["a", "b"], [0.0] * 2, SamplingParams(seed=0))
     assert {r.policy_version for r in future.result()} == {4}
-    assert future.stats["rollouts_reissued"] == 2 and future.stats["samplers_lost"] == 1
+    assert future.stats["prompts_reissued"] == 2 and future.stats["sampler_failures"] == 1
 
 
 def test_sampler_lost_for_good_drops_its_chunk_with_a_count():
@@ -206,7 +209,7 @@ def test_sampler_lost_for_good_drops_its_chunk_with_a_count():
     future = group.generate(["a", "b", "c", "d"], [0.0] * 4, SamplingParams(seed=0))
     out = future.result()
     assert [r.prompt for r in out] == ["a", "b"]
-    assert future.stats["rollouts_dropped"] == 2 and future.stats["rollouts_reissued"] == 4
+    assert future.stats["prompts_dropped"] == 2 and future.stats["prompts_reissued"] == 4
     # every replica lost: a clear error instead of an empty iteration
     group = SamplerGroup([LocalHandle(Replica(die_on=[1, 2]))], retries=1)
     with pytest.raises(WorkerLostError, match="every sampler replica was lost"):
@@ -275,6 +278,19 @@ def test_loop_stops_on_a_failed_batch_and_resumes_after_the_fix(tmp_path, base, 
     metrics = run.read_metrics()
     assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
     assert len(export_dataset(run.buffer_dir)) == 32
+
+
+def test_a_batch_failing_before_the_first_checkpoint_is_kept_with_its_run_dir(
+    tmp_path, base, capsys
+):
+    cfg = faulty_run_cfg(tmp_path, base, [1, 2, 3], "raise", "stop")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["--config", str(path), "--local", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "No checkpoint was written yet" in err and "--resume" not in err
+    [kept] = RunDir(cfg.online.run_dir).read_rejected()
+    assert kept["iteration"] == 0 and len(kept["samples"]) == 8
 
 
 # -- bad configuration and inputs: one message, no run directory ---------------------------------
@@ -363,6 +379,7 @@ def tmp_leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".old")]
 
 
+@pytest.mark.slow  # needs root (mount), as CI has; not in a Docker build's fast tier
 def test_full_disk_stops_cleanly_and_resumes(tmp_path, base, capsys, small_fs):
     cfg = loop_tests.make_cfg(tmp_path, base, iterations=40, kl_samples=0)
     cfg = cfg.model_copy(
@@ -394,6 +411,7 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path, base, capsys, small_fs):
 # -- the driver is killed ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_driver_sigkill_then_resume_keeps_every_persisted_sample(tmp_path, base):
     cfg = loop_tests.make_cfg(tmp_path, base, iterations=12, kl_samples=0)
     path = tmp_path / "c.yaml"

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from online_dt.rundir import finite_or_none as finite
+
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -48,15 +50,21 @@ _BUFFER_COLUMNS = ["sample_id", "achieved_reward", "iteration"]
 _READ_RETRIES = 5
 
 
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, +-inf) replaced by ``None``, recursively
-    through dicts, lists and tuples (tuples become lists)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "credential")
+"""Config keys holding one of these words are shown as ``"***"`` (a custom reward model's
+``kwargs`` may carry an API token, and the dashboard can be bound to every interface)."""
+
+
+def redact(value: Any) -> Any:
+    """``value`` with the values of secret-looking keys (:data:`SECRET_WORDS`, any case)
+    replaced by ``"***"``, recursively through dicts and lists."""
     if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
+        return {
+            k: "***" if any(w in str(k).lower() for w in SECRET_WORDS) else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
     return value
 
 
@@ -204,7 +212,7 @@ class RunReader:
             return {"config": None, "summary": {}, "error": f"config.yaml cannot be read: {e}"}
         if not isinstance(data, dict):
             return {"config": None, "summary": {}, "error": "config.yaml is not a mapping"}
-        return {"config": finite(data), "summary": config_summary(data), "error": None}
+        return {"config": redact(finite(data)), "summary": config_summary(data), "error": None}
 
     def rejected(self, latest: int = 10) -> dict[str, Any]:
         """Rejected reward batches in ``rejected/`` (JSON files with a ``reason``): ``count``
@@ -225,10 +233,14 @@ class RunReader:
         entries.sort(reverse=True)
         out = []
         for mtime, name in entries[:latest]:
-            data, error = self._json_file(f"{REJECTED_DIR}/{name}")
-            reason = data.get("reason") if isinstance(data, dict) else None
-            if reason is None:
-                reason = error or "(no reason given)"
+            named = re.fullmatch(r"iter-\d+-([a-z_]+)(?:-\d+)?\.json", name)
+            if named:  # RunDir.write_rejected names the file after the reason: no parse needed
+                reason = named.group(1)
+            else:
+                data, error = self._json_file(f"{REJECTED_DIR}/{name}")
+                reason = data.get("reason") if isinstance(data, dict) else None
+                if reason is None:
+                    reason = error or "(no reason given)"
             out.append({"file": name, "reason": str(reason)[:2000], "time": mtime})
         return {"count": len(entries), "latest": out}
 

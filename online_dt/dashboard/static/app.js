@@ -213,7 +213,7 @@ function drawMetrics() {
 function drawCalibration() {
   const c = charts.calibration.data.datasets;
   c[0].data = state.metrics
-    .filter((m) => m.target !== null && m.achieved_mean !== null)
+    .filter((m) => m.target != null && m.achieved_mean != null)
     .map((m) => ({ x: m.target, y: m.achieved_mean }));
   c[2].data = state.evalRows.map((r) => ({ x: r.target, y: r.mean }));
   const values = [...c[0].data, ...c[2].data].flatMap((p) => [p.x, p.y]);
