@@ -620,3 +620,17 @@ def test_buffer_reader_survives_a_writer_and_reports_gaps(synthetic, monkeypatch
     (synthetic / "buffer" / "shard-000000000008-000000000011.parquet").unlink()
     hist = TestClient(create_app(synthetic)).get("/api/buffer").json()
     assert hist["total"] == 8 and "samples 8..11 are missing" in hist["error"]
+
+
+def test_config_secrets_are_redacted(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {
+        "reward_model": {"kind": "custom", "kwargs": {"api_token": "s3cr3t", "url": "http://x"}},
+        "online": {"iterations": 3},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    body = TestClient(create_app(run)).get("/api/config")
+    assert body.status_code == 200 and "s3cr3t" not in body.text
+    kwargs = body.json()["config"]["reward_model"]["kwargs"]
+    assert kwargs == {"api_token": "***", "url": "http://x"}

@@ -278,6 +278,9 @@ def test_loop_stops_on_a_failed_batch_and_resumes_after_the_fix(tmp_path, base, 
     metrics = run.read_metrics()
     assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
     assert len(export_dataset(run.buffer_dir)) == 32
+    # the run directory's config is the one the resumed run used
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    assert saved["reward_model"]["kwargs"]["fail_calls"] == []
 
 
 def test_a_batch_failing_before_the_first_checkpoint_is_kept_with_its_run_dir(
