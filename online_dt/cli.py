@@ -242,11 +242,14 @@ def _dashboard(run_dir: Path, host: str, port: int | None) -> int:
     import yaml
 
     settings = DashboardConfig()
-    try:  # the run's own poll interval and table size, when its config says
-        section = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("dashboard")
-        settings = DashboardConfig.model_validate(section or {})
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        pass  # no or unreadable config: the defaults
+    config_file = run_dir / "config.yaml"
+    if config_file.exists():  # the run's own poll interval and table size
+        try:
+            section = (yaml.safe_load(config_file.read_text()) or {}).get("dashboard")
+            settings = DashboardConfig.model_validate(section or {})
+        except (OSError, ValueError, AttributeError, yaml.YAMLError) as e:
+            note = f"note: {config_file} unreadable ({e}); default dashboard settings"
+            print(note, file=sys.stderr)
     try:
         handle = serve(
             run_dir,

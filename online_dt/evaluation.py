@@ -551,15 +551,7 @@ def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
 
 def _load_base_model(cfg: Any) -> Any:
     """The frozen base model as the learner builds it (same vocabulary as the policy)."""
-    from online_dt.conditioning import RewardConditionedPolicy, resolve_device
-    from online_dt.offline import resolve_base_model
+    from online_dt.offline import fresh_policy, resolve_base_model
 
     base = resolve_base_model(cfg.model, cfg.bootstrap, progress=False)
-    fresh = RewardConditionedPolicy.from_base(
-        base,
-        cfg.conditioning,
-        device=str(resolve_device(cfg.model.device)),
-        attn_implementation=cfg.model.attn_implementation,
-        seed=cfg.training.seed,
-    )
-    return fresh.model.eval().requires_grad_(False)
+    return fresh_policy(cfg, base).model.eval().requires_grad_(False)

@@ -24,6 +24,7 @@ from online_dt.buffer import ReplayBuffer
 from online_dt.conditioning import RewardConditionedPolicy, resolve_device
 from online_dt.config import OnlineRunConfig
 from online_dt.io import atomic_write_dir
+from online_dt.offline import fresh_policy
 from online_dt.rundir import RunDir
 from online_dt.sampling import Rollout
 from online_dt.training import ConditionedTrainer, Record, kl_per_completion
@@ -56,36 +57,22 @@ class Learner:
         torch.manual_seed(cfg.training.seed)
         self.cfg = cfg
         self.run = RunDir(run_dir)
-        device = str(resolve_device(cfg.model.device))
-        attn = cfg.model.attn_implementation
         state: dict[str, Any] = {}
         if checkpoint is None:
-            self.policy = RewardConditionedPolicy.from_base(
-                base_path,
-                cfg.conditioning,
-                device=device,
-                attn_implementation=attn,
-                seed=cfg.training.seed,
-            )
+            self.policy = fresh_policy(cfg, base_path)
         else:
             checkpoint = Path(checkpoint)
             state = json.loads((checkpoint / STATE_FILE).read_text())
             self.policy = RewardConditionedPolicy.from_pretrained(
-                checkpoint / "policy", device=device, attn_implementation=attn
+                checkpoint / "policy",
+                device=str(resolve_device(cfg.model.device)),
+                attn_implementation=cfg.model.attn_implementation,
             )
         self.base_model = None
         if cfg.online.kl_coef > 0 or cfg.online.kl_samples > 0:
             # the frozen reference: the base model as the fresh policy wraps it (same vocabulary,
             # reward tokens included), rebuilt identically on resume
-            fresh = self.policy
-            if checkpoint is not None:
-                fresh = RewardConditionedPolicy.from_base(
-                    base_path,
-                    cfg.conditioning,
-                    device=device,
-                    attn_implementation=attn,
-                    seed=cfg.training.seed,
-                )
+            fresh = self.policy if checkpoint is None else fresh_policy(cfg, base_path)
             self.base_model = copy.deepcopy(fresh.model).eval().requires_grad_(False)
         self.trainer = ConditionedTrainer(
             self.policy,

@@ -44,6 +44,19 @@ def resolve_base_model(model: ModelConfig, bootstrap: BootstrapConfig, progress:
     return str(ensure_embedded_model(bootstrap, progress=progress))
 
 
+def fresh_policy(cfg: OfflineRunConfig, base_path: str) -> RewardConditionedPolicy:
+    """The untrained conditioned policy a config describes over ``base_path``: its
+    conditioning, ``model.device``, ``model.attn_implementation`` and ``training.seed`` (which
+    seeds the new reward-embedding weights, so it is rebuilt identically)."""
+    return RewardConditionedPolicy.from_base(
+        base_path,
+        cfg.conditioning,
+        device=str(resolve_device(cfg.model.device)),
+        attn_implementation=cfg.model.attn_implementation,
+        seed=cfg.training.seed,
+    )
+
+
 def collect_base_samples(
     policy: RewardConditionedPolicy,
     prompts: Sequence[str],
@@ -131,13 +144,7 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
     prompts = load_prompts(cfg.prompts)
     reward_model = load_reward_model(cfg.reward_model)
     base = resolve_base_model(cfg.model, cfg.bootstrap, progress)
-    policy = RewardConditionedPolicy.from_base(
-        base,
-        cfg.conditioning,
-        device=str(resolve_device(cfg.model.device)),
-        attn_implementation=cfg.model.attn_implementation,
-        seed=cfg.training.seed,
-    )
+    policy = fresh_policy(cfg, base)
     timings["load_s"] = time.perf_counter() - t0
     log.info(
         "base model %s, %d prompts, %s conditioning", base, len(prompts), cfg.conditioning.mode
