@@ -1,4 +1,4 @@
-"""The controller: starts the actors on Ray, then runs the loop of :mod:`online_dt.loop`."""
+"""The controller: starts the actors on Ray, then runs the loop of :mod:`online_dt.loop.loop`."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def run_on_ray(
     base = base_model_path(cfg)  # builds the embedded model here, once, before any actor
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    opts = start_placement(res)  # reserves the placement group (see online_dt/placement.py)
+    opts = start_placement(res)  # reserves the placement group (see online_dt/config/placement.py)
     try:
         workers = start_workers(plan, base, opts)
         history = execute(
@@ -72,7 +72,7 @@ def run_on_ray(
 def start_workers(plan: RunPlan, base: str, opts: Any) -> Any:
     """Start the learner, then the sampler replicas (from the learner's first published
     version) and the reward model, in their placement-group bundles; return the loop's
-    :class:`online_dt.loop.Workers`.
+    :class:`online_dt.loop.loop.Workers`.
 
     A dead sampler or reward actor is restarted by Ray (``fault_tolerance.*_max_restarts``);
     Ray does not retry its calls (``max_task_retries=0``): the loop re-issues them itself.
@@ -81,8 +81,8 @@ def start_workers(plan: RunPlan, base: str, opts: Any) -> Any:
 
     from actors.handle import RayHandle
     from actors.workers import LearnerActor, RewardModelActor, SamplerActor
-    from online_dt.handles import SamplerGroup
-    from online_dt.loop import Workers
+    from online_dt.loop.handles import SamplerGroup
+    from online_dt.loop.loop import Workers
 
     cfg, ft = plan.cfg, plan.cfg.fault_tolerance
     checkpoint = str(plan.checkpoint) if plan.checkpoint else None

@@ -11,7 +11,7 @@ class RayFuture:
 
     The error a remote method raised comes back as itself (Ray's ``RayTaskError`` unwrapped,
     chained for its remote traceback), so the core handles it as it would in process; the
-    death of the actor's process becomes :class:`online_dt.handles.WorkerLostError`.
+    death of the actor's process becomes :class:`online_dt.loop.handles.WorkerLostError`.
     """
 
     def __init__(self, ref: Any) -> None:
@@ -28,7 +28,7 @@ class RayFuture:
         import ray
         from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-        from online_dt.handles import WorkerLostError
+        from online_dt.loop.handles import WorkerLostError
 
         try:
             return ray.get(self.ref)

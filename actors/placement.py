@@ -1,6 +1,6 @@
 """The placement plan on Ray: one placement group, and each actor's ``.options(...)``.
 
-:func:`start_placement` reserves the bundles of :func:`online_dt.placement.plan_placement` in
+:func:`start_placement` reserves the bundles of :func:`online_dt.config.placement.plan_placement` in
 a placement group, waits until the cluster has granted all of them (or fails naming what is
 missing), and returns per-actor option dicts that the controller passes as
 ``ray.remote(Cls).options(**opts.learner)``. With ``use_placement_group: false`` the dicts
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from online_dt.config import ResourcesConfig
-from online_dt.placement import ActorPlacement, PlacementPlan, fits, plan_placement
+from online_dt.config.placement import ActorPlacement, PlacementPlan, fits, plan_placement
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from online_dt.config import OnlineRunConfig
-from online_dt.learner import Learner
-from online_dt.sampling import Rollout, SamplingParams
-from online_dt.weight_sync import WeightUpdate
+from online_dt.rollout.sampler import Rollout, SamplingParams
+from online_dt.rollout.weight_sync import WeightUpdate
+from online_dt.training.learner import Learner
 
 
 class SamplerActor:
     """A sampler replica (vLLM, or the HF reference when vLLM is absent)."""
 
     def __init__(self, cfg: OnlineRunConfig, update: WeightUpdate) -> None:
+        from online_dt.rollout.weight_sync import newest_published
         from online_dt.run import make_sampler
-        from online_dt.weight_sync import newest_published
 
         update = newest_published(update)  # a restarted actor starts from the newest weights
         assert update.path is not None
@@ -30,11 +30,11 @@ class SamplerActor:
     def generate(
         self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
     ) -> list[Rollout]:
-        """See :meth:`online_dt.sampling.Sampler.generate`."""
+        """See :meth:`online_dt.rollout.sampler.Sampler.generate`."""
         return self.sampler.generate(prompts, targets, params)
 
     def load_weights(self, update: WeightUpdate) -> None:
-        """See :meth:`online_dt.sampling.Sampler.load_weights`."""
+        """See :meth:`online_dt.rollout.sampler.Sampler.load_weights`."""
         self.sampler.load_weights(update)
 
     def pid(self) -> int:
@@ -62,7 +62,7 @@ class RewardModelActor:
 
 
 class LearnerActor(Learner):
-    """The :class:`online_dt.learner.Learner` itself, as an actor."""
+    """The :class:`online_dt.training.learner.Learner` itself, as an actor."""
 
     def __init__(self, cfg: OnlineRunConfig, base_path: str, run_dir: str, checkpoint: Any) -> None:
         super().__init__(cfg, base_path, run_dir, checkpoint)

@@ -28,7 +28,7 @@ def main() -> int:
 
     from actors.controller import run_on_ray
     from online_dt.config import OnlineRunConfig, load_config
-    from online_dt.loop import prompts_for, sampling_params
+    from online_dt.loop.loop import prompts_for, sampling_params
     from online_dt.run import make_sampler, plan_run
 
     work = Path(tempfile.mkdtemp(prefix="odt-bench-loop-"))

@@ -34,17 +34,17 @@ def main() -> None:
 
     import torch
 
-    from online_dt.conditioning import RewardConditionedPolicy
     from online_dt.config import BootstrapConfig, ConditioningConfig, SamplerConfig, TrainingConfig
-    from online_dt.corpus import embedded_prompts
-    from online_dt.sampling import HFSampler, SamplingParams
-    from online_dt.training import ConditionedTrainer, Record
-    from online_dt.vllm_sampler import VLLMSampler
-    from online_dt.weight_sync import CheckpointPublisher
+    from online_dt.embedded.corpus import embedded_prompts
+    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.rollout.sampler import HFSampler, SamplingParams
+    from online_dt.rollout.vllm_sampler import VLLMSampler
+    from online_dt.rollout.weight_sync import CheckpointPublisher
+    from online_dt.training.trainer import ConditionedTrainer, Record
 
     base = args.model
     if base == "embedded":
-        from online_dt.bootstrap import ensure_embedded_model
+        from online_dt.embedded.bootstrap import ensure_embedded_model
 
         base = str(ensure_embedded_model(BootstrapConfig()))
     prompts = [embedded_prompts()[i % len(embedded_prompts())] for i in range(args.prompts)]

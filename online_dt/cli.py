@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(run_dir: Path, out: Path | None) -> int:
-    from online_dt.buffer import export_to_disk
+    from online_dt.replay.buffer import export_to_disk
 
     buffer_dir = run_dir / "buffer"
     if not buffer_dir.is_dir():
@@ -268,9 +268,9 @@ def _dashboard(run_dir: Path, host: str, port: int | None) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from online_dt.buffer import BufferCorruptError
-    from online_dt.evaluation import EvalError, format_calibration_table, run_eval
-    from online_dt.prompts import PromptError
+    from online_dt.eval.calibration import EvalError, format_calibration_table, run_eval
+    from online_dt.launch.prompts import PromptError
+    from online_dt.replay.buffer import BufferCorruptError
     from online_dt.rewards import RewardModelLoadError
 
     try:
@@ -299,7 +299,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(cfg: OfflineRunConfig, samples: int, progress: bool) -> int:
-    from online_dt.bootstrap import ensure_embedded_model, sample_vader_spread
+    from online_dt.embedded.bootstrap import ensure_embedded_model, sample_vader_spread
 
     path = ensure_embedded_model(cfg.bootstrap, progress=progress)
     print(f"embedded base model: {path}")
@@ -309,7 +309,7 @@ def _bootstrap(cfg: OfflineRunConfig, samples: int, progress: bool) -> int:
 
 
 def _train_offline(cfg: OfflineRunConfig, progress: bool) -> int:
-    from online_dt.evaluation import format_calibration_table
+    from online_dt.eval.calibration import format_calibration_table
     from online_dt.offline import run_offline
 
     try:

@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_dt.conditioning import RewardConditionedPolicy, resolve_device
 from online_dt.config import EMBEDDED, BootstrapConfig, ModelConfig, OfflineRunConfig
-from online_dt.evaluation import calibration_row
-from online_dt.generation import sample_unconditioned
-from online_dt.io import atomic_write_dir, atomic_write_json, atomic_write_text
-from online_dt.metrics import reward_summary
-from online_dt.prompts import load_prompts
+from online_dt.eval.calibration import calibration_row
+from online_dt.launch.prompts import load_prompts
+from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
+from online_dt.policy.generation import sample_unconditioned
 from online_dt.rewards import RewardModel, load_reward_model, score_checked
-from online_dt.training import ConditionedTrainer, Record
+from online_dt.training.trainer import ConditionedTrainer, Record
+from online_dt.util.atomic import atomic_write_dir, atomic_write_json, atomic_write_text
+from online_dt.util.metrics import reward_summary
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def resolve_base_model(model: ModelConfig, bootstrap: BootstrapConfig, progress:
     """The base model's path: ``model.name_or_path``, or the embedded model, built if absent."""
     if model.name_or_path != EMBEDDED:
         return model.name_or_path
-    from online_dt.bootstrap import ensure_embedded_model
+    from online_dt.embedded.bootstrap import ensure_embedded_model
 
     return str(ensure_embedded_model(bootstrap, progress=progress))
 
@@ -96,7 +96,7 @@ def evaluate_targets(
     """Calibration table: for each target, sample conditioned completions and score them.
 
     Returns:
-        One :func:`online_dt.evaluation.calibration_row` per target: ``target``, achieved
+        One :func:`online_dt.eval.calibration.calibration_row` per target: ``target``, achieved
         ``mean``/``std``/``p10``/``median``/``p90``, ``calibration_error`` (``|mean - target|``),
         ``distinct_1``/``distinct_2`` over completion tokens, ``count`` and ``samples`` (a few
         example completions).

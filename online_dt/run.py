@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 
 from online_dt.config import ConfigError, OnlineRunConfig, load_config
-from online_dt.io import atomic_write_text
-from online_dt.rundir import RunDir, RunDirError
-from online_dt.schedule import ScheduleState
+from online_dt.launch.rundir import RunDir, RunDirError
+from online_dt.loop.schedule import ScheduleState
+from online_dt.util.atomic import atomic_write_text
 
 log = logging.getLogger("online_dt.run")
 
@@ -56,7 +56,7 @@ def plan_run(
     """Load the prompts and check the inputs, then create the run directory, or find where to
     resume.
 
-    Prompts are loaded and :func:`online_dt.preflight.preflight` checks the base model, the
+    Prompts are loaded and :func:`online_dt.launch.preflight.preflight` checks the base model, the
     reward model and the prompt lengths first, so that bad input fails before anything is
     created.
     On resume the run directory's ``config.yaml`` is authoritative, with ``overrides`` applied
@@ -70,8 +70,8 @@ def plan_run(
         PreflightError: the base model or reward model cannot be loaded, or a prompt is too
             long for the model's context.
     """
-    from online_dt.preflight import preflight
-    from online_dt.prompts import load_prompts
+    from online_dt.launch.preflight import preflight
+    from online_dt.launch.prompts import load_prompts
 
     if resume is not None:
         run = RunDir(resume)
@@ -102,9 +102,9 @@ def config_yaml(cfg: OnlineRunConfig) -> str:
 def execute(
     plan: RunPlan, workers: Any, *, progress: bool = True, callbacks: Sequence[Any] = ()
 ) -> list[dict[str, Any]]:
-    """Run the loop of :mod:`online_dt.loop` for a plan with any workers (local or Ray);
+    """Run the loop of :mod:`online_dt.loop.loop` for a plan with any workers (local or Ray);
     per-iteration records also go to ``callbacks`` and, when configured, TensorBoard."""
-    from online_dt.loop import run_loop
+    from online_dt.loop.loop import run_loop
 
     return run_loop(
         plan.cfg,
@@ -123,7 +123,7 @@ def metrics_callback(plan: RunPlan, *extra: Any) -> Any:
     TensorBoard logger (``RUN_DIR/tensorboard``)."""
     callbacks = list(extra)
     if plan.cfg.online.tensorboard:
-        from online_dt.metrics import TensorBoardLogger
+        from online_dt.util.metrics import TensorBoardLogger
 
         callbacks.append(TensorBoardLogger(str(plan.run.path / "tensorboard")))
 
@@ -143,10 +143,10 @@ def base_model_path(cfg: OnlineRunConfig) -> str:
 
 def local_workers(plan: RunPlan) -> Any:
     """Workers in this process: one sampler, the reward model and the learner."""
-    from online_dt.handles import LocalHandle, SamplerGroup
-    from online_dt.learner import Learner
-    from online_dt.loop import Workers
+    from online_dt.loop.handles import LocalHandle, SamplerGroup
+    from online_dt.loop.loop import Workers
     from online_dt.rewards import load_reward_model, score_checked
+    from online_dt.training.learner import Learner
 
     cfg = plan.cfg
     learner = Learner(cfg, base_model_path(cfg), plan.run.path, plan.checkpoint)
@@ -170,13 +170,13 @@ def local_workers(plan: RunPlan) -> Any:
 
 def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Any:
     """The configured sampler backend over a published checkpoint directory."""
-    from online_dt.sampling import HFSampler, make_sampler_backend_name
+    from online_dt.rollout.sampler import HFSampler, make_sampler_backend_name
 
     if make_sampler_backend_name(cfg.sampler.backend) == "vllm":
-        from online_dt.vllm_sampler import VLLMSampler
+        from online_dt.rollout.vllm_sampler import VLLMSampler
 
         return VLLMSampler(path, cfg.sampler, policy_version=version)
-    from online_dt.conditioning import RewardConditionedPolicy, resolve_device
+    from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
 
     policy = RewardConditionedPolicy.from_pretrained(
         path, device=str(resolve_device(cfg.model.device))
@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from online_dt.preflight import PreflightError
-    from online_dt.prompts import PromptError
+    from online_dt.launch.preflight import PreflightError
+    from online_dt.launch.prompts import PromptError
 
     try:
         cfg = None
@@ -257,8 +257,8 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 def stopped_message(plan: RunPlan, error: Exception) -> str:
     """One message for a run that stopped on ``error``: what went wrong and how to continue."""
-    from online_dt.handles import WorkerLostError
-    from online_dt.scoring import RewardBatchError, first_line
+    from online_dt.loop.handles import WorkerLostError
+    from online_dt.loop.scoring import RewardBatchError, first_line
 
     if isinstance(error, RewardBatchError):
         what = f"{error}. Fix the reward model"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from online_dt import bootstrap
-from online_dt.bootstrap import (
+from online_dt.config import BootstrapConfig
+from online_dt.embedded import bootstrap as bootstrap
+from online_dt.embedded.bootstrap import (
     BUILD_INFO,
     EOS_TOKEN,
     config_hash,
@@ -20,8 +21,7 @@ from online_dt.bootstrap import (
     ensure_embedded_model,
     sample_vader_spread,
 )
-from online_dt.config import BootstrapConfig
-from online_dt.corpus import (
+from online_dt.embedded.corpus import (
     ADJECTIVES,
     Review,
     all_openings,

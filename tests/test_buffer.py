@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from online_dt import buffer as buffer_mod
-from online_dt.buffer import (
+from online_dt.config import ReplayBufferConfig
+from online_dt.replay import buffer as buffer_mod
+from online_dt.replay.buffer import (
     FIELDS,
     BufferCorruptError,
     NewSample,
@@ -21,7 +22,6 @@ from online_dt.buffer import (
     export_to_disk,
     shard_name,
 )
-from online_dt.config import ReplayBufferConfig
 
 
 def cfg(**kw) -> ReplayBufferConfig:

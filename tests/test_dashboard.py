@@ -21,10 +21,10 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from online_dt.buffer import ReplayBuffer
 from online_dt.config import DashboardConfig, OnlineRunConfig, ReplayBufferConfig
 from online_dt.dashboard import DashboardError, create_app, serve, start_for_run
-from online_dt.rundir import RunDir
+from online_dt.launch.rundir import RunDir
+from online_dt.replay.buffer import ReplayBuffer
 from tests.dashboard_run import ITERATIONS, evaluated_run, real_run, run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -541,7 +541,7 @@ def real_run_dir(tmp_path_factory, embedded_model_dir):
 
 @pytest.mark.slow
 def test_api_over_a_real_run(real_run_dir, tmp_path_factory, embedded_model_dir):
-    from online_dt.buffer import export_dataset
+    from online_dt.replay.buffer import export_dataset
 
     run = RunDir(real_run_dir)
     client = TestClient(create_app(real_run_dir))

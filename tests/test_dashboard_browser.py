@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from online_dt.buffer import export_dataset
 from online_dt.dashboard import serve
-from online_dt.rundir import RunDir
+from online_dt.launch.rundir import RunDir
+from online_dt.replay.buffer import export_dataset
 from tests.dashboard_run import ITERATIONS, evaluated_run
 
 pytestmark = pytest.mark.slow

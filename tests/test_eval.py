@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from online_dt.evaluation import (
+from online_dt.eval.calibration import (
     EvalError,
     calibration_row,
     evaluate_calibration,
@@ -18,7 +18,7 @@ from online_dt.evaluation import (
     plan_targets,
     resolve_source,
 )
-from online_dt.sampling import Rollout, SamplingParams
+from online_dt.rollout.sampler import Rollout, SamplingParams
 from tests.dashboard_run import ITERATIONS, real_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -122,9 +122,9 @@ def test_kl_estimate_matches_the_learner(tmp_path):
     """The evaluation's KL is the learner's k1 estimator, completion by completion."""
     import numpy as np
 
-    from online_dt.learner import Learner
-    from online_dt.sampling import HFSampler
-    from online_dt.training import kl_per_completion
+    from online_dt.rollout.sampler import HFSampler
+    from online_dt.training.learner import Learner
+    from online_dt.training.trainer import kl_per_completion
     from tests.dashboard_run import run_config
     from tests.tiny import build_tiny_model
 
@@ -165,8 +165,8 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_cli_eval_writes_table_and_plot(run_copy, capsys):
-    from online_dt.buffer import export_dataset
     from online_dt.cli import main
+    from online_dt.replay.buffer import export_dataset
 
     argv = ["eval", str(run_copy), "--targets", "-0.5", "0", "0.5", "1.5"]
     assert main([*argv, "--samples-per-target", "12"]) == 0
@@ -202,8 +202,8 @@ def test_eval_of_a_checkpoint_with_default_targets(run_copy, tmp_path):
     plus best + margin, marked as the extrapolation."""
     import numpy as np
 
-    from online_dt.buffer import export_dataset
-    from online_dt.evaluation import run_eval
+    from online_dt.eval.calibration import run_eval
+    from online_dt.replay.buffer import export_dataset
 
     checkpoint = run_copy / "checkpoints" / f"iter-{ITERATIONS - 2:06d}"
     out = tmp_path / "out"

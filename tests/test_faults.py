@@ -17,15 +17,15 @@ import pytest
 import yaml
 
 import tests.test_loop as loop_tests
-from online_dt.buffer import export_dataset, read_persisted
 from online_dt.config import FaultToleranceConfig, RewardModelConfig
-from online_dt.handles import Done, LocalHandle, SamplerGroup, WorkerLostError
+from online_dt.launch.rundir import RunDir
+from online_dt.loop.handles import Done, LocalHandle, SamplerGroup, WorkerLostError
+from online_dt.loop.schedule import RewardStats, ScheduleState, next_target
+from online_dt.loop.scoring import RewardBatchError, score_rollouts
+from online_dt.replay.buffer import export_dataset, read_persisted
+from online_dt.rollout.sampler import Rollout, SamplingParams
+from online_dt.rollout.weight_sync import WeightUpdate
 from online_dt.run import main
-from online_dt.rundir import RunDir
-from online_dt.sampling import Rollout, SamplingParams
-from online_dt.schedule import RewardStats, ScheduleState, next_target
-from online_dt.scoring import RewardBatchError, score_rollouts
-from online_dt.weight_sync import WeightUpdate
 from tests.faulty_rewards import FaultyReward, length_reward
 
 REPO = Path(__file__).resolve().parents[1]
@@ -469,7 +469,7 @@ def test_driver_sigkill_then_resume_keeps_every_persisted_sample(tmp_path, base)
 
 
 def test_restarted_sampler_starts_from_the_newest_version_a_resumed_run_published(tmp_path):
-    from online_dt.weight_sync import CheckpointPublisher, newest_published
+    from online_dt.rollout.weight_sync import CheckpointPublisher, newest_published
 
     root = tmp_path / "weights"
     for v in (3, 4, 5):  # 5 was published after the last checkpoint, then the driver died

@@ -23,7 +23,7 @@ import yaml
 
 from online_dt.cli import parse_overrides
 from online_dt.config import ConfigError, OnlineRunConfig, load_config
-from online_dt.placement import assign_bundles, plan_placement
+from online_dt.config.placement import assign_bundles, plan_placement
 from online_dt.run import build_parser
 from tests.test_docker import documented_builds, load_project, workdir
 

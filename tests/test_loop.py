@@ -6,12 +6,12 @@ import itertools
 
 import pytest
 
-from online_dt.buffer import export_dataset
 from online_dt.config import OnlineRunConfig
-from online_dt.handles import Done, Gather, LocalHandle, SamplerGroup
-from online_dt.loop import prompts_for
+from online_dt.loop.handles import Done, Gather, LocalHandle, SamplerGroup
+from online_dt.loop.loop import prompts_for
+from online_dt.replay.buffer import export_dataset
+from online_dt.rollout.sampler import SamplingParams
 from online_dt.run import execute, local_workers, main, plan_run
-from online_dt.sampling import SamplingParams
 from tests.tiny import build_tiny_model
 
 PROMPTS = ["the movie was", "the food was", "honestly the game is", "this hotel is"]
@@ -57,7 +57,7 @@ def test_handles_and_sampler_group():
 
     class Echo:
         def generate(self, prompts, targets, params):
-            from online_dt.sampling import Rollout
+            from online_dt.rollout.sampler import Rollout
 
             return [
                 Rollout(p, "", [], [], t, 0, True, i, 0.0, 0.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from online_dt.io import atomic_write_dir, atomic_write_json, atomic_write_text
-from online_dt.metrics import distinct_n, reward_summary
+from online_dt.util.atomic import atomic_write_dir, atomic_write_json, atomic_write_text
+from online_dt.util.metrics import distinct_n, reward_summary
 
 
 def test_distinct_n():

@@ -12,7 +12,7 @@ import yaml
 
 from actors.placement import actor_options, describe_shortfall
 from online_dt.config import ConfigError, OnlineRunConfig, ResourcesConfig, load_config
-from online_dt.placement import PlacementPlan, assign_bundles, fits, plan_placement
+from online_dt.config.placement import PlacementPlan, assign_bundles, fits, plan_placement
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ONLINE_CONFIGS = sorted(

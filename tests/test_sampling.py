@@ -11,11 +11,11 @@ import copy
 
 import pytest
 
-from online_dt.conditioning import RewardConditionedPolicy
 from online_dt.config import ConditioningConfig, SamplerConfig, TrainingConfig
-from online_dt.sampling import HFSampler, Sampler, SamplingParams, make_sampler_backend_name
-from online_dt.training import ConditionedTrainer, Record
-from online_dt.weight_sync import CheckpointPublisher, WeightUpdate
+from online_dt.policy.conditioning import RewardConditionedPolicy
+from online_dt.rollout.sampler import HFSampler, Sampler, SamplingParams, make_sampler_backend_name
+from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
+from online_dt.training.trainer import ConditionedTrainer, Record
 from tests.tiny import build_tiny_model
 
 PROMPTS = ["the movie was", "honestly the game is fun and", "i", "this hotel is awful, dirty"]
@@ -113,7 +113,7 @@ def test_backend_choice():
     ("arch", "mode"), [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar")]
 )
 def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
-    from online_dt.vllm_sampler import VLLMSampler
+    from online_dt.rollout.vllm_sampler import VLLMSampler
 
     policy = make_policy(tmp_path, arch, mode)
     publisher = CheckpointPublisher(tmp_path / "weights")

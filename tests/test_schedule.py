@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from online_dt import schedule as sch
 from online_dt.config import ScheduleConfig
-from online_dt.schedule import (
+from online_dt.loop import schedule as sch
+from online_dt.loop.schedule import (
     SCHEDULES,
     RewardStats,
     ScheduleState,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from online_dt.conditioning import RewardConditionedPolicy
 from online_dt.config import ConditioningConfig, TrainingConfig
-from online_dt.layout import IGNORE_INDEX
-from online_dt.training import ConditionedTrainer, Record, collate, next_token_loss
+from online_dt.policy.conditioning import RewardConditionedPolicy
+from online_dt.policy.layout import IGNORE_INDEX
+from online_dt.training.trainer import ConditionedTrainer, Record, collate, next_token_loss
 from tests.tiny import build_tiny_model
 
 
@@ -110,7 +110,7 @@ def test_conditioning_is_learned_on_a_toy_task(gpt2_dir, mode):
 def test_kl_penalty_is_zero_at_start_and_pulls_towards_base(gpt2_dir):
     from transformers import AutoModelForCausalLM
 
-    from online_dt.training import base_model_logits, kl_to_base
+    from online_dt.training.trainer import base_model_logits, kl_to_base
 
     policy = policy_for(gpt2_dir)
     base = AutoModelForCausalLM.from_pretrained(gpt2_dir, attn_implementation="eager").eval()

@@ -2,8 +2,8 @@
 orchestration against vLLM's real trainer engine with NCCL stubbed out.
 
 What these tests cannot show: that tensors cross NCCL and land in a CUDA engine. That needs
-GPUs and has not been run (see the docstring of ``online_dt.weight_sync_nccl``). Nothing here is
-skipped: a check that cannot run fails.
+GPUs and has not been run (see the docstring of ``online_dt.rollout.weight_sync_nccl``). Nothing
+here is skipped: a check that cannot run fails.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import online_dt.weight_sync_nccl as wsn
-from online_dt.conditioning import CONDITIONING_FILE, RewardConditionedPolicy
+import online_dt.rollout.weight_sync_nccl as wsn
 from online_dt.config import ConditioningConfig
-from online_dt.weight_sync import WeightUpdate
+from online_dt.policy.conditioning import CONDITIONING_FILE, RewardConditionedPolicy
+from online_dt.rollout.weight_sync import WeightUpdate
 from tests.tiny import build_tiny_model
 
 CUDA_MESSAGE = "nccl weight sync needs CUDA GPUs"
@@ -118,7 +118,7 @@ def cuda_checks_off(monkeypatch):
 def test_module_imports_without_cuda_or_vllm():
     code = (
         "import sys\n"
-        "import online_dt.weight_sync_nccl as m\n"
+        "import online_dt.rollout.weight_sync_nccl as m\n"
         "assert 'vllm' not in sys.modules, 'vllm imported at module import time'\n"
         "assert m.NCCLPublisher and m.receive and m.engine_kwargs and m.connect_sampler\n"
     )
@@ -409,8 +409,8 @@ class StubbedNCCL:
 
 def sampler_endpoint(llm: FakeLLM, workers: int, applied: list):
     """What a vLLM sampler's ``load_weights`` does for an nccl update: receive, then rebuild
-    its prompt builder from the update directory (``online_dt.vllm_sampler``)."""
-    from online_dt.vllm_sampler import PromptBuilder
+    its prompt builder from the update directory (``online_dt.rollout.vllm_sampler``)."""
+    from online_dt.rollout.vllm_sampler import PromptBuilder
 
     def apply(update):
         wsn.receive(llm, update)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from online_dt.rundir import finite_or_none as finite
+from online_dt.launch.rundir import finite_or_none as finite
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -44,7 +44,7 @@ MAX_SAMPLES_KEPT = 10_000
 MAX_JSON_FILE_BYTES = 8 * 1024 * 1024
 """Larger config, evaluation or rejected-batch files are not parsed (reported as too large)."""
 
-# online_dt.buffer.shard_name: shard-<first id>-<last id>.parquet, ids zero-padded to 12 digits
+# online_dt.replay.buffer.shard_name: shard-<first id>-<last id>.parquet, ids 12 digits
 _SHARD_RE = re.compile(r"^shard-(\d{12})-(\d{12})\.parquet$")
 _BUFFER_COLUMNS = ["sample_id", "achieved_reward", "iteration"]
 _READ_RETRIES = 5

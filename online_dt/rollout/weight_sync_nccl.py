@@ -102,11 +102,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from online_dt.io import atomic_write_dir
-from online_dt.weight_sync import WeightUpdate, version_dir_name
+from online_dt.rollout.weight_sync import WeightUpdate, version_dir_name
+from online_dt.util.atomic import atomic_write_dir
 
 if TYPE_CHECKING:
-    from online_dt.conditioning import RewardConditionedPolicy
+    from online_dt.policy.conditioning import RewardConditionedPolicy
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +406,7 @@ def write_update_dir(
     * the tokenizer and the model's ``config.json``;
     * in scalar mode, ``model.safetensors`` holding **only** the input-embedding matrix, under
       the model's own parameter name: the vLLM sampler builds ``prompt_embeds`` from it
-      (``online_dt.vllm_sampler.PromptBuilder``). The directory is not a loadable model;
+      (``online_dt.rollout.vllm_sampler.PromptBuilder``). The directory is not a loadable model;
     * :data:`UPDATE_INFO_FILE`: ``{"format", "version", "update_info"}``.
     """
     from safetensors.torch import save_file

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from online_dt.config import FaultToleranceConfig
-from online_dt.handles import WorkerLostError, call_when_back
+from online_dt.launch.rundir import RunDir
+from online_dt.loop.handles import WorkerLostError, call_when_back
 from online_dt.rewards import RewardModelError
-from online_dt.rundir import RunDir
-from online_dt.sampling import Rollout
+from online_dt.rollout.sampler import Rollout
 
 log = logging.getLogger(__name__)
 

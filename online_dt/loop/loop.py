@@ -7,7 +7,7 @@ publish and sync the weights -> log metrics and checkpoint.
 
 In ``async`` mode the next iteration's rollouts are submitted before training starts, so they
 overlap it and come from the policy one version behind the learner (the lag is logged). The
-workers are reached through handles whose calls return futures (:mod:`online_dt.handles`).
+workers are reached through handles whose calls return futures (:mod:`online_dt.loop.handles`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from online_dt.config import OnlineRunConfig
-from online_dt.metrics import distinct_n, reward_summary
-from online_dt.rundir import RunDir
-from online_dt.sampling import Rollout, SamplingParams
-from online_dt.schedule import RewardStats, ScheduleState, next_target, sample_targets
-from online_dt.scoring import score_rollouts
+from online_dt.launch.rundir import RunDir
+from online_dt.loop.schedule import RewardStats, ScheduleState, next_target, sample_targets
+from online_dt.loop.scoring import score_rollouts
+from online_dt.rollout.sampler import Rollout, SamplingParams
+from online_dt.util.metrics import distinct_n, reward_summary
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Workers:
     Attributes:
         samplers: ``generate(prompts, targets, params)``, ``load_weights(update)``.
         reward: ``score(prompts, completions)`` -> validated rewards.
-        learner: the :class:`online_dt.learner.Learner` methods.
+        learner: the :class:`online_dt.training.learner.Learner` methods.
     """
 
     samplers: Any

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from online_dt.metrics import distinct_n, reward_summary
-from online_dt.training import kl_per_completion
+from online_dt.training.trainer import kl_per_completion
+from online_dt.util.metrics import distinct_n, reward_summary
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +190,14 @@ def evaluate_calibration(
 
     Args:
         sampler: anything with ``generate(prompts, targets, params) -> list[Rollout]``
-            (:class:`online_dt.sampling.HFSampler`, the vLLM sampler).
+            (:class:`online_dt.rollout.sampler.HFSampler`, the vLLM sampler).
         score: validated reward function of (prompts, completions) -> one float per sample.
         prompts: the prompt set; target k uses the first ``samples_per_target`` prompts
             (cycling), so every target sees the same prompts.
         targets: (target, extrapolation) pairs from :func:`plan_targets`.
         samples_per_target: completions per target (>= 1).
-        params: ``params(k)`` gives the :class:`~online_dt.sampling.SamplingParams` of the k-th
-            target (its seed, so targets are reproducible one by one).
+        params: ``params(k)`` gives the :class:`~online_dt.rollout.sampler.SamplingParams` of
+            the k-th target (its seed, so targets are reproducible one by one).
         kl: optional per-completion KL(policy || base) estimator over rollouts (nats).
 
     Returns:
@@ -358,7 +358,7 @@ def resolve_source(path: str | Path) -> EvalSource:
     Raises:
         EvalError: the path is none of these.
     """
-    from online_dt.rundir import RunDir, RunDirError
+    from online_dt.launch.rundir import RunDir, RunDirError
 
     p = Path(path)
     if not p.is_dir():
@@ -408,7 +408,7 @@ def _read_state(checkpoint: Path) -> dict[str, Any]:
 
 def buffer_rewards(run_dir: Path | None) -> np.ndarray:
     """Achieved rewards of every sample persisted in ``run_dir/buffer`` (empty without one)."""
-    from online_dt.buffer import read_persisted
+    from online_dt.replay.buffer import read_persisted
 
     if run_dir is None or not (run_dir / "buffer").is_dir():
         return np.zeros(0)
@@ -454,10 +454,10 @@ def run_eval(
         PromptError, RewardModelLoadError, OSError: prompts, reward model or models can't load.
     """
     from online_dt.config import config_class_for, load_config
-    from online_dt.io import atomic_write_bytes, atomic_write_json
-    from online_dt.prompts import load_prompts
+    from online_dt.launch.prompts import load_prompts
     from online_dt.rewards import load_reward_model, score_checked
-    from online_dt.sampling import SamplingParams
+    from online_dt.rollout.sampler import SamplingParams
+    from online_dt.util.atomic import atomic_write_bytes, atomic_write_json
 
     started = time.perf_counter()
     src = resolve_source(source)
@@ -533,9 +533,9 @@ def run_eval(
 
 def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
     """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL."""
-    from online_dt.conditioning import RewardConditionedPolicy, resolve_device
     from online_dt.config import OnlineRunConfig
-    from online_dt.sampling import HFSampler
+    from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
+    from online_dt.rollout.sampler import HFSampler
 
     if backend not in ("hf", "config"):
         raise ValueError(f"backend must be 'hf' or 'config', got {backend!r}")

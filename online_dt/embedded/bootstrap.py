@@ -1,7 +1,7 @@
 """Build (once) and cache the embedded default base model: a tiny GPT-2 trained from scratch.
 
 Nothing is downloaded. :func:`ensure_embedded_model` generates the synthetic review corpus of
-:mod:`online_dt.corpus`, trains a byte-level BPE tokenizer on it, pretrains a small
+:mod:`online_dt.embedded.corpus`, trains a byte-level BPE tokenizer on it, pretrains a small
 ``GPT2LMHeadModel`` on ``text + <|endoftext|>`` sequences and saves both with
 ``save_pretrained``, so the result is an ordinary Hugging Face model directory::
 
@@ -41,7 +41,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from online_dt.config import BootstrapConfig
-from online_dt.corpus import CORPUS_VERSION, embedded_prompts, generate_reviews, vader_compound
+from online_dt.embedded.corpus import (
+    CORPUS_VERSION,
+    embedded_prompts,
+    generate_reviews,
+    vader_compound,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -511,9 +516,9 @@ def sample_vader_spread(
 ) -> dict[str, Any]:
     """Sample unconditioned completions of the embedded prompts and summarise their VADER scores.
 
-    Prompts are :func:`~online_dt.corpus.embedded_prompts` in the order of ``seed``, repeated
-    when ``n`` exceeds their number; sampling uses the project's HF reference sampler
-    (:func:`~online_dt.generation.sample_unconditioned`: left padding, explicit positions,
+    Prompts are :func:`~online_dt.embedded.corpus.embedded_prompts` in the order of ``seed``,
+    repeated when ``n`` exceeds their number; sampling uses the project's HF reference sampler
+    (:func:`~online_dt.policy.generation.sample_unconditioned`: left padding, explicit positions,
     stops at EOS) with the given temperature and no top-p. Each *completion alone* is scored,
     as the default reward model does.
 
@@ -540,7 +545,7 @@ def sample_vader_spread(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from online_dt.generation import sample_unconditioned
+    from online_dt.policy.generation import sample_unconditioned
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

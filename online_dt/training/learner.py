@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_dt.buffer import ReplayBuffer
-from online_dt.conditioning import RewardConditionedPolicy, resolve_device
 from online_dt.config import OnlineRunConfig
-from online_dt.io import atomic_write_dir
+from online_dt.launch.rundir import RunDir
 from online_dt.offline import fresh_policy
-from online_dt.rundir import RunDir
-from online_dt.sampling import Rollout
-from online_dt.training import ConditionedTrainer, Record, kl_per_completion
-from online_dt.weight_sync import CheckpointPublisher, WeightUpdate
+from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
+from online_dt.replay.buffer import ReplayBuffer
+from online_dt.rollout.sampler import Rollout
+from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
+from online_dt.training.trainer import ConditionedTrainer, Record, kl_per_completion
+from online_dt.util.atomic import atomic_write_dir
 
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.pt"

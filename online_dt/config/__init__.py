@@ -468,7 +468,7 @@ class OfflineRunConfig(StrictModel):
 class ResourcesConfig(StrictModel):
     """Ray resources of the actors and where they go (fractional GPUs allowed).
 
-    Checked at load time by computing the placement plan (``online_dt.placement``), so a
+    Checked at load time by computing the placement plan (``online_dt.config.placement``), so a
     combination that cannot be placed fails before any actor starts.
     """
 
@@ -522,7 +522,7 @@ class ResourcesConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_placement(self) -> ResourcesConfig:
-        from online_dt.placement import plan_placement
+        from online_dt.config.placement import plan_placement
 
         plan_placement(self)  # raises ConfigError (a ValueError) naming the fields
         return self

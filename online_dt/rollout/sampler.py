@@ -3,7 +3,7 @@
 A sampler generates ``n`` completions per prompt from the current reward-conditioned policy,
 each prompt conditioned on its own target reward, and stamps every completion with the policy
 version that produced it. Weights change only through :meth:`Sampler.load_weights`, which
-applies a :class:`~online_dt.weight_sync.WeightUpdate` published by the learner.
+applies a :class:`~online_dt.rollout.weight_sync.WeightUpdate` published by the learner.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from online_dt.config import SamplingConfig
 
 if TYPE_CHECKING:
-    from online_dt.conditioning import RewardConditionedPolicy
-    from online_dt.weight_sync import WeightUpdate
+    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.rollout.weight_sync import WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class HFSampler:
         Raises:
             ValueError: the update carries no checkpoint path.
         """
-        from online_dt.conditioning import RewardConditionedPolicy
+        from online_dt.policy.conditioning import RewardConditionedPolicy
 
         if update.path is None:
             raise ValueError(f"the HF sampler needs a checkpoint path, got {update}")

@@ -8,8 +8,8 @@ message; every sampler applies it with ``load_weights(update)``. Two backends:
   renamed, and the update carries that path. vLLM reloads it in place with
   ``collective_rpc("reload_weights", ...)``; the HF sampler loads it with ``from_pretrained``.
 * ``nccl`` (GPU clusters): vLLM's native weight-transfer engine broadcasts tensors from the
-  learner's GPU to the engines' GPUs; see :mod:`online_dt.weight_sync_nccl`. The conditioning
-  head and normaliser (a few KB) still travel as a small checkpoint directory.
+  learner's GPU to the engines' GPUs; see :mod:`online_dt.rollout.weight_sync_nccl`. The
+  conditioning head and normaliser (a few KB) still travel as a small checkpoint directory.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from online_dt.io import atomic_write_dir
+from online_dt.util.atomic import atomic_write_dir
 
 if TYPE_CHECKING:
-    from online_dt.conditioning import RewardConditionedPolicy
+    from online_dt.policy.conditioning import RewardConditionedPolicy
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from online_dt.sampling import Rollout, SamplingParams
+from online_dt.rollout.sampler import Rollout, SamplingParams
 
 T = TypeVar("T", covariant=True)
 log = logging.getLogger(__name__)

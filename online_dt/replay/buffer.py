@@ -87,7 +87,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from online_dt.config import ReplayBufferConfig
-from online_dt.io import atomic_write_dir, fsync_dir
+from online_dt.util.atomic import atomic_write_dir, fsync_dir
 
 if TYPE_CHECKING:
     import datasets
@@ -165,7 +165,7 @@ SCHEMA = pa.schema(
         pa.field("scored_at", pa.float64(), nullable=False),
         pa.field("completion_tokens", pa.int64(), nullable=False),
     ],
-    metadata={b"online_dt.buffer.format": str(FORMAT_VERSION).encode()},
+    metadata={b"online_dt.replay.buffer.format": str(FORMAT_VERSION).encode()},
 )
 """Arrow schema of a shard: one column per :class:`Sample` field."""
 

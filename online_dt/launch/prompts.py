@@ -21,7 +21,7 @@ def load_prompts(cfg: PromptsConfig) -> list[str]:
             Face Hub is unreachable) or lacks the column, or no non-blank prompt remains.
     """
     if cfg.source == "embedded":
-        from online_dt.corpus import embedded_prompts
+        from online_dt.embedded.corpus import embedded_prompts
 
         prompts = embedded_prompts()
     elif cfg.source == "file":

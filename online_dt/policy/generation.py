@@ -1,7 +1,7 @@
 """Incremental sampling with a KV cache and explicit position ids (the HF reference sampler).
 
 We run our own decoding loop rather than ``model.generate`` so that the position rule of
-:mod:`online_dt.layout` is applied by our code in prefill and in every decoding step, for any
+:mod:`online_dt.policy.layout` is applied by our code in prefill and in every decoding step, for any
 causal LM (absolute or rotary positions), with inputs given as embeddings.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from online_dt.layout import positions_from_mask
+from online_dt.policy.layout import positions_from_mask
 
 
 @dataclass

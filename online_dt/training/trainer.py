@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from online_dt.conditioning import RewardConditionedPolicy
 from online_dt.config import TrainingConfig
-from online_dt.layout import IGNORE_INDEX, ConditionedBatch
+from online_dt.policy.conditioning import RewardConditionedPolicy
+from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def kl_per_completion(
     completion).
 
     Args:
-        policy: the :class:`~online_dt.conditioning.RewardConditionedPolicy` (tokenizer and
+        policy: the :class:`~online_dt.policy.conditioning.RewardConditionedPolicy` (tokenizer and
             conditioning slot ids).
         base_model: the frozen base causal LM over the same vocabulary.
         rollouts: rollouts with ``prompt``, ``target``, ``token_ids`` and ``logprobs``.
@@ -268,7 +268,7 @@ def kl_per_completion(
     Returns:
         One float per rollout, nats per completion (can be negative for a single sample).
     """
-    from online_dt.layout import layout_batch
+    from online_dt.policy.layout import layout_batch
 
     out: list[float] = []
     with torch.no_grad():

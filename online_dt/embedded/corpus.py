@@ -3,9 +3,9 @@
 **This corpus is synthetic. It is not natural-language data** and nothing about real products,
 films or places can be learned from it. Each text is produced by a few hand-written templates
 filled from small word lists defined in this module. Its only purpose is to train a tiny base
-language model offline, without downloads (:mod:`online_dt.bootstrap`), whose completions vary
-widely in sentiment, so that reward conditioning on VADER sentiment can be learned and tested on
-a laptop.
+language model offline, without downloads (:mod:`online_dt.embedded.bootstrap`), whose
+completions vary widely in sentiment, so that reward conditioning on VADER sentiment can be
+learned and tested on a laptop.
 
 A text is an *opening* (the prompt: a neutral phrase naming a film, book, dish, hotel, product,
 game or event, such as ``"I thought the pasta was"``; every opening scores exactly 0 with VADER)

@@ -6,7 +6,7 @@ the Decision Transformer (Chen et al., 2021) with a single return-to-go token, a
 reward-conditioned language models (e.g. Quark, Lu et al., 2022, which uses reward tokens).
 
 Two modes place the reward in the same slot, index 0 of the sequence (see
-:mod:`online_dt.layout`):
+:mod:`online_dt.policy.layout`):
 
 * ``scalar``: a learned ``Linear(1, hidden)`` maps the normalised reward to one embedding.
 * ``token``: the reward is binned to one of K new tokens ``<|reward_k|>`` added to the
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from online_dt.config import ConditioningConfig, NormalizationConfig
-from online_dt.generation import sample_tokens
-from online_dt.layout import ConditionedBatch, layout_batch
+from online_dt.policy.generation import sample_tokens
+from online_dt.policy.layout import ConditionedBatch, layout_batch
 
 CONDITIONING_DIR = "reward_conditioning"
 """Subdirectory of a policy directory holding the conditioning (kept out of the top level,
@@ -395,7 +395,7 @@ class RewardConditionedPolicy(nn.Module):
         ``reward_conditioning/conditioning.json`` holds the conditioning config, normaliser
         state, bin edges and reward-token ids, and ``reward_conditioning/head.safetensors`` the
         scalar head. Callers that need atomicity write to a temporary directory and rename it
-        (:func:`online_dt.io.atomic_write_dir`).
+        (:func:`online_dt.util.atomic.atomic_write_dir`).
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -454,7 +454,7 @@ class RewardConditionedPolicy(nn.Module):
         """Teacher-forced forward pass of a batch in the shared layout.
 
         Args:
-            batch: from :meth:`layout` (or :func:`online_dt.layout.layout_batch`).
+            batch: from :meth:`layout` (or :func:`online_dt.policy.layout.layout_batch`).
             rewards: ``[B]`` conditioning rewards (reward units).
 
         Returns:

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from online_dt.conditioning import RewardConditioner
 from online_dt.config import SamplerConfig
-from online_dt.sampling import Rollout, SamplingParams, check_request
-from online_dt.weight_sync import WeightUpdate
+from online_dt.policy.conditioning import RewardConditioner
+from online_dt.rollout.sampler import Rollout, SamplingParams, check_request
+from online_dt.rollout.weight_sync import WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class PromptBuilder:
 
 
 class VLLMSampler:
-    """:class:`~online_dt.sampling.Sampler` backed by a ``vllm.LLM`` engine.
+    """:class:`~online_dt.rollout.sampler.Sampler` backed by a ``vllm.LLM`` engine.
 
     Args:
         policy_dir: a directory written by ``RewardConditionedPolicy.save_pretrained``.
@@ -143,7 +143,7 @@ class VLLMSampler:
         else:
             kwargs["gpu_memory_utilization"] = self.cfg.gpu_memory_utilization
         if self.cfg.weight_sync == "nccl":
-            from online_dt.weight_sync_nccl import engine_kwargs
+            from online_dt.rollout.weight_sync_nccl import engine_kwargs
 
             kwargs.update(engine_kwargs())
         scalar = self.prompts.conditioner.config.mode == "scalar"
@@ -156,7 +156,7 @@ class VLLMSampler:
             enable_prompt_embeds=scalar,
             seed=self.cfg.seed,
             logprobs_mode="raw_logprobs",
-            worker_extension_cls="online_dt.vllm_worker.PolicyReloadExtension",
+            worker_extension_cls="online_dt.rollout.vllm_worker.PolicyReloadExtension",
             use_tqdm_on_load=False,
             **kwargs,
         )
@@ -171,7 +171,7 @@ class VLLMSampler:
     def generate(
         self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
     ) -> list[Rollout]:
-        """See :meth:`online_dt.sampling.Sampler.generate`."""
+        """See :meth:`online_dt.rollout.sampler.Sampler.generate`."""
         from vllm import SamplingParams as VLLMSamplingParams
 
         check_request(prompts, targets)
@@ -239,7 +239,7 @@ class VLLMSampler:
         if update.path is None:
             raise ValueError(f"weight update without a path: {update}")
         if update.backend == "nccl":
-            from online_dt.weight_sync_nccl import receive
+            from online_dt.rollout.weight_sync_nccl import receive
 
             receive(self.llm, update)
         else:

@@ -6,7 +6,7 @@ Layout::
       config.yaml        resolved config (written once, atomically)
       metrics.jsonl      one JSON record per finished iteration
       samples.jsonl      a few completions per iteration, for inspection
-      buffer/            replay-buffer parquet shards (online_dt.buffer)
+      buffer/            replay-buffer parquet shards (online_dt.replay.buffer)
       weights/           published policy versions (checkpoint weight sync)
       checkpoints/       resumable checkpoints; latest.json names the newest complete one
       rejected/          batches the reward model could not score, with the reason
@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from online_dt.io import atomic_write_json, atomic_write_text
+from online_dt.util.atomic import atomic_write_json, atomic_write_text
 
 
 def finite_or_none(value: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Evaluation of a trained policy: calibration of achieved against target reward."""

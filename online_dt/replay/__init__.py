@@ -1,0 +1,1 @@
+"""The replay buffer: sample schema, crash-safe parquet shards, eviction, batches, export."""

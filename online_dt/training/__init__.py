@@ -1,0 +1,3 @@
+"""The conditioned training step, the KL to the base model and the learner that owns policy and
+buffer.
+"""

@@ -1,0 +1,1 @@
+"""The bottom layer: atomic file writes and reward / diversity statistics; no model code."""
