@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from online_dt.config import OnlineRunConfig
-from online_dt.rollout.sampler import Rollout, SamplingParams
+from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import WeightUpdate
+from online_dt.samples import Rollout
 from online_dt.training.learner import Learner
 
 

@@ -40,7 +40,8 @@ def main() -> None:
     from online_dt.rollout.sampler import HFSampler, SamplingParams
     from online_dt.rollout.vllm_sampler import VLLMSampler
     from online_dt.rollout.weight_sync import CheckpointPublisher
-    from online_dt.training.trainer import ConditionedTrainer, Record
+    from online_dt.samples import Sample
+    from online_dt.training.trainer import ConditionedTrainer
 
     base = args.model
     if base == "embedded":
@@ -88,7 +89,7 @@ def main() -> None:
     results["hf_reference"] = sum(t for _, t in runs) / sum(s for s, _ in runs)
 
     trainer = ConditionedTrainer(policy, TrainingConfig(batch_size=8))
-    records = [Record(p, " it was great", t) for p, t in zip(prompts[:8], targets[:8], strict=True)]
+    records = [Sample(p, " it was great", t) for p, t in zip(prompts[:8], targets[:8], strict=True)]
     publish_ms, reload_ms = [], []
     for version in range(1, args.syncs + 1):
         trainer.step(records)

@@ -28,7 +28,8 @@ from online_dt.launch.prompts import load_prompts
 from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
 from online_dt.policy.generation import sample_unconditioned
 from online_dt.rewards import RewardModel, load_reward_model, score_checked
-from online_dt.training.trainer import ConditionedTrainer, Record
+from online_dt.samples import Sample
+from online_dt.training.trainer import ConditionedTrainer
 from online_dt.util.atomic import atomic_write_dir, atomic_write_json, atomic_write_text
 from online_dt.util.metrics import reward_summary
 
@@ -167,10 +168,10 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
     )
 
     t0 = time.perf_counter()
-    records = [Record(p, c, r) for p, c, r in zip(data_prompts, completions, rewards, strict=True)]
+    samples = [Sample(p, c, r) for p, c, r in zip(data_prompts, completions, rewards, strict=True)]
     policy.fit_reward_statistics(rewards)
     trainer = ConditionedTrainer(policy, cfg.training, bf16_autocast=cfg.model.bf16_autocast)
-    history = trainer.fit(records, cfg.training.steps, progress=progress, desc="offline training")
+    history = trainer.fit(samples, cfg.training.steps, progress=progress, desc="offline training")
     timings["train_s"] = time.perf_counter() - t0
 
     targets = cfg.offline.eval_targets or [float(q) for q in np.quantile(rewards, [0.1, 0.5, 0.9])]

@@ -15,13 +15,12 @@ from online_dt.replay import buffer as buffer_mod
 from online_dt.replay.buffer import (
     FIELDS,
     BufferCorruptError,
-    NewSample,
     ReplayBuffer,
-    Sample,
     export_dataset,
     export_to_disk,
     shard_name,
 )
+from online_dt.samples import Sample
 
 
 def cfg(**kw) -> ReplayBufferConfig:
@@ -73,7 +72,7 @@ def reference_held(rewards, capacity: int, reserved: int) -> list[int]:
 def test_ids_increase_and_fields_round_trip():
     buf = ReplayBuffer(cfg(capacity=100))
     a = buf.append(batch([0.1, 0.2, 0.3]))
-    b = buf.append([NewSample(**new(0.4, 3)), new(0.5, 4)])
+    b = buf.append([Sample(**new(0.4, 3)), new(0.5, 4)])
     assert [s.sample_id for s in a + b] == [0, 1, 2, 3, 4]
     assert all(isinstance(s, Sample) for s in a + b)
     assert b[0].prompt == "prompt 3" and b[0].completion_tokens == 3

@@ -18,7 +18,8 @@ from online_dt.eval.calibration import (
     plan_targets,
     resolve_source,
 )
-from online_dt.rollout.sampler import Rollout, SamplingParams
+from online_dt.rollout.sampler import SamplingParams
+from online_dt.samples import Rollout
 from tests.dashboard_run import ITERATIONS, real_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

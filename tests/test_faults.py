@@ -23,9 +23,10 @@ from online_dt.loop.handles import Done, LocalHandle, SamplerGroup, WorkerLostEr
 from online_dt.loop.schedule import RewardStats, ScheduleState, next_target
 from online_dt.loop.scoring import RewardBatchError, score_rollouts
 from online_dt.replay.buffer import export_dataset, read_persisted
-from online_dt.rollout.sampler import Rollout, SamplingParams
+from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import WeightUpdate
 from online_dt.run import main
+from online_dt.samples import Rollout
 from tests.faulty_rewards import FaultyReward, length_reward
 
 REPO = Path(__file__).resolve().parents[1]

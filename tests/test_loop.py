@@ -57,7 +57,7 @@ def test_handles_and_sampler_group():
 
     class Echo:
         def generate(self, prompts, targets, params):
-            from online_dt.rollout.sampler import Rollout
+            from online_dt.samples import Rollout
 
             return [
                 Rollout(p, "", [], [], t, 0, True, i, 0.0, 0.0)

@@ -15,7 +15,8 @@ from online_dt.config import ConditioningConfig, SamplerConfig, TrainingConfig
 from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.rollout.sampler import HFSampler, Sampler, SamplingParams, make_sampler_backend_name
 from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
-from online_dt.training.trainer import ConditionedTrainer, Record
+from online_dt.samples import Sample
+from online_dt.training.trainer import ConditionedTrainer
 from tests.tiny import build_tiny_model
 
 PROMPTS = ["the movie was", "honestly the game is fun and", "i", "this hotel is awful, dirty"]
@@ -42,7 +43,7 @@ def max_logprob_gap(policy, rollouts):
 
 def train_a_little(policy):
     records = [
-        Record(p, " the acting was great and fun", t) for p, t in zip(PROMPTS, TARGETS, strict=True)
+        Sample(p, " the acting was great and fun", t) for p, t in zip(PROMPTS, TARGETS, strict=True)
     ]
     trainer = ConditionedTrainer(policy, TrainingConfig(lr=1e-2, batch_size=4, seed=0))
     trainer.fit(records, 5, progress=False)

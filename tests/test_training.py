@@ -8,7 +8,8 @@ import torch
 from online_dt.config import ConditioningConfig, TrainingConfig
 from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.policy.layout import IGNORE_INDEX
-from online_dt.training.trainer import ConditionedTrainer, Record, collate, next_token_loss
+from online_dt.samples import Sample
+from online_dt.training.trainer import ConditionedTrainer, collate, next_token_loss
 from tests.tiny import build_tiny_model
 
 
@@ -23,9 +24,9 @@ def policy_for(base_dir, mode="scalar", **kw):
 
 
 RECORDS = [
-    Record("the movie was", " wonderful and great", 1.0),
-    Record("the food was", " terrible and slow", -1.0),
-    Record("honestly the game is", " fun", 0.5),
+    Sample("the movie was", " wonderful and great", 1.0),
+    Sample("the food was", " terrible and slow", -1.0),
+    Sample("honestly the game is", " fun", 0.5),
 ]
 
 
@@ -90,9 +91,9 @@ def test_trainer_state_round_trip(gpt2_dir):
     assert next(other.batches(RECORDS)) == next(trainer.batches(RECORDS))
 
 
-def test_fit_rejects_empty_records(gpt2_dir):
+def test_fit_rejects_no_samples(gpt2_dir):
     trainer = ConditionedTrainer(policy_for(gpt2_dir), TrainingConfig())
-    with pytest.raises(ValueError, match="no training records"):
+    with pytest.raises(ValueError, match="no training samples"):
         trainer.fit([], 1, progress=False)
 
 
@@ -100,7 +101,7 @@ def test_fit_rejects_empty_records(gpt2_dir):
 def test_conditioning_is_learned_on_a_toy_task(gpt2_dir, mode):
     """The same prompt must be completed differently depending on the reward alone."""
     policy = policy_for(gpt2_dir, mode, num_reward_tokens=2)
-    records = [Record("the movie was", " great", 1.0), Record("the movie was", " awful", -1.0)]
+    records = [Sample("the movie was", " great", 1.0), Sample("the movie was", " awful", -1.0)]
     trainer = ConditionedTrainer(policy, TrainingConfig(lr=3e-3, batch_size=2, seed=0))
     trainer.fit(records * 2, 60, progress=False)
     out = policy.generate(["the movie was"] * 2, [1.0, -1.0], max_new_tokens=4, temperature=0.0)

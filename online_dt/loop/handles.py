@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from online_dt.rollout.sampler import Rollout, SamplingParams
+from online_dt.rollout.sampler import SamplingParams
+from online_dt.samples import Rollout
 
 T = TypeVar("T", covariant=True)
 log = logging.getLogger(__name__)

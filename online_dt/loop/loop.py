@@ -24,7 +24,8 @@ from online_dt.config import OnlineRunConfig
 from online_dt.launch.rundir import RunDir
 from online_dt.loop.schedule import RewardStats, ScheduleState, next_target, sample_targets
 from online_dt.loop.scoring import score_rollouts
-from online_dt.rollout.sampler import Rollout, SamplingParams
+from online_dt.rollout.sampler import SamplingParams
+from online_dt.samples import Rollout
 from online_dt.util.metrics import distinct_n, reward_summary
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from online_dt.config import FaultToleranceConfig
 from online_dt.launch.rundir import RunDir
 from online_dt.loop.handles import WorkerLostError, call_when_back
 from online_dt.rewards import RewardModelError
-from online_dt.rollout.sampler import Rollout
+from online_dt.samples import Rollout
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from torch import nn
 from online_dt.config import ConditioningConfig, NormalizationConfig
 from online_dt.policy.generation import sample_tokens
 from online_dt.policy.layout import ConditionedBatch, layout_batch
+from online_dt.samples import Rollout
 
 CONDITIONING_DIR = "reward_conditioning"
 """Subdirectory of a policy directory holding the conditioning (kept out of the top level,
@@ -288,27 +289,6 @@ class RewardConditioner(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Generation:
-    """One sampled completion of the conditioned policy.
-
-    Attributes:
-        prompt: the prompt text.
-        completion: decoded completion text (special tokens removed).
-        token_ids: generated ids, ending with EOS when ``finished``.
-        logprobs: raw log-probability of each generated token (natural log).
-        target: the target reward the policy was conditioned on (reward units).
-        finished: whether the completion ended with EOS.
-    """
-
-    prompt: str
-    completion: str
-    token_ids: list[int]
-    logprobs: list[float]
-    target: float
-    finished: bool
-
-
 class RewardConditionedPolicy(nn.Module):
     """A causal LM conditioned on a reward through one input slot at index 0.
 
@@ -521,7 +501,7 @@ class RewardConditionedPolicy(nn.Module):
         top_p: float = 1.0,
         seed: int | None = None,
         batch_size: int = 128,
-    ) -> list[Generation]:
+    ) -> list[Rollout]:
         """Sample one completion per prompt, each conditioned on its own target reward.
 
         Args:
@@ -534,7 +514,9 @@ class RewardConditionedPolicy(nn.Module):
             batch_size: prompts per forward batch.
 
         Returns:
-            B :class:`Generation` records in the order of ``prompts``.
+            B :class:`~online_dt.samples.Rollout` in the order of ``prompts``, with
+            ``prompt_index`` their index, ``policy_version`` 0 (the caller knows the version)
+            and the call's time.
 
         Raises:
             ValueError: ``prompts`` and ``targets`` differ in length.
@@ -546,7 +528,8 @@ class RewardConditionedPolicy(nn.Module):
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        results: list[Generation] = []
+        results: list[Rollout] = []
+        start_time = time.perf_counter()
         for start in range(0, len(prompts), batch_size):
             chunk_prompts = list(prompts[start : start + batch_size])
             chunk_targets = [float(t) for t in targets[start : start + batch_size]]
@@ -567,16 +550,20 @@ class RewardConditionedPolicy(nn.Module):
             for i, prompt in enumerate(chunk_prompts):
                 ids = sampled.token_ids[i]
                 results.append(
-                    Generation(
+                    Rollout(
                         prompt=prompt,
                         completion=self.tokenizer.decode(ids, skip_special_tokens=True),
                         token_ids=ids,
                         logprobs=sampled.logprobs[i],
                         target=chunk_targets[i],
                         finished=sampled.finished[i],
+                        prompt_index=start + i,
                     )
                 )
         self.train(was_training)
+        seconds, now = time.perf_counter() - start_time, time.time()
+        for r in results:
+            r.created_at, r.generate_seconds = now, seconds
         return results
 
     @torch.no_grad()

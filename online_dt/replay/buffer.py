@@ -70,7 +70,6 @@ trained with, e.g. ``state_dict()["last_sample_id"]`` saved with the checkpoint)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import heapq
 import math
 import numbers
@@ -87,62 +86,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from online_dt.config import ReplayBufferConfig
+from online_dt.samples import Sample
 from online_dt.util.atomic import atomic_write_dir, fsync_dir
 
 if TYPE_CHECKING:
     import datasets
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One scored completion held by the buffer.
-
-    Attributes:
-        sample_id: unique id assigned by the buffer, increasing in insertion order over the run.
-        prompt: the prompt text.
-        completion: the sampled completion text (without the prompt).
-        achieved_reward: the reward model's score of the completion (reward units, finite);
-            the label the sample is trained with (hindsight relabeling).
-        target_reward: the target the policy was conditioned on when sampling (reward units).
-        policy_version: version of the policy weights that produced the completion.
-        iteration: online iteration in which it was sampled.
-        created_at: when it was sampled (unix seconds).
-        scored_at: when it was scored (unix seconds).
-        completion_tokens: length of the completion in tokens.
-    """
-
-    sample_id: int
-    prompt: str
-    completion: str
-    achieved_reward: float
-    target_reward: float
-    policy_version: int
-    iteration: int
-    created_at: float
-    scored_at: float
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class NewSample:
-    """A scored completion to :meth:`ReplayBuffer.append`: a :class:`Sample` without its id.
-
-    Fields and units as in :class:`Sample`. A ``dict`` with exactly these keys is accepted too.
-    """
-
-    prompt: str
-    completion: str
-    achieved_reward: float
-    target_reward: float
-    policy_version: int
-    iteration: int
-    created_at: float
-    scored_at: float
-    completion_tokens: int
-
-
-FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Sample))
-"""Column names of the shards and of the exported dataset, in this order."""
+FIELDS: tuple[str, ...] = (
+    "sample_id",
+    "prompt",
+    "completion",
+    "achieved_reward",
+    "target_reward",
+    "policy_version",
+    "iteration",
+    "created_at",
+    "scored_at",
+    "completion_tokens",
+)
+"""Column names of the shards and of the exported dataset, in this order: every
+:class:`~online_dt.samples.Sample` field, ``sample_id`` first."""
 
 _NEW_FIELDS: tuple[str, ...] = FIELDS[1:]
 _STR_FIELDS = frozenset({"prompt", "completion"})
@@ -192,20 +156,20 @@ def _short(text: str, n: int = 40) -> str:
     return repr(text if len(text) <= n else text[: n - 1] + "…")
 
 
-def _coerce(items: Sequence[Mapping[str, Any] | NewSample]) -> list[dict[str, Any]]:
+def _coerce(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str, Any]]:
     """Check and normalise new samples; raise before anything is appended."""
-    if isinstance(items, (str, bytes, Mapping, NewSample)) or not isinstance(items, Sequence):
-        raise TypeError(
-            f"append expects a sequence of NewSample or dict, got {type(items).__name__}"
-        )
+    if isinstance(items, (str, bytes, Mapping, Sample)) or not isinstance(items, Sequence):
+        raise TypeError(f"append expects a sequence of Sample or dict, got {type(items).__name__}")
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     non_finite: dict[str, list[str]] = {}
     for i, item in enumerate(items):
-        if isinstance(item, NewSample):
+        if isinstance(item, Sample):
+            if item.sample_id is not None:
+                raise TypeError(
+                    f"sample #{i} is a Sample with an id; ids are assigned by the buffer"
+                )
             raw = {f: getattr(item, f) for f in _NEW_FIELDS}
-        elif isinstance(item, Sample):
-            raise TypeError(f"sample #{i} is a Sample with an id; ids are assigned by the buffer")
         elif isinstance(item, Mapping):
             missing = [f for f in _NEW_FIELDS if f not in item]
             extra = sorted(str(k) for k in item if k not in _NEW_FIELDS)
@@ -220,7 +184,7 @@ def _coerce(items: Sequence[Mapping[str, Any] | NewSample]) -> list[dict[str, An
                 continue
             raw = dict(item)
         else:
-            raise TypeError(f"sample #{i} must be a NewSample or a dict, got {type(item).__name__}")
+            raise TypeError(f"sample #{i} must be a Sample or a dict, got {type(item).__name__}")
         row: dict[str, Any] = {}
         for f in _NEW_FIELDS:
             v = raw[f]
@@ -232,7 +196,9 @@ def _coerce(items: Sequence[Mapping[str, Any] | NewSample]) -> list[dict[str, An
             else:
                 ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
                 v = float(v) if ok else v
-            if not ok:
+            if v is None:
+                problems.append(f"#{i}: {f} is not set (None)")
+            elif not ok:
                 problems.append(f"#{i}: {f} has type {type(v).__name__}")
             elif f in _FLOAT_FIELDS and not math.isfinite(v):
                 prompt = raw.get("prompt")
@@ -553,11 +519,11 @@ class ReplayBuffer:
 
     # -- appending ----------------------------------------------------------------------------
 
-    def append(self, samples: Sequence[Mapping[str, Any] | NewSample]) -> list[Sample]:
+    def append(self, samples: Sequence[Mapping[str, Any] | Sample]) -> list[Sample]:
         """Assign ids, persist, then hold the samples (evicting beyond capacity).
 
         Args:
-            samples: :class:`NewSample` objects or dicts with exactly their fields.
+            samples: :class:`Sample` objects or dicts with exactly their fields.
 
         Returns:
             The new :class:`Sample` objects with their ids, in input order (including any that
@@ -567,7 +533,7 @@ class ReplayBuffer:
         Raises:
             ValueError: a float field (``achieved_reward`` first of all) is NaN or infinite;
                 the message names each offending sample by index and prompt.
-            TypeError: a sample is not a ``NewSample``/dict, misses or adds fields (including
+            TypeError: a sample is not a ``Sample``/dict, misses or adds fields (including
                 ``sample_id``), or has a value of the wrong type.
             RuntimeError: the buffer was loaded with ``upto_sample_id`` while later samples are
                 persisted (call :meth:`drop_after` first), or an earlier failed append could

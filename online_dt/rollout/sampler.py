@@ -9,12 +9,12 @@ applies a :class:`~online_dt.rollout.weight_sync.WeightUpdate` published by the 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from online_dt.config import SamplingConfig
+from online_dt.samples import Rollout
 
 if TYPE_CHECKING:
     from online_dt.policy.conditioning import RewardConditionedPolicy
@@ -54,37 +54,6 @@ class SamplingParams:
     ) -> SamplingParams:
         """Build from a :class:`SamplingConfig`."""
         return cls(n, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed)
-
-
-@dataclass
-class Rollout:
-    """One sampled completion.
-
-    Attributes:
-        prompt: the prompt text.
-        completion: decoded completion text (special tokens removed).
-        token_ids: generated token ids (ending with EOS when ``finished``).
-        logprobs: natural-log probability of each generated token under the policy's raw
-            distribution (before temperature/top-p), one per token id.
-        target: the target reward the completion was conditioned on (reward units).
-        policy_version: version of the weights that produced it.
-        finished: True when generation stopped at EOS, False at ``max_new_tokens``.
-        prompt_index: index of the prompt in the request.
-        created_at: UNIX time (seconds) when the generate call returned.
-        generate_seconds: wall-clock seconds of the generate call that produced it (shared by
-            every completion of that call).
-    """
-
-    prompt: str
-    completion: str
-    token_ids: list[int]
-    logprobs: list[float]
-    target: float
-    policy_version: int
-    finished: bool
-    prompt_index: int
-    created_at: float
-    generate_seconds: float
 
 
 @runtime_checkable
@@ -152,8 +121,7 @@ class HFSampler:
         check_request(prompts, targets)
         repeated = [p for p in prompts for _ in range(params.n)]
         repeated_targets = [float(t) for t in targets for _ in range(params.n)]
-        start = time.perf_counter()
-        gens = self.policy.generate(
+        rollouts = self.policy.generate(
             repeated,
             repeated_targets,
             max_new_tokens=params.max_new_tokens,
@@ -162,23 +130,9 @@ class HFSampler:
             seed=params.seed,
             batch_size=self.batch_size,
         )
-        seconds = time.perf_counter() - start
-        now = time.time()
-        return [
-            Rollout(
-                prompt=g.prompt,
-                completion=g.completion,
-                token_ids=g.token_ids,
-                logprobs=g.logprobs,
-                target=g.target,
-                policy_version=self.policy_version,
-                finished=g.finished,
-                prompt_index=i // params.n,
-                created_at=now,
-                generate_seconds=seconds,
-            )
-            for i, g in enumerate(gens)
-        ]
+        for r in rollouts:
+            r.policy_version, r.prompt_index = self.policy_version, r.prompt_index // params.n
+        return rollouts
 
     def load_weights(self, update: WeightUpdate) -> None:
         """Load the published checkpoint directory (checkpoint backend only).

@@ -25,9 +25,9 @@ from online_dt.launch.rundir import RunDir
 from online_dt.offline import fresh_policy
 from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
 from online_dt.replay.buffer import ReplayBuffer
-from online_dt.rollout.sampler import Rollout
 from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
-from online_dt.training.trainer import ConditionedTrainer, Record, kl_per_completion
+from online_dt.samples import Rollout, Sample
+from online_dt.training.trainer import ConditionedTrainer, kl_per_completion
 from online_dt.util.atomic import atomic_write_dir
 
 STATE_FILE = "state.json"
@@ -141,17 +141,7 @@ class Learner:
             raise ValueError(f"{len(rollouts)} rollouts but {len(rewards)} rewards")
         added = self.buffer.append(
             [
-                {
-                    "prompt": r.prompt,
-                    "completion": r.completion,
-                    "achieved_reward": float(reward),
-                    "target_reward": float(r.target),
-                    "policy_version": int(r.policy_version),
-                    "iteration": iteration,
-                    "created_at": float(r.created_at),
-                    "scored_at": scored_at,
-                    "completion_tokens": len(r.token_ids),
-                }
+                Sample.from_rollout(r, reward, iteration, scored_at)
                 for r, reward in zip(rollouts, rewards, strict=True)
             ]
         )
@@ -175,9 +165,7 @@ class Learner:
         if len(self.buffer) == 0:
             steps = 0  # every batch so far was rejected: nothing to learn from yet
         for _ in range(steps):
-            batch = self.buffer.sample_batch(self.cfg.training.batch_size)
-            records = [Record(s.prompt, s.completion, s.achieved_reward) for s in batch]
-            metrics = self.trainer.step(records)
+            metrics = self.trainer.step(self.buffer.sample_batch(self.cfg.training.batch_size))
             losses.append(metrics.loss)
             kls.append(metrics.kl)
             tokens += metrics.tokens

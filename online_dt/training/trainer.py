@@ -1,6 +1,7 @@
 """Next-token training of the reward-conditioned policy (the decision-transformer objective).
 
-Each record is (prompt, completion, reward). The policy is conditioned on the record's reward,
+Each example is a :class:`~online_dt.samples.Labelled` sample (prompt, completion,
+achieved reward). The policy is conditioned on the example's achieved reward,
 which for collected data is the reward the completion *achieved* (hindsight relabeling), and
 trained by cross-entropy on the completion tokens (and EOS); prompt tokens carry loss only when
 ``include_prompt_loss`` is set. AdamW with global-norm clipping and optional linear warm-up;
@@ -21,21 +22,7 @@ from tqdm.auto import tqdm
 from online_dt.config import TrainingConfig
 from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch
-
-
-@dataclass(frozen=True)
-class Record:
-    """One training example.
-
-    Attributes:
-        prompt: prompt text.
-        completion: completion text (EOS is appended when tokenised).
-        reward: the conditioning reward in reward units: the achieved reward of the completion.
-    """
-
-    prompt: str
-    completion: str
-    reward: float
+from online_dt.samples import Labelled
 
 
 @dataclass(frozen=True)
@@ -59,19 +46,19 @@ class StepMetrics:
 
 
 def collate(
-    policy: RewardConditionedPolicy, records: Sequence[Record], include_prompt_loss: bool = False
+    policy: RewardConditionedPolicy, samples: Sequence[Labelled], include_prompt_loss: bool = False
 ) -> tuple[ConditionedBatch, torch.Tensor]:
-    """Lay out records for a teacher-forced step.
+    """Lay out samples for a teacher-forced step.
 
     Returns:
         The right-padded :class:`ConditionedBatch` with labels, and ``rewards`` as a float
         tensor ``[B]`` (reward units).
     """
-    rewards = [r.reward for r in records]
+    rewards = [r.achieved_reward for r in samples]
     batch = policy.layout(
-        [r.prompt for r in records],
+        [r.prompt for r in samples],
         rewards,
-        [r.completion for r in records],
+        [r.completion for r in samples],
         include_prompt_loss=include_prompt_loss,
     )
     return batch, torch.tensor(rewards, dtype=torch.float32)
@@ -171,10 +158,10 @@ class ConditionedTrainer:
         self.step_count = 0
         self._rng = torch.Generator().manual_seed(cfg.seed)
 
-    def step(self, records: Sequence[Record]) -> StepMetrics:
-        """One optimizer step on ``records`` (a batch); returns its metrics."""
+    def step(self, samples: Sequence[Labelled]) -> StepMetrics:
+        """One optimizer step on ``samples`` (a batch); returns its metrics."""
         self.policy.train()
-        batch, rewards = collate(self.policy, records, self.cfg.include_prompt_loss)
+        batch, rewards = collate(self.policy, samples, self.cfg.include_prompt_loss)
         batch = batch.to(self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.policy.model(
@@ -201,31 +188,31 @@ class ConditionedTrainer:
         self.step_count += 1
         return StepMetrics(float(loss.detach()), float(grad_norm), lr, tokens, kl)
 
-    def batches(self, records: Sequence[Record]) -> Iterator[list[Record]]:
-        """Endless shuffled passes over ``records`` in batches of ``cfg.batch_size``."""
-        if not records:
-            raise ValueError("no training records")
-        size = min(self.cfg.batch_size, len(records))
+    def batches(self, samples: Sequence[Labelled]) -> Iterator[list[Labelled]]:
+        """Endless shuffled passes over ``samples`` in batches of ``cfg.batch_size``."""
+        if not samples:
+            raise ValueError("no training samples")
+        size = min(self.cfg.batch_size, len(samples))
         while True:
-            order = torch.randperm(len(records), generator=self._rng).tolist()
+            order = torch.randperm(len(samples), generator=self._rng).tolist()
             for start in range(0, len(order) - size + 1, size):
-                yield [records[i] for i in order[start : start + size]]
+                yield [samples[i] for i in order[start : start + size]]
 
     def fit(
         self,
-        records: Sequence[Record],
+        samples: Sequence[Labelled],
         steps: int,
         *,
         progress: bool = True,
         desc: str = "train",
     ) -> list[StepMetrics]:
-        """Train ``steps`` optimizer steps on shuffled batches of ``records``.
+        """Train ``steps`` optimizer steps on shuffled batches of ``samples``.
 
         Raises:
-            ValueError: ``records`` is empty.
+            ValueError: ``samples`` is empty.
         """
         history: list[StepMetrics] = []
-        batches = self.batches(records)
+        batches = self.batches(samples)
         bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
         for _ in bar:
             metrics = self.step(next(batches))

@@ -1,0 +1,132 @@
+"""The one sample lineage: a rollout, then a sample labelled with its achieved reward.
+
+One completion passes through two types on its way from the sampler to a gradient::
+
+    sampler ── Rollout ──> reward model ── Sample.from_rollout ──> replay buffer ──> trainer
+    (ids, text, logprobs,     (score)        (hindsight relabeling:   (assigns        (reads prompt,
+     target, policy version)                  achieved reward = label) sample_id)      completion,
+                                                                                       achieved_reward)
+
+* :class:`Rollout` is what every sampler returns (vLLM, the HF reference, the policy's own
+  ``generate``): token ids, text, per-token logprobs, the target it was conditioned on and the
+  policy version that produced it.
+* :class:`Sample` is a completion labelled with the reward it achieved. Made from a rollout
+  by :meth:`Sample.from_rollout` (hindsight relabeling), it carries the provenance the replay
+  buffer stores; the buffer's row is the same :class:`Sample` with its ``sample_id`` set. The
+  trainer reads only ``prompt``, ``completion`` and ``achieved_reward`` (:class:`Labelled`), so
+  offline data and tests build a bare ``Sample(prompt, completion, achieved_reward)``.
+
+This module imports nothing from the project: every layer may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass
+class Rollout:
+    """One sampled completion, as a sampler returns it.
+
+    Attributes:
+        prompt: the prompt text.
+        completion: decoded completion text (special tokens removed).
+        token_ids: generated token ids (ending with EOS when ``finished``).
+        logprobs: natural-log probability of each generated token under the policy's raw
+            distribution (before temperature/top-p), one per token id.
+        target: the target reward the completion was conditioned on (reward units).
+        policy_version: version of the weights that produced it (0: the initial weights).
+        finished: True when generation stopped at EOS, False at ``max_new_tokens``.
+        prompt_index: index of the prompt in the request.
+        created_at: UNIX time (seconds) when the generate call returned (0 if unknown).
+        generate_seconds: wall-clock seconds of the generate call that produced it (shared by
+            every completion of that call).
+    """
+
+    prompt: str
+    completion: str
+    token_ids: list[int]
+    logprobs: list[float]
+    target: float
+    policy_version: int = 0
+    finished: bool = True
+    prompt_index: int = 0
+    created_at: float = 0.0
+    generate_seconds: float = 0.0
+
+
+class Labelled(Protocol):
+    """What training reads of a sample: the text and the reward it is conditioned on.
+
+    Attributes:
+        prompt: prompt text.
+        completion: completion text (EOS is appended when tokenised).
+        achieved_reward: the conditioning label in reward units (finite).
+    """
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def completion(self) -> str: ...
+
+    @property
+    def achieved_reward(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A completion labelled with the reward it achieved; a replay-buffer row once it has an id.
+
+    Only ``prompt``, ``completion`` and ``achieved_reward`` are needed to train on it. The
+    provenance fields are set by :meth:`from_rollout` in the online loop, and the replay buffer
+    refuses a sample that lacks any of them (``None``).
+
+    Attributes:
+        prompt: the prompt text.
+        completion: the sampled completion text (without the prompt).
+        achieved_reward: the reward model's score of the completion (reward units, finite);
+            the label the sample is trained with (hindsight relabeling).
+        target_reward: the target the policy was conditioned on when sampling (reward units).
+        policy_version: version of the policy weights that produced the completion.
+        iteration: online iteration in which it was sampled (-1: the warm start).
+        created_at: when it was sampled (unix seconds).
+        scored_at: when it was scored (unix seconds).
+        completion_tokens: length of the completion in tokens.
+        sample_id: unique id assigned by the replay buffer, increasing in insertion order over
+            the run; ``None`` until the sample is appended.
+    """
+
+    prompt: str
+    completion: str
+    achieved_reward: float
+    target_reward: float | None = None
+    policy_version: int | None = None
+    iteration: int | None = None
+    created_at: float | None = None
+    scored_at: float | None = None
+    completion_tokens: int | None = None
+    sample_id: int | None = None
+
+    @classmethod
+    def from_rollout(
+        cls, rollout: Rollout, achieved_reward: float, iteration: int, scored_at: float
+    ) -> Sample:
+        """Hindsight relabeling: the rollout labelled with the reward it achieved.
+
+        The target it was asked for is kept beside the label (``target_reward``), with the
+        policy version, times and length; ``sample_id`` stays ``None`` until the buffer
+        assigns it.
+        """
+        return cls(
+            prompt=rollout.prompt,
+            completion=rollout.completion,
+            achieved_reward=float(achieved_reward),
+            target_reward=float(rollout.target),
+            policy_version=int(rollout.policy_version),
+            iteration=int(iteration),
+            created_at=float(rollout.created_at),
+            scored_at=float(scored_at),
+            completion_tokens=len(rollout.token_ids),
+        )
