@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_dt.config import EMBEDDED, BootstrapConfig, ModelConfig, OfflineRunConfig
+from online_dt.config import OfflineRunConfig, config_yaml
+from online_dt.embedded.base_model import resolve_base_model
 from online_dt.eval.calibration import calibration_row
 from online_dt.launch.prompts import load_prompts
-from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
+from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.policy.generation import sample_unconditioned
 from online_dt.rewards import RewardModel, load_reward_model, score_checked
 from online_dt.samples import Sample
@@ -34,28 +35,6 @@ from online_dt.util.atomic import atomic_write_dir, atomic_write_json, atomic_wr
 from online_dt.util.metrics import reward_summary
 
 log = logging.getLogger(__name__)
-
-
-def resolve_base_model(model: ModelConfig, bootstrap: BootstrapConfig, progress: bool) -> str:
-    """The base model's path: ``model.name_or_path``, or the embedded model, built if absent."""
-    if model.name_or_path != EMBEDDED:
-        return model.name_or_path
-    from online_dt.embedded.bootstrap import ensure_embedded_model
-
-    return str(ensure_embedded_model(bootstrap, progress=progress))
-
-
-def fresh_policy(cfg: OfflineRunConfig, base_path: str) -> RewardConditionedPolicy:
-    """The untrained conditioned policy a config describes over ``base_path``: its
-    conditioning, ``model.device``, ``model.attn_implementation`` and ``training.seed`` (which
-    seeds the new reward-embedding weights, so it is rebuilt identically)."""
-    return RewardConditionedPolicy.from_base(
-        base_path,
-        cfg.conditioning,
-        device=str(resolve_device(cfg.model.device)),
-        attn_implementation=cfg.model.attn_implementation,
-        seed=cfg.training.seed,
-    )
 
 
 def collect_base_samples(
@@ -145,7 +124,7 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
     prompts = load_prompts(cfg.prompts)
     reward_model = load_reward_model(cfg.reward_model)
     base = resolve_base_model(cfg.model, cfg.bootstrap, progress)
-    policy = fresh_policy(cfg, base)
+    policy = RewardConditionedPolicy.fresh(cfg, base)
     timings["load_s"] = time.perf_counter() - t0
     log.info(
         "base model %s, %d prompts, %s conditioning", base, len(prompts), cfg.conditioning.mode
@@ -189,7 +168,7 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
 
     run_dir = Path(cfg.offline.run_dir)
     atomic_write_dir(run_dir / "policy", policy.save_pretrained)
-    atomic_write_text(run_dir / "config.yaml", _dump_yaml(cfg))
+    atomic_write_text(run_dir / "config.yaml", config_yaml(cfg))
     tail = history[-min(20, len(history)) :]
     report = {
         "base_model": base,
@@ -204,9 +183,3 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
     }
     atomic_write_json(run_dir / "calibration.json", report)
     return report
-
-
-def _dump_yaml(cfg: OfflineRunConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from online_dt.config import ConfigError, OnlineRunConfig, load_config
+from online_dt.config import ConfigError, OnlineRunConfig, config_yaml, load_config
 from online_dt.launch.rundir import RunDir, RunDirError
 from online_dt.loop.schedule import ScheduleState
 from online_dt.util.atomic import atomic_write_text
@@ -94,11 +92,6 @@ def plan_run(
     return RunPlan(cfg, run, None, 0, None, prompts)
 
 
-def config_yaml(cfg: OnlineRunConfig) -> str:
-    """The resolved config as the run directory's ``config.yaml`` holds it."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
 def execute(
     plan: RunPlan, workers: Any, *, progress: bool = True, callbacks: Sequence[Any] = ()
 ) -> list[dict[str, Any]]:
@@ -136,7 +129,7 @@ def metrics_callback(plan: RunPlan, *extra: Any) -> Any:
 
 def base_model_path(cfg: OnlineRunConfig) -> str:
     """The base model path, building the embedded model if it is configured and absent."""
-    from online_dt.offline import resolve_base_model
+    from online_dt.embedded.base_model import resolve_base_model
 
     return resolve_base_model(cfg.model, cfg.bootstrap, progress=True)
 
@@ -176,11 +169,9 @@ def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Any:
         from online_dt.rollout.vllm_sampler import VLLMSampler
 
         return VLLMSampler(path, cfg.sampler, policy_version=version)
-    from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
+    from online_dt.policy.conditioning import RewardConditionedPolicy
 
-    policy = RewardConditionedPolicy.from_pretrained(
-        path, device=str(resolve_device(cfg.model.device))
-    )
+    policy = RewardConditionedPolicy.from_pretrained(path, device=cfg.model.device)
     return HFSampler(policy.eval(), batch_size=cfg.sampling.batch_size, policy_version=version)
 
 

@@ -705,6 +705,12 @@ def load_config(path: str | Path, cls: type[C], overrides: dict[str, Any] | None
         raise ConfigError(format_validation_error(e, str(path))) from None
 
 
+def config_yaml(cfg: BaseModel) -> str:
+    """A validated config as YAML, every field resolved (what a run directory's
+    ``config.yaml`` holds); :func:`load_config` reads it back to an equal config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
 def config_class_for(path: str | Path) -> type[OfflineRunConfig]:
     """``OnlineRunConfig`` for a YAML file with an ``online`` (or ``schedule``) section, else
     ``OfflineRunConfig`` (the offline demo's); unreadable files get ``OfflineRunConfig`` and fail

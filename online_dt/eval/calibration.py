@@ -534,12 +534,12 @@ def run_eval(
 def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
     """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL."""
     from online_dt.config import OnlineRunConfig
-    from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
+    from online_dt.policy.conditioning import RewardConditionedPolicy
     from online_dt.rollout.sampler import HFSampler
 
     if backend not in ("hf", "config"):
         raise ValueError(f"backend must be 'hf' or 'config', got {backend!r}")
-    device = str(resolve_device(cfg.model.device))
+    device = cfg.model.device
     policy = RewardConditionedPolicy.from_pretrained(src.policy_dir, device=device).eval()
     version = src.policy_version or 0
     if backend == "config" and isinstance(cfg, OnlineRunConfig):
@@ -551,7 +551,8 @@ def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
 
 def _load_base_model(cfg: Any) -> Any:
     """The frozen base model as the learner builds it (same vocabulary as the policy)."""
-    from online_dt.offline import fresh_policy, resolve_base_model
+    from online_dt.embedded.base_model import resolve_base_model
+    from online_dt.policy.conditioning import RewardConditionedPolicy
 
     base = resolve_base_model(cfg.model, cfg.bootstrap, progress=False)
-    return fresh_policy(cfg, base).model.eval().requires_grad_(False)
+    return RewardConditionedPolicy.fresh(cfg, base).model.eval().requires_grad_(False)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from online_dt.config import OnlineRunConfig
-from online_dt.loop.scoring import first_line
+from online_dt.util.text import first_line
 
 
 class PreflightError(ValueError):

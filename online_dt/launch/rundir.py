@@ -28,6 +28,39 @@ from typing import Any
 
 from online_dt.util.atomic import atomic_write_json, atomic_write_text
 
+# -- the names of the run directory's entries: the one place they are defined -----------------
+
+CONFIG_FILE = "config.yaml"
+"""The resolved config."""
+METRICS_FILE = "metrics.jsonl"
+"""One JSON record per finished iteration."""
+SAMPLES_FILE = "samples.jsonl"
+"""A few completions per iteration."""
+BUFFER_DIR = "buffer"
+"""Replay-buffer parquet shards."""
+WEIGHTS_DIR = "weights"
+"""Published policy versions."""
+CHECKPOINTS_DIR = "checkpoints"
+"""Resumable checkpoints, ``iter-NNNNNN/`` each."""
+LATEST_FILE = "latest.json"
+"""In ``checkpoints/``: names the newest complete checkpoint."""
+CHECKPOINT_STATE_FILE = "state.json"
+"""In a checkpoint: iteration, policy version, buffer and controller state."""
+CHECKPOINT_POLICY_DIR = "policy"
+"""In a checkpoint: the policy (a Hugging Face directory plus ``reward_conditioning/``)."""
+CHECKPOINT_TRAINER_FILE = "trainer.pt"
+"""In a checkpoint: optimizer and LR-schedule state."""
+REJECTED_DIR = "rejected"
+"""Batches the reward model could not score."""
+EVAL_DIR = "eval"
+"""The latest ``online-dt eval``."""
+EVAL_TABLE_FILE = "calibration.json"
+"""In ``eval/``: the calibration table."""
+EVAL_PLOT_FILE = "calibration.png"
+"""In ``eval/``: the calibration plot."""
+TENSORBOARD_DIR = "tensorboard"
+"""TensorBoard event files (``online.tensorboard: true``)."""
+
 
 def finite_or_none(value: Any) -> Any:
     """``value`` with NaN and infinite floats replaced by ``None``, recursively through dicts,
@@ -55,32 +88,32 @@ class RunDir:
     @property
     def metrics_file(self) -> Path:
         """``metrics.jsonl``."""
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS_FILE
 
     @property
     def samples_file(self) -> Path:
         """``samples.jsonl``."""
-        return self.path / "samples.jsonl"
+        return self.path / SAMPLES_FILE
 
     @property
     def buffer_dir(self) -> Path:
         """``buffer/`` (parquet shards)."""
-        return self.path / "buffer"
+        return self.path / BUFFER_DIR
 
     @property
     def weights_dir(self) -> Path:
         """``weights/`` (published policy versions)."""
-        return self.path / "weights"
+        return self.path / WEIGHTS_DIR
 
     @property
     def checkpoints_dir(self) -> Path:
         """``checkpoints/``."""
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS_DIR
 
     @property
     def rejected_dir(self) -> Path:
         """``rejected/`` (batches that could not be scored)."""
-        return self.path / "rejected"
+        return self.path / REJECTED_DIR
 
     def check_new(self) -> None:
         """Check that a new run can start here (before anything is created).
@@ -89,7 +122,7 @@ class RunDir:
             RunDirError: the directory already holds a run (use ``--resume``), or exists and is
                 not a directory.
         """
-        if (self.path / "config.yaml").exists() or self.metrics_file.exists():
+        if (self.path / CONFIG_FILE).exists() or self.metrics_file.exists():
             raise RunDirError(
                 f"{self.path} already holds a run; pass --resume {self.path} to continue it, "
                 "or choose another online.run_dir"
@@ -107,7 +140,7 @@ class RunDir:
         self.check_new()
         self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path / "config.yaml", config_yaml)
+        atomic_write_text(self.path / CONFIG_FILE, config_yaml)
 
     def remove_if_unstarted(self) -> bool:
         """Remove the directory if :meth:`create` made it in this process and nothing of the
@@ -122,7 +155,7 @@ class RunDir:
             return False
         kept = (
             self.metrics_file,
-            self.checkpoints_dir / "latest.json",
+            self.checkpoints_dir / LATEST_FILE,
         )
         if any(p.exists() for p in kept) or any(
             any(d.glob("*")) for d in (self.buffer_dir, self.rejected_dir) if d.is_dir()
@@ -228,7 +261,7 @@ class RunDir:
 
     def mark_latest(self, path: Path) -> None:
         """Point ``checkpoints/latest.json`` at a complete checkpoint directory."""
-        atomic_write_json(self.checkpoints_dir / "latest.json", {"path": path.name})
+        atomic_write_json(self.checkpoints_dir / LATEST_FILE, {"path": path.name})
 
     def latest_checkpoint(self) -> Path:
         """The newest complete checkpoint.
@@ -236,7 +269,7 @@ class RunDir:
         Raises:
             RunDirError: the run has no checkpoint yet.
         """
-        marker = self.checkpoints_dir / "latest.json"
+        marker = self.checkpoints_dir / LATEST_FILE
         if not marker.exists():
             raise RunDirError(f"{self.path} has no checkpoint to resume from")
         return self.checkpoints_dir / json.loads(marker.read_text())["path"]

@@ -30,10 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from online_dt.config import ConditioningConfig, NormalizationConfig
+from online_dt.config import ConditioningConfig, NormalizationConfig, OfflineRunConfig
 from online_dt.policy.generation import sample_tokens
 from online_dt.policy.layout import ConditionedBatch, layout_batch
 from online_dt.samples import Rollout
+from online_dt.util.devices import resolve_device
 
 CONDITIONING_DIR = "reward_conditioning"
 """Subdirectory of a policy directory holding the conditioning (kept out of the top level,
@@ -46,13 +47,6 @@ FORMAT_VERSION = 1
 def reward_token(k: int) -> str:
     """The text of reward token ``k`` (``<|reward_k|>``)."""
     return f"<|reward_{k}|>"
-
-
-def resolve_device(device: str) -> torch.device:
-    """Map ``auto``/``cpu``/``cuda`` to a torch device (``auto``: CUDA when available)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +347,25 @@ class RewardConditionedPolicy(nn.Module):
                 config, placeholder_id=placeholder, binning=binning, reward_token_ids=token_ids
             )
         return cls(model, tokenizer, conditioner).to(resolve_device(device))
+
+    @classmethod
+    def fresh(cls, cfg: OfflineRunConfig, base_path: str | Path) -> RewardConditionedPolicy:
+        """The untrained conditioned policy a run config describes over ``base_path``.
+
+        Uses the config's conditioning, ``model.device``, ``model.attn_implementation`` and
+        ``training.seed`` (which seeds the new reward-embedding weights, so the same config
+        rebuilds the same policy: the learner's reference model on resume relies on it).
+
+        Raises:
+            OSError: the base model or its tokenizer cannot be found.
+        """
+        return cls.from_base(
+            base_path,
+            cfg.conditioning,
+            device=cfg.model.device,
+            attn_implementation=cfg.model.attn_implementation,
+            seed=cfg.training.seed,
+        )
 
     @classmethod
     def from_pretrained(

@@ -339,16 +339,6 @@ def _looks_like_local_path(name: str) -> bool:
     )
 
 
-def _resolve_device(device: str) -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RewardModelLoadError("reward model device 'cuda' requested but CUDA is not available")
-    return torch.device(device)
-
-
 class HFClassifierReward:
     """A Hugging Face sequence classifier's score for one label.
 
@@ -409,7 +399,12 @@ class HFClassifierReward:
         self.output = output
         self.batch_size = batch_size
         self.score_prompt = score_prompt
-        self.device = _resolve_device(device)
+        from online_dt.util.devices import resolve_device
+
+        try:
+            self.device = resolve_device(device)
+        except ValueError as e:
+            raise RewardModelLoadError(f"reward model: {e}") from e
 
         if _looks_like_local_path(name) and not os.path.isdir(os.path.expanduser(name)):
             raise RewardModelLoadError(

@@ -22,8 +22,7 @@ import torch
 
 from online_dt.config import OnlineRunConfig
 from online_dt.launch.rundir import RunDir
-from online_dt.offline import fresh_policy
-from online_dt.policy.conditioning import RewardConditionedPolicy, resolve_device
+from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
 from online_dt.samples import Rollout, Sample
@@ -59,20 +58,22 @@ class Learner:
         self.run = RunDir(run_dir)
         state: dict[str, Any] = {}
         if checkpoint is None:
-            self.policy = fresh_policy(cfg, base_path)
+            self.policy = RewardConditionedPolicy.fresh(cfg, base_path)
         else:
             checkpoint = Path(checkpoint)
             state = json.loads((checkpoint / STATE_FILE).read_text())
             self.policy = RewardConditionedPolicy.from_pretrained(
                 checkpoint / "policy",
-                device=str(resolve_device(cfg.model.device)),
+                device=cfg.model.device,
                 attn_implementation=cfg.model.attn_implementation,
             )
         self.base_model = None
         if cfg.online.kl_coef > 0 or cfg.online.kl_samples > 0:
             # the frozen reference: the base model as the fresh policy wraps it (same vocabulary,
             # reward tokens included), rebuilt identically on resume
-            fresh = self.policy if checkpoint is None else fresh_policy(cfg, base_path)
+            fresh = (
+                self.policy if checkpoint is None else RewardConditionedPolicy.fresh(cfg, base_path)
+            )
             self.base_model = copy.deepcopy(fresh.model).eval().requires_grad_(False)
         self.trainer = ConditionedTrainer(
             self.policy,
