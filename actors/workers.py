@@ -21,8 +21,8 @@ class SamplerActor:
     """A sampler replica (vLLM, or the HF reference when vLLM is absent)."""
 
     def __init__(self, cfg: OnlineRunConfig, update: WeightUpdate) -> None:
+        from online_dt.rollout.factory import make_sampler
         from online_dt.rollout.weight_sync import newest_published
-        from online_dt.run import make_sampler
 
         update = newest_published(update)  # a restarted actor starts from the newest weights
         assert update.path is not None

@@ -29,7 +29,8 @@ def main() -> int:
     from actors.controller import run_on_ray
     from online_dt.config import OnlineRunConfig, load_config
     from online_dt.loop.loop import prompts_for, sampling_params
-    from online_dt.run import make_sampler, plan_run
+    from online_dt.rollout.factory import make_sampler
+    from online_dt.run import plan_run
 
     work = Path(tempfile.mkdtemp(prefix="odt-bench-loop-"))
     overrides = {"online": {"run_dir": str(work / "run"), "iterations": args.iterations}}

@@ -144,6 +144,8 @@ def local_workers(plan: RunPlan) -> Any:
     cfg = plan.cfg
     learner = Learner(cfg, base_model_path(cfg), plan.run.path, plan.checkpoint)
     update = learner.initial_update()
+    from online_dt.rollout.factory import make_sampler
+
     sampler = make_sampler(cfg, update.path, update.version)
     reward_model = load_reward_model(cfg.reward_model)
 
@@ -159,20 +161,6 @@ def local_workers(plan: RunPlan) -> Any:
         LocalHandle(Scorer()),
         LocalHandle(learner),
     )
-
-
-def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Any:
-    """The configured sampler backend over a published checkpoint directory."""
-    from online_dt.rollout.sampler import HFSampler, make_sampler_backend_name
-
-    if make_sampler_backend_name(cfg.sampler.backend) == "vllm":
-        from online_dt.rollout.vllm_sampler import VLLMSampler
-
-        return VLLMSampler(path, cfg.sampler, policy_version=version)
-    from online_dt.policy.conditioning import RewardConditionedPolicy
-
-    policy = RewardConditionedPolicy.from_pretrained(path, device=cfg.model.device)
-    return HFSampler(policy.eval(), batch_size=cfg.sampling.batch_size, policy_version=version)
 
 
 def build_parser() -> argparse.ArgumentParser:

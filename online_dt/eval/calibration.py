@@ -543,7 +543,7 @@ def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
     policy = RewardConditionedPolicy.from_pretrained(src.policy_dir, device=device).eval()
     version = src.policy_version or 0
     if backend == "config" and isinstance(cfg, OnlineRunConfig):
-        from online_dt.run import make_sampler
+        from online_dt.rollout.factory import make_sampler
 
         return make_sampler(cfg, str(src.policy_dir), version), policy
     return HFSampler(policy, batch_size=cfg.sampling.batch_size, policy_version=version), policy
