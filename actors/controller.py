@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from online_dt.run import RunPlan, base_model_path, execute
+from actors.placement import ActorOptions
+from online_dt.loop.plan import MetricsCallback, RunPlan, base_model_path, execute
+from online_dt.loop.sampler_group import SamplerGroup
+from online_dt.loop.workers import Workers
 
 log = logging.getLogger(__name__)
 
 
-def metrics_exporter(prefix: str = "online_dt_") -> Any:
+def metrics_exporter(prefix: str = "online_dt_") -> MetricsCallback:
     """A callback that mirrors each numeric per-iteration figure to a ``ray.util.metrics``
     gauge (exported in Prometheus format by Ray's metrics agent)."""
     from ray.util.metrics import Gauge
@@ -30,7 +33,7 @@ def metrics_exporter(prefix: str = "online_dt_") -> Any:
 
 
 def run_on_ray(
-    plan: RunPlan, *, progress: bool = True, callbacks: Sequence[Callable[[dict], None]] = ()
+    plan: RunPlan, *, progress: bool = True, callbacks: Sequence[MetricsCallback] = ()
 ) -> int:
     """Start sampler, reward-model and learner actors with the configured resources and run
     the loop. Connects to ``RAY_ADDRESS`` when set (``ray job submit``), else starts a local
@@ -69,20 +72,18 @@ def run_on_ray(
     return 0
 
 
-def start_workers(plan: RunPlan, base: str, opts: Any) -> Any:
+def start_workers(plan: RunPlan, base: str, opts: ActorOptions) -> Workers:
     """Start the learner, then the sampler replicas (from the learner's first published
     version) and the reward model, in their placement-group bundles; return the loop's
-    :class:`online_dt.loop.loop.Workers`.
+    :class:`online_dt.loop.workers.Workers`.
 
     A dead sampler or reward actor is restarted by Ray (``fault_tolerance.*_max_restarts``);
     Ray does not retry its calls (``max_task_retries=0``): the loop re-issues them itself.
     """
     import ray
 
-    from actors.handle import RayHandle
+    from actors.ray_futures import RayHandle
     from actors.workers import LearnerActor, RewardModelActor, SamplerActor
-    from online_dt.loop.handles import SamplerGroup
-    from online_dt.loop.loop import Workers
 
     cfg, ft = plan.cfg, plan.cfg.fault_tolerance
     checkpoint = str(plan.checkpoint) if plan.checkpoint else None

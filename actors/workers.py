@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from online_dt.config import OnlineRunConfig
+from online_dt.loop.workers import CheckedRewardModel
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import WeightUpdate
 from online_dt.samples import Rollout
@@ -49,13 +50,11 @@ class RewardModelActor:
     def __init__(self, cfg: OnlineRunConfig) -> None:
         from online_dt.rewards import load_reward_model
 
-        self.model = load_reward_model(cfg.reward_model)
+        self.reward = CheckedRewardModel(load_reward_model(cfg.reward_model))
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         """Validated scores, one finite float per sample (raises RewardModelError)."""
-        from online_dt.rewards import score_checked
-
-        return score_checked(self.model, prompts, completions)
+        return self.reward.score(prompts, completions)
 
     def pid(self) -> int:
         """The actor's process id."""

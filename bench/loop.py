@@ -3,7 +3,7 @@
 Runs the online loop on Ray with the given config (default: configs/default.yaml, shortened),
 then the standalone sampler alone with the same prompts, samples per prompt and sampling
 settings, and prints from that one run: end-to-end samples/s, standalone sampler samples/s,
-their ratio, and the time per stage (rollout, scoring, training, weight sync, idle).
+their ratio, and the time per stage (rollout, scoring, training, weight sync, other).
 
 Usage:
     .venv/bin/python bench/loop.py [--config configs/default.yaml] [--iterations 10]
@@ -29,8 +29,8 @@ def main() -> int:
     from actors.controller import run_on_ray
     from online_dt.config import OnlineRunConfig, load_config
     from online_dt.loop.loop import prompts_for, sampling_params
+    from online_dt.loop.plan import plan_run
     from online_dt.rollout.factory import make_sampler
-    from online_dt.run import plan_run
 
     work = Path(tempfile.mkdtemp(prefix="odt-bench-loop-"))
     overrides = {"online": {"run_dir": str(work / "run"), "iterations": args.iterations}}
@@ -59,11 +59,11 @@ def main() -> int:
     if hasattr(sampler, "close"):
         sampler.close()
 
-    stages = ["rollout_s", "scoring_s", "training_s", "sync_s", "idle_s"]
+    stages = ["rollout_s", "scoring_s", "training_s", "sync_s", "other_s"]
     steady = metrics[1:] if len(metrics) > 1 else metrics
     per_stage = {s: round(sum(m[s] for m in steady) / len(steady), 3) for s in stages}
     total = sum(per_stage.values())
-    loop_rate = sum(m["samples"] for m in steady) / sum(sum(m[s] for s in stages) for m in steady)
+    loop_rate = sum(m["samples"] for m in steady) / sum(m["wall_s"] for m in steady)
     report = {
         "config": args.config,
         "iterations": args.iterations,

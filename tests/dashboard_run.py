@@ -52,11 +52,13 @@ def run_config(run_dir: Path, base: Path, **online: Any) -> OnlineRunConfig:
 def real_run(tmp_path_factory: Any, base: Path) -> Path:
     """The run directory of a finished 4-iteration in-process run (built on first call)."""
     if "run" not in _BUILT:
-        from online_dt.run import execute, local_workers, plan_run
+        from online_dt.loop.plan import base_model_path, execute, plan_run
+        from online_dt.loop.workers import local_workers
 
         run_dir = tmp_path_factory.mktemp("dashboard-run") / "run"
         plan = plan_run(run_config(run_dir, base), None)
-        execute(plan, local_workers(plan), progress=False)
+        workers = local_workers(plan.cfg, base_model_path(plan.cfg), plan.run.path, None)
+        execute(plan, workers, progress=False)
         _BUILT["run"] = run_dir
     return _BUILT["run"]
 

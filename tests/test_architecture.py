@@ -33,12 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("online_dt", "actors")
 
 LAYERS = (
-    Layer(0, "foundations", subtrees=("online_dt.config", "online_dt.util")),
+    Layer(0, "foundations", subtrees=("online_dt.config", "online_dt.util", "online_dt.samples")),
     Layer(
-        1,
-        "model and data",
-        subtrees=("online_dt.policy", "online_dt.rewards", "online_dt.replay", "online_dt.samples"),
-        optional=("online_dt.samples",),
+        1, "model and data", subtrees=("online_dt.policy", "online_dt.rewards", "online_dt.replay")
     ),
     Layer(2, "model sources and sampling", subtrees=("online_dt.embedded", "online_dt.rollout")),
     Layer(3, "launch", subtrees=("online_dt.launch",)),
@@ -48,7 +45,13 @@ LAYERS = (
     Layer(
         7,
         "entry points",
-        subtrees=("online_dt.offline", "online_dt.run", "online_dt.cli", "online_dt.__main__"),
+        subtrees=(
+            "online_dt.offline",
+            "online_dt.run",
+            "online_dt.cli",
+            "online_dt.arguments",
+            "online_dt.__main__",
+        ),
         modules=("online_dt",),
     ),
     Layer(8, "Ray actors", subtrees=("actors",), ceiling=6),

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
-from online_dt.cli import main, parse_overrides
+from online_dt.arguments import parse_overrides
+from online_dt.cli import main
 from online_dt.config import (
     ConditioningConfig,
     ConfigError,

@@ -57,7 +57,7 @@ def metrics_record(it: int, **extra) -> dict:
         "scoring_s": 0.01,
         "training_s": 0.1,
         "sync_s": 0.05,
-        "idle_s": 0.0,
+        "other_s": 0.0,
         "time": 1.7e9 + it,
         **extra,
     }
@@ -551,7 +551,7 @@ def test_api_over_a_real_run(real_run_dir, tmp_path_factory, embedded_model_dir)
     for record in metrics:
         for key in ("target", "achieved_mean", "achieved_p10", "achieved_p90", "kl_to_base"):
             assert math.isfinite(record[key]), key
-        for key in ("rollout_s", "scoring_s", "training_s", "sync_s", "idle_s", "samples_per_s"):
+        for key in ("rollout_s", "scoring_s", "training_s", "sync_s", "other_s", "samples_per_s"):
             assert record[key] >= 0, key
 
     st = client.get("/api/status").json()

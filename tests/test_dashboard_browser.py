@@ -194,7 +194,7 @@ def test_every_panel_shows_the_run(browser_page, run_dir):
     # throughput and the time per stage
     throughput = chart(page, "throughput")
     assert throughput["labels"] == list(range(ITERATIONS))
-    stages = ["rollout_s", "scoring_s", "training_s", "sync_s", "idle_s", "samples_per_s"]
+    stages = ["rollout_s", "scoring_s", "training_s", "sync_s", "other_s", "samples_per_s"]
     for dataset, key in zip(throughput["datasets"], stages, strict=True):
         assert dataset["data"] == pytest.approx([m[key] for m in metrics]), key
 

@@ -19,7 +19,8 @@ import yaml
 import tests.test_loop as loop_tests
 from online_dt.config import FaultToleranceConfig, RewardModelConfig
 from online_dt.launch.rundir import RunDir
-from online_dt.loop.handles import Done, LocalHandle, SamplerGroup, WorkerLostError
+from online_dt.loop.futures import Done, LocalHandle, WorkerLostError
+from online_dt.loop.sampler_group import SamplerGroup
 from online_dt.loop.schedule import RewardStats, ScheduleState, next_target
 from online_dt.loop.scoring import RewardBatchError, score_rollouts
 from online_dt.replay.buffer import export_dataset, read_persisted
@@ -184,15 +185,14 @@ def test_lost_sampler_chunk_is_reissued_with_current_weights():
     group = SamplerGroup([LocalHandle(alive), LocalHandle(dying)], retries=2)
     group.load_weights(WeightUpdate(5, "checkpoint")).result()
     prompts = [f"p{i}" for i in range(6)]
-    future = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0))
-    first = future.result()
-    assert future.stats["prompts_reissued"] == 0
-    future = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0))
-    out = future.result()
+    first = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0)).result()
+    assert first.recovery.prompts_reissued == 0
+    batch = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0)).result()
+    out = batch.rollouts
     assert [r.prompt for r in out] == prompts and [r.prompt_index for r in out] == list(range(6))
     assert {r.policy_version for r in out} == {5}, "the restarted replica got the weights again"
-    assert future.stats["prompts_reissued"] == 3 and future.stats["prompts_dropped"] == 0
-    assert future.stats["sampler_failures"] == 1 and len(first) == 6
+    assert batch.recovery.prompts_reissued == 3 and batch.recovery.prompts_dropped == 0
+    assert batch.recovery.sampler_failures == 1 and len(first.rollouts) == 6
 
 
 def test_sampler_restarted_between_calls_is_caught_by_its_policy_version():
@@ -200,17 +200,16 @@ def test_sampler_restarted_between_calls_is_caught_by_its_policy_version():
     group = SamplerGroup([LocalHandle(replica)], retries=1)
     group.load_weights(WeightUpdate(4, "checkpoint")).result()
     replica.version = 0  # killed and restarted by Ray between two calls: no error seen
-    future = group.generate(["a", "b"], [0.0] * 2, SamplingParams(seed=0))
-    assert {r.policy_version for r in future.result()} == {4}
-    assert future.stats["prompts_reissued"] == 2 and future.stats["sampler_failures"] == 1
+    batch = group.generate(["a", "b"], [0.0] * 2, SamplingParams(seed=0)).result()
+    assert {r.policy_version for r in batch.rollouts} == {4}
+    assert batch.recovery.prompts_reissued == 2 and batch.recovery.sampler_failures == 1
 
 
 def test_sampler_lost_for_good_drops_its_chunk_with_a_count():
     group = SamplerGroup([LocalHandle(Replica()), LocalHandle(Replica(die_on=[1, 2, 3]))], 2)
-    future = group.generate(["a", "b", "c", "d"], [0.0] * 4, SamplingParams(seed=0))
-    out = future.result()
-    assert [r.prompt for r in out] == ["a", "b"]
-    assert future.stats["prompts_dropped"] == 2 and future.stats["prompts_reissued"] == 4
+    batch = group.generate(["a", "b", "c", "d"], [0.0] * 4, SamplingParams(seed=0)).result()
+    assert [r.prompt for r in batch.rollouts] == ["a", "b"]
+    assert batch.recovery.prompts_dropped == 2 and batch.recovery.prompts_reissued == 4
     # every replica lost: a clear error instead of an empty iteration
     group = SamplerGroup([LocalHandle(Replica(die_on=[1, 2]))], retries=1)
     with pytest.raises(WorkerLostError, match="every sampler replica was lost"):
@@ -230,7 +229,7 @@ def test_sampler_lost_during_weight_sync_is_resynced_before_sampling():
     group = SamplerGroup([DiesOnSync(replica)])
     group.load_weights(WeightUpdate(7, "checkpoint")).result()  # no error: marked stale
     assert group.stale == {0}
-    out = group.generate(["a"], [0.0], SamplingParams(seed=0)).result()
+    out = group.generate(["a"], [0.0], SamplingParams(seed=0)).result().rollouts
     assert out[0].policy_version == 7 and group.stale == set()
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from online_dt.cli import parse_overrides
+from online_dt.arguments import parse_overrides
 from online_dt.config import ConfigError, OnlineRunConfig, load_config
 from online_dt.config.placement import assign_bundles, plan_placement
 from online_dt.run import build_parser

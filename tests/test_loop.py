@@ -7,11 +7,14 @@ import itertools
 import pytest
 
 from online_dt.config import OnlineRunConfig
-from online_dt.loop.handles import Done, Gather, LocalHandle, SamplerGroup
+from online_dt.loop.futures import Done, Gather, LocalHandle
 from online_dt.loop.loop import prompts_for
+from online_dt.loop.plan import base_model_path, execute, plan_run
+from online_dt.loop.sampler_group import SamplerGroup
+from online_dt.loop.workers import local_workers
 from online_dt.replay.buffer import export_dataset
 from online_dt.rollout.sampler import SamplingParams
-from online_dt.run import execute, local_workers, main, plan_run
+from online_dt.run import main
 from tests.tiny import build_tiny_model
 
 PROMPTS = ["the movie was", "the food was", "honestly the game is", "this hotel is"]
@@ -46,7 +49,8 @@ def base(tmp_path_factory):
 def run_local(cfg, resume=None, overrides=None):
     plan = plan_run(None if resume else cfg, resume, overrides)
     plan.prompts = PROMPTS
-    return execute(plan, local_workers(plan), progress=False), plan
+    workers = local_workers(plan.cfg, base_model_path(plan.cfg), plan.run.path, plan.checkpoint)
+    return execute(plan, workers, progress=False), plan
 
 
 def test_handles_and_sampler_group():
@@ -65,7 +69,7 @@ def test_handles_and_sampler_group():
             ]
 
     group = SamplerGroup([LocalHandle(Echo()), LocalHandle(Echo())])
-    out = group.generate(["a", "b", "c"], [1.0, 2.0, 3.0], SamplingParams(seed=0)).result()
+    out = group.generate(["a", "b", "c"], [1.0, 2.0, 3.0], SamplingParams(seed=0)).result().rollouts
     assert [(r.prompt, r.prompt_index, r.target) for r in out] == [
         ("a", 0, 1.0),
         ("b", 1, 2.0),

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from online_dt.config import ScheduleConfig
+from online_dt.util.seeds import derived_rng
 
 STREAM_TOPK = 0
 """RNG stream of the ``topk`` schedule's U(0, 1) draw."""
@@ -319,11 +320,6 @@ class ScheduleState:
         return cls(iteration=data["iteration"], previous_target=prev, seed=data["seed"])
 
 
-def iteration_rng(seed: int, *keys: int) -> np.random.Generator:
-    """A generator determined by ``seed`` (any int) and the non-negative ``keys`` alone."""
-    return np.random.default_rng([seed % 2**64, *keys])
-
-
 def clamp(cfg: ScheduleConfig, target: float) -> float:
     """Clamp a target to ``[cfg.min_target, cfg.max_target]`` (each bound only when set)."""
     if cfg.min_target is not None:
@@ -365,7 +361,7 @@ def next_target(
             f"schedule state was produced with seed {state.seed}, config has seed {cfg.seed}"
         )
     i, prev = state.iteration, state.previous_target
-    target = float(fn(cfg, i, stats, prev, iteration_rng(cfg.seed, i, STREAM_TOPK)))
+    target = float(fn(cfg, i, stats, prev, derived_rng(cfg.seed, i, STREAM_TOPK)))
     if prev is not None:
         if cfg.max_increase is not None:
             target = min(target, prev + cfg.max_increase)
@@ -412,11 +408,11 @@ def sample_targets(
     if not math.isfinite(target):
         raise ValueError(f"target must be finite, got {target}")
     if isinstance(rng_or_state, ScheduleState):
-        rng = iteration_rng(cfg.seed, rng_or_state.iteration, STREAM_SPREAD, stream)
+        rng = derived_rng(cfg.seed, rng_or_state.iteration, STREAM_SPREAD, stream)
     elif isinstance(rng_or_state, np.random.Generator):
         rng = rng_or_state
     elif isinstance(rng_or_state, int) and not isinstance(rng_or_state, bool):
-        rng = iteration_rng(rng_or_state, STREAM_SPREAD, stream)
+        rng = derived_rng(rng_or_state, STREAM_SPREAD, stream)
     else:
         raise TypeError(
             f"rng_or_state must be a ScheduleState, int or numpy Generator, got"

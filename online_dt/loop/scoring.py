@@ -24,9 +24,10 @@ from typing import Any
 
 from online_dt.config import FaultToleranceConfig
 from online_dt.launch.rundir import RunDir
-from online_dt.loop.handles import WorkerLostError, call_when_back
+from online_dt.loop.futures import WorkerLostError, call_when_back
 from online_dt.rewards import RewardModelError
 from online_dt.samples import Rollout
+from online_dt.util.text import first_line
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class ScoreOutcome:
     recovery_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
+    def kept(self, rollouts: Sequence[Rollout]) -> tuple[list[Rollout], list[float]]:
+        """The scored rollouts and their rewards; both empty when the batch was skipped."""
+        if self.rewards is None:
+            return [], []
+        return list(rollouts), list(self.rewards)
+
     def metrics(self) -> dict[str, Any]:
         """The per-iteration figures of this batch's scoring (``errors`` only when some
         attempt failed; the dashboard lists them)."""
@@ -81,12 +88,6 @@ class ScoreOutcome:
             "rejected_samples": self.rejected,
             "reward_recovery_s": self.recovery_s,
         }
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (Ray appends remote tracebacks), or its type."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def failure_reason(error: BaseException) -> str:
@@ -103,7 +104,7 @@ def score_rollouts(
     score: Callable[[list[str], list[str]], Any],
     rollouts: Sequence[Rollout],
     iteration: int,
-    policy: FaultToleranceConfig,
+    fault_tolerance: FaultToleranceConfig,
     run: RunDir,
     *,
     sleep: Callable[[float], None] = time.sleep,
@@ -115,7 +116,7 @@ def score_rollouts(
             the validated rewards or raises).
         rollouts: the batch, ``N`` rollouts.
         iteration: the iteration (names the rejected file).
-        policy: retries, back-off and what to do after them.
+        fault_tolerance: retries, back-off and what to do after them.
         run: the run directory (``rejected/``).
         sleep: back-off function (tests pass a no-op).
 
@@ -138,13 +139,13 @@ def score_rollouts(
         first_failure = first_failure or time.perf_counter()
         log.warning("iteration %d: reward worker lost (%s); waiting for its restart", iteration, e)
 
-    while outcome.attempts <= policy.reward_retries:
+    while outcome.attempts <= fault_tolerance.reward_retries:
         outcome.attempts += 1
         try:
             outcome.rewards = list(
                 call_when_back(
                     lambda: score(prompts, completions).result(),
-                    policy.restart_timeout_s,
+                    fault_tolerance.restart_timeout_s,
                     on_lost=lost,
                 )
             )
@@ -163,15 +164,15 @@ def score_rollouts(
             outcome.errors.append(f"{type(e).__name__}: {e}")
             if isinstance(e, RewardModelError):
                 break  # invalid scores are not retried: the same inputs give the same output
-            if outcome.attempts <= policy.reward_retries:
-                wait = policy.retry_backoff_s * 2 ** (outcome.attempts - 1)
+            if outcome.attempts <= fault_tolerance.reward_retries:
+                wait = fault_tolerance.retry_backoff_s * 2 ** (outcome.attempts - 1)
                 log.warning(
                     "iteration %d: scoring failed (%s: %s); retry %d/%d in %.1fs",
                     iteration,
                     type(e).__name__,
                     first_line(e),
                     outcome.attempts,
-                    policy.reward_retries,
+                    fault_tolerance.reward_retries,
                     wait,
                 )
                 sleep(wait)
@@ -206,7 +207,7 @@ def score_rollouts(
         f"({outcome.reason}) after {outcome.attempts} attempt(s): {first_line(error)}; "
         f"the batch is kept in {path}"
     )
-    if policy.on_reward_failure == "stop":
+    if fault_tolerance.on_reward_failure == "stop":
         raise RewardBatchError(
             summary,
             iteration=iteration,

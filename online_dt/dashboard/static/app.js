@@ -56,7 +56,7 @@ const COLORS = {
   scoring: "#16a34a",
   training: "#ea580c",
   sync: "#7c3aed",
-  idle: "#9ca3af",
+  other: "#9ca3af",
   throughput: "#111827",
   eval: "#dc2626",
 };
@@ -163,7 +163,7 @@ function makeCharts() {
         stage("scoring", "scoring"),
         stage("training", "training"),
         stage("sync", "sync"),
-        stage("idle", "idle"),
+        stage("other", "other"),
         { label: "samples/s", type: "line", data: [], borderColor: COLORS.throughput,
           backgroundColor: COLORS.throughput, yAxisID: "y1", order: 1, pointRadius: 2 },
       ],
@@ -203,7 +203,7 @@ function drawMetrics() {
 
   const t = charts.throughput.data;
   t.labels = state.metrics.map((m) => m.iteration);
-  const keys = ["rollout_s", "scoring_s", "training_s", "sync_s", "idle_s", "samples_per_s"];
+  const keys = ["rollout_s", "scoring_s", "training_s", "sync_s", "other_s", "samples_per_s"];
   keys.forEach((key, i) => {
     t.datasets[i].data = state.metrics.map((m) => m[key] ?? null);
   });

@@ -1,4 +1,5 @@
-"""Ray flavour of the loop's handles: method calls submit to an actor and return futures."""
+"""Ray flavour of the loop's futures: a handle's method call submits to an actor and returns a
+future (:mod:`online_dt.loop.futures` is the in-process flavour)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ class RayFuture:
 
     The error a remote method raised comes back as itself (Ray's ``RayTaskError`` unwrapped,
     chained for its remote traceback), so the core handles it as it would in process; the
-    death of the actor's process becomes :class:`online_dt.loop.handles.WorkerLostError`.
+    death of the actor's process becomes :class:`online_dt.loop.futures.WorkerLostError`.
     """
 
     def __init__(self, ref: Any) -> None:
@@ -28,7 +29,7 @@ class RayFuture:
         import ray
         from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-        from online_dt.loop.handles import WorkerLostError
+        from online_dt.loop.futures import WorkerLostError
 
         try:
             return ray.get(self.ref)

@@ -1,11 +1,9 @@
-"""Call the loop's workers the same way in process and on Ray.
+"""Fan one rollout request out over several sampler replicas, surviving lost replicas.
 
-The controller's loop calls methods on *handles* and gets *futures* back (anything with
-``result()``). :class:`LocalHandle` runs the call at once (tests, single process);
-``actors.RayHandle`` submits it to a Ray actor. :class:`SamplerGroup` fans one rollout request
-out over several sampler replicas and gathers the results, like OpenRLHF's ``RayActorGroup``;
-when a replica's process dies mid-rollout (:class:`WorkerLostError`), the group re-sends it the
-current weights and re-issues its chunk, or drops the chunk with a logged count.
+:class:`SamplerGroup` splits a request into one chunk per replica and gathers the results in
+prompt order, like OpenRLHF's ``RayActorGroup``. When a replica's process dies mid-rollout
+(:class:`~online_dt.loop.futures.WorkerLostError`), the group re-sends it the current weights and
+re-issues its chunk, or drops the chunk with a logged count (:class:`SamplerRecovery`).
 """
 
 from __future__ import annotations
@@ -13,118 +11,51 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from online_dt.loop.futures import Gather, WorkerLostError, call_when_back
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.samples import Rollout
+from online_dt.util.seeds import derived_seed
 
-T = TypeVar("T", covariant=True)
 log = logging.getLogger(__name__)
 
 
-class WorkerLostError(RuntimeError):
-    """A worker's process died (or became unreachable) while a call was pending.
-
-    Raised by a future's ``result()``; ``actors.RayFuture`` turns Ray's actor-death errors into
-    this one so the core can tell a lost worker (retry) from an error raised by the call itself.
+@dataclass
+class SamplerRecovery:
+    """What a rollout request went through when replicas were lost.
 
     Attributes:
-        restarting: the worker is being restarted (Ray's ``ActorUnavailableError``): a call
-            made once it is back will run; ``False`` when it is gone for good.
+        prompts_reissued: prompts re-sent to a replica after it was lost (each stands for its
+            ``n`` samples).
+        prompts_dropped: prompts given up on after the retries.
+        sampler_failures: lost calls and stale answers seen.
+        sampler_recovery_s: seconds from the first failure to the re-issued chunk's result.
     """
 
-    def __init__(self, message: str, *, restarting: bool = False) -> None:
-        super().__init__(message)
-        self.restarting = restarting
+    prompts_reissued: int = 0
+    prompts_dropped: int = 0
+    sampler_failures: int = 0
+    sampler_recovery_s: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """The fields as the iteration record's keys."""
+        return asdict(self)
 
 
-def call_when_back(
-    call: Callable[[], T],
-    timeout_s: float,
-    poll_s: float = 0.5,
-    on_lost: Callable[[WorkerLostError], None] | None = None,
-) -> T:
-    """``call()`` (submit and wait), repeated while the worker is restarting.
+@dataclass
+class RolloutBatch:
+    """The rollouts of one request, in prompt order, and how it recovered from lost replicas.
 
-    A restart (a new process, a model loaded again) takes seconds to minutes; calls made
-    meanwhile fail at once with a restarting :class:`WorkerLostError`. This waits them out.
-
-    Args:
-        call: submits the call and returns its result.
-        timeout_s: longest wait for the worker to come back (seconds).
-        poll_s: pause between tries (seconds).
-        on_lost: called once, with the first restarting error, when a wait begins.
-
-    Raises:
-        WorkerLostError: the worker is gone for good, or still restarting after ``timeout_s``.
+    Attributes:
+        rollouts: ``P * n`` rollouts, ``prompt_index`` over the whole request.
+        recovery: re-issues, drops and failures of this request.
     """
-    deadline = time.monotonic() + timeout_s
-    waiting = False
-    while True:
-        try:
-            return call()
-        except WorkerLostError as e:
-            if not e.restarting or time.monotonic() >= deadline:
-                raise
-            if not waiting and on_lost is not None:
-                on_lost(e)
-            waiting = True
-            time.sleep(poll_s)
 
-
-class Future(Protocol[T]):
-    """A pending result."""
-
-    def result(self) -> T:
-        """Block until the call finished; return its value or raise its exception."""
-        ...
-
-
-class Done:
-    """An already finished call (holds a value or an exception)."""
-
-    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
-        self._value = value
-        self._error = error
-
-    def result(self) -> Any:
-        """Return the value, or raise the call's exception."""
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-class Gather:
-    """Results of several futures combined by ``combine`` (default: a list of them)."""
-
-    def __init__(
-        self, futures: Sequence[Any], combine: Callable[[list[Any]], Any] | None = None
-    ) -> None:
-        self.futures = list(futures)
-        self.combine = combine or (lambda values: values)
-
-    def result(self) -> Any:
-        """Wait for every future, then combine their values."""
-        return self.combine([f.result() for f in self.futures])
-
-
-class LocalHandle:
-    """Wraps an object so each method call returns a :class:`Done` future."""
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-
-    def __getattr__(self, name: str) -> Callable[..., Done]:
-        method = getattr(self.target, name)
-
-        def call(*args: Any, **kwargs: Any) -> Done:
-            try:
-                return Done(method(*args, **kwargs))
-            except Exception as e:  # surfaced by result(), as a remote call would
-                return Done(error=e)
-
-        return call
+    rollouts: list[Rollout]
+    recovery: SamplerRecovery = field(default_factory=SamplerRecovery)
 
 
 class RolloutFuture:
@@ -132,10 +63,8 @@ class RolloutFuture:
 
     A chunk whose replica was lost, or which comes back from an older policy version than the
     group last sent (the replica was restarted between calls), is re-issued after re-sending
-    the current weights, up to ``retries`` times, then dropped. After ``result()``,
-    :attr:`stats` holds ``prompts_reissued`` and ``prompts_dropped`` (each prompt stands for
-    its ``n`` samples), ``sampler_failures`` (lost calls and stale answers seen) and
-    ``sampler_recovery_s`` (seconds from the first failure to the re-issued chunk's result).
+    the current weights, up to ``retries`` times, then dropped; the result's
+    :class:`SamplerRecovery` counts both.
 
     Raises (from ``result()``):
         WorkerLostError: every chunk was dropped (no rollouts at all).
@@ -152,14 +81,9 @@ class RolloutFuture:
         self.chunks = chunks
         self.request = request
         self.expected_version: int | None = getattr(group.update, "version", None)
-        self.stats: dict[str, float] = {
-            "prompts_reissued": 0,
-            "prompts_dropped": 0,
-            "sampler_failures": 0,
-            "sampler_recovery_s": 0.0,
-        }
+        self.recovery = SamplerRecovery()
 
-    def result(self) -> list[Rollout]:
+    def result(self) -> RolloutBatch:
         """Wait for every chunk; rollouts in prompt order, ``prompt_index`` over the request."""
         prompts, targets = self.request
         out: list[Rollout] = []
@@ -168,9 +92,9 @@ class RolloutFuture:
             for r in chunk:
                 r.prompt_index += lo
                 out.append(r)
-        if self.chunks and not out and self.stats["prompts_dropped"]:
+        if self.chunks and not out and self.recovery.prompts_dropped:
             raise WorkerLostError("every sampler replica was lost; no rollouts this iteration")
-        return out
+        return RolloutBatch(out, self.recovery)
 
     def _chunk_result(
         self,
@@ -195,7 +119,7 @@ class RolloutFuture:
                     attempt,
                     retries,
                 )
-                self.stats["prompts_reissued"] += hi - lo
+                self.recovery.prompts_reissued += hi - lo
                 time.sleep(self.group.backoff_s * 2 ** (attempt - 1))
             try:
                 if attempt:
@@ -204,18 +128,18 @@ class RolloutFuture:
                 chunk = future.result()
             except WorkerLostError as e:
                 lost_at = lost_at or time.perf_counter()
-                self.stats["sampler_failures"] += 1
+                self.recovery.sampler_failures += 1
                 problem = f"lost during a rollout ({e})"
                 continue
             oldest = min((r.policy_version for r in chunk), default=self.expected_version)
             if self.expected_version is not None and oldest < self.expected_version:
                 # restarted between calls: it sampled with the weights it was created with
                 lost_at = lost_at or time.perf_counter()
-                self.stats["sampler_failures"] += 1
+                self.recovery.sampler_failures += 1
                 problem = f"answered with policy version {oldest} < {self.expected_version}"
                 continue
             if lost_at is not None:
-                self.stats["sampler_recovery_s"] += time.perf_counter() - lost_at
+                self.recovery.sampler_recovery_s += time.perf_counter() - lost_at
             return chunk
         log.error(
             "sampler %d: %s after %d re-issues; dropping its %d prompts",
@@ -224,9 +148,9 @@ class RolloutFuture:
             retries,
             hi - lo,
         )
-        self.stats["prompts_dropped"] += hi - lo
+        self.recovery.prompts_dropped += hi - lo
         if lost_at is not None:
-            self.stats["sampler_recovery_s"] += time.perf_counter() - lost_at
+            self.recovery.sampler_recovery_s += time.perf_counter() - lost_at
         self.group.stale.add(k)
         return []
 
@@ -280,7 +204,7 @@ class SamplerGroup:
             lo, hi = k * size, min((k + 1) * size, len(prompts))
             if lo >= hi:
                 continue
-            seed = None if params.seed is None else params.seed + 1_000_003 * k
+            seed = None if params.seed is None else derived_seed(params.seed, k)
             chunk_params = SamplingParams(
                 params.n, params.temperature, params.top_p, params.max_new_tokens, seed
             )

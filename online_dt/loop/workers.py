@@ -1,0 +1,125 @@
+"""The loop's three workers, typed by what the loop calls on them, and their in-process build.
+
+Every method returns a :class:`~online_dt.loop.futures.Future`: in process the call has already
+run (:class:`~online_dt.loop.futures.LocalHandle`), on Ray it was submitted to an actor
+(``actors.ray_futures.RayHandle``). The loop is written once against these Protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from online_dt.config import OnlineRunConfig
+from online_dt.loop.futures import Future, LocalHandle
+from online_dt.loop.sampler_group import RolloutBatch, SamplerGroup
+from online_dt.rollout.sampler import SamplingParams
+from online_dt.rollout.weight_sync import WeightUpdate
+from online_dt.samples import Rollout
+
+
+class SamplerWorkers(Protocol):
+    """The sampler replicas as one (a :class:`~online_dt.loop.sampler_group.SamplerGroup`)."""
+
+    def generate(
+        self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
+    ) -> Future[RolloutBatch]:
+        """``params.n`` rollouts per prompt, each prompt conditioned on its target."""
+        ...
+
+    def load_weights(self, update: WeightUpdate) -> Future[Any]:
+        """Apply a published policy version on every replica."""
+        ...
+
+
+class RewardWorker(Protocol):
+    """The reward model, its scores validated."""
+
+    def score(self, prompts: list[str], completions: list[str]) -> Future[list[float]]:
+        """One finite reward per sample (raises ``RewardModelError`` on invalid scores)."""
+        ...
+
+
+class LearnerWorker(Protocol):
+    """The :class:`online_dt.training.learner.Learner`, as the loop calls it."""
+
+    def buffer_rewards(self) -> Future[list[float]]:
+        """Achieved rewards held in the replay buffer."""
+        ...
+
+    def append(
+        self,
+        rollouts: Sequence[Rollout],
+        rewards: Sequence[float],
+        iteration: int,
+        scored_at: float,
+    ) -> Future[dict[str, Any]]:
+        """Append scored rollouts with hindsight relabeling."""
+        ...
+
+    def train(self, steps: int) -> Future[dict[str, float]]:
+        """``steps`` optimizer steps on replay-buffer batches."""
+        ...
+
+    def kl_estimate(self, rollouts: Sequence[Rollout]) -> Future[float | None]:
+        """KL(policy || base) per completion, in nats."""
+        ...
+
+    def publish(self) -> Future[WeightUpdate]:
+        """Publish the current weights as the next policy version."""
+        ...
+
+    def checkpoint(self, iteration: int, controller_state: dict[str, Any]) -> Future[str]:
+        """Write a resumable checkpoint after ``iteration``."""
+        ...
+
+
+@dataclass
+class Workers:
+    """Handles of the loop's workers.
+
+    Attributes:
+        samplers: the sampler replicas, as one group.
+        reward: the reward model.
+        learner: the learner (replay buffer, training, weight publication, checkpoints).
+    """
+
+    samplers: SamplerWorkers
+    reward: RewardWorker
+    learner: LearnerWorker
+
+
+class CheckedRewardModel:
+    """A reward model whose ``score`` validates every batch (``score_checked``)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """See :func:`online_dt.rewards.score_checked`."""
+        from online_dt.rewards import score_checked
+
+        return score_checked(self.model, prompts, completions)
+
+
+def local_workers(
+    cfg: OnlineRunConfig, base_path: str, run_dir: Path, checkpoint: Path | None
+) -> Workers:
+    """Workers in this process (``--local``, tests): one sampler, the reward model and the
+    learner, built from the config; the sampler starts from the learner's first version."""
+    from online_dt.rewards import load_reward_model
+    from online_dt.rollout.factory import make_sampler
+    from online_dt.training.learner import Learner
+
+    learner = Learner(cfg, base_path, run_dir, checkpoint)
+    update = learner.initial_update()
+    assert update.path is not None  # checkpoint weight sync: a directory to load
+    sampler = make_sampler(cfg, update.path, update.version)
+    ft = cfg.fault_tolerance
+    group = SamplerGroup(
+        [LocalHandle(sampler)], ft.rollout_retries, ft.retry_backoff_s, ft.restart_timeout_s
+    )
+    reward = CheckedRewardModel(load_reward_model(cfg.reward_model))
+    return Workers(group, LocalHandle(reward), LocalHandle(learner))
