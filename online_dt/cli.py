@@ -14,6 +14,7 @@ from pathlib import Path
 
 from online_dt.arguments import add_config_args, parse_overrides
 from online_dt.config import ConfigError, OfflineRunConfig, config_class_for, load_config
+from online_dt.launch.rundir import BUFFER_DIR, CONFIG_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
 def _export(run_dir: Path, out: Path | None) -> int:
     from online_dt.replay.buffer import export_to_disk
 
-    buffer_dir = run_dir / "buffer"
+    buffer_dir = run_dir / BUFFER_DIR
     if not buffer_dir.is_dir():
-        print(f"error: {run_dir} has no buffer/ directory", file=sys.stderr)
+        print(f"error: {run_dir} has no {BUFFER_DIR}/ directory", file=sys.stderr)
         return 2
     out = out or run_dir / "export"
     data = export_to_disk(buffer_dir, out)
@@ -204,7 +205,7 @@ def _dashboard(run_dir: Path, host: str, port: int | None) -> int:
     import yaml
 
     settings = DashboardConfig()
-    config_file = run_dir / "config.yaml"
+    config_file = run_dir / CONFIG_FILE
     if config_file.exists():  # the run's own poll interval and table size
         try:
             section = (yaml.safe_load(config_file.read_text()) or {}).get("dashboard")
