@@ -12,7 +12,7 @@ import copy
 import pytest
 
 from online_dt.config import ConditioningConfig, SamplerConfig, TrainingConfig
-from online_dt.policy.conditioning import RewardConditionedPolicy
+from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rollout.sampler import HFSampler, Sampler, SamplingParams, make_sampler_backend_name
 from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
 from online_dt.samples import Sample

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from online_dt.config import ConditioningConfig, TrainingConfig
-from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.policy.layout import IGNORE_INDEX
+from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer, collate, next_token_loss
 from tests.tiny import build_tiny_model

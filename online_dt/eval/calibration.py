@@ -534,7 +534,7 @@ def run_eval(
 def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
     """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL."""
     from online_dt.config import OnlineRunConfig
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
     from online_dt.rollout.sampler import HFSampler
 
     if backend not in ("hf", "config"):
@@ -552,7 +552,7 @@ def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
 def _load_base_model(cfg: Any) -> Any:
     """The frozen base model as the learner builds it (same vocabulary as the policy)."""
     from online_dt.embedded.base_model import resolve_base_model
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
 
     base = resolve_base_model(cfg.model, cfg.bootstrap, progress=False)
     return RewardConditionedPolicy.fresh(cfg, base).model.eval().requires_grad_(False)

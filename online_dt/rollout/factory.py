@@ -23,7 +23,7 @@ def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Sampler:
         from online_dt.rollout.vllm_sampler import VLLMSampler
 
         return VLLMSampler(path, cfg.sampler, policy_version=version)
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
 
     policy = RewardConditionedPolicy.from_pretrained(path, device=cfg.model.device)
     return HFSampler(policy.eval(), batch_size=cfg.sampling.batch_size, policy_version=version)

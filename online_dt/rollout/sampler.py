@@ -17,7 +17,7 @@ from online_dt.config import SamplingConfig
 from online_dt.samples import Rollout
 
 if TYPE_CHECKING:
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
     from online_dt.rollout.weight_sync import WeightUpdate
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class HFSampler:
         Raises:
             ValueError: the update carries no checkpoint path.
         """
-        from online_dt.policy.conditioning import RewardConditionedPolicy
+        from online_dt.policy.policy import RewardConditionedPolicy
 
         if update.path is None:
             raise ValueError(f"the HF sampler needs a checkpoint path, got {update}")

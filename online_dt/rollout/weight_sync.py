@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from online_dt.util.atomic import atomic_write_dir
 
 if TYPE_CHECKING:
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 
 from online_dt.config import OnlineRunConfig
 from online_dt.launch.rundir import RunDir
-from online_dt.policy.conditioning import RewardConditionedPolicy
+from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
 from online_dt.samples import Rollout, Sample

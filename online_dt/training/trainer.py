@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from online_dt.config import TrainingConfig
-from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch
+from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Labelled
 
 
@@ -246,7 +246,7 @@ def kl_per_completion(
     completion).
 
     Args:
-        policy: the :class:`~online_dt.policy.conditioning.RewardConditionedPolicy` (tokenizer and
+        policy: the :class:`~online_dt.policy.policy.RewardConditionedPolicy` (tokenizer and
             conditioning slot ids).
         base_model: the frozen base causal LM over the same vocabulary.
         rollouts: rollouts with ``prompt``, ``target``, ``token_ids`` and ``logprobs``.
