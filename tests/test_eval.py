@@ -124,8 +124,8 @@ def test_kl_estimate_matches_the_learner(tmp_path):
     import numpy as np
 
     from online_dt.rollout.sampler import HFSampler
+    from online_dt.training.kl import kl_per_completion
     from online_dt.training.learner import Learner
-    from online_dt.training.trainer import kl_per_completion
     from tests.dashboard_run import run_config
     from tests.tiny import build_tiny_model
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from online_dt.training.trainer import kl_per_completion
+from online_dt.training.kl import kl_per_completion
 from online_dt.util.metrics import distinct_n, reward_summary
 
 log = logging.getLogger(__name__)

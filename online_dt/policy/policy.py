@@ -31,6 +31,7 @@ from online_dt.config import ConditioningConfig, OfflineRunConfig
 from online_dt.policy.conditioner import RewardConditioner
 from online_dt.policy.generation import sample_tokens
 from online_dt.policy.layout import ConditionedBatch, layout_batch
+from online_dt.policy.logprobs import labelled_token_logprobs
 from online_dt.policy.normalization import RewardBinning, reward_token
 from online_dt.samples import Rollout
 from online_dt.util.devices import resolve_device
@@ -357,14 +358,9 @@ class RewardConditionedPolicy(nn.Module):
             inputs_embeds=self.embed(batch.input_ids, rewards),
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
-        ).logits.float()
-        logps = logits[:, :-1].log_softmax(-1)
-        labels = batch.labels[:, 1:]
-        out: list[list[float]] = []
-        for i in range(len(prompts)):
-            where = (labels[i] != -100).nonzero().squeeze(-1)
-            out.append(logps[i, where, labels[i, where]].tolist())
-        return out
+        ).logits
+        assert batch.labels is not None
+        return [row.tolist() for row in labelled_token_logprobs(logits, batch.labels)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
 from online_dt.samples import Rollout, Sample
-from online_dt.training.trainer import ConditionedTrainer, kl_per_completion
+from online_dt.training.kl import kl_per_completion
+from online_dt.training.trainer import ConditionedTrainer
 from online_dt.util.atomic import atomic_write_dir
 
 STATE_FILE = "state.json"
