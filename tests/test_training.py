@@ -45,7 +45,8 @@ def test_collate_masks_prompt_and_padding(gpt2_dir):
 def test_next_token_loss_matches_reference():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 11)
-    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, 1, 2, -100, -100]])
+    x = IGNORE_INDEX
+    labels = torch.tensor([[x, x, 3, 4, 5], [x, 1, 2, x, x]])
     loss, count = next_token_loss(logits, labels)
     assert count == 5
     picks = [(0, 1, 3), (0, 2, 4), (0, 3, 5), (1, 0, 1), (1, 1, 2)]

@@ -70,7 +70,8 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
     Args:
         logits: ``[B, T, V]``.
-        labels: ``[B, T]`` aligned with the inputs, ``-100`` where no loss is taken.
+        labels: ``[B, T]`` aligned with the inputs, ``IGNORE_INDEX`` (-100) where no loss is
+            taken.
 
     Returns:
         The scalar loss (nats per labelled token) and the number of labelled tokens.
@@ -93,6 +94,10 @@ class ConditionedTrainer:
     scratch while the rest of the model is pretrained. With ``kl_coef > 0`` and a frozen
     ``base_model``, the loss adds ``kl_coef`` times the mean per-token KL from the policy to the
     base model on completion tokens (the regulariser of Quark, Lu et al., 2022).
+
+    Warm-up: optimizer step ``s`` (0-based) uses ``lr * min(1, (s + 1) / warmup_steps)``, so the
+    first step already moves the weights. (transformers' ``constant_with_warmup`` gives
+    ``s / warmup_steps``, 0 on the first step: one step later, hence not used.)
     """
 
     def __init__(
