@@ -123,7 +123,7 @@ def test_kl_estimate_matches_the_learner(tmp_path):
     """The evaluation's KL is the learner's k1 estimator, completion by completion."""
     import numpy as np
 
-    from online_dt.rollout.sampler import HFSampler
+    from online_dt.rollout.hf_sampler import HFSampler
     from online_dt.training.kl import kl_per_completion
     from online_dt.training.learner import Learner
     from tests.dashboard_run import run_config

@@ -190,7 +190,7 @@ def evaluate_calibration(
 
     Args:
         sampler: anything with ``generate(prompts, targets, params) -> list[Rollout]``
-            (:class:`online_dt.rollout.sampler.HFSampler`, the vLLM sampler).
+            (:class:`online_dt.rollout.hf_sampler.HFSampler`, the vLLM sampler).
         score: validated reward function of (prompts, completions) -> one float per sample.
         prompts: the prompt set; target k uses the first ``samples_per_target`` prompts
             (cycling), so every target sees the same prompts.
@@ -535,7 +535,7 @@ def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
     """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL."""
     from online_dt.config import OnlineRunConfig
     from online_dt.policy.policy import RewardConditionedPolicy
-    from online_dt.rollout.sampler import HFSampler
+    from online_dt.rollout.hf_sampler import HFSampler
 
     if backend not in ("hf", "config"):
         raise ValueError(f"backend must be 'hf' or 'config', got {backend!r}")
