@@ -201,18 +201,18 @@ class RewardConditionedPolicy(nn.Module):
         """Teacher-forced forward pass of a batch in the shared layout.
 
         Args:
-            batch: from :meth:`layout` (or :func:`online_dt.policy.layout.layout_batch`).
+            batch: from :meth:`layout` or :meth:`layout_ids`; its labels are not used (the
+                caller takes the loss it needs from the logits).
             rewards: ``[B]`` conditioning rewards (reward units).
 
         Returns:
-            The model's ``CausalLMOutput``; ``logits`` is ``[B, T, V]`` and, when the batch has
-            labels, ``loss`` is the mean next-token cross-entropy over labelled tokens.
+            The model's ``CausalLMOutput``; ``logits`` is ``[B, T, V]``, column t predicting
+            the token at column t + 1.
         """
         return self.model(
             inputs_embeds=self.embed(batch.input_ids, rewards),
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
-            labels=batch.labels,
         )
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -229,16 +229,34 @@ class RewardConditionedPolicy(nn.Module):
     ) -> ConditionedBatch:
         """Tokenise and lay out a batch: right padded with labels when completions are given
         (completions get EOS appended), else left padded for generation."""
-        prompt_ids = self.encode(prompts)
         completion_ids = None
         if completions is not None:
             completion_ids = [[*ids, self.eos_token_id] for ids in self.encode(completions)]
+        return self.layout_ids(
+            prompts, rewards, completion_ids, include_prompt_loss=include_prompt_loss
+        )
+
+    def layout_ids(
+        self,
+        prompts: Sequence[str],
+        rewards: Sequence[float],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        *,
+        include_prompt_loss: bool = False,
+    ) -> ConditionedBatch:
+        """Lay out prompt texts with completions given as token ids (taken as they are, EOS
+        included when it was generated): right padded with labels, or, without completions,
+        left padded for generation. See :func:`online_dt.policy.layout.layout_batch`.
+
+        Raises:
+            ValueError: the batch is empty or the sequences differ in length.
+        """
         return layout_batch(
             self.slot_token_ids(rewards),
-            prompt_ids,
+            self.encode(prompts),
             completion_ids,
             pad_id=self.pad_token_id,
-            padding_side="right" if completions is not None else "left",
+            padding_side="right" if completion_ids is not None else "left",
             include_prompt_loss=include_prompt_loss,
         )
 
@@ -346,19 +364,9 @@ class RewardConditionedPolicy(nn.Module):
         Returns:
             B lists, one natural-log probability per completion token.
         """
-        batch = layout_batch(
-            self.slot_token_ids(targets),
-            self.encode(prompts),
-            completion_ids,
-            pad_id=self.pad_token_id,
-            padding_side="right",
-        ).to(self.device)
+        batch = self.layout_ids(prompts, targets, completion_ids).to(self.device)
         rewards = torch.tensor([float(t) for t in targets], device=self.device)
-        logits = self.model(
-            inputs_embeds=self.embed(batch.input_ids, rewards),
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-        ).logits
+        logits = self(batch, rewards).logits
         assert batch.labels is not None
         return [row.tolist() for row in labelled_token_logprobs(logits, batch.labels)]
 

@@ -13,12 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from online_dt.policy.layout import (
-    IGNORE_INDEX,
-    ConditionedBatch,
-    layout_batch,
-    positions_from_mask,
-)
+from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch, positions_from_mask
 from online_dt.policy.logprobs import labelled_token_logprobs
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Rollout
@@ -88,11 +83,8 @@ def kl_per_completion(
     with torch.no_grad():
         for start in range(0, len(rollouts), batch_size):
             chunk = list(rollouts[start : start + batch_size])
-            batch = layout_batch(
-                policy.slot_token_ids([r.target for r in chunk]),
-                policy.encode([r.prompt for r in chunk]),
-                [r.token_ids for r in chunk],
-                pad_id=policy.pad_token_id,
+            batch = policy.layout_ids(
+                [r.prompt for r in chunk], [r.target for r in chunk], [r.token_ids for r in chunk]
             ).to(policy.device)
             assert batch.labels is not None
             base_lps = labelled_token_logprobs(base_model_logits(base_model, batch), batch.labels)

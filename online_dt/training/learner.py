@@ -183,10 +183,9 @@ class Learner:
 
     @torch.no_grad()
     def kl_estimate(self, rollouts: Sequence[Rollout]) -> float | None:
-        """Sample-based KL(policy || base) per completion, in nats: the mean over rollouts of
-        ``sum_t (log pi(y_t) - log p_base(y_t))`` with the policy's logprobs as sampled (the
-        ``k1`` estimator; Schulman, "Approximating KL Divergence", 2020). ``None`` without a
-        base model or rollouts."""
+        """Sample-based KL(policy || base) per completion, in nats: the mean of
+        :func:`~online_dt.training.kl.kl_per_completion` (the ``k1`` estimator) over the first
+        ``online.kl_samples`` rollouts. ``None`` without a base model or rollouts."""
         if self.base_model is None or not rollouts:
             return None
         chosen = list(rollouts[: self.cfg.online.kl_samples])

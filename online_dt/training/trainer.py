@@ -136,11 +136,7 @@ class ConditionedTrainer:
         batch, rewards = collate(self.policy, samples, self.cfg.include_prompt_loss)
         batch = batch.to(self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.policy.model(
-                inputs_embeds=self.policy.embed(batch.input_ids, rewards.to(self.device)),
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-            ).logits
+            logits = self.policy(batch, rewards.to(self.device)).logits
         assert batch.labels is not None
         loss, tokens = next_token_loss(logits, batch.labels)
         kl = 0.0
