@@ -70,17 +70,15 @@ class RewardBinning:
 
     Bin ``k`` holds rewards ``edges[k-1] <= r < edges[k]``; rewards below the first edge go to
     bin 0 and rewards at or above the last to bin K-1.
+
+    Raises:
+        ValueError: the edges are not strictly increasing.
     """
 
     def __init__(self, edges: Sequence[float]) -> None:
         if any(b <= a for a, b in itertools.pairwise(edges)):
             raise ValueError(f"bin edges must be strictly increasing, got {list(edges)}")
         self.edges = [float(e) for e in edges]
-
-    @property
-    def num_bins(self) -> int:
-        """K, the number of bins."""
-        return len(self.edges) + 1
 
     @classmethod
     def evenly(cls, low: float, high: float, num_bins: int) -> RewardBinning:
