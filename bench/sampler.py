@@ -36,8 +36,9 @@ def main() -> None:
 
     from online_dt.config import BootstrapConfig, ConditioningConfig, SamplerConfig, TrainingConfig
     from online_dt.embedded.corpus import embedded_prompts
-    from online_dt.policy.conditioning import RewardConditionedPolicy
-    from online_dt.rollout.sampler import HFSampler, SamplingParams
+    from online_dt.policy.policy import RewardConditionedPolicy
+    from online_dt.rollout.hf_sampler import HFSampler
+    from online_dt.rollout.sampler import SamplingParams
     from online_dt.rollout.vllm_sampler import VLLMSampler
     from online_dt.rollout.weight_sync import CheckpointPublisher
     from online_dt.samples import Sample

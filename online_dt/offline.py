@@ -26,8 +26,8 @@ from online_dt.config import OfflineRunConfig, config_yaml
 from online_dt.embedded.base_model import resolve_base_model
 from online_dt.eval.calibration import calibration_row
 from online_dt.launch.prompts import load_prompts
-from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.policy.generation import sample_unconditioned
+from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rewards import RewardModel, load_reward_model, score_checked
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer

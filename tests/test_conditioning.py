@@ -8,14 +8,10 @@ import pytest
 import torch
 
 from online_dt.config import ConditioningConfig, NormalizationConfig
-from online_dt.policy.conditioning import (
-    CONDITIONING_FILE,
-    RewardBinning,
-    RewardConditionedPolicy,
-    RewardNormalizer,
-    reward_token,
-)
+from online_dt.policy.conditioner import CONDITIONING_FILE
 from online_dt.policy.layout import IGNORE_INDEX, layout_batch, positions_from_mask
+from online_dt.policy.normalization import RewardBinning, RewardNormalizer, reward_token
+from online_dt.policy.policy import RewardConditionedPolicy
 from tests.tiny import build_tiny_model
 
 PROMPTS = ["the movie was", "honestly the game is fun and", "i"]

@@ -133,9 +133,9 @@ def test_kl_estimate_matches_exact_kl_by_enumeration(tmp_path):
     import torch
 
     from online_dt.config import ConditioningConfig
-    from online_dt.policy.conditioning import RewardConditionedPolicy
-    from online_dt.rollout.sampler import HFSampler
-    from online_dt.training.trainer import kl_per_completion
+    from online_dt.policy.policy import RewardConditionedPolicy
+    from online_dt.rollout.hf_sampler import HFSampler
+    from online_dt.training.kl import kl_per_completion
     from tests.exact_kl import (
         base_next_logprobs,
         build_word_model,

@@ -15,8 +15,10 @@ import types
 import pytest
 
 from online_dt.config import ConditioningConfig, SamplerConfig, TrainingConfig
-from online_dt.policy.conditioning import RewardConditionedPolicy
-from online_dt.rollout.sampler import HFSampler, Sampler, SamplingParams, make_sampler_backend_name
+from online_dt.policy.policy import RewardConditionedPolicy
+from online_dt.rollout.factory import make_sampler_backend_name
+from online_dt.rollout.hf_sampler import HFSampler
+from online_dt.rollout.sampler import Sampler, SamplingParams
 from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer

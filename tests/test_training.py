@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from online_dt.config import ConditioningConfig, TrainingConfig
-from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.policy.layout import IGNORE_INDEX
+from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer, collate, next_token_loss
 from tests.tiny import build_tiny_model
@@ -45,7 +45,8 @@ def test_collate_masks_prompt_and_padding(gpt2_dir):
 def test_next_token_loss_matches_reference():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 11)
-    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, 1, 2, -100, -100]])
+    x = IGNORE_INDEX
+    labels = torch.tensor([[x, x, 3, 4, 5], [x, 1, 2, x, x]])
     loss, count = next_token_loss(logits, labels)
     assert count == 5
     picks = [(0, 1, 3), (0, 2, 4), (0, 3, 5), (1, 0, 1), (1, 1, 2)]
@@ -111,7 +112,7 @@ def test_conditioning_is_learned_on_a_toy_task(gpt2_dir, mode):
 def test_kl_penalty_is_zero_at_start_and_pulls_towards_base(gpt2_dir):
     from transformers import AutoModelForCausalLM
 
-    from online_dt.training.trainer import base_model_logits, kl_to_base
+    from online_dt.training.kl import base_model_logits, kl_to_base
 
     policy = policy_for(gpt2_dir)
     base = AutoModelForCausalLM.from_pretrained(gpt2_dir, attn_implementation="eager").eval()

@@ -23,7 +23,8 @@ import torch
 
 import online_dt.rollout.weight_sync_nccl as wsn
 from online_dt.config import ConditioningConfig
-from online_dt.policy.conditioning import CONDITIONING_FILE, RewardConditionedPolicy
+from online_dt.policy.conditioner import CONDITIONING_FILE
+from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rollout.weight_sync import WeightUpdate
 from tests.tiny import build_tiny_model
 

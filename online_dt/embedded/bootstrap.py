@@ -436,6 +436,8 @@ def _pretrain(
     import torch
     from tqdm.auto import tqdm
 
+    from online_dt.policy.layout import IGNORE_INDEX
+
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -468,7 +470,7 @@ def _pretrain(
             batch = [sequences[i] for i in batches.pop()]
             width = max(len(s) for s in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
             for row, seq in enumerate(batch):
                 ids[row, : len(seq)] = torch.tensor(seq)
                 labels[row, : len(seq)] = ids[row, : len(seq)]

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from online_dt.training.trainer import kl_per_completion
+from online_dt.training.kl import kl_per_completion
 from online_dt.util.metrics import distinct_n, reward_summary
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def evaluate_calibration(
 
     Args:
         sampler: anything with ``generate(prompts, targets, params) -> list[Rollout]``
-            (:class:`online_dt.rollout.sampler.HFSampler`, the vLLM sampler).
+            (:class:`online_dt.rollout.hf_sampler.HFSampler`, the vLLM sampler).
         score: validated reward function of (prompts, completions) -> one float per sample.
         prompts: the prompt set; target k uses the first ``samples_per_target`` prompts
             (cycling), so every target sees the same prompts.
@@ -534,8 +534,8 @@ def run_eval(
 def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
     """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL."""
     from online_dt.config import OnlineRunConfig
-    from online_dt.policy.conditioning import RewardConditionedPolicy
-    from online_dt.rollout.sampler import HFSampler
+    from online_dt.policy.policy import RewardConditionedPolicy
+    from online_dt.rollout.hf_sampler import HFSampler
 
     if backend not in ("hf", "config"):
         raise ValueError(f"backend must be 'hf' or 'config', got {backend!r}")
@@ -552,7 +552,7 @@ def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
 def _load_base_model(cfg: Any) -> Any:
     """The frozen base model as the learner builds it (same vocabulary as the policy)."""
     from online_dt.embedded.base_model import resolve_base_model
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
 
     base = resolve_base_model(cfg.model, cfg.bootstrap, progress=False)
     return RewardConditionedPolicy.fresh(cfg, base).model.eval().requires_grad_(False)

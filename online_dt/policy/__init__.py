@@ -1,3 +1,3 @@
-"""The reward-conditioned policy: the shared sequence layout, reward normalisation and binning, the
-conditioner and the cached decoding loop.
+"""The reward-conditioned policy: the shared sequence layout, reward normalisation and binning,
+the conditioner (and its files), the policy and the cached decoding loop.
 """

@@ -34,8 +34,9 @@ class ConditionedBatch:
             a placeholder (the pad id) in scalar mode, whose embedding is replaced.
         attention_mask: ``LongTensor[B, T]``, 1 for the slot and real tokens, 0 for padding.
         position_ids: ``LongTensor[B, T]``, ``clamp(cumsum(attention_mask) - 1, min=0)``.
-        labels: ``LongTensor[B, T]`` or ``None``; ``-100`` where no loss is taken. Labels are
-            aligned with ``input_ids`` (the model shifts them: logits at t predict token t+1).
+        labels: ``LongTensor[B, T]`` or ``None``; ``IGNORE_INDEX`` where no loss is taken.
+            Labels are aligned with ``input_ids`` (the model shifts them: logits at t predict
+            token t+1).
     """
 
     input_ids: torch.Tensor
@@ -81,8 +82,8 @@ def layout_batch(
         slot_ids: one id per row for column 0 (reward token, or a placeholder in scalar mode).
         prompt_ids: token ids of each prompt, without any special token.
         completion_ids: token ids of each completion (usually ending with EOS); when given,
-            ``labels`` is filled: completion tokens are targets, the slot and padding are -100,
-            and prompt tokens are -100 unless ``include_prompt_loss``.
+            ``labels`` is filled: completion tokens are targets, the slot and padding are
+            ``IGNORE_INDEX``, and prompt tokens are too unless ``include_prompt_loss``.
         pad_id: token id written into padded positions.
         padding_side: ``left`` puts padding between the slot and the tokens (generation),
             ``right`` after the tokens (training).

@@ -1,9 +1,15 @@
-"""The sampler a config asks for, over a published policy directory."""
+"""The sampler a config asks for, over a published policy directory: backend choice and
+construction."""
 
 from __future__ import annotations
 
+import logging
+
 from online_dt.config import OnlineRunConfig
-from online_dt.rollout.sampler import HFSampler, Sampler, make_sampler_backend_name
+from online_dt.rollout.hf_sampler import HFSampler
+from online_dt.rollout.sampler import Sampler
+
+log = logging.getLogger(__name__)
 
 
 def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Sampler:
@@ -23,7 +29,31 @@ def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Sampler:
         from online_dt.rollout.vllm_sampler import VLLMSampler
 
         return VLLMSampler(path, cfg.sampler, policy_version=version)
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
 
     policy = RewardConditionedPolicy.from_pretrained(path, device=cfg.model.device)
     return HFSampler(policy.eval(), batch_size=cfg.sampling.batch_size, policy_version=version)
+
+
+def make_sampler_backend_name(prefer: str) -> str:
+    """Resolve ``auto``/``vllm``/``hf`` to the backend that will run, logging the choice.
+
+    ``auto`` picks vLLM when it can be imported, else the HF reference sampler.
+
+    Raises:
+        ImportError: ``vllm`` was asked for and cannot be imported.
+    """
+    if prefer == "hf":
+        log.info("sampler backend: HF reference (configured)")
+        return "hf"
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        if prefer == "vllm":
+            raise ImportError(
+                "sampler backend 'vllm' needs the vllm package: install the cpu or gpu extra"
+            ) from e
+        log.info("sampler backend: HF reference (vllm is not installed)")
+        return "hf"
+    log.info("sampler backend: vLLM")
+    return "vllm"

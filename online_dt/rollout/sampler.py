@@ -1,5 +1,9 @@
 """The sampler interface shared by the vLLM backend and the HF reference backend.
 
+The backends are :class:`~online_dt.rollout.vllm_sampler.VLLMSampler` and
+:class:`~online_dt.rollout.hf_sampler.HFSampler`; :func:`online_dt.rollout.factory.make_sampler`
+builds the one a config asks for.
+
 A sampler generates ``n`` completions per prompt from the current reward-conditioned policy,
 each prompt conditioned on its own target reward, and stamps every completion with the policy
 version that produced it. Weights change only through :meth:`Sampler.load_weights`, which
@@ -8,7 +12,6 @@ applies a :class:`~online_dt.rollout.weight_sync.WeightUpdate` published by the 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -17,10 +20,7 @@ from online_dt.config import SamplingConfig
 from online_dt.samples import Rollout
 
 if TYPE_CHECKING:
-    from online_dt.policy.conditioning import RewardConditionedPolicy
     from online_dt.rollout.weight_sync import WeightUpdate
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,78 +96,3 @@ def check_request(prompts: Sequence[str], targets: Sequence[float]) -> None:
     """Raise ``ValueError`` unless there is exactly one target per prompt."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-
-
-class HFSampler:
-    """The reference sampler: the conditioning core's own cached decoding loop, in process.
-
-    Slower than vLLM but exact by construction (same module as training); used in tests and
-    wherever vLLM is not installed.
-    """
-
-    backend = "hf"
-
-    def __init__(
-        self, policy: RewardConditionedPolicy, *, batch_size: int = 128, policy_version: int = 0
-    ) -> None:
-        self.policy = policy
-        self.batch_size = batch_size
-        self.policy_version = policy_version
-
-    def generate(
-        self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
-    ) -> list[Rollout]:
-        """See :meth:`Sampler.generate`."""
-        check_request(prompts, targets)
-        repeated = [p for p in prompts for _ in range(params.n)]
-        repeated_targets = [float(t) for t in targets for _ in range(params.n)]
-        rollouts = self.policy.generate(
-            repeated,
-            repeated_targets,
-            max_new_tokens=params.max_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            seed=params.seed,
-            batch_size=self.batch_size,
-        )
-        for r in rollouts:
-            r.policy_version, r.prompt_index = self.policy_version, r.prompt_index // params.n
-        return rollouts
-
-    def load_weights(self, update: WeightUpdate) -> None:
-        """Load the published checkpoint directory (checkpoint backend only).
-
-        Raises:
-            ValueError: the update carries no checkpoint path.
-        """
-        from online_dt.policy.conditioning import RewardConditionedPolicy
-
-        if update.path is None:
-            raise ValueError(f"the HF sampler needs a checkpoint path, got {update}")
-        device = str(self.policy.device)
-        self.policy = RewardConditionedPolicy.from_pretrained(update.path, device=device)
-        self.policy_version = update.version
-
-
-def make_sampler_backend_name(prefer: str) -> str:
-    """Resolve ``auto``/``vllm``/``hf`` to the backend that will run, logging the choice.
-
-    ``auto`` picks vLLM when it can be imported, else the HF reference sampler.
-
-    Raises:
-        ImportError: ``vllm`` was asked for and cannot be imported.
-    """
-    if prefer == "hf":
-        log.info("sampler backend: HF reference (configured)")
-        return "hf"
-    try:
-        import vllm  # noqa: F401
-    except ImportError as e:
-        if prefer == "vllm":
-            raise ImportError(
-                "sampler backend 'vllm' needs the vllm package: install the cpu or gpu extra"
-            ) from e
-        log.info("sampler backend: HF reference (vllm is not installed)")
-        return "hf"
-    log.info("sampler backend: vLLM")
-    return "vllm"

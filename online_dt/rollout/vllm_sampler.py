@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from online_dt.config import SamplerConfig
-from online_dt.policy.conditioning import RewardConditioner
+from online_dt.policy.conditioner import RewardConditioner
 from online_dt.rollout.sampler import SamplingParams, check_request
 from online_dt.rollout.weight_sync import WeightUpdate
 from online_dt.samples import Rollout

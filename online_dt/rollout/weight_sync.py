@@ -6,7 +6,8 @@ message; every sampler applies it with ``load_weights(update)``. Two backends:
 * ``checkpoint`` (CPU and GPU): the learner writes the policy as a Hugging Face directory
   (model, tokenizer, conditioning head) to ``<root>/v<version>``, written to a temporary name and
   renamed, and the update carries that path. vLLM reloads it in place with
-  ``collective_rpc("reload_weights", ...)``; the HF sampler loads it with ``from_pretrained``.
+  ``collective_rpc("reload_policy", ...)`` (:mod:`online_dt.rollout.vllm_worker`); the HF
+  sampler loads it with ``from_pretrained``.
 * ``nccl`` (GPU clusters): vLLM's native weight-transfer engine broadcasts tensors from the
   learner's GPU to the engines' GPUs; see :mod:`online_dt.rollout.weight_sync_nccl`. The
   conditioning head and normaliser (a few KB) still travel as a small checkpoint directory.
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from online_dt.util.atomic import atomic_write_dir
 
 if TYPE_CHECKING:
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ from online_dt.rollout.weight_sync import WeightUpdate, version_dir_name
 from online_dt.util.atomic import atomic_write_dir
 
 if TYPE_CHECKING:
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The learner: replay buffer, conditioned training, weight publication and checkpoints.
 
-Pure core (no Ray): ``actors.learner`` wraps one :class:`Learner` in a Ray actor. Scored
-rollouts are appended to the replay buffer labelled with the reward they *achieved*
+Pure core (no Ray): ``actors.workers.LearnerActor`` runs one :class:`Learner` as a Ray actor.
+Scored rollouts are appended to the replay buffer labelled with the reward they *achieved*
 (hindsight relabeling), along with the target they were asked for, the policy version that
 produced them and the iteration; training batches are drawn from the buffer and the policy is
 conditioned on each sample's achieved reward.
@@ -21,16 +21,19 @@ import numpy as np
 import torch
 
 from online_dt.config import OnlineRunConfig
-from online_dt.launch.rundir import RunDir
-from online_dt.policy.conditioning import RewardConditionedPolicy
+from online_dt.launch.rundir import (
+    CHECKPOINT_POLICY_DIR,
+    CHECKPOINT_STATE_FILE,
+    CHECKPOINT_TRAINER_FILE,
+    RunDir,
+)
+from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
 from online_dt.samples import Rollout, Sample
-from online_dt.training.trainer import ConditionedTrainer, kl_per_completion
+from online_dt.training.kl import kl_per_completion
+from online_dt.training.trainer import ConditionedTrainer
 from online_dt.util.atomic import atomic_write_dir
-
-STATE_FILE = "state.json"
-TRAINER_FILE = "trainer.pt"
 
 
 class Learner:
@@ -61,9 +64,9 @@ class Learner:
             self.policy = RewardConditionedPolicy.fresh(cfg, base_path)
         else:
             checkpoint = Path(checkpoint)
-            state = json.loads((checkpoint / STATE_FILE).read_text())
+            state = json.loads((checkpoint / CHECKPOINT_STATE_FILE).read_text())
             self.policy = RewardConditionedPolicy.from_pretrained(
-                checkpoint / "policy",
+                checkpoint / CHECKPOINT_POLICY_DIR,
                 device=cfg.model.device,
                 attn_implementation=cfg.model.attn_implementation,
             )
@@ -87,7 +90,9 @@ class Learner:
             self.buffer = ReplayBuffer(cfg.buffer, self.run.buffer_dir, seed=cfg.training.seed)
             self.version = 0
         else:
-            self.trainer.load_state_dict(torch.load(checkpoint / TRAINER_FILE, weights_only=False))
+            self.trainer.load_state_dict(
+                torch.load(checkpoint / CHECKPOINT_TRAINER_FILE, weights_only=False)
+            )
             upto = state["buffer"]["last_sample_id"]
             self.buffer = ReplayBuffer.load(
                 cfg.buffer,
@@ -99,7 +104,6 @@ class Learner:
                 self.buffer.drop_after(upto)
             self.buffer.load_state_dict(state["buffer"])
             self.version = state["version"]
-        self.controller_state: dict[str, Any] = state.get("controller", {})
 
     # -- the iteration's steps -------------------------------------------------------------------
 
@@ -114,8 +118,7 @@ class Learner:
         Versions newer than it, published by an interrupted run after its last checkpoint,
         are deleted first, so no sampler (a restarted one included) can load them.
         """
-        if isinstance(self.publisher, CheckpointPublisher):
-            self.publisher.discard_after(self.version)
+        self.publisher.discard_after(self.version)
         return self.publisher.publish(self.policy, self.version)
 
     def buffer_rewards(self) -> list[float]:
@@ -180,10 +183,9 @@ class Learner:
 
     @torch.no_grad()
     def kl_estimate(self, rollouts: Sequence[Rollout]) -> float | None:
-        """Sample-based KL(policy || base) per completion, in nats: the mean over rollouts of
-        ``sum_t (log pi(y_t) - log p_base(y_t))`` with the policy's logprobs as sampled (the
-        ``k1`` estimator; Schulman, "Approximating KL Divergence", 2020). ``None`` without a
-        base model or rollouts."""
+        """Sample-based KL(policy || base) per completion, in nats: the mean of
+        :func:`~online_dt.training.kl.kl_per_completion` (the ``k1`` estimator) over the first
+        ``online.kl_samples`` rollouts. ``None`` without a base model or rollouts."""
         if self.base_model is None or not rollouts:
             return None
         chosen = list(rollouts[: self.cfg.online.kl_samples])
@@ -211,9 +213,9 @@ class Learner:
         }
 
         def write(tmp: Path) -> None:
-            self.policy.save_pretrained(tmp / "policy")
-            torch.save(self.trainer.state_dict(), tmp / TRAINER_FILE)
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            self.policy.save_pretrained(tmp / CHECKPOINT_POLICY_DIR)
+            torch.save(self.trainer.state_dict(), tmp / CHECKPOINT_TRAINER_FILE)
+            (tmp / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=2))
 
         atomic_write_dir(path, write)
         self.run.mark_latest(path)

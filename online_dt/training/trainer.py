@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from online_dt.config import TrainingConfig
-from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch
+from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Labelled
+from online_dt.training.kl import base_model_logits, kl_to_base
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
     Args:
         logits: ``[B, T, V]``.
-        labels: ``[B, T]`` aligned with the inputs, ``-100`` where no loss is taken.
+        labels: ``[B, T]`` aligned with the inputs, ``IGNORE_INDEX`` (-100) where no loss is
+            taken.
 
     Returns:
         The scalar loss (nats per labelled token) and the number of labelled tokens.
@@ -85,40 +87,6 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return loss / max(count, 1), count
 
 
-def kl_to_base(
-    policy_logits: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """Mean per-token KL(policy || base) over labelled next-token positions, in nats.
-
-    Args:
-        policy_logits: ``[B, T, V]`` logits of the conditioned policy.
-        base_logits: ``[B, T, V]`` logits of the frozen base model at the same columns.
-        labels: ``[B, T]`` aligned with the inputs, ``-100`` where no loss is taken.
-    """
-    where = labels[:, 1:] != IGNORE_INDEX
-    logp = policy_logits[:, :-1].float().log_softmax(-1)[where]
-    logq = base_logits[:, :-1].float().log_softmax(-1)[where]
-    if logp.numel() == 0:
-        return policy_logits.sum() * 0.0
-    return (logp.exp() * (logp - logq)).sum(-1).mean()
-
-
-def base_model_logits(base_model: torch.nn.Module, batch: ConditionedBatch) -> torch.Tensor:
-    """Logits ``[B, T, V]`` of an unconditioned base model on a conditioned batch's tokens.
-
-    The slot column is masked out, so positions (``cumsum(mask) - 1``) start at the first
-    prompt token: the base model sees exactly ``prompt + completion``, and column t of its
-    logits lines up with column t of the policy's.
-    """
-    mask = batch.attention_mask.clone()
-    mask[:, 0] = 0
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        return base_model(
-            input_ids=batch.input_ids, attention_mask=mask, position_ids=positions
-        ).logits
-
-
 class ConditionedTrainer:
     """Owns the optimizer and schedule for a :class:`RewardConditionedPolicy`.
 
@@ -126,6 +94,10 @@ class ConditionedTrainer:
     scratch while the rest of the model is pretrained. With ``kl_coef > 0`` and a frozen
     ``base_model``, the loss adds ``kl_coef`` times the mean per-token KL from the policy to the
     base model on completion tokens (the regulariser of Quark, Lu et al., 2022).
+
+    Warm-up: optimizer step ``s`` (0-based) uses ``lr * min(1, (s + 1) / warmup_steps)``, so the
+    first step already moves the weights. (transformers' ``constant_with_warmup`` gives
+    ``s / warmup_steps``, 0 on the first step: one step later, hence not used.)
     """
 
     def __init__(
@@ -164,11 +136,7 @@ class ConditionedTrainer:
         batch, rewards = collate(self.policy, samples, self.cfg.include_prompt_loss)
         batch = batch.to(self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.policy.model(
-                inputs_embeds=self.policy.embed(batch.input_ids, rewards.to(self.device)),
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-            ).logits
+            logits = self.policy(batch, rewards.to(self.device)).logits
         assert batch.labels is not None
         loss, tokens = next_token_loss(logits, batch.labels)
         kl = 0.0
@@ -235,42 +203,3 @@ class ConditionedTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = state["step_count"]
         self._rng.set_state(state["rng"])
-
-
-def kl_per_completion(
-    policy: Any, base_model: Any, rollouts: Sequence[Any], *, batch_size: int = 64
-) -> list[float]:
-    """Sample-based KL(policy || base) of each completion, in nats: ``sum_t (log pi(y_t) -
-    log p_base(y_t))`` with the policy's raw logprobs as sampled (the ``k1`` estimator; Schulman,
-    "Approximating KL Divergence", 2020; its mean over samples estimates the KL per
-    completion).
-
-    Args:
-        policy: the :class:`~online_dt.policy.conditioning.RewardConditionedPolicy` (tokenizer and
-            conditioning slot ids).
-        base_model: the frozen base causal LM over the same vocabulary.
-        rollouts: rollouts with ``prompt``, ``target``, ``token_ids`` and ``logprobs``.
-        batch_size: rollouts per forward pass of the base model.
-
-    Returns:
-        One float per rollout, nats per completion (can be negative for a single sample).
-    """
-    from online_dt.policy.layout import layout_batch
-
-    out: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(rollouts), batch_size):
-            chunk = list(rollouts[start : start + batch_size])
-            batch = layout_batch(
-                policy.slot_token_ids([r.target for r in chunk]),
-                policy.encode([r.prompt for r in chunk]),
-                [r.token_ids for r in chunk],
-                pad_id=policy.pad_token_id,
-            ).to(policy.device)
-            logq = base_model_logits(base_model, batch)[:, :-1].float().log_softmax(-1)
-            labels = batch.labels[:, 1:]
-            for i, r in enumerate(chunk):
-                where = (labels[i] != IGNORE_INDEX).nonzero().squeeze(-1)
-                base_lp = logq[i, where, labels[i, where]]
-                out.append(float(sum(r.logprobs) - base_lp.sum().item()))
-    return out

@@ -19,9 +19,6 @@ scalar mode, ``head.safetensors``.
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,257 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from online_dt.config import ConditioningConfig, NormalizationConfig, OfflineRunConfig
+from online_dt.config import ConditioningConfig, OfflineRunConfig
+from online_dt.policy.conditioner import RewardConditioner
 from online_dt.policy.generation import sample_tokens
 from online_dt.policy.layout import ConditionedBatch, layout_batch
+from online_dt.policy.logprobs import labelled_token_logprobs
+from online_dt.policy.normalization import RewardBinning, reward_token
 from online_dt.samples import Rollout
 from online_dt.util.devices import resolve_device
-
-CONDITIONING_DIR = "reward_conditioning"
-"""Subdirectory of a policy directory holding the conditioning (kept out of the top level,
-where vLLM and transformers load every ``*.safetensors`` file as model weights)."""
-CONDITIONING_FILE = f"{CONDITIONING_DIR}/conditioning.json"
-HEAD_FILE = f"{CONDITIONING_DIR}/head.safetensors"
-FORMAT_VERSION = 1
-
-
-def reward_token(k: int) -> str:
-    """The text of reward token ``k`` (``<|reward_k|>``)."""
-    return f"<|reward_{k}|>"
-
-
-# ---------------------------------------------------------------------------------------------
-# reward normalisation and binning
-# ---------------------------------------------------------------------------------------------
-
-
-class RewardNormalizer:
-    """Affine or running normalisation ``(r - centre) / scale`` of rewards for the scalar head.
-
-    ``affine`` keeps the configured centre and scale. ``running`` tracks the mean and standard
-    deviation of every reward passed to :meth:`update` (Welford's online algorithm) and starts
-    from the configured centre/scale until two rewards have been seen.
-    """
-
-    def __init__(self, cfg: NormalizationConfig) -> None:
-        self.kind = cfg.kind
-        self.center = cfg.center
-        self.scale = cfg.scale
-        self.count = 0
-        self.mean = 0.0
-        self.m2 = 0.0
-
-    def update(self, rewards: Sequence[float]) -> None:
-        """Fold rewards (reward units) into the running statistics; no-op for ``affine``."""
-        if self.kind != "running":
-            return
-        for r in rewards:
-            self.count += 1
-            delta = r - self.mean
-            self.mean += delta / self.count
-            self.m2 += delta * (r - self.mean)
-        if self.count >= 2:
-            self.center = self.mean
-            self.scale = max(math.sqrt(self.m2 / (self.count - 1)), 1e-6)
-
-    def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Normalise a tensor of rewards (any shape); returns the same shape."""
-        return (rewards - self.center) / self.scale
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state."""
-        return {k: getattr(self, k) for k in ("kind", "center", "scale", "count", "mean", "m2")}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        for k, v in state.items():
-            setattr(self, k, v)
-
-
-class RewardBinning:
-    """Maps rewards to K bins by K-1 increasing interior edges (token mode).
-
-    Bin ``k`` holds rewards ``edges[k-1] <= r < edges[k]``; rewards below the first edge go to
-    bin 0 and rewards at or above the last to bin K-1.
-    """
-
-    def __init__(self, edges: Sequence[float]) -> None:
-        if any(b <= a for a, b in itertools.pairwise(edges)):
-            raise ValueError(f"bin edges must be strictly increasing, got {list(edges)}")
-        self.edges = [float(e) for e in edges]
-
-    @property
-    def num_bins(self) -> int:
-        """K, the number of bins."""
-        return len(self.edges) + 1
-
-    @classmethod
-    def evenly(cls, low: float, high: float, num_bins: int) -> RewardBinning:
-        """K equal-width bins over ``[low, high]``."""
-        step = (high - low) / num_bins
-        return cls([low + step * k for k in range(1, num_bins)])
-
-    @classmethod
-    def from_quantiles(cls, rewards: Sequence[float], num_bins: int) -> RewardBinning:
-        """Equal-mass bins: edges at the ``k/K`` quantiles of ``rewards``.
-
-        Ties are broken by nudging repeated edges up by a tiny amount so edges stay increasing.
-
-        Raises:
-            ValueError: fewer than ``num_bins`` rewards are given.
-        """
-        if len(rewards) < num_bins:
-            raise ValueError(f"need at least {num_bins} rewards to cut {num_bins} bins")
-        values = torch.tensor(list(rewards), dtype=torch.float64)
-        qs = torch.arange(1, num_bins, dtype=torch.float64) / num_bins
-        edges = torch.quantile(values, qs).tolist()
-        for i in range(1, len(edges)):
-            if edges[i] <= edges[i - 1]:
-                edges[i] = edges[i - 1] + 1e-9 * max(1.0, abs(edges[i - 1]))
-        return cls(edges)
-
-    def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Bin indices, ``LongTensor`` of the same shape as ``rewards``, values in ``[0, K)``."""
-        edges = torch.tensor(self.edges, dtype=rewards.dtype, device=rewards.device)
-        return torch.bucketize(rewards.contiguous(), edges, right=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# the conditioner: everything about the slot, independent of the language model
-# ---------------------------------------------------------------------------------------------
-
-
-class RewardConditioner(nn.Module):
-    """Turns rewards into the content of the conditioning slot (sequence index 0).
-
-    Holds the conditioning config, the scalar head and normaliser (scalar mode) or the bins and
-    reward-token ids (token mode). The policy uses it for training and HF generation; the vLLM
-    sampler uses the same object to build ``prompt_embeds`` or reward-token prompts, so the slot
-    is computed by one piece of code everywhere.
-
-    Attributes:
-        config: the :class:`ConditioningConfig`.
-        head: ``Linear(1, hidden)`` in scalar mode, else ``None``.
-        normalizer: reward normalisation used before the head.
-        binning: reward bins (token mode), else ``None``.
-        reward_token_ids: ids of ``<|reward_0|>..<|reward_{K-1}|>`` (token mode), else ``[]``.
-        placeholder_id: id written into column 0 in scalar mode (its embedding is replaced).
-    """
-
-    def __init__(
-        self,
-        config: ConditioningConfig,
-        *,
-        placeholder_id: int,
-        head: nn.Linear | None = None,
-        binning: RewardBinning | None = None,
-        reward_token_ids: Sequence[int] = (),
-        normalizer: RewardNormalizer | None = None,
-    ) -> None:
-        super().__init__()
-        if config.mode == "scalar" and head is None:
-            raise ValueError("scalar conditioning needs a head")
-        if config.mode == "token" and (binning is None or not reward_token_ids):
-            raise ValueError("token conditioning needs bins and reward-token ids")
-        self.config = config
-        self.head = head
-        self.normalizer = normalizer or RewardNormalizer(config.normalization)
-        self.binning = binning
-        self.reward_token_ids = list(reward_token_ids)
-        self.placeholder_id = placeholder_id
-
-    def fit_reward_statistics(self, rewards: Sequence[float]) -> None:
-        """Adapt normalisation or bins to rewards the policy is about to be trained on.
-
-        Scalar mode with ``running`` normalisation folds them into the running mean/std; token
-        mode with ``bin_method: quantile`` and no fixed edges re-cuts the bins at their
-        quantiles. Otherwise nothing changes.
-        """
-        self.normalizer.update(rewards)
-        cfg = self.config
-        if cfg.mode == "token" and cfg.bin_method == "quantile" and cfg.bin_edges is None:
-            self.binning = RewardBinning.from_quantiles(rewards, cfg.num_reward_tokens)
-
-    def slot_token_ids(self, rewards: Sequence[float]) -> list[int]:
-        """Column-0 ids for rewards: the reward token (token mode) or the placeholder."""
-        if self.binning is None:
-            return [self.placeholder_id] * len(rewards)
-        bins = self.binning(torch.tensor([float(r) for r in rewards], dtype=torch.float64))
-        return [self.reward_token_ids[int(b)] for b in bins]
-
-    def fill_slot(self, embeds: torch.Tensor, rewards: torch.Tensor | None) -> torch.Tensor:
-        """Replace column 0 of ``embeds`` (``[B, T, H]``) with the scalar reward embedding of
-        ``rewards`` (``[B]``, reward units). Token mode, or ``rewards=None``, returns
-        ``embeds`` unchanged (the reward token's own embedding is already there)."""
-        if rewards is None or self.head is None:
-            return embeds
-        normed = self.normalizer(rewards.to(self.head.weight.device, self.head.weight.dtype))
-        slot = self.head(normed[:, None]).to(embeds.dtype)
-        return torch.cat([slot[:, None, :], embeds[:, 1:, :]], dim=1)
-
-    def save(self, path: str | Path) -> None:
-        """Write ``reward_conditioning/conditioning.json`` (and ``head.safetensors``) under
-        ``path``."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        (path / CONDITIONING_DIR).mkdir(parents=True, exist_ok=True)
-        if self.head is not None:
-            state = {
-                k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()
-            }
-            save_file(state, str(path / HEAD_FILE))
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "config": self.config.model_dump(mode="json"),
-            "normalizer": self.normalizer.state_dict(),
-            "bin_edges": self.binning.edges if self.binning is not None else None,
-            "reward_token_ids": self.reward_token_ids,
-            "placeholder_id": self.placeholder_id,
-        }
-        (path / CONDITIONING_FILE).write_text(json.dumps(meta, indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> RewardConditioner:
-        """Read what :meth:`save` wrote (on CPU).
-
-        Raises:
-            FileNotFoundError: ``path`` has no ``reward_conditioning/conditioning.json``.
-            ValueError: the file's format version is newer than this library understands.
-        """
-        path = Path(path)
-        meta_file = path / CONDITIONING_FILE
-        if not meta_file.is_file():
-            raise FileNotFoundError(
-                f"{path} is not a conditioned policy directory (no {CONDITIONING_FILE})"
-            )
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{meta_file} has format_version {meta['format_version']}")
-        config = ConditioningConfig.model_validate(meta["config"])
-        normalizer = RewardNormalizer(config.normalization)
-        normalizer.load_state_dict(meta["normalizer"])
-        head = None
-        if config.mode == "scalar":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path / HEAD_FILE))
-            head = nn.Linear(1, state["weight"].shape[0])
-            head.load_state_dict(state)
-        edges = meta.get("bin_edges")
-        return cls(
-            config,
-            placeholder_id=meta["placeholder_id"],
-            head=head,
-            binning=RewardBinning(edges) if edges is not None else None,
-            reward_token_ids=meta.get("reward_token_ids", []),
-            normalizer=normalizer,
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# the policy
-# ---------------------------------------------------------------------------------------------
 
 
 class RewardConditionedPolicy(nn.Module):
@@ -447,18 +201,18 @@ class RewardConditionedPolicy(nn.Module):
         """Teacher-forced forward pass of a batch in the shared layout.
 
         Args:
-            batch: from :meth:`layout` (or :func:`online_dt.policy.layout.layout_batch`).
+            batch: from :meth:`layout` or :meth:`layout_ids`; its labels are not used (the
+                caller takes the loss it needs from the logits).
             rewards: ``[B]`` conditioning rewards (reward units).
 
         Returns:
-            The model's ``CausalLMOutput``; ``logits`` is ``[B, T, V]`` and, when the batch has
-            labels, ``loss`` is the mean next-token cross-entropy over labelled tokens.
+            The model's ``CausalLMOutput``; ``logits`` is ``[B, T, V]``, column t predicting
+            the token at column t + 1.
         """
         return self.model(
             inputs_embeds=self.embed(batch.input_ids, rewards),
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
-            labels=batch.labels,
         )
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -475,16 +229,34 @@ class RewardConditionedPolicy(nn.Module):
     ) -> ConditionedBatch:
         """Tokenise and lay out a batch: right padded with labels when completions are given
         (completions get EOS appended), else left padded for generation."""
-        prompt_ids = self.encode(prompts)
         completion_ids = None
         if completions is not None:
             completion_ids = [[*ids, self.eos_token_id] for ids in self.encode(completions)]
+        return self.layout_ids(
+            prompts, rewards, completion_ids, include_prompt_loss=include_prompt_loss
+        )
+
+    def layout_ids(
+        self,
+        prompts: Sequence[str],
+        rewards: Sequence[float],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        *,
+        include_prompt_loss: bool = False,
+    ) -> ConditionedBatch:
+        """Lay out prompt texts with completions given as token ids (taken as they are, EOS
+        included when it was generated): right padded with labels, or, without completions,
+        left padded for generation. See :func:`online_dt.policy.layout.layout_batch`.
+
+        Raises:
+            ValueError: the batch is empty or the sequences differ in length.
+        """
         return layout_batch(
             self.slot_token_ids(rewards),
-            prompt_ids,
+            self.encode(prompts),
             completion_ids,
             pad_id=self.pad_token_id,
-            padding_side="right" if completions is not None else "left",
+            padding_side="right" if completion_ids is not None else "left",
             include_prompt_loss=include_prompt_loss,
         )
 
@@ -496,10 +268,6 @@ class RewardConditionedPolicy(nn.Module):
         rewards = torch.tensor([reward], device=self.device)
         with torch.no_grad():
             return self.embed(ids, rewards)[0]
-
-    def conditioned_token_ids(self, prompt_ids: Sequence[int], reward: float) -> list[int]:
-        """``[reward token, *prompt_ids]`` for one prompt (token mode), as plain token ids."""
-        return [*self.slot_token_ids([reward]), *prompt_ids]
 
     # -- generation (HF reference sampler) -------------------------------------------------------
 
@@ -596,26 +364,11 @@ class RewardConditionedPolicy(nn.Module):
         Returns:
             B lists, one natural-log probability per completion token.
         """
-        batch = layout_batch(
-            self.slot_token_ids(targets),
-            self.encode(prompts),
-            completion_ids,
-            pad_id=self.pad_token_id,
-            padding_side="right",
-        ).to(self.device)
+        batch = self.layout_ids(prompts, targets, completion_ids).to(self.device)
         rewards = torch.tensor([float(t) for t in targets], device=self.device)
-        logits = self.model(
-            inputs_embeds=self.embed(batch.input_ids, rewards),
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-        ).logits.float()
-        logps = logits[:, :-1].log_softmax(-1)
-        labels = batch.labels[:, 1:]
-        out: list[list[float]] = []
-        for i in range(len(prompts)):
-            where = (labels[i] != -100).nonzero().squeeze(-1)
-            out.append(logps[i, where, labels[i, where]].tolist())
-        return out
+        logits = self(batch, rewards).logits
+        assert batch.labels is not None
+        return [row.tolist() for row in labelled_token_logprobs(logits, batch.labels)]
 
 
 # ---------------------------------------------------------------------------------------------
