@@ -5,8 +5,9 @@ out completions conditioned on it (a spread of targets around it) -> score them 
 to the replay buffer relabelled with their achieved reward -> train k steps on buffer batches ->
 publish and sync the weights -> log metrics and checkpoint.
 
-In ``async`` mode the next iteration's rollouts are submitted before training finishes, so
-they come from the policy one version behind the learner (``policy_lag_max`` in the metrics).
+In ``async`` mode the next iteration's rollouts are submitted before training starts (the
+learner answers the schedule's ``buffer_rewards`` before it trains), so on Ray they run while
+the learner trains, from the policy one version behind it (``policy_lag_max`` in the metrics).
 The workers are reached through handles whose calls return futures (:mod:`online_dt.loop.workers`).
 """
 
@@ -121,9 +122,11 @@ def run_loop(
         rollouts, rewards = scored.kept(batch.rollouts)
         with timer("training"):
             appended = learner.append(rollouts, rewards, it, time.time()).result()
-            training = learner.train(on.train_steps_per_iteration)
-            if on.mode == "async" and not last:  # overlaps training, one version behind
+        if on.mode == "async" and not last:  # submitted before training, so it can overlap it
+            with timer("rollout"):
                 pending = launch(cfg, prompts, workers, it + 1, state)
+        with timer("training"):
+            training = learner.train(on.train_steps_per_iteration)
             kl = learner.kl_estimate(rollouts).result() if on.kl_samples else None
             trained = training.result()
         with timer("sync"):
