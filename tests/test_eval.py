@@ -167,7 +167,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 @pytest.mark.slow
 def test_cli_eval_writes_table_and_plot(run_copy, capsys):
     from online_dt.cli import main
-    from online_dt.replay.buffer import export_dataset
+    from online_dt.replay.export import export_dataset
 
     argv = ["eval", str(run_copy), "--targets", "-0.5", "0", "0.5", "1.5"]
     assert main([*argv, "--samples-per-target", "12"]) == 0
@@ -204,7 +204,7 @@ def test_eval_of_a_checkpoint_with_default_targets(run_copy, tmp_path):
     import numpy as np
 
     from online_dt.eval.calibration import run_eval
-    from online_dt.replay.buffer import export_dataset
+    from online_dt.replay.export import export_dataset
 
     checkpoint = run_copy / "checkpoints" / f"iter-{ITERATIONS - 2:06d}"
     out = tmp_path / "out"

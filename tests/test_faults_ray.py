@@ -18,7 +18,7 @@ import yaml
 
 from online_dt.config import OnlineRunConfig, load_config
 from online_dt.launch.rundir import RunDir
-from online_dt.replay.buffer import read_persisted
+from online_dt.replay.shards import read_persisted
 from online_dt.run import plan_run
 from tests.tiny import build_tiny_model
 

@@ -9,7 +9,7 @@ import pytest
 from online_dt.config import OnlineRunConfig
 from online_dt.loop.handles import Done, Gather, LocalHandle, SamplerGroup
 from online_dt.loop.loop import prompts_for
-from online_dt.replay.buffer import export_dataset
+from online_dt.replay.export import export_dataset
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.run import execute, local_workers, main, plan_run
 from tests.tiny import build_tiny_model

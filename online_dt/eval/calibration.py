@@ -408,7 +408,7 @@ def _read_state(checkpoint: Path) -> dict[str, Any]:
 
 def buffer_rewards(run_dir: Path | None) -> np.ndarray:
     """Achieved rewards of every sample persisted in ``run_dir/buffer`` (empty without one)."""
-    from online_dt.replay.buffer import read_persisted
+    from online_dt.replay.shards import read_persisted
 
     if run_dir is None or not (run_dir / "buffer").is_dir():
         return np.zeros(0)

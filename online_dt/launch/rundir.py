@@ -6,7 +6,7 @@ Layout::
       config.yaml        resolved config (written once, atomically)
       metrics.jsonl      one JSON record per finished iteration
       samples.jsonl      a few completions per iteration, for inspection
-      buffer/            replay-buffer parquet shards (online_dt.replay.buffer)
+      buffer/            replay-buffer parquet shards (online_dt.replay.shards)
       weights/           published policy versions (checkpoint weight sync)
       checkpoints/       resumable checkpoints; latest.json names the newest complete one
       rejected/          batches the reward model could not score, with the reason
