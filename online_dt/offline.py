@@ -26,6 +26,7 @@ from online_dt.config import OfflineRunConfig, config_yaml
 from online_dt.embedded.base_model import resolve_base_model
 from online_dt.eval.calibration import calibration_row
 from online_dt.launch.prompts import load_prompts
+from online_dt.launch.rundir import CHECKPOINT_POLICY_DIR, CONFIG_FILE, EVAL_TABLE_FILE
 from online_dt.policy.conditioning import RewardConditionedPolicy
 from online_dt.policy.generation import sample_unconditioned
 from online_dt.rewards import RewardModel, load_reward_model, score_checked
@@ -167,8 +168,8 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
     timings["eval_s"] = time.perf_counter() - t0
 
     run_dir = Path(cfg.offline.run_dir)
-    atomic_write_dir(run_dir / "policy", policy.save_pretrained)
-    atomic_write_text(run_dir / "config.yaml", config_yaml(cfg))
+    atomic_write_dir(run_dir / CHECKPOINT_POLICY_DIR, policy.save_pretrained)
+    atomic_write_text(run_dir / CONFIG_FILE, config_yaml(cfg))
     tail = history[-min(20, len(history)) :]
     report = {
         "base_model": base,
@@ -181,5 +182,5 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
         "calibration": rows,
         "timings_s": timings,
     }
-    atomic_write_json(run_dir / "calibration.json", report)
+    atomic_write_json(run_dir / EVAL_TABLE_FILE, report)
     return report

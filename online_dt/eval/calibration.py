@@ -33,19 +33,22 @@ from typing import Any
 
 import numpy as np
 
+from online_dt.launch.rundir import (
+    BUFFER_DIR,
+    CHECKPOINT_POLICY_DIR,
+    CHECKPOINT_STATE_FILE,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    EVAL_DIR,
+    EVAL_PLOT_FILE,
+    EVAL_TABLE_FILE,
+    LATEST_FILE,
+)
+from online_dt.policy.conditioning import CONDITIONING_FILE
 from online_dt.training.trainer import kl_per_completion
 from online_dt.util.metrics import distinct_n, reward_summary
 
 log = logging.getLogger(__name__)
-
-EVAL_DIR = "eval"
-"""Sub-directory of a run directory that holds the latest evaluation."""
-
-TABLE_FILE = "calibration.json"
-"""The evaluation's JSON report (rows of :func:`calibration_row`)."""
-
-PLOT_FILE = "calibration.png"
-"""The evaluation's plot."""
 
 DEFAULT_SAMPLES_PER_TARGET = 64
 """Completions per target by default (about 1 s per target for the embedded model on 2 cores)."""
@@ -344,7 +347,7 @@ class EvalSource:
 
 
 def _is_policy(path: Path) -> bool:
-    return (path / "reward_conditioning" / "conditioning.json").is_file()
+    return (path / CONDITIONING_FILE).is_file()
 
 
 def resolve_source(path: str | Path) -> EvalSource:
@@ -364,36 +367,36 @@ def resolve_source(path: str | Path) -> EvalSource:
     if not p.is_dir():
         raise EvalError(f"{p} is not a directory")
     state: dict[str, Any] = {}
-    if (p / "checkpoints" / "latest.json").is_file():
+    if (p / CHECKPOINTS_DIR / LATEST_FILE).is_file():
         try:
             checkpoint = RunDir(p).latest_checkpoint()
         except RunDirError as e:
             raise EvalError(str(e)) from None
-        policy_dir = checkpoint / "policy"
+        policy_dir = checkpoint / CHECKPOINT_POLICY_DIR
         state = _read_state(checkpoint)
-    elif (p / "state.json").is_file() and _is_policy(p / "policy"):
-        policy_dir = p / "policy"
+    elif (p / CHECKPOINT_STATE_FILE).is_file() and _is_policy(p / CHECKPOINT_POLICY_DIR):
+        policy_dir = p / CHECKPOINT_POLICY_DIR
         state = _read_state(p)
-    elif _is_policy(p / "policy"):
-        policy_dir = p / "policy"
+    elif _is_policy(p / CHECKPOINT_POLICY_DIR):
+        policy_dir = p / CHECKPOINT_POLICY_DIR
     elif _is_policy(p):
         policy_dir = p
     else:
         raise EvalError(
-            f"{p} is not a run directory (with checkpoints/latest.json), a checkpoint directory "
-            "or a saved policy (with reward_conditioning/conditioning.json)"
+            f"{p} is not a run directory (with {CHECKPOINTS_DIR}/{LATEST_FILE}), a checkpoint "
+            f"directory or a saved policy (with {CONDITIONING_FILE})"
         )
     if not _is_policy(policy_dir):
         raise EvalError(f"{policy_dir} holds no saved policy")
     run_dir = None
     for candidate in [policy_dir, *list(policy_dir.parents)[:3]]:
-        if (candidate / "config.yaml").is_file():
+        if (candidate / CONFIG_FILE).is_file():
             run_dir = candidate
             break
     return EvalSource(
         policy_dir=policy_dir,
         run_dir=run_dir,
-        config_path=run_dir / "config.yaml" if run_dir else None,
+        config_path=run_dir / CONFIG_FILE if run_dir else None,
         iteration=state.get("iteration"),
         policy_version=state.get("version"),
     )
@@ -401,7 +404,7 @@ def resolve_source(path: str | Path) -> EvalSource:
 
 def _read_state(checkpoint: Path) -> dict[str, Any]:
     try:
-        return json.loads((checkpoint / "state.json").read_text())
+        return json.loads((checkpoint / CHECKPOINT_STATE_FILE).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -410,9 +413,9 @@ def buffer_rewards(run_dir: Path | None) -> np.ndarray:
     """Achieved rewards of every sample persisted in ``run_dir/buffer`` (empty without one)."""
     from online_dt.replay.shards import read_persisted
 
-    if run_dir is None or not (run_dir / "buffer").is_dir():
+    if run_dir is None or not (run_dir / BUFFER_DIR).is_dir():
         return np.zeros(0)
-    table = read_persisted(run_dir / "buffer")
+    table = read_persisted(run_dir / BUFFER_DIR)
     return table.column("achieved_reward").to_numpy()
 
 
@@ -463,7 +466,7 @@ def run_eval(
     src = resolve_source(source)
     cfg_file = Path(config_path) if config_path is not None else src.config_path
     if cfg_file is None:
-        raise EvalError(f"no config.yaml found above {src.policy_dir}; pass --config FILE")
+        raise EvalError(f"no {CONFIG_FILE} found above {src.policy_dir}; pass --config FILE")
     cfg = load_config(cfg_file, config_class_for(cfg_file))
     rewards_seen = buffer_rewards(src.run_dir)
     best = float(rewards_seen.max()) if len(rewards_seen) else None
@@ -523,11 +526,11 @@ def run_eval(
             "load_s": t_loaded - started,
             "eval_s": time.perf_counter() - t_loaded,
         },
-        "table": str(out / TABLE_FILE),
-        "plot": str(out / PLOT_FILE),
+        "table": str(out / EVAL_TABLE_FILE),
+        "plot": str(out / EVAL_PLOT_FILE),
     }
-    atomic_write_bytes(out / PLOT_FILE, plot_calibration(report))
-    atomic_write_json(out / TABLE_FILE, report)
+    atomic_write_bytes(out / EVAL_PLOT_FILE, plot_calibration(report))
+    atomic_write_json(out / EVAL_TABLE_FILE, report)
     return report
 
 
