@@ -268,7 +268,9 @@ def _dashboard(run_dir: Path, host: str, port: int | None) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from online_dt.eval.calibration import EvalError, format_calibration_table, run_eval
+    from online_dt.eval.calibration import format_calibration_table
+    from online_dt.eval.run import run_eval
+    from online_dt.eval.source import EvalError
     from online_dt.launch.prompts import PromptError
     from online_dt.replay.schema import BufferCorruptError
     from online_dt.rewards import RewardModelLoadError

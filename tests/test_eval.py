@@ -11,13 +11,12 @@ import struct
 import pytest
 
 from online_dt.eval.calibration import (
-    EvalError,
     calibration_row,
     evaluate_calibration,
     format_calibration_table,
     plan_targets,
-    resolve_source,
 )
+from online_dt.eval.source import EvalError, resolve_source
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.samples import Rollout
 from tests.dashboard_run import ITERATIONS, real_run
@@ -203,7 +202,7 @@ def test_eval_of_a_checkpoint_with_default_targets(run_copy, tmp_path):
     plus best + margin, marked as the extrapolation."""
     import numpy as np
 
-    from online_dt.eval.calibration import run_eval
+    from online_dt.eval.run import run_eval
     from online_dt.replay.export import export_dataset
 
     checkpoint = run_copy / "checkpoints" / f"iter-{ITERATIONS - 2:06d}"
