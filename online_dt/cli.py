@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(run_dir: Path, out: Path | None) -> int:
-    from online_dt.replay.buffer import export_to_disk
+    from online_dt.replay.export import export_to_disk
 
     buffer_dir = run_dir / BUFFER_DIR
     if not buffer_dir.is_dir():
@@ -231,9 +231,11 @@ def _dashboard(run_dir: Path, host: str, port: int | None) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from online_dt.eval.calibration import EvalError, format_calibration_table, run_eval
+    from online_dt.eval.calibration import format_calibration_table
+    from online_dt.eval.run import run_eval
+    from online_dt.eval.source import EvalError
     from online_dt.launch.prompts import PromptError
-    from online_dt.replay.buffer import BufferCorruptError
+    from online_dt.replay.schema import BufferCorruptError
     from online_dt.rewards import RewardModelLoadError
 
     try:

@@ -4,7 +4,8 @@
 2. Score them with the reward model.
 3. Train the conditioned policy on (prompt, completion, achieved reward) records.
 4. For a low, a middle and a high target, sample conditioned completions, score them and write
-   a calibration table (target vs achieved reward, distinct-n) as JSON.
+   a calibration table (target vs achieved reward, distinct-n) as JSON
+   (:func:`online_dt.eval.calibration.evaluate_calibration`, as ``online-dt eval`` does).
 
 This is the warm-start phase of the online loop run on its own, and the quickest way to see
 that conditioning works: the achieved reward should rise with the target.
@@ -24,11 +25,14 @@ import torch
 
 from online_dt.config import OfflineRunConfig, config_yaml
 from online_dt.embedded.base_model import resolve_base_model
-from online_dt.eval.calibration import calibration_row
+from online_dt.eval.calibration import evaluate_calibration
 from online_dt.launch.prompts import load_prompts
+from online_dt.launch.rundir import CHECKPOINT_POLICY_DIR, CONFIG_FILE, EVAL_TABLE_FILE
 from online_dt.policy.generation import sample_unconditioned
 from online_dt.policy.policy import RewardConditionedPolicy
-from online_dt.rewards import RewardModel, load_reward_model, score_checked
+from online_dt.rewards import load_reward_model, score_checked
+from online_dt.rollout.hf_sampler import HFSampler
+from online_dt.rollout.sampler import SamplingParams
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer
 from online_dt.util.atomic import atomic_write_dir, atomic_write_json, atomic_write_text
@@ -62,42 +66,6 @@ def collect_base_samples(
     )
     completions = policy.tokenizer.batch_decode(sampled.token_ids, skip_special_tokens=True)
     return repeated, completions
-
-
-def evaluate_targets(
-    policy: RewardConditionedPolicy,
-    reward_model: RewardModel,
-    prompts: Sequence[str],
-    targets: Sequence[float],
-    samples_per_target: int,
-    cfg: OfflineRunConfig,
-    seed: int,
-) -> list[dict[str, Any]]:
-    """Calibration table: for each target, sample conditioned completions and score them.
-
-    Returns:
-        One :func:`online_dt.eval.calibration.calibration_row` per target: ``target``, achieved
-        ``mean``/``std``/``p10``/``median``/``p90``, ``calibration_error`` (``|mean - target|``),
-        ``distinct_1``/``distinct_2`` over completion tokens, ``count`` and ``samples`` (a few
-        example completions).
-    """
-    rows = []
-    eval_prompts = [prompts[i % len(prompts)] for i in range(samples_per_target)]
-    for k, target in enumerate(targets):
-        gens = policy.generate(
-            eval_prompts,
-            [target] * len(eval_prompts),
-            max_new_tokens=cfg.sampling.max_new_tokens,
-            temperature=cfg.sampling.temperature,
-            top_p=cfg.sampling.top_p,
-            seed=seed + k,
-            batch_size=cfg.sampling.batch_size,
-        )
-        completions = [g.completion for g in gens]
-        rewards = score_checked(reward_model, eval_prompts, completions)
-        tokens = [g.token_ids for g in gens]
-        rows.append(calibration_row(target, eval_prompts, completions, tokens, rewards))
-    return rows
 
 
 def seed_everything(seed: int) -> None:
@@ -155,20 +123,20 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
 
     targets = cfg.offline.eval_targets or [float(q) for q in np.quantile(rewards, [0.1, 0.5, 0.9])]
     t0 = time.perf_counter()
-    rows = evaluate_targets(
-        policy,
-        reward_model,
+    eval_seed = cfg.offline.seed + 1
+    rows = evaluate_calibration(
+        HFSampler(policy, batch_size=cfg.sampling.batch_size),
+        lambda p, c: score_checked(reward_model, p, c),
         prompts,
-        targets,
+        [(t, False) for t in targets],  # in the given order; nothing is extrapolated
         cfg.offline.eval_samples_per_target,
-        cfg,
-        cfg.offline.seed + 1,
+        lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=eval_seed + k),
     )
     timings["eval_s"] = time.perf_counter() - t0
 
     run_dir = Path(cfg.offline.run_dir)
-    atomic_write_dir(run_dir / "policy", policy.save_pretrained)
-    atomic_write_text(run_dir / "config.yaml", config_yaml(cfg))
+    atomic_write_dir(run_dir / CHECKPOINT_POLICY_DIR, policy.save_pretrained)
+    atomic_write_text(run_dir / CONFIG_FILE, config_yaml(cfg))
     tail = history[-min(20, len(history)) :]
     report = {
         "base_model": base,
@@ -181,5 +149,5 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
         "calibration": rows,
         "timings_s": timings,
     }
-    atomic_write_json(run_dir / "calibration.json", report)
+    atomic_write_json(run_dir / EVAL_TABLE_FILE, report)
     return report

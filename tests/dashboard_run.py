@@ -66,7 +66,7 @@ def real_run(tmp_path_factory: Any, base: Path) -> Path:
 def evaluated_run(tmp_path_factory: Any, base: Path) -> Path:
     """A copy of :func:`real_run` with a small evaluation (16 samples per target) in ``eval/``."""
     if "evaluated" not in _BUILT:
-        from online_dt.eval.calibration import run_eval
+        from online_dt.eval.run import run_eval
 
         run_dir = tmp_path_factory.mktemp("dashboard-evaluated") / "run"
         shutil.copytree(real_run(tmp_path_factory, base), run_dir, symlinks=True)

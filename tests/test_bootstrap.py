@@ -21,14 +21,14 @@ from online_dt.embedded.bootstrap import (
     ensure_embedded_model,
     sample_vader_spread,
 )
-from online_dt.embedded.corpus import (
-    ADJECTIVES,
-    Review,
-    all_openings,
-    embedded_prompts,
-    generate_reviews,
-    vader_compound,
-)
+from online_dt.embedded.corpus import Review, all_openings, embedded_prompts, generate_reviews
+from online_dt.embedded.words import ADJECTIVES
+from online_dt.rewards import VaderSentimentReward
+
+
+def vader_compound(texts: list[str]) -> list[float]:
+    """VADER compound of each text alone, through the default reward model."""
+    return VaderSentimentReward().score([""] * len(texts), texts)
 
 
 def _std(values: list[float]) -> float:

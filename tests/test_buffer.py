@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 
 from online_dt.config import ReplayBufferConfig
-from online_dt.replay import buffer as buffer_mod
-from online_dt.replay.buffer import (
-    FIELDS,
-    BufferCorruptError,
-    ReplayBuffer,
-    export_dataset,
-    export_to_disk,
-    shard_name,
-)
+from online_dt.replay import shards as shards_mod
+from online_dt.replay.buffer import ReplayBuffer
+from online_dt.replay.export import export_dataset, export_to_disk
+from online_dt.replay.schema import FIELDS, BufferCorruptError, shard_name
 from online_dt.samples import Sample
 
 
@@ -291,7 +286,7 @@ def test_failed_write_mid_append_changes_nothing(tmp_path, monkeypatch):
     buf.append(batch([0.1, 0.2]))
     before = shard_files(tmp_path)
     calls = []
-    real_publish = buffer_mod._publish
+    real_publish = shards_mod._publish
 
     def failing_publish(tmp, path):
         calls.append(path.name)
@@ -300,14 +295,14 @@ def test_failed_write_mid_append_changes_nothing(tmp_path, monkeypatch):
             raise OSError("disk full")
         real_publish(tmp, path)
 
-    monkeypatch.setattr(buffer_mod, "_publish", failing_publish)
+    monkeypatch.setattr(shards_mod, "_publish", failing_publish)
     with pytest.raises(OSError, match="disk full"):
         buf.append(batch([0.3, 0.4, 0.5, 0.6, 0.7], start=2))  # spans 2 shards
     assert len(calls) == 2
     assert shard_files(tmp_path) == before  # first new shard removed, no tmp left
     assert len(buf) == 2 and buf.total_appended == 2
 
-    monkeypatch.setattr(buffer_mod, "_publish", real_publish)
+    monkeypatch.setattr(shards_mod, "_publish", real_publish)
     assert [s.sample_id for s in buf.append(batch([0.3], start=2))] == [2]
     assert ReplayBuffer.load(c, tmp_path).held() == buf.held()
 
@@ -319,7 +314,7 @@ def test_kill_mid_append_loses_nothing_appended(tmp_path, monkeypatch):
     buf = ReplayBuffer(c, tmp_path)
     appended = buf.append(batch([0.1, 0.2]))
     calls = []
-    real_publish = buffer_mod._publish
+    real_publish = shards_mod._publish
 
     class Killed(BaseException):
         pass
@@ -330,8 +325,9 @@ def test_kill_mid_append_loses_nothing_appended(tmp_path, monkeypatch):
             raise Killed
         real_publish(tmp, path)
 
-    monkeypatch.setattr(buffer_mod, "_publish", killed_publish)
-    monkeypatch.setattr(buffer_mod, "_remove", lambda path: None)  # a dead process cleans nothing
+    monkeypatch.setattr(shards_mod, "_publish", killed_publish)
+    # a dead process cleans nothing
+    monkeypatch.setattr(shards_mod, "remove_file", lambda path: None)
     with pytest.raises(Killed):
         buf.append(batch([0.3, 0.4, 0.5, 0.6, 0.7], start=2))
     monkeypatch.undo()

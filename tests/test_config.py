@@ -45,7 +45,8 @@ def test_every_shipped_config_loads(path):
     cls = config_class_for(path)
     assert cls is (OnlineRunConfig if online else OfflineRunConfig)
     cfg = load_config(path, cls)
-    assert cfg.training.steps >= 0
+    # training.steps is the offline demo's; an online config has no such field
+    assert hasattr(cfg.training, "steps") is (not online)
 
 
 def write(tmp_path, text):
@@ -75,6 +76,28 @@ def test_invalid_config_names_the_field(tmp_path, text, field):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text), OfflineRunConfig)
     assert field in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "online: {iterations: 1}\ntraining: {steps: 5}",
+            "training.steps is the offline demo's step count and an online run does not read it;"
+            " set online.train_steps_per_iteration",
+        ),
+        ("online: {iterations: 1}\noffline: {run_dir: x}", "offline: this section is the offline"),
+    ],
+)
+def test_online_config_refuses_what_an_online_run_ignores(tmp_path, text, message):
+    path = write(tmp_path, text)
+    assert config_class_for(path) is OnlineRunConfig
+    with pytest.raises(ConfigError) as err:
+        load_config(path, OnlineRunConfig)
+    assert message in str(err.value)
+    # the offline demo keeps its step count
+    cfg = load_config(write(tmp_path, "training: {steps: 5}"), OfflineRunConfig)
+    assert cfg.training.steps == 5
 
 
 def test_missing_and_non_mapping_files(tmp_path):

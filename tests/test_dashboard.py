@@ -541,7 +541,7 @@ def real_run_dir(tmp_path_factory, embedded_model_dir):
 
 @pytest.mark.slow
 def test_api_over_a_real_run(real_run_dir, tmp_path_factory, embedded_model_dir):
-    from online_dt.replay.buffer import export_dataset
+    from online_dt.replay.export import export_dataset
 
     run = RunDir(real_run_dir)
     client = TestClient(create_app(real_run_dir))

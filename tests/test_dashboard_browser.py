@@ -19,7 +19,7 @@ import pytest
 
 from online_dt.dashboard import serve
 from online_dt.launch.rundir import RunDir
-from online_dt.replay.buffer import export_dataset
+from online_dt.replay.export import export_dataset
 from tests.dashboard_run import ITERATIONS, evaluated_run
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from online_dt.config import OnlineRunConfig, load_config
-from online_dt.replay.buffer import export_dataset
+from online_dt.replay.export import export_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 ITERATIONS = 14

@@ -12,13 +12,12 @@ import struct
 import pytest
 
 from online_dt.eval.calibration import (
-    EvalError,
     calibration_row,
     evaluate_calibration,
     format_calibration_table,
     plan_targets,
-    resolve_source,
 )
+from online_dt.eval.source import EvalError, resolve_source
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.samples import Rollout
 from tests.dashboard_run import ITERATIONS, real_run
@@ -260,7 +259,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 @pytest.mark.slow
 def test_cli_eval_writes_table_and_plot(run_copy, capsys):
     from online_dt.cli import main
-    from online_dt.replay.buffer import export_dataset
+    from online_dt.replay.export import export_dataset
 
     argv = ["eval", str(run_copy), "--targets", "-0.5", "0", "0.5", "1.5"]
     assert main([*argv, "--samples-per-target", "12"]) == 0
@@ -296,8 +295,8 @@ def test_eval_of_a_checkpoint_with_default_targets(run_copy, tmp_path):
     plus best + margin, marked as the extrapolation."""
     import numpy as np
 
-    from online_dt.eval.calibration import run_eval
-    from online_dt.replay.buffer import export_dataset
+    from online_dt.eval.run import run_eval
+    from online_dt.replay.export import export_dataset
 
     checkpoint = run_copy / "checkpoints" / f"iter-{ITERATIONS - 2:06d}"
     out = tmp_path / "out"

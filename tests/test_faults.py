@@ -23,7 +23,8 @@ from online_dt.loop.futures import Done, LocalHandle, WorkerLostError
 from online_dt.loop.sampler_group import SamplerGroup
 from online_dt.loop.schedule import RewardStats, ScheduleState, next_target
 from online_dt.loop.scoring import RewardBatchError, score_rollouts
-from online_dt.replay.buffer import export_dataset, read_persisted
+from online_dt.replay.export import export_dataset
+from online_dt.replay.shards import read_persisted
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import WeightUpdate
 from online_dt.run import main

@@ -19,7 +19,7 @@ import yaml
 from online_dt.config import OnlineRunConfig, load_config
 from online_dt.launch.rundir import RunDir
 from online_dt.loop.plan import plan_run
-from online_dt.replay.buffer import read_persisted
+from online_dt.replay.shards import read_persisted
 from tests.tiny import build_tiny_model
 
 pytestmark = pytest.mark.slow

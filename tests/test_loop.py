@@ -12,7 +12,7 @@ from online_dt.loop.loop import prompts_for
 from online_dt.loop.plan import base_model_path, execute, plan_run
 from online_dt.loop.sampler_group import SamplerGroup
 from online_dt.loop.workers import local_workers
-from online_dt.replay.buffer import export_dataset
+from online_dt.replay.export import export_dataset
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.run import main
 from tests.tiny import build_tiny_model

@@ -1,7 +1,8 @@
 """Where each actor runs: a placement plan computed from the ``resources`` config section.
 
 Pure and Ray-free, so it is unit-tested without a cluster and runs while the config is
-validated (``ResourcesConfig`` calls :func:`plan_placement`), i.e. before any actor starts.
+validated (``OnlineRunConfig`` calls :func:`plan_placement` on its ``resources``), i.e. before
+any actor starts.
 ``actors/placement.py`` turns a plan into a Ray placement group and per-actor options.
 
 The layout:
@@ -25,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from online_dt.config import ConfigError
+from online_dt.config.base import ConfigError
 
 if TYPE_CHECKING:
-    from online_dt.config import ResourcesConfig
+    from online_dt.config.resources import ResourcesConfig
 
 Role = Literal["learner", "sampler", "reward"]
 

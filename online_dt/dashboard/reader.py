@@ -9,8 +9,10 @@ file: the learner and the controller never wait for the dashboard.
   complete lines (ending in a newline) are parsed, so a torn last line of a concurrent append is
   read once it is complete; a line that is not a JSON object is skipped. A file replaced or cut
   (resume rewrites the logs) is read again from the start and its ``generation`` increases.
-* The replay buffer's parquet shards are read with pyarrow directly (three columns only), each
-  shard cached by (name, size, mtime); shards being replaced by the writer are retried.
+* The replay buffer's parquet shards are listed, planned and read with the replay package's
+  shard functions (:mod:`online_dt.replay.shards`; three columns only), each shard cached by
+  (name, size, mtime); a read that meets a shard being replaced by the writer is retried, and a
+  gap or an unreadable shard is reported with what comes before it.
 * Non-finite floats (NaN, inf) become ``None`` so that every answer is valid JSON.
 """
 
@@ -28,15 +30,25 @@ from typing import Any
 
 import numpy as np
 
+from online_dt.launch.rundir import (
+    BUFFER_DIR,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    EVAL_DIR,
+    EVAL_PLOT_FILE,
+    EVAL_TABLE_FILE,
+    LATEST_FILE,
+    METRICS_FILE,
+    REJECTED_DIR,
+    SAMPLES_FILE,
+)
 from online_dt.launch.rundir import finite_or_none as finite
+from online_dt.replay.schema import BufferCorruptError
+from online_dt.replay.shards import list_shards, plan_coverage, read_shard, read_while_writing
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-CONFIG_FILE = "config.yaml"
-BUFFER_DIR = "buffer"
-REJECTED_DIR = "rejected"
-EVAL_TABLE = "eval/calibration.json"
-EVAL_PLOT = "eval/calibration.png"
+_EVAL_TABLE = f"{EVAL_DIR}/{EVAL_TABLE_FILE}"
+_EVAL_PLOT = f"{EVAL_DIR}/{EVAL_PLOT_FILE}"
+_LATEST = f"{CHECKPOINTS_DIR}/{LATEST_FILE}"
 
 MAX_SAMPLES_KEPT = 10_000
 """Most recent ``samples.jsonl`` records held in memory (the API's ``limit`` maximum)."""
@@ -44,10 +56,8 @@ MAX_SAMPLES_KEPT = 10_000
 MAX_JSON_FILE_BYTES = 8 * 1024 * 1024
 """Larger config, evaluation or rejected-batch files are not parsed (reported as too large)."""
 
-# online_dt.replay.buffer.shard_name: shard-<first id>-<last id>.parquet, ids 12 digits
-_SHARD_RE = re.compile(r"^shard-(\d{12})-(\d{12})\.parquet$")
 _BUFFER_COLUMNS = ["sample_id", "achieved_reward", "iteration"]
-_READ_RETRIES = 5
+_REWRITE_PAUSE_S = 0.05  # between attempts to read shards a writer is replacing
 
 
 SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "credential")
@@ -209,9 +219,9 @@ class RunReader:
                 raise ValueError("file too large")
             data = yaml.safe_load(path.read_text())
         except (OSError, ValueError, yaml.YAMLError) as e:
-            return {"config": None, "summary": {}, "error": f"config.yaml cannot be read: {e}"}
+            return {"config": None, "summary": {}, "error": f"{CONFIG_FILE} cannot be read: {e}"}
         if not isinstance(data, dict):
-            return {"config": None, "summary": {}, "error": "config.yaml is not a mapping"}
+            return {"config": None, "summary": {}, "error": f"{CONFIG_FILE} is not a mapping"}
         return {"config": redact(finite(data)), "summary": config_summary(data), "error": None}
 
     def rejected(self, latest: int = 10) -> dict[str, Any]:
@@ -269,7 +279,7 @@ class RunReader:
             for e in (r.get("errors") or [] if isinstance(r.get("errors"), list) else [])
         ]
         checkpoint = None
-        latest, _ = self._json_file("checkpoints/latest.json")
+        latest, _ = self._json_file(_LATEST)
         if isinstance(latest, dict):
             checkpoint = latest.get("path")
         return {
@@ -285,7 +295,7 @@ class RunReader:
             "achieved_mean": last.get("achieved_mean"),
             "updated_at": updated,
             "checkpoint": checkpoint,
-            "eval_available": self.file(EVAL_TABLE) is not None,
+            "eval_available": self.file(_EVAL_TABLE) is not None,
             "config_error": cfg["error"],
             "rejected": self.rejected(),
             "errors": errors[-10:],
@@ -297,18 +307,18 @@ class RunReader:
     def evaluation(self) -> dict[str, Any]:
         """The latest ``online-dt eval`` report (``report``, or ``None``), whether its plot
         exists, and ``error`` when the report cannot be parsed."""
-        report, error = self._json_file(EVAL_TABLE)
+        report, error = self._json_file(_EVAL_TABLE)
         if report is not None and not isinstance(report, dict):
-            report, error = None, f"{EVAL_TABLE} is not a JSON object"
+            report, error = None, f"{_EVAL_TABLE} is not a JSON object"
         return {
             "report": report,
-            "plot_available": self.file(EVAL_PLOT) is not None,
+            "plot_available": self.file(_EVAL_PLOT) is not None,
             "error": error,
         }
 
     def eval_plot(self) -> Path | None:
         """Path of the latest evaluation's PNG inside the run directory, or ``None``."""
-        return self.file(EVAL_PLOT)
+        return self.file(_EVAL_PLOT)
 
     # -- replay buffer -----------------------------------------------------------------------------
 
@@ -320,42 +330,39 @@ class RunReader:
         if folder is None:
             return np.zeros(0), np.zeros(0, dtype=np.int64), None
         with self._buffer_lock:
-            for _ in range(_READ_RETRIES):
-                try:
-                    return self._read_buffer(folder)
-                except FileNotFoundError:  # the writer replaced the open shard meanwhile
-                    time.sleep(0.05)
-        return np.zeros(0), np.zeros(0, dtype=np.int64), "the buffer is being rewritten"
+            try:
+                return read_while_writing(
+                    lambda: self._read_buffer(folder),
+                    retry_on=(FileNotFoundError,),
+                    pause_s=_REWRITE_PAUSE_S,
+                )
+            except FileNotFoundError:  # the writer kept replacing the open shard
+                return np.zeros(0), np.zeros(0, dtype=np.int64), "the buffer is being rewritten"
 
     def _read_buffer(self, folder: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        shards = []
-        for entry in os.scandir(folder):
-            m = _SHARD_RE.match(entry.name)
-            if m and self.file(f"{BUFFER_DIR}/{entry.name}") is not None:
-                shards.append((int(m.group(1)), -int(m.group(2)), entry.name))
-        shards.sort()
+        try:
+            found = list_shards(folder)
+        except BufferCorruptError as e:
+            return np.zeros(0), np.zeros(0, dtype=np.int64), str(e)
+        # a shard resolving outside the run directory (a symlink pointing out) counts as absent
+        coverage = plan_coverage(
+            [s for s in found if self.file(f"{BUFFER_DIR}/{s.path.name}") is not None]
+        )
+        error = None
+        if coverage.missing is not None:
+            lo, hi = coverage.missing
+            error = f"samples {lo}..{hi} are missing from the buffer"
         rewards, iterations, seen = [], [], set()
-        last, error = -1, None
-        for first, neg_last, name in shards:
-            shard_last = -neg_last
-            if shard_last <= last:
-                continue  # covered by a newer shard (an interrupted rewrite)
-            if first > last + 1:
-                error = f"samples {last + 1}..{first - 1} are missing from the buffer"
-                break
-            st = os.stat(folder / name)
+        for shard, take_from in coverage.used:
+            name = shard.path.name
+            st = os.stat(shard.path)
             key = (st.st_size, st.st_mtime_ns)
             cached = self._shard_cache.get(name)
             if cached is None or cached[0] != key:
                 try:
-                    table = pq.read_table(folder / name, columns=_BUFFER_COLUMNS)
-                except FileNotFoundError:
-                    raise
-                except (pa.ArrowException, OSError) as e:
-                    error = f"shard {name} cannot be read: {e}"
+                    table = read_shard(shard, _BUFFER_COLUMNS)
+                except BufferCorruptError as e:
+                    error = str(e)
                     break
                 cached = (
                     key,
@@ -364,10 +371,9 @@ class RunReader:
                 )
                 self._shard_cache[name] = cached
             seen.add(name)
-            skip = last + 1 - first
+            skip = take_from - shard.first
             rewards.append(cached[1][skip:])
             iterations.append(cached[2][skip:])
-            last = shard_last
         for name in set(self._shard_cache) - seen:
             del self._shard_cache[name]
         if not rewards:

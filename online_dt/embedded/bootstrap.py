@@ -41,12 +41,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from online_dt.config import BootstrapConfig
-from online_dt.embedded.corpus import (
-    CORPUS_VERSION,
-    embedded_prompts,
-    generate_reviews,
-    vader_compound,
-)
+from online_dt.embedded.corpus import CORPUS_VERSION, embedded_prompts, generate_reviews
+from online_dt.rewards import VaderSentimentReward
+from online_dt.util.metrics import reward_summary
 
 if TYPE_CHECKING:
     import torch
@@ -248,14 +245,13 @@ def _histogram(values: Sequence[float]) -> dict[str, list[float] | list[int]]:
     return {"edges": edges, "counts": counts}
 
 
-def _summary(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, standard deviation (population), extremes and histogram of VADER scores."""
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    """:func:`~online_dt.util.metrics.reward_summary` of VADER scores (mean, population std,
+    p10, median, p90), plus extremes, the positive/negative fractions and a histogram; floats
+    rounded to 4 decimals."""
     n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
     return {
-        "mean": round(mean, 4),
-        "std": round(std, 4),
+        **{k: round(v, 4) for k, v in reward_summary(values).items()},
         "min": round(min(values), 4),
         "max": round(max(values), 4),
         "frac_positive": round(sum(v >= 0.05 for v in values) / n, 4),
@@ -284,7 +280,10 @@ def _build(cfg: BootstrapConfig, out_dir: Path, *, progress: bool) -> dict[str, 
     started = time.perf_counter()
     reviews = generate_reviews(cfg.num_texts, cfg.seed)
     texts = [r.text for r in reviews]
-    corpus_vader = _summary(vader_compound([r.completion for r in reviews[:_CORPUS_VADER_TEXTS]]))
+    scored = reviews[:_CORPUS_VADER_TEXTS]
+    corpus_vader = _spread(
+        VaderSentimentReward().score([r.prompt for r in scored], [r.completion for r in scored])
+    )
 
     tokenizer = _train_tokenizer(texts, cfg.vocab_size)
     tokenizer.model_max_length = cfg.n_positions
@@ -534,9 +533,10 @@ def sample_vader_spread(
         num_examples: how many (prompt, completion, reward) examples to include.
 
     Returns:
-        ``n``; ``mean``, ``std`` (population), ``min``, ``max`` of the VADER compound scores
-        (each in ``[-1, 1]``); ``frac_positive`` / ``frac_negative`` (compound ``>= 0.05`` /
-        ``<= -0.05``, VADER's usual thresholds); ``histogram`` (10 bins over ``[-1, 1]``);
+        ``n``; ``mean``, ``std`` (population), ``p10``, ``median``, ``p90``, ``min``, ``max``
+        of the VADER compound scores (each in ``[-1, 1]``); ``frac_positive`` /
+        ``frac_negative`` (compound ``>= 0.05`` / ``<= -0.05``, VADER's usual thresholds);
+        ``histogram`` (10 bins over ``[-1, 1]``);
         ``frac_finished`` (completions that ended with EOS); ``distinct_completions``;
         ``mean_new_tokens``; ``seconds`` (wall time of sampling); ``examples``.
 
@@ -572,10 +572,10 @@ def sample_vader_spread(
     )
     seconds = time.perf_counter() - started
     completions = tokenizer.batch_decode(sampled.token_ids, skip_special_tokens=True)
-    scores = vader_compound(completions)
+    scores = VaderSentimentReward().score(prompts, completions)
     return {
         "n": n,
-        **_summary(scores),
+        **_spread(scores),
         "frac_finished": round(sum(sampled.finished) / n, 4),
         "distinct_completions": len(set(completions)),
         "mean_new_tokens": round(sum(map(len, sampled.token_ids)) / n, 2),

@@ -1,66 +1,32 @@
-"""Evaluation of a trained policy: calibration (achieved vs target reward), diversity and KL.
+"""The calibration table: what a policy achieves when asked for each target reward.
 
-``online-dt eval RUN_DIR_OR_CHECKPOINT --targets -0.5 0 0.5 1.5`` loads the policy (a run
-directory's latest checkpoint, a checkpoint directory, or a saved policy directory) and the run's
-config (reward model, prompts, sampling), samples ``samples_per_target`` completions per target,
-scores them and writes a calibration table as JSON plus a PNG plot into ``RUN_DIR/eval/``:
-
-* ``calibration.json``: one row per target with the achieved reward's mean, std, p10, median
-  and p90, the calibration error ``|mean - target|``, distinct-1/2 of the completion tokens, the
-  KL estimate to the base model (nats per completion) and a few example completions;
-* ``calibration.png``: achieved vs target with the identity line, and diversity and KL per
-  target.
-
-By default one target above the best reward ever seen in the replay buffer is added and marked
-``extrapolation``: the policy was never trained on such a label, and the row shows what asking
-for it does (usually: the achieved reward saturates or falls, and KL rises).
+For each target, :func:`evaluate_calibration` samples completions conditioned on it, scores them
+and summarises them in a row (:func:`calibration_row`): the achieved reward's mean, std, p10,
+median and p90, the calibration error ``|mean - target|``, distinct-1/2 of the completion
+tokens, optionally the KL estimate to the base model, and a few example completions.
+:func:`plan_targets` chooses the targets, marking those above the best reward the policy was
+trained on as ``extrapolation``; :func:`format_calibration_table` prints the rows.
 
 The pieces are plain functions over a sampler and a scoring function (no Ray), so they are
-tested with fakes; :func:`run_eval` does the loading. :func:`calibration_row` is also what the
-offline demo (:mod:`online_dt.offline`) builds its table with.
+tested with fakes; ``online-dt eval`` (:mod:`online_dt.eval.run`) and the offline demo
+(:mod:`online_dt.offline`) both build their tables with :func:`evaluate_calibration`.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from online_dt.training.kl import kl_per_completion
 from online_dt.util.metrics import distinct_n, reward_summary
 
 log = logging.getLogger(__name__)
 
-EVAL_DIR = "eval"
-"""Sub-directory of a run directory that holds the latest evaluation."""
-
-TABLE_FILE = "calibration.json"
-"""The evaluation's JSON report (rows of :func:`calibration_row`)."""
-
-PLOT_FILE = "calibration.png"
-"""The evaluation's plot."""
-
-DEFAULT_SAMPLES_PER_TARGET = 64
-"""Completions per target by default (about 1 s per target for the embedded model on 2 cores)."""
-
 DEFAULT_EXTRAPOLATION_MARGIN = 0.25
 """How far above the best reward seen in the buffer the added extrapolation target sits."""
-
-
-class EvalError(ValueError):
-    """The evaluation source is not a run, checkpoint or policy directory, or lacks a config."""
-
-
-# ---------------------------------------------------------------------------------------------
-# the calibration table (shared with the offline demo)
-# ---------------------------------------------------------------------------------------------
 
 
 def calibration_row(
@@ -134,11 +100,6 @@ def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------
-# targets
-# ---------------------------------------------------------------------------------------------
-
-
 def default_targets(buffer_rewards: Sequence[float]) -> list[float]:
     """Targets when none are given: the 10th, 50th and 90th percentile of the buffer's achieved
     rewards, or ``[-0.5, 0.0, 0.5]`` without a buffer."""
@@ -171,11 +132,6 @@ def plan_targets(
     return [(t, best_seen is not None and t > best_seen) for t in planned]
 
 
-# ---------------------------------------------------------------------------------------------
-# sampling, scoring and KL
-# ---------------------------------------------------------------------------------------------
-
-
 def evaluate_calibration(
     sampler: Any,
     score: Callable[[list[str], list[str]], list[float]],
@@ -190,7 +146,7 @@ def evaluate_calibration(
 
     Args:
         sampler: anything with ``generate(prompts, targets, params) -> list[Rollout]``
-            (:class:`online_dt.rollout.hf_sampler.HFSampler`, the vLLM sampler).
+            (:class:`online_dt.rollout.sampler.HFSampler`, the vLLM sampler).
         score: validated reward function of (prompts, completions) -> one float per sample.
         prompts: the prompt set; target k uses the first ``samples_per_target`` prompts
             (cycling), so every target sees the same prompts.
@@ -239,320 +195,3 @@ def evaluate_calibration(
             row["p90"],
         )
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# the plot
-# ---------------------------------------------------------------------------------------------
-
-
-def plot_calibration(report: dict[str, Any]) -> bytes:
-    """Render the report's rows as a PNG (matplotlib, Agg backend): achieved reward (mean and
-    p10-p90) vs target with the identity line and the best reward seen in the buffer, and
-    distinct-1/2 and KL to the base model per target.
-
-    Returns:
-        The PNG file's bytes.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    rows = report["rows"]
-    targets = np.array([r["target"] for r in rows])
-    means = np.array([r["mean"] for r in rows])
-    lo = means - np.array([r["p10"] for r in rows])
-    hi = np.array([r["p90"] for r in rows]) - means
-    extra = np.array([bool(r.get("extrapolation")) for r in rows])
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
-    every = np.concatenate([targets, means - lo, means + hi])
-    span = [float(every.min()) - 0.05, float(every.max()) + 0.05]
-    ax.plot(span, span, "--", color="0.6", label="achieved = target")
-    for mask, color, label in ((~extra, "C0", "interpolation"), (extra, "C3", "extrapolation")):
-        if mask.any():
-            ax.errorbar(
-                targets[mask],
-                means[mask],
-                yerr=np.vstack([lo[mask], hi[mask]]),
-                fmt="o",
-                color=color,
-                capsize=4,
-                label=f"{label}: mean, p10-p90",
-            )
-    best = report.get("buffer", {}).get("best_reward")
-    if best is not None:
-        ax.axvline(best, color="C3", lw=0.8, ls=":", label=f"best in buffer ({best:.2f})")
-    ax.set_xlabel("target reward")
-    ax.set_ylabel("achieved reward")
-    ax.set_title("calibration")
-    ax.legend(fontsize=8, loc="upper left")
-    ax.grid(alpha=0.3)
-
-    ax2.plot(targets, [r["distinct_1"] for r in rows], "o-", label="distinct-1")
-    ax2.plot(targets, [r["distinct_2"] for r in rows], "s-", label="distinct-2")
-    ax2.set_ylim(0, 1)
-    ax2.set_xlabel("target reward")
-    ax2.set_ylabel("distinct-n")
-    ax2.grid(alpha=0.3)
-    kls = [r.get("kl_to_base") for r in rows]
-    handles, labels = ax2.get_legend_handles_labels()
-    if any(k is not None for k in kls):
-        ax3 = ax2.twinx()
-        (line,) = ax3.plot(
-            targets, [np.nan if k is None else k for k in kls], "^-", color="C2", label="KL"
-        )
-        ax3.set_ylabel("KL to base (nats per completion)")
-        handles.append(line)
-        labels.append("KL to base")
-    ax2.legend(handles, labels, fontsize=8, loc="lower left")
-    ax2.set_title("diversity and KL")
-    title = report.get("policy", "")
-    if report.get("iteration") is not None:
-        title = f"iteration {report['iteration']}, policy version {report.get('policy_version')}"
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------
-# loading a run and writing the report
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalSource:
-    """What ``online-dt eval`` evaluates.
-
-    Attributes:
-        policy_dir: the saved policy (``save_pretrained`` directory).
-        run_dir: the run directory it belongs to, if found.
-        config_path: the run's ``config.yaml``, if found.
-        iteration: the checkpoint's iteration, if known.
-        policy_version: the checkpoint's policy version, if known.
-    """
-
-    policy_dir: Path
-    run_dir: Path | None
-    config_path: Path | None
-    iteration: int | None = None
-    policy_version: int | None = None
-
-
-def _is_policy(path: Path) -> bool:
-    return (path / "reward_conditioning" / "conditioning.json").is_file()
-
-
-def resolve_source(path: str | Path) -> EvalSource:
-    """Find the policy, run directory and config of a path given to ``online-dt eval``.
-
-    Accepted: an online run directory (its latest checkpoint's policy), a checkpoint directory
-    (``checkpoints/iter-NNNNNN``), a run directory holding ``policy/`` (the offline demo's), or a
-    policy directory itself (``weights/v000NNN``, ``.../policy``); the config is the nearest
-    ``config.yaml`` at most three levels up.
-
-    Raises:
-        EvalError: the path is none of these.
-    """
-    from online_dt.launch.rundir import RunDir, RunDirError
-
-    p = Path(path)
-    if not p.is_dir():
-        raise EvalError(f"{p} is not a directory")
-    state: dict[str, Any] = {}
-    if (p / "checkpoints" / "latest.json").is_file():
-        try:
-            checkpoint = RunDir(p).latest_checkpoint()
-        except RunDirError as e:
-            raise EvalError(str(e)) from None
-        policy_dir = checkpoint / "policy"
-        state = _read_state(checkpoint)
-    elif (p / "state.json").is_file() and _is_policy(p / "policy"):
-        policy_dir = p / "policy"
-        state = _read_state(p)
-    elif _is_policy(p / "policy"):
-        policy_dir = p / "policy"
-    elif _is_policy(p):
-        policy_dir = p
-    else:
-        raise EvalError(
-            f"{p} is not a run directory (with checkpoints/latest.json), a checkpoint directory "
-            "or a saved policy (with reward_conditioning/conditioning.json)"
-        )
-    if not _is_policy(policy_dir):
-        raise EvalError(f"{policy_dir} holds no saved policy")
-    run_dir = None
-    for candidate in [policy_dir, *list(policy_dir.parents)[:3]]:
-        if (candidate / "config.yaml").is_file():
-            run_dir = candidate
-            break
-    return EvalSource(
-        policy_dir=policy_dir,
-        run_dir=run_dir,
-        config_path=run_dir / "config.yaml" if run_dir else None,
-        iteration=state.get("iteration"),
-        policy_version=state.get("version"),
-    )
-
-
-def _read_state(checkpoint: Path) -> dict[str, Any]:
-    try:
-        return json.loads((checkpoint / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def buffer_rewards(run_dir: Path | None) -> np.ndarray:
-    """Achieved rewards of every sample persisted in ``run_dir/buffer`` (empty without one)."""
-    from online_dt.replay.buffer import read_persisted
-
-    if run_dir is None or not (run_dir / "buffer").is_dir():
-        return np.zeros(0)
-    table = read_persisted(run_dir / "buffer")
-    return table.column("achieved_reward").to_numpy()
-
-
-def run_eval(
-    source: str | Path,
-    *,
-    targets: Sequence[float] | None = None,
-    samples_per_target: int = DEFAULT_SAMPLES_PER_TARGET,
-    out_dir: str | Path | None = None,
-    config_path: str | Path | None = None,
-    backend: str = "hf",
-    extrapolation_margin: float | None = DEFAULT_EXTRAPOLATION_MARGIN,
-    with_kl: bool = True,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Evaluate a policy and write ``calibration.json`` and ``calibration.png``.
-
-    Args:
-        source: run directory, checkpoint directory or policy directory
-            (see :func:`resolve_source`).
-        targets: target rewards (reward units); default: :func:`default_targets` of the buffer.
-        samples_per_target: completions per target.
-        out_dir: where to write; default ``RUN_DIR/eval`` (or ``eval/`` next to the policy).
-        config_path: the config to use instead of the run's ``config.yaml``.
-        backend: ``hf`` (the in-process reference sampler, default: no engine start-up) or
-            ``config`` (the run's configured sampler backend, e.g. vLLM).
-        extrapolation_margin: add the target ``best buffer reward + margin`` (``None``: don't).
-        with_kl: estimate KL to the base model per target (loads the base model).
-        seed: sampling seed; target k samples with ``seed + k``.
-
-    Returns:
-        The report written to ``calibration.json``: ``rows`` (see :func:`evaluate_calibration`),
-        ``buffer`` (``best_reward``, ``samples``), the policy, config, sampling settings, the
-        paths written (``table``, ``plot``) and timings.
-
-    Raises:
-        EvalError: no policy or config found.
-        ConfigError: the config is invalid.
-        PromptError, RewardModelLoadError, OSError: prompts, reward model or models can't load.
-    """
-    from online_dt.config import config_class_for, load_config
-    from online_dt.launch.prompts import load_prompts
-    from online_dt.rewards import load_reward_model, score_checked
-    from online_dt.rollout.sampler import SamplingParams
-    from online_dt.util.atomic import atomic_write_bytes, atomic_write_json
-
-    started = time.perf_counter()
-    src = resolve_source(source)
-    cfg_file = Path(config_path) if config_path is not None else src.config_path
-    if cfg_file is None:
-        raise EvalError(f"no config.yaml found above {src.policy_dir}; pass --config FILE")
-    cfg = load_config(cfg_file, config_class_for(cfg_file))
-    rewards_seen = buffer_rewards(src.run_dir)
-    best = float(rewards_seen.max()) if len(rewards_seen) else None
-    given = list(targets) if targets else default_targets(rewards_seen)
-    planned = plan_targets(given, best, extrapolation_margin)
-
-    prompts = load_prompts(cfg.prompts)
-    reward_model = load_reward_model(cfg.reward_model)
-    sampler, policy = _load_sampler(cfg, src, backend)
-    try:
-        t_loaded = time.perf_counter()
-        kl_fn = None
-        kl_error = None
-        if with_kl:
-            try:
-                base_model = _load_base_model(cfg)
-                kl_fn = lambda rollouts: kl_per_completion(policy, base_model, rollouts)  # noqa: E731
-            except OSError as e:
-                kl_error = f"base model could not be loaded: {e}"
-                log.warning("no KL estimate: %s", kl_error)
-
-        rows = evaluate_calibration(
-            sampler,
-            lambda p, c: score_checked(reward_model, p, c),
-            prompts,
-            planned,
-            samples_per_target,
-            lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=seed + k),
-            kl=kl_fn,
-        )
-    finally:
-        close = getattr(sampler, "close", None)
-        if close is not None:
-            close()  # a vLLM engine holds memory and processes until closed
-    out = (
-        Path(out_dir) if out_dir is not None else (src.run_dir or src.policy_dir.parent) / EVAL_DIR
-    )
-    report = {
-        "created_at": time.time(),
-        "source": str(source),
-        "policy": str(src.policy_dir),
-        "run_dir": str(src.run_dir) if src.run_dir else None,
-        "config": str(cfg_file),
-        "iteration": src.iteration,
-        "policy_version": src.policy_version,
-        "backend": getattr(sampler, "backend", backend),
-        "reward_model": cfg.reward_model.kind,
-        "samples_per_target": samples_per_target,
-        "sampling": cfg.sampling.model_dump(mode="json"),
-        "seed": seed,
-        "buffer": {"best_reward": best, "samples": len(rewards_seen)},
-        "extrapolation_margin": extrapolation_margin,
-        "kl_estimator": "k1: mean over completions of sum_t log pi(y_t) - log p_base(y_t), nats",
-        "kl_error": kl_error,
-        "rows": rows,
-        "timings_s": {
-            "load_s": t_loaded - started,
-            "eval_s": time.perf_counter() - t_loaded,
-        },
-        "table": str(out / TABLE_FILE),
-        "plot": str(out / PLOT_FILE),
-    }
-    atomic_write_bytes(out / PLOT_FILE, plot_calibration(report))
-    atomic_write_json(out / TABLE_FILE, report)
-    return report
-
-
-def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
-    """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL."""
-    from online_dt.config import OnlineRunConfig
-    from online_dt.policy.policy import RewardConditionedPolicy
-    from online_dt.rollout.hf_sampler import HFSampler
-
-    if backend not in ("hf", "config"):
-        raise ValueError(f"backend must be 'hf' or 'config', got {backend!r}")
-    device = cfg.model.device
-    policy = RewardConditionedPolicy.from_pretrained(src.policy_dir, device=device).eval()
-    version = src.policy_version or 0
-    if backend == "config" and isinstance(cfg, OnlineRunConfig):
-        from online_dt.rollout.factory import make_sampler
-
-        return make_sampler(cfg, str(src.policy_dir), version), policy
-    return HFSampler(policy, batch_size=cfg.sampling.batch_size, policy_version=version), policy
-
-
-def _load_base_model(cfg: Any) -> Any:
-    """The frozen base model as the learner builds it (same vocabulary as the policy)."""
-    from online_dt.embedded.base_model import resolve_base_model
-    from online_dt.policy.policy import RewardConditionedPolicy
-
-    base = resolve_base_model(cfg.model, cfg.bootstrap, progress=False)
-    return RewardConditionedPolicy.fresh(cfg, base).model.eval().requires_grad_(False)

@@ -6,7 +6,7 @@ Layout::
       config.yaml        resolved config (written once, atomically)
       metrics.jsonl      one JSON record per finished iteration
       samples.jsonl      a few completions per iteration, for inspection
-      buffer/            replay-buffer parquet shards (online_dt.replay.buffer)
+      buffer/            replay-buffer parquet shards (online_dt.replay.shards)
       weights/           published policy versions (checkpoint weight sync)
       checkpoints/       resumable checkpoints; latest.json names the newest complete one
       rejected/          batches the reward model could not score, with the reason
@@ -47,7 +47,8 @@ LATEST_FILE = "latest.json"
 CHECKPOINT_STATE_FILE = "state.json"
 """In a checkpoint: iteration, policy version, buffer and controller state."""
 CHECKPOINT_POLICY_DIR = "policy"
-"""In a checkpoint: the policy (a Hugging Face directory plus ``reward_conditioning/``)."""
+"""In a checkpoint (and in the offline demo's run directory): the policy (a Hugging Face
+directory plus ``reward_conditioning/``)."""
 CHECKPOINT_TRAINER_FILE = "trainer.pt"
 """In a checkpoint: optimizer and LR-schedule state."""
 REJECTED_DIR = "rejected"
@@ -55,7 +56,7 @@ REJECTED_DIR = "rejected"
 EVAL_DIR = "eval"
 """The latest ``online-dt eval``."""
 EVAL_TABLE_FILE = "calibration.json"
-"""In ``eval/``: the calibration table."""
+"""In ``eval/`` (at the top of the offline demo's run directory): the calibration table."""
 EVAL_PLOT_FILE = "calibration.png"
 """In ``eval/``: the calibration plot."""
 TENSORBOARD_DIR = "tensorboard"

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from online_dt.config import ConditioningConfig, OfflineRunConfig
+from online_dt.config import ConditioningConfig, RunConfig
 from online_dt.policy.conditioner import RewardConditioner
 from online_dt.policy.generation import sample_tokens
 from online_dt.policy.layout import ConditionedBatch, layout_batch
@@ -103,7 +103,7 @@ class RewardConditionedPolicy(nn.Module):
         return cls(model, tokenizer, conditioner).to(resolve_device(device))
 
     @classmethod
-    def fresh(cls, cfg: OfflineRunConfig, base_path: str | Path) -> RewardConditionedPolicy:
+    def fresh(cls, cfg: RunConfig, base_path: str | Path) -> RewardConditionedPolicy:
         """The untrained conditioned policy a run config describes over ``base_path``.
 
         Uses the config's conditioning, ``model.device``, ``model.attn_implementation`` and

@@ -1,0 +1,94 @@
+"""The online loop's ``online`` section and its ``fault_tolerance`` section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from online_dt.config.base import StrictModel
+
+
+class OnlineConfig(StrictModel):
+    """The online decision-transformer loop."""
+
+    run_dir: Path = Path("runs/default")
+    """Run directory: config, metrics.jsonl, samples, buffer shards, checkpoints."""
+
+    iterations: int = Field(30, ge=1)
+    """Online iterations (rollout, score, append, train, sync)."""
+
+    prompts_per_iteration: int = Field(64, ge=1)
+    """Prompts rolled out per iteration (cycling through the prompt set)."""
+
+    samples_per_prompt: int = Field(4, ge=1)
+    """Completions sampled per prompt."""
+
+    train_steps_per_iteration: int = Field(20, ge=0)
+    """Learner optimizer steps per iteration, on batches drawn from the replay buffer."""
+
+    mode: Literal["sync", "async"] = "sync"
+    """``sync``: rollouts wait for the newest weights. ``async``: the next rollout overlaps the
+    current training, so samples may come from a policy up to ``max_policy_lag`` versions old."""
+
+    max_policy_lag: int = Field(1, ge=1)
+    """``async``: largest allowed difference between the learner's and a sample's version."""
+
+    warm_start_samples_per_prompt: int = Field(0, ge=0)
+    """Offline warm start: base-model completions per prompt scored and added to the buffer
+    before the first iteration (0 = no warm start)."""
+
+    warm_start_steps: int = Field(0, ge=0)
+    """Offline warm start: training steps on the warm-start samples."""
+
+    kl_coef: float = Field(0.0, ge=0.0)
+    """KL-to-base penalty coefficient (0 = pure decision transformer; > 0 penalises divergence
+    from the frozen base model, as Quark does)."""
+
+    kl_samples: int = Field(64, ge=0)
+    """Samples per iteration used to estimate KL to the base model (0 disables the estimate)."""
+
+    checkpoint_every: int = Field(1, ge=1)
+    """Write a resumable checkpoint every this many iterations (and after the last)."""
+
+    samples_logged_per_iteration: int = Field(16, ge=0)
+    """Completions per iteration written to ``samples.jsonl`` for inspection."""
+
+    resume_policy: Literal["keep", "discard"] = "keep"
+    """On ``--resume``: ``keep`` every persisted sample (those of an interrupted iteration stay
+    in the buffer once), or ``discard`` samples persisted after the last checkpoint."""
+
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to ``RUN_DIR/tensorboard`` (needs ``tensorboard``)."""
+
+    seed: int = 0
+    """Seed of prompt order and sampling."""
+
+
+class FaultToleranceConfig(StrictModel):
+    """What the loop does when a worker dies or a reward model misbehaves."""
+
+    sampler_max_restarts: int = Field(3, ge=-1)
+    """Ray restarts of each sampler actor after its process dies (-1: unlimited)."""
+
+    reward_max_restarts: int = Field(3, ge=-1)
+    """Ray restarts of the reward-model actor after its process dies (-1: unlimited)."""
+
+    rollout_retries: int = Field(2, ge=0)
+    """Times an interrupted rollout chunk is re-issued (to the restarted replica) before it
+    is dropped with a logged count."""
+
+    reward_retries: int = Field(2, ge=0)
+    """Times a scoring batch is retried after the reward model raised or its actor died."""
+
+    on_reward_failure: Literal["stop", "skip"] = "stop"
+    """After the retries: ``stop`` the run with the error, or ``skip`` the batch (its samples
+    go to ``RUN_DIR/rejected/`` with the reason either way)."""
+
+    retry_backoff_s: float = Field(1.0, ge=0.0, le=600.0)
+    """Wait before each retry, in seconds (doubled at every further attempt)."""
+
+    restart_timeout_s: float = Field(600.0, gt=0.0)
+    """How long a retry waits for a restarting worker to come back (a sampler reloads its
+    model), in seconds, before the attempt counts as failed."""

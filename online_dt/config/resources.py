@@ -1,0 +1,66 @@
+"""The ``resources`` section: Ray resources of the online run's actors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from online_dt.config.base import StrictModel
+
+
+class ResourcesConfig(StrictModel):
+    """Ray resources of the actors and where they go (fractional GPUs allowed).
+
+    Checked when an :class:`~online_dt.config.runs.OnlineRunConfig` is validated, by computing
+    the placement plan (:func:`online_dt.config.placement.plan_placement`), so a combination
+    that cannot be placed fails at load time, before any actor starts.
+    """
+
+    num_samplers: int = Field(1, ge=1)
+    """Sampler actor replicas; each prompt batch is split across them."""
+
+    sampler_cpus: float = Field(1.0, ge=0.0)
+    """CPUs per sampler actor."""
+
+    sampler_gpus: float = Field(0.0, ge=0.0)
+    """GPUs per sampler actor: a fraction (0.25: four samplers share one GPU) or a whole
+    number (a value above 1 must be whole)."""
+
+    learner_cpus: float = Field(1.0, ge=0.0)
+    """CPUs of the learner actor."""
+
+    learner_gpus: float = Field(0.0, ge=0.0)
+    """GPUs of the learner actor (a fraction, or a whole number above 1)."""
+
+    reward_cpus: float = Field(0.0, ge=0.0)
+    """CPUs of the reward-model actor (0 with ``reward_gpus`` 0: it gets no bundle of its own
+    and shares the learner's bundle and node; VADER is light)."""
+
+    reward_gpus: float = Field(0.0, ge=0.0)
+    """GPUs of the reward-model actor (a fraction, or a whole number above 1)."""
+
+    sampler_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per sampler, e.g. ``{online_dt_sampler: 1}``: pins samplers to the
+    nodes that advertise them (``ray start --resources``, a KubeRay group's
+    ``rayStartParams.resources``)."""
+
+    learner_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources of the learner, e.g. ``{online_dt_learner: 1}`` (see
+    ``sampler_resources``)."""
+
+    colocate: bool = False
+    """Sampler replicas and the learner share GPUs: their shares are packed, learner first,
+    into bundles of at most one GPU (``learner_gpus + sampler_gpus`` must be at most 1), instead
+    of the learner getting a bundle of its own."""
+
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Ray placement-group strategy for the actors' bundles (Ray's own names)."""
+
+    use_placement_group: bool = True
+    """Reserve the actors' resources in one Ray placement group before starting them, so a
+    run either gets all its resources or waits; ``false`` schedules each actor on its own."""
+
+    placement_timeout_s: float = Field(600.0, gt=0.0)
+    """How long to wait for the placement group (e.g. while an autoscaler adds nodes) before
+    failing with the resources the cluster is missing, in seconds."""

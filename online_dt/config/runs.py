@@ -1,0 +1,121 @@
+"""The top-level configs of the two run kinds: the offline demo's and the online loop's.
+
+Both share :class:`RunConfig`'s sections (model, conditioning, reward model, prompts, sampling,
+training, bootstrap); each adds only what it reads, so a section or field one kind would ignore
+is refused when its config is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from online_dt.config.base import StrictModel
+from online_dt.config.buffer import ReplayBufferConfig
+from online_dt.config.conditioning import ConditioningConfig
+from online_dt.config.dashboard import DashboardConfig
+from online_dt.config.loop import FaultToleranceConfig, OnlineConfig
+from online_dt.config.model import BootstrapConfig, ModelConfig
+from online_dt.config.offline import OfflineConfig
+from online_dt.config.placement import plan_placement
+from online_dt.config.prompts import PromptsConfig
+from online_dt.config.resources import ResourcesConfig
+from online_dt.config.reward_model import RewardModelConfig
+from online_dt.config.sampling import SamplerConfig, SamplingConfig
+from online_dt.config.schedule import ScheduleConfig
+from online_dt.config.training import OfflineTrainingConfig, TrainingConfig
+
+
+class RunConfig(StrictModel):
+    """The sections every run reads: the policy, its reward model, prompts, sampling, training."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The base policy."""
+
+    conditioning: ConditioningConfig = Field(default_factory=ConditioningConfig)
+    """How the policy is conditioned on a target reward."""
+
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    """Which reward model scores completions."""
+
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    """Where prompts come from."""
+
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """Sampling parameters for data collection and evaluation."""
+
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    """Training of the conditioned policy."""
+
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    """How the embedded base model is built when ``model.name_or_path`` is ``embedded``."""
+
+
+class OfflineRunConfig(RunConfig):
+    """Top-level config of ``online-dt train-offline``: the shared sections plus ``offline``."""
+
+    training: OfflineTrainingConfig = Field(default_factory=OfflineTrainingConfig)
+    """Offline training of the conditioned policy, with its step count ``training.steps``."""
+
+    offline: OfflineConfig = Field(default_factory=OfflineConfig)
+    """Offline demo settings."""
+
+
+class OnlineRunConfig(RunConfig):
+    """Top-level config of ``online-dt run``: the shared sections plus the loop's.
+
+    Refused at load: an ``offline`` section and ``training.steps`` (the offline demo's; an online
+    run reads ``online.train_steps_per_iteration`` instead), and a ``resources`` section that
+    cannot be placed (:func:`online_dt.config.placement.plan_placement`).
+    """
+
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    """Sampler backend and engine settings."""
+
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    """Reward-target schedule."""
+
+    buffer: ReplayBufferConfig = Field(default_factory=ReplayBufferConfig)
+    """Replay buffer."""
+
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
+    """Online loop settings."""
+
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    """Ray resources of the actors."""
+
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    """The run's web dashboard."""
+
+    fault_tolerance: FaultToleranceConfig = Field(default_factory=FaultToleranceConfig)
+    """Restarts, retries and what to do with batches that cannot be scored."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_offline_section(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "offline" in data:
+            raise ValueError(
+                "offline: this section is the offline demo's (online-dt train-offline) and an "
+                "online run does not read it; remove it (the loop's settings are in online)"
+            )
+        return data
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _refuse_offline_steps(cls, value: Any) -> Any:
+        if isinstance(value, OfflineTrainingConfig) or (
+            isinstance(value, dict) and "steps" in value
+        ):
+            raise ValueError(
+                "training.steps is the offline demo's step count and an online run does not "
+                "read it; set online.train_steps_per_iteration (optimizer steps per iteration) "
+                "instead"
+            )
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _check_placement(cls, value: ResourcesConfig) -> ResourcesConfig:
+        plan_placement(value)  # raises ConfigError (a ValueError) naming the fields
+        return value

@@ -1,0 +1,61 @@
+"""The ``sampling`` section (decoding parameters) and the ``sampler`` section (the rollout
+backend and its engine settings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from online_dt.config.base import StrictModel
+
+
+class SamplingConfig(StrictModel):
+    """Sampling parameters for rollouts and evaluation."""
+
+    temperature: float = Field(1.0, ge=0.0)
+    """Softmax temperature; 0 means greedy decoding."""
+
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches ``top_p``."""
+
+    max_new_tokens: int = Field(24, ge=1)
+    """Maximum completion length in tokens (generation also stops at the EOS token)."""
+
+    batch_size: int = Field(128, ge=1)
+    """Prompts per generation batch of the HF reference sampler."""
+
+
+class SamplerConfig(StrictModel):
+    """Which sampler backend generates rollouts, and its engine settings."""
+
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    """``vllm``: vLLM engine (CPU build or CUDA build). ``hf``: the in-process reference sampler.
+    ``auto``: vLLM when it can be imported, else HF (a log line says which runs)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Engine weights dtype; ``auto`` is float32 on CPU and bfloat16 on GPU."""
+
+    max_model_len: int | None = Field(None, ge=8)
+    """Longest sequence (conditioning slot + prompt + completion) in tokens; default: the
+    model's context length."""
+
+    kv_cache_memory_gb: float | None = Field(0.25, gt=0.0)
+    """KV-cache size in GiB. Set it on CPU (vLLM's memory-fraction check counts only one NUMA
+    node there); ``null`` sizes the cache from ``gpu_memory_utilization`` instead."""
+
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    """Fraction of accelerator memory vLLM may use when ``kv_cache_memory_gb`` is null."""
+
+    enforce_eager: bool = True
+    """Disable CUDA graphs / compilation (faster start, fine on CPU and for small models)."""
+
+    weight_sync: Literal["checkpoint", "nccl"] = "checkpoint"
+    """``checkpoint``: the learner writes a HF directory, engines reload it in place (CPU and
+    GPU). ``nccl``: vLLM's native NCCL weight transfer between GPUs (not runnable on CPU)."""
+
+    keep_versions: int = Field(2, ge=1)
+    """Published checkpoint versions kept on disk (older ones are deleted)."""
+
+    seed: int = 0
+    """Engine seed (per-request seeds come from the sampling call)."""

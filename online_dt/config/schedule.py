@@ -1,0 +1,76 @@
+"""The ``schedule`` section: the reward target the online loop conditions on."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from online_dt.config.base import StrictModel
+
+
+class ScheduleConfig(StrictModel):
+    """The reward-target schedule: which target the policy is conditioned on each iteration."""
+
+    kind: Literal["constant", "linear", "quantile", "max_plus_margin", "topk"] = "quantile"
+    """``constant``: ``value`` every iteration (Online Decision Transformer's exploration
+    return-to-go). ``linear``: from ``start`` to ``end`` over ``iterations``. ``quantile``: the
+    q-th quantile of achieved rewards in the buffer, q rising from ``q_start`` to ``q_end`` over
+    ``iterations``. ``max_plus_margin``: best achieved reward plus ``margin``. ``topk``: mean +
+    std * U(0, 1) of the ``k`` best achieved rewards (upside-down RL)."""
+
+    value: float = 0.0
+    """``constant``: the target (reward units)."""
+
+    start: float = 0.0
+    """``linear``: target at iteration 0 (reward units); also the target of every data-driven
+    schedule while the buffer is empty."""
+
+    end: float = 1.0
+    """``linear``: target from iteration ``iterations`` on (reward units)."""
+
+    iterations: int = Field(10, ge=1)
+    """``linear``/``quantile``: iterations over which the target (or q) moves to its end."""
+
+    q_start: float = Field(0.5, ge=0.0, le=1.0)
+    """``quantile``: quantile at iteration 0."""
+
+    q_end: float = Field(0.9, ge=0.0, le=1.0)
+    """``quantile``: quantile from iteration ``iterations`` on."""
+
+    margin: float = Field(0.05, ge=0.0)
+    """``max_plus_margin``: added to the best achieved reward (reward units)."""
+
+    k: int = Field(32, ge=1)
+    """``topk``: how many of the best achieved rewards to use."""
+
+    max_increase: float | None = Field(None, gt=0.0)
+    """Cap on how far the target may rise from one iteration to the next (reward units)."""
+
+    monotone: bool = False
+    """Never lower the target below the previous iteration's."""
+
+    spread: float = Field(0.0, ge=0.0)
+    """Per-sample exploration: each prompt's target is drawn uniformly from
+    ``target ± spread`` (reward units)."""
+
+    min_target: float | None = None
+    """Clamp targets to at least this value (reward units)."""
+
+    max_target: float | None = None
+    """Clamp targets to at most this value (reward units)."""
+
+    seed: int = 0
+    """Seed of the schedule's own randomness (``topk`` draws, spread)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.q_end < self.q_start:
+            raise ValueError("q_end must be >= q_start")
+        if (
+            self.min_target is not None
+            and self.max_target is not None
+            and self.max_target < self.min_target
+        ):
+            raise ValueError("max_target must be >= min_target")
+        return self

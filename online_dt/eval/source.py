@@ -1,0 +1,116 @@
+"""What ``online-dt eval`` evaluates: the policy, run directory, config and checkpoint state
+behind a path, and the rewards of the run's replay buffer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from online_dt.launch.rundir import (
+    BUFFER_DIR,
+    CHECKPOINT_POLICY_DIR,
+    CHECKPOINT_STATE_FILE,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LATEST_FILE,
+    RunDir,
+    RunDirError,
+)
+from online_dt.policy.conditioner import CONDITIONING_FILE
+from online_dt.replay.shards import read_persisted
+
+
+class EvalError(ValueError):
+    """The evaluation source is not a run, checkpoint or policy directory, or lacks a config."""
+
+
+@dataclass
+class EvalSource:
+    """What ``online-dt eval`` evaluates.
+
+    Attributes:
+        policy_dir: the saved policy (``save_pretrained`` directory).
+        run_dir: the run directory it belongs to, if found.
+        config_path: the run's ``config.yaml``, if found.
+        iteration: the checkpoint's iteration, if known.
+        policy_version: the checkpoint's policy version, if known.
+    """
+
+    policy_dir: Path
+    run_dir: Path | None
+    config_path: Path | None
+    iteration: int | None = None
+    policy_version: int | None = None
+
+
+def _is_policy(path: Path) -> bool:
+    return (path / CONDITIONING_FILE).is_file()
+
+
+def resolve_source(path: str | Path) -> EvalSource:
+    """Find the policy, run directory and config of a path given to ``online-dt eval``.
+
+    Accepted: an online run directory (its latest checkpoint's policy), a checkpoint directory
+    (``checkpoints/iter-NNNNNN``), a run directory holding ``policy/`` (the offline demo's), or a
+    policy directory itself (``weights/v000NNN``, ``.../policy``); the config is the nearest
+    ``config.yaml`` at most three levels up.
+
+    Raises:
+        EvalError: the path is none of these.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise EvalError(f"{p} is not a directory")
+    state: dict[str, Any] = {}
+    if (p / CHECKPOINTS_DIR / LATEST_FILE).is_file():
+        try:
+            checkpoint = RunDir(p).latest_checkpoint()
+        except RunDirError as e:
+            raise EvalError(str(e)) from None
+        policy_dir = checkpoint / CHECKPOINT_POLICY_DIR
+        state = _read_state(checkpoint)
+    elif (p / CHECKPOINT_STATE_FILE).is_file() and _is_policy(p / CHECKPOINT_POLICY_DIR):
+        policy_dir = p / CHECKPOINT_POLICY_DIR
+        state = _read_state(p)
+    elif _is_policy(p / CHECKPOINT_POLICY_DIR):
+        policy_dir = p / CHECKPOINT_POLICY_DIR
+    elif _is_policy(p):
+        policy_dir = p
+    else:
+        raise EvalError(
+            f"{p} is not a run directory (with {CHECKPOINTS_DIR}/{LATEST_FILE}), a checkpoint "
+            f"directory or a saved policy (with {CONDITIONING_FILE})"
+        )
+    if not _is_policy(policy_dir):
+        raise EvalError(f"{policy_dir} holds no saved policy")
+    run_dir = None
+    for candidate in [policy_dir, *list(policy_dir.parents)[:3]]:
+        if (candidate / CONFIG_FILE).is_file():
+            run_dir = candidate
+            break
+    return EvalSource(
+        policy_dir=policy_dir,
+        run_dir=run_dir,
+        config_path=run_dir / CONFIG_FILE if run_dir else None,
+        iteration=state.get("iteration"),
+        policy_version=state.get("version"),
+    )
+
+
+def _read_state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        return json.loads((checkpoint / CHECKPOINT_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def buffer_rewards(run_dir: Path | None) -> np.ndarray:
+    """Achieved rewards of every sample persisted in ``run_dir/buffer`` (empty without one)."""
+    if run_dir is None or not (run_dir / BUFFER_DIR).is_dir():
+        return np.zeros(0)
+    table = read_persisted(run_dir / BUFFER_DIR)
+    return table.column("achieved_reward").to_numpy()
