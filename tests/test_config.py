@@ -225,3 +225,34 @@ def test_cli_rejects_bad_config_before_work(tmp_path, capsys):
     assert code == 2
     assert "training.lr" in capsys.readouterr().err
     assert main(["validate", "--config", str(CONFIGS[0])]) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("reward_model: {kind: vader, batch_size: 8}", "kind 'vader' does not read batch_size"),
+        (
+            "reward_model: {kind: custom, class_path: 'a.b:C', label: 0}",
+            "does not read label .used by hf_classifier.",
+        ),
+        ("reward_model: {kind: hf_classifier, model_name_or_path: m, kwargs: {a: 1}}", "kwargs"),
+        ("sampler: {weight_sync: nccl}", "nccl is not wired into the learner"),
+        ("online: {mode: async, max_policy_lag: 2}", "max_policy_lag: 2 is not implemented"),
+    ],
+)
+def test_run_config_refuses_options_a_run_would_ignore(tmp_path, text, message):
+    """A field the run would not read (another reward-model kind's, an unwired weight-sync
+    backend, a policy lag the loop cannot keep) fails at load, naming it."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), OnlineRunConfig)
+
+
+def test_reward_model_fields_of_its_own_kind_are_accepted(tmp_path):
+    cfg = load_config(
+        write(
+            tmp_path, "reward_model: {kind: hf_classifier, model_name_or_path: m, batch_size: 8}"
+        ),
+        OnlineRunConfig,
+    )
+    assert cfg.reward_model.batch_size == 8
+    assert load_config(write(tmp_path, "online: {max_policy_lag: 1}"), OnlineRunConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from online_dt.config.base import StrictModel
 
@@ -33,7 +33,19 @@ class OnlineConfig(StrictModel):
     current training, so samples may come from a policy up to ``max_policy_lag`` versions old."""
 
     max_policy_lag: int = Field(1, ge=1)
-    """``async``: largest allowed difference between the learner's and a sample's version."""
+    """``async``: largest allowed difference between the learner's and a sample's version.
+    The loop keeps one iteration in flight, so samples are at most 1 version behind; larger
+    values are refused until deeper pipelining is implemented."""
+
+    @field_validator("max_policy_lag")
+    @classmethod
+    def _only_one_version_behind(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                f"max_policy_lag: {value} is not implemented; async mode keeps one iteration in "
+                "flight, so samples are at most 1 version behind the learner (set 1)"
+            )
+        return value
 
     warm_start_samples_per_prompt: int = Field(0, ge=0)
     """Offline warm start: base-model completions per prompt scored and added to the buffer

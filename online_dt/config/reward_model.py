@@ -46,6 +46,18 @@ class RewardModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_kind(self) -> RewardModelConfig:
+        defaults = RewardModelConfig.model_construct()
+        ignored = [
+            name
+            for name, kinds in _FIELD_KINDS.items()
+            if self.kind not in kinds and getattr(self, name) != getattr(defaults, name)
+        ]
+        if ignored:
+            raise ValueError(
+                f"kind {self.kind!r} does not read "
+                + ", ".join(f"{n} (used by {' and '.join(_FIELD_KINDS[n])})" for n in ignored)
+                + "; remove them or change kind"
+            )
         if self.kind == "hf_classifier" and not self.model_name_or_path:
             raise ValueError("model_name_or_path is required when kind is 'hf_classifier'")
         if self.kind == "custom":
@@ -57,3 +69,17 @@ class RewardModelConfig(StrictModel):
                     f"class_path must look like 'package.module:ClassName', got {self.class_path!r}"
                 )
         return self
+
+
+_FIELD_KINDS: dict[str, tuple[str, ...]] = {
+    "score_prompt": ("vader", "hf_classifier"),
+    "model_name_or_path": ("hf_classifier",),
+    "label": ("hf_classifier",),
+    "output": ("hf_classifier",),
+    "max_length": ("hf_classifier",),
+    "batch_size": ("hf_classifier",),
+    "device": ("hf_classifier",),
+    "class_path": ("custom",),
+    "kwargs": ("custom",),
+}
+"""The kinds that read each kind-specific field; another kind refuses a non-default value."""

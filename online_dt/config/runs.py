@@ -114,6 +114,17 @@ class OnlineRunConfig(RunConfig):
             )
         return value
 
+    @field_validator("sampler")
+    @classmethod
+    def _refuse_unwired_nccl(cls, sampler: SamplerConfig) -> SamplerConfig:
+        if sampler.weight_sync == "nccl":
+            raise ValueError(
+                "weight_sync: nccl is not wired into the learner yet: it would only change the "
+                "vLLM engines' arguments while the learner still publishes checkpoints to disk; "
+                "use checkpoint (online_dt/rollout/weight_sync_nccl.py holds the unwired parts)"
+            )
+        return sampler
+
     @field_validator("resources")
     @classmethod
     def _check_placement(cls, value: ResourcesConfig) -> ResourcesConfig:
