@@ -14,7 +14,12 @@ from pathlib import Path
 
 from online_dt.arguments import add_config_args, parse_overrides
 from online_dt.config import ConfigError, OfflineRunConfig, config_class_for, load_config
-from online_dt.launch.rundir import BUFFER_DIR, CONFIG_FILE
+from online_dt.launch.rundir import (
+    BUFFER_DIR,
+    CHECKPOINT_POLICY_DIR,
+    CONFIG_FILE,
+    EVAL_TABLE_FILE,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,7 +295,7 @@ def _train_offline(cfg: OfflineRunConfig, progress: bool) -> int:
     print(f"conditioned policy ({report['conditioning']} mode), achieved reward per target:")
     print(format_calibration_table(report["calibration"]))
     run_dir = Path(cfg.offline.run_dir)
-    print(f"\nwrote {run_dir / 'calibration.json'} and {run_dir / 'policy'}")
+    print(f"\nwrote {run_dir / EVAL_TABLE_FILE} and {run_dir / CHECKPOINT_POLICY_DIR}")
     return 0
 
 

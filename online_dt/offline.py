@@ -37,6 +37,10 @@ from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer
 from online_dt.util.atomic import atomic_write_dir, atomic_write_json, atomic_write_text
 from online_dt.util.metrics import reward_summary
+from online_dt.util.seeds import derived_seed
+
+EVAL_SEED_STREAM = 1
+"""Seed key of the calibration samples (the base samples use ``offline.seed`` itself)."""
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +127,15 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
 
     targets = cfg.offline.eval_targets or [float(q) for q in np.quantile(rewards, [0.1, 0.5, 0.9])]
     t0 = time.perf_counter()
-    eval_seed = cfg.offline.seed + 1
     rows = evaluate_calibration(
         HFSampler(policy, batch_size=cfg.sampling.batch_size),
         lambda p, c: score_checked(reward_model, p, c),
         prompts,
         [(t, False) for t in targets],  # in the given order; nothing is extrapolated
         cfg.offline.eval_samples_per_target,
-        lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=eval_seed + k),
+        lambda k: SamplingParams.from_config(
+            cfg.sampling, n=1, seed=derived_seed(cfg.offline.seed, EVAL_SEED_STREAM, k)
+        ),
     )
     timings["eval_s"] = time.perf_counter() - t0
 

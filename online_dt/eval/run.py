@@ -33,6 +33,7 @@ from online_dt.eval.plot import plot_calibration
 from online_dt.eval.source import EvalError, EvalSource, buffer_rewards, resolve_source
 from online_dt.launch.rundir import CONFIG_FILE, EVAL_DIR, EVAL_PLOT_FILE, EVAL_TABLE_FILE
 from online_dt.training.kl import kl_per_completion
+from online_dt.util.seeds import derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def run_eval(
             ``config`` (the run's configured sampler backend, e.g. vLLM).
         extrapolation_margin: add the target ``best buffer reward + margin`` (``None``: don't).
         with_kl: estimate KL to the base model per target (loads the base model).
-        seed: sampling seed; target k samples with ``seed + k``.
+        seed: sampling seed; target k samples with ``derived_seed(seed, k)``.
 
     Returns:
         The report written to ``calibration.json``: ``rows`` (see :func:`evaluate_calibration`),
@@ -115,7 +116,7 @@ def run_eval(
             prompts,
             planned,
             samples_per_target,
-            lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=seed + k),
+            lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=derived_seed(seed, k)),
             kl=kl_fn,
         )
     finally:
