@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         type=float,
         default=1.0,
-        help="multiply the default budget by this (ignored when --budget is given)",
+        help="multiply the default budget by this, rounded to whole online-dt iterations "
+        "(ignored with --budget)",
     )
     g.add_argument(
         "--seed",
@@ -128,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--out", default=None, help="output directory (default: runs/peers-<timestamp>)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the temporary work directory (online-dt run directory, TRL outputs)",
+    )
 
     g = p.add_argument_group("online-dt")
     g.add_argument(
@@ -197,18 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class CountingReward:
-    """A reward model that counts its calls (scored completions), by phase.
+    """A reward model that counts its calls (scored completions) by phase, and how many of the
+    calls of each phase were on held-out prompts (a ``*:train`` phase must have none).
 
     Attributes:
         model: the wrapped reward model (the ``RewardModel`` protocol of ``online_dt.rewards``).
+        heldout: the held-out prompts.
         phase: the label the next calls are counted under.
         counts: completions scored per phase.
+        heldout_counts: of those, completions of a held-out prompt, per phase.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, heldout: Sequence[str] = ()) -> None:
         self.model = model
+        self.heldout = set(heldout)
         self.phase = "unassigned"
         self.counts: dict[str, int] = {}
+        self.heldout_counts: dict[str, int] = {}
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """Score through the wrapped model (validated by ``score_checked``), counting
@@ -216,11 +228,35 @@ class CountingReward:
         from online_dt.rewards import score_checked
 
         self.counts[self.phase] = self.counts.get(self.phase, 0) + len(prompts)
+        held = sum(p in self.heldout for p in prompts)
+        self.heldout_counts[self.phase] = self.heldout_counts.get(self.phase, 0) + held
         return score_checked(self.model, prompts, completions)
 
     def calls(self, phase: str) -> int:
         """Completions scored under ``phase``."""
         return self.counts.get(phase, 0)
+
+    def heldout_in_training(self) -> dict[str, int]:
+        """Per ``*:train`` phase, completions scored on held-out prompts (all zero when no
+        method trained on a held-out prompt)."""
+        return {k: v for k, v in self.heldout_counts.items() if k.endswith(":train")}
+
+
+def split_prompts(prompts: Sequence[str], heldout: int, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded split into (train, held-out) prompts: duplicates removed (first kept), shuffled
+    with ``random.Random(seed)``, the first ``heldout`` held out.
+
+    Raises:
+        ValueError: the split leaves no train or no held-out prompt.
+    """
+    order = list(dict.fromkeys(prompts))
+    random.Random(seed).shuffle(order)
+    if not 0 < heldout < len(order):
+        raise ValueError(
+            f"{len(order)} distinct prompts cannot be split into {heldout} held-out prompts and "
+            "at least one train prompt"
+        )
+    return order[heldout:], order[:heldout]
 
 
 @dataclass
@@ -267,15 +303,64 @@ class Setup:
         return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
 
 
+def per_iteration_calls(cfg: Any) -> int:
+    """Reward calls of one online-dt iteration: prompts_per_iteration x samples_per_prompt."""
+    return cfg.online.prompts_per_iteration * cfg.online.samples_per_prompt
+
+
+def plan_budget(args: argparse.Namespace, methods: Sequence[str]) -> int:
+    """The budget of reward calls per trained method, checked against every method's unit.
+
+    ``--budget`` as given, else the default (``--config``'s online.iterations x
+    prompts_per_iteration x samples_per_prompt) times ``--scale``, rounded to a whole number of
+    online-dt iterations (at least one).
+
+    Raises:
+        SystemExit: the budget is not a whole number of online-dt iterations, RAFT rounds
+            (``--raft-prompts x --raft-k``) or GRPO steps (``--grpo-batch``) for the methods
+            asked for; the message names each.
+    """
+    from online_dt.config import OnlineRunConfig, load_config
+
+    plain = load_config(args.config, OnlineRunConfig)
+    odt = load_config(args.config, OnlineRunConfig, odt_overrides(args))
+    unit = per_iteration_calls(odt)
+    if args.budget is not None:
+        budget = args.budget
+    else:
+        budget = (
+            max(1, round(per_iteration_calls(plain) * plain.online.iterations * args.scale / unit))
+            * unit
+        )
+    units = {
+        "online-dt": (unit, "iteration", "online.prompts_per_iteration x samples_per_prompt"),
+        "raft": (args.raft_prompts * args.raft_k, "round", "--raft-prompts x --raft-k"),
+        "grpo": (args.grpo_batch, "step", "--grpo-batch"),
+    }
+    bad = [
+        f"{m} {what}s ({size} calls per {what}: {how})"
+        for m, (size, what, how) in units.items()
+        if m in methods and (budget < size or budget % size)
+    ]
+    if budget < 1 or bad:
+        raise SystemExit(
+            f"error: the budget {budget} is not a whole number of "
+            + "; ".join(bad or ["(must be positive)"])
+            + ". Change --budget, or the sizes (online-dt: --odt-set "
+            "online.prompts_per_iteration=N)."
+        )
+    return budget
+
+
 SEED_SPLIT, SEED_EVAL, SEED_REFERENCE, SEED_RAFT, SEED_GRPO, SEED_BON = range(6)
 """Keys of the derived seeds."""
 
 
-def make_setup(args: argparse.Namespace) -> Setup:
+def make_setup(args: argparse.Namespace, budget: int) -> Setup:
     """Load the config, base model, reward model and prompts; split the prompts (seeded).
 
     Raises:
-        SystemExit: the split leaves no train prompt, or the budget is not positive.
+        SystemExit: the split leaves no train or no held-out prompt.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -286,28 +371,21 @@ def make_setup(args: argparse.Namespace) -> Setup:
     from online_dt.rewards import load_reward_model
 
     cfg = load_config(args.config, OnlineRunConfig)
-    on = cfg.online
-    default_budget = on.iterations * on.prompts_per_iteration * on.samples_per_prompt
-    budget = args.budget if args.budget is not None else round(default_budget * args.scale)
-    if budget < 1:
-        raise SystemExit(f"error: the budget must be positive, got {budget}")
     base_path = resolve_base_model(cfg.model, cfg.bootstrap, progress=not args.no_progress)
     prompts = load_prompts(cfg.prompts)
     from online_dt.util.seeds import derived_seed
 
-    order = list(prompts)
-    random.Random(derived_seed(args.seed, SEED_SPLIT)).shuffle(order)
-    heldout, train = order[: args.heldout_prompts], order[args.heldout_prompts :]
-    if not train or not heldout:
-        raise SystemExit(
-            f"error: {len(prompts)} prompts cannot be split into {args.heldout_prompts} held-out "
-            "prompts and at least one train prompt"
+    try:
+        train, heldout = split_prompts(
+            prompts, args.heldout_prompts, derived_seed(args.seed, SEED_SPLIT)
         )
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     base_model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     base_model.eval().requires_grad_(False)
     work = Path(tempfile.mkdtemp(prefix="odt-peers-"))
-    reward = CountingReward(load_reward_model(cfg.reward_model))
+    reward = CountingReward(load_reward_model(cfg.reward_model), heldout)
     return Setup(args, cfg, base_path, base_model, tokenizer, train, heldout, budget, reward, work)
 
 
@@ -739,31 +817,28 @@ def run_grpo(setup: Setup, beta: float) -> list[dict[str, Any]]:
     ]
 
 
-def odt_config(setup: Setup) -> Any:
-    """The online-dt run's config: ``--config`` with ``--odt-set`` applied, ``online.run_dir`` in
-    the work directory, ``online.iterations`` so that the run spends the budget, and the HF
-    reference sampler unless ``--odt-set sampler.backend=...`` says otherwise.
-
-    Raises:
-        SystemExit: the budget is not a multiple of prompts_per_iteration x samples_per_prompt.
-    """
+def odt_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--odt-set`` as nested overrides, with the HF reference sampler unless
+    ``--odt-set sampler.backend=...`` says otherwise."""
     from online_dt.arguments import parse_overrides
+
+    overrides = parse_overrides(args.odt_set)
+    overrides.setdefault("sampler", {}).setdefault("backend", "hf")
+    return overrides
+
+
+def odt_config(setup: Setup) -> Any:
+    """The online-dt run's config: ``--config`` with ``--odt-set`` applied (and the HF sampler,
+    :func:`odt_overrides`), ``online.run_dir`` in the work directory and ``online.iterations``
+    = budget / (prompts_per_iteration x samples_per_prompt) (divisibility is checked by
+    :func:`plan_budget`)."""
     from online_dt.config import OnlineRunConfig, load_config
 
-    overrides = parse_overrides(setup.args.odt_set)
-    sampler = overrides.setdefault("sampler", {})
-    sampler.setdefault("backend", "hf")
+    overrides = odt_overrides(setup.args)
     probe = load_config(setup.args.config, OnlineRunConfig, overrides)
-    per_iteration = probe.online.prompts_per_iteration * probe.online.samples_per_prompt
-    if setup.budget % per_iteration:
-        raise SystemExit(
-            f"error: online-dt spends {per_iteration} calls an iteration "
-            "(prompts_per_iteration x samples_per_prompt), which does not divide the budget "
-            f"{setup.budget}; change --budget or --odt-set online.prompts_per_iteration=..."
-        )
     online = overrides.setdefault("online", {})
     online["run_dir"] = str(setup.work / "online-dt")
-    online["iterations"] = setup.budget // per_iteration
+    online["iterations"] = setup.budget // per_iteration_calls(probe)
     return load_config(setup.args.config, OnlineRunConfig, overrides)
 
 
@@ -1036,8 +1111,8 @@ def to_json(value: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; returns the exit status (0: every method's train calls equal the
-    budget, 1: one differs, reported in the table and the JSON)."""
+    """Run the benchmark; returns the exit status: 0, or 1 when a method's train reward calls
+    differ from the budget or any were on a held-out prompt (both reported in the JSON)."""
     args = build_parser().parse_args(argv)
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(wanted) - set(METHODS))
@@ -1048,7 +1123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    setup = make_setup(args)
+    budget = plan_budget(args, wanted)
+    setup = make_setup(args, budget)
     print(
         f"[peers] budget {setup.budget} reward calls per method; {len(setup.train_prompts)} train"
         f" / {len(setup.heldout_prompts)} held-out prompts; eval {args.eval_samples} samples per "
@@ -1105,6 +1181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "wall_s": time.perf_counter() - started,
             "reward_calls_by_phase": dict(setup.reward.counts),
             "train_calls_differ_from_budget": mismatched,
+            "heldout_prompt_calls_in_training": setup.reward.heldout_in_training(),
         },
         "rows": rows,
         "reference": reference,
@@ -1116,9 +1193,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nbudget {setup.budget} reward calls; wall {report['setup']['wall_s']:.0f} s; "
         f"wrote {out / 'peers.json'} and {out / 'peers.png'}"
     )
+    if args.keep_work:
+        print(f"kept the work directory {setup.work}")
+    else:
+        shutil.rmtree(setup.work, ignore_errors=True)
     if mismatched:
         print(f"WARNING: train reward calls differ from the budget for {mismatched}")
-    return 1 if mismatched else 0
+    leaks = {k: v for k, v in setup.reward.heldout_in_training().items() if v}
+    if leaks:
+        print(f"WARNING: reward calls on held-out prompts during training: {leaks}")
+    return 1 if mismatched or leaks else 0
 
 
 if __name__ == "__main__":
