@@ -352,6 +352,27 @@ def plan_budget(args: argparse.Namespace, methods: Sequence[str]) -> int:
     return budget
 
 
+TEXTS_KEY = "_texts"
+"""Row key holding the evaluated completion texts in memory (dropped from ``peers.json``)."""
+
+
+def match_distinct_2(rows: list[dict[str, Any]], reference: dict[str, Any], seed: int) -> None:
+    """Give each online-dt row ``distinct_2_at_bin_size``: the word distinct-2 of a seeded
+    subsample of its completions as large as the set its target's reference bin was measured on
+    (distinct-n falls as a set grows, so only equal sizes compare)."""
+    from bench.peers_metrics import word_distinct_n
+
+    bins = {round(b["center"], 6): b for b in reference["at_targets"]}
+    for row in rows:
+        ref = bins.get(round(row.get("target", math.nan), 6)) if "target" in row else None
+        texts = row.get(TEXTS_KEY, [])
+        if ref is None or not ref["distinct_2_samples"] or not texts:
+            continue
+        size = min(ref["distinct_2_samples"], len(texts))
+        row["distinct_2_at_bin_size"] = word_distinct_n(random.Random(seed).sample(texts, size), 2)
+        row["distinct_2_at_bin_size_samples"] = size
+
+
 SEED_SPLIT, SEED_EVAL, SEED_REFERENCE, SEED_RAFT, SEED_GRPO, SEED_BON = range(6)
 """Keys of the derived seeds."""
 
@@ -428,6 +449,7 @@ def summarize(
         "nll_base_per_token": nll_per_token(base_logprobs),
         "mean_tokens": tokens / len(texts),
         "examples": list(texts[: 2 * setup.args.eval_samples : setup.args.eval_samples]),
+        TEXTS_KEY: list(texts),  # for size-matched distinct-2; not written to the JSON
     }
     if policy_logprobs is not None:
         kl = k1_kl(policy_logprobs, base_logprobs)
@@ -1012,7 +1034,8 @@ def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | Non
                 f"({100 * ref['fraction']:.1f}% of base samples), "
                 f"r_mean {fmt(ref['reward_mean'])}, "
                 f"NLL/tok {fmt(ref['nll_per_token'])}, dist2 {fmt(ref['distinct_2'])} "
-                f"(on {ref['distinct_2_samples']}), ideal KL/cmp >= "
+                f"(on {ref['distinct_2_samples']}; online-dt on as many: "
+                f"{fmt(r.get('distinct_2_at_bin_size'))}), ideal KL/cmp >= "
                 f"{fmt(ref['kl_ideal_lower_bound'])} (/tok >= "
                 f"{fmt(ref['kl_ideal_lower_bound_per_token'])})"
             )
@@ -1020,9 +1043,11 @@ def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | Non
 
 
 def plot(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None, path: Path) -> None:
-    """``peers.png``: reward vs KL per token (online-dt as a curve over targets, peers as
-    points, the base's ideal binned KL lower bound), reward vs NLL under the base per token
-    (with the base's own binned curve), and reward vs distinct-2."""
+    """``peers.png``, mean reward on the held-out prompts against: KL per token (online-dt as a
+    curve over targets, peers as points, and the base's ideal-KL lower bound per reward bin),
+    the NLL under the base per token (with the base's own samples binned by reward), and word
+    distinct-2 (each method on its full evaluation set; beside each online-dt target, the base
+    bin's distinct-2 and online-dt's on an equal number of samples)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1030,32 +1055,48 @@ def plot(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None, path:
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     panels = [
-        (
-            "kl_per_token",
-            "KL(policy || base), nats per token (k1; best-of-n: bound)",
-            "kl_ideal_lower_bound_per_token",
-            "base by reward bin: ideal KL >= -log P(bin) / length",
-        ),
-        (
-            "nll_base_per_token",
-            "NLL under the base model, nats per token",
-            "nll_per_token",
-            "base samples by reward bin",
-        ),
-        ("distinct_2", "word distinct-2", "distinct_2", "base samples by reward bin"),
+        ("kl_per_token", "KL(policy || base), nats per token (k1; best-of-n: bound)"),
+        ("nll_base_per_token", "NLL of the samples under the base model, nats per token"),
+        ("distinct_2", "word distinct-2"),
     ]
     odt = [r for r in rows if r["method"] == "online-dt"]
     peers = [r for r in rows if r["method"] != "online-dt"]
-    for ax, (key, label, ref_key, ref_label) in zip(axes, panels, strict=True):
-        if reference is not None:
+    width = reference["half_width"] if reference is not None else None
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        if reference is not None and key != "distinct_2":
             grid = [b for b in reference["grid"] if b["count"] >= 5]
+            ref_key = "kl_ideal_lower_bound_per_token" if key == "kl_per_token" else "nll_per_token"
+            ref_label = (
+                "base, ideal KL >= -log P(bin) / length"
+                if key == "kl_per_token"
+                else "base samples by reward bin"
+            )
             ax.plot(
                 [b[ref_key] for b in grid],
                 [b["reward_mean"] for b in grid],
                 ":",
                 color="grey",
                 marker=".",
-                label=f"{ref_label} (bins +-{reference['half_width']:g}, >= 5 samples)",
+                label=f"{ref_label} (bins +-{width:g}, >= 5 samples)",
+            )
+        if reference is not None and key == "distinct_2":
+            bins = [b for b in reference["at_targets"] if b["count"] >= 5]
+            ax.plot(
+                [b["distinct_2"] for b in bins],
+                [b["reward_mean"] for b in bins],
+                "x",
+                color="grey",
+                ms=8,
+                label=f"base samples within +-{width:g} of each target",
+            )
+            matched = [r for r in odt if r.get("distinct_2_at_bin_size_samples", 0) >= 5]
+            ax.plot(
+                [r["distinct_2_at_bin_size"] for r in matched],
+                [r["reward_mean"] for r in matched],
+                "o",
+                mfc="none",
+                color="C0",
+                label="online-dt on as many samples as that bin",
             )
         if odt:
             ax.plot(
@@ -1063,7 +1104,7 @@ def plot(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None, path:
                 [r["reward_mean"] for r in odt],
                 "-o",
                 color="C0",
-                label="online-dt (targets)",
+                label="online-dt (one point per target)",
             )
             for r in odt:
                 ax.annotate(
@@ -1086,8 +1127,7 @@ def plot(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None, path:
         ax.set_xlabel(label)
         ax.set_ylabel("mean reward on held-out prompts")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
-    axes[1].legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("online-dt vs peers at equal reward-model calls (held-out prompts)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -1156,7 +1196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         t = time.perf_counter()
         print("[peers] binned-base reference ...", file=sys.stderr, flush=True)
         reference = base_reference(setup, targets)
+        match_distinct_2(rows, reference, setup.seed(SEED_REFERENCE, 2))
         print(f"[peers] reference done in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    for row in rows:
+        row.pop(TEXTS_KEY, None)
 
     mismatched = [
         r["method"]
