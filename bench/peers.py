@@ -1127,7 +1127,7 @@ def plot(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None, path:
         ax.set_xlabel(label)
         ax.set_ylabel("mean reward on held-out prompts")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle("online-dt vs peers at equal reward-model calls (held-out prompts)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
