@@ -390,12 +390,11 @@ def make_setup(args: argparse.Namespace, budget: int) -> Setup:
     from online_dt.embedded.base_model import resolve_base_model
     from online_dt.launch.prompts import load_prompts
     from online_dt.rewards import load_reward_model
+    from online_dt.util.seeds import derived_seed
 
     cfg = load_config(args.config, OnlineRunConfig)
     base_path = resolve_base_model(cfg.model, cfg.bootstrap, progress=not args.no_progress)
     prompts = load_prompts(cfg.prompts)
-    from online_dt.util.seeds import derived_seed
-
     try:
         train, heldout = split_prompts(
             prompts, args.heldout_prompts, derived_seed(args.seed, SEED_SPLIT)
