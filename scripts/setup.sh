@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${ONLINE_DT_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${ONLINE_DT_EXTRAS:-cpu,dev}"
+EXTRAS="${ONLINE_DT_EXTRAS:-cpu,dev,bench}"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment in $VENV"

@@ -1,0 +1,342 @@
+"""The peer benchmark (bench/peers.py): its metrics, checked against hand counts and against the
+exact KL by enumeration, and the script end to end at a tiny budget."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.peers_metrics import (
+    best_of_n_kl_bound,
+    binned_reference,
+    k1_kl,
+    nll_per_token,
+    teacher_forced_logprobs,
+    word_distinct_n,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "default.yaml"
+
+# ---------------------------------------------------------------------------------------------
+# word distinct-n
+# ---------------------------------------------------------------------------------------------
+
+
+def test_word_distinct_n_counts_word_ngrams_per_completion():
+    texts = [" the food was good", "the food was bad ", "good"]
+    # words: [the food was good] [the food was bad] [good]: 9 unigrams, 5 distinct
+    assert word_distinct_n(texts, 1) == pytest.approx(5 / 9)
+    # bigrams: (the food) (food was) (was good) (the food) (food was) (was bad): 6, 4 distinct
+    assert word_distinct_n(texts, 2) == pytest.approx(4 / 6)
+    # trigrams: (the food was) x2, (food was good), (food was bad): 4, 3 distinct
+    assert word_distinct_n(texts, 3) == pytest.approx(3 / 4)
+    # n-grams never cross completions: "good" + "the" would be a bigram if they did
+    assert word_distinct_n(["a b", "c d"], 2) == 1.0
+    # whitespace of any kind splits words, and punctuation stays part of a word
+    assert word_distinct_n(["good,  good\tgood."], 1) == pytest.approx(3 / 3)
+    assert word_distinct_n(["x x x x"], 1) == pytest.approx(1 / 4)
+    assert word_distinct_n(["one", ""], 2) == 0.0  # no bigram at all
+    with pytest.raises(ValueError):
+        word_distinct_n(texts, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# k1 KL, NLL, best-of-n bound, binned reference (pure arithmetic)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_k1_kl_and_nll_on_hand_numbers():
+    policy = [[-0.5, -1.0], [-2.0]]
+    base = [[-1.0, -1.5], [-1.0]]
+    kl = k1_kl(policy, base)
+    # per completion: (-1.5 + 2.5) = 1.0 and (-2 + 1) = -1.0 -> mean 0; per token 0 / 3
+    assert kl.per_completion == pytest.approx(0.0)
+    assert kl.per_token == pytest.approx(0.0)
+    assert kl.completions == 2 and kl.tokens == 3
+    assert kl.stderr_per_completion == pytest.approx(math.sqrt(2.0 / 2))
+    kl = k1_kl([[-0.1, -0.1, -0.1]], [[-1.1, -0.6, -0.1]])
+    assert kl.per_completion == pytest.approx(1.5) and kl.per_token == pytest.approx(0.5)
+    assert nll_per_token(base) == pytest.approx(3.5 / 3)
+    with pytest.raises(ValueError, match="policy logprobs"):
+        k1_kl([[-1.0]], [[-1.0, -2.0]])
+    with pytest.raises(ValueError, match="rows"):
+        k1_kl([[-1.0]], [])
+    with pytest.raises(ValueError, match="no completion tokens"):
+        nll_per_token([[]])
+
+
+def test_best_of_n_bound():
+    assert best_of_n_kl_bound(1) == 0.0
+    assert best_of_n_kl_bound(4) == pytest.approx(math.log(4) - 0.75)
+    with pytest.raises(ValueError):
+        best_of_n_kl_bound(0)
+
+
+def test_binned_reference_selects_the_bin():
+    rewards = [0.0, 0.05, 0.1, 0.5, 0.95]
+    texts = ["a b", "a b", "c d", "e f", "g h"]
+    logprobs = [[-1.0, -1.0], [-2.0], [-3.0, -3.0, -3.0], [-0.5], [-0.1]]
+    low, high, empty = binned_reference(rewards, texts, logprobs, [0.0, 1.0, -0.5])
+    assert low.count == 3 and low.fraction == pytest.approx(0.6)  # 0.0, 0.05, 0.1 (edge kept)
+    assert low.reward_mean == pytest.approx(0.05)
+    assert low.nll_per_token == pytest.approx(13 / 6)
+    assert low.mean_tokens == pytest.approx(2.0)
+    assert low.distinct_2 == pytest.approx(2 / 3)  # (a b) twice, (c d)
+    assert low.kl_ideal_lower_bound == pytest.approx(-math.log(0.6))
+    assert low.kl_ideal_lower_bound_per_token == pytest.approx(-math.log(0.6) / 2)
+    assert high.count == 1 and high.reward_mean == pytest.approx(0.95)
+    assert empty.count == 0 and math.isinf(empty.kl_ideal_lower_bound)
+    assert math.isnan(empty.nll_per_token)
+    (sub,) = binned_reference(rewards, texts, logprobs, [0.0], max_samples=2, seed=3)
+    assert sub.count == 3 and sub.distinct_2_samples == 2
+    with pytest.raises(ValueError):
+        binned_reference(rewards, texts, logprobs[:2], [0.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# the k1 estimator against the exact KL by enumeration (tiny 8-word GPT-2)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_k1_kl_with_teacher_forced_logprobs_matches_exact_kl(tmp_path):
+    """The benchmark's KL of a plain causal LM (RAFT, GRPO, base): completions sampled from the
+    policy with the shared sampler, both models' logprobs from ``teacher_forced_logprobs``,
+    ``k1_kl`` of them. Against the exact KL(policy || base) over every completion of at most
+    L tokens of a tiny 8-word GPT-2 (``tests.exact_kl``): per completion the values equal the
+    enumeration's log-ratios, the pi-weighted sum over the whole space is the exact KL, and the
+    sample mean is within 4.5 standard errors of it. Negative control: policy = base gives 0.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from online_dt.policy.generation import sample_unconditioned
+    from tests.exact_kl import base_next_logprobs, build_word_model, enumerate_completions, exact_kl
+
+    path = build_word_model(tmp_path / "words")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    policy = copy.deepcopy(base)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # move the policy away from the base, as training would
+        for p in policy.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    prompt_ids = tokenizer.encode("a b", add_special_tokens=False)
+    vocab, eos, length = base.config.vocab_size, tokenizer.eos_token_id, 3
+    assert vocab == 8 and len(prompt_ids) == 2
+    space = enumerate_completions(
+        base_next_logprobs(policy, prompt_ids),
+        base_next_logprobs(base, prompt_ids),
+        vocab,
+        eos,
+        length,
+    )
+    probs = [math.exp(sum(c.policy_logprobs)) for c in space]
+    assert math.fsum(probs) == pytest.approx(1.0, abs=1e-9)
+    kl = exact_kl(space)
+    assert kl > 0.5
+
+    # the enumeration's own logprobs: teacher_forced_logprobs gives the same per token
+    every_ids = [list(c.token_ids) for c in space]
+    prompts = [prompt_ids] * len(space)
+    pol = teacher_forced_logprobs(policy, prompts, every_ids, batch_size=97)
+    bas = teacher_forced_logprobs(base, prompts, every_ids, batch_size=97)
+    flat = [x for row in pol for x in row]
+    assert flat == pytest.approx([x for c in space for x in c.policy_logprobs], abs=1e-5)
+    # the pi-weighted k1 values over the whole space are the exact KL
+    values = [k1_kl([p], [b]).per_completion for p, b in zip(pol, bas, strict=True)]
+    assert math.fsum(p * v for p, v in zip(probs, values, strict=True)) == pytest.approx(
+        kl, abs=1e-4
+    )
+
+    # sampled completions (the benchmark's sampler), their k1 mean within 4.5 standard errors
+    n = 4000
+    sampled = sample_unconditioned(
+        policy,
+        [prompt_ids] * n,
+        max_new_tokens=length,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+        batch_size=1000,
+    )
+    assert {len(t) for t in sampled.token_ids} == {1, 2, 3}
+    est = k1_kl(
+        teacher_forced_logprobs(policy, [prompt_ids] * n, sampled.token_ids),
+        teacher_forced_logprobs(base, [prompt_ids] * n, sampled.token_ids),
+    )
+    by_ids = {c.token_ids: c for c in space}
+    assert est.tokens == sum(len(t) for t in sampled.token_ids)
+    std = math.sqrt(
+        math.fsum(p * (c.log_ratio - kl) ** 2 for p, c in zip(probs, space, strict=True))
+    )
+    stderr = std / math.sqrt(n)
+    assert kl > 20 * stderr
+    assert est.per_completion == pytest.approx(kl, abs=4.5 * stderr)
+    assert est.stderr_per_completion == pytest.approx(stderr, rel=0.1)
+    mean_len = sum(p * len(c.token_ids) for p, c in zip(probs, space, strict=True))
+    assert est.per_token == pytest.approx(kl / mean_len, rel=0.1)
+    assert all(tuple(t) in by_ids for t in sampled.token_ids)
+
+    # negative control: the base as its own policy has KL 0 exactly, sample by sample
+    same = k1_kl(
+        teacher_forced_logprobs(base, [prompt_ids] * n, sampled.token_ids),
+        teacher_forced_logprobs(base, [prompt_ids] * n, sampled.token_ids),
+    )
+    assert same.per_completion == 0.0 and same.per_token == 0.0
+    assert exact_kl(
+        enumerate_completions(
+            base_next_logprobs(base, prompt_ids),
+            base_next_logprobs(base, prompt_ids),
+            vocab,
+            eos,
+            length,
+        )
+    ) == pytest.approx(0.0, abs=1e-12)
+    # negative control of the check itself: the same estimator on samples drawn from the BASE
+    # (not from the policy) estimates -KL(base || policy) < 0, and the 4.5-standard-error check
+    # above rejects it
+    off = sample_unconditioned(
+        base,
+        [prompt_ids] * n,
+        max_new_tokens=length,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+        batch_size=1000,
+    )
+    wrong = k1_kl(
+        teacher_forced_logprobs(policy, [prompt_ids] * n, off.token_ids),
+        teacher_forced_logprobs(base, [prompt_ids] * n, off.token_ids),
+    )
+    assert wrong.per_completion < 0
+    assert abs(wrong.per_completion - kl) > 4.5 * stderr
+
+
+def test_teacher_forced_logprobs_rejects_bad_input(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.exact_kl import build_word_model
+
+    model = AutoModelForCausalLM.from_pretrained(
+        build_word_model(tmp_path / "w"), dtype=torch.float32
+    )
+    with pytest.raises(ValueError, match="prompts but"):
+        teacher_forced_logprobs(model, [[1]], [])
+    with pytest.raises(ValueError, match="non-empty"):
+        teacher_forced_logprobs(model, [[1]], [[]])
+
+
+# ---------------------------------------------------------------------------------------------
+# the prompt split and the budget
+# ---------------------------------------------------------------------------------------------
+
+
+def test_split_prompts_is_seeded_and_disjoint():
+    from bench.peers import split_prompts
+
+    prompts = [f"p{i}" for i in range(50)] + ["p3"]  # a duplicate is dropped
+    train, held = split_prompts(prompts, 10, seed=7)
+    assert len(held) == 10 and len(train) == 40
+    assert not set(train) & set(held) and set(train) | set(held) == set(prompts)
+    assert split_prompts(prompts, 10, seed=7) == (train, held)
+    assert split_prompts(prompts, 10, seed=8) != (train, held)
+    for bad in (0, 50):
+        with pytest.raises(ValueError, match="cannot be split"):
+            split_prompts(prompts, bad, seed=0)
+
+
+def test_plan_budget_default_scale_and_units():
+    from bench.peers import METHODS, build_parser, plan_budget
+
+    def budget(*argv):
+        return plan_budget(build_parser().parse_args(["--config", str(CONFIG), *argv]), METHODS)
+
+    assert budget() == 30 * 64 * 4  # the default config's iterations x prompts x samples
+    assert budget("--scale", "0.5") == 3840
+    assert budget("--scale", "0.25") == 2048  # rounded to whole online-dt iterations (256)
+    assert budget("--budget", "512") == 512
+    with pytest.raises(SystemExit, match="online-dt iterations"):
+        budget("--budget", "128")
+    with pytest.raises(SystemExit, match="grpo steps"):
+        budget("--budget", "256", "--grpo-batch", "48")
+    assert (
+        budget(
+            "--budget",
+            "128",
+            "--odt-set",
+            "online.prompts_per_iteration=16",
+            "--raft-prompts",
+            "16",
+        )
+        == 128
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the script end to end
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
+    """bench/peers.py at budget 128 (8 held-out prompts x 2 samples): every method's row is in
+    peers.json with finite metrics, the trained methods spent exactly the budget on train
+    prompts, and peers.png was written."""
+    pytest.importorskip("trl")
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "peers.py"),
+        "--budget=128",
+        "--heldout-prompts=8",
+        "--eval-samples=2",
+        "--reference-samples=64",
+        "--odt-set=online.prompts_per_iteration=16",
+        "--raft-prompts=16",
+        "--num-targets=3",
+        "--no-progress",
+        f"--out={out}",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "peers.json").read_text())
+    rows = report["rows"]
+    methods = [r["method"] for r in rows]
+    assert methods == ["base", "best-of-4", "raft", "grpo-b0", "grpo-b0.04"] + ["online-dt"] * 3
+    for r in rows:
+        for key in (
+            "reward_mean",
+            "reward_p10",
+            "reward_p90",
+            "distinct_1",
+            "distinct_2",
+            "distinct_3",
+            "kl_per_token",
+            "kl_per_completion",
+            "nll_base_per_token",
+            "train_s",
+            "eval_s",
+        ):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), (r["method"], key)
+        assert r["samples"] == 16
+    trained = [r for r in rows if r["method"] in ("raft", "grpo-b0", "grpo-b0.04", "online-dt")]
+    assert all(r["train_reward_calls"] == 128 for r in trained)
+    assert rows[0]["train_reward_calls"] == 0 and rows[0]["kl_per_token"] == 0.0
+    assert rows[1]["eval_reward_calls"] == 16 * 4 and rows[1]["kl_kind"].startswith("analytic")
+    odt = rows[5:]
+    assert odt[0]["target"] == pytest.approx(rows[0]["reward_mean"])
+    assert odt[-1]["target"] == pytest.approx(1.0)
+    assert len(report["reference"]["at_targets"]) == 3
+    assert report["setup"]["train_calls_differ_from_budget"] == []
+    # the split: 742 embedded openings, 8 held out
+    assert report["setup"]["train_prompts"] + report["setup"]["heldout_prompts"] == 742
+    assert (out / "peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "online-dt" in done.stdout and "^ base |r-" in done.stdout
