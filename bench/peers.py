@@ -870,7 +870,7 @@ def run_online_dt(setup: Setup, base_mean: float) -> list[dict[str, Any]]:
     from online_dt.loop.futures import LocalHandle
     from online_dt.loop.plan import execute, plan_run
     from online_dt.loop.workers import CheckedRewardModel, local_workers
-    from online_dt.policy.conditioning import RewardConditionedPolicy
+    from online_dt.policy.policy import RewardConditionedPolicy
 
     a = setup.args
     start = time.perf_counter()
