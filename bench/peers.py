@@ -308,6 +308,12 @@ def per_iteration_calls(cfg: Any) -> int:
     return cfg.online.prompts_per_iteration * cfg.online.samples_per_prompt
 
 
+def warm_start_calls(cfg: Any) -> int:
+    """Reward calls of online-dt's warm start (base samples scored before iteration 0):
+    prompts_per_iteration x warm_start_samples_per_prompt (0 without a warm start)."""
+    return cfg.online.prompts_per_iteration * cfg.online.warm_start_samples_per_prompt
+
+
 def plan_budget(args: argparse.Namespace, methods: Sequence[str]) -> int:
     """The budget of reward calls per trained method, checked against every method's unit.
 
@@ -332,15 +338,19 @@ def plan_budget(args: argparse.Namespace, methods: Sequence[str]) -> int:
             max(1, round(per_iteration_calls(plain) * plain.online.iterations * args.scale / unit))
             * unit
         )
+    warm = warm_start_calls(odt)
     units = {
         "online-dt": (unit, "iteration", "online.prompts_per_iteration x samples_per_prompt"),
         "raft": (args.raft_prompts * args.raft_k, "round", "--raft-prompts x --raft-k"),
         "grpo": (args.grpo_batch, "step", "--grpo-batch"),
     }
+    spent = {"online-dt": warm}  # the warm start's calls come out of online-dt's budget
     bad = [
-        f"{m} {what}s ({size} calls per {what}: {how})"
+        f"{m} {what}s ({size} calls per {what}: {how}"
+        + (f", after {spent[m]} warm-start calls" if spent.get(m) else "")
+        + ")"
         for m, (size, what, how) in units.items()
-        if m in methods and (budget < size or budget % size)
+        if m in methods and (budget - spent.get(m, 0) < size or (budget - spent.get(m, 0)) % size)
     ]
     if budget < 1 or bad:
         raise SystemExit(
@@ -851,15 +861,15 @@ def odt_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def odt_config(setup: Setup) -> Any:
     """The online-dt run's config: ``--config`` with ``--odt-set`` applied (and the HF sampler,
     :func:`odt_overrides`), ``online.run_dir`` in the work directory and ``online.iterations``
-    = budget / (prompts_per_iteration x samples_per_prompt) (divisibility is checked by
-    :func:`plan_budget`)."""
+    = (budget - warm-start calls) / (prompts_per_iteration x samples_per_prompt)
+    (divisibility is checked by :func:`plan_budget`)."""
     from online_dt.config import OnlineRunConfig, load_config
 
     overrides = odt_overrides(setup.args)
     probe = load_config(setup.args.config, OnlineRunConfig, overrides)
     online = overrides.setdefault("online", {})
     online["run_dir"] = str(setup.work / "online-dt")
-    online["iterations"] = setup.budget // per_iteration_calls(probe)
+    online["iterations"] = (setup.budget - warm_start_calls(probe)) // per_iteration_calls(probe)
     return load_config(setup.args.config, OnlineRunConfig, overrides)
 
 
