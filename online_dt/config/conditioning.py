@@ -33,6 +33,13 @@ class ConditioningConfig(StrictModel):
     normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
     """Reward normalisation for scalar mode."""
 
+    slot_init: Literal["bos", "mean"] = "mean"
+    """Scalar mode: the reward slot's initial embedding. ``bos``: the tokenizer's BOS token
+    embedding (EOS when there is no BOS), with the head's weight at a tenth of the embeddings'
+    standard deviation, so that the untrained policy reads like the base model after a
+    document separator. ``mean``: the mean token embedding, weight at the embeddings' standard
+    deviation. A model whose tokenizer has neither token falls back to ``mean``."""
+
     num_reward_tokens: int = Field(8, ge=2, le=1024)
     """Number of reward bins (and reward tokens) in token mode."""
 

@@ -86,7 +86,13 @@ class RewardConditionedPolicy(nn.Module):
         embeddings = model.get_input_embeddings().weight.detach().float()
         placeholder = _pad_id(tokenizer)
         if config.mode == "scalar":
-            head = _new_scalar_head(embeddings, generator)
+            anchor = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else None
+            anchor = anchor if anchor is not None else tokenizer.eos_token_id
+            head = _new_scalar_head(
+                embeddings,
+                generator,
+                anchor=None if config.slot_init == "mean" or anchor is None else embeddings[anchor],
+            )
             conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head)
         else:
             token_ids = _add_reward_tokens(model, tokenizer, config.num_reward_tokens, generator)
@@ -406,15 +412,24 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad)
 
 
-def _new_scalar_head(embeddings: torch.Tensor, generator: torch.Generator) -> nn.Linear:
-    """``Linear(1, hidden)`` whose outputs start on the scale of token embeddings: bias is the
-    mean embedding, weight is drawn with the embedding entries' standard deviation."""
+def _new_scalar_head(
+    embeddings: torch.Tensor, generator: torch.Generator, anchor: torch.Tensor | None = None
+) -> nn.Linear:
+    """``Linear(1, hidden)`` whose outputs start on the scale of token embeddings.
+
+    Args:
+        embeddings: the input embedding matrix ``[V, H]``.
+        generator: seeds the weight.
+        anchor: ``[H]``, the embedding the slot starts at (``slot_init: bos``), with the weight
+            drawn at a tenth of the embedding entries' standard deviation; ``None``: the mean
+            embedding, weight at their standard deviation.
+    """
     hidden = embeddings.shape[1]
     head = nn.Linear(1, hidden)
     with torch.no_grad():
-        std = embeddings.std().item()
+        std = embeddings.std().item() * (1.0 if anchor is None else 0.1)
         head.weight.copy_(torch.randn(hidden, 1, generator=generator) * std)
-        head.bias.copy_(embeddings.mean(0))
+        head.bias.copy_(embeddings.mean(0) if anchor is None else anchor)
     return head
 
 
