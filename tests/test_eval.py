@@ -104,6 +104,7 @@ def test_evaluate_calibration_with_fakes():
     assert rows[0]["mean"] == pytest.approx(0.015) and rows[1]["mean"] == pytest.approx(1.215)
     assert [r["extrapolation"] for r in rows] == [False, True]
     assert rows[1]["kl_to_base"] == pytest.approx(0.6)
+    assert rows[1]["kl_to_base_per_token"] == pytest.approx(0.6 / 2)  # two tokens each
     assert rows[0]["distinct_1"] == pytest.approx(5 / 8)
     table = format_calibration_table(rows)
     assert "1.200*" in table and "extrapolation" in table and "KL" in table

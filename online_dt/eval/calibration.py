@@ -81,7 +81,7 @@ def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
     with_kl = any(r.get("kl_to_base") is not None for r in rows)
     header = (
         f"{'target':>9} {'achieved':>9} {'std':>6} {'p10':>7} {'p50':>7} {'p90':>7} "
-        f"{'|err|':>6} {'d-1':>5} {'d-2':>5}" + (f" {'KL':>7}" if with_kl else "")
+        f"{'|err|':>6} {'d-1':>5} {'d-2':>5}" + (f" {'KL':>7} {'KL/tok':>7}" if with_kl else "")
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -92,8 +92,9 @@ def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['distinct_1']:>5.2f} {r['distinct_2']:>5.2f}"
         )
         if with_kl:
-            kl = r.get("kl_to_base")
-            line += f" {kl:>7.2f}" if kl is not None else f" {'-':>7}"
+            for key in ("kl_to_base", "kl_to_base_per_token"):
+                kl = r.get(key)
+                line += f" {kl:>7.3f}" if kl is not None else f" {'-':>7}"
         lines.append(line)
     if any(r.get("extrapolation") for r in rows):
         lines.append("* extrapolation: above the best reward seen in the replay buffer")
@@ -158,7 +159,9 @@ def evaluate_calibration(
 
     Returns:
         One :func:`calibration_row` per target, plus ``extrapolation`` (bool), ``kl_to_base``
-        (mean nats per completion, or ``None``) and ``seconds`` (sampling + scoring time).
+        (mean nats per completion, or ``None``), ``kl_to_base_per_token`` (the completions'
+        summed KL over their summed tokens, nats per token, or ``None``) and ``seconds``
+        (sampling + scoring time).
 
     Raises:
         ValueError: ``samples_per_target < 1`` or no prompts.
@@ -182,7 +185,9 @@ def evaluate_calibration(
             rewards,
         )
         kls = kl(rollouts) if kl is not None else []
+        tokens = sum(len(r.token_ids) for r in rollouts)
         row["kl_to_base"] = float(np.mean(kls)) if kls else None
+        row["kl_to_base_per_token"] = float(np.sum(kls) / tokens) if kls and tokens else None
         row["extrapolation"] = bool(extrapolation)
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
