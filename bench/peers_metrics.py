@@ -64,7 +64,8 @@ def teacher_forced_logprobs(
     Each row is ``[*prompt, *completion]``, right padded, with the model's default positions
     (0, 1, ... from the first prompt token, as the base model was trained), and the
     log-probability of each completion token is read from ``log_softmax`` of the logits at the
-    position before it: the raw distribution (temperature 1, no top-p), the one a sampler at
+    position before it (``online_dt.policy.logprobs.labelled_token_logprobs``): the raw
+    distribution (temperature 1, no top-p), the one a sampler at
     temperature 1 and top-p 1 draws from.
 
     Args:
@@ -82,6 +83,9 @@ def teacher_forced_logprobs(
         ValueError: the two sequences differ in length, or a prompt or completion is empty.
     """
     import torch
+
+    from online_dt.policy.layout import IGNORE_INDEX
+    from online_dt.policy.logprobs import labelled_token_logprobs
 
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -104,15 +108,13 @@ def teacher_forced_logprobs(
             width = max(len(p) + len(c) for p, c in rows)
             ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
+            labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
             for i, (p, c) in enumerate(rows):
                 ids[i, : len(p) + len(c)] = torch.tensor(p + c)
                 mask[i, : len(p) + len(c)] = 1
+                labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logps = logits.float().log_softmax(-1)
-            for i, (p, c) in enumerate(rows):
-                where = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)
-                tokens = torch.tensor(c, device=device)
-                out.append(logps[i, where, tokens].tolist())
+            out.extend(r.tolist() for r in labelled_token_logprobs(logits, labels.to(device)))
     model.train(was_training)
     return out
 

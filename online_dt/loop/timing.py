@@ -29,10 +29,6 @@ class StageTimer:
         finally:
             self._stages[stage] = self._stages.get(stage, 0.0) + time.perf_counter() - start
 
-    def stage(self, stage: str) -> float:
-        """Seconds spent in ``stage`` so far (0 if never entered)."""
-        return self._stages.get(stage, 0.0)
-
     def seconds(self) -> dict[str, float]:
         """``<stage>_s`` for each stage, ``other_s`` and ``wall_s`` (seconds, >= 0)."""
         wall = time.perf_counter() - self._start

@@ -31,8 +31,15 @@ from online_dt.config import ConditioningConfig, RunConfig
 from online_dt.policy.conditioner import RewardConditioner
 from online_dt.policy.generation import sample_tokens
 from online_dt.policy.layout import ConditionedBatch, layout_batch
+from online_dt.policy.loading import (
+    add_reward_tokens,
+    load_model_and_tokenizer,
+    new_scalar_head,
+    pad_id,
+    slot_anchor_id,
+)
 from online_dt.policy.logprobs import labelled_token_logprobs
-from online_dt.policy.normalization import RewardBinning, reward_token
+from online_dt.policy.normalization import RewardBinning
 from online_dt.samples import Rollout
 from online_dt.util.devices import resolve_device
 
@@ -81,21 +88,20 @@ class RewardConditionedPolicy(nn.Module):
             OSError: the model or tokenizer cannot be found (a hub name without network, or a
                 missing directory); the message names ``name_or_path``.
         """
-        model, tokenizer = _load_model_and_tokenizer(name_or_path, attn_implementation)
+        model, tokenizer = load_model_and_tokenizer(name_or_path, attn_implementation)
         generator = torch.Generator().manual_seed(seed)
         embeddings = model.get_input_embeddings().weight.detach().float()
-        placeholder = _pad_id(tokenizer)
+        placeholder = pad_id(tokenizer)
         if config.mode == "scalar":
-            anchor = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else None
-            anchor = anchor if anchor is not None else tokenizer.eos_token_id
-            head = _new_scalar_head(
+            anchor = slot_anchor_id(tokenizer)
+            head = new_scalar_head(
                 embeddings,
                 generator,
                 anchor=None if config.slot_init == "mean" or anchor is None else embeddings[anchor],
             )
             conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head)
         else:
-            token_ids = _add_reward_tokens(model, tokenizer, config.num_reward_tokens, generator)
+            token_ids = add_reward_tokens(model, tokenizer, config.num_reward_tokens, generator)
             binning = (
                 RewardBinning(config.bin_edges)
                 if config.bin_edges is not None
@@ -138,7 +144,7 @@ class RewardConditionedPolicy(nn.Module):
             ValueError: the file's format version is newer than this library understands.
         """
         conditioner = RewardConditioner.load(path)
-        model, tokenizer = _load_model_and_tokenizer(path, attn_implementation)
+        model, tokenizer = load_model_and_tokenizer(path, attn_implementation)
         return cls(model, tokenizer, conditioner).to(resolve_device(device))
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -181,7 +187,7 @@ class RewardConditionedPolicy(nn.Module):
     @property
     def pad_token_id(self) -> int:
         """The pad id (falls back to EOS)."""
-        return _pad_id(self.tokenizer)
+        return pad_id(self.tokenizer)
 
     # -- the conditioning slot -----------------------------------------------------------------
 
@@ -375,87 +381,3 @@ class RewardConditionedPolicy(nn.Module):
         logits = self(batch, rewards).logits
         assert batch.labels is not None
         return [row.tolist() for row in labelled_token_logprobs(logits, batch.labels)]
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _load_model_and_tokenizer(
-    name_or_path: str | Path, attn_implementation: str
-) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-        model = AutoModelForCausalLM.from_pretrained(
-            str(name_or_path), dtype=torch.float32, attn_implementation=attn_implementation
-        )
-    except OSError as e:
-        raise OSError(
-            f"cannot load model {name_or_path!r}: {e}. Give a local model directory, or check "
-            "that the Hugging Face Hub is reachable for hub names."
-        ) from e
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return model, tokenizer
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer needs a pad or EOS token")
-    return int(pad)
-
-
-def _new_scalar_head(
-    embeddings: torch.Tensor, generator: torch.Generator, anchor: torch.Tensor | None = None
-) -> nn.Linear:
-    """``Linear(1, hidden)`` whose outputs start on the scale of token embeddings.
-
-    Args:
-        embeddings: the input embedding matrix ``[V, H]``.
-        generator: seeds the weight.
-        anchor: ``[H]``, the embedding the slot starts at (``slot_init: bos``), with the weight
-            drawn at a tenth of the embedding entries' standard deviation; ``None``: the mean
-            embedding, weight at their standard deviation.
-    """
-    hidden = embeddings.shape[1]
-    head = nn.Linear(1, hidden)
-    with torch.no_grad():
-        std = embeddings.std().item() * (1.0 if anchor is None else 0.1)
-        head.weight.copy_(torch.randn(hidden, 1, generator=generator) * std)
-        head.bias.copy_(embeddings.mean(0) if anchor is None else anchor)
-    return head
-
-
-def _add_reward_tokens(
-    model: Any, tokenizer: Any, num_tokens: int, generator: torch.Generator
-) -> list[int]:
-    """Add ``<|reward_k|>`` tokens, resize embeddings and initialise the new rows from the
-    per-dimension mean and std of the existing rows (input and, if untied, output matrix)."""
-    tokens = [reward_token(k) for k in range(num_tokens)]
-    tokenizer.add_tokens(tokens, special_tokens=True)
-    token_ids = tokenizer.convert_tokens_to_ids(tokens)
-    old_vocab = model.get_input_embeddings().weight.shape[0]
-    # Some models pad their vocabulary beyond the tokenizer's; never shrink it.
-    model.resize_token_embeddings(max(old_vocab, max(token_ids) + 1), mean_resizing=False)
-    matrices = [model.get_input_embeddings().weight]
-    output = model.get_output_embeddings()
-    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
-        matrices.append(output.weight)
-    new_rows = torch.tensor(token_ids)
-    keep = torch.ones(matrices[0].shape[0], dtype=torch.bool)
-    keep[new_rows] = False
-    keep[old_vocab:] = False
-    with torch.no_grad():
-        for weight in matrices:
-            old = weight[keep].float()
-            mean, std = old.mean(0), old.std(0)
-            noise = torch.randn(len(token_ids), weight.shape[1], generator=generator)
-            weight[new_rows] = (mean + std * noise).to(weight.dtype)
-    return token_ids

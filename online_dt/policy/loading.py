@@ -1,0 +1,106 @@
+"""Building a conditioned policy over a base model: loading it, and the new parameters'
+initial values (the scalar head, the reward tokens' embeddings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from online_dt.policy.normalization import reward_token
+
+
+def load_model_and_tokenizer(name_or_path: str | Path, attn_implementation: str) -> tuple[Any, Any]:
+    """Load a causal LM (float32) and its tokenizer with ``from_pretrained``; the tokenizer pads
+    on the left with its EOS token when it has no pad token.
+
+    Raises:
+        OSError: either cannot be loaded; the message names ``name_or_path``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(name_or_path), dtype=torch.float32, attn_implementation=attn_implementation
+        )
+    except OSError as e:
+        raise OSError(
+            f"cannot load model {name_or_path!r}: {e}. Give a local model directory, or check "
+            "that the Hugging Face Hub is reachable for hub names."
+        ) from e
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its EOS id (the reward slot's placeholder id).
+
+    Raises:
+        ValueError: it has neither.
+    """
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer needs a pad or EOS token")
+    return int(pad)
+
+
+def slot_anchor_id(tokenizer: Any) -> int | None:
+    """The token whose embedding ``slot_init: bos`` starts the reward slot at: BOS, else EOS,
+    else ``None``."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def new_scalar_head(
+    embeddings: torch.Tensor, generator: torch.Generator, anchor: torch.Tensor | None = None
+) -> nn.Linear:
+    """``Linear(1, hidden)`` whose outputs start on the scale of token embeddings.
+
+    Args:
+        embeddings: the input embedding matrix ``[V, H]``.
+        generator: seeds the weight.
+        anchor: ``[H]``, the embedding the slot starts at (``slot_init: bos``), with the weight
+            drawn at a tenth of the embedding entries' standard deviation; ``None``: the mean
+            embedding, weight at their standard deviation.
+    """
+    hidden = embeddings.shape[1]
+    head = nn.Linear(1, hidden)
+    with torch.no_grad():
+        std = embeddings.std().item() * (1.0 if anchor is None else 0.1)
+        head.weight.copy_(torch.randn(hidden, 1, generator=generator) * std)
+        head.bias.copy_(embeddings.mean(0) if anchor is None else anchor)
+    return head
+
+
+def add_reward_tokens(
+    model: Any, tokenizer: Any, num_tokens: int, generator: torch.Generator
+) -> list[int]:
+    """Add ``<|reward_k|>`` tokens, resize embeddings and initialise the new rows from the
+    per-dimension mean and std of the existing rows (input and, if untied, output matrix)."""
+    tokens = [reward_token(k) for k in range(num_tokens)]
+    tokenizer.add_tokens(tokens, special_tokens=True)
+    token_ids = tokenizer.convert_tokens_to_ids(tokens)
+    old_vocab = model.get_input_embeddings().weight.shape[0]
+    # Some models pad their vocabulary beyond the tokenizer's; never shrink it.
+    model.resize_token_embeddings(max(old_vocab, max(token_ids) + 1), mean_resizing=False)
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    new_rows = torch.tensor(token_ids)
+    keep = torch.ones(matrices[0].shape[0], dtype=torch.bool)
+    keep[new_rows] = False
+    keep[old_vocab:] = False
+    with torch.no_grad():
+        for weight in matrices:
+            old = weight[keep].float()
+            mean, std = old.mean(0), old.std(0)
+            noise = torch.randn(len(token_ids), weight.shape[1], generator=generator)
+            weight[new_rows] = (mean + std * noise).to(weight.dtype)
+    return token_ids
