@@ -94,6 +94,10 @@ class Sample:
         created_at: when it was sampled (unix seconds).
         scored_at: when it was scored (unix seconds).
         completion_tokens: length of the completion in tokens.
+        log_importance_weight: ``log p_base(completion | prompt) - log pi(completion | prompt,
+            target)``, nats per completion, of the base model against the policy that sampled
+            it (raw distributions, as sampled at temperature 1 and top-p 1); set by the learner
+            when ``buffer.importance_weighting`` is on, else ``None``.
         sample_id: unique id assigned by the replay buffer, increasing in insertion order over
             the run; ``None`` until the sample is appended.
     """
@@ -107,11 +111,17 @@ class Sample:
     created_at: float | None = None
     scored_at: float | None = None
     completion_tokens: int | None = None
+    log_importance_weight: float | None = None
     sample_id: int | None = None
 
     @classmethod
     def from_rollout(
-        cls, rollout: Rollout, achieved_reward: float, iteration: int, scored_at: float
+        cls,
+        rollout: Rollout,
+        achieved_reward: float,
+        iteration: int,
+        scored_at: float,
+        log_importance_weight: float | None = None,
     ) -> Sample:
         """Hindsight relabeling: the rollout labelled with the reward it achieved.
 
@@ -129,4 +139,5 @@ class Sample:
             created_at=float(rollout.created_at),
             scored_at=float(scored_at),
             completion_tokens=len(rollout.token_ids),
+            log_importance_weight=log_importance_weight,
         )

@@ -85,6 +85,7 @@ def test_ids_increase_and_fields_round_trip():
         "created_at",
         "scored_at",
         "completion_tokens",
+        "log_importance_weight",
     ]
 
 
@@ -218,6 +219,55 @@ def test_reward_balanced_gives_every_reward_bin_equal_mass():
     same = ReplayBuffer(cfg(capacity=8, sampling="reward_balanced"), seed=0)
     same.append(batch(np.full(8, 0.3)))
     assert len({s.sample_id for s in same.sample_batch(8)}) == 8
+
+
+def test_importance_weighting_within_reward_bins():
+    # two reward bins of 200 samples; in each, half the samples have weight 3x the others'.
+    # Draws within a bin follow the weights (3:1); each bin keeps half the draws.
+    rewards = np.r_[np.zeros(200), np.ones(200)]
+    log_w = np.tile(np.r_[np.full(100, np.log(3.0)), np.zeros(100)], 2) - 7.0  # any offset
+    rows = [row | {"log_importance_weight": float(w)} for row, w in zip(batch(rewards), log_w)]
+    buf = ReplayBuffer(cfg(capacity=400, importance_weighting=True, reward_bins=2), seed=0)
+    buf.append(rows)
+    counts = draw_counts(buf, 1, 40000)
+    assert counts[:200].sum() / counts.sum() == pytest.approx(0.5, abs=0.02)
+    assert counts[:100].sum() / counts[100:200].sum() == pytest.approx(3.0, rel=0.1)
+    assert counts[200:300].sum() / counts[300:].sum() == pytest.approx(3.0, rel=0.1)
+    # truncation: one sample with a huge weight gets at most importance_clip x the bin's
+    # median (then the bin is rescaled to mean 1)
+    huge = [row | {"log_importance_weight": 0.0} for row in batch(np.zeros(100))]
+    huge[0]["log_importance_weight"] = 50.0
+    clipped = ReplayBuffer(cfg(capacity=100, importance_weighting=True, importance_clip=5.0))
+    clipped.append(huge)
+    counts = draw_counts(clipped, 1, 20000)
+    # weights 5 for sample 0 and 1 for the 99 others: sample 0 gets 5 / 104 of the draws
+    assert counts[0] / counts.sum() == pytest.approx(5 / 104, abs=0.01)
+    # samples without a weight (format 1 shards, offline data) count as their bin's mean
+    mixed = ReplayBuffer(cfg(capacity=4, importance_weighting=True), seed=0)
+    mixed.append(batch(np.zeros(4)))
+    assert len({s.sample_id for s in mixed.sample_batch(4)}) == 4
+
+
+def test_format_1_shards_read_without_importance_weights(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "buffer"
+    buf = ReplayBuffer(cfg(shard_size=4), root)
+    buf.append([row | {"log_importance_weight": -1.5} for row in batch([0.1, 0.2, 0.3, 0.4])])
+    shard = next(root.glob("shard-*.parquet"))
+    table = pq.read_table(shard).drop_columns(["log_importance_weight"])
+    pq.write_table(table.replace_schema_metadata({b"online_dt.replay.buffer.format": b"1"}), shard)
+    loaded = ReplayBuffer.load(cfg(shard_size=4), root)
+    assert [s.log_importance_weight for s in loaded.sample_batch(4)] == [None] * 4
+    assert isinstance(pa.__version__, str)
+    fresh = ReplayBuffer(cfg(), tmp_path / "b2")
+    fresh.append([row | {"log_importance_weight": -1.5} for row in batch([0.5])])
+    assert (
+        ReplayBuffer.load(cfg(), tmp_path / "b2").sample_batch(1)[0].log_importance_weight == -1.5
+    )
+    with pytest.raises(ValueError, match="log_importance_weight"):
+        fresh.append([new(0.1) | {"log_importance_weight": float("nan")}])
 
 
 def test_small_buffer_samples_with_replacement():

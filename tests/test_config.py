@@ -238,6 +238,10 @@ def test_cli_rejects_bad_config_before_work(tmp_path, capsys):
         ("reward_model: {kind: hf_classifier, model_name_or_path: m, kwargs: {a: 1}}", "kwargs"),
         ("sampler: {weight_sync: nccl}", "nccl is not wired into the learner"),
         ("online: {mode: async, max_policy_lag: 2}", "max_policy_lag: 2 is not implemented"),
+        (
+            "buffer: {importance_weighting: true}\nsampling: {temperature: 0.7}",
+            "importance_weighting needs sampling.temperature: 1",
+        ),
     ],
 )
 def test_run_config_refuses_options_a_run_would_ignore(tmp_path, text, message):

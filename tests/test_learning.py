@@ -36,3 +36,46 @@ def test_high_target_beats_low_target(embedded_model_dir, tmp_path, mode):
     saved = json.loads((tmp_path / "run" / "calibration.json").read_text())
     assert saved["calibration"][0]["target"] == -0.6
     assert (tmp_path / "run" / "policy" / "reward_conditioning" / "conditioning.json").is_file()
+
+
+@pytest.mark.slow
+def test_online_policy_is_a_faithful_conditional_model_at_a_small_budget(tmp_path):
+    """Goal (b) of the method (docs/method.md) at a tenth of the default budget: at targets
+    inside the base model's p10..p90 rewards, the online policy's samples are within 0.1
+    nats/token (NLL under the base) of the base model's own samples that earned that reward
+    (+-0.1), with at least 95 % of their word distinct-2; and the targets are told apart
+    (the policy is conditioned, not the base model unchanged). Measured by bench/peers.py."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        str(root / "bench" / "peers.py"),
+        "--methods=online-dt",
+        "--budget=1280",
+        "--odt-set=online.prompts_per_iteration=32",
+        "--targets",
+        "-0.4",
+        "0.0",
+        "0.4",
+        "--reference-samples=4096",
+        "--no-progress",
+        f"--out={out}",
+    ]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(done.stdout[-4000:])
+    report = json.loads((out / "peers.json").read_text())
+    rows = [r for r in report["rows"] if r["method"] == "online-dt"]
+    ref = {round(b["center"], 3): b for b in report["reference"]["at_targets"]}
+    for row in rows:
+        bin_ = ref[round(row["target"], 3)]
+        assert bin_["count"] >= 100, bin_
+        d_nll = row["nll_base_per_token"] - bin_["nll_per_token"]
+        assert d_nll <= 0.1, (row["target"], d_nll)
+        assert row["distinct_2_at_bin_size"] >= 0.95 * bin_["distinct_2"], row["target"]
+    low, mid, high = (r["reward_mean"] for r in rows)
+    assert low < mid < high and high - low >= 0.4, (low, mid, high)

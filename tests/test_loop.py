@@ -101,6 +101,25 @@ def test_loop_bookkeeping(tmp_path, base, mode):
     assert all(b - a <= 0.1 + 1e-9 for a, b in itertools.pairwise(targets))
 
 
+def test_importance_weights_are_the_k1_terms_of_each_sample(tmp_path, base):
+    """With buffer.importance_weighting, every sample carries log p_base - log pi of its
+    completion: minus the per-completion k1 KL term, so each iteration's kl_to_base (the mean
+    over its first kl_samples rollouts) is minus the mean of those samples' weights."""
+    cfg = make_cfg(tmp_path, base)
+    cfg = cfg.model_copy(
+        update={"buffer": cfg.buffer.model_copy(update={"importance_weighting": True})}
+    )
+    history, plan = run_local(cfg)
+    data = export_dataset(plan.run.buffer_dir).to_pandas()
+    assert data["log_importance_weight"].notna().all()
+    for m in history:
+        rows = data[data["iteration"] == m["iteration"]].sort_values("sample_id")
+        first = rows["log_importance_weight"].to_numpy()[: cfg.online.kl_samples]
+        assert -first.mean() == pytest.approx(m["kl_to_base"], abs=1e-4)
+    off = export_dataset(run_local(make_cfg(tmp_path / "off", base))[1].run.buffer_dir)
+    assert off.to_pandas()["log_importance_weight"].isna().all()
+
+
 def test_resume_matches_uninterrupted_run(tmp_path, base):
     full, _ = run_local(make_cfg(tmp_path / "full", base))
     _first, plan = run_local(make_cfg(tmp_path / "cut", base, iterations=2))

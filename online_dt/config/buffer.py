@@ -28,7 +28,25 @@ class ReplayBufferConfig(StrictModel):
     wherever a reward is held; only how much each reward level is trained on changes."""
 
     reward_bins: int = Field(10, ge=1)
-    """``reward_balanced``: equal-width bins over ``[min, max]`` of the held rewards."""
+    """``reward_balanced`` and ``importance_weighting``: equal-width bins over ``[min, max]`` of
+    the held rewards."""
+
+    importance_weighting: bool = False
+    """Within each reward bin (``reward_bins``), draw samples in proportion to their importance
+    weight ``p_base(completion) / pi(completion)`` against the policy that sampled them
+    (self-normalised in the bin, truncated at ``importance_clip`` times the bin's median), so that
+    the text trained on at each reward follows the base model's distribution of text that
+    earned it, not that of whichever policy version sampled it; how often each bin is drawn
+    stays as ``sampling`` says. The learner computes the weights at append with the base
+    model. Needs ``sampling.temperature: 1`` and ``sampling.top_p: 1`` (the sampled log-probs
+    are the raw distribution's). Source: self-normalised importance sampling, truncated as in
+    V-trace (Espeholt et al., 2018); the target it corrects towards is goal (b) of
+    docs/method.md."""
+
+    importance_clip: float = Field(5.0, gt=1.0)
+    """``importance_weighting``: largest weight a sample may have, in multiples of its reward
+    bin's median weight (truncation bounds the variance: a bin is never carried by one
+    sample)."""
 
     recency_half_life: float = Field(2000.0, gt=0.0)
     """``recency``: a sample this many insertions old has half the weight of the newest."""

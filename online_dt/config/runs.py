@@ -125,6 +125,18 @@ class OnlineRunConfig(RunConfig):
             )
         return sampler
 
+    @model_validator(mode="after")
+    def _importance_weights_need_raw_sampling(self) -> OnlineRunConfig:
+        if self.buffer.importance_weighting and (
+            self.sampling.temperature != 1.0 or self.sampling.top_p != 1.0
+        ):
+            raise ValueError(
+                "buffer.importance_weighting needs sampling.temperature: 1 and sampling.top_p: 1"
+                f" (got {self.sampling.temperature} and {self.sampling.top_p}): the weights use "
+                "the sampled log-probs, which are the raw distribution's"
+            )
+        return self
+
     @field_validator("resources")
     @classmethod
     def _check_placement(cls, value: ResourcesConfig) -> ResourcesConfig:

@@ -241,7 +241,10 @@ class ReplayBuffer:
         rewards' range ``[min, max]`` is cut into ``reward_bins`` equal-width bins and a sample
         weighs ``1 / (samples held in its bin)``, so every non-empty bin carries the same mass
         (class-balanced sampling with the reward bin as the class; the conditional the trainer
-        fits given a reward is unchanged, only how often each reward level is seen).
+        fits given a reward is unchanged, only how often each reward level is seen). With
+        ``importance_weighting``, each sample's weight is further multiplied by its truncated
+        importance weight relative to its reward bin's median
+        (:meth:`_importance_log_weights`), which leaves every bin's total weight unchanged.
 
         Without replacement within a batch (successive weighted draws, implemented with
         Gumbel top-k keys), in random order. If fewer samples are held than ``batch_size``,
@@ -264,6 +267,9 @@ class ReplayBuffer:
             )
         elif self.cfg.sampling == "reward_balanced":
             logw = -np.log(self._bin_counts(ids))
+        if self.cfg.importance_weighting:
+            iw = self._importance_log_weights(ids)
+            logw = iw if logw is None else logw + iw
         if n >= batch_size:
             if logw is None:
                 idx = self._rng.choice(n, size=batch_size, replace=False)
@@ -279,19 +285,43 @@ class ReplayBuffer:
             idx = self._rng.choice(n, size=batch_size, replace=True, p=p)
         return [self._held[int(ids[i])] for i in idx]
 
-    def _bin_counts(self, ids: np.ndarray) -> np.ndarray:
-        """Per held sample (in ``ids`` order), how many held samples share its reward bin
-        (``cfg.reward_bins`` equal-width bins over the held rewards' range)."""
+    def _reward_bins(self, ids: np.ndarray) -> np.ndarray:
+        """Reward bin of each held sample (in ``ids`` order): ``cfg.reward_bins`` equal-width
+        bins over the held rewards' range."""
         rewards = np.fromiter(
             (self._held[int(i)].achieved_reward for i in ids), dtype=np.float64, count=len(ids)
         )
         lo, hi = float(rewards.min()), float(rewards.max())
         k = self.cfg.reward_bins
         if hi <= lo:
-            bins = np.zeros(len(ids), dtype=np.int64)
-        else:
-            bins = np.minimum(((rewards - lo) / (hi - lo) * k).astype(np.int64), k - 1)
-        return np.bincount(bins, minlength=k)[bins].astype(np.float64)
+            return np.zeros(len(ids), dtype=np.int64)
+        return np.minimum(((rewards - lo) / (hi - lo) * k).astype(np.int64), k - 1)
+
+    def _bin_counts(self, ids: np.ndarray) -> np.ndarray:
+        """Per held sample (in ``ids`` order), how many held samples share its reward bin."""
+        bins = self._reward_bins(ids)
+        return np.bincount(bins, minlength=self.cfg.reward_bins)[bins].astype(np.float64)
+
+    def _importance_log_weights(self, ids: np.ndarray) -> np.ndarray:
+        """Log of each held sample's importance weight relative to its reward bin's median
+        (truncated at ``cfg.importance_clip`` times the median, then rescaled to mean 1 within
+        the bin, so a bin's total weight equals its count). A sample without a weight counts as its bin's
+        mean (weight 1)."""
+        raw = np.fromiter(
+            (np.nan if (w := self._held[int(i)].log_importance_weight) is None else w for i in ids),
+            dtype=np.float64,
+            count=len(ids),
+        )
+        bins = self._reward_bins(ids)
+        out = np.zeros(len(ids), dtype=np.float64)
+        for b in np.unique(bins):
+            where = (bins == b) & ~np.isnan(raw)
+            if not where.any():
+                continue
+            logs = raw[where]
+            w = np.exp(np.minimum(logs - np.median(logs), math.log(self.cfg.importance_clip)))
+            out[where] = np.log(w * (len(w) / w.sum()))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state for a checkpoint: the sampling generator (128-bit integers as

@@ -30,17 +30,25 @@ FIELDS: tuple[str, ...] = (
     "created_at",
     "scored_at",
     "completion_tokens",
+    "log_importance_weight",
 )
 """Column names of the shards and of the exported dataset, in this order: every
 :class:`~online_dt.samples.Sample` field, ``sample_id`` first."""
 
+OPTIONAL_FIELDS = frozenset({"log_importance_weight"})
+"""Fields that may be unset (``None``, a null cell): a dict may leave them out, and a shard of
+format 1, written before they existed, reads them as null."""
+
 _NEW_FIELDS: tuple[str, ...] = FIELDS[1:]  # a sample before the buffer gives it an id
 _STR_FIELDS = frozenset({"prompt", "completion"})
 _INT_FIELDS = frozenset({"policy_version", "iteration", "completion_tokens"})
-_FLOAT_FIELDS = frozenset({"achieved_reward", "target_reward", "created_at", "scored_at"})
+_FLOAT_FIELDS = frozenset(
+    {"achieved_reward", "target_reward", "created_at", "scored_at", "log_importance_weight"}
+)
 
-FORMAT_VERSION = 1
-"""Version of the shard format, stored in each shard's schema metadata."""
+FORMAT_VERSION = 2
+"""Version of the shard format, stored in each shard's schema metadata (2 added
+``log_importance_weight``; format 1 shards are read with it null)."""
 
 SCHEMA = pa.schema(
     [
@@ -54,6 +62,7 @@ SCHEMA = pa.schema(
         pa.field("created_at", pa.float64(), nullable=False),
         pa.field("scored_at", pa.float64(), nullable=False),
         pa.field("completion_tokens", pa.int64(), nullable=False),
+        pa.field("log_importance_weight", pa.float64(), nullable=True),
     ],
     # the key names the module that first wrote shards; it is part of the file format
     metadata={b"online_dt.replay.buffer.format": str(FORMAT_VERSION).encode()},
@@ -92,7 +101,8 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
 
     Raises:
         TypeError: ``items`` is not a sequence of samples/dicts, a sample carries an id, a dict
-            misses or adds fields, or a value has the wrong type, is ``None`` or (for
+            misses or adds fields (only :data:`OPTIONAL_FIELDS` may be left out), or a value has
+            the wrong type, is ``None`` (outside :data:`OPTIONAL_FIELDS`) or (for
             ``completion_tokens``) is negative.
         ValueError: a float field is NaN or infinite; ``achieved_reward`` is listed first.
     """
@@ -109,7 +119,7 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
                 )
             raw = {f: getattr(item, f) for f in _NEW_FIELDS}
         elif isinstance(item, Mapping):
-            missing = [f for f in _NEW_FIELDS if f not in item]
+            missing = [f for f in _NEW_FIELDS if f not in item and f not in OPTIONAL_FIELDS]
             extra = sorted(str(k) for k in item if k not in _NEW_FIELDS)
             if missing or extra:
                 what = []
@@ -120,7 +130,7 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
                     what.append(f"unknown {extra}{hint}")
                 problems.append(f"#{i}: " + ", ".join(what))
                 continue
-            raw = dict(item)
+            raw = {f: None for f in OPTIONAL_FIELDS} | dict(item)
         else:
             raise TypeError(f"sample #{i} must be a Sample or a dict, got {type(item).__name__}")
         row: dict[str, Any] = {}
@@ -134,7 +144,9 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
             else:
                 ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
                 v = float(v) if ok else v
-            if v is None:
+            if v is None and f in OPTIONAL_FIELDS:
+                pass
+            elif v is None:
                 problems.append(f"#{i}: {f} is not set (None)")
             elif not ok:
                 problems.append(f"#{i}: {f} has type {type(v).__name__}")

@@ -39,7 +39,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from online_dt.replay.schema import FIELDS, SCHEMA, BufferCorruptError, parse_shard_name
+from online_dt.replay.schema import (
+    FIELDS,
+    OPTIONAL_FIELDS,
+    SCHEMA,
+    BufferCorruptError,
+    parse_shard_name,
+)
 
 READ_RETRIES = 5
 """Attempts of :func:`read_while_writing` before the last error propagates."""
@@ -137,8 +143,12 @@ def read_shard(shard: Shard, columns: list[str] | None = None) -> pa.Table:
     """
     cols = list(FIELDS) if columns is None else columns
     try:
-        table = pq.read_table(shard.path, columns=cols)
-        table = table.cast(pa.schema([SCHEMA.field(c) for c in cols]))
+        present = set(pq.read_schema(shard.path).names)
+        table = pq.read_table(shard.path, columns=[c for c in cols if c in present])
+        for c in cols:  # a format 1 shard has no optional columns: they read as null
+            if c not in present and c in OPTIONAL_FIELDS:
+                table = table.append_column(SCHEMA.field(c), pa.nulls(len(table), pa.float64()))
+        table = table.select(cols).cast(pa.schema([SCHEMA.field(c) for c in cols]))
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError, KeyError) as e:

@@ -71,7 +71,7 @@ class Learner:
                 attn_implementation=cfg.model.attn_implementation,
             )
         self.base_model = None
-        if cfg.online.kl_coef > 0 or cfg.online.kl_samples > 0:
+        if cfg.online.kl_coef > 0 or cfg.online.kl_samples > 0 or cfg.buffer.importance_weighting:
             # the frozen reference: the base model as the fresh policy wraps it (same vocabulary,
             # reward tokens included), rebuilt identically on resume
             fresh = (
@@ -133,7 +133,9 @@ class Learner:
         scored_at: float,
     ) -> dict[str, Any]:
         """Append scored rollouts with hindsight relabeling: the achieved reward becomes each
-        sample's conditioning label; the target it was asked for is kept beside it.
+        sample's conditioning label; the target it was asked for is kept beside it. With
+        ``buffer.importance_weighting``, each sample also gets its log importance weight
+        ``log p_base - log pi`` from the base model and the rollout's sampled log-probs.
 
         Returns:
             ``count``, ``first_id``, ``last_id`` and ``buffer_size``.
@@ -143,10 +145,15 @@ class Learner:
         """
         if len(rollouts) != len(rewards):
             raise ValueError(f"{len(rollouts)} rollouts but {len(rewards)} rewards")
+        weights: list[float | None] = [None] * len(rollouts)
+        if self.cfg.buffer.importance_weighting and self.base_model is not None and rollouts:
+            # log p_base - log pi(behaviour): minus the k1 KL term of each completion
+            with torch.no_grad():
+                weights = [-k for k in kl_per_completion(self.policy, self.base_model, rollouts)]
         added = self.buffer.append(
             [
-                Sample.from_rollout(r, reward, iteration, scored_at)
-                for r, reward in zip(rollouts, rewards, strict=True)
+                Sample.from_rollout(r, reward, iteration, scored_at, log_iw)
+                for r, reward, log_iw in zip(rollouts, rewards, weights, strict=True)
             ]
         )
         self.policy.fit_reward_statistics([float(x) for x in rewards])
