@@ -324,7 +324,9 @@ class Setup:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids without special tokens (as the project's policy encodes prompts)."""
-        return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        from online_dt.eval.reference import encode_prompts
+
+        return encode_prompts(self.tokenizer, texts)
 
 
 def per_iteration_calls(cfg: Any) -> int:
@@ -497,27 +499,11 @@ def summarize(
 
 def sample_plain(setup: Setup, model: Any, prompts: Sequence[str], seed: int) -> tuple[Any, list]:
     """Sample one completion per prompt from a plain causal LM with the shared settings
-    (``online_dt.policy.generation.sample_unconditioned``); returns the sampled tokens and the
-    decoded texts."""
-    import torch
+    (``online_dt.eval.reference.sample_base``); returns the sampled tokens and the decoded
+    texts."""
+    from online_dt.eval.reference import sample_base
 
-    from online_dt.policy.generation import sample_unconditioned
-
-    s, tok = setup.sampling, setup.tokenizer
-    device = next(model.parameters()).device
-    sampled = sample_unconditioned(
-        model,
-        setup.encode(prompts),
-        max_new_tokens=s.max_new_tokens,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        generator=torch.Generator(device=device).manual_seed(seed),
-        batch_size=s.batch_size,
-    )
-    texts = [tok.decode(ids, skip_special_tokens=True) for ids in sampled.token_ids]
-    return sampled, texts
+    return sample_base(model, setup.tokenizer, prompts, setup.sampling, seed)
 
 
 def max_abs_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
@@ -1003,35 +989,34 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
 def base_reference(setup: Setup, centers: Sequence[float]) -> dict[str, Any]:
     """``--reference-samples`` base samples on the held-out prompts (cycling), scored, with the
     binned statistics at ``centers`` (online-dt's targets) and on a grid of reward levels (the
-    base's own reward-vs-NLL curve). Its reward calls are counted as ``reference``."""
-    from bench.peers_metrics import binned_reference, teacher_forced_logprobs
+    base's own reward-vs-NLL curve; -1 to 1 every ``2 x --bin-half-width``), by
+    ``online_dt.eval.reference.base_reference`` (which ``online-dt eval`` uses too). Its reward
+    calls are counted as ``reference``."""
+    from online_dt.eval.reference import base_reference as binned_base
 
-    n = setup.args.reference_samples
-    held = setup.heldout_prompts
-    prompts = [held[i % len(held)] for i in range(n)]
-    start = time.perf_counter()
-    sampled, texts = sample_plain(setup, setup.base_model, prompts, setup.seed(SEED_REFERENCE))
-    setup.reward.phase = "reference"
-    rewards = setup.reward.score(prompts, texts)
-    base_lp = teacher_forced_logprobs(
-        setup.base_model,
-        setup.encode(prompts),
-        sampled.token_ids,
-        pad_id=setup.tokenizer.pad_token_id,
-    )
     w = setup.args.bin_half_width
-    eval_size = len(setup.heldout_prompts) * setup.args.eval_samples
-    kwargs = {"half_width": w, "max_samples": eval_size, "seed": setup.seed(SEED_REFERENCE, 1)}
-    grid = [round(-1 + k * 2 * w, 6) for k in range(round(1 / w) + 1)]
+    setup.reward.phase = "reference"
+    out = binned_base(
+        setup.base_model,
+        setup.tokenizer,
+        setup.heldout_prompts,
+        setup.reward.score,
+        setup.sampling,
+        centers,
+        samples=setup.args.reference_samples,
+        seed=setup.seed(SEED_REFERENCE),
+        subsample_seed=setup.seed(SEED_REFERENCE, 1),
+        half_width=w,
+        max_samples=len(setup.heldout_prompts) * setup.args.eval_samples,
+        grid=[round(-1 + k * 2 * w, 6) for k in range(round(1 / w) + 1)],
+    )
     return {
-        "samples": n,
-        "half_width": w,
+        "samples": out["samples"],
+        "half_width": out["half_width"],
         "reward_calls": setup.reward.calls("reference"),
-        "seconds": time.perf_counter() - start,
-        "at_targets": [
-            b.as_dict() for b in binned_reference(rewards, texts, base_lp, centers, **kwargs)
-        ],
-        "grid": [b.as_dict() for b in binned_reference(rewards, texts, base_lp, grid, **kwargs)],
+        "seconds": out["seconds"],
+        "at_targets": out["at_targets"],
+        "grid": out["grid"],
     }
 
 

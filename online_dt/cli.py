@@ -14,6 +14,7 @@ from pathlib import Path
 
 from online_dt.arguments import add_config_args, parse_overrides
 from online_dt.config import ConfigError, OfflineRunConfig, config_class_for, load_config
+from online_dt.eval.reference import DEFAULT_BIN_HALF_WIDTH, DEFAULT_REFERENCE_SAMPLES
 from online_dt.launch.rundir import (
     BUFFER_DIR,
     CHECKPOINT_POLICY_DIR,
@@ -127,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-extrapolation", action="store_true", help="do not add the extrapolation target"
     )
     p.add_argument("--no-kl", action="store_true", help="skip the KL estimate (no base model)")
+    p.add_argument(
+        "--reference-samples",
+        type=_nonnegative_int,
+        default=DEFAULT_REFERENCE_SAMPLES,
+        metavar="N",
+        help="base-model samples for the binned-base reference: the base's own samples with "
+        "reward within --reference-half-width of each target (NLL per token, -log P(bin) as "
+        f"a KL lower bound), printed under each row (default: {DEFAULT_REFERENCE_SAMPLES}; "
+        "0: none)",
+    )
+    p.add_argument(
+        "--reference-half-width",
+        type=_positive_float,
+        default=DEFAULT_BIN_HALF_WIDTH,
+        metavar="W",
+        help=f"half the width of the reference's reward bins (default: {DEFAULT_BIN_HALF_WIDTH})",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     return parser
 
@@ -150,6 +168,23 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return value
 
 
@@ -254,6 +289,8 @@ def _eval(args: argparse.Namespace) -> int:
             extrapolation_margin=None if args.no_extrapolation else args.extrapolation_margin,
             with_kl=not args.no_kl,
             seed=args.seed,
+            reference_samples=args.reference_samples,
+            reference_half_width=args.reference_half_width,
         )
     except (EvalError, ConfigError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -263,7 +300,16 @@ def _eval(args: argparse.Namespace) -> int:
         return 1
     where = "" if report["iteration"] is None else f" (iteration {report['iteration']})"
     print(f"policy {report['policy']}{where}, {report['samples_per_target']} samples per target")
-    print(format_calibration_table(report["rows"]))
+    print(format_calibration_table(report["rows"], report["reference"]))
+    if report["reference"] is not None:
+        ref = report["reference"]
+        print(
+            f"^ base: {ref['samples']} samples of the base model on the same prompts; "
+            "ideal KL >= -log P(bin), nats per completion: the least KL to the base of a policy "
+            "whose samples all earn that reward"
+        )
+    elif report["reference_error"]:
+        print(f"no binned-base reference: {report['reference_error']}")
     print(f"\nwrote {report['table']} and {report['plot']}")
     return 0
 

@@ -199,6 +199,27 @@ def test_uniform_vs_recency_statistics():
     assert newest / one_half_life_older == pytest.approx(2.0, rel=0.15)
 
 
+def test_reward_balanced_gives_every_reward_bin_equal_mass():
+    # 360 samples at reward 0, 40 at reward 1: uniform draws see reward 1 a tenth of the time,
+    # balanced draws half of the time (two non-empty bins of equal mass)
+    n = 400
+    rewards = np.r_[np.zeros(360), np.ones(40)]
+    buf = ReplayBuffer(cfg(capacity=n, sampling="reward_balanced", reward_bins=4), seed=0)
+    buf.append(batch(rewards))
+    counts = draw_counts(buf, 1, 20000)
+    assert counts[360:].sum() / counts.sum() == pytest.approx(0.5, abs=0.02)
+    # within a bin every sample is equally likely
+    assert counts[360:].min() > 0.5 * counts[360:].mean()
+    uniform = ReplayBuffer(cfg(capacity=n), seed=0)
+    uniform.append(batch(rewards))
+    counts = draw_counts(uniform, 1, 20000)
+    assert counts[360:].sum() / counts.sum() == pytest.approx(0.1, abs=0.02)
+    # one reward everywhere: one bin, uniform
+    same = ReplayBuffer(cfg(capacity=8, sampling="reward_balanced"), seed=0)
+    same.append(batch(np.full(8, 0.3)))
+    assert len({s.sample_id for s in same.sample_batch(8)}) == 8
+
+
 def test_small_buffer_samples_with_replacement():
     buf = ReplayBuffer(cfg(sampling="recency"))
     buf.append(batch([0.1, 0.2, 0.3]))
@@ -210,7 +231,7 @@ def test_small_buffer_samples_with_replacement():
         ReplayBuffer(cfg()).sample_batch(1)
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "recency"])
+@pytest.mark.parametrize("sampling", ["uniform", "recency", "reward_balanced"])
 def test_sampling_deterministic_and_state_round_trip(sampling):
     def make(seed):
         b = ReplayBuffer(cfg(capacity=50, sampling=sampling, recency_half_life=10), seed=seed)

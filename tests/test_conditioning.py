@@ -91,6 +91,46 @@ def test_running_normalizer_tracks_mean_and_std():
     assert affine(torch.tensor([5.0])).item() == pytest.approx(2.0)
 
 
+def test_quantile_normalizer_gives_normal_scores_of_the_seen_rewards():
+    cfg = NormalizationConfig(kind="quantile", scale=0.5, min_count=4)
+    norm = RewardNormalizer(cfg)
+    norm.update([0.0, 1.0])
+    # affine until min_count rewards are seen
+    assert norm(torch.tensor([1.0])).item() == pytest.approx(2.0)
+    norm.update([2.0, 3.0])
+    # mid-ranks 1/8, 3/8, 5/8, 7/8; linear in F between the values seen
+    got = norm(torch.tensor([0.0, 1.5, 3.0])).tolist()
+    want = torch.special.ndtri(torch.tensor([0.125, 0.5, 0.875], dtype=torch.float64)).tolist()
+    assert got == pytest.approx(want, abs=1e-6)
+    # beyond the rewards seen: slope 1 / scale
+    top = norm(torch.tensor([3.0, 3.5])).tolist()
+    assert top[1] - top[0] == pytest.approx(1.0)
+    # ties share one mid-rank: three zeros out of four sit at F = 3/8
+    tied = RewardNormalizer(cfg)
+    tied.update([0.0, 0.0, 0.0, 1.0])
+    assert tied(torch.tensor([0.0])).item() == pytest.approx(
+        torch.special.ndtri(torch.tensor(0.375, dtype=torch.float64)).item(), abs=1e-6
+    )
+
+
+def test_quantile_normalizer_summary_stays_bounded_and_keeps_quantiles():
+    gen = torch.Generator().manual_seed(0)
+    values = (torch.rand(5000, generator=gen) ** 3).tolist()  # skewed towards 0
+    small = RewardNormalizer(NormalizationConfig(kind="quantile", max_knots=64))
+    exact = RewardNormalizer(NormalizationConfig(kind="quantile", max_knots=10_000))
+    for i in range(0, 5000, 250):  # batch by batch, as the learner appends
+        small.update(values[i : i + 250])
+        exact.update(values[i : i + 250])
+    assert len(small.knots) <= 64 and sum(small.weights) == pytest.approx(5000)
+    probe = torch.tensor([0.001, 0.05, 0.125, 0.4, 0.9])
+    assert small(probe).tolist() == pytest.approx(exact(probe).tolist(), abs=0.1)
+    assert exact(torch.tensor([0.125])).item() == pytest.approx(0.0, abs=0.05)  # the median
+    state = json.loads(json.dumps(small.state_dict()))
+    loaded = RewardNormalizer(NormalizationConfig(kind="quantile"))
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded(probe), small(probe))
+
+
 def test_binning_fixed_and_quantile():
     bins = RewardBinning.evenly(-1.0, 1.0, 4)
     assert bins.edges == pytest.approx([-0.5, 0.0, 0.5])

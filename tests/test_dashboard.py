@@ -63,6 +63,24 @@ def metrics_record(it: int, **extra) -> dict:
     }
 
 
+def reference_bin(center: float, count: int, samples: int = 100) -> dict:
+    """A bin of the binned-base reference as ``online-dt eval`` writes it."""
+    kl = -math.log(count / samples) if count else float("inf")
+    return {
+        "center": center,
+        "half_width": 0.1,
+        "count": count,
+        "fraction": count / samples,
+        "reward_mean": center + 0.01 if count else float("nan"),
+        "nll_per_token": 1.5 + center if count else float("nan"),
+        "mean_tokens": 10.0,
+        "distinct_2": 0.8,
+        "distinct_2_samples": count,
+        "kl_ideal_lower_bound": kl,
+        "kl_ideal_lower_bound_per_token": kl / 10,
+    }
+
+
 def make_synthetic_run(root: Path) -> Path:
     """5 iterations (one with a NaN loss and an ``errors`` list), a torn last metrics line,
     samples, 20 buffer samples in 4-sample shards (plus a covered shard and a temp file),
@@ -129,7 +147,20 @@ def make_synthetic_run(root: Path) -> Path:
         "rows": [
             {"target": 0.0, "mean": 0.1, "kl_to_base": float("inf"), "extrapolation": False},
             {"target": 1.15, "mean": 0.5, "kl_to_base": 3.0, "extrapolation": True},
+            {"target": 0.5, "mean": 0.3, "kl_to_base": 2.0, "kl_to_base_per_token": 0.2},
         ],
+        "reference": {
+            "samples": 100,
+            "half_width": 0.1,
+            "min_count": 5,
+            "grid": [  # out of order; one bin too small, one empty (inf KL), one without KL
+                reference_bin(0.2, 30),
+                reference_bin(-0.2, 50),
+                reference_bin(0.4, 4),
+                reference_bin(0.6, 0),
+                {**reference_bin(0.8, 10), "kl_ideal_lower_bound": None},
+            ],
+        },
     }
     (run / "eval" / "calibration.json").write_text(json.dumps(report))
     (run / "eval" / "calibration.png").write_bytes(PNG)
@@ -212,6 +243,67 @@ def test_evaluation_endpoints(client):
     assert png.headers["content-type"] == "image/png"
 
 
+def test_kl_plane(client, synthetic):
+    data = client.get("/api/klplane").json()
+    # every iteration: its KL to the base (nats per completion) and achieved mean
+    assert data["iterations"] == [
+        {
+            "iteration": it,
+            "kl_to_base": pytest.approx(1.0 + it),
+            "achieved_mean": pytest.approx(0.1 * it - 0.05),
+            "target": pytest.approx(0.1 * it),
+        }
+        for it in range(5)
+    ]
+    # the evaluation's rows with a KL estimate (not the inf one), sorted by target
+    ev = data["eval"]
+    assert (ev["created_at"], ev["iteration"], ev["policy_version"]) == (123.0, 4, 5)
+    assert ev["points"] == [
+        {
+            "target": 0.5,
+            "achieved": 0.3,
+            "kl_to_base": 2.0,
+            "kl_to_base_per_token": 0.2,
+            "extrapolation": False,
+        },
+        {
+            "target": 1.15,
+            "achieved": 0.5,
+            "kl_to_base": 3.0,
+            "kl_to_base_per_token": None,
+            "extrapolation": True,
+        },
+    ]
+    # the base's own curve: bins with >= min_count samples and a finite bound, by centre
+    ref = data["reference"]
+    assert (ref["samples"], ref["half_width"], ref["min_count"]) == (100, 0.1, 5)
+    assert [b["center"] for b in ref["points"]] == [-0.2, 0.2]
+    low = ref["points"][0]
+    assert low["kl_lower_bound"] == pytest.approx(-math.log(0.5))
+    assert low["kl_lower_bound_per_token"] == pytest.approx(-math.log(0.5) / 10)
+    assert low["reward_mean"] == pytest.approx(-0.19) and low["count"] == 50
+    assert low["nll_per_token"] == pytest.approx(1.3) and low["fraction"] == 0.5
+    assert data["error"] is None and isinstance(data["generation"], int)
+
+    # a line appended to metrics.jsonl shows up; one without a KL estimate does not
+    with open(synthetic / "metrics.jsonl", "a") as f:  # completes the torn line first
+        f.write("\n" + json.dumps(metrics_record(6, kl_to_base=None)) + "\n")
+        f.write(json.dumps(metrics_record(7, kl_to_base=0.0)) + "\n")
+    its = client.get("/api/klplane").json()["iterations"]
+    assert [p["iteration"] for p in its] == [0, 1, 2, 3, 4, 7] and its[-1]["kl_to_base"] == 0.0
+
+    # an evaluation without a reference, and an unreadable one
+    report = json.loads((synthetic / "eval" / "calibration.json").read_text())
+    del report["reference"]
+    (synthetic / "eval" / "calibration.json").write_text(json.dumps(report))
+    data = client.get("/api/klplane").json()
+    assert data["reference"] is None and len(data["eval"]["points"]) == 2
+    (synthetic / "eval" / "calibration.json").write_text("[1, 2]")
+    data = client.get("/api/klplane").json()
+    assert data["eval"] is None and data["reference"] is None
+    assert "not a JSON object" in data["error"] and len(data["iterations"]) == 6
+
+
 def test_missing_run_dir_answers_empty(tmp_path):
     client = TestClient(create_app(tmp_path / "not-yet"))
     assert client.get("/api/metrics").json()["records"] == []
@@ -222,6 +314,8 @@ def test_missing_run_dir_answers_empty(tmp_path):
     assert client.get("/api/eval").json()["report"] is None
     assert client.get("/api/eval/plot.png").status_code == 404
     assert client.get("/api/config").json()["config"] is None
+    plane = client.get("/api/klplane").json()
+    assert plane["iterations"] == [] and plane["eval"] is None and plane["reference"] is None
 
 
 def test_torn_line_is_read_once_complete_and_rewrites_reset(client, synthetic):
@@ -575,6 +669,20 @@ def test_api_over_a_real_run(real_run_dir, tmp_path_factory, embedded_model_dir)
     report = evaluated.get("/api/eval").json()
     assert report["plot_available"] and len(report["report"]["rows"]) == 4
     assert evaluated.get("/api/eval/plot.png").content[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the reward-vs-KL plane of the evaluated run: iterations, targets and the base's reference
+    plane = evaluated.get("/api/klplane").json()
+    assert [p["iteration"] for p in plane["iterations"]] == list(range(ITERATIONS))
+    assert [p["kl_to_base"] for p in plane["iterations"]] == [m["kl_to_base"] for m in metrics]
+    rows = report["report"]["rows"]
+    assert [p["target"] for p in plane["eval"]["points"]] == [r["target"] for r in rows]
+    assert [p["kl_to_base"] for p in plane["eval"]["points"]] == [r["kl_to_base"] for r in rows]
+    ref = report["report"]["reference"]
+    kept = [b for b in ref["grid"] if b["count"] >= ref["min_count"]]
+    assert ref["samples"] == 256 and 3 <= len(kept) == len(plane["reference"]["points"])
+    for point, b in zip(plane["reference"]["points"], kept, strict=True):
+        assert point["center"] == b["center"] and point["reward_mean"] == b["reward_mean"]
+        assert point["kl_lower_bound"] == pytest.approx(-math.log(b["count"] / 256))
 
 
 def test_reader_keeps_up_with_a_writer(tmp_path):

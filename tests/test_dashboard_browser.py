@@ -165,6 +165,24 @@ def test_every_panel_shows_the_run(browser_page, run_dir):
     )
     assert ys(calibration[2]) == pytest.approx([r["mean"] for r in report["rows"]])
 
+    # reward vs KL to the base: iterations, the evaluation's targets, the base's own reference
+    wait_for(page, "Chart.getChart('chart-klplane').data.datasets[1].data.length > 0")
+    plane = chart(page, "klplane")["datasets"]
+    assert [p["x"] for p in plane[0]["data"]] == pytest.approx([m["kl_to_base"] for m in metrics])
+    assert ys(plane[0]) == pytest.approx([m["achieved_mean"] for m in metrics])
+    assert [p["x"] for p in plane[1]["data"]] == pytest.approx(
+        [r["kl_to_base"] for r in report["rows"]]
+    )
+    assert ys(plane[1]) == pytest.approx([r["mean"] for r in report["rows"]])
+    ref = report["reference"]
+    kept = [b for b in ref["grid"] if b["count"] >= ref["min_count"]]
+    assert len(kept) >= 3 and plane[2]["label"].startswith("base model's own reference")
+    assert [p["x"] for p in plane[2]["data"]] == pytest.approx(
+        [b["kl_ideal_lower_bound"] for b in kept]
+    )
+    assert ys(plane[2]) == pytest.approx([b["reward_mean"] for b in kept])
+    assert f"reference: {ref['samples']} base samples" in page.inner_text("#klplane-summary")
+
     # the buffer histogram, now and at an earlier iteration chosen with the slider
     data = export_dataset(run_dir / "buffer")
     buffer = chart(page, "buffer")
@@ -238,6 +256,11 @@ def test_new_data_appears_without_reload(browser_page, run_dir):
     schedule = chart(page, "schedule")["datasets"]
     assert ys(schedule[3])[-1] == pytest.approx(0.777)
     assert ys(schedule[2])[-1] == pytest.approx(0.555)
+    wait_for(
+        page, f"Chart.getChart('chart-klplane').data.datasets[0].data.length === {ITERATIONS + 1}"
+    )
+    newest = chart(page, "klplane")["datasets"][0]["data"][-1]
+    assert (newest["x"], newest["y"]) == (pytest.approx(new["kl_to_base"]), pytest.approx(0.555))
     wait_for(
         page, f"document.getElementById('st-version').textContent === '{new['policy_version']}'"
     )

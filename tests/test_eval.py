@@ -286,9 +286,14 @@ def test_cli_eval_writes_table_and_plot(run_copy, capsys):
     from online_dt.replay.export import export_dataset
 
     argv = ["eval", str(run_copy), "--targets", "-0.5", "0", "0.5", "1.5"]
-    assert main([*argv, "--samples-per-target", "12"]) == 0
+    assert main([*argv, "--samples-per-target", "12", "--reference-samples", "96"]) == 0
     out = capsys.readouterr().out
     assert "extrapolation" in out and "calibration.json" in out
+    # the binned-base reference: one line under each target's row
+    lines = out.splitlines()
+    under = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("   0.000 ")]
+    assert len(under) == 1 and under[0].startswith("  ^ base, r in [-0.100, 0.100]: n=")
+    assert sum(line.startswith("  ^ base, r in [") for line in lines) == 4
 
     report = json.loads((run_copy / "eval" / "calibration.json").read_text())
     best = max(export_dataset(run_copy / "buffer")["achieved_reward"])
@@ -307,6 +312,17 @@ def test_cli_eval_writes_table_and_plot(run_copy, capsys):
         assert row["p10"] <= row["median"] <= row["p90"]
         assert 0 <= row["distinct_1"] <= 1 and 0 <= row["distinct_2"] <= 1
         assert -1 <= row["mean"] <= 1
+    ref = report["reference"]
+    assert report["reference_error"] is None
+    assert ref["samples"] == 96 and ref["half_width"] == 0.1 and ref["prompts"] == 12
+    assert [b["center"] for b in ref["at_targets"]] == [-0.5, 0.0, 0.5, 1.5]
+    assert ref["at_targets"][-1]["count"] == 0  # VADER never reaches 1.4
+    assert ref["at_targets"][-1]["kl_ideal_lower_bound"] is None  # inf: strict JSON
+    assert sum(b["count"] for b in ref["grid"]) >= 96  # the grid's bins cover every sample
+    for b in ref["grid"]:
+        if b["count"]:
+            assert b["kl_ideal_lower_bound"] == pytest.approx(-math.log(b["count"] / 96))
+            assert 0 < b["nll_per_token"] < 20 and abs(b["reward_mean"] - b["center"]) <= 0.1
 
     plot = (run_copy / "eval" / "calibration.png").read_bytes()
     assert png_size(plot) == (1000, 420) and len(plot) > 20_000
@@ -324,12 +340,15 @@ def test_eval_of_a_checkpoint_with_default_targets(run_copy, tmp_path):
 
     checkpoint = run_copy / "checkpoints" / f"iter-{ITERATIONS - 2:06d}"
     out = tmp_path / "out"
-    report = run_eval(checkpoint, samples_per_target=8, out_dir=out, with_kl=False)
+    report = run_eval(
+        checkpoint, samples_per_target=8, out_dir=out, with_kl=False, reference_samples=0
+    )
     rewards = export_dataset(run_copy / "buffer")["achieved_reward"]
     expected = [*np.quantile(rewards, [0.1, 0.5, 0.9]), max(rewards) + 0.25]
     assert [r["target"] for r in report["rows"]] == pytest.approx(expected)
     assert [r["extrapolation"] for r in report["rows"]] == [False, False, False, True]
     assert all(r["kl_to_base"] is None for r in report["rows"])
+    assert report["reference"] is None and report["reference_error"] is None
     assert report["iteration"] == ITERATIONS - 2
     assert (out / "calibration.json").is_file() and (out / "calibration.png").is_file()
     assert not (run_copy / "eval").exists()
@@ -345,3 +364,6 @@ def test_cli_eval_rejects_bad_input(tmp_path, capsys):
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         main(["eval", str(tmp_path), "--samples-per-target", "0"])
+    for bad in (["--reference-samples", "-1"], ["--reference-half-width", "0"]):
+        with pytest.raises(SystemExit):
+            main(["eval", str(tmp_path), *bad])

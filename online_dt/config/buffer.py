@@ -19,8 +19,16 @@ class ReplayBufferConfig(StrictModel):
     """Fraction of the capacity reserved for the highest-reward samples, which FIFO eviction
     skips (0 = pure FIFO)."""
 
-    sampling: Literal["uniform", "recency"] = "uniform"
-    """How training batches are drawn: uniformly, or weighted towards recent samples."""
+    sampling: Literal["uniform", "recency", "reward_balanced"] = "uniform"
+    """How training batches are drawn: ``uniform``; ``recency``, weighted towards recent
+    samples; ``reward_balanced``, every reward bin (``reward_bins`` equal-width bins over the
+    held rewards' range) equally likely, so rare rewards (the newest, highest ones, or the
+    lowest) weigh as much as common ones. Re-weighting by the label alone leaves the
+    conditional ``p(completion | prompt, reward)`` that next-token training fits unchanged
+    wherever a reward is held; only how much each reward level is trained on changes."""
+
+    reward_bins: int = Field(10, ge=1)
+    """``reward_balanced``: equal-width bins over ``[min, max]`` of the held rewards."""
 
     recency_half_life: float = Field(2000.0, gt=0.0)
     """``recency``: a sample this many insertions old has half the weight of the newest."""

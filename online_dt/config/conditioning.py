@@ -12,15 +12,31 @@ from online_dt.config.base import StrictModel
 class NormalizationConfig(StrictModel):
     """How a reward is normalised before the scalar head embeds it: ``(r - centre) / scale``."""
 
-    kind: Literal["affine", "running"] = "affine"
+    kind: Literal["affine", "running", "quantile"] = "affine"
     """``affine``: fixed ``centre``/``scale``. ``running``: centre and scale are the running mean
-    and standard deviation of every reward the policy has been trained on (Welford's method)."""
+    and standard deviation of every reward the policy has been trained on (Welford's method).
+    ``quantile``: the reward's normal score ``Phi^-1(F(r))`` under the empirical distribution
+    ``F`` of every reward the policy has been trained on (the scalar counterpart of Quark's
+    quantile reward tokens), so rare rewards at either end are as far apart in the head's
+    input as common ones; beyond the rewards seen it continues linearly with slope
+    ``1 / scale``. Until ``min_count`` rewards are seen it is ``affine``."""
 
     center: float = 0.0
-    """Centre for ``affine`` (reward units); the starting mean for ``running``."""
+    """Centre for ``affine`` (reward units); the starting mean for ``running``; the centre of
+    ``quantile`` until ``min_count`` rewards are seen."""
 
     scale: float = Field(1.0, gt=0.0)
-    """Scale for ``affine`` (reward units, > 0); the starting std for ``running``."""
+    """Scale for ``affine`` (reward units, > 0); the starting std for ``running``; for
+    ``quantile``, the reward units per unit of normal score beyond the rewards seen (and the
+    scale until ``min_count`` rewards are seen)."""
+
+    min_count: int = Field(64, ge=2)
+    """``quantile``: rewards seen before the empirical distribution replaces ``affine``."""
+
+    max_knots: int = Field(2048, ge=16)
+    """``quantile``: most points kept of the empirical distribution. Beyond it, neighbours in
+    sorted order are merged pairwise into their weighted mean (their weights add): a
+    deterministic summary of the distribution."""
 
 
 class ConditioningConfig(StrictModel):

@@ -11,7 +11,10 @@ Routes (all ``GET``; anything else is 404 or 405):
 * ``/api/metrics?since=I`` per-iteration records with ``iteration > I`` (``-1``: all);
 * ``/api/samples?limit=N`` the newest N logged samples;
 * ``/api/buffer?iteration=I&bins=B`` reward histogram of the replay buffer (now, and at I);
-* ``/api/eval`` the latest ``online-dt eval`` report; ``/api/eval/plot.png`` its plot.
+* ``/api/eval`` the latest ``online-dt eval`` report; ``/api/eval/plot.png`` its plot;
+* ``/api/klplane`` the reward-vs-KL plane: each iteration's achieved mean reward against its KL
+  to the base (nats per completion), the latest evaluation's targets, and the base model's own
+  binned reference (:meth:`~online_dt.dashboard.reader.RunReader.kl_plane`).
 
 No route serves an arbitrary file of the run directory: each reads one fixed name through
 :class:`~online_dt.dashboard.reader.RunReader`, which refuses symlinks that leave it. Query
@@ -160,6 +163,10 @@ def create_app(
     @app.get("/api/eval")
     def evaluation() -> dict[str, Any]:
         return reader.evaluation()
+
+    @app.get("/api/klplane")
+    def kl_plane() -> dict[str, Any]:
+        return reader.kl_plane()
 
     @app.get("/api/eval/plot.png")
     def eval_plot(v: str | None = Query(None, max_length=64)) -> FileResponse:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from online_dt.eval.reference import MIN_BIN_COUNT
 from online_dt.launch.rundir import (
     BUFFER_DIR,
     CHECKPOINTS_DIR,
@@ -316,6 +317,44 @@ class RunReader:
             "error": error,
         }
 
+    def kl_plane(self) -> dict[str, Any]:
+        """The reward-vs-KL plane: reward (y, reward units) against KL(policy || base) (x, nats
+        per completion) for each iteration, the latest evaluation's targets and the base
+        model's own binned reference.
+
+        Returns:
+            ``iterations``: one ``{iteration, kl_to_base, achieved_mean, target}`` per metrics
+            record with a finite ``kl_to_base`` and ``achieved_mean`` (the loop's k1 estimate on
+            its KL samples, and the iteration's mean achieved reward), in file order;
+            ``eval``: ``None``, or the latest ``online-dt eval`` report's ``created_at``,
+            ``iteration``, ``policy_version`` and ``points``, one ``{target, achieved,
+            kl_to_base, kl_to_base_per_token, extrapolation}`` per row with a KL estimate,
+            sorted by target (``achieved`` is the row's mean);
+            ``reference``: ``None``, or the report's binned-base reference: ``samples``,
+            ``half_width``, ``min_count`` and ``points``, one ``{center, reward_mean,
+            kl_lower_bound, kl_lower_bound_per_token, nll_per_token, count, fraction}`` per grid
+            bin with at least ``min_count`` base samples (``kl_lower_bound`` is ``-log P(bin)``,
+            nats per completion: the least KL to the base of a policy whose samples all land in
+            the bin; ``reward_mean`` the bin's mean reward), by centre;
+            ``generation`` (of ``metrics.jsonl``, as :meth:`metrics`) and ``error`` (the
+            evaluation report's, as :meth:`evaluation`).
+        """
+        records, generation = self._metrics.read(self.file(METRICS_FILE))
+        iterations = [
+            {k: r.get(k) for k in ("iteration", "kl_to_base", "achieved_mean", "target")}
+            for r in records
+            if _finite(r, "kl_to_base", "achieved_mean")
+        ]
+        found = self.evaluation()
+        report = found["report"]
+        return {
+            "iterations": iterations,
+            "eval": _eval_points(report) if report is not None else None,
+            "reference": _reference_points(report) if report is not None else None,
+            "generation": generation,
+            "error": found["error"],
+        }
+
     def eval_plot(self) -> Path | None:
         """Path of the latest evaluation's PNG inside the run directory, or ``None``."""
         return self.file(_EVAL_PLOT)
@@ -481,6 +520,69 @@ def _int(value: Any, default: Any) -> Any:
     if isinstance(value, float) and math.isfinite(value):
         return int(value)
     return default
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _eval_points(report: dict[str, Any]) -> dict[str, Any]:
+    """The ``eval`` part of :meth:`RunReader.kl_plane`."""
+    rows = [r for r in report.get("rows") or [] if isinstance(r, dict)]
+    points = [
+        {
+            "target": r.get("target"),
+            "achieved": r.get("mean"),
+            "kl_to_base": r.get("kl_to_base"),
+            "kl_to_base_per_token": r.get("kl_to_base_per_token"),
+            "extrapolation": bool(r.get("extrapolation")),
+        }
+        for r in rows
+        if _finite(r, "kl_to_base", "mean", "target")
+    ]
+    return {
+        "created_at": report.get("created_at"),
+        "iteration": report.get("iteration"),
+        "policy_version": report.get("policy_version"),
+        "points": sorted(points, key=lambda p: p["target"]),
+    }
+
+
+def _reference_points(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``reference`` part of :meth:`RunReader.kl_plane` (``None`` without one)."""
+    ref = report.get("reference")
+    if not isinstance(ref, dict):
+        return None
+    least = _int(ref.get("min_count"), MIN_BIN_COUNT)
+    points = [
+        {
+            "center": b.get("center"),
+            "reward_mean": b.get("reward_mean"),
+            "kl_lower_bound": b.get("kl_ideal_lower_bound"),
+            "kl_lower_bound_per_token": b.get("kl_ideal_lower_bound_per_token"),
+            "nll_per_token": b.get("nll_per_token"),
+            "count": b.get("count"),
+            "fraction": b.get("fraction"),
+        }
+        for b in ref.get("grid") or []
+        if isinstance(b, dict)
+        and _int(b.get("count"), 0) >= least
+        and _finite(b, "kl_ideal_lower_bound", "reward_mean", "center")
+    ]
+    return {
+        "samples": ref.get("samples"),
+        "half_width": ref.get("half_width"),
+        "min_count": least,
+        "points": sorted(points, key=lambda p: p["center"]),
+    }
+
+
+def _finite(record: dict[str, Any], *keys: str) -> bool:
+    """Whether every one of ``keys`` of ``record`` is a finite number."""
+    return all(_number(record.get(k)) is not None for k in keys)
 
 
 def _median_wall(metrics: list[dict[str, Any]]) -> float:

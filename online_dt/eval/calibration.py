@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from online_dt.eval.reference import reference_line
 from online_dt.util.metrics import distinct_n, reward_summary
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,14 @@ def calibration_row(
     }
 
 
-def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
+def format_calibration_table(
+    rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None = None
+) -> str:
     """A plain-text table of calibration rows (:func:`calibration_row`, plus the optional
     ``kl_to_base`` and ``extrapolation`` fields of :func:`evaluate_calibration`); an
-    extrapolation row is marked with ``*``."""
+    extrapolation row is marked with ``*``. With a ``reference`` (the binned-base reference of
+    ``online-dt eval``), each row is followed by the line of
+    :func:`online_dt.eval.reference.reference_line`: the base's own samples at that target."""
     with_kl = any(r.get("kl_to_base") is not None for r in rows)
     with_bins = any(r.get("bin") is not None for r in rows)
     header = (
@@ -102,6 +107,9 @@ def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
         if with_bins:
             line += f"  {format_bin(r.get('bin'))}"
         lines.append(line)
+        under = reference_line(r, reference)
+        if under is not None:
+            lines.append(under)
     if any(r.get("extrapolation") for r in rows):
         lines.append("* extrapolation: above the best reward seen in the replay buffer")
     if any((r.get("bin") or {}).get("above_range") for r in rows):

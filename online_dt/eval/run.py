@@ -11,6 +11,13 @@ scores them and writes a calibration table as JSON plus a PNG plot into ``RUN_DI
 * ``calibration.png``: achieved vs target with the identity line, and diversity and KL per
   target (:mod:`online_dt.eval.plot`).
 
+With ``reference_samples > 0`` (``--reference-samples N``, default
+:data:`~online_dt.eval.reference.DEFAULT_REFERENCE_SAMPLES`) the report also holds the
+binned-base reference (:mod:`online_dt.eval.reference`): N base-model samples on the same
+prompts, binned by reward around each target and on a grid (the base's own reward-vs-NLL and
+reward-vs-KL curve), which the console table prints under each target's row and the
+dashboard's reward-vs-KL panel draws.
+
 By default one target above the best reward ever seen in the replay buffer is added and marked
 ``extrapolation``: the policy was never trained on such a label, and the row shows what asking
 for it does (usually: the achieved reward saturates or falls, and KL rises).
@@ -31,12 +38,23 @@ from online_dt.eval.calibration import (
     plan_targets,
 )
 from online_dt.eval.plot import plot_calibration
+from online_dt.eval.reference import DEFAULT_BIN_HALF_WIDTH, DEFAULT_REFERENCE_SAMPLES
 from online_dt.eval.source import EvalError, EvalSource, buffer_rewards, resolve_source
-from online_dt.launch.rundir import CONFIG_FILE, EVAL_DIR, EVAL_PLOT_FILE, EVAL_TABLE_FILE
+from online_dt.launch.rundir import (
+    CONFIG_FILE,
+    EVAL_DIR,
+    EVAL_PLOT_FILE,
+    EVAL_TABLE_FILE,
+    finite_or_none,
+)
 from online_dt.training.kl import kl_per_completion
 from online_dt.util.seeds import derived_seed
 
 log = logging.getLogger(__name__)
+
+REFERENCE_SEED_KEY = 2**20
+"""The reference's sampling seed is ``derived_seed(seed, REFERENCE_SEED_KEY)`` (target k uses
+``derived_seed(seed, k)``, and no evaluation has that many targets)."""
 
 DEFAULT_SAMPLES_PER_TARGET = 64
 """Completions per target by default (about 1 s per target for the embedded model on 2 cores)."""
@@ -53,6 +71,8 @@ def run_eval(
     extrapolation_margin: float | None = DEFAULT_EXTRAPOLATION_MARGIN,
     with_kl: bool = True,
     seed: int = 0,
+    reference_samples: int = DEFAULT_REFERENCE_SAMPLES,
+    reference_half_width: float = DEFAULT_BIN_HALF_WIDTH,
 ) -> dict[str, Any]:
     """Evaluate a policy and write ``calibration.json`` and ``calibration.png``.
 
@@ -68,13 +88,19 @@ def run_eval(
         extrapolation_margin: add the target ``best buffer reward + margin`` (``None``: don't).
         with_kl: estimate KL to the base model per target (loads the base model).
         seed: sampling seed; target k samples with ``derived_seed(seed, k)``.
+        reference_samples: base-model samples for the binned-base reference (>= 0; 0: none).
+        reference_half_width: half the width of its reward bins (reward units, > 0).
 
     Returns:
         The report written to ``calibration.json``: ``rows`` (see :func:`evaluate_calibration`),
         ``buffer`` (``best_reward``, ``samples``), the policy, config, sampling settings, the
-        paths written (``table``, ``plot``) and timings.
+        paths written (``table``, ``plot``), timings, ``reference`` (the dict of
+        :func:`~online_dt.eval.reference.eval_reference` with non-finite numbers as ``None``,
+        or ``None``) and ``reference_error`` (why it is missing when the base model could not
+        be loaded, else ``None``).
 
     Raises:
+        ValueError: ``reference_samples < 0`` or ``reference_half_width <= 0``.
         EvalError: no policy or config found.
         ConfigError: the config is invalid.
         PromptError, RewardModelLoadError, OSError: prompts, reward model or models can't load.
@@ -85,6 +111,10 @@ def run_eval(
     from online_dt.rollout.sampler import SamplingParams
     from online_dt.util.atomic import atomic_write_bytes, atomic_write_json
 
+    if reference_samples < 0:
+        raise ValueError(f"reference_samples must be >= 0, got {reference_samples}")
+    if not reference_half_width > 0:
+        raise ValueError(f"reference_half_width must be > 0, got {reference_half_width}")
     started = time.perf_counter()
     src = resolve_source(source)
     cfg_file = Path(config_path) if config_path is not None else src.config_path
@@ -121,6 +151,16 @@ def run_eval(
             kl=kl_fn,
             describe=policy.conditioner.describe_target,
         )
+        reference, reference_error = _reference(
+            cfg,
+            prompts[:samples_per_target],
+            lambda p, c: score_checked(reward_model, p, c),
+            [t for t, _ in planned],
+            reference_samples,
+            reference_half_width,
+            samples_per_target,
+            derived_seed(seed, REFERENCE_SEED_KEY),
+        )
     finally:
         close = getattr(sampler, "close", None)
         if close is not None:
@@ -146,6 +186,8 @@ def run_eval(
         "kl_estimator": "k1: mean over completions of sum_t log pi(y_t) - log p_base(y_t), nats",
         "kl_error": kl_error,
         "rows": rows,
+        "reference": reference,
+        "reference_error": reference_error,
         "timings_s": {
             "load_s": t_loaded - started,
             "eval_s": time.perf_counter() - t_loaded,
@@ -156,6 +198,38 @@ def run_eval(
     atomic_write_bytes(out / EVAL_PLOT_FILE, plot_calibration(report))
     atomic_write_json(out / EVAL_TABLE_FILE, report)
     return report
+
+
+def _reference(
+    cfg: Any,
+    prompts: Sequence[str],
+    score: Any,
+    targets: Sequence[float],
+    samples: int,
+    half_width: float,
+    max_samples: int,
+    seed: int,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the binned-base reference or ``None``, why it is missing or ``None``)."""
+    from online_dt.eval.reference import eval_reference
+
+    if samples == 0:
+        return None, None
+    try:
+        reference = eval_reference(
+            cfg,
+            prompts,
+            score,
+            targets,
+            samples=samples,
+            seed=seed,
+            half_width=half_width,
+            max_samples=max_samples,
+        )
+    except OSError as e:
+        log.warning("no binned-base reference: base model could not be loaded: %s", e)
+        return None, f"base model could not be loaded: {e}"
+    return finite_or_none(reference), None
 
 
 def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:

@@ -23,11 +23,14 @@ def reward_token(k: int) -> str:
 
 
 class RewardNormalizer:
-    """Affine or running normalisation ``(r - centre) / scale`` of rewards for the scalar head.
+    """Normalisation of rewards for the scalar head: affine, running or quantile.
 
-    ``affine`` keeps the configured centre and scale. ``running`` tracks the mean and standard
-    deviation of every reward passed to :meth:`update` (Welford's online algorithm) and starts
-    from the configured centre/scale until two rewards have been seen.
+    ``affine`` computes ``(r - centre) / scale`` with the configured centre and scale.
+    ``running`` tracks the mean and standard deviation of every reward passed to :meth:`update`
+    (Welford's online algorithm) and starts from the configured centre/scale until two rewards
+    have been seen. ``quantile`` maps a reward to its normal score ``Phi^-1(F(r))`` under the
+    weighted empirical distribution ``F`` of every reward passed to :meth:`update`
+    (:meth:`_quantile_score`); it is affine until ``min_count`` rewards have been seen.
     """
 
     def __init__(self, cfg: NormalizationConfig) -> None:
@@ -37,9 +40,19 @@ class RewardNormalizer:
         self.count = 0
         self.mean = 0.0
         self.m2 = 0.0
+        self.min_count = cfg.min_count
+        self.max_knots = cfg.max_knots
+        self.knots: list[float] = []
+        """``quantile``: sorted rewards summarising every reward seen (reward units)."""
+        self.weights: list[float] = []
+        """``quantile``: how many seen rewards each knot stands for."""
 
     def update(self, rewards: Sequence[float]) -> None:
-        """Fold rewards (reward units) into the running statistics; no-op for ``affine``."""
+        """Fold rewards (reward units) into the running statistics or the empirical
+        distribution; no-op for ``affine``."""
+        if self.kind == "quantile":
+            self._add_knots(rewards)
+            return
         if self.kind != "running":
             return
         for r in rewards:
@@ -51,13 +64,67 @@ class RewardNormalizer:
             self.center = self.mean
             self.scale = max(math.sqrt(self.m2 / (self.count - 1)), 1e-6)
 
+    def _add_knots(self, rewards: Sequence[float]) -> None:
+        pairs = sorted(
+            [*zip(self.knots, self.weights, strict=True), *((float(r), 1.0) for r in rewards)]
+        )
+        self.count += len(rewards)
+        while len(pairs) > self.max_knots:
+            # merge sorted neighbours pairwise into their weighted mean: a deterministic
+            # summary whose weighted quantiles move by at most one knot's weight
+            merged = [
+                ((a * wa + b * wb) / (wa + wb), wa + wb)
+                for (a, wa), (b, wb) in zip(pairs[0::2], pairs[1::2], strict=False)
+            ]
+            if len(pairs) % 2:
+                merged.append(pairs[-1])
+            pairs = merged
+        self.knots = [v for v, _ in pairs]
+        self.weights = [w for _, w in pairs]
+
+    def _quantile_score(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Normal score of ``rewards`` under the weighted empirical distribution of the knots.
+
+        Each distinct value ``x_u`` gets the mid-rank ``F_u = (W(< x_u) + W(= x_u) / 2) / W``
+        (ties share one rank, as for the many exactly neutral rewards of a sentiment model);
+        ``F`` is linear between distinct values and ``Phi^-1(F)`` is the score. Below the
+        lowest and above the highest value seen the score continues linearly with slope
+        ``1 / scale``.
+        """
+        x = torch.tensor(self.knots, dtype=torch.float64)
+        w = torch.tensor(self.weights, dtype=torch.float64)
+        xu, inverse = torch.unique(x, return_inverse=True)
+        wu = torch.zeros_like(xu).index_add_(0, inverse, w)
+        total = wu.sum()
+        f = (torch.cumsum(wu, 0) - wu / 2) / total
+        z = torch.special.ndtri(f)
+        r = rewards.detach().to(torch.float64)
+        if len(xu) == 1:
+            out = z[0] + (r - xu[0]) / self.scale
+        else:
+            i = torch.searchsorted(xu, r.clamp(xu[0], xu[-1]).contiguous(), right=True).clamp(
+                1, len(xu) - 1
+            )
+            x0, x1, f0, f1 = xu[i - 1], xu[i], f[i - 1], f[i]
+            t = ((r.clamp(xu[0], xu[-1]) - x0) / (x1 - x0)).clamp(0.0, 1.0)
+            out = torch.special.ndtri(f0 + t * (f1 - f0))
+            out = out + (r - r.clamp(xu[0], xu[-1])) / self.scale
+        return out.to(rewards.dtype)
+
     def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Normalise a tensor of rewards (any shape); returns the same shape."""
+        """Normalise a tensor of rewards (any shape, reward units); returns the same shape.
+
+        Differentiable only for ``affine`` and ``running`` (``quantile`` is a fixed lookup)."""
+        if self.kind == "quantile" and self.count >= self.min_count:
+            return self._quantile_score(rewards)
         return (rewards - self.center) / self.scale
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state."""
-        return {k: getattr(self, k) for k in ("kind", "center", "scale", "count", "mean", "m2")}
+        keys = ("kind", "center", "scale", "count", "mean", "m2")
+        if self.kind == "quantile":
+            keys += ("min_count", "max_knots", "knots", "weights")
+        return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""

@@ -22,9 +22,9 @@ Eviction (what is held)
     :meth:`ReplayBuffer.load` rebuilds exactly the set an uninterrupted buffer would hold.
 
 Sampling
-    See :meth:`ReplayBuffer.sample_batch`: uniform or recency-weighted, without replacement
-    within a batch (with replacement only while fewer samples are held than the batch size),
-    deterministic given the seed; the generator state round-trips through
+    See :meth:`ReplayBuffer.sample_batch`: uniform, recency-weighted or reward-balanced,
+    without replacement within a batch (with replacement only while fewer samples are held
+    than the batch size), deterministic given the seed; the generator state round-trips through
     :meth:`~ReplayBuffer.state_dict` / :meth:`~ReplayBuffer.load_state_dict` as plain JSON.
 
 Persistence
@@ -237,7 +237,11 @@ class ReplayBuffer:
         ``uniform``: every held sample equally likely. ``recency``: weight
         ``0.5 ** (age / recency_half_life)`` with ``age = newest_id - sample_id`` in
         insertions, so a sample ``recency_half_life`` insertions older than the newest has half
-        its weight (reserved best samples age like any other).
+        its weight (reserved best samples age like any other). ``reward_balanced``: the held
+        rewards' range ``[min, max]`` is cut into ``reward_bins`` equal-width bins and a sample
+        weighs ``1 / (samples held in its bin)``, so every non-empty bin carries the same mass
+        (class-balanced sampling with the reward bin as the class; the conditional the trainer
+        fits given a reward is unchanged, only how often each reward level is seen).
 
         Without replacement within a batch (successive weighted draws, implemented with
         Gumbel top-k keys), in random order. If fewer samples are held than ``batch_size``,
@@ -258,6 +262,8 @@ class ReplayBuffer:
             logw = -(ids[-1] - ids).astype(np.float64) * (
                 math.log(2.0) / self.cfg.recency_half_life
             )
+        elif self.cfg.sampling == "reward_balanced":
+            logw = -np.log(self._bin_counts(ids))
         if n >= batch_size:
             if logw is None:
                 idx = self._rng.choice(n, size=batch_size, replace=False)
@@ -272,6 +278,20 @@ class ReplayBuffer:
                 p = w / w.sum()
             idx = self._rng.choice(n, size=batch_size, replace=True, p=p)
         return [self._held[int(ids[i])] for i in idx]
+
+    def _bin_counts(self, ids: np.ndarray) -> np.ndarray:
+        """Per held sample (in ``ids`` order), how many held samples share its reward bin
+        (``cfg.reward_bins`` equal-width bins over the held rewards' range)."""
+        rewards = np.fromiter(
+            (self._held[int(i)].achieved_reward for i in ids), dtype=np.float64, count=len(ids)
+        )
+        lo, hi = float(rewards.min()), float(rewards.max())
+        k = self.cfg.reward_bins
+        if hi <= lo:
+            bins = np.zeros(len(ids), dtype=np.int64)
+        else:
+            bins = np.minimum(((rewards - lo) / (hi - lo) * k).astype(np.int64), k - 1)
+        return np.bincount(bins, minlength=k)[bins].astype(np.float64)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state for a checkpoint: the sampling generator (128-bit integers as

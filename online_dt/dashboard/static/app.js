@@ -14,6 +14,7 @@ const state = {
   bufferFollow: true, // the slider follows the newest iteration
   evalCreatedAt: null,
   evalRows: [],
+  klplaneKey: null, // (metrics generation, records, evaluation) last drawn on the KL plane
   polls: 0,
 };
 window.onlineDt = { state };
@@ -59,7 +60,14 @@ const COLORS = {
   other: "#9ca3af",
   throughput: "#111827",
   eval: "#dc2626",
+  reference: "#6b7280",
 };
+
+// an iteration's point on the KL plane: light (first) to dark (last) blue
+function iterationColor(index, count) {
+  const f = count > 1 ? index / (count - 1) : 1;
+  return `rgba(37, 99, 235, ${(0.25 + 0.75 * f).toFixed(3)})`;
+}
 
 const charts = {};
 window.onlineDt.charts = charts;
@@ -108,6 +116,32 @@ function makeCharts() {
       scales: {
         x: { type: "linear", title: { display: true, text: "target" } },
         y: { type: "linear", title: { display: true, text: "achieved mean" } },
+      },
+    },
+  });
+
+  charts.klplane = new Chart($("chart-klplane"), {
+    type: "scatter",
+    data: {
+      datasets: [
+        { label: "iterations", data: [], backgroundColor: [], borderColor: [], pointRadius: 4 },
+        { label: "latest evaluation (one point per target)", data: [], showLine: true,
+          borderColor: COLORS.eval, backgroundColor: COLORS.eval, pointRadius: 5,
+          pointStyle: "triangle" },
+        { label: "base model's own reference: reward bins at -log P(bin)", data: [],
+          showLine: true, borderColor: COLORS.reference, backgroundColor: COLORS.reference,
+          borderDash: [2, 3], pointRadius: 2 },
+      ],
+    },
+    options: {
+      scales: {
+        x: { type: "linear", beginAtZero: true,
+             title: { display: true, text: "KL to the base model (nats / completion)" } },
+        y: { type: "linear", title: { display: true, text: "achieved mean reward" } },
+      },
+      plugins: {
+        tooltip: { callbacks: { label: (ctx) =>
+          `${ctx.raw.label}: reward ${fmt(ctx.raw.y)}, KL ${fmt(ctx.raw.x, 2)}` } },
       },
     },
   });
@@ -380,6 +414,40 @@ async function pollEval(available) {
   drawCalibration();
 }
 
+async function pollKlPlane() {
+  const key = `${state.generation}|${state.metrics.length}|${state.evalCreatedAt}`;
+  if (key === state.klplaneKey) return;
+  const data = await getJSON("/api/klplane");
+  state.klplaneKey = key;
+  const d = charts.klplane.data.datasets;
+  const its = data.iterations || [];
+  d[0].data = its.map((p) => ({ x: p.kl_to_base, y: p.achieved_mean,
+    label: `iteration ${p.iteration} (target ${fmt(p.target)})` }));
+  d[0].backgroundColor = its.map((_, i) => iterationColor(i, its.length));
+  d[0].borderColor = d[0].backgroundColor;
+  const ev = data.eval;
+  d[1].data = ev ? ev.points.map((p) => ({ x: p.kl_to_base, y: p.achieved,
+    label: `target ${fmt(p.target)}${p.extrapolation ? " (extrapolation)" : ""}` })) : [];
+  const ref = data.reference;
+  d[2].data = ref ? ref.points.map((b) => ({ x: b.kl_lower_bound, y: b.reward_mean,
+    label: `base, reward ${fmt(b.center, 2)} ± ${ref.half_width} (${b.count} samples, ` +
+      `NLL/token ${fmt(b.nll_per_token)})` })) : [];
+  const parts = [];
+  if (ev) {
+    const at = ev.iteration === null || ev.iteration === undefined ? "" :
+      ` of iteration ${ev.iteration}`;
+    parts.push(`evaluation${at}: ${ev.points.length} target(s) with a KL estimate`);
+  }
+  if (ref) {
+    parts.push(`reference: ${ref.samples} base samples, bins ±${ref.half_width} with ` +
+      `≥ ${ref.min_count} samples`);
+  } else if (ev) {
+    parts.push("no base reference: run online-dt eval with --reference-samples N");
+  }
+  $("klplane-summary").textContent = parts.join("; ");
+  charts.klplane.update("none");
+}
+
 async function poll() {
   try {
     await pollMetrics();
@@ -388,6 +456,7 @@ async function poll() {
     await pollSamples();
     await pollBuffer(st.buffer_size);
     await pollEval(st.eval_available);
+    await pollKlPlane();
     state.polls += 1;
     document.body.dataset.polls = String(state.polls);
   } catch (err) {
