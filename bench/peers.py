@@ -6,7 +6,9 @@ and a seeded split of its prompts into TRAIN prompts and HELD-OUT prompts; no me
 trains on a held-out prompt. Every trained method spends exactly ``--budget`` reward-model calls
 (one call = one scored completion, counted by wrapping the reward model) on train prompts:
 
-* ``online-dt``: the config run in process (``plan_run`` + ``execute`` with ``local_workers``),
+* ``online-dt`` / ``online-dt-token``: the config run in process (``plan_run`` + ``execute``
+  with ``local_workers``) in each ``--odt-modes`` conditioning mode (scalar: the reward
+  embedding; token: reward tokens, each row noting the bin its target maps to),
   ``online.iterations`` chosen so that iterations x prompts x samples = budget, then its final
   policy evaluated at several targets, from the base model's mean reward to the maximum;
 * ``grpo-b0`` / ``grpo-b0.04``: TRL's ``GRPOTrainer`` with beta 0 and 0.04, on CPU, the reward
@@ -54,7 +56,22 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's online_dt, not
     sys.path.insert(0, str(ROOT))
 
 METHODS = ("base", "best-of-n", "raft", "grpo", "online-dt")
-"""Method groups ``--methods`` may name (``grpo`` runs one row per ``--grpo-betas`` value)."""
+"""Method groups ``--methods`` may name (``grpo`` runs one row per ``--grpo-betas`` value,
+``online-dt`` one run per ``--odt-modes`` mode)."""
+
+ODT_MODES = ("scalar", "token")
+"""Conditioning modes ``--odt-modes`` may name."""
+
+
+def odt_method(mode: str) -> str:
+    """The row label of online-dt in a conditioning mode: ``online-dt`` (scalar) or
+    ``online-dt-token``."""
+    return "online-dt" if mode == "scalar" else f"online-dt-{mode}"
+
+
+def is_odt(method: str) -> bool:
+    """Whether a row label is one of online-dt's (any mode)."""
+    return method == "online-dt" or method.startswith("online-dt-")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override "
         "a field of --config for the online-dt run, as `online-dt run --set` "
         "(repeatable), e.g. online.prompts_per_iteration=16 for small budgets",
+    )
+    g.add_argument(
+        "--odt-modes",
+        default=None,
+        help="comma-separated conditioning modes to run online-dt in, one run each: scalar "
+        "(rows `online-dt`), token (rows `online-dt-token`); default both, or only the mode "
+        "an --odt-set conditioning.mode=... names",
     )
     g.add_argument(
         "--targets",
@@ -834,34 +858,64 @@ def run_grpo(setup: Setup, beta: float) -> list[dict[str, Any]]:
     ]
 
 
-def odt_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def odt_overrides(args: argparse.Namespace, mode: str | None = None) -> dict[str, Any]:
     """``--odt-set`` as nested overrides, with the HF reference sampler unless
-    ``--odt-set sampler.backend=...`` says otherwise."""
+    ``--odt-set sampler.backend=...`` says otherwise, and ``conditioning.mode`` set to
+    ``mode`` when one is given."""
     from online_dt.arguments import parse_overrides
 
     overrides = parse_overrides(args.odt_set)
     overrides.setdefault("sampler", {}).setdefault("backend", "hf")
+    if mode is not None:
+        overrides.setdefault("conditioning", {})["mode"] = mode
     return overrides
 
 
-def odt_config(setup: Setup) -> Any:
+def odt_modes(args: argparse.Namespace) -> list[str]:
+    """The conditioning modes online-dt runs in: ``--odt-modes``, else the one
+    ``--odt-set conditioning.mode=...`` names, else scalar and token.
+
+    Raises:
+        SystemExit: an unknown mode, or ``--odt-modes`` and ``--odt-set conditioning.mode``
+            disagree.
+    """
+    from online_dt.arguments import parse_overrides
+
+    named = parse_overrides(args.odt_set).get("conditioning", {}).get("mode")
+    if args.odt_modes is None:
+        return [named] if named is not None else list(ODT_MODES)
+    modes = [m.strip() for m in args.odt_modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(ODT_MODES))
+    if unknown or not modes:
+        raise SystemExit(f"error: --odt-modes {unknown or modes}: choose from {ODT_MODES}")
+    if named is not None and modes != [named]:
+        raise SystemExit(
+            f"error: --odt-set conditioning.mode={named} and --odt-modes {args.odt_modes} "
+            "disagree; give one of them"
+        )
+    return list(dict.fromkeys(modes))
+
+
+def odt_config(setup: Setup, mode: str | None = None) -> Any:
     """The online-dt run's config: ``--config`` with ``--odt-set`` applied (and the HF sampler,
     :func:`odt_overrides`), ``online.run_dir`` in the work directory and ``online.iterations``
     = (budget - warm-start calls) / (prompts_per_iteration x samples_per_prompt)
     (divisibility is checked by :func:`plan_budget`)."""
     from online_dt.config import OnlineRunConfig, load_config
 
-    overrides = odt_overrides(setup.args)
+    overrides = odt_overrides(setup.args, mode)
     probe = load_config(setup.args.config, OnlineRunConfig, overrides)
     online = overrides.setdefault("online", {})
-    online["run_dir"] = str(setup.work / "online-dt")
+    online["run_dir"] = str(setup.work / odt_method(probe.conditioning.mode))
     online["iterations"] = (setup.budget - warm_start_calls(probe)) // per_iteration_calls(probe)
     return load_config(setup.args.config, OnlineRunConfig, overrides)
 
 
-def run_online_dt(setup: Setup, base_mean: float) -> list[dict[str, Any]]:
-    """The online decision-transformer loop of the config, in process, on the train prompts,
-    then its final policy (the last checkpoint's) evaluated at each target."""
+def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, Any]]:
+    """The online decision-transformer loop of the config in conditioning ``mode``, in process,
+    on the train prompts, then its final policy (the last checkpoint's) evaluated at each
+    target. Rows are labelled :func:`odt_method` of the mode; in token mode each row's ``bin``
+    is the reward bin its target maps to (``describe_target`` of the policy's conditioner)."""
     from online_dt.launch.rundir import CHECKPOINT_POLICY_DIR
     from online_dt.loop.futures import LocalHandle
     from online_dt.loop.plan import execute, plan_run
@@ -870,12 +924,13 @@ def run_online_dt(setup: Setup, base_mean: float) -> list[dict[str, Any]]:
 
     a = setup.args
     start = time.perf_counter()
-    cfg = odt_config(setup)
+    cfg = odt_config(setup, mode)
+    name = odt_method(cfg.conditioning.mode)
     plan = plan_run(cfg, None)
     plan.prompts = list(setup.train_prompts)  # held-out prompts are never trained on
     workers = local_workers(plan.cfg, setup.base_path, plan.run.path, None)
     workers.reward = LocalHandle(CheckedRewardModel(setup.reward))  # counted
-    setup.reward.phase = "online-dt:train"
+    setup.reward.phase = f"{name}:train"
     records = execute(plan, workers, progress=not a.no_progress)
     train_s = time.perf_counter() - start
     checkpoint = plan.run.latest_checkpoint()
@@ -898,6 +953,8 @@ def run_online_dt(setup: Setup, base_mean: float) -> list[dict[str, Any]]:
         "sampler_backend": cfg.sampler.backend,
         "overrides": a.odt_set,
         "checkpoint": checkpoint.name,
+        "bin_edges": policy.conditioner.binning.edges if policy.conditioner.binning else None,
+        "bin_range": policy.conditioner.bin_range,
     }
     history = [
         {k: rec.get(k) for k in ("iteration", "target", "achieved_mean", "kl_to_base", "loss")}
@@ -905,17 +962,19 @@ def run_online_dt(setup: Setup, base_mean: float) -> list[dict[str, Any]]:
     ]
     rows = []
     for i, target in enumerate(targets):
-        start, before = time.perf_counter(), setup.reward.calls("online-dt:eval")
-        row = evaluate_conditioned(setup, policy, target, "online-dt:eval")
+        start, before = time.perf_counter(), setup.reward.calls(f"{name}:eval")
+        row = evaluate_conditioned(setup, policy, target, f"{name}:eval")
         rows.append(
             {
-                "method": "online-dt",
+                "method": name,
+                "mode": cfg.conditioning.mode,
                 "target": target,
+                "bin": policy.conditioner.describe_target(target),
                 "train_s": train_s,
                 "eval_s": time.perf_counter() - start,
                 **row,
-                "train_reward_calls": setup.reward.calls("online-dt:train"),
-                "eval_reward_calls": setup.reward.calls("online-dt:eval") - before,
+                "train_reward_calls": setup.reward.calls(f"{name}:train"),
+                "eval_reward_calls": setup.reward.calls(f"{name}:eval") - before,
             }
             | ({"config": config, "history": history} if i == 0 else {})
         )
@@ -1021,6 +1080,18 @@ def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | Non
                 for i, (v, (_, w)) in enumerate(zip(values, cols, strict=True))
             )
         )
+        if r.get("bin") is not None:
+            b = r["bin"]
+            low = "-inf" if b["low"] is None else f"{b['low']:.3f}"
+            high = "inf" if b["high"] is None else f"{b['high']:.3f}"
+            lines.append(
+                f"  ^ reward bin {b['bin']}/{b['bins']} [{low}, {high})"
+                + (
+                    " above the rewards the bins were cut from: the top bin, not the target"
+                    if b["above_range"]
+                    else ""
+                )
+            )
         ref = refs.get(round(r["target"], 6)) if r.get("target") is not None else None
         if ref is not None:
             lines.append(
@@ -1053,8 +1124,10 @@ def plot(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None, path:
         ("nll_base_per_token", "NLL of the samples under the base model, nats per token"),
         ("distinct_2", "word distinct-2"),
     ]
-    odt = [r for r in rows if r["method"] == "online-dt"]
-    peers = [r for r in rows if r["method"] != "online-dt"]
+    odt = [r for r in rows if is_odt(r["method"])]
+    odt_names = list(dict.fromkeys(r["method"] for r in odt))
+    peers = [r for r in rows if not is_odt(r["method"])]
+    colors = {name: f"C{9 - i}" if i else "C0" for i, name in enumerate(odt_names)}
     width = reference["half_width"] if reference is not None else None
     for ax, (key, label) in zip(axes, panels, strict=True):
         if reference is not None and key != "distinct_2":
@@ -1083,24 +1156,30 @@ def plot(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None, path:
                 ms=8,
                 label=f"base samples within +-{width:g} of each target",
             )
-            matched = [r for r in odt if r.get("distinct_2_at_bin_size_samples", 0) >= 5]
+            for name in odt_names:
+                matched = [
+                    r
+                    for r in odt
+                    if r["method"] == name and r.get("distinct_2_at_bin_size_samples", 0) >= 5
+                ]
+                ax.plot(
+                    [r["distinct_2_at_bin_size"] for r in matched],
+                    [r["reward_mean"] for r in matched],
+                    "o",
+                    mfc="none",
+                    color=colors[name],
+                    label=f"{name} on as many samples as that bin",
+                )
+        for name in odt_names:
+            mine = [r for r in odt if r["method"] == name]
             ax.plot(
-                [r["distinct_2_at_bin_size"] for r in matched],
-                [r["reward_mean"] for r in matched],
-                "o",
-                mfc="none",
-                color="C0",
-                label="online-dt on as many samples as that bin",
-            )
-        if odt:
-            ax.plot(
-                [r[key] for r in odt],
-                [r["reward_mean"] for r in odt],
+                [r[key] for r in mine],
+                [r["reward_mean"] for r in mine],
                 "-o",
-                color="C0",
-                label="online-dt (one point per target)",
+                color=colors[name],
+                label=f"{name} (one point per target)",
             )
-            for r in odt:
+            for r in mine:
                 ax.annotate(
                     f"t={r['target']:.2f}",
                     (r[key], r["reward_mean"]),
@@ -1153,6 +1232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; choose from {', '.join(METHODS)}")
     betas = [float(b) for b in args.grpo_betas.split(",") if b.strip()]
+    modes = odt_modes(args)
     out = Path(args.out or f"runs/peers-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -1183,8 +1263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for beta in betas:
             step(f"grpo beta={beta:g}", run_grpo, beta)
     if "online-dt" in wanted:
-        step("online-dt", run_online_dt, base_mean)
-    targets = [r["target"] for r in rows if r["method"] == "online-dt"]
+        for mode in modes:
+            step(odt_method(mode), run_online_dt, base_mean, mode)
+    targets = list(dict.fromkeys(r["target"] for r in rows if is_odt(r["method"])))
     reference = None
     if args.reference_samples > 0:
         t = time.perf_counter()

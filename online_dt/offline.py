@@ -136,6 +136,7 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
         lambda k: SamplingParams.from_config(
             cfg.sampling, n=1, seed=derived_seed(cfg.offline.seed, EVAL_SEED_STREAM, k)
         ),
+        describe=policy.conditioner.describe_target,
     )
     timings["eval_s"] = time.perf_counter() - t0
 

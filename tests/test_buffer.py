@@ -226,7 +226,10 @@ def test_importance_weighting_within_reward_bins():
     # Draws within a bin follow the weights (3:1); each bin keeps half the draws.
     rewards = np.r_[np.zeros(200), np.ones(200)]
     log_w = np.tile(np.r_[np.full(100, np.log(3.0)), np.zeros(100)], 2) - 7.0  # any offset
-    rows = [row | {"log_importance_weight": float(w)} for row, w in zip(batch(rewards), log_w)]
+    rows = [
+        row | {"log_importance_weight": float(w)}
+        for row, w in zip(batch(rewards), log_w, strict=True)
+    ]
     buf = ReplayBuffer(cfg(capacity=400, importance_weighting=True, reward_bins=2), seed=0)
     buf.append(rows)
     counts = draw_counts(buf, 1, 40000)

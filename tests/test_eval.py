@@ -108,6 +108,29 @@ def test_evaluate_calibration_with_fakes():
     assert rows[0]["distinct_1"] == pytest.approx(5 / 8)
     table = format_calibration_table(rows)
     assert "1.200*" in table and "extrapolation" in table and "KL" in table
+    assert "reward bin" not in table  # scalar mode: no bins
+    # token mode: each row says the bin its target maps to; above the bins' range is marked
+    binned = evaluate_calibration(
+        sampler,
+        lambda prompts, completions: [float(c) for c in completions],
+        ["a"],
+        [(0.0, False), (1.2, True)],
+        1,
+        lambda k: SamplingParams(seed=k),
+        describe=lambda t: {
+            "bin": int(t > 0.5),
+            "bins": 2,
+            "low": None if t <= 0.5 else 0.5,
+            "high": 0.5 if t <= 0.5 else None,
+            "token": f"<|reward_{int(t > 0.5)}|>",
+            "above_range": t > 1.0,
+            "range": [-1.0, 1.0],
+        },
+    )
+    assert [r["bin"]["bin"] for r in binned] == [0, 1]
+    table = format_calibration_table(binned)
+    assert "0/2 [-inf, 0.500)" in table and "1/2 [0.500, inf)^" in table
+    assert "cannot extrapolate" in table
     with pytest.raises(ValueError, match="samples_per_target"):
         evaluate_calibration(sampler, None, ["a"], [(0.0, False)], 0, lambda k: None)
 

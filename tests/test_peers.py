@@ -280,6 +280,60 @@ def test_plan_budget_default_scale_and_units():
     )
 
 
+def test_odt_modes_and_row_labels():
+    from bench.peers import build_parser, is_odt, odt_method, odt_modes, odt_overrides
+
+    def modes(*argv):
+        return odt_modes(build_parser().parse_args(["--config", str(CONFIG), *argv]))
+
+    assert modes() == ["scalar", "token"]  # both by default
+    assert modes("--odt-set", "conditioning.mode=token") == ["token"]
+    assert modes("--odt-modes", "token,scalar") == ["token", "scalar"]
+    assert modes("--odt-modes", "token", "--odt-set", "conditioning.mode=token") == ["token"]
+    with pytest.raises(SystemExit, match="choose from"):
+        modes("--odt-modes", "tokens")
+    with pytest.raises(SystemExit, match="disagree"):
+        modes("--odt-modes", "scalar,token", "--odt-set", "conditioning.mode=token")
+    assert [odt_method(m) for m in ("scalar", "token")] == ["online-dt", "online-dt-token"]
+    assert is_odt("online-dt") and is_odt("online-dt-token") and not is_odt("grpo-b0")
+    args = build_parser().parse_args(["--odt-set", "conditioning.num_reward_tokens=4"])
+    over = odt_overrides(args, "token")
+    assert over["conditioning"] == {"num_reward_tokens": 4, "mode": "token"}
+    assert over["sampler"]["backend"] == "hf"
+
+
+def test_table_notes_the_bin_of_each_token_row():
+    from bench.peers import format_table
+
+    row = {
+        "reward_mean": 0.1,
+        "reward_p10": 0.0,
+        "reward_p90": 0.2,
+        "distinct_1": 0.1,
+        "distinct_2": 0.3,
+        "distinct_3": 0.6,
+        "kl_per_token": 0.1,
+        "kl_per_completion": 2.0,
+        "nll_base_per_token": 1.6,
+        "train_reward_calls": 128,
+        "eval_reward_calls": 16,
+        "train_s": 1.0,
+    }
+    rows = [
+        {"method": "online-dt", "target": 0.9, "bin": None, **row},
+        {
+            "method": "online-dt-token",
+            "target": 0.9,
+            "bin": {"bin": 7, "bins": 8, "low": 0.871, "high": None, "above_range": True},
+            **row,
+        },
+    ]
+    table = format_table(rows, None).splitlines()
+    assert table[2].startswith("online-dt ") and table[3].startswith("online-dt-token")
+    assert table[4].startswith("  ^ reward bin 7/8 [0.871, inf) above the rewards")
+    assert len(table) == 5  # no bin line under the scalar row
+
+
 # ---------------------------------------------------------------------------------------------
 # the script end to end
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +366,12 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
     report = json.loads((out / "peers.json").read_text())
     rows = report["rows"]
     methods = [r["method"] for r in rows]
-    assert methods == ["base", "best-of-4", "raft", "grpo-b0", "grpo-b0.04"] + ["online-dt"] * 3
+    assert (
+        methods
+        == ["base", "best-of-4", "raft", "grpo-b0", "grpo-b0.04"]
+        + ["online-dt"] * 3
+        + ["online-dt-token"] * 3
+    )
     for r in rows:
         for key in (
             "reward_mean",
@@ -329,13 +388,23 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
         ):
             assert isinstance(r[key], float) and math.isfinite(r[key]), (r["method"], key)
         assert r["samples"] == 16
-    trained = [r for r in rows if r["method"] in ("raft", "grpo-b0", "grpo-b0.04", "online-dt")]
+    trained = [
+        r
+        for r in rows
+        if r["method"] in ("raft", "grpo-b0", "grpo-b0.04", "online-dt", "online-dt-token")
+    ]
     assert all(r["train_reward_calls"] == 128 for r in trained)
     assert rows[0]["train_reward_calls"] == 0 and rows[0]["kl_per_token"] == 0.0
     assert rows[1]["eval_reward_calls"] == 16 * 4 and rows[1]["kl_kind"].startswith("analytic")
-    odt = rows[5:]
+    odt, token = rows[5:8], rows[8:]
     assert odt[0]["target"] == pytest.approx(rows[0]["reward_mean"])
     assert odt[-1]["target"] == pytest.approx(1.0)
+    # token mode beside scalar mode, at the same targets, each row with the bin it maps to
+    assert [r["target"] for r in token] == [r["target"] for r in odt]
+    assert all(r["bin"] is None for r in odt) and all(r["mode"] == "token" for r in token)
+    assert [r["bin"]["bin"] for r in token] == sorted(r["bin"]["bin"] for r in token)
+    assert token[0]["config"]["conditioning"]["mode"] == "token"
+    assert "online-dt-token" in done.stdout and "^ reward bin" in done.stdout
     assert len(report["reference"]["at_targets"]) == 3
     assert report["setup"]["train_calls_differ_from_budget"] == []
     # the split: 742 embedded openings, 8 held out

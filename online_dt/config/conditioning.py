@@ -60,8 +60,36 @@ class ConditioningConfig(StrictModel):
     """Number of reward bins (and reward tokens) in token mode."""
 
     bin_method: Literal["fixed", "quantile"] = "quantile"
-    """``fixed``: bin edges are ``bin_edges``. ``quantile``: edges are re-cut at the quantiles of
-    the rewards the policy is first trained on (equal-mass bins)."""
+    """``fixed``: bin edges are ``bin_edges`` (or evenly spaced). ``quantile``: equal-mass
+    edges cut from the achieved rewards the policy is trained on, kept up to date as
+    ``bin_refit`` says."""
+
+    bin_refit: Literal["buffer", "split_top"] = "buffer"
+    """How ``quantile`` bins follow the replay buffer (token mode, no ``bin_edges``).
+
+    ``buffer``: after every append the bins are re-cut at the ``k/K`` quantiles of every
+    achieved reward the replay buffer holds (its held set: ``buffer.capacity`` samples, the
+    best ``keep_top_fraction`` plus the most recent), so each of the ``num_reward_tokens``
+    tokens labels an equal share of the buffer; token meanings move as the buffer fills
+    upwards. This is Quark's rule (Lu et al., 2022: the data pool is re-sorted into
+    equal-mass quantiles after each addition).
+
+    ``split_top``: the bins are cut once, at the quantiles of the first rewards the policy is
+    trained on (the warm-start samples, else iteration 0's: the base model's rewards), into
+    ``initial_reward_bins`` bins; their edges then never move, and whenever the top bin holds
+    at least twice an equal share of the buffer it is split at its median into two, the new
+    top bin taking the next unused reward token, whose embedding starts as a copy of the split
+    bin's token. All ``num_reward_tokens`` tokens exist from the start; splits stop when they
+    are all in use. Token meanings stay stable, at the price of coarser bins above the base
+    model's range once the tokens run out.
+
+    Either way every training batch is labelled under the current bins, from each sample's
+    achieved reward, when the batch is drawn."""
+
+    initial_reward_bins: int | None = Field(None, ge=2, le=1024)
+    """``split_top``: bins cut from the first rewards (default ``num_reward_tokens // 2``, at
+    least 2); the other ``num_reward_tokens - initial_reward_bins`` tokens are kept for
+    splits. Must be at most ``num_reward_tokens``; not allowed with ``bin_refit: buffer``."""
 
     bin_edges: list[float] | None = None
     """Interior bin edges for ``fixed`` binning: ``num_reward_tokens - 1`` increasing values.
@@ -85,4 +113,34 @@ class ConditioningConfig(StrictModel):
                 )
             if any(b <= a for a, b in zip(self.bin_edges, self.bin_edges[1:], strict=False)):
                 raise ValueError("bin_edges must be strictly increasing")
+        if self.initial_reward_bins is not None:
+            if self.bin_refit != "split_top":
+                raise ValueError("initial_reward_bins is used only with bin_refit: split_top")
+            if self.initial_reward_bins > self.num_reward_tokens:
+                raise ValueError(
+                    f"initial_reward_bins ({self.initial_reward_bins}) must be at most "
+                    f"num_reward_tokens ({self.num_reward_tokens})"
+                )
         return self
+
+    @property
+    def splits_top_bin(self) -> bool:
+        """Whether the bins are cut once and their top bin split (token mode, quantile bins,
+        no fixed edges, ``bin_refit: split_top``)."""
+        return (
+            self.mode == "token"
+            and self.bin_method == "quantile"
+            and self.bin_edges is None
+            and self.bin_refit == "split_top"
+        )
+
+    @property
+    def first_bins(self) -> int:
+        """The number of bins before any split: ``initial_reward_bins`` (default
+        ``num_reward_tokens // 2``, at least 2) with ``split_top``, else
+        ``num_reward_tokens``."""
+        if not self.splits_top_bin:
+            return self.num_reward_tokens
+        if self.initial_reward_bins is not None:
+            return self.initial_reward_bins
+        return max(2, self.num_reward_tokens // 2)

@@ -3,7 +3,8 @@
 For each target, :func:`evaluate_calibration` samples completions conditioned on it, scores them
 and summarises them in a row (:func:`calibration_row`): the achieved reward's mean, std, p10,
 median and p90, the calibration error ``|mean - target|``, distinct-1/2 of the completion
-tokens, optionally the KL estimate to the base model, and a few example completions.
+tokens, optionally the KL estimate to the base model and (token mode) the reward bin the target
+maps to, and a few example completions.
 :func:`plan_targets` chooses the targets, marking those above the best reward the policy was
 trained on as ``extrapolation``; :func:`format_calibration_table` prints the rows.
 
@@ -84,9 +85,12 @@ def format_calibration_table(
     ``online-dt eval``), each row is followed by the line of
     :func:`online_dt.eval.reference.reference_line`: the base's own samples at that target."""
     with_kl = any(r.get("kl_to_base") is not None for r in rows)
+    with_bins = any(r.get("bin") is not None for r in rows)
     header = (
         f"{'target':>9} {'achieved':>9} {'std':>6} {'p10':>7} {'p50':>7} {'p90':>7} "
-        f"{'|err|':>6} {'d-1':>5} {'d-2':>5}" + (f" {'KL':>7} {'KL/tok':>7}" if with_kl else "")
+        f"{'|err|':>6} {'d-1':>5} {'d-2':>5}"
+        + (f" {'KL':>7} {'KL/tok':>7}" if with_kl else "")
+        + (f"  {'reward bin (token mode)':<24}" if with_bins else "")
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -100,13 +104,31 @@ def format_calibration_table(
             for key in ("kl_to_base", "kl_to_base_per_token"):
                 kl = r.get(key)
                 line += f" {kl:>7.3f}" if kl is not None else f" {'-':>7}"
+        if with_bins:
+            line += f"  {format_bin(r.get('bin'))}"
         lines.append(line)
         under = reference_line(r, reference)
         if under is not None:
             lines.append(under)
     if any(r.get("extrapolation") for r in rows):
         lines.append("* extrapolation: above the best reward seen in the replay buffer")
+    if any((r.get("bin") or {}).get("above_range") for r in rows):
+        lines.append(
+            "^ above the rewards the bins were cut from: the top bin's token asks for rewards"
+            " like the best seen, not for the target (token mode cannot extrapolate)"
+        )
     return "\n".join(lines)
+
+
+def format_bin(info: dict[str, Any] | None) -> str:
+    """``k/K [low, high)`` for a :meth:`RewardConditioner.describe_target` result (``^`` when
+    the target lies above the bins' range), ``-`` for ``None``."""
+    if info is None:
+        return "-"
+    low = "-inf" if info["low"] is None else f"{info['low']:.3f}"
+    high = "inf" if info["high"] is None else f"{info['high']:.3f}"
+    mark = "^" if info["above_range"] else ""
+    return f"{info['bin']}/{info['bins']} [{low}, {high}){mark}"
 
 
 def default_targets(buffer_rewards: Sequence[float]) -> list[float]:
@@ -150,6 +172,7 @@ def evaluate_calibration(
     params: Callable[[int], Any],
     *,
     kl: Callable[[list[Any]], list[float]] | None = None,
+    describe: Callable[[float], dict[str, Any] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample, score and summarise completions for each target.
 
@@ -164,12 +187,15 @@ def evaluate_calibration(
         params: ``params(k)`` gives the :class:`~online_dt.rollout.sampler.SamplingParams` of
             the k-th target (its seed, so targets are reproducible one by one).
         kl: optional per-completion KL(policy || base) estimator over rollouts (nats).
+        describe: optional ``describe(target)``: the reward bin a target maps to in token mode
+            (:meth:`online_dt.policy.conditioner.RewardConditioner.describe_target`), ``None``
+            in scalar mode.
 
     Returns:
         One :func:`calibration_row` per target, plus ``extrapolation`` (bool), ``kl_to_base``
         (mean nats per completion, or ``None``), ``kl_to_base_per_token`` (the completions'
         summed KL over their summed tokens, nats per token, or ``None``) and ``seconds``
-        (sampling + scoring time).
+        (sampling + scoring time); with ``describe``, ``bin`` (its result, or ``None``).
 
     Raises:
         ValueError: ``samples_per_target < 1`` or no prompts.
@@ -197,6 +223,8 @@ def evaluate_calibration(
         row["kl_to_base"] = float(np.mean(kls)) if kls else None
         row["kl_to_base_per_token"] = float(np.sum(kls) / tokens) if kls and tokens else None
         row["extrapolation"] = bool(extrapolation)
+        if describe is not None:
+            row["bin"] = describe(target)
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
         log.info(

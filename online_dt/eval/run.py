@@ -6,7 +6,8 @@ saved policy directory; :func:`~online_dt.eval.source.resolve_source`) and the r
 scores them and writes a calibration table as JSON plus a PNG plot into ``RUN_DIR/eval/``:
 
 * ``calibration.json``: the report, one row per target (:mod:`online_dt.eval.calibration`)
-  with the KL estimate to the base model (nats per completion);
+  with the KL estimate to the base model (nats per completion) and, in token mode, the reward
+  bin the target maps to (``bin``: index, edges, token, ``above_range``);
 * ``calibration.png``: achieved vs target with the identity line, and diversity and KL per
   target (:mod:`online_dt.eval.plot`).
 
@@ -148,6 +149,7 @@ def run_eval(
             samples_per_target,
             lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=derived_seed(seed, k)),
             kl=kl_fn,
+            describe=policy.conditioner.describe_target,
         )
         reference, reference_error = _reference(
             cfg,

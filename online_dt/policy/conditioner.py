@@ -3,20 +3,22 @@
 It is independent of the language model: the policy uses it for training and HF generation, the
 vLLM sampler to build ``prompt_embeds`` or reward-token prompts. A saved policy directory holds
 it in a ``reward_conditioning/`` folder: ``conditioning.json`` (config, normaliser state, bin
-edges, reward-token ids) and, in scalar mode, ``head.safetensors``.
+edges and whether they were fitted, reward-token ids) and, in scalar mode, ``head.safetensors``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from online_dt.config import ConditioningConfig
-from online_dt.policy.normalization import RewardBinning, RewardNormalizer
+from online_dt.policy.normalization import RewardBinning, RewardNormalizer, reward_token
 
 CONDITIONING_DIR = "reward_conditioning"
 """Subdirectory of a policy directory holding the conditioning (kept out of the top level,
@@ -38,7 +40,11 @@ class RewardConditioner(nn.Module):
         config: the :class:`ConditioningConfig`.
         head: ``Linear(1, hidden)`` in scalar mode, else ``None``.
         normalizer: reward normalisation used before the head.
-        binning: reward bins (token mode), else ``None``.
+        binning: reward bins (token mode), else ``None``; with ``bin_refit: split_top`` it
+            may hold fewer bins than there are reward tokens (the rest wait for splits).
+        bins_fitted: whether quantile bins have been cut from rewards yet (before that they
+            are evenly spaced over ``[reward_min, reward_max]``).
+        bin_range: ``(lowest, highest)`` reward the bins were last cut from, or ``None``.
         reward_token_ids: ids of ``<|reward_0|>..<|reward_{K-1}|>`` (token mode), else ``[]``.
         placeholder_id: id written into column 0 in scalar mode (its embedding is replaced).
     """
@@ -64,18 +70,77 @@ class RewardConditioner(nn.Module):
         self.binning = binning
         self.reward_token_ids = list(reward_token_ids)
         self.placeholder_id = placeholder_id
+        self.bins_fitted = False
+        self.bin_range: tuple[float, float] | None = None
 
-    def fit_reward_statistics(self, rewards: Sequence[float]) -> None:
-        """Adapt normalisation or bins to rewards the policy is about to be trained on.
+    def fit_reward_statistics(
+        self, rewards: Sequence[float], pool: Sequence[float] | None = None
+    ) -> list[tuple[int, int]]:
+        """Adapt normalisation or bins to the rewards the policy is about to be trained on.
 
-        Scalar mode with ``running`` normalisation folds them into the running mean/std; token
-        mode with ``bin_method: quantile`` and no fixed edges re-cuts the bins at their
-        quantiles. Otherwise nothing changes.
+        Args:
+            rewards: the newly added achieved rewards (reward units); scalar mode with
+                ``running`` normalisation folds them into the running mean/std.
+            pool: every achieved reward the policy now trains on (the replay buffer's held
+                rewards, which include ``rewards``); default ``rewards``. Token mode with
+                ``bin_method: quantile`` and no fixed edges cuts the bins from it, as
+                ``conditioning.bin_refit`` says: ``buffer`` re-cuts all ``K`` bins at its
+                ``k/K`` quantiles (Quark, Lu et al., 2022, re-sorts its data pool into
+                equal-mass quantiles after each addition); ``split_top`` cuts
+                ``first_bins`` bins from the first pool it sees and later only splits the top
+                bin (:meth:`RewardBinning.split_top`). A pool with fewer rewards than bins to
+                cut leaves the bins as they are. Otherwise nothing changes.
+
+        Returns:
+            The splits made, ``(new_bin, split_bin)`` index pairs (``split_top`` only): the
+            new bin's reward token should start from the split bin's (the policy copies the
+            embedding row).
         """
         self.normalizer.update(rewards)
         cfg = self.config
-        if cfg.mode == "token" and cfg.bin_method == "quantile" and cfg.bin_edges is None:
-            self.binning = RewardBinning.from_quantiles(rewards, cfg.num_reward_tokens)
+        if cfg.mode != "token" or cfg.bin_method != "quantile" or cfg.bin_edges is not None:
+            return []
+        values = [float(r) for r in (rewards if pool is None else pool)]
+        if not values:
+            return []
+        splits: list[tuple[int, int]] = []
+        if not cfg.splits_top_bin or not self.bins_fitted:
+            if len(values) < cfg.first_bins:
+                return []
+            self.binning = RewardBinning.from_quantiles(values, cfg.first_bins)
+            self.bins_fitted = True
+        else:
+            assert self.binning is not None
+            while (split := self.binning.split_top(values, cfg.num_reward_tokens)) is not None:
+                splits.append((split.num_bins - 1, self.binning.num_bins - 1))
+                self.binning = split
+        self.bin_range = (min(values), max(values))
+        return splits
+
+    def describe_target(self, target: float) -> dict[str, Any] | None:
+        """Which bin (token mode) a target reward maps to, or ``None`` in scalar mode.
+
+        Returns:
+            ``bin`` (index in ``[0, K)``), ``bins`` (K, the bins in use), ``low`` and ``high``
+            (the bin's edges, reward units; ``None`` for the open ends), ``token`` (its text),
+            and ``above_range``: the target lies above the largest reward the bins were last
+            cut from (the buffer's best), so the top bin's token asks for rewards like the
+            best seen, not for the target: token mode cannot extrapolate. ``range`` is
+            ``[lowest, highest]`` of those rewards (``None`` before the first fit).
+        """
+        if self.binning is None:
+            return None
+        k = int(self.binning(torch.tensor([float(target)], dtype=torch.float64))[0])
+        low, high = self.binning.bounds(k)
+        return {
+            "bin": k,
+            "bins": self.binning.num_bins,
+            "low": None if math.isinf(low) else low,
+            "high": None if math.isinf(high) else high,
+            "token": reward_token(k),
+            "above_range": self.bin_range is not None and float(target) > self.bin_range[1],
+            "range": list(self.bin_range) if self.bin_range is not None else None,
+        }
 
     def slot_token_ids(self, rewards: Sequence[float]) -> list[int]:
         """Column-0 ids for rewards: the reward token (token mode) or the placeholder."""
@@ -111,6 +176,8 @@ class RewardConditioner(nn.Module):
             "config": self.config.model_dump(mode="json"),
             "normalizer": self.normalizer.state_dict(),
             "bin_edges": self.binning.edges if self.binning is not None else None,
+            "bins_fitted": self.bins_fitted,
+            "bin_range": list(self.bin_range) if self.bin_range is not None else None,
             "reward_token_ids": self.reward_token_ids,
             "placeholder_id": self.placeholder_id,
         }
@@ -144,7 +211,7 @@ class RewardConditioner(nn.Module):
             head = nn.Linear(1, state["weight"].shape[0])
             head.load_state_dict(state)
         edges = meta.get("bin_edges")
-        return cls(
+        conditioner = cls(
             config,
             placeholder_id=meta["placeholder_id"],
             head=head,
@@ -152,3 +219,7 @@ class RewardConditioner(nn.Module):
             reward_token_ids=meta.get("reward_token_ids", []),
             normalizer=normalizer,
         )
+        conditioner.bins_fitted = bool(meta.get("bins_fitted", False))
+        span = meta.get("bin_range")
+        conditioner.bin_range = (float(span[0]), float(span[1])) if span is not None else None
+        return conditioner

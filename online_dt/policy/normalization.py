@@ -172,6 +172,48 @@ class RewardBinning:
                 edges[i] = edges[i - 1] + 1e-9 * max(1.0, abs(edges[i - 1]))
         return cls(edges)
 
+    @property
+    def num_bins(self) -> int:
+        """K, the number of bins (one more than the number of edges)."""
+        return len(self.edges) + 1
+
+    def bounds(self, k: int) -> tuple[float, float]:
+        """``(low, high)`` of bin ``k`` in reward units: bin 0 starts at ``-inf``, bin K-1 ends
+        at ``+inf``.
+
+        Raises:
+            IndexError: ``k`` is not in ``[0, K)``.
+        """
+        if not 0 <= k < self.num_bins:
+            raise IndexError(f"bin {k} out of range for {self.num_bins} bins")
+        low = self.edges[k - 1] if k > 0 else -math.inf
+        high = self.edges[k] if k < len(self.edges) else math.inf
+        return low, high
+
+    def split_top(self, pool: Sequence[float], max_bins: int) -> RewardBinning | None:
+        """The bins with the top bin split in two, or ``None`` when it should not be split.
+
+        The top bin is split when it holds at least twice an equal share of ``pool`` (``2 n /
+        K`` of the ``n`` rewards) and fewer than ``max_bins`` bins are in use; the new edge is
+        the median of the pool's rewards in the top bin, so both halves hold about as many.
+        Nothing is split when that median is not strictly above the current top edge or not
+        below the top bin's largest reward (ties: the halves could not be told apart).
+
+        Args:
+            pool: rewards the bins should describe (reward units), e.g. the replay buffer's.
+            max_bins: the most bins there may be (the number of reward tokens).
+        """
+        if self.num_bins >= max_bins or not len(pool):
+            return None
+        values = torch.tensor(list(pool), dtype=torch.float64)
+        top = values[values >= self.edges[-1]] if self.edges else values
+        if len(top) < 2 or len(top) * self.num_bins < 2 * len(values):
+            return None
+        edge = float(torch.quantile(top, 0.5))
+        if (self.edges and edge <= self.edges[-1]) or edge >= float(top.max()):
+            return None
+        return RewardBinning([*self.edges, edge])
+
     def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
         """Bin indices, ``LongTensor`` of the same shape as ``rewards``, values in ``[0, K)``."""
         edges = torch.tensor(self.edges, dtype=rewards.dtype, device=rewards.device)

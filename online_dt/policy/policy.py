@@ -105,9 +105,7 @@ class RewardConditionedPolicy(nn.Module):
             binning = (
                 RewardBinning(config.bin_edges)
                 if config.bin_edges is not None
-                else RewardBinning.evenly(
-                    config.reward_min, config.reward_max, config.num_reward_tokens
-                )
+                else RewardBinning.evenly(config.reward_min, config.reward_max, config.first_bins)
             )
             conditioner = RewardConditioner(
                 config, placeholder_id=placeholder, binning=binning, reward_token_ids=token_ids
@@ -191,9 +189,24 @@ class RewardConditionedPolicy(nn.Module):
 
     # -- the conditioning slot -----------------------------------------------------------------
 
-    def fit_reward_statistics(self, rewards: Sequence[float]) -> None:
-        """See :meth:`RewardConditioner.fit_reward_statistics`."""
-        self.conditioner.fit_reward_statistics(rewards)
+    def fit_reward_statistics(
+        self, rewards: Sequence[float], pool: Sequence[float] | None = None
+    ) -> list[tuple[int, int]]:
+        """See :meth:`RewardConditioner.fit_reward_statistics`; returns its ``(new_bin,
+        split_bin)`` splits, for each of which the new bin's reward-token embedding row (input,
+        and output if untied) is set to a copy of the split bin's."""
+        splits = self.conditioner.fit_reward_statistics(rewards, pool)
+        if splits:
+            matrices = [self.model.get_input_embeddings().weight]
+            output = self.model.get_output_embeddings()
+            if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+                matrices.append(output.weight)
+            ids = self.reward_token_ids
+            with torch.no_grad():
+                for new_bin, old_bin in splits:
+                    for weight in matrices:
+                        weight[ids[new_bin]] = weight[ids[old_bin]]
+        return splits
 
     def slot_token_ids(self, rewards: Sequence[float]) -> list[int]:
         """See :meth:`RewardConditioner.slot_token_ids`."""

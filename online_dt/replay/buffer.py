@@ -305,8 +305,8 @@ class ReplayBuffer:
     def _importance_log_weights(self, ids: np.ndarray) -> np.ndarray:
         """Log of each held sample's importance weight relative to its reward bin's median
         (truncated at ``cfg.importance_clip`` times the median, then rescaled to mean 1 within
-        the bin, so a bin's total weight equals its count). A sample without a weight counts as its bin's
-        mean (weight 1)."""
+        the bin, so a bin's total weight equals its count). A sample without a weight counts
+        as its bin's mean (weight 1)."""
         raw = np.fromiter(
             (np.nan if (w := self._held[int(i)].log_importance_weight) is None else w for i in ids),
             dtype=np.float64,

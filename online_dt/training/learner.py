@@ -137,6 +137,12 @@ class Learner:
         ``buffer.importance_weighting``, each sample also gets its log importance weight
         ``log p_base - log pi`` from the base model and the rollout's sampled log-probs.
 
+        Then the conditioning follows the rewards: the new ones feed a running normaliser
+        (scalar mode), and token mode's quantile bins are re-cut (or their top bin split) from
+        every achieved reward the buffer holds (``conditioning.bin_refit``). Labels are not
+        stored: each training batch maps its samples' achieved rewards to reward tokens under
+        the bins current when it is drawn.
+
         Returns:
             ``count``, ``first_id``, ``last_id`` and ``buffer_size``.
 
@@ -156,7 +162,8 @@ class Learner:
                 for r, reward, log_iw in zip(rollouts, rewards, weights, strict=True)
             ]
         )
-        self.policy.fit_reward_statistics([float(x) for x in rewards])
+        # the new rewards feed the running normaliser; the bins describe the whole buffer
+        self.policy.fit_reward_statistics([float(x) for x in rewards], self.buffer.rewards())
         return {
             "count": len(added),
             "first_id": added[0].sample_id if added else None,
