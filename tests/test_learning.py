@@ -55,6 +55,7 @@ def test_online_policy_is_a_faithful_conditional_model_at_a_small_budget(tmp_pat
         sys.executable,
         str(root / "bench" / "peers.py"),
         "--methods=online-dt",
+        "--odt-modes=scalar",
         "--budget=1280",
         "--odt-set=online.prompts_per_iteration=32",
         "--targets",

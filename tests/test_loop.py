@@ -116,7 +116,11 @@ def test_importance_weights_are_the_k1_terms_of_each_sample(tmp_path, base):
         rows = data[data["iteration"] == m["iteration"]].sort_values("sample_id")
         first = rows["log_importance_weight"].to_numpy()[: cfg.online.kl_samples]
         assert -first.mean() == pytest.approx(m["kl_to_base"], abs=1e-4)
-    off = export_dataset(run_local(make_cfg(tmp_path / "off", base))[1].run.buffer_dir)
+    # without importance weights the KL is computed afresh; iteration 0 (same weights, same
+    # rollouts) gives the same figure
+    off_history, off_plan = run_local(make_cfg(tmp_path / "off", base))
+    assert off_history[0]["kl_to_base"] == pytest.approx(history[0]["kl_to_base"], abs=1e-5)
+    off = export_dataset(off_plan.run.buffer_dir)
     assert off.to_pandas()["log_importance_weight"].isna().all()
 
 

@@ -108,6 +108,7 @@ class ReplayBuffer:
         self._open: list[Sample] = []
         self._open_path: Path | None = None
         self._ids_cache: np.ndarray | None = None
+        self._logw_cache: tuple[np.ndarray, np.ndarray | None] | None = None
         self._blocked: str | None = None
 
     # -- properties -------------------------------------------------------------------------
@@ -260,16 +261,7 @@ class ReplayBuffer:
         if n == 0:
             raise ValueError("cannot sample a batch from an empty replay buffer")
         ids = self._held_ids()
-        logw: np.ndarray | None = None
-        if self.cfg.sampling == "recency":
-            logw = -(ids[-1] - ids).astype(np.float64) * (
-                math.log(2.0) / self.cfg.recency_half_life
-            )
-        elif self.cfg.sampling == "reward_balanced":
-            logw = -np.log(self._bin_counts(ids))
-        if self.cfg.importance_weighting:
-            iw = self._importance_log_weights(ids)
-            logw = iw if logw is None else logw + iw
+        logw = self._sampling_log_weights(ids)
         if n >= batch_size:
             if logw is None:
                 idx = self._rng.choice(n, size=batch_size, replace=False)
@@ -284,6 +276,25 @@ class ReplayBuffer:
                 p = w / w.sum()
             idx = self._rng.choice(n, size=batch_size, replace=True, p=p)
         return [self._held[int(ids[i])] for i in idx]
+
+    def _sampling_log_weights(self, ids: np.ndarray) -> np.ndarray | None:
+        """Unnormalised log sampling weight of each held sample (``None``: uniform), computed
+        once per held set: cached with the ids array of :meth:`_held_ids`, which is rebuilt
+        whenever the held set changes."""
+        if self._logw_cache is not None and self._logw_cache[0] is ids:
+            return self._logw_cache[1]
+        logw: np.ndarray | None = None
+        if self.cfg.sampling == "recency":
+            logw = -(ids[-1] - ids).astype(np.float64) * (
+                math.log(2.0) / self.cfg.recency_half_life
+            )
+        elif self.cfg.sampling == "reward_balanced":
+            logw = -np.log(self._bin_counts(ids))
+        if self.cfg.importance_weighting:
+            iw = self._importance_log_weights(ids)
+            logw = iw if logw is None else logw + iw
+        self._logw_cache = (ids, logw)
+        return logw
 
     def _reward_bins(self, ids: np.ndarray) -> np.ndarray:
         """Reward bin of each held sample (in ``ids`` order): ``cfg.reward_bins`` equal-width

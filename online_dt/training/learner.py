@@ -70,6 +70,8 @@ class Learner:
                 device=cfg.model.device,
                 attn_implementation=cfg.model.attn_implementation,
             )
+        self._k1_cache: dict[tuple[str, float, tuple[int, ...]], float] = {}
+        """The last append's k1 terms (``log pi - log p_base`` per completion), by rollout."""
         self.base_model = None
         if cfg.online.kl_coef > 0 or cfg.online.kl_samples > 0 or cfg.buffer.importance_weighting:
             # the frozen reference: the base model as the fresh policy wraps it (same vocabulary,
@@ -155,7 +157,9 @@ class Learner:
         if self.cfg.buffer.importance_weighting and self.base_model is not None and rollouts:
             # log p_base - log pi(behaviour): minus the k1 KL term of each completion
             with torch.no_grad():
-                weights = [-k for k in kl_per_completion(self.policy, self.base_model, rollouts)]
+                k1 = kl_per_completion(self.policy, self.base_model, rollouts)
+            weights = [-k for k in k1]
+            self._k1_cache = {_rollout_key(r): k for r, k in zip(rollouts, k1, strict=True)}
         added = self.buffer.append(
             [
                 Sample.from_rollout(r, reward, iteration, scored_at, log_iw)
@@ -203,8 +207,10 @@ class Learner:
         if self.base_model is None or not rollouts:
             return None
         chosen = list(rollouts[: self.cfg.online.kl_samples])
-        totals = kl_per_completion(self.policy, self.base_model, chosen, batch_size=len(chosen))
-        return float(np.mean(totals))
+        cached = [self._k1_cache.get(_rollout_key(r)) for r in chosen]
+        if any(k is None for k in cached):  # not appended with importance weights
+            cached = kl_per_completion(self.policy, self.base_model, chosen, batch_size=len(chosen))
+        return float(np.mean(cached))
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -236,3 +242,8 @@ class Learner:
         for old in sorted(self.run.checkpoints_dir.glob("iter-*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
         return str(path)
+
+
+def _rollout_key(rollout: Rollout) -> tuple[str, float, tuple[int, ...]]:
+    """A rollout's identity across processes: prompt, target and sampled token ids."""
+    return (rollout.prompt, float(rollout.target), tuple(rollout.token_ids))
