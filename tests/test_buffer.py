@@ -211,6 +211,13 @@ def test_reward_balanced_gives_every_reward_bin_equal_mass():
     assert counts[360:].sum() / counts.sum() == pytest.approx(0.5, abs=0.02)
     # within a bin every sample is equally likely
     assert counts[360:].min() > 0.5 * counts[360:].mean()
+    # power 0.5: bin masses 360 ** 0.5 : 40 ** 0.5 = 3 : 1
+    half = ReplayBuffer(
+        cfg(capacity=n, sampling="reward_balanced", reward_bins=4, balance_power=0.5), seed=0
+    )
+    half.append(batch(rewards))
+    counts = draw_counts(half, 1, 20000)
+    assert counts[360:].sum() / counts.sum() == pytest.approx(0.25, abs=0.02)
     uniform = ReplayBuffer(cfg(capacity=n), seed=0)
     uniform.append(batch(rewards))
     counts = draw_counts(uniform, 1, 20000)

@@ -27,6 +27,11 @@ class ReplayBufferConfig(StrictModel):
     conditional ``p(completion | prompt, reward)`` that next-token training fits unchanged
     wherever a reward is held; only how much each reward level is trained on changes."""
 
+    balance_power: float = Field(1.0, gt=0.0, le=1.0)
+    """``reward_balanced``: a sample weighs ``(samples held in its bin) ** -balance_power``; 1
+    makes every non-empty bin equally likely, 0.5 goes half way from uniform (in log
+    weight)."""
+
     reward_bins: int = Field(10, ge=1)
     """``reward_balanced`` and ``importance_weighting``: equal-width bins over ``[min, max]`` of
     the held rewards."""

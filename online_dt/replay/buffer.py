@@ -240,9 +240,10 @@ class ReplayBuffer:
         insertions, so a sample ``recency_half_life`` insertions older than the newest has half
         its weight (reserved best samples age like any other). ``reward_balanced``: the held
         rewards' range ``[min, max]`` is cut into ``reward_bins`` equal-width bins and a sample
-        weighs ``1 / (samples held in its bin)``, so every non-empty bin carries the same mass
-        (class-balanced sampling with the reward bin as the class; the conditional the trainer
-        fits given a reward is unchanged, only how often each reward level is seen). With
+        weighs ``(samples held in its bin) ** -balance_power``; at power 1 every non-empty bin
+        carries the same mass (class-balanced sampling with the reward bin as the class; the
+        conditional the trainer fits given a reward is unchanged, only how often each reward
+        level is seen). With
         ``importance_weighting``, each sample's weight is further multiplied by its truncated
         importance weight relative to its reward bin's median
         (:meth:`_importance_log_weights`), which leaves every bin's total weight unchanged.
@@ -289,7 +290,7 @@ class ReplayBuffer:
                 math.log(2.0) / self.cfg.recency_half_life
             )
         elif self.cfg.sampling == "reward_balanced":
-            logw = -np.log(self._bin_counts(ids))
+            logw = -self.cfg.balance_power * np.log(self._bin_counts(ids))
         if self.cfg.importance_weighting:
             iw = self._importance_log_weights(ids)
             logw = iw if logw is None else logw + iw
