@@ -113,6 +113,17 @@ def test_quantile_normalizer_gives_normal_scores_of_the_seen_rewards():
     )
 
 
+def test_quantile_normalizer_can_freeze_on_the_first_rewards():
+    cfg = NormalizationConfig(kind="quantile", min_count=4, fit_count=4)
+    frozen = RewardNormalizer(cfg)
+    frozen.update([0.0, 1.0, 2.0])
+    frozen.update([3.0, 100.0, 200.0])  # only 3.0 is taken
+    assert frozen.knots == [0.0, 1.0, 2.0, 3.0] and frozen.count == 4
+    before = frozen(torch.tensor([1.5])).item()
+    frozen.update([-5.0] * 10)
+    assert frozen(torch.tensor([1.5])).item() == before == pytest.approx(0.0, abs=1e-9)
+
+
 def test_quantile_normalizer_summary_stays_bounded_and_keeps_quantiles():
     gen = torch.Generator().manual_seed(0)
     values = (torch.rand(5000, generator=gen) ** 3).tolist()  # skewed towards 0

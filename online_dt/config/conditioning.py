@@ -33,10 +33,27 @@ class NormalizationConfig(StrictModel):
     min_count: int = Field(64, ge=2)
     """``quantile``: rewards seen before the empirical distribution replaces ``affine``."""
 
+    fit_count: int | None = Field(None, ge=2)
+    """``quantile``: stop adding rewards to the empirical distribution once it holds this many
+    (``null``: never stop). The first rewards are the untrained policy's, close to the base
+    model's: a distribution frozen on them keeps the input each reward maps to fixed for the
+    rest of the run, while one that keeps growing moves the rarer rewards' inputs as the
+    replay buffer fills with higher rewards."""
+
     max_knots: int = Field(2048, ge=16)
     """``quantile``: most points kept of the empirical distribution. Beyond it, neighbours in
     sorted order are merged pairwise into their weighted mean (their weights add): a
     deterministic summary of the distribution."""
+
+
+    @model_validator(mode="after")
+    def _check_fit_count(self) -> NormalizationConfig:
+        if self.fit_count is not None and self.fit_count < self.min_count:
+            raise ValueError(
+                f"fit_count ({self.fit_count}) must be >= min_count ({self.min_count}): the "
+                "empirical distribution is used only once it holds min_count rewards"
+            )
+        return self
 
 
 class ConditioningConfig(StrictModel):

@@ -29,8 +29,9 @@ class RewardNormalizer:
     ``running`` tracks the mean and standard deviation of every reward passed to :meth:`update`
     (Welford's online algorithm) and starts from the configured centre/scale until two rewards
     have been seen. ``quantile`` maps a reward to its normal score ``Phi^-1(F(r))`` under the
-    weighted empirical distribution ``F`` of every reward passed to :meth:`update`
-    (:meth:`_quantile_score`); it is affine until ``min_count`` rewards have been seen.
+    weighted empirical distribution ``F`` of the rewards passed to :meth:`update` (all of
+    them, or the first ``fit_count``; :meth:`_quantile_score`); it is affine until
+    ``min_count`` rewards have been seen.
     """
 
     def __init__(self, cfg: NormalizationConfig) -> None:
@@ -42,6 +43,7 @@ class RewardNormalizer:
         self.m2 = 0.0
         self.min_count = cfg.min_count
         self.max_knots = cfg.max_knots
+        self.fit_count = cfg.fit_count
         self.knots: list[float] = []
         """``quantile``: sorted rewards summarising every reward seen (reward units)."""
         self.weights: list[float] = []
@@ -65,13 +67,15 @@ class RewardNormalizer:
             self.scale = max(math.sqrt(self.m2 / (self.count - 1)), 1e-6)
 
     def _add_knots(self, rewards: Sequence[float]) -> None:
+        if self.fit_count is not None:
+            rewards = list(rewards)[: max(self.fit_count - self.count, 0)]
         pairs = sorted(
             [*zip(self.knots, self.weights, strict=True), *((float(r), 1.0) for r in rewards)]
         )
         self.count += len(rewards)
         while len(pairs) > self.max_knots:
-            # merge sorted neighbours pairwise into their weighted mean: a deterministic
-            # summary whose weighted quantiles move by at most one knot's weight
+            # merge sorted neighbours pairwise into their weighted mean (weights add): a
+            # deterministic, bounded summary of every reward seen
             merged = [
                 ((a * wa + b * wb) / (wa + wb), wa + wb)
                 for (a, wa), (b, wb) in zip(pairs[0::2], pairs[1::2], strict=False)
@@ -98,7 +102,7 @@ class RewardNormalizer:
         total = wu.sum()
         f = (torch.cumsum(wu, 0) - wu / 2) / total
         z = torch.special.ndtri(f)
-        r = rewards.detach().to(torch.float64)
+        r = rewards.detach().to("cpu", torch.float64)  # the knots live on the CPU
         if len(xu) == 1:
             out = z[0] + (r - xu[0]) / self.scale
         else:
@@ -109,7 +113,7 @@ class RewardNormalizer:
             t = ((r.clamp(xu[0], xu[-1]) - x0) / (x1 - x0)).clamp(0.0, 1.0)
             out = torch.special.ndtri(f0 + t * (f1 - f0))
             out = out + (r - r.clamp(xu[0], xu[-1])) / self.scale
-        return out.to(rewards.dtype)
+        return out.to(rewards.device, rewards.dtype)
 
     def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
         """Normalise a tensor of rewards (any shape, reward units); returns the same shape.
@@ -123,7 +127,7 @@ class RewardNormalizer:
         """JSON-serialisable state."""
         keys = ("kind", "center", "scale", "count", "mean", "m2")
         if self.kind == "quantile":
-            keys += ("min_count", "max_knots", "knots", "weights")
+            keys += ("min_count", "max_knots", "fit_count", "knots", "weights")
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
