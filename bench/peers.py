@@ -26,7 +26,18 @@ the samples under the base model; and beside each online-dt point, the binned-ba
 base samples whose reward is within ``--bin-half-width`` of the target (what a perfect
 conditional model would produce there). The metric functions are in ``bench/peers_metrics.py``.
 
-Output: a table on stdout, ``OUT/peers.json`` and ``OUT/peers.png``.
+Training paths (``--path-evals N``, default 0 = none): GRPO (each beta) and RAFT are also
+evaluated N times during training, at evenly spaced fractions 1/(N+1), ..., N/(N+1) of their
+training units (GRPO steps, RAFT rounds; rounded to whole units, repeats dropped), with the same
+held-out evaluation; each row's ``path`` lists the points (train reward calls spent so far, reward
+mean, KL per token and per completion, NLL under base, distinct-2), the final evaluation last.
+Those evaluations' reward calls are counted under their own phase (``<method>:path``), never in
+the training budget; their time is left out of ``train_s`` and given as ``path_eval_s``; they run
+with the torch, Python and NumPy RNG states saved and restored and the model's train/eval mode
+restored, so training ends where it ends without them.
+
+Output: a table on stdout (each path under its method's line), ``OUT/peers.json`` and
+``OUT/peers.png`` (each path drawn as a thin line ending at its method's point).
 
 Usage (from the repository root)::
 
@@ -39,6 +50,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -46,7 +58,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
         "online-dt target)",
     )
     g.add_argument("--out", default=None, help="output directory (default: runs/peers-<timestamp>)")
+    g.add_argument(
+        "--path-evals",
+        type=int,
+        default=0,
+        help="evaluate GRPO and RAFT this many times during training too, at evenly spaced "
+        "fractions 1/(N+1) .. N/(N+1) of their steps / rounds (on the held-out prompts, reward "
+        "calls counted as <method>:path, outside the budget), recorded as each row's `path`, "
+        "printed under its line and drawn in peers.png; 0: none",
+    )
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument(
         "--keep-work",
@@ -573,6 +594,85 @@ def evaluate_conditioned(setup: Setup, policy: Any, target: float, phase: str) -
     return row
 
 
+PATH_KEYS = (
+    "train_reward_calls",
+    "reward_mean",
+    "kl_per_token",
+    "kl_per_completion",
+    "nll_base_per_token",
+    "distinct_2",
+)
+"""Fields of one point of a training path (``--path-evals``)."""
+
+
+def path_points(units: int, evals: int) -> list[int]:
+    """The training units (GRPO steps, RAFT rounds) after which ``--path-evals`` evaluates:
+    ``round(i * units / (evals + 1))`` for i = 1..evals, without 0, ``units`` itself (the
+    final evaluation covers it) and repeats, ascending (so fewer than ``evals`` when
+    ``units <= evals``).
+
+    Raises:
+        ValueError: ``units < 1`` or ``evals < 0``.
+    """
+    if units < 1 or evals < 0:
+        raise ValueError(f"need units >= 1 and evals >= 0, got {units} and {evals}")
+    return sorted({round(i * units / (evals + 1)) for i in range(1, evals + 1)} - {0, units})
+
+
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """A context that saves the torch (CPU, and CUDA where present: ``torch.random.fork_rng``),
+    Python ``random`` and NumPy global RNG states on entry and restores them on exit, so what
+    runs inside (an evaluation during training) leaves the training's random streams
+    untouched."""
+    import numpy as np
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    python, numpy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(numpy)
+        random.setstate(python)
+
+
+def path_point(setup: Setup, model: Any, name: str) -> tuple[dict[str, Any], float]:
+    """One point of ``name``'s training path: :func:`evaluate_plain` of ``model`` (in eval
+    mode) on the held-out prompts, its reward calls counted under ``<name>:path``, inside
+    :func:`isolated_rng`; the model's train/eval mode and the reward counter's phase are put
+    back afterwards. Returns the point (:data:`PATH_KEYS`, ``train_reward_calls`` being the
+    ``<name>:train`` calls so far) and the seconds it took."""
+    start = time.perf_counter()
+    was_training, phase = model.training, setup.reward.phase
+    with isolated_rng():
+        model.eval()
+        row = evaluate_plain(setup, model, f"{name}:path")
+    model.train(was_training)
+    setup.reward.phase = phase
+    point = {"train_reward_calls": setup.reward.calls(f"{name}:train")} | {
+        k: row[k] for k in PATH_KEYS[1:]
+    }
+    return point, time.perf_counter() - start
+
+
+def with_path(
+    setup: Setup, name: str, row: dict[str, Any], path: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """``row`` (a method's final row) with its training path when ``--path-evals`` > 0: the
+    points, then the final evaluation as the last point; ``path_eval_s`` (seconds, not in
+    ``train_s``) and ``path_reward_calls``. Unchanged with ``--path-evals 0``."""
+    if setup.args.path_evals <= 0:
+        return row
+    final = {k: row[k] for k in PATH_KEYS}
+    return row | {
+        "path_eval_s": seconds,
+        "path_reward_calls": setup.reward.calls(f"{name}:path"),
+        "path": [*path, final],
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # the methods
 # ---------------------------------------------------------------------------------------------
@@ -669,7 +769,8 @@ def run_raft(setup: Setup) -> list[dict[str, Any]]:
     ``--raft-keep`` best per prompt are kept; ``--raft-steps`` AdamW steps on shuffled batches of
     the kept samples (batch: the config's ``training.batch_size``; lr, betas, weight decay,
     warm-up and clipping: the config's ``training``, lr overridable). Rounds run until the next
-    one would exceed the budget."""
+    one would exceed the budget. With ``--path-evals``, also evaluated after the rounds
+    :func:`path_points` names (:func:`path_point`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -693,6 +794,7 @@ def run_raft(setup: Setup) -> list[dict[str, Any]]:
     )
     rng = random.Random(setup.seed(SEED_RAFT, 1))
     history = []
+    points, path, path_s = set(path_points(rounds, a.path_evals)), [], 0.0
     setup.reward.phase = "raft:train"
     for r in range(rounds):
         batch = prompts_for(setup.train_prompts, r, a.raft_prompts)
@@ -729,8 +831,12 @@ def run_raft(setup: Setup) -> list[dict[str, Any]]:
                 "loss": sum(losses) / len(losses) if losses else None,
             }
         )
+        if r + 1 in points:
+            point, seconds = path_point(setup, model, "raft")
+            path.append(point)
+            path_s += seconds
     model.eval()
-    train_s = time.perf_counter() - start
+    train_s = time.perf_counter() - start - path_s
     start = time.perf_counter()
     row = evaluate_plain(setup, model, "raft:eval")
     config = {
@@ -747,11 +853,12 @@ def run_raft(setup: Setup) -> list[dict[str, Any]]:
         "grad_clip": tc.grad_clip,
         "policy": "plain base causal LM (no conditioning slot), loss on completion tokens + EOS",
     }
-    return [
+    out = (
         {"method": "raft", "train_s": train_s, "eval_s": time.perf_counter() - start, **row}
         | calls(setup, "raft")
         | {"config": config, "history": history}
-    ]
+    )
+    return [with_path(setup, "raft", out, path, path_s)]
 
 
 def run_grpo(setup: Setup, beta: float) -> list[dict[str, Any]]:
@@ -762,10 +869,12 @@ def run_grpo(setup: Setup, beta: float) -> list[dict[str, Any]]:
     ``generation_batch_size = per_device_train_batch_size``), ``max_steps = budget //
     grpo_batch``, the shared sampling settings, constant learning rate ``--grpo-lr``, everything
     else TRL 1.16's defaults (loss ``dapo``, epsilon 0.2, ``scale_rewards=group``, one
-    iteration per batch). The reward function is the shared reward model on the completion."""
+    iteration per batch). The reward function is the shared reward model on the completion.
+    With ``--path-evals``, a ``transformers.TrainerCallback`` evaluates the model at the end of
+    the steps :func:`path_points` names (:func:`path_point`, after the optimizer step)."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -818,9 +927,24 @@ def run_grpo(setup: Setup, beta: float) -> list[dict[str, Any]]:
         processing_class=tokenizer,
     )
     trainer.remove_callback(PrinterCallback)
+    path: list[dict[str, Any]] = []
+    path_s = [0.0]
+    points = set(path_points(steps, a.path_evals))
+
+    class PathCallback(TrainerCallback):
+        """Evaluates the model at the end of the steps in ``points``."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step in points:
+                point, seconds = path_point(setup, kwargs["model"], name)
+                path.append(point)
+                path_s[0] += seconds
+
+    if points:
+        trainer.add_callback(PathCallback())
     trainer.train()
     trained = trainer.model.eval()
-    train_s = time.perf_counter() - start
+    train_s = time.perf_counter() - start - path_s[0]
     start = time.perf_counter()
     row = evaluate_plain(setup, trained, f"{name}:eval")
     config = {
@@ -851,11 +975,12 @@ def run_grpo(setup: Setup, beta: float) -> list[dict[str, Any]]:
         {k: v for k, v in rec.items() if k in ("step", "reward", "kl", "loss", "entropy")}
         for rec in trainer.state.log_history
     ]
-    return [
+    out = (
         {"method": name, "train_s": train_s, "eval_s": time.perf_counter() - start, **row}
         | calls(setup, name)
         | {"config": config, "history": logs}
-    ]
+    )
+    return [with_path(setup, name, out, path, path_s[0])]
 
 
 def odt_overrides(args: argparse.Namespace, mode: str | None = None) -> dict[str, Any]:
@@ -1034,9 +1159,20 @@ def fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def format_path(path: Sequence[dict[str, Any]]) -> str:
+    """A training path as one table line: ``train calls -> reward mean @ KL per completion``
+    per point, the final evaluation last."""
+    points = ", ".join(
+        f"{p['train_reward_calls']} -> {fmt(p['reward_mean'])} @ {fmt(p['kl_per_completion'], 1)}"
+        for p in path
+    )
+    return f"  ^ path (train calls -> r_mean @ KL/cmp): {points}"
+
+
 def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None) -> str:
     """The stdout table: one line per method (and per online-dt target), the binned-base
-    reference under each online-dt line."""
+    reference under each online-dt line, the training path (``--path-evals``) under each line
+    that has one (:func:`format_path`)."""
     cols = [
         ("method", 18),
         ("target", 6),
@@ -1080,6 +1216,8 @@ def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | Non
                 for i, (v, (_, w)) in enumerate(zip(values, cols, strict=True))
             )
         )
+        if r.get("path"):
+            lines.append(format_path(r["path"]))
         if r.get("bin") is not None:
             b = r["bin"]
             low = "-inf" if b["low"] is None else f"{b['low']:.3f}"
@@ -1112,7 +1250,9 @@ def plot(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None, path:
     curve over targets, peers as points, and the base's ideal-KL lower bound per reward bin),
     the NLL under the base per token (with the base's own samples binned by reward), and word
     distinct-2 (each method on its full evaluation set; beside each online-dt target, the base
-    bin's distinct-2 and online-dt's on an equal number of samples)."""
+    bin's distinct-2 and online-dt's on an equal number of samples). A peer with a training path
+    (``--path-evals``) has it drawn on every panel as a thin line in its colour, ending at its
+    final point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1189,14 +1329,27 @@ def plot(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None, path:
                 )
         markers = iter("sD^v<>ph*x")
         for i, r in enumerate(peers):
+            marker = next(markers)
             ax.plot(
                 [r[key]],
                 [r["reward_mean"]],
-                next(markers),
+                marker,
                 color=f"C{i + 1}",
                 ms=8,
                 label=r["method"],
             )
+            if r.get("path"):
+                ax.plot(
+                    [p[key] for p in r["path"]],
+                    [p["reward_mean"] for p in r["path"]],
+                    "-",
+                    marker=marker,
+                    color=f"C{i + 1}",
+                    lw=0.8,
+                    ms=3,
+                    alpha=0.8,
+                    label=f"{r['method']} during training (then its end point)",
+                )
         ax.set_xlabel(label)
         ax.set_ylabel("mean reward on held-out prompts")
         ax.grid(alpha=0.3)
@@ -1231,6 +1384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(wanted) - set(METHODS))
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if args.path_evals < 0:
+        raise SystemExit(f"error: --path-evals must be >= 0, got {args.path_evals}")
     betas = [float(b) for b in args.grpo_betas.split(",") if b.strip()]
     modes = odt_modes(args)
     out = Path(args.out or f"runs/peers-{time.strftime('%Y%m%d-%H%M%S')}")

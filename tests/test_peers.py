@@ -335,6 +335,147 @@ def test_table_notes_the_bin_of_each_token_row():
 
 
 # ---------------------------------------------------------------------------------------------
+# training paths (--path-evals)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_path_points_are_evenly_spaced_whole_units():
+    from bench.peers import path_points
+
+    assert path_points(30, 0) == []
+    assert path_points(30, 5) == [5, 10, 15, 20, 25]  # 1/6 .. 5/6 of 30 rounds
+    assert path_points(120, 6) == [17, 34, 51, 69, 86, 103]  # round(120 i / 7)
+    assert path_points(4, 2) == [1, 3]
+    assert path_points(2, 2) == [1]  # round(2/3) = round(4/3) = 1: repeats dropped
+    assert path_points(1, 3) == []  # 0 and the final unit are never path points
+    for bad in ((0, 1), (3, -1)):
+        with pytest.raises(ValueError):
+            path_points(*bad)
+
+
+def test_isolated_rng_restores_torch_python_and_numpy_streams():
+    import random
+
+    import numpy as np
+    import torch
+
+    from bench.peers import isolated_rng
+
+    def draws():
+        return torch.rand(3).tolist(), random.random(), np.random.rand()
+
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    expected = draws()
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    with isolated_rng():
+        inside = draws()
+        torch.rand(100), random.random(), np.random.rand(7)
+    assert inside == expected  # the same state inside
+    assert draws() == expected  # and after, as if nothing had run inside
+    # negative control: without the context the streams move on
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    draws()
+    assert draws() != expected
+
+
+def test_table_prints_the_path_under_its_row():
+    from bench.peers import format_table
+
+    row = {
+        "method": "raft",
+        "reward_mean": 0.9,
+        "reward_p10": 0.5,
+        "reward_p90": 1.0,
+        "distinct_1": 0.1,
+        "distinct_2": 0.2,
+        "distinct_3": 0.3,
+        "kl_per_token": 2.0,
+        "kl_per_completion": 80.0,
+        "nll_base_per_token": 5.0,
+        "train_reward_calls": 512,
+        "eval_reward_calls": 16,
+        "train_s": 1.0,
+    }
+    point = {"kl_per_token": 0.1, "nll_base_per_token": 1.6, "distinct_2": 0.4}
+    path = [
+        {"train_reward_calls": 256, "reward_mean": 0.25, "kl_per_completion": 3.04, **point},
+        {"train_reward_calls": 512, "reward_mean": 0.9, "kl_per_completion": 80.0, **point},
+    ]
+    table = format_table([row, row | {"path": path}], None).splitlines()
+    assert len(table) == 5  # header, rule, the row without a path, the row, its path
+    assert (
+        table[4]
+        == "  ^ path (train calls -> r_mean @ KL/cmp): 256 -> 0.250 @ 3.0, 512 -> 0.900 @ 80.0"
+    )
+
+
+@pytest.mark.slow
+def test_path_evals_leave_training_unchanged(tmp_path, embedded_model_dir):
+    """bench/peers.py with --path-evals 2 ends RAFT and GRPO (beta 0 and 0.04) at the same final
+    metrics and training history as with --path-evals 0 (4 RAFT rounds / GRPO steps at budget
+    128, so the path points are after units 1 and 3); the path's reward calls are counted
+    under <method>:path, outside the budget; each path ends with the final evaluation."""
+    import trl  # noqa: F401  (the bench extra; without it this fails rather than skips)
+
+    def run(evals: int) -> tuple[dict, str]:
+        out = tmp_path / f"out{evals}"
+        cmd = [
+            sys.executable,
+            str(ROOT / "bench" / "peers.py"),
+            "--methods=raft,grpo",
+            "--budget=128",
+            "--grpo-batch=32",
+            "--raft-prompts=8",
+            "--heldout-prompts=8",
+            "--eval-samples=2",
+            "--reference-samples=0",
+            f"--path-evals={evals}",
+            "--no-progress",
+            f"--out={out}",
+        ]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return json.loads((out / "peers.json").read_text()), done.stdout
+
+    timings = {"train_s", "eval_s", "wall_s", "argv"}
+    path_keys = {"path", "path_eval_s", "path_reward_calls"}
+
+    def strip(value, drop):
+        if isinstance(value, dict):
+            return {k: strip(v, drop) for k, v in value.items() if k not in drop}
+        if isinstance(value, list):
+            return [strip(v, drop) for v in value]
+        return value
+
+    plain, plain_out = run(0)
+    pathed, pathed_out = run(2)
+    assert [r["method"] for r in pathed["rows"]] == ["base", "raft", "grpo-b0", "grpo-b0.04"]
+    assert not any(path_keys & set(r) for r in plain["rows"]) and "^ path" not in plain_out
+    # the training is the same: every final metric and the training history
+    assert strip(pathed["rows"], timings | path_keys) == strip(plain["rows"], timings)
+    phases = pathed["setup"]["reward_calls_by_phase"]
+    for row in pathed["rows"][1:]:
+        name = row["method"]
+        assert row["train_reward_calls"] == 128 and phases[f"{name}:train"] == 128
+        assert row["path_reward_calls"] == phases[f"{name}:path"] == 2 * 16
+        path = row["path"]
+        assert [p["train_reward_calls"] for p in path] == [32, 96, 128]
+        assert path[-1] == {k: row[k] for k in path[-1]}  # the final evaluation, last
+        assert set(path[0]) == {
+            "train_reward_calls",
+            "reward_mean",
+            "kl_per_token",
+            "kl_per_completion",
+            "nll_base_per_token",
+            "distinct_2",
+        }
+        assert all(math.isfinite(v) for p in path for v in p.values())
+        assert row["path_eval_s"] > 0
+    assert pathed["setup"]["train_calls_differ_from_budget"] == []
+    assert pathed_out.count("^ path (train calls -> r_mean @ KL/cmp): 32 -> ") == 3
+
+
+# ---------------------------------------------------------------------------------------------
 # the script end to end
 # ---------------------------------------------------------------------------------------------
 
