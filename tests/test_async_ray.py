@@ -68,6 +68,10 @@ def run_mode(tmp_path: Path, base: Path, mode: str) -> list[dict]:
     )
     plan = plan_run(cfg, None)
     assert run_on_ray(plan, progress=False) == 0
+    # each actor's output went to its own file, not to this console
+    logs = sorted(p.name for p in plan.run.logs_dir.iterdir())
+    assert logs == ["learner.log", "reward.log", "sampler-0.log"]
+    assert "sampler backend: HF reference" in (plan.run.logs_dir / "sampler-0.log").read_text()
     return plan.run.read_metrics()
 
 

@@ -27,9 +27,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from online_dt.config import OnlineRunConfig
 from online_dt.launch.rundir import RunDir
+from online_dt.loop.console import iteration_line
 from online_dt.loop.futures import Future
 from online_dt.loop.records import iteration_record, sample_log
 from online_dt.loop.sampler_group import RolloutBatch, SamplerRecovery
@@ -146,7 +148,27 @@ def run_loop(
     progress: bool = True,
     on_metrics: Callable[[dict[str, Any]], None] = lambda record: None,
 ) -> list[dict[str, Any]]:
-    """Run iterations ``start_iteration .. cfg.online.iterations - 1``; return their records."""
+    """Run iterations ``start_iteration .. cfg.online.iterations - 1``; return their records.
+
+    Each record is also logged as one line (:func:`online_dt.loop.console.iteration_line`,
+    logger ``online_dt.loop.loop``, INFO), printed above the progress bar when it is shown.
+    """
+    with logging_redirect_tqdm():  # log lines go above the bar instead of through it
+        return _run_loop(
+            cfg, prompts, workers, run, start_iteration, schedule_state, progress, on_metrics
+        )
+
+
+def _run_loop(
+    cfg: OnlineRunConfig,
+    prompts: Sequence[str],
+    workers: Workers,
+    run: RunDir,
+    start_iteration: int,
+    schedule_state: ScheduleState | None,
+    progress: bool,
+    on_metrics: Callable[[dict[str, Any]], None],
+) -> list[dict[str, Any]]:
     on, ft, learner = cfg.online, cfg.fault_tolerance, workers.learner
     overlap = on.mode == "async"
     max_lag = on.max_policy_lag if overlap else 0
@@ -195,6 +217,7 @@ def run_loop(
         run.append_metrics(record)
         history.append(record)
         on_metrics(record)
+        log.info("%s", iteration_line(record, on.iterations))
         bar.set_postfix(target=f"{target:.3f}", achieved=f"{record.get('achieved_mean', 0):.3f}")
         if (it + 1) % on.checkpoint_every == 0 or last:
             with timer("checkpoint"):  # after the record: a checkpointed iteration has its record
