@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
 
             base = base_model_path(plan.cfg)
             workers = local_workers(plan.cfg, base, plan.run.path, plan.checkpoint)
-            execute(plan, workers, progress=not args.no_progress)
+            try:
+                execute(plan, workers, progress=not args.no_progress)
+            finally:
+                workers.close()
         else:
             from actors.controller import run_on_ray
 

@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from online_dt.util.logs import silence_known_harmless
+from online_dt.util.logs import VERBOSE_ENV, silence_known_harmless
 
 FORMAT = "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s %(message)s"
 """vLLM's own layout, less the source position."""
@@ -56,6 +56,16 @@ def configure() -> None:
     before its logger is configured). Call it before importing vLLM; idempotent."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     silence_known_harmless("")
+    # vLLM logs while it is imported, before it configures its logger to VLLM_LOGGING_LEVEL:
+    # apply that level already, so its import-time INFO lines do not reach the root handlers
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
+    # vLLM's Triton dispatcher reads torch.distributed.reduce_op (a deprecated alias of
+    # ReduceOp) while it scans modules for kernels, in every engine process; nothing uses the
+    # alias, so the FutureWarning is harmless. PYTHONWARNINGS reaches the spawned processes.
+    harmless = "ignore:`torch.distributed.reduce_op` is deprecated:FutureWarning"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if harmless not in current and os.environ.get(VERBOSE_ENV) != "1":
+        os.environ["PYTHONWARNINGS"] = f"{current},{harmless}" if current else harmless
     if "VLLM_LOGGING_CONFIG_PATH" in os.environ:
         return
     level = os.environ["VLLM_LOGGING_LEVEL"].upper()
