@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from actors.placement import ActorOptions
@@ -33,7 +34,11 @@ def metrics_exporter(prefix: str = "online_dt_") -> MetricsCallback:
 
 
 def run_on_ray(
-    plan: RunPlan, *, progress: bool = True, callbacks: Sequence[MetricsCallback] = ()
+    plan: RunPlan,
+    *,
+    progress: bool = True,
+    callbacks: Sequence[MetricsCallback] = (),
+    verbose: bool = False,
 ) -> int:
     """Start sampler, reward-model and learner actors with the configured resources and run
     the loop. Connects to ``RAY_ADDRESS`` when set (``ray job submit``), else starts a local
@@ -43,6 +48,13 @@ def run_on_ray(
     (``fault_tolerance.*_max_restarts``); the loop re-issues the interrupted call. The learner
     is not restarted: it holds the optimizer and the buffer, and the run resumes from its last
     checkpoint instead (``--resume``). ``callbacks`` get each iteration's metrics record.
+
+    Each actor's output (and its engine's) goes to ``RUN_DIR/logs/<actor>.log``; only the
+    project's warnings and errors from the actors reach this console. ``verbose``: the actors'
+    whole output streams to this console instead, as Ray does by default.
+
+    Returns:
+        0 (the loop raised otherwise); the records are in ``RUN_DIR/metrics.jsonl``.
     """
     import ray
 
@@ -54,28 +66,20 @@ def run_on_ray(
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     opts = start_placement(res)  # reserves the placement group (see online_dt/config/placement.py)
     try:
-        workers = start_workers(plan, base, opts)
-        history = execute(
-            plan, workers, progress=progress, callbacks=[metrics_exporter(), *callbacks]
-        )
+        workers = start_workers(plan, base, opts, None if verbose else plan.run.logs_dir)
+        execute(plan, workers, progress=progress, callbacks=[metrics_exporter(), *callbacks])
     finally:
         opts.remove()  # frees the reserved resources (and ends the actors in the group)
-    if history:
-        last = history[-1]
-        log.info(
-            "finished iteration %d: target %.3f, achieved %s, policy version %d",
-            last["iteration"],
-            last["target"],
-            f"{last['achieved_mean']:.3f}" if "achieved_mean" in last else "(batch skipped)",
-            last["policy_version"],
-        )
     return 0
 
 
-def start_workers(plan: RunPlan, base: str, opts: ActorOptions) -> Workers:
+def start_workers(
+    plan: RunPlan, base: str, opts: ActorOptions, logs_dir: Path | None = None
+) -> Workers:
     """Start the learner, then the sampler replicas (from the learner's first published
     version) and the reward model, in their placement-group bundles; return the loop's
-    :class:`online_dt.loop.workers.Workers`.
+    :class:`online_dt.loop.workers.Workers`. With ``logs_dir`` each actor writes its output
+    to ``learner.log``, ``sampler-<i>.log`` or ``reward.log`` there.
 
     A dead sampler or reward actor is restarted by Ray (``fault_tolerance.*_max_restarts``);
     Ray does not retry its calls (``max_task_retries=0``): the loop re-issues them itself.
@@ -87,22 +91,26 @@ def start_workers(plan: RunPlan, base: str, opts: ActorOptions) -> Workers:
 
     cfg, ft = plan.cfg, plan.cfg.fault_tolerance
     checkpoint = str(plan.checkpoint) if plan.checkpoint else None
+
+    def log_file(name: str) -> str | None:
+        return None if logs_dir is None else str(logs_dir / f"{name}.log")
+
     learner = (
         ray.remote(LearnerActor)
         .options(**opts.learner)
-        .remote(cfg, base, str(plan.run.path), checkpoint)
+        .remote(cfg, base, str(plan.run.path), checkpoint, log_file("learner"))
     )
     update = ray.get(learner.initial_update.remote())
     samplers = [
         ray.remote(SamplerActor)
         .options(**opts.samplers[i], max_restarts=ft.sampler_max_restarts, max_task_retries=0)
-        .remote(cfg, update)
+        .remote(cfg, update, log_file(f"sampler-{i}"))
         for i in range(cfg.resources.num_samplers)
     ]
     reward = (
         ray.remote(RewardModelActor)
         .options(**opts.reward, max_restarts=ft.reward_max_restarts, max_task_retries=0)
-        .remote(cfg)
+        .remote(cfg, log_file("reward"))
     )
     group = SamplerGroup(
         [RayHandle(s) for s in samplers],

@@ -16,12 +16,42 @@ from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import WeightUpdate
 from online_dt.samples import Rollout
 from online_dt.training.learner import Learner
+from online_dt.util.logs import forward_warnings, redirect_output
+
+
+def log_to_file(log_file: str | None) -> None:
+    """Send this actor's output (and that of the processes it starts, e.g. vLLM's engine) to
+    ``log_file``, appended (a restarted actor continues it), with the project's own INFO and
+    up in it; its warnings and errors still reach the driver's console. ``None``: leave the
+    output to Ray, which streams it to the driver (``online-dt run --verbose``)."""
+    if log_file is None:
+        return
+    import logging
+    from pathlib import Path
+
+    console = redirect_output(Path(log_file))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    forward_warnings(console)
 
 
 class SamplerActor:
-    """A sampler replica (vLLM, or the HF reference when vLLM is absent)."""
+    """A sampler replica (vLLM, or the HF reference when vLLM is absent).
 
-    def __init__(self, cfg: OnlineRunConfig, update: WeightUpdate) -> None:
+    Args:
+        cfg: the run config.
+        update: the weights to start from (a restarted actor takes the newest published).
+        log_file: where its output goes (see :func:`log_to_file`).
+    """
+
+    def __init__(
+        self, cfg: OnlineRunConfig, update: WeightUpdate, log_file: str | None = None
+    ) -> None:
+        log_to_file(log_file)
         from online_dt.rollout.factory import make_sampler
         from online_dt.rollout.weight_sync import newest_published
 
@@ -45,9 +75,11 @@ class SamplerActor:
 
 
 class RewardModelActor:
-    """The reward model (built-in or a user's class by import path), scores checked."""
+    """The reward model (built-in or a user's class by import path), scores checked; its
+    output goes to ``log_file`` (see :func:`log_to_file`)."""
 
-    def __init__(self, cfg: OnlineRunConfig) -> None:
+    def __init__(self, cfg: OnlineRunConfig, log_file: str | None = None) -> None:
+        log_to_file(log_file)
         from online_dt.rewards import load_reward_model
 
         self.reward = CheckedRewardModel(load_reward_model(cfg.reward_model))
@@ -62,7 +94,16 @@ class RewardModelActor:
 
 
 class LearnerActor(Learner):
-    """The :class:`online_dt.training.learner.Learner` itself, as an actor."""
+    """The :class:`online_dt.training.learner.Learner` itself, as an actor; its output goes
+    to ``log_file`` (see :func:`log_to_file`)."""
 
-    def __init__(self, cfg: OnlineRunConfig, base_path: str, run_dir: str, checkpoint: Any) -> None:
+    def __init__(
+        self,
+        cfg: OnlineRunConfig,
+        base_path: str,
+        run_dir: str,
+        checkpoint: Any,
+        log_file: str | None = None,
+    ) -> None:
+        log_to_file(log_file)
         super().__init__(cfg, base_path, run_dir, checkpoint)

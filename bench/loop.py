@@ -1,51 +1,113 @@
-"""Loop benchmark: end-to-end samples/s of the online loop vs. the standalone sampler.
+"""Loop benchmark: the online loop on Ray in sync and async mode, and the standalone sampler.
 
-Runs the online loop on Ray with the given config (default: configs/default.yaml, shortened),
-then the standalone sampler alone with the same prompts, samples per prompt and sampling
-settings, and prints from that one run: end-to-end samples/s, standalone sampler samples/s,
-their ratio, and the time per stage (rollout, scoring, training, weight sync, other).
+Runs the online loop on Ray with the given config (default: configs/default.yaml, shortened)
+once per mode (``--modes``, default ``sync,async``), then the standalone sampler alone with the
+same prompts, samples per prompt and sampling settings, and prints from that one run, per mode:
+steady-state samples/s (iteration 0 left out: it holds the engine's first rollout), the time
+per stage (rollout, scoring, training, weight sync, checkpoint, other) and how much of each
+iteration's wall time the stages cover, and, measured from timestamps taken inside the actors,
+the share of each training interval overlapped by the next iteration's rollouts. Then
+async ÷ sync samples/s and each mode ÷ the standalone sampler.
 
 Usage:
     .venv/bin/python bench/loop.py [--config configs/default.yaml] [--iterations 10]
+        [--modes sync,async] [--set key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+STAGES = ["rollout_s", "scoring_s", "training_s", "sync_s", "checkpoint_s", "other_s"]
+
+
+def overlap_share(metrics: list[dict[str, Any]]) -> float | None:
+    """Seconds of training (iteration i) during which iteration i + 1's rollouts ran, over the
+    seconds of training, from the actors' own timestamps; ``None`` without them."""
+    trained = overlapped = 0.0
+    for prev, nxt in itertools.pairwise(metrics):
+        keys = ("train_started_at", "train_finished_at", "rollout_started_at")
+        if any(prev.get(k) is None for k in keys[:2]) or nxt.get(keys[2]) is None:
+            return None
+        t0, t1 = prev["train_started_at"], prev["train_finished_at"]
+        r0, r1 = nxt["rollout_started_at"], nxt["rollout_finished_at"]
+        trained += t1 - t0
+        overlapped += max(0.0, min(t1, r1) - max(t0, r0))
+    return overlapped / trained if trained > 0 else None
+
+
+def summarise(metrics: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """The figures of one mode's run."""
+    steady = metrics[1:] if len(metrics) > 1 else metrics
+    per_stage = {s: round(sum(m.get(s, 0.0) for m in steady) / len(steady), 3) for s in STAGES}
+    stage_sum = sum(sum(m.get(s, 0.0) for s in STAGES) for m in steady)
+    share = overlap_share(metrics)
+    return {
+        "loop_wall_s_including_startup": round(wall, 1),
+        "samples_per_iteration": metrics[0]["samples"],
+        "steady_samples_per_s": round(
+            sum(m["samples"] for m in steady) / sum(m["wall_s"] for m in steady), 2
+        ),
+        "seconds_per_iteration_by_stage": per_stage,
+        "stages_over_wall": round(stage_sum / sum(m["wall_s"] for m in steady), 4),
+        "training_overlapped_by_next_rollouts": None if share is None else round(share, 3),
+        "policy_lag_max": max(m.get("policy_lag_max", 0) for m in metrics),
+        "achieved_first_last": [
+            round(metrics[0]["achieved_mean"], 3),
+            round(metrics[-1]["achieved_mean"], 3),
+        ],
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--modes", default="sync,async", help="comma-separated online.mode values")
     parser.add_argument("--sampler-repeats", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
+    import ray
+
     from actors.controller import run_on_ray
+    from online_dt.arguments import parse_overrides
     from online_dt.config import OnlineRunConfig, load_config
     from online_dt.loop.loop import prompts_for, sampling_params
     from online_dt.loop.plan import plan_run
     from online_dt.rollout.factory import make_sampler
 
     work = Path(tempfile.mkdtemp(prefix="odt-bench-loop-"))
-    overrides = {"online": {"run_dir": str(work / "run"), "iterations": args.iterations}}
-    cfg = load_config(args.config, OnlineRunConfig, overrides)
-    plan = plan_run(cfg, None)
-    start = time.perf_counter()
-    run_on_ray(plan, progress=False)
-    loop_wall = time.perf_counter() - start
-    metrics = plan.run.read_metrics()
-
-    # the standalone sampler, same prompts and settings, on the run's first published weights
-    import ray
-
+    report: dict[str, Any] = {"config": args.config, "iterations": args.iterations, "modes": {}}
+    cfg = plan = None
+    for mode in args.modes.split(","):
+        overrides = parse_overrides(args.set)
+        overrides.setdefault("online", {}).update(
+            {"run_dir": str(work / mode), "iterations": args.iterations, "mode": mode}
+        )
+        overrides.setdefault("dashboard", {}).update({"enabled": False})
+        cfg = load_config(args.config, OnlineRunConfig, overrides)
+        plan = plan_run(cfg, None)
+        start = time.perf_counter()
+        run_on_ray(plan, progress=False)
+        wall = time.perf_counter() - start
+        report["modes"][mode] = {
+            **summarise(plan.run.read_metrics(), wall),
+            "run_dir": str(plan.run.path),
+        }
+    assert cfg is not None and plan is not None
     ray.shutdown()
-    versions = sorted((plan.run.weights_dir).glob("v*"))
+
+    # the standalone sampler, same prompts and settings, on the last run's last weights
+    metrics = plan.run.read_metrics()
+    versions = sorted(plan.run.weights_dir.glob("v*"))
     sampler = make_sampler(cfg, str(versions[-1]), 0)
     batch = prompts_for(plan.prompts, 0, cfg.online.prompts_per_iteration)
     targets = [metrics[0]["target"]] * len(batch)
@@ -58,28 +120,14 @@ def main() -> int:
     sampler_rate = produced / (time.perf_counter() - start)
     if hasattr(sampler, "close"):
         sampler.close()
-
-    stages = ["rollout_s", "scoring_s", "training_s", "sync_s", "other_s"]
-    steady = metrics[1:] if len(metrics) > 1 else metrics
-    per_stage = {s: round(sum(m[s] for m in steady) / len(steady), 3) for s in stages}
-    total = sum(per_stage.values())
-    loop_rate = sum(m["samples"] for m in steady) / sum(m["wall_s"] for m in steady)
-    report = {
-        "config": args.config,
-        "iterations": args.iterations,
-        "samples_per_iteration": metrics[0]["samples"],
-        "loop_wall_s_including_startup": round(loop_wall, 1),
-        "end_to_end_samples_per_s": round(loop_rate, 1),
-        "standalone_sampler_samples_per_s": round(sampler_rate, 1),
-        "ratio_end_to_end_over_sampler": round(loop_rate / sampler_rate, 3),
-        "seconds_per_iteration_by_stage": per_stage,
-        "share_by_stage": {s: round(v / total, 3) for s, v in per_stage.items()},
-        "achieved_first_last": [
-            round(metrics[0]["achieved_mean"], 3),
-            round(metrics[-1]["achieved_mean"], 3),
-        ],
-        "run_dir": str(plan.run.path),
-    }
+    report["standalone_sampler_samples_per_s"] = round(sampler_rate, 2)
+    modes = report["modes"]
+    for figures in modes.values():
+        figures["ratio_over_sampler"] = round(figures["steady_samples_per_s"] / sampler_rate, 3)
+    if "sync" in modes and "async" in modes:
+        report["async_over_sync_samples_per_s"] = round(
+            modes["async"]["steady_samples_per_s"] / modes["sync"]["steady_samples_per_s"], 3
+        )
     print(json.dumps(report, indent=2))
     return 0
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from online_dt.arguments import add_config_args, parse_overrides
@@ -37,17 +39,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--local", action="store_true", help="run the workers in this process, without Ray"
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="stream the workers' whole output (Ray actors, vLLM engines) to the console "
+        "instead of RUN_DIR/logs/, with the project's debug messages and the known-harmless "
+        "warnings that are otherwise dropped",
+    )
     return parser
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``HH:MM:SS message`` for information, ``HH:MM:SS LEVEL logger: message`` for warnings
+    and errors (and for every record of a library, so its origin shows)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one console line (plus its traceback, if any)."""
+        ours = record.name.split(".")[0] in ("online_dt", "actors")
+        if record.levelno == logging.INFO and ours:
+            self._style._fmt = "%(asctime)s %(message)s"
+        else:
+            self._style._fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        return super().format(record)
+
+
+def configure_console(verbose: bool) -> None:
+    """Console logging of a run: INFO and up (DEBUG of the project's loggers with
+    ``verbose``); the known-harmless warnings dropped unless ``verbose``
+    (:mod:`online_dt.util.logs`, ``ONLINE_DT_VERBOSE`` for the processes started later)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(ConsoleFormatter(datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    from online_dt.util.logs import VERBOSE_ENV, silence_known_harmless
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        for name in ("online_dt", "actors"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    silence_known_harmless("")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the loop; returns the exit code (2: bad config or run directory)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_console(args.verbose)
     from online_dt.launch.preflight import PreflightError
     from online_dt.launch.prompts import PromptError
     from online_dt.loop.plan import execute, plan_run
@@ -62,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log.info(
-        "run directory %s, iterations %d..%d",
+        "run directory %s, iterations %d..%d of %d",
         plan.run.path,
-        plan.start_iteration,
-        plan.cfg.online.iterations - 1,
+        plan.start_iteration + 1,
+        plan.cfg.online.iterations,
+        plan.cfg.online.iterations,
     )
     from online_dt.dashboard import start_for_run
 
@@ -77,11 +114,16 @@ def main(argv: list[str] | None = None) -> int:
 
             base = base_model_path(plan.cfg)
             workers = local_workers(plan.cfg, base, plan.run.path, plan.checkpoint)
-            execute(plan, workers, progress=not args.no_progress)
-            return 0
-        from actors.controller import run_on_ray
+            try:
+                execute(plan, workers, progress=not args.no_progress)
+            finally:
+                workers.close()
+        else:
+            from actors.controller import run_on_ray
 
-        return run_on_ray(plan, progress=not args.no_progress)
+            run_on_ray(plan, progress=not args.no_progress, verbose=args.verbose)
+        print_summary(plan, ray=not args.local)
+        return 0
     except Exception as e:
         print(f"error: {stopped_message(plan, e)}", file=sys.stderr)
         if args.resume is None and plan.run.remove_if_unstarted():
@@ -90,7 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if dashboard is not None:
             dashboard.stop()
-            log.info("dashboard stopped; `online-dt dashboard %s` serves it again", plan.run.path)
+            log.debug("dashboard stopped; `online-dt dashboard %s` serves it again", plan.run.path)
+
+
+def print_summary(plan: RunPlan, *, ray: bool) -> None:
+    """Print :func:`online_dt.loop.console.run_summary` of the run's whole ``metrics.jsonl``."""
+    from online_dt.loop.console import run_summary
+
+    try:
+        checkpoint: Path | None = plan.run.latest_checkpoint()
+    except RunDirError:
+        checkpoint = None
+    logs = plan.run.logs_dir if ray else None
+    print(run_summary(plan.run.read_metrics(), plan.run.path, checkpoint, logs), flush=True)
 
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}

@@ -8,13 +8,14 @@ import pytest
 
 from online_dt.config import OnlineRunConfig
 from online_dt.loop.futures import Done, Gather, LocalHandle
-from online_dt.loop.loop import prompts_for
+from online_dt.loop.loop import STAGES, bound_policy_lag, prompts_for
 from online_dt.loop.plan import base_model_path, execute, plan_run
-from online_dt.loop.sampler_group import SamplerGroup
+from online_dt.loop.sampler_group import RolloutBatch, SamplerGroup
 from online_dt.loop.workers import local_workers
 from online_dt.replay.export import export_dataset
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.run import main
+from online_dt.samples import Rollout
 from tests.tiny import build_tiny_model
 
 PROMPTS = ["the movie was", "the food was", "honestly the game is", "this hotel is"]
@@ -99,6 +100,39 @@ def test_loop_bookkeeping(tmp_path, base, mode):
     # targets follow the capped schedule
     targets = [m["target"] for m in history]
     assert all(b - a <= 0.1 + 1e-9 for a, b in itertools.pairwise(targets))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_stage_timings_cover_each_iterations_wall_time(tmp_path, base, mode):
+    """One StageTimer per iteration, in process: the stages and other_s add up to wall_s, and
+    wall_s is the real time from one record to the next (the metrics and sample writes and the
+    checkpoint after a record count in the next iteration), within 5 %."""
+    history, _ = run_local(make_cfg(tmp_path, base, mode=mode))
+    for m in history:
+        stages = sum(m[f"{s}_s"] for s in STAGES) + m["other_s"]
+        assert stages == pytest.approx(m["wall_s"], rel=1e-9)
+        assert m["scoring_s"] > 0 and m["training_s"] > 0 and m["sync_s"] > 0
+    # sync and the first async iteration wait for their own rollouts; in process the async
+    # loop runs the next rollouts inside the current iteration's launch (nothing overlaps)
+    assert all(m["rollout_s"] > 0 for m in history[: None if mode == "sync" else -1])
+    assert all(m["checkpoint_s"] > 0 for m in history[1:])  # the previous iteration's
+    for prev, m in itertools.pairwise(history):
+        assert m["time"] - prev["time"] == pytest.approx(m["wall_s"], rel=0.05)
+
+
+def test_samples_beyond_the_policy_lag_are_dropped_before_scoring():
+    def rollout(version):
+        return Rollout("p", "c", [1], [0.0], 0.0, policy_version=version)
+
+    batch = RolloutBatch([rollout(v) for v in (3, 2, 1, 3)])
+    assert bound_policy_lag(batch, None, 0) is batch  # nothing published yet in this loop
+    assert bound_policy_lag(batch, 3, 2) is batch
+    kept = bound_policy_lag(batch, 3, 1)
+    assert [r.policy_version for r in kept.rollouts] == [3, 2, 3]
+    assert kept.recovery.samples_over_lag == 1
+    synced = bound_policy_lag(batch, 3, 0)  # sync mode: only the learner's own version
+    assert [r.policy_version for r in synced.rollouts] == [3, 3]
+    assert synced.recovery.samples_over_lag == 2 and batch.recovery.samples_over_lag == 0
 
 
 def test_importance_weights_are_the_k1_terms_of_each_sample(tmp_path, base):

@@ -29,13 +29,16 @@ class OnlineConfig(StrictModel):
     """Learner optimizer steps per iteration, on batches drawn from the replay buffer."""
 
     mode: Literal["sync", "async"] = "sync"
-    """``sync``: rollouts wait for the newest weights. ``async``: the next rollout overlaps the
-    current training, so samples may come from a policy up to ``max_policy_lag`` versions old."""
+    """``sync``: rollouts wait for the newest weights. ``async``: on Ray the next iteration's
+    rollouts run while the learner trains (in process nothing overlaps), so samples come from
+    the policy one version behind the learner (``max_policy_lag``)."""
 
     max_policy_lag: int = Field(1, ge=1)
-    """``async``: largest allowed difference between the learner's and a sample's version.
-    The loop keeps one iteration in flight, so samples are at most 1 version behind; larger
-    values are refused until deeper pipelining is implemented."""
+    """``async``: largest allowed difference between the learner's version and a trained
+    sample's; older samples are dropped before scoring, logged and counted
+    (``samples_over_lag`` in the metrics; ``sync`` allows 0). The loop keeps one iteration in
+    flight, so samples are 1 version behind; larger values are refused until deeper
+    pipelining is implemented."""
 
     @field_validator("max_policy_lag")
     @classmethod

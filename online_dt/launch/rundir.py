@@ -61,6 +61,8 @@ EVAL_PLOT_FILE = "calibration.png"
 """In ``eval/``: the calibration plot."""
 TENSORBOARD_DIR = "tensorboard"
 """TensorBoard event files (``online.tensorboard: true``)."""
+LOGS_DIR = "logs"
+"""Worker logs on Ray, one file per actor (``learner.log``, ``sampler-0.log``, ``reward.log``)."""
 
 
 def finite_or_none(value: Any) -> Any:
@@ -115,6 +117,11 @@ class RunDir:
     def rejected_dir(self) -> Path:
         """``rejected/`` (batches that could not be scored)."""
         return self.path / REJECTED_DIR
+
+    @property
+    def logs_dir(self) -> Path:
+        """``logs/`` (one log file per Ray actor)."""
+        return self.path / LOGS_DIR
 
     def check_new(self) -> None:
         """Check that a new run can start here (before anything is created).

@@ -5,9 +5,17 @@ out completions conditioned on it (a spread of targets around it) -> score them 
 to the replay buffer relabelled with their achieved reward -> train k steps on buffer batches ->
 publish and sync the weights -> log metrics and checkpoint.
 
-In ``async`` mode the next iteration's rollouts are submitted before training starts (the
-learner answers the schedule's ``buffer_rewards`` before it trains), so on Ray they run while
-the learner trains, from the policy one version behind it (``policy_lag_max`` in the metrics).
+In ``async`` mode the next iteration's rollouts are submitted before training starts, so on
+Ray they run while the learner trains, from the policy one version behind it. Nothing the
+controller waits on is queued behind them: the schedule's ``buffer_rewards`` is asked before
+``train`` is submitted to the (single-threaded) learner actor, and the samplers' weight load is
+submitted behind the in-flight rollouts without waiting for it (an actor runs its calls in the
+order they were submitted, so the load lands before the rollouts after next); the controller
+collects it once it next needs the samplers. A sample more than ``online.max_policy_lag``
+versions behind the learner (0 in ``sync`` mode) is dropped before scoring and counted
+(``samples_over_lag``); ``policy_lag_max`` in the metrics is the largest lag trained on.
+In process (:class:`~online_dt.loop.futures.LocalHandle`) every call runs at once, so ``async``
+has the same lag bookkeeping but nothing overlaps.
 The workers are reached through handles whose calls return futures (:mod:`online_dt.loop.workers`).
 """
 
@@ -19,12 +27,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from online_dt.config import OnlineRunConfig
 from online_dt.launch.rundir import RunDir
+from online_dt.loop.console import iteration_line
 from online_dt.loop.futures import Future
 from online_dt.loop.records import iteration_record, sample_log
-from online_dt.loop.sampler_group import RolloutBatch
+from online_dt.loop.sampler_group import RolloutBatch, SamplerRecovery
 from online_dt.loop.schedule import RewardStats, ScheduleState, next_target, sample_targets
 from online_dt.loop.scoring import score_rollouts
 from online_dt.loop.timing import StageTimer
@@ -36,6 +46,9 @@ log = logging.getLogger(__name__)
 
 SAMPLING_SEED_STREAM = 2
 """Seed key of each iteration's sampling (the schedule's streams are 0 and 1)."""
+
+STAGES = ("rollout", "scoring", "training", "sync", "checkpoint")
+"""The stages of an iteration the loop times (each a ``<stage>_s`` column of the metrics)."""
 
 Launched = tuple[float, ScheduleState, Future[RolloutBatch]]
 """An iteration's target, the schedule state after it, and its pending rollouts."""
@@ -72,6 +85,37 @@ def launch(
     return target, state, workers.samplers.generate(batch, targets, params)
 
 
+def bound_policy_lag(
+    batch: RolloutBatch, learner_version: int | None, max_lag: int
+) -> RolloutBatch:
+    """Drop the rollouts of ``batch`` more than ``max_lag`` versions behind ``learner_version``
+    (``None``: the learner has published nothing in this loop yet, so every sample is from its
+    current weights). The kept rollouts stay in order; the dropped ones are logged and counted
+    in the result's ``recovery.samples_over_lag``.
+
+    The loop's own pipelining never exceeds one version; an older sample comes from a replica
+    that missed weight updates, and training on it would break ``online.max_policy_lag``.
+    """
+    if learner_version is None:
+        return batch
+    floor = learner_version - max_lag
+    kept = [r for r in batch.rollouts if r.policy_version >= floor]
+    dropped = len(batch.rollouts) - len(kept)
+    if not dropped:
+        return batch
+    oldest = min(r.policy_version for r in batch.rollouts)
+    log.warning(
+        "dropping %d of %d samples more than %d version(s) behind the learner (v%d, oldest v%d)",
+        dropped,
+        len(batch.rollouts),
+        max_lag,
+        learner_version,
+        oldest,
+    )
+    recovery = SamplerRecovery(**{**batch.recovery.metrics(), "samples_over_lag": dropped})
+    return RolloutBatch(kept, recovery)
+
+
 def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers, run: RunDir) -> None:
     """Optional offline warm start before iteration 0: sample ``warm_start_samples_per_prompt``
     completions of one iteration's prompts at the schedule's ``start`` target, score them,
@@ -104,25 +148,54 @@ def run_loop(
     progress: bool = True,
     on_metrics: Callable[[dict[str, Any]], None] = lambda record: None,
 ) -> list[dict[str, Any]]:
-    """Run iterations ``start_iteration .. cfg.online.iterations - 1``; return their records."""
+    """Run iterations ``start_iteration .. cfg.online.iterations - 1``; return their records.
+
+    Each record is also logged as one line (:func:`online_dt.loop.console.iteration_line`,
+    logger ``online_dt.loop.loop``, INFO), printed above the progress bar when it is shown.
+    """
+    with logging_redirect_tqdm():  # log lines go above the bar instead of through it
+        return _run_loop(
+            cfg, prompts, workers, run, start_iteration, schedule_state, progress, on_metrics
+        )
+
+
+def _run_loop(
+    cfg: OnlineRunConfig,
+    prompts: Sequence[str],
+    workers: Workers,
+    run: RunDir,
+    start_iteration: int,
+    schedule_state: ScheduleState | None,
+    progress: bool,
+    on_metrics: Callable[[dict[str, Any]], None],
+) -> list[dict[str, Any]]:
     on, ft, learner = cfg.online, cfg.fault_tolerance, workers.learner
+    overlap = on.mode == "async"
+    max_lag = on.max_policy_lag if overlap else 0
     state = schedule_state or ScheduleState.initial(cfg.schedule)
     if start_iteration == 0 and on.warm_start_samples_per_prompt > 0:
         warm_start(cfg, prompts, workers, run)
     history: list[dict[str, Any]] = []
-    pending: Launched | None = None  # async mode: the next iteration, submitted during training
+    pending: Launched | None = None  # async: the next iteration, submitted during training
+    loading: Future[Any] | None = None  # async: the samplers' weight load, queued behind it
+    version: int | None = None  # the learner's version, once this loop has published one
     bar = tqdm(range(start_iteration, on.iterations), desc="online", disable=not progress)
+    timer = StageTimer(STAGES)
     for it in bar:
-        timer, last = StageTimer(), it + 1 == on.iterations
+        last = it + 1 == on.iterations
         with timer("rollout"):
             target, state, inflight = pending or launch(cfg, prompts, workers, it, state)
-            batch, pending = inflight.result(), None
+            batch, pending = bound_policy_lag(inflight.result(), version, max_lag), None
         with timer("scoring"):
             scored = score_rollouts(workers.reward.score, batch.rollouts, it, ft, run)
         rollouts, rewards = scored.kept(batch.rollouts)
         with timer("training"):
             appended = learner.append(rollouts, rewards, it, time.time()).result()
-        if on.mode == "async" and not last:  # submitted before training, so it can overlap it
+        if overlap and not last:  # submitted before training, so it can overlap it
+            with timer("sync"):  # the previous load ran behind the last rollouts, during scoring
+                if loading is not None:
+                    loading.result()
+                    loading = None
             with timer("rollout"):
                 pending = launch(cfg, prompts, workers, it + 1, state)
         with timer("training"):
@@ -131,13 +204,22 @@ def run_loop(
             trained = training.result()
         with timer("sync"):
             update = learner.publish().result()
-            workers.samplers.load_weights(update).result()
+            version = update.version
+            loading = workers.samplers.load_weights(update)
+            if pending is None:  # no rollouts in flight: the next ones need the new weights
+                loading.result()
+                loading = None
         record = iteration_record(it, target, batch, scored, appended, trained, kl, update, timer)
+        # the next iteration's timer starts here, so the writes and the checkpoint below count
+        # in its wall time (as ``checkpoint_s`` and ``other_s``): no second goes unrecorded
+        timer = StageTimer(STAGES)
         run.append_samples(sample_log(it, rollouts, rewards, on.samples_logged_per_iteration))
         run.append_metrics(record)
         history.append(record)
         on_metrics(record)
+        log.info("%s", iteration_line(record, on.iterations))
         bar.set_postfix(target=f"{target:.3f}", achieved=f"{record.get('achieved_mean', 0):.3f}")
         if (it + 1) % on.checkpoint_every == 0 or last:
-            learner.checkpoint(it, {"schedule": state.to_dict(), "iteration": it}).result()
+            with timer("checkpoint"):  # after the record: a checkpointed iteration has its record
+                learner.checkpoint(it, {"schedule": state.to_dict(), "iteration": it}).result()
     return history

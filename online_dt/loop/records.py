@@ -51,6 +51,21 @@ def rollout_metrics(
         "completion_tokens_mean": sum(map(len, tokens)) / len(tokens),
         "sample_policy_version_min": min(versions),
         "policy_lag_max": learner_version - min(versions),
+        **rollout_interval(rollouts),
+    }
+
+
+def rollout_interval(rollouts: Sequence[Rollout]) -> dict[str, float]:
+    """When the sampler replicas generated ``rollouts``, as recorded inside them (UNIX seconds):
+    ``rollout_started_at`` is the earliest start of a generate call (its ``created_at`` minus
+    its ``generate_seconds``), ``rollout_finished_at`` the latest end. Empty when a sampler
+    did not record its times (``created_at`` 0)."""
+    timed = [r for r in rollouts if r.created_at > 0]
+    if not timed:
+        return {}
+    return {
+        "rollout_started_at": min(r.created_at - r.generate_seconds for r in timed),
+        "rollout_finished_at": max(r.created_at for r in timed),
     }
 
 
@@ -73,7 +88,8 @@ def iteration_record(
         batch: its rollouts and their recovery counts.
         scored: the scoring outcome (``rewards`` is ``None`` when the batch was skipped).
         appended: the learner's ``append`` result (``buffer_size``, ``first_id``, ``last_id``).
-        trained: the learner's ``train`` result (``loss``, ``kl_penalty``).
+        trained: the learner's ``train`` result (``loss``, ``kl_penalty``, and the UNIX times
+            ``started_at`` / ``finished_at`` of the training steps).
         kl_to_base: the KL estimate to the base model (nats per completion) or ``None``.
         update: the version published after this iteration's training.
         timer: the iteration's stage timer (``<stage>_s``, ``other_s``, ``wall_s``).
@@ -87,6 +103,8 @@ def iteration_record(
         "kl_to_base": kl_to_base,
         "loss": trained["loss"],
         "kl_penalty": trained["kl_penalty"],
+        "train_started_at": trained.get("started_at"),
+        "train_finished_at": trained.get("finished_at"),
         "buffer_size": appended["buffer_size"],
         "first_sample_id": appended["first_id"],
         "last_sample_id": appended["last_id"],

@@ -33,12 +33,16 @@ class SamplerRecovery:
         prompts_dropped: prompts given up on after the retries.
         sampler_failures: lost calls and stale answers seen.
         sampler_recovery_s: seconds from the first failure to the re-issued chunk's result.
+        samples_over_lag: samples dropped before scoring because they were more than
+            ``online.max_policy_lag`` versions behind the learner (0 in ``sync`` mode); set by
+            :func:`online_dt.loop.loop.bound_policy_lag`.
     """
 
     prompts_reissued: int = 0
     prompts_dropped: int = 0
     sampler_failures: int = 0
     sampler_recovery_s: float = 0.0
+    samples_over_lag: int = 0
 
     def metrics(self) -> dict[str, float]:
         """The fields as the iteration record's keys."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 
@@ -13,12 +13,16 @@ class StageTimer:
     The timer starts when it is created. A stage entered twice adds up. :meth:`seconds`
     reports each stage as ``<stage>_s``, the iteration's ``wall_s`` so far, and ``other_s``:
     the wall time spent outside every named stage (bookkeeping, logging), so that the stages
-    and ``other_s`` add up to ``wall_s`` exactly.
+    and ``other_s`` add up to ``wall_s`` exactly. Stages must not nest (nested time would count
+    twice).
+
+    Args:
+        stages: stages reported even when never entered (as 0.0 seconds), in this order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stages: Sequence[str] = ()) -> None:
         self._start = time.perf_counter()
-        self._stages: dict[str, float] = {}
+        self._stages: dict[str, float] = dict.fromkeys(stages, 0.0)
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:

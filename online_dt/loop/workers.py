@@ -7,7 +7,7 @@ run (:class:`~online_dt.loop.futures.LocalHandle`), on Ray it was submitted to a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,11 +84,14 @@ class Workers:
         samplers: the sampler replicas, as one group.
         reward: the reward model.
         learner: the learner (replay buffer, training, weight publication, checkpoints).
+        close: releases what the workers hold in this process (the local sampler's engine
+            processes); a no-op for actors, which their placement group ends.
     """
 
     samplers: SamplerWorkers
     reward: RewardWorker
     learner: LearnerWorker
+    close: Callable[[], None] = lambda: None
 
 
 class CheckedRewardModel:
@@ -122,4 +125,5 @@ def local_workers(
         [LocalHandle(sampler)], ft.rollout_retries, ft.retry_backoff_s, ft.restart_timeout_s
     )
     reward = CheckedRewardModel(load_reward_model(cfg.reward_model))
-    return Workers(group, LocalHandle(reward), LocalHandle(learner))
+    close = getattr(sampler, "close", lambda: None)  # vLLM: shut its engine down before exit
+    return Workers(group, LocalHandle(reward), LocalHandle(learner), close)

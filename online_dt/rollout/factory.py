@@ -46,6 +46,9 @@ def make_sampler_backend_name(prefer: str) -> str:
     if prefer == "hf":
         log.info("sampler backend: HF reference (configured)")
         return "hf"
+    from online_dt.rollout import vllm_logging
+
+    vllm_logging.configure()  # before vLLM is first imported: it configures logging then
     try:
         import vllm  # noqa: F401
     except ImportError as e:

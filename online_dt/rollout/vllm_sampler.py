@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,7 +127,9 @@ class VLLMSampler:
     def __init__(
         self, policy_dir: str | Path, cfg: SamplerConfig | None = None, policy_version: int = 0
     ) -> None:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        from online_dt.rollout import vllm_logging
+
+        vllm_logging.configure()  # before vLLM is first imported: it configures logging then
         from vllm import LLM
 
         self.cfg = cfg or SamplerConfig()

@@ -179,10 +179,12 @@ class Learner:
         """``steps`` optimizer steps on batches drawn from the buffer.
 
         Returns:
-            Mean ``loss`` and ``kl_penalty`` over the steps, ``tokens`` trained on, ``seconds``
-            (no steps, loss NaN, while the buffer is empty).
+            Mean ``loss`` and ``kl_penalty`` over the steps, ``train_tokens`` trained on,
+            ``seconds``, and ``started_at`` / ``finished_at`` (UNIX times, taken where the
+            learner runs, e.g. inside its Ray actor; the loop records them to show what
+            overlapped training). No steps, loss NaN, while the buffer is empty.
         """
-        start = time.perf_counter()
+        started_at, start = time.time(), time.perf_counter()
         losses, kls, tokens = [], [], 0
         if len(self.buffer) == 0:
             steps = 0  # every batch so far was rejected: nothing to learn from yet
@@ -197,6 +199,8 @@ class Learner:
             "kl_penalty": float(np.mean(kls)) if kls else 0.0,
             "train_tokens": tokens,
             "seconds": time.perf_counter() - start,
+            "started_at": started_at,
+            "finished_at": time.time(),
         }
 
     @torch.no_grad()

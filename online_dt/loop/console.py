@@ -1,0 +1,89 @@
+"""What a person reads on the console of a run: one line per iteration and an end-of-run
+summary, both built from the ``metrics.jsonl`` records (:mod:`online_dt.loop.records`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _num(value: Any, spec: str = ".3f") -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return format(value, spec)
+    return "-"
+
+
+def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
+    """One line for one iteration's record (numbered from 1: ``iter 1/30`` is iteration 0 in
+    ``metrics.jsonl``): target and achieved reward (mean, p10..p90),
+    loss, KL to the base model, wall seconds with the two largest stages, and the policy lag
+    when there is one.
+
+    Example: ``iter  3/30  target 0.300  achieved 0.281 [-0.40, 0.85]  loss 2.412  KL 1.9
+    2.5s (training 1.6, rollout 0.8)``.
+    """
+    it = record["iteration"]
+    width = len(str(iterations))
+    parts = [f"iter {it + 1:>{width}}/{iterations}", f"target {_num(record.get('target'))}"]
+    if "achieved_mean" in record:
+        p10, p90 = _num(record.get("achieved_p10"), ".2f"), _num(record.get("achieved_p90"), ".2f")
+        parts.append(f"achieved {_num(record['achieved_mean'])} [{p10}, {p90}]")
+    else:
+        parts.append(f"no samples ({record.get('samples', 0)} kept)")
+    parts.append(f"loss {_num(record.get('loss'))}")
+    if record.get("kl_to_base") is not None:
+        parts.append(f"KL {_num(record['kl_to_base'], '.1f')}")
+    stages = sorted(
+        (
+            (record[k], k[:-2])
+            for k in ("rollout_s", "scoring_s", "training_s", "sync_s", "checkpoint_s")
+            if isinstance(record.get(k), int | float)
+        ),
+        reverse=True,
+    )[:2]
+    top = ", ".join(f"{name} {seconds:.1f}" for seconds, name in stages)
+    parts.append(f"{_num(record.get('wall_s'), '.1f')}s ({top})")
+    if record.get("policy_lag_max"):
+        parts.append(f"lag {record['policy_lag_max']}")
+    return "  ".join(parts)
+
+
+def run_summary(
+    records: Sequence[Mapping[str, Any]],
+    run_dir: Path,
+    checkpoint: Path | None,
+    logs_dir: Path | None = None,
+) -> str:
+    """The end-of-run summary: iterations, final target and achieved reward, the best mean
+    achieved reward (and its iteration), where the checkpoint and the logs are, and the
+    dashboard and eval commands. ``records``: every record of the run (resumed ones too)."""
+    lines = [f"run finished: {run_dir}"]
+    if not records:
+        return "\n".join([*lines, "  no iteration ran"])
+    last = records[-1]
+    achieved = [r for r in records if "achieved_mean" in r]
+    total = last["iteration"] + 1
+    lines.append(f"  iterations       {len(records)}")
+    lines.append(
+        f"  final            target {_num(last.get('target'))},"
+        f" achieved {_num(last.get('achieved_mean'))}"
+    )
+    if achieved:
+        best = max(achieved, key=lambda r: r["achieved_mean"])
+        lines.append(
+            f"  best             achieved {_num(best['achieved_mean'])}"
+            f" at iter {best['iteration'] + 1}/{total} (target {_num(best.get('target'))})"
+        )
+    walls = [r["wall_s"] for r in records if isinstance(r.get("wall_s"), int | float)]
+    if walls:
+        lines.append(
+            f"  loop time        {sum(walls):.1f}s, {sum(walls) / len(walls):.2f}s/iteration"
+        )
+    lines.append(f"  checkpoint       {checkpoint if checkpoint is not None else '(none)'}")
+    if logs_dir is not None and logs_dir.is_dir():
+        lines.append(f"  worker logs      {logs_dir}/")
+    lines.append(f"  dashboard        online-dt dashboard {run_dir}")
+    lines.append(f"  evaluate         online-dt eval {run_dir}")
+    return "\n".join(lines)
