@@ -45,7 +45,6 @@ class NormalizationConfig(StrictModel):
     sorted order are merged pairwise into their weighted mean (their weights add): a
     deterministic summary of the distribution."""
 
-
     @model_validator(mode="after")
     def _check_fit_count(self) -> NormalizationConfig:
         if self.fit_count is not None and self.fit_count < self.min_count:
