@@ -135,7 +135,7 @@ def test_samples_beyond_the_policy_lag_are_dropped_before_scoring():
     assert synced.recovery.samples_over_lag == 2 and batch.recovery.samples_over_lag == 0
 
 
-def test_importance_weights_are_the_k1_terms_of_each_sample(tmp_path, base):
+def test_importance_weights_are_the_k1_terms_of_each_sample(tmp_path, base, capsys):
     """With buffer.importance_weighting, every sample carries log p_base - log pi of its
     completion: minus the per-completion k1 KL term, so each iteration's kl_to_base (the mean
     over its first kl_samples rollouts) is minus the mean of those samples' weights."""
@@ -150,6 +150,24 @@ def test_importance_weights_are_the_k1_terms_of_each_sample(tmp_path, base):
         rows = data[data["iteration"] == m["iteration"]].sort_values("sample_id")
         first = rows["log_importance_weight"].to_numpy()[: cfg.online.kl_samples]
         assert -first.mean() == pytest.approx(m["kl_to_base"], abs=1e-4)
+    # bench/buffer_drift.py reads the same buffer: every sample in one bin, two ranges
+    import json
+    import math
+
+    from bench import buffer_drift
+
+    capsys.readouterr()
+    argv = [str(plan.run.path), "--bins", "0.0", "--half-width", "10", "--chunks", "2"]
+    assert buffer_drift.main(argv) == 0
+    cells = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [c["iterations"] for c in cells] == [[0, 1], [2, 3]]
+    assert sum(c["count"] for c in cells) == len(data)
+    for c in cells:
+        assert math.isfinite(c["nll_base_per_token"]) and c["nll_base_per_token"] > 0
+        first = data[data["iteration"].between(*c["iterations"])]
+        assert c["mean_log_importance_weight"] == pytest.approx(
+            first["log_importance_weight"].mean(), abs=1e-3
+        )
     # without importance weights the KL is computed afresh; iteration 0 (same weights, same
     # rollouts) gives the same figure
     off_history, off_plan = run_local(make_cfg(tmp_path / "off", base))
