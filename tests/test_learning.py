@@ -40,11 +40,13 @@ def test_high_target_beats_low_target(embedded_model_dir, tmp_path, mode):
 
 @pytest.mark.slow
 def test_online_policy_is_a_faithful_conditional_model_at_a_small_budget(tmp_path):
-    """Goal (b) of the method (docs/method.md) at a tenth of the default budget: at targets
+    """Goal (b) of the method (docs/method.md) at a third of the default budget: at targets
     inside the base model's p10..p90 rewards, the online policy's samples are within 0.1
     nats/token (NLL under the base) of the base model's own samples that earned that reward
     (+-0.1), with at least 95 % of their word distinct-2; and the targets are told apart
-    (the policy is conditioned, not the base model unchanged). Measured by bench/peers.py."""
+    (the policy is conditioned, not the base model unchanged). Measured by bench/peers.py.
+    Without buffer.importance_weighting (the default config's) it fails: dNLL 0.10 / 0.15 /
+    0.14 at -0.4 / 0 / 0.4 (docs/method.md)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -56,7 +58,7 @@ def test_online_policy_is_a_faithful_conditional_model_at_a_small_budget(tmp_pat
         str(root / "bench" / "peers.py"),
         "--methods=online-dt",
         "--odt-modes=scalar",
-        "--budget=1280",
+        "--budget=2560",
         "--odt-set=online.prompts_per_iteration=32",
         "--targets",
         "-0.4",
