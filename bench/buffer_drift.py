@@ -13,7 +13,12 @@ Usage:
     .venv/bin/python bench/buffer_drift.py RUN_DIR [--bins -0.8 0.0 0.8] [--half-width 0.1]
         [--chunks 3] [--max-per-cell 200]
 
-Prints one JSON object per line (bin, iterations, count, NLL per token, mean log weight).
+Prints one JSON object per line: bin, iterations, count (samples in the cell), scored (how
+many of them, at most ``--max-per-cell``, the NLL is computed on), NLL per token, and the mean
+log importance weight over the whole cell. It reads every persisted sample (evicted ones
+included), not only those the buffer holds. The shards store text, not token ids: each
+completion is re-tokenised, with EOS appended when the sample was longer than its text's
+tokens (it ended at EOS).
 """
 
 from __future__ import annotations
@@ -67,8 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 & data["iteration"].between(lo, hi)
             ]
             out = {"bin": center, "iterations": [lo, hi], "count": len(cell)}
+            weights = cell["log_importance_weight"].dropna()
+            if len(weights):
+                out["mean_log_importance_weight"] = round(float(weights.mean()), 4)
             if len(cell):
                 cell = cell.sample(min(len(cell), args.max_per_cell), random_state=0)
+                out["scored"] = len(cell)
                 prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in cell["prompt"]]
                 completions = []
                 for text, n in zip(cell["completion"], cell["completion_tokens"], strict=True):
@@ -84,9 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     pad_id=tok.pad_token_id or 0,
                 )
                 out["nll_base_per_token"] = round(nll_per_token(lps), 4)
-                weights = cell["log_importance_weight"].dropna()
-                if len(weights):
-                    out["mean_log_importance_weight"] = round(float(weights.mean()), 4)
             print(json.dumps(out), flush=True)
     return 0
 

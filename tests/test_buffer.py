@@ -225,7 +225,11 @@ def test_reward_balanced_gives_every_reward_bin_equal_mass():
     # one reward everywhere: one bin, uniform
     same = ReplayBuffer(cfg(capacity=8, sampling="reward_balanced"), seed=0)
     same.append(batch(np.full(8, 0.3)))
-    assert len({s.sample_id for s in same.sample_batch(8)}) == 8
+    counts = draw_counts(same, 1, 8000)
+    assert counts.min() > 800 and counts.max() < 1200
+    # the weights follow the held set: after new rewards arrive, the old bin loses its share
+    same.append(batch(np.full(8, 0.9), start=8))  # capacity 8: the 0.3 samples are evicted
+    assert {s.achieved_reward for s in same.sample_batch(8)} == {0.9}
 
 
 def test_importance_weighting_within_reward_bins():
@@ -252,14 +256,37 @@ def test_importance_weighting_within_reward_bins():
     counts = draw_counts(clipped, 1, 20000)
     # weights 5 for sample 0 and 1 for the 99 others: sample 0 gets 5 / 104 of the draws
     assert counts[0] / counts.sum() == pytest.approx(5 / 104, abs=0.01)
-    # samples without a weight (format 1 shards, offline data) count as their bin's mean
-    mixed = ReplayBuffer(cfg(capacity=4, importance_weighting=True), seed=0)
-    mixed.append(batch(np.zeros(4)))
-    assert len({s.sample_id for s in mixed.sample_batch(4)}) == 4
+    # samples without a weight (format 1 shards, offline data) count as their bin's mean: in a
+    # bin of 100 unweighted and 100 weighted 3:1 samples, the unweighted get half the draws
+    rows = batch(np.zeros(200))
+    for i, row in enumerate(rows[100:]):
+        row["log_importance_weight"] = float(np.log(3.0)) if i < 50 else 0.0
+    mixed = ReplayBuffer(cfg(capacity=200, importance_weighting=True), seed=0)
+    mixed.append(rows)
+    counts = draw_counts(mixed, 1, 20000)
+    assert counts[:100].sum() / counts.sum() == pytest.approx(0.5, abs=0.02)
+    assert counts[100:150].sum() / counts[150:].sum() == pytest.approx(3.0, rel=0.1)
+
+
+def test_importance_weighting_keeps_recency_bin_masses():
+    # recency weights vary inside a bin; importance weights move draws within a bin, not
+    # between bins: bin 0 (older) keeps the share recency alone gives it
+    rewards = np.r_[np.zeros(100), np.ones(100)]
+    rows = batch(rewards)
+    for i, row in enumerate(rows):
+        row["log_importance_weight"] = 2.0 if i % 2 else 0.0
+    kw = {"capacity": 200, "sampling": "recency", "recency_half_life": 60.0, "reward_bins": 2}
+    plain = ReplayBuffer(cfg(**kw), seed=0)
+    plain.append(batch(rewards))
+    weighted = ReplayBuffer(cfg(**kw, importance_weighting=True), seed=0)
+    weighted.append(rows)
+    share = [draw_counts(b, 1, 20000)[:100].sum() / 20000 for b in (plain, weighted)]
+    assert share[1] == pytest.approx(share[0], abs=0.02)
+    odd = draw_counts(weighted, 1, 20000)
+    assert odd[1::2].sum() > 3 * odd[0::2].sum()  # e^2 times the weight within each bin
 
 
 def test_format_1_shards_read_without_importance_weights(tmp_path):
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     root = tmp_path / "buffer"
@@ -270,7 +297,6 @@ def test_format_1_shards_read_without_importance_weights(tmp_path):
     pq.write_table(table.replace_schema_metadata({b"online_dt.replay.buffer.format": b"1"}), shard)
     loaded = ReplayBuffer.load(cfg(shard_size=4), root)
     assert [s.log_importance_weight for s in loaded.sample_batch(4)] == [None] * 4
-    assert isinstance(pa.__version__, str)
     fresh = ReplayBuffer(cfg(), tmp_path / "b2")
     fresh.append([row | {"log_importance_weight": -1.5} for row in batch([0.5])])
     assert (

@@ -242,6 +242,14 @@ def test_cli_rejects_bad_config_before_work(tmp_path, capsys):
             "buffer: {importance_weighting: true}\nsampling: {temperature: 0.7}",
             "importance_weighting needs sampling.temperature: 1",
         ),
+        (
+            "buffer: {importance_weighting: true}\nsampling: {top_p: 0.9}",
+            "importance_weighting needs sampling.temperature: 1 and sampling.top_p: 1",
+        ),
+        (
+            "conditioning: {normalization: {kind: quantile, fit_count: 10}}",
+            "fit_count .10. must be >= min_count .64.",
+        ),
     ],
 )
 def test_run_config_refuses_options_a_run_would_ignore(tmp_path, text, message):

@@ -80,7 +80,9 @@ class RewardConditioner(nn.Module):
 
         Args:
             rewards: the newly added achieved rewards (reward units); scalar mode with
-                ``running`` normalisation folds them into the running mean/std.
+                ``running`` normalisation folds them into the running mean/std, ``quantile``
+                into its empirical distribution (every reward ever added, up to
+                ``fit_count``).
             pool: every achieved reward the policy now trains on (the replay buffer's held
                 rewards, which include ``rewards``); default ``rewards``. Token mode with
                 ``bin_method: quantile`` and no fixed edges cuts the bins from it, as

@@ -131,7 +131,8 @@ class RewardNormalizer:
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned. The saved state wins over the config the
+        normaliser was built with (a policy's conditioning is part of its checkpoint)."""
         for k, v in state.items():
             setattr(self, k, v)
 

@@ -293,7 +293,15 @@ class ReplayBuffer:
             logw = -self.cfg.balance_power * np.log(self._bin_counts(ids))
         if self.cfg.importance_weighting:
             iw = self._importance_log_weights(ids)
-            logw = iw if logw is None else logw + iw
+            if logw is None:
+                logw = iw  # mean 1 within each bin: every bin keeps its count as its mass
+            else:  # keep each bin's total weight as the sampling mode gives it
+                combined = logw + iw
+                bins = self._reward_bins(ids)
+                for b in np.unique(bins):
+                    m = bins == b
+                    combined[m] += np.logaddexp.reduce(logw[m]) - np.logaddexp.reduce(combined[m])
+                logw = combined
         self._logw_cache = (ids, logw)
         return logw
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -158,7 +159,9 @@ class Learner:
             # log p_base - log pi(behaviour): minus the k1 KL term of each completion
             with torch.no_grad():
                 k1 = kl_per_completion(self.policy, self.base_model, rollouts)
-            weights = [-k for k in k1]
+            # a completion the base model gives probability 0 (k1 = inf) gets no weight (None:
+            # its bin's mean) rather than ending the run at the buffer's finiteness check
+            weights = [-k if math.isfinite(k) else None for k in k1]
             self._k1_cache = {_rollout_key(r): k for r, k in zip(rollouts, k1, strict=True)}
         added = self.buffer.append(
             [
@@ -166,7 +169,8 @@ class Learner:
                 for r, reward, log_iw in zip(rollouts, rewards, weights, strict=True)
             ]
         )
-        # the new rewards feed the running normaliser; the bins describe the whole buffer
+        # the new rewards feed the running and quantile normalisers (every reward ever appended,
+        # evicted ones included); the token bins describe the buffer's held rewards
         self.policy.fit_reward_statistics([float(x) for x in rewards], self.buffer.rewards())
         return {
             "count": len(added),
