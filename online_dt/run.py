@@ -70,7 +70,13 @@ def configure_console(verbose: bool) -> None:
     (:mod:`online_dt.util.logs`, ``ONLINE_DT_VERBOSE`` for the processes started later)."""
     handler = logging.StreamHandler()
     handler.setFormatter(ConsoleFormatter(datefmt="%H:%M:%S"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    root = logging.getLogger()
+    # replace plain console handlers (ours from an earlier call, a library's basicConfig);
+    # keep every other kind, such as a test's log capture
+    for old in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     from online_dt.util.logs import VERBOSE_ENV, silence_known_harmless
 
     if verbose:

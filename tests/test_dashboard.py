@@ -579,9 +579,10 @@ def test_run_main_starts_and_stops_its_dashboard(tmp_path, embedded_model_dir, c
     data["dashboard"] = {"enabled": True, "port": busy, "poll_interval_s": 1.0}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="online_dt.run")  # "dashboard stopped" is DEBUG
     try:
-        with caplog.at_level(logging.INFO):
-            assert main(["--config", str(path), "--local", "--no-progress"]) == 0
+        assert main(["--config", str(path), "--local", "--no-progress"]) == 0
     finally:
         blocker.close()
     assert f"dashboard port {busy} on 127.0.0.1 is busy" in caplog.text
