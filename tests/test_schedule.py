@@ -222,6 +222,21 @@ def test_sample_targets_uniform_within_spread_and_clamped():
     assert max(ys) == 0.6 and min(ys) >= 0.3
 
 
+def test_sample_targets_with_calibration_probes():
+    cfg = ScheduleConfig(spread=0.1, probe_fraction=0.25, probe_min=-1.0)
+    xs = np.array(sample_targets(cfg, 0.8, 400, ScheduleState(iteration=2)))
+    # 100 probes uniform in [-1, 0.8] (about 94 of them below the spread's 0.7), 300 in
+    # [0.7, 0.9]
+    probes = xs < 0.7
+    assert 85 <= probes.sum() <= 100
+    assert xs.min() >= -1.0 and abs(xs[probes].mean() - (-0.15)) < 0.12
+    assert ((xs[~probes] >= 0.7) & (xs[~probes] <= 0.9)).all()
+    assert sample_targets(cfg, 0.8, 400, ScheduleState(iteration=2)) == xs.tolist()
+    no_spread = ScheduleConfig(probe_fraction=0.5)
+    ys = np.array(sample_targets(no_spread, 0.5, 10, 0))
+    assert (ys == 0.5).sum() == 5 and (ys < 0.5).sum() == 5
+
+
 def test_sample_targets_without_spread_and_edge_cases():
     cfg = ScheduleConfig(spread=0.0, min_target=0.0)
     assert sample_targets(cfg, -0.3, 3, ScheduleState()) == [0.0, 0.0, 0.0]

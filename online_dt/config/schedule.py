@@ -54,6 +54,16 @@ class ScheduleConfig(StrictModel):
     """Per-sample exploration: each prompt's target is drawn uniformly from
     ``target ± spread`` (reward units)."""
 
+    probe_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Per-sample calibration probes: this fraction of each iteration's prompts (drawn at
+    random) get a target uniform in ``[probe_min, target]`` instead of the spread around the
+    target, so the policy keeps being asked for, and sampling, rewards below the one it is
+    pushed towards (the spread's ``[target - spread, target + spread]`` leaves them to the
+    early iterations)."""
+
+    probe_min: float = -1.0
+    """``probe_fraction``: the lowest probe target (reward units)."""
+
     min_target: float | None = None
     """Clamp targets to at least this value (reward units)."""
 

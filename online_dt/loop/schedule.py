@@ -384,8 +384,9 @@ def sample_targets(
     stream: int = 0,
 ) -> list[float]:
     """Per-sample targets: each uniform in ``[target - spread, target + spread]``, then clamped
-    to ``[min_target, max_target]`` (reward units). With ``spread == 0`` every value is the
-    clamped ``target`` and nothing is drawn.
+    to ``[min_target, max_target]`` (reward units); with ``probe_fraction``, that fraction of
+    them (at random) uniform in ``[probe_min, target]`` instead. With ``spread == 0`` and no
+    probes every value is the clamped ``target`` and nothing is drawn.
 
     Args:
         cfg: the schedule config (``spread``, bounds, ``seed``).
@@ -418,7 +419,10 @@ def sample_targets(
             f"rng_or_state must be a ScheduleState, int or numpy Generator, got"
             f" {type(rng_or_state).__name__}"
         )
-    if cfg.spread == 0.0:
+    if cfg.spread == 0.0 and cfg.probe_fraction == 0.0:
         return [clamp(cfg, target)] * n
     draws = rng.uniform(target - cfg.spread, target + cfg.spread, size=n)
+    if cfg.probe_fraction > 0.0:
+        probes = rng.permutation(n)[: round(cfg.probe_fraction * n)]
+        draws[probes] = rng.uniform(min(cfg.probe_min, target), target, size=len(probes))
     return [clamp(cfg, float(x)) for x in draws]
