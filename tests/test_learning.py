@@ -47,31 +47,12 @@ def test_online_policy_is_a_faithful_conditional_model_at_a_small_budget(tmp_pat
     (the policy is conditioned, not the base model unchanged). Measured by bench/peers.py.
     Without buffer.importance_weighting (the default config's) it fails: dNLL 0.10 / 0.15 /
     0.14 at -0.4 / 0 / 0.4 (docs/method.md)."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.bench_runner import run_peers
 
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        str(root / "bench" / "peers.py"),
-        "--methods=online-dt",
-        "--odt-modes=scalar",
-        "--budget=2560",
-        "--odt-set=online.prompts_per_iteration=32",
-        "--targets",
-        "-0.4",
-        "0.0",
-        "0.4",
-        "--reference-samples=4096",
-        "--no-progress",
-        f"--out={out}",
-    ]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    print(done.stdout[-4000:])
-    report = json.loads((out / "peers.json").read_text())
+    args = ["--methods=online-dt", "--odt-modes=scalar", "--budget=2560"]
+    args += ["--odt-set=online.prompts_per_iteration=32", "--reference-samples=4096"]
+    report, stdout = run_peers([*args, "--targets", "-0.4", "0.0", "0.4"], tmp_path / "out", 900)
+    print(stdout[-4000:])
     rows = [r for r in report["rows"] if r["method"] == "online-dt"]
     ref = {round(b["center"], 3): b for b in report["reference"]["at_targets"]}
     for row in rows:

@@ -4,10 +4,7 @@ exact KL by enumeration, and the script end to end at a tiny budget."""
 from __future__ import annotations
 
 import copy
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from bench.peers_metrics import (
     teacher_forced_logprobs,
     word_distinct_n,
 )
+from tests.bench_runner import run_peers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "default.yaml"
@@ -418,24 +416,9 @@ def test_path_evals_leave_training_unchanged(tmp_path, embedded_model_dir):
     import trl  # noqa: F401  (the bench extra; without it this fails rather than skips)
 
     def run(evals: int) -> tuple[dict, str]:
-        out = tmp_path / f"out{evals}"
-        cmd = [
-            sys.executable,
-            str(ROOT / "bench" / "peers.py"),
-            "--methods=raft,grpo",
-            "--budget=128",
-            "--grpo-batch=32",
-            "--raft-prompts=8",
-            "--heldout-prompts=8",
-            "--eval-samples=2",
-            "--reference-samples=0",
-            f"--path-evals={evals}",
-            "--no-progress",
-            f"--out={out}",
-        ]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return json.loads((out / "peers.json").read_text()), done.stdout
+        args = ["--methods=raft,grpo", "--budget=128", "--grpo-batch=32", "--raft-prompts=8"]
+        args += ["--heldout-prompts=8", "--eval-samples=2", "--reference-samples=0"]
+        return run_peers([*args, f"--path-evals={evals}"], tmp_path / f"out{evals}")
 
     timings = {"train_s", "eval_s", "wall_s", "argv"}
     path_keys = {"path", "path_eval_s", "path_reward_calls"}
@@ -489,22 +472,18 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
     import trl  # noqa: F401
 
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        str(ROOT / "bench" / "peers.py"),
-        "--budget=128",
-        "--heldout-prompts=8",
-        "--eval-samples=2",
-        "--reference-samples=64",
-        "--odt-set=online.prompts_per_iteration=16",
-        "--raft-prompts=16",
-        "--num-targets=3",
-        "--no-progress",
-        f"--out={out}",
-    ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads((out / "peers.json").read_text())
+    report, stdout = run_peers(
+        [
+            "--budget=128",
+            "--heldout-prompts=8",
+            "--eval-samples=2",
+            "--reference-samples=64",
+            "--odt-set=online.prompts_per_iteration=16",
+            "--raft-prompts=16",
+            "--num-targets=3",
+        ],
+        out,
+    )
     rows = report["rows"]
     methods = [r["method"] for r in rows]
     assert (
@@ -545,10 +524,10 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
     assert all(r["bin"] is None for r in odt) and all(r["mode"] == "token" for r in token)
     assert [r["bin"]["bin"] for r in token] == sorted(r["bin"]["bin"] for r in token)
     assert token[0]["config"]["conditioning"]["mode"] == "token"
-    assert "online-dt-token" in done.stdout and "^ reward bin" in done.stdout
+    assert "online-dt-token" in stdout and "^ reward bin" in stdout
     assert len(report["reference"]["at_targets"]) == 3
     assert report["setup"]["train_calls_differ_from_budget"] == []
     # the split: 742 embedded openings, 8 held out
     assert report["setup"]["train_prompts"] + report["setup"]["heldout_prompts"] == 742
     assert (out / "peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "online-dt" in done.stdout and "^ base |r-" in done.stdout
+    assert "online-dt" in stdout and "^ base |r-" in stdout

@@ -48,6 +48,7 @@ class RewardNormalizer:
         """``quantile``: sorted rewards summarising every reward seen (reward units)."""
         self.weights: list[float] = []
         """``quantile``: how many seen rewards each knot stands for."""
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # _quantile_table's
 
     def update(self, rewards: Sequence[float]) -> None:
         """Fold rewards (reward units) into the running statistics or the empirical
@@ -69,6 +70,8 @@ class RewardNormalizer:
     def _add_knots(self, rewards: Sequence[float]) -> None:
         if self.fit_count is not None:
             rewards = list(rewards)[: max(self.fit_count - self.count, 0)]
+        if not rewards:
+            return
         pairs = sorted(
             [*zip(self.knots, self.weights, strict=True), *((float(r), 1.0) for r in rewards)]
         )
@@ -85,6 +88,18 @@ class RewardNormalizer:
             pairs = merged
         self.knots = [v for v, _ in pairs]
         self.weights = [w for _, w in pairs]
+        self._table = None
+
+    def _quantile_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct knot values and their mid-ranks ``F`` (float64, CPU), rebuilt only when
+        the knots change (scoring runs on every forward pass)."""
+        if self._table is None:
+            x = torch.tensor(self.knots, dtype=torch.float64)
+            w = torch.tensor(self.weights, dtype=torch.float64)
+            xu, inverse = torch.unique(x, return_inverse=True)
+            wu = torch.zeros_like(xu).index_add_(0, inverse, w)
+            self._table = (xu, (torch.cumsum(wu, 0) - wu / 2) / wu.sum())
+        return self._table
 
     def _quantile_score(self, rewards: torch.Tensor) -> torch.Tensor:
         """Normal score of ``rewards`` under the weighted empirical distribution of the knots.
@@ -95,12 +110,7 @@ class RewardNormalizer:
         lowest and above the highest value seen the score continues linearly with slope
         ``1 / scale``.
         """
-        x = torch.tensor(self.knots, dtype=torch.float64)
-        w = torch.tensor(self.weights, dtype=torch.float64)
-        xu, inverse = torch.unique(x, return_inverse=True)
-        wu = torch.zeros_like(xu).index_add_(0, inverse, w)
-        total = wu.sum()
-        f = (torch.cumsum(wu, 0) - wu / 2) / total
+        xu, f = self._quantile_table()
         z = torch.special.ndtri(f)
         r = rewards.detach().to("cpu", torch.float64)  # the knots live on the CPU
         if len(xu) == 1:
@@ -135,6 +145,7 @@ class RewardNormalizer:
         normaliser was built with (a policy's conditioning is part of its checkpoint)."""
         for k, v in state.items():
             setattr(self, k, v)
+        self._table = None
 
 
 class RewardBinning:

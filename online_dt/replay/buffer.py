@@ -284,20 +284,22 @@ class ReplayBuffer:
         whenever the held set changes."""
         if self._logw_cache is not None and self._logw_cache[0] is ids:
             return self._logw_cache[1]
+        binned = self.cfg.sampling == "reward_balanced" or self.cfg.importance_weighting
+        bins = self._reward_bins(ids) if binned else None
         logw: np.ndarray | None = None
         if self.cfg.sampling == "recency":
             logw = -(ids[-1] - ids).astype(np.float64) * (
                 math.log(2.0) / self.cfg.recency_half_life
             )
         elif self.cfg.sampling == "reward_balanced":
-            logw = -self.cfg.balance_power * np.log(self._bin_counts(ids))
+            counts = np.bincount(bins, minlength=self.cfg.reward_bins)[bins]
+            logw = -self.cfg.balance_power * np.log(counts.astype(np.float64))
         if self.cfg.importance_weighting:
-            iw = self._importance_log_weights(ids)
+            iw = self._importance_log_weights(ids, bins)
             if logw is None:
                 logw = iw  # mean 1 within each bin: every bin keeps its count as its mass
             else:  # keep each bin's total weight as the sampling mode gives it
                 combined = logw + iw
-                bins = self._reward_bins(ids)
                 for b in np.unique(bins):
                     m = bins == b
                     combined[m] += np.logaddexp.reduce(logw[m]) - np.logaddexp.reduce(combined[m])
@@ -317,22 +319,17 @@ class ReplayBuffer:
             return np.zeros(len(ids), dtype=np.int64)
         return np.minimum(((rewards - lo) / (hi - lo) * k).astype(np.int64), k - 1)
 
-    def _bin_counts(self, ids: np.ndarray) -> np.ndarray:
-        """Per held sample (in ``ids`` order), how many held samples share its reward bin."""
-        bins = self._reward_bins(ids)
-        return np.bincount(bins, minlength=self.cfg.reward_bins)[bins].astype(np.float64)
-
-    def _importance_log_weights(self, ids: np.ndarray) -> np.ndarray:
+    def _importance_log_weights(self, ids: np.ndarray, bins: np.ndarray) -> np.ndarray:
         """Log of each held sample's importance weight relative to its reward bin's median
         (truncated at ``cfg.importance_clip`` times the median, then rescaled to mean 1 within
         the bin, so a bin's total weight equals its count). A sample without a weight counts
-        as its bin's mean (weight 1)."""
+        as its bin's mean (weight 1). ``bins``: each sample's reward bin
+        (:meth:`_reward_bins`)."""
         raw = np.fromiter(
             (np.nan if (w := self._held[int(i)].log_importance_weight) is None else w for i in ids),
             dtype=np.float64,
             count=len(ids),
         )
-        bins = self._reward_bins(ids)
         out = np.zeros(len(ids), dtype=np.float64)
         for b in np.unique(bins):
             where = (bins == b) & ~np.isnan(raw)
