@@ -202,6 +202,23 @@ def test_scalar_slot_embedding_depends_on_reward(base_dir):
     assert torch.equal(a[1:], token_embeds)
 
 
+def test_encode_caches_token_ids_bounded_and_returns_copies(base_dir, monkeypatch):
+    import online_dt.policy.policy as policy_module
+
+    policy = make_policy(base_dir, "scalar")
+    texts = ["a b c", "b c", "", "a b c", "the end"]
+    expected = [policy.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    assert policy.encode(texts) == expected
+    first = policy.encode(["a b c"])[0]
+    first.append(-1)  # a caller's change must not reach the cache
+    assert policy.encode(["a b c"]) == [expected[0]]
+    monkeypatch.setattr(policy_module, "TOKEN_CACHE_SIZE", 2)
+    assert policy.encode(["x", "y", "z"]) == [
+        policy.tokenizer.encode(t, add_special_tokens=False) for t in ["x", "y", "z"]
+    ]
+    assert list(policy._token_ids) == ["y", "z"]  # least recently used texts evicted
+
+
 def test_missing_model_gives_clear_error(tmp_path):
     with pytest.raises(OSError, match="cannot load model"):
         RewardConditionedPolicy.from_base(tmp_path / "nope", ConditioningConfig())

@@ -20,6 +20,7 @@ scalar mode, ``head.safetensors``.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ from online_dt.policy.normalization import RewardBinning
 from online_dt.samples import Rollout
 from online_dt.util.devices import resolve_device
 
+TOKEN_CACHE_SIZE = 65_536
+"""Distinct texts whose token ids :meth:`RewardConditionedPolicy.encode` keeps."""
+
 
 class RewardConditionedPolicy(nn.Module):
     """A causal LM conditioned on a reward through one input slot at index 0.
@@ -62,6 +66,8 @@ class RewardConditionedPolicy(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.conditioner = conditioner
+        self._token_ids: OrderedDict[str, list[int]] = OrderedDict()
+        """Token ids of recently encoded texts (:meth:`encode`), least recently used first."""
 
     # -- construction --------------------------------------------------------------------------
 
@@ -241,8 +247,25 @@ class RewardConditionedPolicy(nn.Module):
         )
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, without special tokens."""
-        return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        """Token ids of each text, without special tokens (a new list per text).
+
+        The ids of the last :data:`TOKEN_CACHE_SIZE` distinct texts are kept: the learner
+        lays out every replay-buffer sample about twice and every prompt many times, and
+        tokenising them again was 4 % of a training step on the embedded model
+        (``bench/learner.py``). Texts not held are tokenised in one batch call.
+        """
+        cache = self._token_ids
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            encoded = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
+            cache.update(zip(missing, encoded, strict=True))
+        out = []
+        for t in texts:
+            cache.move_to_end(t)
+            out.append(list(cache[t]))
+        while len(cache) > TOKEN_CACHE_SIZE:
+            cache.popitem(last=False)
+        return out
 
     def layout(
         self,

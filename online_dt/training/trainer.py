@@ -76,10 +76,12 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     Returns:
         The scalar loss (nats per labelled token) and the number of labelled tokens.
     """
-    targets = labels[:, 1:]
+    # shift the labels left instead of slicing the logits: a slice of ``[B, T, V]`` is not
+    # contiguous, and flattening it copied the logits (and their gradient) on every step
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     count = int((targets != IGNORE_INDEX).sum())
     loss = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        logits.float().reshape(-1, logits.shape[-1]),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
