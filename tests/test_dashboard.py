@@ -761,7 +761,8 @@ def route_requests(app) -> list[tuple[str, str]]:
     requests = []
     for route in app.routes:
         path = re.sub(r"\{[^}]*\}", "app.js", route.path)
-        requests.extend((method, path) for method in sorted(route.methods or {"GET"}))
+        methods = getattr(route, "methods", None) or {"GET"}  # a Mount has none
+        requests.extend((method, path) for method in sorted(methods))
     return requests
 
 

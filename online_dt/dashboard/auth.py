@@ -3,7 +3,7 @@
 With a token, every request needs it, either as ``Authorization: Bearer <token>`` (scripts,
 ``curl``) or as the login cookie a browser gets from ``/login`` (a form) or from opening any
 page with ``?token=<token>`` (redirected to ``/`` without it). The cookie holds neither the
-token nor anything it can be recovered from: its name and value are HMAC-SHA256 digests of
+token nor anything it can be read back from: its name and value are HMAC-SHA256 digests of
 the token, so two dashboards with different tokens on one host keep separate cookies, and a
 new token logs every browser out. Every comparison is :func:`secrets.compare_digest`.
 
