@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="TCP port, 0 for any free port (default: the run's dashboard.port, 8470, or a free "
         "port when that one is busy)",
     )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="access token every request then needs (default: the environment variable "
+        "ONLINE_DT_DASHBOARD_TOKEN, else the run's dashboard.token, else none); the variable "
+        "keeps it out of the process list",
+    )
 
     p = sub.add_parser(
         "eval",
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         return _export(Path(args.run_dir), Path(args.out) if args.out else None)
     if args.command == "dashboard":
-        return _dashboard(Path(args.run_dir), args.host, args.port)
+        return _dashboard(Path(args.run_dir), args.host, args.port, args.token)
     if args.command == "eval":
         return _eval(args)
     try:
@@ -235,24 +242,40 @@ def _export(run_dir: Path, out: Path | None) -> int:
     return 0
 
 
-def _dashboard(run_dir: Path, host: str, port: int | None) -> int:
-    from online_dt.config import DashboardConfig
+def _dashboard(run_dir: Path, host: str, port: int | None, token: str | None) -> int:
+    from online_dt.config import DashboardConfig, format_validation_error
+    from online_dt.config.dashboard import resolve_token
     from online_dt.dashboard import DashboardError, serve
+    from online_dt.dashboard.server import describe
 
     if not run_dir.is_dir():
         print(f"error: {run_dir} is not a directory", file=sys.stderr)
         return 2
     import yaml
+    from pydantic import ValidationError
 
     settings = DashboardConfig()
     config_file = run_dir / CONFIG_FILE
-    if config_file.exists():  # the run's own poll interval and table size
+    section = None
+    if config_file.exists():  # the run's own poll interval, table size and token
         try:
             section = (yaml.safe_load(config_file.read_text()) or {}).get("dashboard")
             settings = DashboardConfig.model_validate(section or {})
         except (OSError, ValueError, AttributeError, yaml.YAMLError) as e:
-            note = f"note: {config_file} unreadable ({e}); default dashboard settings"
+            reason: object = e
+            if isinstance(e, ValidationError):  # its own text shows the values, a token too
+                reason = format_validation_error(e, "dashboard section")
+            note = f"note: {config_file} unreadable ({reason}); default dashboard settings"
             print(note, file=sys.stderr)
+    try:
+        token = resolve_token(settings.token, explicit=token)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if token is None and isinstance(section, dict) and section.get("token") is not None:
+        # the run asked for a token that cannot be read: never serve without one
+        print(f"error: {config_file}: dashboard.token is not usable; pass --token", file=sys.stderr)
+        return 2
     try:
         handle = serve(
             run_dir,
@@ -261,11 +284,12 @@ def _dashboard(run_dir: Path, host: str, port: int | None) -> int:
             poll_interval_s=settings.poll_interval_s,
             recent_samples=settings.recent_samples,
             fallback=port is None,
+            token=token,
         )
     except DashboardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"dashboard of {run_dir}: {handle.url} (Ctrl-C to stop)", flush=True)
+    print(f"dashboard of {run_dir}: {describe(handle)}; Ctrl-C to stop", flush=True)
     handle.wait()
     return 0
 

@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_summary(plan: RunPlan, *, ray: bool) -> None:
     """Print :func:`online_dt.loop.console.run_summary` of the run's whole ``metrics.jsonl``."""
+    from online_dt.config.dashboard import TOKEN_ENV
     from online_dt.loop.console import run_summary
 
     try:
@@ -150,7 +151,10 @@ def print_summary(plan: RunPlan, *, ray: bool) -> None:
     except RunDirError:
         checkpoint = None
     logs = plan.run.logs_dir if ray else None
-    print(run_summary(plan.run.read_metrics(), plan.run.path, checkpoint, logs), flush=True)
+    # `online-dt dashboard RUN_DIR` applies the run's dashboard.token, or the variable if set
+    token = plan.cfg.dashboard.token is not None or bool(os.environ.get(TOKEN_ENV))
+    summary = run_summary(plan.run.read_metrics(), plan.run.path, checkpoint, logs, token)
+    print(summary, flush=True)
 
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}

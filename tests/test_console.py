@@ -115,7 +115,10 @@ def test_iteration_line_and_summary(tmp_path):
     assert "iterations       3" in summary
     assert "final            target 0.200, achieved -" in summary
     assert "best             achieved 0.300 at iter 2/3 (target 0.100)" in summary
-    assert f"online-dt dashboard {tmp_path}" in summary
+    assert f"online-dt dashboard {tmp_path}\n" in summary
+    tokened = run_summary(METRICS, tmp_path, None, None, dashboard_token=True)
+    assert f"online-dt dashboard {tmp_path}  (token required: dashboard.token or " in tokened
+    assert "ONLINE_DT_DASHBOARD_TOKEN)" in tokened
     assert f"online-dt eval {tmp_path}" in summary
     assert "iter-000002" in summary
     assert "no iteration ran" in run_summary([], tmp_path, None)

@@ -743,3 +743,307 @@ def test_config_secrets_are_redacted(tmp_path):
     assert body.status_code == 200 and "s3cr3t" not in body.text
     kwargs = body.json()["config"]["reward_model"]["kwargs"]
     assert kwargs == {"api_token": "***", "url": "http://x"}
+
+
+# ---------------------------------------------------------------------------------------------
+# token authentication
+# ---------------------------------------------------------------------------------------------
+
+TOKEN = "tok-" + "A1b2C3d4" * 4
+OTHER_TOKEN = "other-" + "Z9y8X7w6" * 4
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+NO_TOKEN_ANSWER = {"detail": "missing or wrong token"}
+
+
+def route_requests(app) -> list[tuple[str, str]]:
+    """``(method, path)`` for every route the app registers, path parameters filled in with a
+    real asset's name, so that a route added later is checked without editing the tests."""
+    requests = []
+    for route in app.routes:
+        path = re.sub(r"\{[^}]*\}", "app.js", route.path)
+        methods = getattr(route, "methods", None) or {"GET"}  # a Mount has none
+        requests.extend((method, path) for method in sorted(methods))
+    return requests
+
+
+@pytest.fixture
+def token_client(synthetic):
+    return TestClient(create_app(synthetic, poll_interval_s=0.5, recent_samples=4, token=TOKEN))
+
+
+def test_every_route_needs_the_token(token_client, synthetic):
+    from online_dt.dashboard.auth import LOGIN_PATH
+
+    requests = route_requests(token_client.app)
+    guarded = [(m, p) for m, p in requests if p != LOGIN_PATH]
+    # every route of the app, the login form's two included (and checked below)
+    assert len(guarded) >= 11 and ("GET", "/api/status") in guarded and ("GET", "/") in guarded
+    assert {(m, p) for m, p in requests if p == LOGIN_PATH} == {
+        ("GET", LOGIN_PATH),
+        ("POST", LOGIN_PATH),
+    }
+    wrong = [
+        {},
+        {"Authorization": f"Bearer {OTHER_TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN[:-1]}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Bearer"},
+        {"Authorization": ("Bearer \xfc" + TOKEN).encode("latin-1")},  # not ASCII: a 401
+        {"Cookie": f"online_dt_dashboard_x={TOKEN}"},
+    ]
+    for method, path in guarded:
+        for headers in wrong:
+            response = token_client.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, path, headers, response.status_code)
+            assert response.json() == NO_TOKEN_ANSWER, (method, path)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert "set-cookie" not in response.headers
+        # a browser asking for HTML gets the login form, and nothing of the run either
+        html = token_client.request(method, path, headers={"Accept": "text/html"})
+        assert html.status_code == 401 and '<form method="post" action="/login">' in html.text
+        assert "prompt" not in html.text and "chart" not in html.text
+        # the right token opens each of them
+        response = token_client.request(method, path, headers=BEARER)
+        assert response.status_code == 200, (method, path, response.status_code)
+    # the login form itself shows nothing of the run
+    form = token_client.get(LOGIN_PATH)
+    assert form.status_code == 200 and 'name="token"' in form.text
+    assert str(synthetic) not in form.text and "iteration" not in form.text
+    assert "form-action 'self'" in form.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize("path", [*TRAVERSALS[:6], "/api/nope", "/docs", "/static/app.js"])
+def test_unknown_paths_need_the_token_too(token_client, path):
+    assert token_client.get(path).status_code == 401  # not even whether a path exists
+    assert token_client.get(path, headers=BEARER).status_code in (200, 404)
+
+
+def test_login_with_the_query_token_sets_a_cookie_and_drops_the_token(token_client):
+    wrong = token_client.get(f"/?token={OTHER_TOKEN}", follow_redirects=False)
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    assert token_client.get("/api/status").status_code == 401
+    login = token_client.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert login.status_code == 303 and login.headers["location"] == "/"
+    cookie = login.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
+    assert TOKEN not in cookie  # the cookie is derived from the token, it does not hold it
+    # the cookie alone opens the page and the API
+    page = token_client.get("/")
+    assert page.status_code == 200 and 'id="chart-schedule"' in page.text
+    assert token_client.get("/api/metrics").json()["total"] == 5
+    assert token_client.get("/static/app.js").status_code == 200
+    # a ?token= is answered by a redirect (or 401) even with the cookie: never left in the URL
+    again = token_client.get(f"/api/status?token={TOKEN}", follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == "/"
+    assert token_client.get(f"/?token={OTHER_TOKEN}", follow_redirects=False).status_code == 401
+
+
+def test_login_form(synthetic):
+    client = TestClient(create_app(synthetic, token=TOKEN))
+    for data in ({"token": OTHER_TOKEN}, {"token": ""}, {}, {"token": TOKEN[:-1]}):
+        response = client.post("/login", data=data, follow_redirects=False)
+        assert response.status_code == 401 and "Wrong token." in response.text
+        assert "set-cookie" not in response.headers
+    assert client.post("/login", content=b"x" * 5000).status_code == 413
+    bad = client.post(
+        "/login",
+        content=b"token=\xff",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert bad.status_code == 400
+    assert client.get("/api/status").status_code == 401
+    login = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    assert login.status_code == 303 and login.headers["location"] == "/"
+    assert client.get("/api/status").json()["iteration"] == 4
+    assert client.get("/").status_code == 200
+
+
+def test_a_cookie_opens_only_its_own_dashboard(synthetic):
+    first = TestClient(create_app(synthetic, token=TOKEN))
+    first.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert first.get("/api/status").status_code == 200
+    ((name, value),) = first.cookies.items()
+    # a dashboard with another token on the same host: another cookie name, and the value of
+    # this one under that name does not open it either
+    other = TestClient(create_app(synthetic, token=OTHER_TOKEN))
+    other.cookies.set(name, value)
+    assert other.get("/api/status").status_code == 401
+    from online_dt.dashboard.auth import TokenAuth
+
+    other_name = TokenAuth(OTHER_TOKEN).cookie_name
+    assert other_name != name
+    other.cookies.set(other_name, value)
+    assert other.get("/api/status").status_code == 401
+
+
+def test_without_a_token_nothing_changes(client):
+    assert client.get("/api/status").status_code == 200
+    assert client.get("/").status_code == 200
+    assert client.get("/login").status_code == 404  # no login route without a token
+    assert client.get(f"/?token={TOKEN}", follow_redirects=False).status_code == 200
+
+
+def test_token_sources_and_validation(tmp_path, monkeypatch):
+    from online_dt.config import ConfigError, load_config
+    from online_dt.config.dashboard import TOKEN_ENV, resolve_token
+
+    assert resolve_token(None, environ={}) is None
+    assert resolve_token(TOKEN, environ={}) == TOKEN
+    assert resolve_token(TOKEN, environ={TOKEN_ENV: OTHER_TOKEN}) == OTHER_TOKEN  # env wins
+    assert resolve_token(TOKEN, environ={TOKEN_ENV: ""}) == TOKEN  # empty: not set
+    assert resolve_token(TOKEN, explicit=OTHER_TOKEN, environ={TOKEN_ENV: "x" * 20}) == OTHER_TOKEN
+    monkeypatch.setenv(TOKEN_ENV, OTHER_TOKEN)
+    assert resolve_token(None) == OTHER_TOKEN  # os.environ by default
+    for bad in (
+        "short-token",
+        "has space" + "x" * 16,
+        "semi;colon" + "x" * 16,
+        "é" * 20,
+        "x" * 513,
+    ):
+        with pytest.raises(ValueError, match=TOKEN_ENV) as err:
+            resolve_token(None, environ={TOKEN_ENV: bad})
+        assert bad not in str(err.value)
+        with pytest.raises(ValueError, match="dashboard token"):
+            DashboardConfig(token=bad)
+        with pytest.raises(ValueError):
+            create_app(tmp_path, token=bad)
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"dashboard": {"token": bad}}))
+        with pytest.raises(ConfigError, match=r"dashboard\.token") as err:
+            load_config(path, OnlineRunConfig)
+        assert bad not in str(err.value)
+    assert DashboardConfig(token=TOKEN).token == TOKEN and DashboardConfig().token is None
+
+
+def test_config_token_is_redacted(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = OnlineRunConfig.model_validate({"dashboard": {"token": TOKEN}})
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    body = TestClient(create_app(run, token=TOKEN)).get("/api/config", headers=BEARER)
+    assert body.status_code == 200 and TOKEN not in body.text
+    assert body.json()["config"]["dashboard"]["token"] == "***"
+
+
+def test_serve_with_a_token_over_http(synthetic, caplog):
+    with caplog.at_level(logging.INFO, logger="online_dt.dashboard"):
+        handle = serve(synthetic, port=0, token=TOKEN)
+    try:
+        assert handle.token_required
+        assert raw_get(handle.port, "/api/status")[0] == 401
+        request = urllib.request.Request(handle.url + "api/status", headers=BEARER)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["iteration"] == 4
+        with pytest.raises(urllib.error.HTTPError) as err:
+            get_json(handle.url + "api/metrics")
+        assert err.value.code == 401
+    finally:
+        handle.stop()
+    assert TOKEN not in caplog.text
+    with pytest.raises(DashboardError, match="dashboard token"):
+        serve(synthetic, port=0, token="short")
+
+
+def test_exposed_without_a_token_warns(synthetic, caplog, monkeypatch):
+    from online_dt.config.dashboard import TOKEN_ENV
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with caplog.at_level(logging.WARNING, logger="online_dt.dashboard"):
+        handle = serve(synthetic, host="0.0.0.0", port=0)
+    handle.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("has no token" in w and TOKEN_ENV in w for w in warnings), warnings
+    # the run's dashboard goes through the same check
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="online_dt.dashboard"):
+        handle = start_for_run(synthetic, DashboardConfig(host="0.0.0.0", port=0))
+    assert handle is not None and not handle.token_required
+    handle.stop()
+    assert "has no token" in caplog.text
+    # loopback, or a token: no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="online_dt.dashboard"):
+        serve(synthetic, port=0).stop()
+        serve(synthetic, host="0.0.0.0", port=0, token=TOKEN).stop()
+    assert "has no token" not in caplog.text
+
+
+def test_start_for_run_with_a_token(synthetic, caplog, monkeypatch):
+    from online_dt.config.dashboard import TOKEN_ENV
+
+    monkeypatch.setenv(TOKEN_ENV, OTHER_TOKEN)
+    with caplog.at_level(logging.INFO, logger="online_dt.dashboard"):
+        handle = start_for_run(synthetic, DashboardConfig(port=0, token=TOKEN))
+    try:
+        assert handle is not None and handle.token_required
+        assert f"dashboard: {handle.url} (token required: log in at {handle.url}login)" in (
+            caplog.text
+        )
+        # the variable wins over dashboard.token
+        other = urllib.request.Request(
+            handle.url + "api/status", headers={"Authorization": f"Bearer {OTHER_TOKEN}"}
+        )
+        with urllib.request.urlopen(other, timeout=10) as response:
+            assert response.status == 200
+        assert raw_get(handle.port, "/api/status")[0] == 401
+    finally:
+        handle.stop()
+    assert TOKEN not in caplog.text and OTHER_TOKEN not in caplog.text
+    # a malformed variable: the dashboard does not start (never without its token), the run goes on
+    monkeypatch.setenv(TOKEN_ENV, "too short")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="online_dt.dashboard"):
+        assert start_for_run(synthetic, DashboardConfig(port=0)) is None
+    assert "dashboard not started" in caplog.text and TOKEN_ENV in caplog.text
+    assert "too short" not in caplog.text
+
+
+def test_cli_dashboard_token(synthetic, tmp_path, capsys, monkeypatch):
+    from online_dt.cli import main
+    from online_dt.config.dashboard import TOKEN_ENV
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert main(["dashboard", str(synthetic), "--token", "short"]) == 2
+    assert "--token: a dashboard token must be" in capsys.readouterr().err
+    # a run whose dashboard.token cannot be read is never served without a token
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text(yaml.safe_dump({"dashboard": {"token": "bad token!"}}))
+    assert main(["dashboard", str(broken), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "dashboard.token is not usable" in err and "bad token!" not in err
+
+    # the run's own dashboard.token applies; the variable wins over it
+    cfg = yaml.safe_load((synthetic / "config.yaml").read_text())
+    cfg["dashboard"]["token"] = TOKEN
+    (synthetic / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "online_dt.cli", "dashboard", str(synthetic), "--port", "0"],
+        cwd=REPO,
+        env={**os.environ, TOKEN_ENV: OTHER_TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert found and "token required" in line, (line, proc.poll())
+        assert TOKEN not in line and OTHER_TOKEN not in line
+        port = int(found.group(1))
+        assert raw_get(port, "/api/status")[0] == 401
+        request = urllib.request.Request(
+            found.group(0) + "api/status", headers={"Authorization": f"Bearer {OTHER_TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["iteration"] == 4
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(
+                urllib.request.Request(found.group(0) + "api/status", headers=BEARER), timeout=10
+            )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -1,6 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright):
 the page loads without console errors, every panel shows the run's data, new iterations, samples
-and rejected batches appear without a reload, and a screenshot is saved.
+and rejected batches appear without a reload, and a screenshot is saved. A second dashboard
+with a token over the same run answers the page with its login form, and after logging in with
+it shows the run.
 
 Chromium is installed by ``scripts/install_browser.sh`` (called by ``scripts/test.sh``, and
 here when it is missing); when it cannot be installed this test fails, it does not skip.
@@ -308,3 +310,42 @@ def test_screenshot(browser_page):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
     print(f"dashboard screenshot: {path}")
     assert problems == []
+
+
+def test_token_login_then_the_page_shows_the_run(browser_page, run_dir):
+    """A dashboard with a token: the page asks for it (401 and the login form, no data), the
+    form logs in with an HttpOnly cookie, and the page then shows the run from its API."""
+    page, _ = browser_page
+    token = "browser-" + "Qw3rTy9u" * 4
+    handle = serve(run_dir, port=0, poll_interval_s=0.25, recent_samples=20, token=token)
+    tab = page.context.new_page()
+    problems: list[str] = []
+    try:
+        response = tab.goto(handle.url)
+        assert response.status == 401
+        assert tab.query_selector("#chart-schedule") is None  # the form, not the page
+        assert tab.query_selector("form input[name=token]") is not None
+        tab.fill("input[name=token]", token)
+        with tab.expect_navigation():
+            tab.click("button[type=submit]")
+        # listen from here on: the 401 before logging in is expected
+        tab.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
+        tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        tab.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        assert tab.url == handle.url  # no token in the address bar
+        cookies = [c for c in page.context.cookies(handle.url) if c["name"].startswith("online_dt")]
+        assert len(cookies) == 1 and cookies[0]["httpOnly"] and token not in cookies[0]["value"]
+        assert tab.evaluate("document.cookie") == ""  # HttpOnly: not readable by scripts
+        metrics = RunDir(run_dir).read_metrics()
+        wait_for(tab, f"document.body.dataset.iterations === '{len(metrics)}'")
+        wait_for(tab, "document.querySelectorAll('#eval-table tbody tr').length > 0")
+        wait_for(tab, "document.getElementById('eval-plot').naturalWidth === 1000")
+        assert tab.inner_text("#run-name") == "run"
+        assert tab.inner_text("#st-version") == str(metrics[-1]["policy_version"])
+        schedule = chart(tab, "schedule")["datasets"]
+        assert ys(schedule[3]) == pytest.approx([m["target"] for m in metrics])
+        assert len(tab.query_selector_all("#samples-table tbody tr")) > 0
+        assert problems == []
+    finally:
+        tab.close()
+        handle.stop()

@@ -1,6 +1,6 @@
 """The dashboard's FastAPI app: a page, its packaged static assets and a read-only JSON API.
 
-Routes (all ``GET``; anything else is 404 or 405):
+Routes (all ``GET`` but the login form's ``POST``; anything else is 404 or 405):
 
 * ``/`` the page; ``/static/<file>`` its assets, served only from an allow-list of the files
   packaged in ``online_dt/dashboard/static`` (no path from the request ever reaches the file
@@ -14,7 +14,13 @@ Routes (all ``GET``; anything else is 404 or 405):
 * ``/api/eval`` the latest ``online-dt eval`` report; ``/api/eval/plot.png`` its plot;
 * ``/api/klplane`` the reward-vs-KL plane: each iteration's achieved mean reward against its KL
   to the base (nats per completion), the latest evaluation's targets, and the base model's own
-  binned reference (:meth:`~online_dt.dashboard.reader.RunReader.kl_plane`).
+  binned reference (:meth:`~online_dt.dashboard.reader.RunReader.kl_plane`);
+* ``/login`` (only with a token) the login form, and its ``POST``.
+
+With a token (``create_app(..., token=...)``), the middleware answers every request without it,
+to any path, with 401 before a route runs (or a redirect that logs a browser in): see
+:mod:`online_dt.dashboard.auth`. ``/login`` is the only path open without the token; it shows
+the form and nothing of the run.
 
 No route serves an arbitrary file of the run directory: each reads one fixed name through
 :class:`~online_dt.dashboard.reader.RunReader`, which refuses symlinks that leave it. Query
@@ -33,6 +39,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from online_dt.dashboard.auth import LOGIN_PATH, TokenAuth, login_page
 from online_dt.dashboard.reader import MAX_SAMPLES_KEPT, RunReader
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -76,6 +83,7 @@ def create_app(
     poll_interval_s: float = 2.0,
     recent_samples: int = 50,
     allowed_hosts: list[str] | None = None,
+    token: str | None = None,
 ) -> FastAPI:
     """The dashboard app over one run directory (which may not exist yet).
 
@@ -85,14 +93,18 @@ def create_app(
         recent_samples: rows of the recent-samples table (1 .. 10000).
         allowed_hosts: if given, requests whose ``Host`` header names another host get 400
             (protects a loopback-bound server against DNS rebinding).
+        token: if given, every request needs it (``Authorization: Bearer`` or the login
+            cookie) and gets 401 without it; ``None``: no authentication.
 
     Raises:
-        ValueError: ``poll_interval_s`` or ``recent_samples`` out of range.
+        ValueError: ``poll_interval_s`` or ``recent_samples`` out of range, or ``token`` not a
+            valid token (:func:`online_dt.config.dashboard.check_token`).
     """
     if not poll_interval_s > 0:
         raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
     if not 1 <= recent_samples <= MAX_SAMPLES_KEPT:
         raise ValueError(f"recent_samples must be in 1..{MAX_SAMPLES_KEPT}, got {recent_samples}")
+    auth = TokenAuth(token) if token is not None else None
     reader = RunReader(run_dir)
     assets = static_assets()
     app = FastAPI(title="online-dt dashboard", docs_url=None, redoc_url=None, openapi_url=None)
@@ -100,15 +112,22 @@ def create_app(
     hosts = {h.lower() for h in allowed_hosts} if allowed_hosts is not None else None
 
     @app.middleware("http")
-    async def headers(request: Request, call_next: Any) -> Response:
+    async def guard(request: Request, call_next: Any) -> Response:
         if hosts is not None and _host_name(request.headers.get("host", "")) not in hosts:
-            return JSONResponse({"detail": "unknown host"}, status_code=400)
-        response = await call_next(request)
+            response: Response = JSONResponse({"detail": "unknown host"}, status_code=400)
+        elif (
+            auth is not None
+            and request.url.path != LOGIN_PATH
+            and ("token" in request.query_params or not auth.authorized(request))
+        ):  # a ?token= is always answered by challenge(), so it never stays in the address bar
+            response = auth.challenge(request)
+        else:
+            response = await call_next(request)
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Content-Security-Policy"] = CSP
+        response.headers.setdefault("Content-Security-Policy", CSP)  # the login page sets its own
         return response
 
     def asset(name: str) -> FileResponse:
@@ -174,6 +193,16 @@ def create_app(
         if path is None:
             raise HTTPException(status_code=404, detail="no evaluation plot")
         return FileResponse(path, media_type="image/png")
+
+    if auth is not None:
+
+        @app.get(LOGIN_PATH, include_in_schema=False)
+        def login_form() -> Response:
+            return login_page("Log in with the dashboard's token.")
+
+        @app.post(LOGIN_PATH, include_in_schema=False)
+        async def login(request: Request) -> Response:
+            return await auth.login(request)
 
     return app
 

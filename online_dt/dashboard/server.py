@@ -4,6 +4,9 @@ The listening socket is bound here, before uvicorn starts, so a busy port fails 
 clear :class:`DashboardError` (uvicorn itself would only log and exit its thread). With
 ``fallback=True`` a busy port is logged as a warning and any free port is used instead: the
 run's dashboard then still starts, and the log line gives the URL.
+
+A host other than loopback without a token logs a warning (anyone who reaches the address can
+read the run); with a token every request needs it (:mod:`online_dt.dashboard.auth`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from online_dt.config.dashboard import TOKEN_ENV, check_token, resolve_token
 
 log = logging.getLogger("online_dt.dashboard")
 
@@ -34,11 +39,13 @@ class DashboardHandle:
         url: ``http://host:port/`` it answers on.
         host: bind address.
         port: the bound TCP port (the actual one when 0 was asked for).
+        token_required: whether requests need the dashboard's token.
     """
 
     url: str
     host: str
     port: int
+    token_required: bool
     _server: Any
     _thread: threading.Thread
 
@@ -95,6 +102,7 @@ def serve(
     recent_samples: int = 50,
     fallback: bool = False,
     start_timeout_s: float = 15.0,
+    token: str | None = None,
 ) -> DashboardHandle:
     """Serve the dashboard of ``run_dir`` from a daemon thread; returns once it answers.
 
@@ -106,15 +114,23 @@ def serve(
         recent_samples: rows of the recent-samples table.
         fallback: when ``port`` is busy, log a warning and bind any free port instead.
         start_timeout_s: how long to wait for uvicorn to start.
+        token: the access token every request then needs (see
+            :func:`~online_dt.config.dashboard.resolve_token` for where it comes from); ``None``:
+            none, with a warning logged when ``host`` is not loopback.
 
     Raises:
         DashboardError: the address cannot be bound (busy port without ``fallback``, unknown
-            host) or the server did not start in time.
+            host), ``token`` is not a valid token, or the server did not start in time.
     """
     import uvicorn
 
     from online_dt.dashboard.app import create_app
 
+    if token is not None:
+        try:
+            check_token(token)
+        except ValueError as e:
+            raise DashboardError(str(e)) from None
     try:
         sock = _bind(host, port)
     except OSError as e:
@@ -133,6 +149,7 @@ def serve(
         poll_interval_s=poll_interval_s,
         recent_samples=recent_samples,
         allowed_hosts=LOOPBACK_NAMES if _is_loopback(host) else None,
+        token=token,
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
@@ -149,13 +166,29 @@ def serve(
         time.sleep(0.02)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound_port}/"
-    return DashboardHandle(url, host, bound_port, server, thread)
+    if token is None and not _is_loopback(host):
+        log.warning(
+            "the dashboard on %s:%d has no token: anyone who can reach this address can read "
+            "the run; set dashboard.token or %s, or bind 127.0.0.1 and use a tunnel",
+            host,
+            bound_port,
+            TOKEN_ENV,
+        )
+    return DashboardHandle(url, host, bound_port, token is not None, server, thread)
+
+
+def describe(handle: DashboardHandle) -> str:
+    """``handle``'s URL, with a note when it needs the token (never the token itself)."""
+    if not handle.token_required:
+        return handle.url
+    return f"{handle.url} (token required: log in at {handle.url}login)"
 
 
 def start_for_run(run_dir: str | Path, cfg: Any) -> DashboardHandle | None:
-    """Start the run's dashboard as configured (:class:`online_dt.config.DashboardConfig`),
-    logging its URL; ``None`` when disabled or when it cannot start (logged as a warning: the
-    run goes on without it). A busy port falls back to a free one."""
+    """Start the run's dashboard as configured (:class:`online_dt.config.DashboardConfig`; the
+    token from :func:`~online_dt.config.dashboard.resolve_token`), logging its URL; ``None`` when
+    disabled or when it cannot start, an invalid ``ONLINE_DT_DASHBOARD_TOKEN`` included (logged
+    as a warning: the run goes on without it). A busy port falls back to a free one."""
     if not cfg.enabled:
         return None
     try:
@@ -166,9 +199,10 @@ def start_for_run(run_dir: str | Path, cfg: Any) -> DashboardHandle | None:
             poll_interval_s=cfg.poll_interval_s,
             recent_samples=cfg.recent_samples,
             fallback=True,
+            token=resolve_token(cfg.token),
         )
     except Exception as e:  # the run must not fail because of its dashboard
         log.warning("dashboard not started: %s; the run continues without it", e)
         return None
-    log.info("dashboard: %s", handle.url)
+    log.info("dashboard: %s", describe(handle))
     return handle

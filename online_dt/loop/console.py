@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from online_dt.config.dashboard import TOKEN_ENV
+
 
 def _num(value: Any, spec: str = ".3f") -> str:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
@@ -55,10 +57,13 @@ def run_summary(
     run_dir: Path,
     checkpoint: Path | None,
     logs_dir: Path | None = None,
+    dashboard_token: bool = False,
 ) -> str:
     """The end-of-run summary: iterations, final target and achieved reward, the best mean
     achieved reward (and its iteration), where the checkpoint and the logs are, and the
-    dashboard and eval commands. ``records``: every record of the run (resumed ones too)."""
+    dashboard and eval commands. ``records``: every record of the run (resumed ones too);
+    ``dashboard_token``: the dashboard command asks for a token (the summary says so, never
+    which)."""
     lines = [f"run finished: {run_dir}"]
     if not records:
         return "\n".join([*lines, "  no iteration ran"])
@@ -84,6 +89,9 @@ def run_summary(
     lines.append(f"  checkpoint       {checkpoint if checkpoint is not None else '(none)'}")
     if logs_dir is not None and logs_dir.is_dir():
         lines.append(f"  worker logs      {logs_dir}/")
-    lines.append(f"  dashboard        online-dt dashboard {run_dir}")
+    dashboard = f"online-dt dashboard {run_dir}"
+    if dashboard_token:
+        dashboard += f"  (token required: dashboard.token or {TOKEN_ENV})"
+    lines.append(f"  dashboard        {dashboard}")
     lines.append(f"  evaluate         online-dt eval {run_dir}")
     return "\n".join(lines)

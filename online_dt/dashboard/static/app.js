@@ -40,6 +40,8 @@ function cell(row, value, cls) {
 
 async function getJSON(url) {
   const response = await fetch(url, { cache: "no-store" });
+  // 401: the dashboard's token changed or the login cookie is gone; log in again
+  if (response.status === 401) window.location.assign("/login");
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
   return response.json();
 }
