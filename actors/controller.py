@@ -84,11 +84,13 @@ def start_workers(
     A dead sampler or reward actor is restarted by Ray (``fault_tolerance.*_max_restarts``);
     Ray does not retry its calls (``max_task_retries=0``): the loop re-issues them itself. A
     reward actor whose call hangs past ``fault_tolerance.reward_timeout_s`` is killed and
-    restarted by the loop (``Workers.restart_reward``, :func:`kill_and_restart`).
+    restarted by the loop (``Workers.restart_reward``, :func:`kill_and_restart`); after a
+    crash the loop waits for the restarted reward actor before it sends the batch again
+    (``Workers.wait_for_reward``), so that the restart is not timed as the call.
     """
     import ray
 
-    from actors.ray_futures import RayFuture, RayHandle, kill_and_restart
+    from actors.ray_futures import RayFuture, RayHandle, kill_and_restart, wait_until_back
     from actors.workers import LearnerActor, RewardModelActor, SamplerActor
 
     cfg, ft = plan.cfg, plan.cfg.fault_tolerance
@@ -129,4 +131,5 @@ def start_workers(
         RayHandle(reward),
         RayHandle(learner),
         restart_reward=lambda: kill_and_restart(reward, ft.restart_timeout_s),
+        wait_for_reward=lambda: wait_until_back(reward, ft.restart_timeout_s),
     )

@@ -90,6 +90,42 @@ class RayHandle:
         )
 
 
+def wait_until_back(actor: Any, timeout_s: float, ping: str = "pid") -> float:
+    """Wait until ``actor`` answers a call, e.g. while Ray restarts it.
+
+    A call sent to a restarting actor waits in Ray's queue until the constructor has run
+    (or fails at once while Ray has not yet noticed the death); waiting here first keeps a
+    restart's time out of the timeout of the call that follows.
+
+    Args:
+        actor: the Ray actor handle.
+        timeout_s: longest wait (seconds).
+        ping: a method without arguments, cheap to call.
+
+    Returns:
+        Seconds waited.
+
+    Raises:
+        WorkerLostError: the actor will not come back (``max_restarts`` spent, or its
+            constructor failed), or is still restarting after ``timeout_s``.
+        CallTimeoutError: it did not answer ``ping`` within ``timeout_s``.
+    """
+    import time
+
+    from online_dt.loop.futures import call_when_back
+
+    start = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    method = getattr(actor, ping)
+    call_when_back(
+        lambda: RayFuture(method.remote(), f"actor method {ping}").result(
+            timeout=max(0.0, deadline - time.monotonic())
+        ),
+        timeout_s,
+    )
+    return time.perf_counter() - start
+
+
 def kill_and_restart(actor: Any, timeout_s: float, ping: str = "pid") -> float:
     """End ``actor``'s process and wait until Ray has restarted it.
 
@@ -97,8 +133,8 @@ def kill_and_restart(actor: Any, timeout_s: float, ping: str = "pid") -> float:
     call that hangs included; its pending result fails), and Ray starts a new one, which runs
     the constructor again. The restart spends one of the actor's ``max_restarts`` (measured on
     Ray 2.60: with ``max_restarts=1`` a second kill leaves the actor dead). Returns once the
-    new process answers ``ping`` (a method without arguments), so that what is called next
-    does not count the restart's time against its own timeout.
+    new process answers ``ping`` (:func:`wait_until_back`), so that what is called next does
+    not count the restart's time against its own timeout.
 
     Args:
         actor: the Ray actor handle.
@@ -117,14 +153,7 @@ def kill_and_restart(actor: Any, timeout_s: float, ping: str = "pid") -> float:
 
     import ray
 
-    from online_dt.loop.futures import call_when_back
-
     start = time.perf_counter()
-    deadline = time.monotonic() + timeout_s
     ray.kill(actor, no_restart=False)
-    method = getattr(actor, ping)
-    call_when_back(
-        lambda: RayFuture(method.remote()).result(timeout=max(0.0, deadline - time.monotonic())),
-        timeout_s,
-    )
+    wait_until_back(actor, timeout_s, ping)
     return time.perf_counter() - start

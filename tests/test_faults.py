@@ -254,6 +254,27 @@ def test_a_hung_worker_is_restarted_before_the_retry(tmp_path):
     assert out.reason == "timeout" and out.timeouts == 1 and restarts == [1, 3]
 
 
+def test_a_crashed_worker_is_waited_for_before_its_batch_is_timed_again(tmp_path):
+    events = []
+
+    class Crashing:
+        def score(self, prompts, completions):
+            events.append("score")
+            if len(events) == 1:  # died mid-call; Ray restarts it
+                return Done(error=WorkerLostError("ActorUnavailableError", restarting=True))
+            return Done([1.0] * len(prompts))
+
+    def back():  # what wait_until_back does on Ray: returns once the restarted actor answers
+        events.append("back")
+        return 0.0
+
+    run = RunDir(tmp_path / "run")
+    out = score_rollouts(Crashing().score, rollouts(), 0, TIMED, run, wait_for_restart=back)
+    assert events == ["score", "back", "score"], "the batch is sent again once it is back"
+    assert out.rewards == [1.0] * 6 and out.attempts == 1 and out.workers_lost == 1
+    assert out.timeouts == 0
+
+
 def test_loop_in_process_rejects_a_hung_batch_and_goes_on(tmp_path, base):
     cfg = loop_tests.make_cfg(tmp_path, base)
     reward = reward_cfg(tmp_path, [2, 3], "hang", hang_s=30)  # iteration 1, and its retry

@@ -151,13 +151,21 @@ def test_reward_actor_death_and_errors(ray_address, tiny, tmp_path):
                 "faults": {"2": "exit", "4": "raise", "5": "raise", "6": "raise"},
             },
         },
-        fault_tolerance={"reward_retries": 2, "on_reward_failure": "skip", "retry_backoff_s": 0.2},
+        fault_tolerance={
+            "reward_retries": 2,
+            "on_reward_failure": "skip",
+            "retry_backoff_s": 0.2,
+            # shorter than the actor's restart (2.5-3 s here): the batch sent again after the
+            # death must not time out while Ray restarts the actor
+            "reward_timeout_s": 2.0,
+        },
     )
     plan = plan_run(cfg, None)
     assert run_on_ray(plan, progress=False) == 0
     metrics = plan.run.read_metrics()
     assert [m["reward_attempts"] for m in metrics] == [1, 1, 3, 1]
     assert [m["reward_workers_lost"] for m in metrics] == [0, 1, 0, 0]
+    assert [m["reward_timeouts"] for m in metrics] == [0, 0, 0, 0]
     assert metrics[1]["reward_recovery_s"] > 0
     assert [m["samples"] for m in metrics] == [64, 64, 0, 64]
     assert [m["rejected_samples"] for m in metrics] == [0, 0, 64, 0]

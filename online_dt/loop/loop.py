@@ -132,6 +132,7 @@ def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers, r
         cfg.fault_tolerance,
         run,
         restart=workers.restart_reward,
+        wait_for_restart=workers.wait_for_reward,
     )
     appended = workers.learner.append(*scored.kept(rollouts), -1, time.time()).result()
     trained = workers.learner.train(on.warm_start_steps).result()
@@ -195,7 +196,13 @@ def _run_loop(
             batch, pending = bound_policy_lag(inflight.result(), version, max_lag), None
         with timer("scoring"):
             scored = score_rollouts(
-                workers.reward.score, batch.rollouts, it, ft, run, restart=workers.restart_reward
+                workers.reward.score,
+                batch.rollouts,
+                it,
+                ft,
+                run,
+                restart=workers.restart_reward,
+                wait_for_restart=workers.wait_for_reward,
             )
         rollouts, rewards = scored.kept(batch.rollouts)
         with timer("training"):

@@ -118,6 +118,7 @@ def score_rollouts(
     run: RunDir,
     *,
     restart: Callable[[], float] | None = None,
+    wait_for_restart: Callable[[], float] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ScoreOutcome:
     """Score ``rollouts`` with ``score(prompts, completions)`` (returns a future), retrying.
@@ -134,6 +135,10 @@ def score_rollouts(
             took) once a new one takes calls; on Ray,
             :func:`actors.ray_futures.kill_and_restart`. ``None`` where the worker cannot be
             ended (in process): the hung call is abandoned on its thread, with a warning.
+        wait_for_restart: returns once a worker that died mid-call is back (Ray restarts it),
+            so that the batch sent again is timed without the restart; ``None``: the batch is
+            sent again at once and its call waits in the restarting worker's queue, within
+            ``reward_timeout_s``.
         sleep: back-off function (tests pass a no-op).
 
     Returns:
@@ -154,6 +159,8 @@ def score_rollouts(
         outcome.workers_lost += 1
         first_failure = first_failure or time.perf_counter()
         log.warning("iteration %d: reward worker lost (%s); waiting for its restart", iteration, e)
+        if wait_for_restart is not None:  # raises when it is not back: a failed attempt
+            log.info("iteration %d: reward worker back after %.1fs", iteration, wait_for_restart())
 
     def timed_out() -> None:  # the call hangs: end its worker (on Ray) so it frees its CPU
         outcome.timeouts += 1

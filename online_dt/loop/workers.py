@@ -93,6 +93,9 @@ class Workers:
             (the seconds it took) once a new one takes calls; on Ray the actor is killed and
             restarted. ``None`` in process, where a hung call cannot be ended (see
             :class:`~online_dt.loop.futures.ThreadHandle`).
+        wait_for_reward: returns (the seconds waited) once a reward worker that died is back
+            and takes calls, so that a restart is not timed as the scoring call sent after it;
+            on Ray the restarted actor answers ``pid``. ``None`` in process (nothing restarts).
     """
 
     samplers: SamplerWorkers
@@ -100,6 +103,7 @@ class Workers:
     learner: LearnerWorker
     close: Callable[[], None] = lambda: None
     restart_reward: Callable[[], float] | None = None
+    wait_for_reward: Callable[[], float] | None = None
 
 
 class CheckedRewardModel:
