@@ -290,6 +290,28 @@ def test_loop_in_process_rejects_a_hung_batch_and_goes_on(tmp_path, base):
     assert len(export_dataset(plan.run.buffer_dir)) == 24
 
 
+def test_a_local_run_with_an_abandoned_hung_call_still_exits(tmp_path, base):
+    cfg = loop_tests.make_cfg(tmp_path, base, iterations=2, kl_samples=0)
+    policy = TIMED.model_copy(update={"reward_retries": 0, "on_reward_failure": "skip"})
+    reward = reward_cfg(tmp_path, [2], "hang")  # an hour: only a daemon thread lets it exit
+    cfg = cfg.model_copy(update={"reward_model": reward, "fault_tolerance": policy})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "online_dt.run", "--config", str(path), "--local", "--no-progress"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in process the call cannot be ended" in done.stdout + done.stderr
+    assert [m["reward_timeouts"] for m in RunDir(cfg.online.run_dir).read_metrics()] == [0, 1]
+    print(f"\nlocal run with an abandoned hung call exited in {time.perf_counter() - start:.0f}s")
+
+
 # -- lost sampler replicas -----------------------------------------------------------------------
 
 
