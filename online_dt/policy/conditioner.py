@@ -26,6 +26,8 @@ where vLLM and transformers load every ``*.safetensors`` file as model weights).
 CONDITIONING_FILE = f"{CONDITIONING_DIR}/conditioning.json"
 HEAD_FILE = f"{CONDITIONING_DIR}/head.safetensors"
 FORMAT_VERSION = 1
+PROMPT_HEAD_KEY = "prompt.weight"
+"""Key of the ``reward_on_prompt`` weight ``[hidden, 1]`` in ``head.safetensors``."""
 
 
 class RewardConditioner(nn.Module):
@@ -39,6 +41,8 @@ class RewardConditioner(nn.Module):
     Attributes:
         config: the :class:`ConditioningConfig`.
         head: ``Linear(1, hidden)`` in scalar mode, else ``None``.
+        prompt_head: ``Linear(1, hidden, bias=False)`` with ``reward_on_prompt`` (its output
+            is added to every prompt token's embedding), else ``None``.
         normalizer: reward normalisation used before the head.
         binning: reward bins (token mode), else ``None``; with ``bin_refit: split_top`` it
             may hold fewer bins than there are reward tokens (the rest wait for splits).
@@ -58,14 +62,19 @@ class RewardConditioner(nn.Module):
         binning: RewardBinning | None = None,
         reward_token_ids: Sequence[int] = (),
         normalizer: RewardNormalizer | None = None,
+        prompt_head: nn.Linear | None = None,
     ) -> None:
         super().__init__()
         if config.mode == "scalar" and head is None:
             raise ValueError("scalar conditioning needs a head")
+        if config.reward_on_prompt and head is not None and prompt_head is None:
+            prompt_head = nn.Linear(1, head.weight.shape[0], bias=False)
+            nn.init.zeros_(prompt_head.weight)  # the untrained policy reads prompts unchanged
         if config.mode == "token" and (binning is None or not reward_token_ids):
             raise ValueError("token conditioning needs bins and reward-token ids")
         self.config = config
         self.head = head
+        self.prompt_head = prompt_head if config.reward_on_prompt else None
         self.normalizer = normalizer or RewardNormalizer(config.normalization)
         self.binning = binning
         self.reward_token_ids = list(reward_token_ids)
@@ -151,15 +160,30 @@ class RewardConditioner(nn.Module):
         bins = self.binning(torch.tensor([float(r) for r in rewards], dtype=torch.float64))
         return [self.reward_token_ids[int(b)] for b in bins]
 
-    def fill_slot(self, embeds: torch.Tensor, rewards: torch.Tensor | None) -> torch.Tensor:
+    def fill_slot(
+        self,
+        embeds: torch.Tensor,
+        rewards: torch.Tensor | None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Replace column 0 of ``embeds`` (``[B, T, H]``) with the scalar reward embedding of
-        ``rewards`` (``[B]``, reward units). Token mode, or ``rewards=None``, returns
-        ``embeds`` unchanged (the reward token's own embedding is already there)."""
+        ``rewards`` (``[B]``, reward units) and, with ``reward_on_prompt``, add the reward
+        vector to the prompt's columns: those ``prompt_mask`` (``[B, T]``, True on prompt
+        tokens) marks, or, when it is ``None``, every column after the slot (``embeds`` then
+        holds ``[slot, *prompt]``, as for vLLM's ``prompt_embeds``). Token mode, or
+        ``rewards=None`` (decoding steps), returns ``embeds`` unchanged (the reward token's own
+        embedding is already there)."""
         if rewards is None or self.head is None:
             return embeds
         normed = self.normalizer(rewards.to(self.head.weight.device, self.head.weight.dtype))
         slot = self.head(normed[:, None]).to(embeds.dtype)
-        return torch.cat([slot[:, None, :], embeds[:, 1:, :]], dim=1)
+        rest = embeds[:, 1:, :]
+        if self.prompt_head is not None:
+            shift = self.prompt_head(normed[:, None]).to(embeds.dtype)[:, None, :]
+            if prompt_mask is not None:
+                shift = shift * prompt_mask[:, 1:, None].to(embeds.dtype)
+            rest = rest + shift
+        return torch.cat([slot[:, None, :], rest], dim=1)
 
     def save(self, path: str | Path) -> None:
         """Write ``reward_conditioning/conditioning.json`` (and ``head.safetensors``) under
@@ -172,6 +196,8 @@ class RewardConditioner(nn.Module):
             state = {
                 k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()
             }
+            if self.prompt_head is not None:
+                state[PROMPT_HEAD_KEY] = self.prompt_head.weight.detach().float().cpu().contiguous()
             save_file(state, str(path / HEAD_FILE))
         meta = {
             "format_version": FORMAT_VERSION,
@@ -205,13 +231,19 @@ class RewardConditioner(nn.Module):
         config = ConditioningConfig.model_validate(meta["config"])
         normalizer = RewardNormalizer(config.normalization)
         normalizer.load_state_dict(meta["normalizer"])
-        head = None
+        head = prompt_head = None
         if config.mode == "scalar":
             from safetensors.torch import load_file
 
             state = load_file(str(path / HEAD_FILE))
+            prompt_weight = state.pop(PROMPT_HEAD_KEY, None)
             head = nn.Linear(1, state["weight"].shape[0])
             head.load_state_dict(state)
+            if config.reward_on_prompt:
+                if prompt_weight is None:
+                    raise ValueError(f"{path / HEAD_FILE} lacks {PROMPT_HEAD_KEY}")
+                prompt_head = nn.Linear(1, prompt_weight.shape[0], bias=False)
+                prompt_head.weight.data.copy_(prompt_weight)
         edges = meta.get("bin_edges")
         conditioner = cls(
             config,
@@ -220,6 +252,7 @@ class RewardConditioner(nn.Module):
             binning=RewardBinning(edges) if edges is not None else None,
             reward_token_ids=meta.get("reward_token_ids", []),
             normalizer=normalizer,
+            prompt_head=prompt_head,
         )
         conditioner.bins_fitted = bool(meta.get("bins_fitted", False))
         span = meta.get("bin_range")
