@@ -113,7 +113,9 @@ def actor_pids() -> dict[str, int]:
 
     if not ray.is_initialized():
         raise RuntimeError("actor_pids needs ray.init() first")
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, timeout=30)
+    # this instance's address: with several Ray instances on the machine the API cannot guess
+    address = ray.get_runtime_context().gcs_address
+    alive = list_actors(address, filters=[("state", "=", "ALIVE")], limit=1000, timeout=30)
     found = [(actor.class_name, int(actor.pid)) for actor in alive]
     by_class: dict[str, list[int]] = {}
     for name, pid in found:
@@ -126,14 +128,18 @@ def actor_pids() -> dict[str, int]:
     return out
 
 
-def rss_bytes(pids: dict[str, int]) -> dict[str, int | None]:
-    """Resident set size in bytes of each named process; ``None`` for one that is gone."""
+def process_usage(pids: dict[str, int]) -> dict[str, tuple[int, float] | None]:
+    """``(RSS in bytes, CPU seconds used so far, user + system)`` of each named process;
+    ``None`` for one that is gone."""
     import psutil
 
-    out: dict[str, int | None] = {}
+    out: dict[str, tuple[int, float] | None] = {}
     for name, pid in pids.items():
         try:
-            out[name] = psutil.Process(pid).memory_info().rss
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                cpu = proc.cpu_times()
+                out[name] = (proc.memory_info().rss, cpu.user + cpu.system)
         except psutil.Error:
             out[name] = None
     return out
@@ -183,13 +189,16 @@ class Monitor:
             return
         start = time.perf_counter()
         try:
-            if not self._pids or any(v is None for v in rss_bytes(self._pids).values()):
+            if not self._pids or any(v is None for v in process_usage(self._pids).values()):
                 self._pids = actor_pids()  # first sample, or an actor was restarted
-            rss = rss_bytes({"driver": os.getpid(), **self._pids})
+            pids = {"driver": os.getpid(), **self._pids}
+            usage = process_usage(pids)
             files, size = count_files(self.run_dir)
             sample: dict[str, Any] = {
                 "iteration": it,
-                "rss_mib": {k: None if v is None else v / MIB for k, v in rss.items()},
+                "pids": pids,
+                "rss_mib": {k: None if v is None else v[0] / MIB for k, v in usage.items()},
+                "cpu_s": {k: None if v is None else v[1] for k, v in usage.items()},
                 "buffer_shards": count_shards(self.run_dir / "buffer"),
                 "run_dir_files": files,
                 "run_dir_mib": size / MIB,
@@ -197,6 +206,8 @@ class Monitor:
             }
         except Exception as e:  # a monitoring error must not end the soak
             sample = {"iteration": it, "error": f"{type(e).__name__}: {e}"}
+            if not any("error" in s for s in self.samples):
+                print(f"warning: iteration {it} not sampled: {sample['error']}", file=sys.stderr)
         sample["probe_s"] = time.perf_counter() - start
         self.samples.append(sample)
 
@@ -261,8 +272,10 @@ def rss_growth(samples: Sequence[dict[str, Any]], warmup: int, tolerance: float)
 
     Returns:
         ``from_iteration``, ``to_iteration``, ``processes`` (``{name: {from_mib, to_mib,
-        max_mib, growth}}``), ``total`` (the same for the sum), ``max_growth`` over the
-        processes and the total, and ``ok`` (every growth ``< tolerance``).
+        max_mib, growth, slope_kib_per_iteration}}``, the slope a least-squares line through
+        every sample from the first to the last), ``total`` (``from_mib``, ``to_mib``,
+        ``growth`` of the sum), ``max_growth`` over the processes and the total, and ``ok``
+        (every growth ``< tolerance``).
 
     Raises:
         ValueError: no usable sample at or after the warm-up.
@@ -270,7 +283,11 @@ def rss_growth(samples: Sequence[dict[str, Any]], warmup: int, tolerance: float)
     good = [s for s in samples if "rss_mib" in s]
     after = [s for s in good if s["iteration"] >= warmup]
     if not after:
-        raise ValueError(f"no RSS sample at or after iteration {warmup}")
+        errors = [s["error"] for s in samples if "error" in s]
+        raise ValueError(
+            f"no RSS sample at or after iteration {warmup}"
+            + (f"; the first error: {errors[0]}" if errors else "")
+        )
     a, b = after[0], after[-1]
     processes: dict[str, dict[str, float]] = {}
     total_from = total_to = 0.0
@@ -278,12 +295,18 @@ def rss_growth(samples: Sequence[dict[str, Any]], warmup: int, tolerance: float)
         end = b["rss_mib"].get(name)
         if start is None or end is None:
             continue
-        peak = max(s["rss_mib"].get(name) or 0.0 for s in after)
+        points = [(s["iteration"], s["rss_mib"][name]) for s in after if s["rss_mib"].get(name)]
+        slope = (
+            statistics.linear_regression(*zip(*points, strict=True)).slope
+            if len({x for x, _ in points}) > 1
+            else 0.0
+        )
         processes[name] = {
             "from_mib": start,
             "to_mib": end,
-            "max_mib": peak,
+            "max_mib": max(y for _, y in points),
             "growth": end / start - 1.0,
+            "slope_kib_per_iteration": 1024 * slope,
         }
         total_from += start
         total_to += end
@@ -299,6 +322,44 @@ def rss_growth(samples: Sequence[dict[str, Any]], warmup: int, tolerance: float)
         "max_growth": max(growths),
         "tolerance": tolerance,
         "ok": max(growths) < tolerance,
+    }
+
+
+def window_usage(samples: Sequence[dict[str, Any]], span: Sequence[int]) -> dict[str, Any]:
+    """CPU seconds per iteration of the sampled processes together (the driver and the
+    actors), and the mean 1-minute load average of the machine, over iterations ``span[0] ..
+    span[1]``: from the last sample before ``span[0]`` (else the first in the span) to the last
+    sample in the span. If the wall time grows while the CPU time per iteration does not, the
+    iterations did not do more work: they waited for a CPU (other work on the machine).
+
+    Returns:
+        ``from_iteration`` and ``to_iteration`` (the samples used), ``cpu_s_per_iteration``
+        (``None`` when the two are the same sample) and ``load_avg_1m``.
+
+    Raises:
+        ValueError: no usable sample in the span.
+    """
+    good = [s for s in samples if "cpu_s" in s]
+    inside = [s for s in good if span[0] <= s["iteration"] <= span[1]]
+    if not inside:
+        raise ValueError(f"no sample in iterations {span[0]}..{span[1]}")
+    before = [s for s in good if s["iteration"] < span[0]]
+    a, b = (before or inside)[-1 if before else 0], inside[-1]
+    cpu = None
+    if b["iteration"] > a["iteration"]:
+        used = [
+            b["cpu_s"][k] - a["cpu_s"][k]
+            for k in b["cpu_s"]
+            if a["cpu_s"].get(k) is not None
+            and b["cpu_s"][k] is not None
+            and a["pids"].get(k) == b["pids"].get(k)  # a restarted process starts from 0
+        ]
+        cpu = sum(used) / (b["iteration"] - a["iteration"])
+    return {
+        "from_iteration": a["iteration"],
+        "to_iteration": b["iteration"],
+        "cpu_s_per_iteration": cpu,
+        "load_avg_1m": statistics.fmean(s["load_avg_1m"] for s in inside),
     }
 
 
@@ -473,9 +534,11 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print(f"RSS from iteration {r['from_iteration']} to {r['to_iteration']}:")
     for name, p in {**r["processes"], "all": r["total"]}.items():
+        slope = p.get("slope_kib_per_iteration")
         print(
             f"  {name:>18}: {p['from_mib']:8.1f} -> {p['to_mib']:8.1f} MiB"
             f" ({100 * p['growth']:+.1f} %)"
+            + ("" if slope is None else f", {slope:+.1f} KiB per iteration")
         )
     print(
         f"  -> {'OK' if r['ok'] else 'GROWTH'} (largest {100 * r['max_growth']:+.1f} %,"
@@ -486,6 +549,13 @@ def print_report(report: dict[str, Any]) -> None:
         "  by stage, first -> last window (s): "
         + ", ".join(f"{k.removesuffix('_s')} {first[k]:.3f} -> {last[k]:.3f}" for k in STAGES)
     )
+    u0, u1 = d["first_usage"], d["last_usage"]
+    if u0["cpu_s_per_iteration"] is not None and u1["cpu_s_per_iteration"] is not None:
+        print(
+            f"  CPU s per iteration (driver and actors) {u0['cpu_s_per_iteration']:.3f} ->"
+            f" {u1['cpu_s_per_iteration']:.3f}; load average {u0['load_avg_1m']:.2f} ->"
+            f" {u1['load_avg_1m']:.2f} on {report['cpus']} CPUs"
+        )
     for k, res in enumerate(report["resume"], 1):
         print(
             f"resume {k}: {res['to_first_record_s']:.1f} s to the first record (startup"
@@ -598,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         drift = wall_drift(walls, args.warmup, args.window, args.tolerance)
         drift["first_stages_s"] = stage_means(metrics, drift["first"])
         drift["last_stages_s"] = stage_means(metrics, drift["last"])
+        drift["first_usage"] = window_usage(monitor.samples, drift["first"])
+        drift["last_usage"] = window_usage(monitor.samples, drift["last"])
         growth = rss_growth(monitor.samples, drift["warmup_iterations"], args.tolerance)
         resume = [time_resume(plan.run.path, args.iterations + k) for k in range(args.resumes)]
         files_after_resume = count_files(plan.run.path)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from bench.soak import ENDPOINTS, count_files, count_shards, rss_growth, wall_drift, windows
+from bench.soak import (
+    ENDPOINTS,
+    count_files,
+    count_shards,
+    rss_growth,
+    wall_drift,
+    window_usage,
+    windows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +63,8 @@ def test_rss_growth_from_the_end_of_the_warm_up_to_the_last_sample():
     ok = rss_growth(samples, 10, 0.10)
     assert ok["from_iteration"] == 10 and ok["to_iteration"] == 30
     assert ok["processes"]["learner"]["growth"] == pytest.approx(0.09)
+    # the least-squares line through (10, 1000) and (30, 1090): 4.5 MiB per iteration
+    assert ok["processes"]["learner"]["slope_kib_per_iteration"] == pytest.approx(4.5 * 1024)
     assert ok["total"]["growth"] == pytest.approx(95 / 1500)
     assert ok["ok"]
     samples.append(sample(40, driver=505.0, learner=1110.0))
@@ -62,8 +73,34 @@ def test_rss_growth_from_the_end_of_the_warm_up_to_the_last_sample():
     # a process gone at the end (restarted, new pid unknown) is left out of the check
     samples.append(sample(50, driver=505.0, learner=None))
     assert list(rss_growth(samples, 10, 0.10)["processes"]) == ["driver"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"no RSS sample at or after iteration 10$"):
         rss_growth(samples[:1], 10, 0.10)
+    with pytest.raises(ValueError, match="the first error: psutil failed"):
+        rss_growth(samples[:3:2], 10, 0.10)
+
+
+def usage(it: int, driver: float, learner: float, learner_pid: int = 2, load: float = 2.0):
+    return {
+        "iteration": it,
+        "pids": {"driver": 1, "learner": learner_pid},
+        "cpu_s": {"driver": driver, "learner": learner},
+        "load_avg_1m": load,
+    }
+
+
+def test_window_usage_counts_cpu_seconds_per_iteration_across_the_window():
+    samples = [usage(i, 0.1 * i, 0.2 * i, load=1.0 + i) for i in range(10)]
+    # iterations 4..7: from the sample after iteration 3 to the one after 7, 4 iterations
+    got = window_usage(samples, [4, 7])
+    assert (got["from_iteration"], got["to_iteration"]) == (3, 7)
+    assert got["cpu_s_per_iteration"] == pytest.approx(0.3)
+    assert got["load_avg_1m"] == pytest.approx(statistics.fmean([5.0, 6.0, 7.0, 8.0]))
+    # no sample before the window: from its first sample; a restarted learner is left out
+    sparse = [usage(0, 0.0, 0.0), usage(5, 1.0, 0.5, learner_pid=3)]
+    assert window_usage(sparse, [0, 9])["cpu_s_per_iteration"] == pytest.approx(0.2)
+    assert window_usage(sparse[:1], [0, 9])["cpu_s_per_iteration"] is None
+    with pytest.raises(ValueError):
+        window_usage(samples, [20, 30])
 
 
 def test_file_and_shard_counts(tmp_path):
@@ -133,6 +170,8 @@ def test_soak_script_writes_every_figure(tmp_path):
     assert drift["first"] == [4, 7] and drift["last"] == [8, 11]
     assert growth["from_iteration"] == 4 and growth["to_iteration"] == 11
     assert isinstance(drift["ok"], bool) and isinstance(growth["ok"], bool)
+    assert drift["first_usage"]["cpu_s_per_iteration"] > 0
+    assert drift["last_usage"]["from_iteration"] == 7
     assert len(report["resume"]) == 1
     assert report["resume"][0]["startup_s"] > 0
     assert set(report["dashboard"]) == set(ENDPOINTS)
