@@ -8,6 +8,7 @@ records, from the loop's metrics callback in the driver:
 
 * the resident set size (RSS) of the driver and of each live actor (psutil on the actors'
   pids, found with Ray's state API);
+* the CPU seconds each of them has used, and the machine's 1-minute load average;
 * the number of replay-buffer shard files (``RUN_DIR/buffer``) and of all files in the run
   directory, and the run directory's size;
 
@@ -28,7 +29,10 @@ iterations is within ``--tolerance`` (10 %) of the mean of the first ``--window`
 after ``--warmup`` iterations of warm-up; and the RSS of each process (and of all together)
 grows by less than ``--tolerance`` from the first sample after the warm-up to the last sample.
 With fewer iterations than ``warmup + 2 * window`` the window (then the warm-up) shrinks to fit;
-the JSON names the iterations used. Exit status 0 whether the goals hold or not (the JSON
+the JSON names the iterations used. Beside the wall time it prints each window's time by stage,
+CPU seconds per iteration (driver and actors) and load average: on a shared machine the wall
+time follows the neighbours' load, while the CPU time per iteration shows whether an iteration
+does more work. Exit status 0 whether the goals hold or not (the JSON
 says); 1 only if the run fails.
 
 Usage:
@@ -550,10 +554,11 @@ def print_report(report: dict[str, Any]) -> None:
         + ", ".join(f"{k.removesuffix('_s')} {first[k]:.3f} -> {last[k]:.3f}" for k in STAGES)
     )
     u0, u1 = d["first_usage"], d["last_usage"]
-    if u0["cpu_s_per_iteration"] is not None and u1["cpu_s_per_iteration"] is not None:
+    if d["cpu_drift"] is not None:
         print(
             f"  CPU s per iteration (driver and actors) {u0['cpu_s_per_iteration']:.3f} ->"
-            f" {u1['cpu_s_per_iteration']:.3f}; load average {u0['load_avg_1m']:.2f} ->"
+            f" {u1['cpu_s_per_iteration']:.3f} ({100 * d['cpu_drift']:+.1f} %); load average"
+            f" {u0['load_avg_1m']:.2f} ->"
             f" {u1['load_avg_1m']:.2f} on {report['cpus']} CPUs"
         )
     for k, res in enumerate(report["resume"], 1):
@@ -670,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         drift["last_stages_s"] = stage_means(metrics, drift["last"])
         drift["first_usage"] = window_usage(monitor.samples, drift["first"])
         drift["last_usage"] = window_usage(monitor.samples, drift["last"])
+        cpu0, cpu1 = (drift[k]["cpu_s_per_iteration"] for k in ("first_usage", "last_usage"))
+        drift["cpu_drift"] = cpu1 / cpu0 - 1.0 if cpu0 and cpu1 is not None else None
         growth = rss_growth(monitor.samples, drift["warmup_iterations"], args.tolerance)
         resume = [time_resume(plan.run.path, args.iterations + k) for k in range(args.resumes)]
         files_after_resume = count_files(plan.run.path)[0]
