@@ -38,7 +38,7 @@ says); 1 only if the run fails.
 Usage:
     .venv/bin/python bench/soak.py [--iterations 300] [--config configs/default.yaml]
         [--set key=value ...] [--sample-every 1] [--warmup 10] [--window 50]
-        [--tolerance 0.1] [--resumes 2] [--json soak.json] [--keep-run-dir]
+        [--tolerance 0.1] [--resumes 2] [--json runs/soak.json] [--keep-run-dir]
 
 Needs Ray and psutil (the ``cpu`` or ``gpu`` extra installs both).
 """
@@ -620,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resumes", type=int, default=2, help="resumes timed after the run, one iteration each"
     )
     parser.add_argument(
-        "--json", type=Path, default=Path("soak.json"), help="where the JSON report goes"
+        "--json", type=Path, default=Path("runs/soak.json"), help="where the JSON report goes"
     )
     parser.add_argument(
         "--run-dir", type=Path, default=None, help="where the run goes (None: a temporary folder)"
