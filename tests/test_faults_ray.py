@@ -61,33 +61,39 @@ def online_cfg(run_dir, **sections) -> OnlineRunConfig:
     return load_config(REPO / "configs/default.yaml", OnlineRunConfig, overrides)
 
 
-def kill_when_running(method: str, timeout: float = 180.0) -> dict:
-    """Wait until a *new* actor task ``method`` (e.g. ``SamplerActor.generate``) runs, then
-    SIGKILL its actor's process. Tasks already known when called are ignored, so a finished
+def kill_when_running(method: str, address: str, timeout: float = 180.0) -> dict:
+    """Wait until a *new* actor task ``method`` (e.g. ``SamplerActor.generate``) runs on the
+    cluster at ``address`` (named: other Ray instances may run on this machine), then SIGKILL
+    its actor's process. Tasks already known when called are ignored, so a finished
     call whose end has not been reported yet is never mistaken for a running one."""
     from ray.util.state import list_actors, list_tasks
 
-    known = {t.task_id for t in list_tasks(filters=[("name", "=", method)], limit=10_000)}
+    known = {
+        t.task_id
+        for t in list_tasks(address=address, filters=[("name", "=", method)], limit=10_000)
+    }
     deadline = time.time() + timeout
     while time.time() < deadline:
-        running = list_tasks(filters=[("name", "=", method), ("state", "=", "RUNNING")])
+        running = list_tasks(
+            address=address, filters=[("name", "=", method), ("state", "=", "RUNNING")]
+        )
         fresh = [t for t in running if t.task_id not in known]
         if fresh:
-            actor = list_actors(filters=[("actor_id", "=", fresh[0].actor_id)])[0]
+            actor = list_actors(address=address, filters=[("actor_id", "=", fresh[0].actor_id)])[0]
             os.kill(actor.pid, signal.SIGKILL)
             return {"killed_at": time.perf_counter(), "pid": actor.pid}
         time.sleep(0.05)
     raise TimeoutError(f"no new {method} ran within {timeout}s")
 
 
-def kill_after(iteration: int, method: str, killed: dict):
+def kill_after(iteration: int, method: str, killed: dict, address: str):
     """A metrics callback that, after ``iteration``'s record, kills ``method``'s actor as soon
     as its next call runs (on a thread, so the loop goes on meanwhile); the outcome, or the
     thread's error, lands in ``killed``."""
 
     def kill() -> None:
         try:
-            killed.update(kill_when_running(method))
+            killed.update(kill_when_running(method, address))
         except Exception as e:
             killed["error"] = e
 
@@ -99,21 +105,29 @@ def kill_after(iteration: int, method: str, killed: dict):
     return callback
 
 
+@pytest.mark.parametrize("weight_sync", ["checkpoint", "ray"])
 def test_sampler_killed_mid_rollout_is_restarted_and_resynced(
-    ray_address, embedded_model_dir, tmp_path
+    ray_address, embedded_model_dir, tmp_path, weight_sync
 ):
+    """The default config's vLLM sampler; with ``weight_sync: ray`` its engine runs inside the
+    actor's process and the restarted actor rebuilds it from the skeleton, without weights."""
     from actors.controller import run_on_ray
 
     cfg = online_cfg(
         tmp_path / "run",
         online={"iterations": 4, "prompts_per_iteration": 128, "train_steps_per_iteration": 4},
         fault_tolerance={"retry_backoff_s": 0.2},
+        sampler={"weight_sync": weight_sync},
     )
     plan = plan_run(cfg, None)
     killed: dict = {}
     start = time.perf_counter()
     assert (
-        run_on_ray(plan, progress=False, callbacks=[kill_after(1, "SamplerActor.generate", killed)])
+        run_on_ray(
+            plan,
+            progress=False,
+            callbacks=[kill_after(1, "SamplerActor.generate", killed, ray_address)],
+        )
         == 0
     )
     killed["thread"].join()
@@ -129,8 +143,10 @@ def test_sampler_killed_mid_rollout_is_restarted_and_resynced(
     rows = read_persisted(plan.run.buffer_dir).to_pylist()
     assert len(rows) == 4 * 512 and len({r["sample_id"] for r in rows}) == len(rows)
     assert {(r["iteration"], r["policy_version"]) for r in rows} == {(i, i) for i in range(4)}
+    assert no_weight_files(plan.run) == (weight_sync == "ray")
     print(
-        f"\nsampler killed mid-rollout: recovered in {hit['sampler_recovery_s']:.1f}s "
+        f"\n{weight_sync} weight sync, sampler killed mid-rollout: recovered in "
+        f"{hit['sampler_recovery_s']:.1f}s "
         f"(restart, resync, re-issue of 128 prompts), 0 samples lost, "
         f"run {time.perf_counter() - start:.0f}s"
     )
@@ -308,16 +324,17 @@ def test_sampler_actor_loads_a_policy_state_from_the_object_store(ray_address, t
         ray.kill(learner.actor)
 
 
-def restart_sampler_actor(timeout: float = 120.0) -> dict:
+def restart_sampler_actor(address: str, timeout: float = 120.0) -> dict:
     """SIGKILL the (one) sampler actor's process between calls and wait until Ray has
     re-created it (a new process, its constructor run again)."""
     from ray.util.state import list_actors
 
-    [actor] = list_actors(filters=[("class_name", "=", "SamplerActor"), ("state", "=", "ALIVE")])
+    alive = [("class_name", "=", "SamplerActor"), ("state", "=", "ALIVE")]
+    [actor] = list_actors(address=address, filters=alive)
     os.kill(actor.pid, signal.SIGKILL)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        [now] = list_actors(filters=[("actor_id", "=", actor.actor_id)])
+        [now] = list_actors(address=address, filters=[("actor_id", "=", actor.actor_id)])
         if now.state == "ALIVE" and now.pid != actor.pid:
             return {"old_pid": actor.pid, "new_pid": now.pid}
         time.sleep(0.1)
@@ -350,7 +367,7 @@ def test_ray_weight_sync_restarted_sampler_is_resent_the_latest_version(
 
     def restart_after_iteration_1(record: dict) -> None:
         if record["iteration"] == 1:  # version 2 is loaded (sync mode); the next rollout waits
-            restarted.update(restart_sampler_actor())
+            restarted.update(restart_sampler_actor(ray_address))
 
     assert run_on_ray(plan, progress=False, callbacks=[restart_after_iteration_1]) == 0
     assert restarted["new_pid"] != restarted["old_pid"]

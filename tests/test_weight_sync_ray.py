@@ -308,3 +308,18 @@ def test_a_restarted_ray_sampler_is_resent_the_latest_update(tmp_path, base):
     assert same_rollouts(batch.rollouts, expected), "the restarted replica got version 1 again"
     assert batch.recovery.sampler_failures == 1 and batch.recovery.prompts_reissued == 2
     assert batch.recovery.prompts_dropped == 0
+
+
+def test_resumed_run_sends_the_checkpointed_version_from_memory(tmp_path, base):
+    """A resumed run's samplers start from the checkpoint's policy version, sent in memory:
+    the same targets as an uninterrupted run, and still no weights on disk."""
+    full, _ = loop_tests.run_local(ray_cfg(tmp_path / "full", base))
+    _first, plan = loop_tests.run_local(ray_cfg(tmp_path / "cut", base, iterations=2))
+    _rest, plan = loop_tests.run_local(
+        None, resume=plan.run.path, overrides={"online": {"iterations": 4}}
+    )
+    resumed = plan.run.read_metrics()
+    assert [m["iteration"] for m in resumed] == [0, 1, 2, 3]
+    assert [m["sample_policy_version_min"] for m in resumed] == [0, 1, 2, 3]
+    assert [m["target"] for m in resumed] == pytest.approx([m["target"] for m in full])
+    assert not plan.run.weights_dir.exists() or not any(plan.run.weights_dir.iterdir())
