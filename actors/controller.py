@@ -83,11 +83,15 @@ def start_workers(
     its output to ``learner.log``, ``sampler-<i>.log`` or ``reward.log`` there.
 
     A dead sampler or reward actor is restarted by Ray (``fault_tolerance.*_max_restarts``);
-    Ray does not retry its calls (``max_task_retries=0``): the loop re-issues them itself.
+    Ray does not retry its calls (``max_task_retries=0``): the loop re-issues them itself. A
+    reward actor whose call hangs past ``fault_tolerance.reward_timeout_s`` is killed and
+    restarted by the loop (``Workers.restart_reward``, :func:`kill_and_restart`); after a
+    crash the loop waits for the restarted reward actor before it sends the batch again
+    (``Workers.wait_for_reward``), so that the restart is not timed as the call.
     """
     import ray
 
-    from actors.ray_futures import RayHandle
+    from actors.ray_futures import RayFuture, RayHandle, kill_and_restart, wait_until_back
     from actors.workers import LearnerActor, RewardModelActor, SamplerActor
 
     cfg, ft = plan.cfg, plan.cfg.fault_tolerance
@@ -117,6 +121,10 @@ def start_workers(
         .options(**opts.reward, max_restarts=ft.reward_max_restarts, max_task_retries=0)
         .remote(cfg, log_file("reward"))
     )
+    # the scoring calls are timed (fault_tolerance.reward_timeout_s): wait for the reward actor's
+    # constructor here, so that loading its model (a large classifier, a download) is not
+    # counted against the first call
+    RayFuture(reward.pid.remote(), "the reward actor's start").result()
     group = SamplerGroup(
         [RayHandle(s) for s in samplers],
         ft.rollout_retries,
@@ -126,4 +134,10 @@ def start_workers(
     if in_memory:
         # the group keeps this update (and so its object) for samplers Ray restarts
         group.load_weights(update).result()
-    return Workers(group, RayHandle(reward), RayHandle(learner))
+    return Workers(
+        group,
+        RayHandle(reward),
+        RayHandle(learner),
+        restart_reward=lambda: kill_and_restart(reward, ft.restart_timeout_s),
+        wait_for_reward=lambda: wait_until_back(reward, ft.restart_timeout_s),
+    )

@@ -13,26 +13,38 @@ class RayFuture:
     The error a remote method raised comes back as itself (Ray's ``RayTaskError`` unwrapped,
     chained for its remote traceback), so the core handles it as it would in process; the
     death of the actor's process becomes :class:`online_dt.loop.futures.WorkerLostError`.
+    ``name`` says which call it is in a timeout's message.
     """
 
-    def __init__(self, ref: Any) -> None:
+    def __init__(self, ref: Any, name: str = "the actor call") -> None:
         self.ref = ref
+        self.name = name
 
-    def result(self) -> Any:
-        """Block until the call finished; return its value or raise its error.
+    def result(self, timeout: float | None = None) -> Any:
+        """Block until the call finished, at most ``timeout`` seconds (``None``: no limit);
+        return its value or raise its error.
 
         Raises:
+            CallTimeoutError: the call had not finished after ``timeout`` seconds (Ray's
+                ``GetTimeoutError``); the actor goes on running it (see :func:`kill_and_restart`).
             WorkerLostError: the actor died (``restarting=False``) or is unavailable while
                 Ray restarts it (``restarting=True``).
             Exception: what the remote method raised.
         """
         import ray
-        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+        from ray.exceptions import (
+            ActorUnavailableError,
+            GetTimeoutError,
+            RayActorError,
+            RayTaskError,
+        )
 
-        from online_dt.loop.futures import WorkerLostError
+        from online_dt.loop.futures import CallTimeoutError, WorkerLostError
 
         try:
-            return ray.get(self.ref)
+            return ray.get(self.ref, timeout=timeout)
+        except GetTimeoutError as e:
+            raise CallTimeoutError(f"{self.name} did not return within {timeout:g}s") from e
         except RayActorError as e:
             restarting = isinstance(e, ActorUnavailableError) or (
                 not getattr(e, "_actor_init_failed", False) and _may_come_back(e.actor_id)
@@ -73,4 +85,75 @@ class RayHandle:
 
     def __getattr__(self, name: str) -> Callable[..., RayFuture]:
         method = getattr(self.actor, name)
-        return lambda *args, **kwargs: RayFuture(method.remote(*args, **kwargs))
+        return lambda *args, **kwargs: RayFuture(
+            method.remote(*args, **kwargs), f"actor method {name}"
+        )
+
+
+def wait_until_back(actor: Any, timeout_s: float, ping: str = "pid") -> float:
+    """Wait until ``actor`` answers a call, e.g. while Ray restarts it.
+
+    A call sent to a restarting actor waits in Ray's queue until the constructor has run
+    (or fails at once while Ray has not yet noticed the death); waiting here first keeps a
+    restart's time out of the timeout of the call that follows.
+
+    Args:
+        actor: the Ray actor handle.
+        timeout_s: longest wait (seconds).
+        ping: a method without arguments, cheap to call.
+
+    Returns:
+        Seconds waited.
+
+    Raises:
+        WorkerLostError: the actor will not come back (``max_restarts`` spent, or its
+            constructor failed), or is still restarting after ``timeout_s``.
+        CallTimeoutError: it did not answer ``ping`` within ``timeout_s``.
+    """
+    import time
+
+    from online_dt.loop.futures import call_when_back
+
+    start = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    method = getattr(actor, ping)
+    call_when_back(
+        lambda: RayFuture(method.remote(), f"actor method {ping}").result(
+            timeout=max(0.0, deadline - time.monotonic())
+        ),
+        timeout_s,
+    )
+    return time.perf_counter() - start
+
+
+def kill_and_restart(actor: Any, timeout_s: float, ping: str = "pid") -> float:
+    """End ``actor``'s process and wait until Ray has restarted it.
+
+    ``ray.kill(actor, no_restart=False)`` ends the process at once, whatever it is running (a
+    call that hangs included; its pending result fails), and Ray starts a new one, which runs
+    the constructor again. The restart spends one of the actor's ``max_restarts`` (measured on
+    Ray 2.60: with ``max_restarts=1`` a second kill leaves the actor dead). Returns once the
+    new process answers ``ping`` (:func:`wait_until_back`), so that what is called next does
+    not count the restart's time against its own timeout.
+
+    Args:
+        actor: the Ray actor handle.
+        timeout_s: longest wait for the restarted actor to answer (seconds).
+        ping: the method called to see that it is back.
+
+    Returns:
+        Seconds from the kill until the restarted actor answered.
+
+    Raises:
+        WorkerLostError: the actor is not restarted (``max_restarts`` spent, or its constructor
+            failed), or is still restarting after ``timeout_s``.
+        CallTimeoutError: the restarted actor did not answer ``ping`` within ``timeout_s``.
+    """
+    import time
+
+    import ray
+
+    start = time.perf_counter()
+    ray.kill(actor, no_restart=False)
+    wait_until_back(actor, timeout_s, ping)
+    return time.perf_counter() - start

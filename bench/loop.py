@@ -9,9 +9,15 @@ iteration's wall time the stages cover, and, measured from timestamps taken insi
 the share of each training interval overlapped by the next iteration's rollouts. Then
 async ÷ sync samples/s and each mode ÷ the standalone sampler.
 
+With ``--grpo-beta B``, TRL's ``GRPOTrainer`` (the ``bench/peers.py`` setup: same base model,
+reward model, sampling settings and train prompts) then runs at the same reward-model calls as
+each online-dt run (iterations x prompts x samples), and each mode's whole wall time (Ray
+start, actors, engine start and the loop, as a user of ``online-dt run`` waits for it) is
+divided by GRPO's (model load and training), which runs first, before Ray starts.
+
 Usage:
     .venv/bin/python bench/loop.py [--config configs/default.yaml] [--iterations 10]
-        [--modes sync,async] [--set key=value ...]
+        [--modes sync,async] [--set key=value ...] [--grpo-beta 0.04]
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -66,6 +73,27 @@ def summarise(metrics: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     }
 
 
+def grpo_seconds(config: str, cfg: Any, beta: float) -> float:
+    """Wall seconds of ``bench/peers.py``'s TRL GRPO run (model load and training, evaluation
+    left out) at ``cfg``'s reward calls: iterations x prompts_per_iteration x
+    samples_per_prompt."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import peers
+
+    budget = (
+        cfg.online.iterations * cfg.online.prompts_per_iteration * cfg.online.samples_per_prompt
+    )
+    args = peers.build_parser().parse_args(
+        ["--config", config, "--methods", "grpo", "--budget", str(budget), "--no-progress"]
+    )
+    setup = peers.make_setup(args, peers.plan_budget(args, ["grpo"]))
+    try:
+        row = peers.run_grpo(setup, beta)[0]
+    finally:
+        shutil.rmtree(setup.work, ignore_errors=True)
+    return float(row["train_s"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/default.yaml")
@@ -73,6 +101,12 @@ def main() -> int:
     parser.add_argument("--modes", default="sync,async", help="comma-separated online.mode values")
     parser.add_argument("--sampler-repeats", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--grpo-beta",
+        type=float,
+        default=None,
+        help="also time TRL's GRPO with this KL coefficient at the same reward calls",
+    )
     args = parser.parse_args()
 
     import ray
@@ -84,6 +118,11 @@ def main() -> int:
     from online_dt.loop.plan import plan_run
     from online_dt.rollout.factory import make_sampler
 
+    grpo_s = None
+    if args.grpo_beta is not None:  # first, before Ray starts any process on this machine
+        probe = load_config(args.config, OnlineRunConfig, parse_overrides(args.set))
+        probe.online.iterations = args.iterations
+        grpo_s = grpo_seconds(args.config, probe, args.grpo_beta)
     work = Path(tempfile.mkdtemp(prefix="odt-bench-loop-"))
     report: dict[str, Any] = {"config": args.config, "iterations": args.iterations, "modes": {}}
     cfg = plan = None
@@ -124,6 +163,10 @@ def main() -> int:
     modes = report["modes"]
     for figures in modes.values():
         figures["ratio_over_sampler"] = round(figures["steady_samples_per_s"] / sampler_rate, 3)
+    if grpo_s is not None:
+        report["grpo"] = {"beta": args.grpo_beta, "wall_s": round(grpo_s, 1)}
+        for figures in modes.values():
+            figures["wall_over_grpo"] = round(figures["loop_wall_s_including_startup"] / grpo_s, 3)
     if "sync" in modes and "async" in modes:
         report["async_over_sync_samples_per_s"] = round(
             modes["async"]["steady_samples_per_s"] / modes["sync"]["steady_samples_per_s"], 3

@@ -36,8 +36,12 @@ class FaultyReward(_Counted):
         counter_file: file counting calls (survives actor restarts).
         fail_calls: 1-based call numbers that misbehave.
         fault: ``raise`` (RuntimeError), ``nan``/``inf`` (one bad score in the batch),
-            ``wrong_count`` (one score short), ``exit`` (the process dies).
+            ``wrong_count`` (one score short), ``exit`` (the process dies), ``hang`` (sleeps
+            ``hang_s`` before scoring, as a model stuck on a lock or a dead connection).
         delay_s: sleep before scoring (so a test can kill the worker mid-call).
+        hang_s: how long a ``hang`` call sleeps, in seconds (an hour by default; a test sets
+            it a little above what it can wait, so that without a working timeout it fails
+            instead of stalling).
         faults: per-call faults, ``{"2": "exit", "4": "raise"}`` (keys are call numbers as
             strings, as YAML and JSON write them); they take precedence over ``fail_calls``.
     """
@@ -49,18 +53,22 @@ class FaultyReward(_Counted):
         fault: str = "raise",
         delay_s: float = 0.0,
         faults: dict[str, str] | None = None,
+        hang_s: float = 3600.0,
     ) -> None:
         super().__init__(counter_file)
         self.faults = {call: fault for call in fail_calls}
         self.faults.update({int(k): v for k, v in (faults or {}).items()})
         self.delay_s = delay_s
+        self.hang_s = hang_s
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         call = self._next_call()
+        fault = self.faults.get(call)
         if self.delay_s:
             time.sleep(self.delay_s)
+        if fault == "hang":
+            time.sleep(self.hang_s)
         scores = [length_reward(c) for c in completions]
-        fault = self.faults.get(call)
         if fault == "raise":
             raise RuntimeError(f"injected failure on call {call}")
         if fault == "exit":

@@ -24,9 +24,20 @@ def base_dir(request, tmp_path_factory):
 
 
 def make_policy(base_dir, mode="scalar", **kw):
+    if mode == "scalar+prompt":  # reward_on_prompt, its weight moved off zero so it matters
+        cfg = ConditioningConfig(mode="scalar", reward_on_prompt=True, **kw)
+        policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
+        with torch.no_grad():
+            weight = policy.conditioner.prompt_head.weight
+            weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(5)))
+        return policy.eval()
     cfg = ConditioningConfig(mode=mode, **kw)
     policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
     return policy.eval()
+
+
+MODES = ["scalar", "token", "scalar+prompt"]
+"""Conditioning variants the layout tests run: both modes, and scalar with reward_on_prompt."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +230,29 @@ def test_encode_caches_token_ids_bounded_and_returns_copies(base_dir, monkeypatc
     assert list(policy._token_ids) == ["y", "z"]  # least recently used texts evicted
 
 
+def test_reward_on_prompt_shifts_prompt_tokens_only_and_starts_at_zero(base_dir):
+    plain = make_policy(base_dir, "scalar")
+    cfg = ConditioningConfig(mode="scalar", reward_on_prompt=True)
+    fresh = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager").eval()
+    batch = plain.layout(PROMPTS, TARGETS, ["a b", "c", "d e f"])
+    rewards = torch.tensor(TARGETS)
+    with torch.no_grad():  # the untrained prompt head changes nothing
+        assert torch.equal(plain(batch, rewards).logits, fresh(batch, rewards).logits)
+    shifted = make_policy(base_dir, "scalar+prompt")
+    with torch.no_grad():
+        a = plain.embed(batch.input_ids, rewards, batch.prompt_mask)
+        b = shifted.embed(batch.input_ids, rewards, batch.prompt_mask)
+    moved = (a - b).abs().amax(-1) > 0
+    assert torch.equal(moved[:, 1:], batch.prompt_mask[:, 1:])  # prompt tokens, nothing else
+    # the vLLM form ([slot, *prompt], no mask) shifts every prompt token the same way
+    ids = shifted.encode(PROMPTS[:1])[0]
+    embeds = shifted.prompt_embeds(ids, TARGETS[0])
+    row = batch.prompt_mask[0].nonzero().squeeze(-1)
+    assert torch.allclose(embeds[1:], b[0, row], atol=1e-6)
+    with pytest.raises(ValueError, match="reward_on_prompt needs mode: scalar"):
+        ConditioningConfig(mode="token", reward_on_prompt=True)
+
+
 def test_missing_model_gives_clear_error(tmp_path):
     with pytest.raises(OSError, match="cannot load model"):
         RewardConditionedPolicy.from_base(tmp_path / "nope", ConditioningConfig())
@@ -275,7 +309,7 @@ def teacher_forced_logits(policy, prompts, targets, continuation):
     return logits[:, -n - 1 : -1]
 
 
-@pytest.mark.parametrize("mode", ["scalar", "token"])
+@pytest.mark.parametrize("mode", MODES)
 def test_incremental_logits_equal_teacher_forced(base_dir, mode):
     torch.manual_seed(0)
     policy = make_policy(base_dir, mode)
@@ -297,7 +331,7 @@ def test_incremental_logits_equal_teacher_forced(base_dir, mode):
             assert (alone[0] - full[i]).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("mode", ["scalar", "token"])
+@pytest.mark.parametrize("mode", MODES)
 def test_sampled_logprobs_match_teacher_forced(base_dir, mode):
     policy = make_policy(base_dir, mode)
     prompts = PROMPTS * 4
@@ -329,7 +363,7 @@ def test_greedy_generation_ignores_batch_composition(base_dir):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["scalar", "token"])
+@pytest.mark.parametrize("mode", MODES)
 def test_save_load_round_trip(base_dir, mode, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -350,7 +384,7 @@ def test_save_load_round_trip(base_dir, mode, tmp_path):
     if mode == "token":
         assert loaded.conditioner.binning.edges == policy.conditioner.binning.edges
     meta = json.loads((tmp_path / "p" / CONDITIONING_FILE).read_text())
-    assert meta["config"]["mode"] == mode
+    assert meta["config"]["mode"] == mode.split("+")[0]
     # a plain transformers load of the same directory gives the base weights
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "p")
     for name, value in plain.state_dict().items():

@@ -268,3 +268,18 @@ def test_reward_model_fields_of_its_own_kind_are_accepted(tmp_path):
     )
     assert cfg.reward_model.batch_size == 8
     assert load_config(write(tmp_path, "online: {max_policy_lag: 1}"), OnlineRunConfig)
+
+
+def test_reward_timeout_is_positive_seconds_or_null(tmp_path):
+    assert FaultToleranceConfig().reward_timeout_s == 300.0
+    cfg = load_config(
+        write(tmp_path, "fault_tolerance: {reward_timeout_s: 1.5}"),
+        OnlineRunConfig,
+        overrides=parse_overrides(["fault_tolerance.reward_timeout_s=null"]),
+    )
+    assert cfg.fault_tolerance.reward_timeout_s is None  # no limit
+    for bad in ("0", "-2", "soon"):
+        with pytest.raises(ConfigError, match=r"fault_tolerance\.reward_timeout_s"):
+            load_config(
+                write(tmp_path, f"fault_tolerance: {{reward_timeout_s: {bad}}}"), OnlineRunConfig
+            )

@@ -5,11 +5,13 @@ is lost: every sample is in the buffer once or kept in ``rejected/``."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +21,13 @@ import yaml
 import tests.test_loop as loop_tests
 from online_dt.config import FaultToleranceConfig, RewardModelConfig
 from online_dt.launch.rundir import RunDir
-from online_dt.loop.futures import Done, LocalHandle, WorkerLostError
+from online_dt.loop.futures import (
+    CallTimeoutError,
+    Done,
+    LocalHandle,
+    ThreadHandle,
+    WorkerLostError,
+)
 from online_dt.loop.sampler_group import SamplerGroup
 from online_dt.loop.schedule import RewardStats, ScheduleState, next_target
 from online_dt.loop.scoring import RewardBatchError, score_rollouts
@@ -154,6 +162,154 @@ def test_restarting_reward_worker_is_waited_for_within_the_same_attempt(tmp_path
     out = score_rollouts(Restarting().score, rollouts(), 0, policy, RunDir(tmp_path / "run"))
     assert out.rewards == [1.0] * 6 and out.attempts == 1 and out.workers_lost == 1
     assert len(calls) == 4 and out.recovery_s > 0
+
+
+# -- a reward model that hangs: timed out, retried, rejected ------------------------------------
+
+TIMED = NO_WAIT.model_copy(update={"reward_timeout_s": 0.5})
+
+
+def test_thread_handle_times_out_without_ending_the_call():
+    release = threading.Event()
+
+    class Slow:
+        def wait(self):
+            release.wait(10)
+            return "done"
+
+        def fail(self):
+            raise ValueError("bad input")
+
+    handle = ThreadHandle(Slow())
+    future = handle.wait()
+    start = time.perf_counter()
+    with pytest.raises(
+        CallTimeoutError, match=r"Slow\.wait \(call 1\) did not return within 0\.2s"
+    ):
+        future.result(timeout=0.2)
+    assert 0.2 <= time.perf_counter() - start < 2
+    release.set()
+    assert future.result(timeout=5) == "done", "only the wait ended, not the call"
+    with pytest.raises(ValueError, match="bad input"):
+        handle.fail().result(timeout=5)
+    assert Done(3).result(timeout=0) == 3  # already run: nothing to wait for
+
+
+def test_a_hung_call_times_out_is_retried_and_its_batch_rejected_whole(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="online_dt.loop.scoring")
+    run = RunDir(tmp_path / "run")
+    model = faulty(tmp_path, [1, 2, 3], "hang", hang_s=30)
+    policy = TIMED.model_copy(update={"reward_retries": 2, "on_reward_failure": "skip"})
+    start = time.perf_counter()
+    out = score_rollouts(ThreadHandle(Scorer(model)).score, rollouts(), 5, policy, run)
+    elapsed = time.perf_counter() - start
+    assert out.rewards is None and out.reason == "timeout" and out.rejected == 6
+    assert out.attempts == 3 and out.timeouts == 3
+    assert out.metrics()["reward_timeouts"] == 3 and out.metrics()["rejected_samples"] == 6
+    assert 1.5 <= elapsed < 10, "three waits of 0.5 s, not the 30 s hang"
+    [kept] = run.read_rejected()
+    assert kept["file"] == "iter-000005-timeout.json" and kept["reason"] == "timeout"
+    assert kept["attempts"] == 3
+    assert kept["errors"] == [
+        f"CallTimeoutError: Scorer.score (call {k}) did not return within 0.5s" for k in (1, 2, 3)
+    ]
+    fields = ("prompt", "completion", "target", "policy_version", "prompt_index")
+    assert [tuple(s[f] for f in fields) for s in kept["samples"]] == [
+        tuple(getattr(r, f) for f in fields) for r in rollouts()
+    ], "every sample kept whole"
+    # in process the hung call cannot be ended, and the log says so at each timeout
+    assert caplog.text.count("in process the call cannot be ended") == 3
+    # with on_reward_failure=stop the same batch stops the run, named as a timeout
+    with pytest.raises(RewardBatchError, match=r"\(timeout\) after 1 attempt") as info:
+        score_rollouts(
+            ThreadHandle(Scorer(faulty(tmp_path, [4], "hang", hang_s=30))).score,
+            rollouts(),
+            6,
+            TIMED.model_copy(update={"reward_retries": 0}),
+            run,
+        )
+    assert info.value.reason == "timeout" and info.value.rejected_file.endswith("-timeout.json")
+
+
+def test_a_hung_worker_is_restarted_before_the_retry(tmp_path):
+    calls_file = tmp_path / "calls"
+    model = faulty(tmp_path, [1], "hang", hang_s=30)
+    restarts = []
+
+    def restart():  # what kill_and_restart does on Ray, here only recorded
+        restarts.append(calls_file.stat().st_size)  # scoring calls made when it was called
+        return 0.0
+
+    run = RunDir(tmp_path / "run")
+    score = ThreadHandle(Scorer(model)).score
+    out = score_rollouts(score, rollouts(), 0, TIMED, run, restart=restart)
+    assert out.rewards == [length_reward(r.completion) for r in rollouts()]
+    assert out.attempts == 2 and out.timeouts == 1 and out.rejected == 0
+    assert restarts == [1], "killed once, after the hung call and before the retry"
+    assert out.recovery_s > 0 and not run.rejected_dir.exists()
+    # the last attempt's hung worker is ended too, so it does not hold the next batch
+    model.faults[3] = "hang"
+    last = TIMED.model_copy(update={"reward_retries": 0, "on_reward_failure": "skip"})
+    out = score_rollouts(score, rollouts(), 1, last, run, restart=restart)
+    assert out.reason == "timeout" and out.timeouts == 1 and restarts == [1, 3]
+
+
+def test_a_crashed_worker_is_waited_for_before_its_batch_is_timed_again(tmp_path):
+    events = []
+
+    class Crashing:
+        def score(self, prompts, completions):
+            events.append("score")
+            if len(events) == 1:  # died mid-call; Ray restarts it
+                return Done(error=WorkerLostError("ActorUnavailableError", restarting=True))
+            return Done([1.0] * len(prompts))
+
+    def back():  # what wait_until_back does on Ray: returns once the restarted actor answers
+        events.append("back")
+        return 0.0
+
+    run = RunDir(tmp_path / "run")
+    out = score_rollouts(Crashing().score, rollouts(), 0, TIMED, run, wait_for_restart=back)
+    assert events == ["score", "back", "score"], "the batch is sent again once it is back"
+    assert out.rewards == [1.0] * 6 and out.attempts == 1 and out.workers_lost == 1
+    assert out.timeouts == 0
+
+
+def test_loop_in_process_rejects_a_hung_batch_and_goes_on(tmp_path, base):
+    cfg = loop_tests.make_cfg(tmp_path, base)
+    reward = reward_cfg(tmp_path, [2, 3], "hang", hang_s=30)  # iteration 1, and its retry
+    policy = TIMED.model_copy(update={"reward_retries": 1, "on_reward_failure": "skip"})
+    cfg = cfg.model_copy(update={"reward_model": reward, "fault_tolerance": policy})
+    history, plan = loop_tests.run_local(cfg)
+    assert [m["reward_timeouts"] for m in history] == [0, 2, 0, 0]
+    assert [m["reward_attempts"] for m in history] == [1, 2, 1, 1]
+    assert [m["samples"] for m in history] == [8, 0, 8, 8]
+    assert [m["rejected_samples"] for m in history] == [0, 8, 0, 0]
+    [kept] = plan.run.read_rejected()
+    assert kept["iteration"] == 1 and kept["reason"] == "timeout" and len(kept["samples"]) == 8
+    assert len(export_dataset(plan.run.buffer_dir)) == 24
+
+
+def test_a_local_run_with_an_abandoned_hung_call_still_exits(tmp_path, base):
+    cfg = loop_tests.make_cfg(tmp_path, base, iterations=2, kl_samples=0)
+    policy = TIMED.model_copy(update={"reward_retries": 0, "on_reward_failure": "skip"})
+    reward = reward_cfg(tmp_path, [2], "hang")  # an hour: only a daemon thread lets it exit
+    cfg = cfg.model_copy(update={"reward_model": reward, "fault_tolerance": policy})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "online_dt.run", "--config", str(path), "--local", "--no-progress"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in process the call cannot be ended" in done.stdout + done.stderr
+    assert [m["reward_timeouts"] for m in RunDir(cfg.online.run_dir).read_metrics()] == [0, 1]
+    print(f"\nlocal run with an abandoned hung call exited in {time.perf_counter() - start:.0f}s")
 
 
 # -- lost sampler replicas -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Faults on a real Ray cluster (one local cluster for the module): a sampler actor's process
-is killed mid-rollout, the reward actor's process dies mid-call, and the driver is SIGKILLed
-and the run resumed by a new driver. Each test prints its recovery figures (``-s``).
+is killed mid-rollout, the reward actor's process dies mid-call, the reward actor hangs, and
+the driver is SIGKILLed and the run resumed by a new driver. Each test prints its recovery
+figures (``-s``).
 
 Also ``sampler.weight_sync: ray`` on the same cluster: a policy state travelling through the
 object store to a sampler actor, and a sampler actor restarted without weights."""
@@ -170,13 +171,21 @@ def test_reward_actor_death_and_errors(ray_address, tiny, tmp_path):
                 "faults": {"2": "exit", "4": "raise", "5": "raise", "6": "raise"},
             },
         },
-        fault_tolerance={"reward_retries": 2, "on_reward_failure": "skip", "retry_backoff_s": 0.2},
+        fault_tolerance={
+            "reward_retries": 2,
+            "on_reward_failure": "skip",
+            "retry_backoff_s": 0.2,
+            # shorter than the actor's restart (2.5-3 s here): the batch sent again after the
+            # death must not time out while Ray restarts the actor
+            "reward_timeout_s": 2.0,
+        },
     )
     plan = plan_run(cfg, None)
     assert run_on_ray(plan, progress=False) == 0
     metrics = plan.run.read_metrics()
     assert [m["reward_attempts"] for m in metrics] == [1, 1, 3, 1]
     assert [m["reward_workers_lost"] for m in metrics] == [0, 1, 0, 0]
+    assert [m["reward_timeouts"] for m in metrics] == [0, 0, 0, 0]
     assert metrics[1]["reward_recovery_s"] > 0
     assert [m["samples"] for m in metrics] == [64, 64, 0, 64]
     assert [m["rejected_samples"] for m in metrics] == [0, 0, 64, 0]
@@ -188,6 +197,65 @@ def test_reward_actor_death_and_errors(ray_address, tiny, tmp_path):
         f"\nreward actor died mid-call: restarted and scored in "
         f"{metrics[1]['reward_recovery_s']:.1f}s, 0 samples lost; a batch failing 3 times "
         f"was skipped, its 64 samples kept in rejected/"
+    )
+
+
+def test_hung_reward_actor_is_timed_out_killed_and_restarted(ray_address, tiny, tmp_path):
+    from ray.util.state import list_actors
+
+    from actors.controller import run_on_ray
+
+    timeout_s = 2.0
+    cfg = online_cfg(
+        tmp_path / "run",
+        model={"name_or_path": str(tiny)},
+        sampler={"backend": "hf"},
+        sampling={"max_new_tokens": 8},
+        online={"iterations": 4, "prompts_per_iteration": 16, "train_steps_per_iteration": 2},
+        reward_model={
+            "kind": "custom",
+            "class_path": "tests.faulty_rewards:FaultyReward",
+            # call 2, iteration 1's first: the actor hangs (far longer than the test may take)
+            "kwargs": {"counter_file": str(tmp_path / "calls"), "faults": {"2": "hang"}},
+        },
+        fault_tolerance={
+            "reward_timeout_s": timeout_s,
+            "reward_retries": 2,
+            "on_reward_failure": "skip",
+            "retry_backoff_s": 0.2,
+        },
+    )
+    plan = plan_run(cfg, None)
+    pids: list[int] = []  # the reward actor's process after each iteration
+
+    def reward_pid(record):
+        [actor] = list_actors(
+            address=ray_address,
+            filters=[("class_name", "=", "RewardModelActor"), ("state", "=", "ALIVE")],
+        )
+        pids.append(actor.pid)
+
+    start = time.perf_counter()
+    assert run_on_ray(plan, progress=False, callbacks=[reward_pid]) == 0
+    metrics = plan.run.read_metrics()
+    assert [m["reward_timeouts"] for m in metrics] == [0, 1, 0, 0]
+    assert [m["reward_attempts"] for m in metrics] == [1, 2, 1, 1]
+    assert [m["reward_workers_lost"] for m in metrics] == [0, 0, 0, 0]
+    assert [m["samples"] for m in metrics] == [64] * 4, "the hung batch was scored on retry"
+    assert [m["rejected_samples"] for m in metrics] == [0] * 4
+    assert plan.run.read_rejected() == []
+    # the hung process was killed (it does not hold its CPU) and Ray restarted the actor once
+    assert pids[0] != pids[1] and pids[1:] == [pids[1]] * 3
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+    assert (tmp_path / "calls").stat().st_size == 5, "calls 1-5: the hung one, then 4 scored"
+    rows = read_persisted(plan.run.buffer_dir).to_pylist()
+    assert len(rows) == 4 * 64 and len({r["sample_id"] for r in rows}) == len(rows)
+    recovery = metrics[1]["reward_recovery_s"]
+    print(
+        f"\nreward actor hung: timed out after {timeout_s:.0f}s, killed, restarted and the "
+        f"batch scored {recovery:.1f}s later ({timeout_s + recovery:.1f}s from the call), "
+        f"0 samples lost; run {time.perf_counter() - start:.0f}s"
     )
 
 

@@ -38,8 +38,12 @@ TOLERANCE = 1e-3
 
 
 def make_policy(tmp_path, arch, mode):
+    """``mode``: scalar, token, or scalar+prompt (scalar with ``reward_on_prompt``)."""
     base = build_tiny_model(tmp_path / f"base-{arch}", arch)
-    cfg = ConditioningConfig(mode=mode, bin_method="fixed", num_reward_tokens=4)
+    on_prompt = mode == "scalar+prompt"
+    cfg = ConditioningConfig(
+        mode=mode.split("+")[0], bin_method="fixed", num_reward_tokens=4, reward_on_prompt=on_prompt
+    )
     return RewardConditionedPolicy.from_base(base, cfg, attn_implementation="eager").eval()
 
 
@@ -153,7 +157,7 @@ def test_backend_choice(vllm_import):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("arch", "mode"), [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar")]
+    ("arch", "mode"), [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar+prompt")]
 )
 def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
     from online_dt.rollout.vllm_sampler import VLLMSampler
@@ -191,7 +195,7 @@ def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("arch", "mode"), [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar")]
+    ("arch", "mode"), [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar+prompt")]
 )
 def test_vllm_ray_weight_sync_matches_hf(tmp_path, arch, mode):
     """weight_sync: ray on a real engine: built from the skeleton (no weights file anywhere),

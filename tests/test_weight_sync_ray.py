@@ -15,7 +15,7 @@ import tests.test_loop as loop_tests
 from online_dt.config import ConditioningConfig, ConfigError, OnlineRunConfig, load_config
 from online_dt.loop.futures import LocalHandle
 from online_dt.loop.sampler_group import SamplerGroup
-from online_dt.policy.conditioner import CONDITIONING_FILE, RewardConditioner
+from online_dt.policy.conditioner import CONDITIONING_FILE, PROMPT_HEAD_KEY, RewardConditioner
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rollout.factory import make_sampler_from_skeleton
 from online_dt.rollout.hf_sampler import HFSampler
@@ -80,6 +80,7 @@ def no_policy_files(monkeypatch):
     [
         ("scalar", {"normalization": {"kind": "running"}}),
         ("scalar", {"normalization": {"kind": "quantile", "min_count": 4}}),
+        ("scalar", {"reward_on_prompt": True, "normalization": {"kind": "running"}}),
         ("token", {"bin_method": "quantile", "initial_reward_bins": 2, "bin_refit": "split_top"}),
     ],
 )
@@ -94,6 +95,12 @@ def test_conditioner_state_is_what_its_files_hold(base, tmp_path, mode, conditio
     if mode == "scalar":
         for name, value in conditioner.head.state_dict().items():
             assert torch.equal(state["head"][name], value)
+        if conditioner.prompt_head is not None:
+            with torch.no_grad():  # trained away from its zero start, so the test can tell
+                conditioner.prompt_head.weight.normal_()
+            state = conditioner.to_state()
+            conditioner.save(tmp_path)
+            assert torch.equal(state["head"][PROMPT_HEAD_KEY], conditioner.prompt_head.weight)
     else:
         assert state["head"] is None and state["meta"]["bins_fitted"]
     rebuilt = RewardConditioner.from_state(state)
@@ -211,14 +218,13 @@ def test_config_accepts_ray_and_refuses_what_it_would_ignore(tmp_path):
 # -- the HF sampler --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["scalar", "token"])
+@pytest.mark.parametrize("mode", ["scalar", "token", "scalar+reward_on_prompt"])
 def test_hf_sampler_takes_a_ray_update_in_place_and_matches_the_learner(
     tmp_path, base, mode, no_policy_files
 ):
     cfg = ray_cfg(tmp_path, base)
-    cfg = cfg.model_copy(
-        update={"conditioning": cfg.conditioning.model_copy(update={"mode": mode})}
-    )
+    conditioning = {"mode": mode.split("+")[0], "reward_on_prompt": "reward_on_prompt" in mode}
+    cfg = cfg.model_copy(update={"conditioning": cfg.conditioning.model_copy(update=conditioning)})
     learner = Learner(cfg, str(base), tmp_path / "run")
     sampler = make_sampler_from_skeleton(cfg, PolicySkeleton.of(learner.policy))
     params = SamplingParams(n=2, max_new_tokens=8, seed=5)
@@ -248,7 +254,7 @@ def test_hf_sampler_takes_a_ray_update_in_place_and_matches_the_learner(
     assert same_rollouts(after, reference.generate(PROMPTS, TARGETS, params)), "exact"
     assert sampler.policy.model is model, "loaded in place"
     assert sampler.policy.conditioner.head is head
-    if mode == "scalar":  # the normaliser moved with the rewards appended, and came along
+    if mode != "token":  # the normaliser moved with the rewards appended, and came along
         assert (
             sampler.policy.conditioner.normalizer.state_dict()
             == learner.policy.conditioner.normalizer.state_dict()

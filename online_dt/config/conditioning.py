@@ -72,6 +72,14 @@ class ConditioningConfig(StrictModel):
     document separator. ``mean``: the mean token embedding, weight at the embeddings' standard
     deviation. A model whose tokenizer has neither token falls back to ``mean``."""
 
+    reward_on_prompt: bool = False
+    """Scalar mode: also add a reward-dependent vector to the input embedding of every prompt
+    token, so every prompt position carries the reward, not only the slot at index 0. The
+    vector is ``W r_n`` (``W`` a learned ``[hidden, 1]`` matrix starting at zero, ``r_n`` the
+    normalised reward), so the untrained policy is unchanged. Completion tokens (trained on,
+    or generated) get nothing: the same prompt embeddings feed training, HF generation and
+    vLLM's ``prompt_embeds``. Not available in token mode (vLLM then sees token ids only)."""
+
     num_reward_tokens: int = Field(8, ge=2, le=1024)
     """Number of reward bins (and reward tokens) in token mode."""
 
@@ -121,6 +129,8 @@ class ConditioningConfig(StrictModel):
     def _check_bins(self) -> ConditioningConfig:
         if self.reward_max <= self.reward_min:
             raise ValueError("reward_max must be greater than reward_min")
+        if self.reward_on_prompt and self.mode != "scalar":
+            raise ValueError("reward_on_prompt needs mode: scalar (token mode feeds token ids)")
         if self.bin_edges is not None:
             if len(self.bin_edges) != self.num_reward_tokens - 1:
                 raise ValueError(

@@ -95,7 +95,19 @@ class FaultToleranceConfig(StrictModel):
     is dropped with a logged count."""
 
     reward_retries: int = Field(2, ge=0)
-    """Times a scoring batch is retried after the reward model raised or its actor died."""
+    """Times a scoring batch is retried after the reward model raised, its actor died or the
+    call timed out (``reward_timeout_s``)."""
+
+    reward_timeout_s: float | None = Field(300.0, gt=0.0)
+    """Longest wait for one scoring call, in seconds (``None``: no limit). A call that has not
+    returned by then counts as a failed attempt (reason ``timeout``): it is retried
+    (``reward_retries``, ``retry_backoff_s``), then rejected like a raise. On Ray the hung
+    reward actor is killed and restarted before the retry (``ray.kill``; each timeout spends
+    one of ``reward_max_restarts``). In process (``--local``) a thread cannot be killed: the
+    hung call is abandoned, keeps running on its thread (and its CPU, if it computes) and the
+    retry runs beside it on the same model object. Raise it for a reward model that is slow
+    on purpose (a large classifier on CPU, a rate-limited API): 300 s is far above a healthy
+    batch of the built-in models."""
 
     on_reward_failure: Literal["stop", "skip"] = "stop"
     """After the retries: ``stop`` the run with the error, or ``skip`` the batch (its samples

@@ -2,12 +2,16 @@
 
 The loop calls methods on *handles* and gets *futures* back (:class:`Future`: anything with
 ``result()``). :class:`LocalHandle` runs the call at once (tests, ``--local``);
-``actors.ray_futures.RayHandle`` submits it to a Ray actor. A worker whose process died shows
-as :class:`WorkerLostError` from ``result()``, whichever the flavour.
+``actors.ray_futures.RayHandle`` submits it to a Ray actor; :class:`ThreadHandle` runs it on a
+thread of its own, so that waiting for it can time out in process. A worker whose process died
+shows as :class:`WorkerLostError` from ``result()``, and a call that did not return in time as
+:class:`CallTimeoutError` from ``result(timeout)``, whichever the flavour.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -29,6 +33,14 @@ class WorkerLostError(RuntimeError):
     def __init__(self, message: str, *, restarting: bool = False) -> None:
         super().__init__(message)
         self.restarting = restarting
+
+
+class CallTimeoutError(TimeoutError):
+    """A call did not return within the time its caller waited (``result(timeout)``).
+
+    Only the wait ended: the worker may still be running the call. Ending it is the caller's
+    business (a Ray actor can be killed; a thread in this process cannot).
+    """
 
 
 def call_when_back(
@@ -73,6 +85,19 @@ class Future(Protocol[T]):
         ...
 
 
+class TimedFuture(Protocol[T]):
+    """A pending result whose wait can be bounded."""
+
+    def result(self, timeout: float | None = None) -> T:
+        """Block until the call finished, at most ``timeout`` seconds (``None``: no limit);
+        return its value or raise its exception.
+
+        Raises:
+            CallTimeoutError: the call had not finished after ``timeout`` seconds.
+        """
+        ...
+
+
 class Done:
     """An already finished call (holds a value or an exception)."""
 
@@ -80,8 +105,9 @@ class Done:
         self._value = value
         self._error = error
 
-    def result(self) -> Any:
-        """Return the value, or raise the call's exception."""
+    def result(self, timeout: float | None = None) -> Any:
+        """Return the value, or raise the call's exception; ``timeout`` is accepted for
+        :class:`TimedFuture` and never reached (the call has already run)."""
         if self._error is not None:
             raise self._error
         return self._value
@@ -115,5 +141,63 @@ class LocalHandle:
                 return Done(method(*args, **kwargs))
             except Exception as e:  # surfaced by result(), as a remote call would
                 return Done(error=e)
+
+        return call
+
+
+class ThreadFuture:
+    """A call running on a thread of its own (see :class:`ThreadHandle`)."""
+
+    def __init__(self, name: str, call: Callable[[], Any]) -> None:
+        self.name = name
+        self._finished = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        # a daemon thread: one that never returns does not keep the process alive at exit
+        threading.Thread(target=self._run, args=(call,), name=name, daemon=True).start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self._value = call()
+        except BaseException as e:  # surfaced by result(), as a remote call would
+            self._error = e
+        finally:
+            self._finished.set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the call, at most ``timeout`` seconds (``None``: no limit).
+
+        Raises:
+            CallTimeoutError: it had not returned after ``timeout`` seconds; the thread goes on
+                running it (a thread cannot be killed).
+            Exception: what the call raised.
+        """
+        if not self._finished.wait(timeout):
+            raise CallTimeoutError(f"{self.name} did not return within {timeout:g}s")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class ThreadHandle:
+    """Wraps an object so each method call starts on a new daemon thread and returns a
+    :class:`ThreadFuture`, whose ``result(timeout)`` can stop waiting.
+
+    This is how a call in process is timed out, and all it does: Python cannot kill a thread,
+    so a call that never returns is abandoned, not ended. Its thread keeps running (and keeps
+    its CPU if it computes) until the call returns or the process exits, and the next call
+    runs on a new thread beside it, on the same object.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self._calls = itertools.count(1)
+
+    def __getattr__(self, name: str) -> Callable[..., ThreadFuture]:
+        method = getattr(self.target, name)
+
+        def call(*args: Any, **kwargs: Any) -> ThreadFuture:
+            label = f"{type(self.target).__name__}.{name} (call {next(self._calls)})"
+            return ThreadFuture(label, lambda: method(*args, **kwargs))
 
         return call

@@ -125,7 +125,15 @@ def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers, r
     params = sampling_params(cfg, -1, on.warm_start_samples_per_prompt)
     targets = [cfg.schedule.start] * len(batch)
     rollouts = workers.samplers.generate(batch, targets, params).result().rollouts
-    scored = score_rollouts(workers.reward.score, rollouts, -1, cfg.fault_tolerance, run)
+    scored = score_rollouts(
+        workers.reward.score,
+        rollouts,
+        -1,
+        cfg.fault_tolerance,
+        run,
+        restart=workers.restart_reward,
+        wait_for_restart=workers.wait_for_reward,
+    )
     appended = workers.learner.append(*scored.kept(rollouts), -1, time.time()).result()
     trained = workers.learner.train(on.warm_start_steps).result()
     workers.samplers.load_weights(workers.learner.publish().result()).result()
@@ -187,7 +195,15 @@ def _run_loop(
             target, state, inflight = pending or launch(cfg, prompts, workers, it, state)
             batch, pending = bound_policy_lag(inflight.result(), version, max_lag), None
         with timer("scoring"):
-            scored = score_rollouts(workers.reward.score, batch.rollouts, it, ft, run)
+            scored = score_rollouts(
+                workers.reward.score,
+                batch.rollouts,
+                it,
+                ft,
+                run,
+                restart=workers.restart_reward,
+                wait_for_restart=workers.wait_for_reward,
+            )
         rollouts, rewards = scored.kept(batch.rollouts)
         with timer("training"):
             appended = learner.append(rollouts, rewards, it, time.time()).result()

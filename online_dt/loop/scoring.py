@@ -1,10 +1,13 @@
 """Scoring a rollout batch with retries, and keeping the batches that could not be scored.
 
 The reward model is user code and runs in its own worker: it can raise, its process can die,
-and it can return NaN, infinities or the wrong number of scores. :func:`score_rollouts`
+it can hang, and it can return NaN, infinities or the wrong number of scores.
+:func:`score_rollouts`
 
-* retries a batch whose scoring raised or whose worker was lost (``reward_retries`` times,
-  with exponential back-off; Ray restarts a dead actor meanwhile, ``reward_max_restarts``);
+* retries a batch whose scoring raised, whose worker was lost or whose call did not return
+  within ``reward_timeout_s`` (``reward_retries`` times, with exponential back-off; Ray
+  restarts a dead actor meanwhile, ``reward_max_restarts``, and a hung one is killed first so
+  that Ray restarts it);
 * does not retry a batch whose scores failed validation (:class:`RewardModelError`: the same
   inputs give the same NaN);
 * writes every batch it gives up on to ``RUN_DIR/rejected/`` with the reason, the message and
@@ -24,7 +27,7 @@ from typing import Any
 
 from online_dt.config import FaultToleranceConfig
 from online_dt.launch.rundir import RunDir
-from online_dt.loop.futures import WorkerLostError, call_when_back
+from online_dt.loop.futures import CallTimeoutError, WorkerLostError, call_when_back
 from online_dt.rewards import RewardModelError
 from online_dt.samples import Rollout
 from online_dt.util.text import first_line
@@ -38,7 +41,8 @@ class RewardBatchError(RuntimeError):
     Attributes:
         iteration: the iteration whose batch failed.
         reason: ``nan``, ``inf``, ``wrong_count``, ``not_a_number``, ``not_a_sequence``
-            (validation), ``worker_lost`` or ``error`` (the model raised).
+            (validation), ``worker_lost``, ``timeout`` (no answer within
+            ``reward_timeout_s``) or ``error`` (the model raised).
         rejected_file: where the batch was kept.
     """
 
@@ -58,6 +62,8 @@ class ScoreOutcome:
         attempts: scoring attempts made (1 when the first succeeded); a call repeated once
             the worker restarted after dying mid-call is the same attempt.
         workers_lost: times the reward worker died during a call and was waited for.
+        timeouts: calls that did not return within ``reward_timeout_s`` (each a failed
+            attempt whose worker was then ended, or abandoned in process).
         rejected: samples written to ``rejected/`` (0 or the batch size).
         reason: why the batch was rejected (``None`` when scored).
         recovery_s: seconds from the first failure to the successful retry (0 if none).
@@ -67,6 +73,7 @@ class ScoreOutcome:
     rewards: list[float] | None
     attempts: int = 1
     workers_lost: int = 0
+    timeouts: int = 0
     rejected: int = 0
     reason: str | None = None
     recovery_s: float = 0.0
@@ -85,6 +92,7 @@ class ScoreOutcome:
             **({"errors": [e[:2000] for e in self.errors]} if self.errors else {}),
             "reward_attempts": self.attempts,
             "reward_workers_lost": self.workers_lost,
+            "reward_timeouts": self.timeouts,
             "rejected_samples": self.rejected,
             "reward_recovery_s": self.recovery_s,
         }
@@ -92,11 +100,13 @@ class ScoreOutcome:
 
 def failure_reason(error: BaseException) -> str:
     """Short reason of a scoring failure: the :class:`RewardModelError` reason,
-    ``worker_lost`` or ``error``."""
+    ``worker_lost``, ``timeout`` or ``error``."""
     if isinstance(error, RewardModelError):
         return error.reason
     if isinstance(error, WorkerLostError):
         return "worker_lost"
+    if isinstance(error, CallTimeoutError):
+        return "timeout"
     return "error"
 
 
@@ -107,17 +117,28 @@ def score_rollouts(
     fault_tolerance: FaultToleranceConfig,
     run: RunDir,
     *,
+    restart: Callable[[], float] | None = None,
+    wait_for_restart: Callable[[], float] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ScoreOutcome:
     """Score ``rollouts`` with ``score(prompts, completions)`` (returns a future), retrying.
 
     Args:
-        score: the reward worker's ``score`` (a handle method; its future's ``result()`` gives
-            the validated rewards or raises).
+        score: the reward worker's ``score`` (a handle method; its future's
+            ``result(timeout)`` gives the validated rewards or raises, ``CallTimeoutError``
+            when ``fault_tolerance.reward_timeout_s`` passed first).
         rollouts: the batch, ``N`` rollouts.
         iteration: the iteration (names the rejected file).
-        fault_tolerance: retries, back-off and what to do after them.
+        fault_tolerance: timeout, retries, back-off and what to do after them.
         run: the run directory (``rejected/``).
+        restart: ends the reward worker after a call timed out, and returns (the seconds it
+            took) once a new one takes calls; on Ray,
+            :func:`actors.ray_futures.kill_and_restart`. ``None`` where the worker cannot be
+            ended (in process): the hung call is abandoned on its thread, with a warning.
+        wait_for_restart: returns once a worker that died mid-call is back (Ray restarts it),
+            so that the batch sent again is timed without the restart; ``None``: the batch is
+            sent again at once and its call waits in the restarting worker's queue, within
+            ``reward_timeout_s``.
         sleep: back-off function (tests pass a no-op).
 
     Returns:
@@ -138,13 +159,45 @@ def score_rollouts(
         outcome.workers_lost += 1
         first_failure = first_failure or time.perf_counter()
         log.warning("iteration %d: reward worker lost (%s); waiting for its restart", iteration, e)
+        if wait_for_restart is not None:  # raises when it is not back: a failed attempt
+            log.info("iteration %d: reward worker back after %.1fs", iteration, wait_for_restart())
+
+    def timed_out() -> None:  # the call hangs: end its worker (on Ray) so it frees its CPU
+        outcome.timeouts += 1
+        limit = fault_tolerance.reward_timeout_s
+        if restart is None:
+            log.warning(
+                "iteration %d: scoring did not return within %gs; in process the call cannot be "
+                "ended: its thread is abandoned and keeps running (and its CPU, if it computes) "
+                "until it returns or the run ends",
+                iteration,
+                limit,
+            )
+            return
+        log.warning(
+            "iteration %d: scoring did not return within %gs; killing the reward worker so that "
+            "it is restarted",
+            iteration,
+            limit,
+        )
+        try:
+            log.info("iteration %d: reward worker restarted in %.1fs", iteration, restart())
+        except Exception as e:  # the next attempt meets the same: it fails and is counted
+            log.error(
+                "iteration %d: the killed reward worker is not back: %s: %s",
+                iteration,
+                type(e).__name__,
+                first_line(e),
+            )
 
     while outcome.attempts <= fault_tolerance.reward_retries:
         outcome.attempts += 1
         try:
             outcome.rewards = list(
                 call_when_back(
-                    lambda: score(prompts, completions).result(),
+                    lambda: score(prompts, completions).result(
+                        timeout=fault_tolerance.reward_timeout_s
+                    ),
                     fault_tolerance.restart_timeout_s,
                     on_lost=lost,
                 )
@@ -164,6 +217,8 @@ def score_rollouts(
             outcome.errors.append(f"{type(e).__name__}: {e}")
             if isinstance(e, RewardModelError):
                 break  # invalid scores are not retried: the same inputs give the same output
+            if isinstance(e, CallTimeoutError):
+                timed_out()  # the last attempt's too: a hung worker would hold the next batch
             if outcome.attempts <= fault_tolerance.reward_retries:
                 wait = fault_tolerance.retry_backoff_s * 2 ** (outcome.attempts - 1)
                 log.warning(

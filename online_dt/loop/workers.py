@@ -1,8 +1,10 @@
 """The loop's three workers, typed by what the loop calls on them, and their in-process build.
 
 Every method returns a :class:`~online_dt.loop.futures.Future`: in process the call has already
-run (:class:`~online_dt.loop.futures.LocalHandle`), on Ray it was submitted to an actor
-(``actors.ray_futures.RayHandle``). The loop is written once against these Protocols.
+run (:class:`~online_dt.loop.futures.LocalHandle`), or runs on a thread of its own for the
+reward model (:class:`~online_dt.loop.futures.ThreadHandle`, so that a hung call can be timed
+out); on Ray it was submitted to an actor (``actors.ray_futures.RayHandle``). The loop is
+written once against these Protocols.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from online_dt.config import OnlineRunConfig
-from online_dt.loop.futures import Future, LocalHandle
+from online_dt.loop.futures import Future, LocalHandle, ThreadHandle, TimedFuture
 from online_dt.loop.sampler_group import RolloutBatch, SamplerGroup
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import WeightUpdate
@@ -37,8 +39,9 @@ class SamplerWorkers(Protocol):
 class RewardWorker(Protocol):
     """The reward model, its scores validated."""
 
-    def score(self, prompts: list[str], completions: list[str]) -> Future[list[float]]:
-        """One finite reward per sample (raises ``RewardModelError`` on invalid scores)."""
+    def score(self, prompts: list[str], completions: list[str]) -> TimedFuture[list[float]]:
+        """One finite reward per sample (raises ``RewardModelError`` on invalid scores); the
+        future's ``result(timeout)`` raises ``CallTimeoutError`` when the call hangs."""
         ...
 
 
@@ -86,12 +89,21 @@ class Workers:
         learner: the learner (replay buffer, training, weight publication, checkpoints).
         close: releases what the workers hold in this process (the local sampler's engine
             processes); a no-op for actors, which their placement group ends.
+        restart_reward: ends the reward worker after a scoring call timed out and returns
+            (the seconds it took) once a new one takes calls; on Ray the actor is killed and
+            restarted. ``None`` in process, where a hung call cannot be ended (see
+            :class:`~online_dt.loop.futures.ThreadHandle`).
+        wait_for_reward: returns (the seconds waited) once a reward worker that died is back
+            and takes calls, so that a restart is not timed as the scoring call sent after it;
+            on Ray the restarted actor answers ``pid``. ``None`` in process (nothing restarts).
     """
 
     samplers: SamplerWorkers
     reward: RewardWorker
     learner: LearnerWorker
     close: Callable[[], None] = lambda: None
+    restart_reward: Callable[[], float] | None = None
+    wait_for_reward: Callable[[], float] | None = None
 
 
 class CheckedRewardModel:
@@ -116,7 +128,10 @@ def local_workers(
     With ``sampler.weight_sync: ray`` the sampler is built from the policy's skeleton (config
     and tokenizer) and the first version's in-memory state is sent to it through the sampler
     group, as every later one; no weights are written to disk.
-    """
+
+    With ``fault_tolerance.reward_timeout_s`` set, each scoring call runs on a thread of its
+    own (:class:`~online_dt.loop.futures.ThreadHandle`) so that the loop can stop waiting for
+    it; a call that hangs cannot be killed in process and is abandoned on its thread."""
     from online_dt.rewards import load_reward_model
     from online_dt.rollout.factory import make_sampler, make_sampler_from_skeleton
     from online_dt.rollout.weight_sync import PolicySkeleton
@@ -136,5 +151,7 @@ def local_workers(
     if update.backend == "ray":
         group.load_weights(update).result()
     reward = CheckedRewardModel(load_reward_model(cfg.reward_model))
+    timed = ft.reward_timeout_s is not None
+    reward_handle = ThreadHandle(reward) if timed else LocalHandle(reward)
     close = getattr(sampler, "close", lambda: None)  # vLLM: shut its engine down before exit
-    return Workers(group, LocalHandle(reward), LocalHandle(learner), close)
+    return Workers(group, reward_handle, LocalHandle(learner), close)

@@ -26,6 +26,8 @@ where vLLM and transformers load every ``*.safetensors`` file as model weights).
 CONDITIONING_FILE = f"{CONDITIONING_DIR}/conditioning.json"
 HEAD_FILE = f"{CONDITIONING_DIR}/head.safetensors"
 FORMAT_VERSION = 1
+PROMPT_HEAD_KEY = "prompt.weight"
+"""Key of the ``reward_on_prompt`` weight ``[hidden, 1]`` in ``head.safetensors``."""
 
 
 class RewardConditioner(nn.Module):
@@ -39,6 +41,8 @@ class RewardConditioner(nn.Module):
     Attributes:
         config: the :class:`ConditioningConfig`.
         head: ``Linear(1, hidden)`` in scalar mode, else ``None``.
+        prompt_head: ``Linear(1, hidden, bias=False)`` with ``reward_on_prompt`` (its output
+            is added to every prompt token's embedding), else ``None``.
         normalizer: reward normalisation used before the head.
         binning: reward bins (token mode), else ``None``; with ``bin_refit: split_top`` it
             may hold fewer bins than there are reward tokens (the rest wait for splits).
@@ -58,14 +62,19 @@ class RewardConditioner(nn.Module):
         binning: RewardBinning | None = None,
         reward_token_ids: Sequence[int] = (),
         normalizer: RewardNormalizer | None = None,
+        prompt_head: nn.Linear | None = None,
     ) -> None:
         super().__init__()
         if config.mode == "scalar" and head is None:
             raise ValueError("scalar conditioning needs a head")
+        if config.reward_on_prompt and head is not None and prompt_head is None:
+            prompt_head = nn.Linear(1, head.weight.shape[0], bias=False)
+            nn.init.zeros_(prompt_head.weight)  # the untrained policy reads prompts unchanged
         if config.mode == "token" and (binning is None or not reward_token_ids):
             raise ValueError("token conditioning needs bins and reward-token ids")
         self.config = config
         self.head = head
+        self.prompt_head = prompt_head if config.reward_on_prompt else None
         self.normalizer = normalizer or RewardNormalizer(config.normalization)
         self.binning = binning
         self.reward_token_ids = list(reward_token_ids)
@@ -151,15 +160,30 @@ class RewardConditioner(nn.Module):
         bins = self.binning(torch.tensor([float(r) for r in rewards], dtype=torch.float64))
         return [self.reward_token_ids[int(b)] for b in bins]
 
-    def fill_slot(self, embeds: torch.Tensor, rewards: torch.Tensor | None) -> torch.Tensor:
+    def fill_slot(
+        self,
+        embeds: torch.Tensor,
+        rewards: torch.Tensor | None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Replace column 0 of ``embeds`` (``[B, T, H]``) with the scalar reward embedding of
-        ``rewards`` (``[B]``, reward units). Token mode, or ``rewards=None``, returns
-        ``embeds`` unchanged (the reward token's own embedding is already there)."""
+        ``rewards`` (``[B]``, reward units) and, with ``reward_on_prompt``, add the reward
+        vector to the prompt's columns: those ``prompt_mask`` (``[B, T]``, True on prompt
+        tokens) marks, or, when it is ``None``, every column after the slot (``embeds`` then
+        holds ``[slot, *prompt]``, as for vLLM's ``prompt_embeds``). Token mode, or
+        ``rewards=None`` (decoding steps), returns ``embeds`` unchanged (the reward token's own
+        embedding is already there)."""
         if rewards is None or self.head is None:
             return embeds
         normed = self.normalizer(rewards.to(self.head.weight.device, self.head.weight.dtype))
         slot = self.head(normed[:, None]).to(embeds.dtype)
-        return torch.cat([slot[:, None, :], embeds[:, 1:, :]], dim=1)
+        rest = embeds[:, 1:, :]
+        if self.prompt_head is not None:
+            shift = self.prompt_head(normed[:, None]).to(embeds.dtype)[:, None, :]
+            if prompt_mask is not None:
+                shift = shift * prompt_mask[:, 1:, None].to(embeds.dtype)
+            rest = rest + shift
+        return torch.cat([slot[:, None, :], rest], dim=1)
 
     def to_state(self) -> dict[str, Any]:
         """Everything :meth:`save` writes, as an in-memory object (no file is written).
@@ -169,9 +193,11 @@ class RewardConditioner(nn.Module):
             (config, normaliser state, bin edges and whether they were fitted, the rewards'
             range, reward-token ids, placeholder id; plain JSON values, copied, so later
             changes to this conditioner do not show in it); ``head`` maps the scalar head's
-            parameter names (``weight`` ``[H, 1]``, ``bias`` ``[H]``) to float32 CPU tensors
-            (copies) in scalar mode, and is ``None`` in token mode. Picklable (it travels
-            through Ray's object store); :meth:`from_state` reads it back.
+            parameter names (``weight`` ``[H, 1]``, ``bias`` ``[H]``, and with
+            ``reward_on_prompt`` :data:`PROMPT_HEAD_KEY` ``[H, 1]``) to float32 CPU tensors
+            (copies) in scalar mode, and is ``None`` in token mode: ``head.safetensors``.
+            Picklable (it travels through Ray's object store); :meth:`from_state` reads it
+            back.
         """
         head = None
         if self.head is not None:
@@ -179,6 +205,9 @@ class RewardConditioner(nn.Module):
                 k: v.detach().to("cpu", torch.float32, copy=True).contiguous()
                 for k, v in self.head.state_dict().items()
             }
+            if self.prompt_head is not None:
+                weight = self.prompt_head.weight.detach()
+                head[PROMPT_HEAD_KEY] = weight.to("cpu", torch.float32, copy=True).contiguous()
         meta = {
             "format_version": FORMAT_VERSION,
             "config": self.config.model_dump(mode="json"),
@@ -212,7 +241,8 @@ class RewardConditioner(nn.Module):
 
         Raises:
             ValueError: the state's format version is newer than this library understands,
-                or it is scalar mode without head weights.
+                or it is scalar mode without head weights (or, with ``reward_on_prompt``,
+                without the prompt head's).
         """
         meta = json.loads(json.dumps(state["meta"]))
         if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -220,13 +250,20 @@ class RewardConditioner(nn.Module):
         config = ConditioningConfig.model_validate(meta["config"])
         normalizer = RewardNormalizer(config.normalization)
         normalizer.load_state_dict(meta["normalizer"])
-        head = None
+        head = prompt_head = None
         if config.mode == "scalar":
-            weights = state.get("head")
-            if weights is None:
+            weights = dict(state.get("head") or {})
+            if not weights:
                 raise ValueError("scalar conditioning state without head weights")
+            prompt_weight = weights.pop(PROMPT_HEAD_KEY, None)
             head = nn.Linear(1, weights["weight"].shape[0])
             head.load_state_dict({k: v.detach().float() for k, v in weights.items()})
+            if config.reward_on_prompt:
+                if prompt_weight is None:
+                    raise ValueError(f"conditioning state lacks {PROMPT_HEAD_KEY}")
+                prompt_head = nn.Linear(1, prompt_weight.shape[0], bias=False)
+                with torch.no_grad():
+                    prompt_head.weight.copy_(prompt_weight)
         edges = meta.get("bin_edges")
         conditioner = cls(
             config,
@@ -235,6 +272,7 @@ class RewardConditioner(nn.Module):
             binning=RewardBinning(edges) if edges is not None else None,
             reward_token_ids=meta.get("reward_token_ids", []),
             normalizer=normalizer,
+            prompt_head=prompt_head,
         )
         conditioner.bins_fitted = bool(meta.get("bins_fitted", False))
         span = meta.get("bin_range")
@@ -242,14 +280,14 @@ class RewardConditioner(nn.Module):
         return conditioner
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Take over a :meth:`to_state` state in place: the head's weights are copied into
-        this conditioner's head (which keeps its device and dtype), and the config,
+        """Take over a :meth:`to_state` state in place: the heads' weights are copied into
+        this conditioner's heads (which keep their device and dtype), and the config,
         normaliser, bins, rewards' range and token ids are replaced.
 
         Raises:
-            ValueError: the state's mode or head size differs from this conditioner's (a
-                different policy, not a new version of this one), or :meth:`from_state`'s
-                errors.
+            ValueError: the state's mode or heads (size, ``reward_on_prompt``) differ from
+                this conditioner's (a different policy, not a new version of this one), or
+                :meth:`from_state`'s errors.
         """
         other = RewardConditioner.from_state(state)
         if other.config.mode != self.config.mode:
@@ -257,15 +295,20 @@ class RewardConditioner(nn.Module):
                 f"conditioning state is {other.config.mode} mode, this conditioner "
                 f"{self.config.mode} mode"
             )
-        if self.head is not None and other.head is not None:
-            if other.head.weight.shape != self.head.weight.shape:
+        pairs = [(self.head, other.head), (self.prompt_head, other.prompt_head)]
+        for mine, theirs in pairs:
+            if (mine is None) != (theirs is None) or (
+                mine is not None and theirs is not None and mine.weight.shape != theirs.weight.shape
+            ):
                 raise ValueError(
-                    f"conditioning head {tuple(other.head.weight.shape)} does not fit "
-                    f"{tuple(self.head.weight.shape)}"
+                    "the conditioning state's heads do not fit this conditioner's "
+                    f"({_shape(theirs)} into {_shape(mine)})"
                 )
-            with torch.no_grad():
-                for name, value in other.head.state_dict().items():
-                    self.head.get_parameter(name).copy_(value)
+        with torch.no_grad():
+            for mine, theirs in pairs:
+                if mine is not None and theirs is not None:
+                    for name, value in theirs.state_dict().items():
+                        mine.get_parameter(name).copy_(value)
         self.config = other.config
         self.normalizer = other.normalizer
         self.binning = other.binning
@@ -297,3 +340,7 @@ class RewardConditioner(nn.Module):
 
             head = load_file(str(path / HEAD_FILE))
         return cls.from_state({"meta": meta, "head": head})
+
+
+def _shape(head: nn.Linear | None) -> tuple[int, ...] | None:
+    return None if head is None else tuple(head.weight.shape)

@@ -37,12 +37,16 @@ class ConditionedBatch:
         labels: ``LongTensor[B, T]`` or ``None``; ``IGNORE_INDEX`` where no loss is taken.
             Labels are aligned with ``input_ids`` (the model shifts them: logits at t predict
             token t+1).
+        prompt_mask: ``BoolTensor[B, T]`` or ``None``: True on the prompt's tokens (not the
+            slot, padding or completion), where ``conditioning.reward_on_prompt`` adds the
+            reward vector.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     labels: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> ConditionedBatch:
         """Return the batch with every tensor moved to ``device``."""
@@ -51,6 +55,7 @@ class ConditionedBatch:
             self.attention_mask.to(device),
             self.position_ids.to(device),
             None if self.labels is None else self.labels.to(device),
+            None if self.prompt_mask is None else self.prompt_mask.to(device),
         )
 
 
@@ -106,6 +111,7 @@ def layout_batch(
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    prompt_mask = torch.zeros((n, width), dtype=torch.bool)
     input_ids[:, 0] = torch.tensor(list(slot_ids), dtype=torch.long)
     mask[:, 0] = 1
     for i, body in enumerate(bodies):
@@ -113,6 +119,7 @@ def layout_batch(
         end = start + len(body)
         input_ids[i, start:end] = torch.tensor(body, dtype=torch.long)
         mask[i, start:end] = 1
+        prompt_mask[i, start : start + len(prompt_ids[i])] = True
         loss_from = start if include_prompt_loss else start + len(prompt_ids[i])
         labels[i, loss_from:end] = input_ids[i, loss_from:end]
     return ConditionedBatch(
@@ -120,4 +127,5 @@ def layout_batch(
         attention_mask=mask,
         position_ids=positions_from_mask(mask),
         labels=labels if completion_ids is not None else None,
+        prompt_mask=prompt_mask,
     )

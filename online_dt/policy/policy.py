@@ -218,15 +218,24 @@ class RewardConditionedPolicy(nn.Module):
         """See :meth:`RewardConditioner.slot_token_ids`."""
         return self.conditioner.slot_token_ids(rewards)
 
-    def embed(self, input_ids: torch.Tensor, rewards: torch.Tensor | None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        rewards: torch.Tensor | None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Input embeddings ``[B, T, H]`` with the slot (column 0) filled for ``rewards``.
 
         Args:
             input_ids: ``LongTensor[B, T]`` in the shared layout (column 0 is the slot).
             rewards: ``[B]`` rewards in reward units, or ``None`` when ``input_ids`` holds no
                 slot (decoding steps). In token mode column 0 already holds the reward token.
+            prompt_mask: ``[B, T]``, True on prompt tokens (a batch's ``prompt_mask``), for
+                ``conditioning.reward_on_prompt``; ``None``: every column after the slot is a
+                prompt token.
         """
-        return self.conditioner.fill_slot(self.model.get_input_embeddings()(input_ids), rewards)
+        embeds = self.model.get_input_embeddings()(input_ids)
+        return self.conditioner.fill_slot(embeds, rewards, prompt_mask)
 
     def forward(self, batch: ConditionedBatch, rewards: torch.Tensor) -> Any:
         """Teacher-forced forward pass of a batch in the shared layout.
@@ -241,7 +250,7 @@ class RewardConditionedPolicy(nn.Module):
             the token at column t + 1.
         """
         return self.model(
-            inputs_embeds=self.embed(batch.input_ids, rewards),
+            inputs_embeds=self.embed(batch.input_ids, rewards, batch.prompt_mask),
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
         )
@@ -366,7 +375,7 @@ class RewardConditionedPolicy(nn.Module):
             rewards = torch.tensor(chunk_targets, device=self.device)
             sampled = sample_tokens(
                 self.model,
-                self.embed(batch.input_ids, rewards),
+                self.embed(batch.input_ids, rewards, batch.prompt_mask),
                 batch.attention_mask,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=self.eos_token_id,

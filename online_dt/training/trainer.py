@@ -119,8 +119,7 @@ class ConditionedTrainer:
         self.cfg = cfg
         self.device = policy.device
         self.autocast = bf16_autocast and self.device.type == "cuda"
-        head = policy.conditioner.head
-        head_params = list(head.parameters()) if head is not None else []
+        head_params = list(policy.conditioner.parameters())  # the slot's head (and prompt head)
         groups: list[dict[str, Any]] = [{"params": list(policy.model.parameters()), "lr": cfg.lr}]
         if head_params:
             groups.append({"params": head_params, "lr": cfg.lr * cfg.head_lr_multiplier})
