@@ -77,9 +77,10 @@ def start_workers(
     plan: RunPlan, base: str, opts: ActorOptions, logs_dir: Path | None = None
 ) -> Workers:
     """Start the learner, then the sampler replicas (from the learner's first published
-    version) and the reward model, in their placement-group bundles; return the loop's
-    :class:`online_dt.loop.workers.Workers`. With ``logs_dir`` each actor writes its output
-    to ``learner.log``, ``sampler-<i>.log`` or ``reward.log`` there.
+    version; with ``sampler.weight_sync: ray``, from its skeleton, then sent that version
+    through the object store) and the reward model, in their placement-group bundles; return
+    the loop's :class:`online_dt.loop.workers.Workers`. With ``logs_dir`` each actor writes
+    its output to ``learner.log``, ``sampler-<i>.log`` or ``reward.log`` there.
 
     A dead sampler or reward actor is restarted by Ray (``fault_tolerance.*_max_restarts``);
     Ray does not retry its calls (``max_task_retries=0``): the loop re-issues them itself. A
@@ -105,10 +106,14 @@ def start_workers(
         .remote(cfg, base, str(plan.run.path), checkpoint, log_file("learner"))
     )
     update = ray.get(learner.initial_update.remote())
+    # weight_sync ray: samplers start from the skeleton (passed by value, so a restarted actor
+    # can rebuild from it) and get the first version through the group, as every later one
+    in_memory = update.backend == "ray"
+    start = ray.get(learner.sampler_skeleton.remote()) if in_memory else update
     samplers = [
         ray.remote(SamplerActor)
         .options(**opts.samplers[i], max_restarts=ft.sampler_max_restarts, max_task_retries=0)
-        .remote(cfg, update, log_file(f"sampler-{i}"))
+        .remote(cfg, start, log_file(f"sampler-{i}"))
         for i in range(cfg.resources.num_samplers)
     ]
     reward = (
@@ -126,6 +131,9 @@ def start_workers(
         ft.retry_backoff_s,
         ft.restart_timeout_s,
     )
+    if in_memory:
+        # the group keeps this update (and so its object) for samplers Ray restarts
+        group.load_weights(update).result()
     return Workers(
         group,
         RayHandle(reward),

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from online_dt.config import OnlineRunConfig
 from online_dt.loop.workers import CheckedRewardModel
 from online_dt.rollout.sampler import SamplingParams
-from online_dt.rollout.weight_sync import WeightUpdate
+from online_dt.rollout.weight_sync import MemoryPublisher, PolicySkeleton, WeightUpdate
 from online_dt.samples import Rollout
 from online_dt.training.learner import Learner
 from online_dt.util.logs import forward_warnings, redirect_output
@@ -44,18 +45,30 @@ class SamplerActor:
 
     Args:
         cfg: the run config.
-        update: the weights to start from (a restarted actor takes the newest published).
+        start: what to build the sampler from. A checkpoint :class:`WeightUpdate`: the
+            weights to start from (a restarted actor takes the newest published). With
+            ``sampler.weight_sync: ray``, the policy's :class:`PolicySkeleton`: the sampler
+            starts without weights and gets them from :meth:`load_weights` (the controller
+            sends the first version right after start-up, and re-sends the latest to an actor
+            Ray restarted, which is re-created from this same skeleton: Ray passes it by
+            value, so no file or object-store entry must outlive the first start).
         log_file: where its output goes (see :func:`log_to_file`).
     """
 
     def __init__(
-        self, cfg: OnlineRunConfig, update: WeightUpdate, log_file: str | None = None
+        self,
+        cfg: OnlineRunConfig,
+        start: WeightUpdate | PolicySkeleton,
+        log_file: str | None = None,
     ) -> None:
         log_to_file(log_file)
-        from online_dt.rollout.factory import make_sampler
+        from online_dt.rollout.factory import make_sampler, make_sampler_from_skeleton
         from online_dt.rollout.weight_sync import newest_published
 
-        update = newest_published(update)  # a restarted actor starts from the newest weights
+        if isinstance(start, PolicySkeleton):
+            self.sampler = make_sampler_from_skeleton(cfg, start)
+            return
+        update = newest_published(start)  # a restarted actor starts from the newest weights
         assert update.path is not None
         self.sampler = make_sampler(cfg, update.path, update.version)
 
@@ -66,8 +79,20 @@ class SamplerActor:
         return self.sampler.generate(prompts, targets, params)
 
     def load_weights(self, update: WeightUpdate) -> None:
-        """See :meth:`online_dt.rollout.sampler.Sampler.load_weights`."""
+        """See :meth:`online_dt.rollout.sampler.Sampler.load_weights`. A ``ray`` update
+        carries an ``ObjectRef`` (Ray resolves references only at the top level of a call's
+        arguments, not inside the update): it is fetched from the object store here
+        (``ray.get``) and the sampler gets the :class:`PolicyState` itself."""
+        if update.backend == "ray":
+            import ray
+
+            if isinstance(update.state, ray.ObjectRef):
+                update = replace(update, state=ray.get(update.state))
         self.sampler.load_weights(update)
+
+    def policy_version(self) -> int:
+        """The version of the weights the sampler holds (``NO_WEIGHTS``, -1, before any)."""
+        return self.sampler.policy_version
 
     def pid(self) -> int:
         """The actor's process id (operators and fault-injection tests kill it by pid)."""
@@ -95,7 +120,13 @@ class RewardModelActor:
 
 class LearnerActor(Learner):
     """The :class:`online_dt.training.learner.Learner` itself, as an actor; its output goes
-    to ``log_file`` (see :func:`log_to_file`)."""
+    to ``log_file`` (see :func:`log_to_file`).
+
+    With ``sampler.weight_sync: ray`` its publisher puts each version's
+    :class:`~online_dt.rollout.weight_sync.PolicyState` into Ray's object store
+    (``ray.put``, owned by this actor), so each update it returns carries an
+    ``ObjectRef``, which the controller passes on to the sampler actors.
+    """
 
     def __init__(
         self,
@@ -107,3 +138,12 @@ class LearnerActor(Learner):
     ) -> None:
         log_to_file(log_file)
         super().__init__(cfg, base_path, run_dir, checkpoint)
+        if cfg.sampler.weight_sync == "ray":
+            import ray
+
+            self.publisher = MemoryPublisher(put=ray.put)
+
+    def sampler_skeleton(self) -> PolicySkeleton:
+        """The policy's :class:`PolicySkeleton` (config, tokenizer, conditioning; no
+        weights), to build ``ray`` weight-sync samplers from."""
+        return PolicySkeleton.of(self.policy)

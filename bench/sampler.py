@@ -5,20 +5,30 @@ Prints, from one run with the same prompts and sampling settings:
   * vLLM tokens/s on plain token-id prompts without conditioning, same engine and weights
     (the ceiling conditioning is measured against),
   * HF reference sampler tokens/s,
-  * the ratios between them, and weight-sync milliseconds (publish + in-place reload).
+  * the ratios between them, and weight-sync milliseconds (publish + in-place reload) for each
+    backend of ``--weight-sync``: ``checkpoint`` (write ``weights/vN``, the engine reloads it)
+    and ``ray`` (capture the state in memory and put it into a local Ray object store, get it
+    back and copy it into an engine running in this process; ``--no-object-store``: hand the
+    state over directly, as ``online-dt run --local`` does). For ``ray`` it also prints the
+    in-process engine's conditioned tokens/s (``vllm_conditioned_in_process``). The ray part
+    runs on the torch threads less one (``in_process_threads``), as vLLM gives its
+    child-process CPU worker the cores less one and keeps one for its scheduler.
 
 Usage (CPU, embedded model; builds it first if needed):
     .venv/bin/python bench/sampler.py [--mode scalar|token] [--prompts 256] [--max-new-tokens 24]
+        [--weight-sync checkpoint,ray] [--no-object-store]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -30,7 +40,21 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per backend")
     parser.add_argument("--syncs", type=int, default=5, help="weight syncs to time")
+    parser.add_argument(
+        "--weight-sync",
+        default="checkpoint,ray",
+        help="weight-sync backends to time, comma-separated (checkpoint, ray)",
+    )
+    parser.add_argument(
+        "--object-store",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ray backend: pass each state through a local Ray object store (ray.put/ray.get)",
+    )
     args = parser.parse_args()
+    backends = [b.strip() for b in args.weight_sync.split(",") if b.strip()]
+    if not set(backends) <= {"checkpoint", "ray"}:
+        parser.error(f"--weight-sync: unknown backend in {args.weight_sync!r}")
 
     import torch
 
@@ -40,9 +64,16 @@ def main() -> None:
     from online_dt.rollout.hf_sampler import HFSampler
     from online_dt.rollout.sampler import SamplingParams
     from online_dt.rollout.vllm_sampler import VLLMSampler
-    from online_dt.rollout.weight_sync import CheckpointPublisher
+    from online_dt.rollout.weight_sync import CheckpointPublisher, MemoryPublisher, PolicySkeleton
     from online_dt.samples import Sample
     from online_dt.training.trainer import ConditionedTrainer
+
+    if "ray" in backends and args.object_store:
+        # started first, so that its start-up is over before anything is timed
+        import ray
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 
     base = args.model
     if base == "embedded":
@@ -91,16 +122,72 @@ def main() -> None:
 
     trainer = ConditionedTrainer(policy, TrainingConfig(batch_size=8))
     records = [Sample(p, " it was great", t) for p, t in zip(prompts[:8], targets[:8], strict=True)]
-    publish_ms, reload_ms = [], []
-    for version in range(1, args.syncs + 1):
-        trainer.step(records)
-        start = time.perf_counter()
-        update = publisher.publish(policy, version)
-        publish_ms.append(1000 * (time.perf_counter() - start))
-        start = time.perf_counter()
-        sampler.load_weights(update)
-        reload_ms.append(1000 * (time.perf_counter() - start))
+    sync_ms: dict[str, dict[str, float]] = {}
+    if "checkpoint" in backends:
+        publish_ms, reload_ms = [], []
+        for version in range(1, args.syncs + 1):
+            trainer.step(records)
+            start = time.perf_counter()
+            update = publisher.publish(policy, version)
+            publish_ms.append(1000 * (time.perf_counter() - start))
+            start = time.perf_counter()
+            sampler.load_weights(update)
+            reload_ms.append(1000 * (time.perf_counter() - start))
+        sync_ms["checkpoint"] = {
+            "publish_median": median(publish_ms),
+            "reload_median": median(reload_ms),
+            "total_median": median(p + r for p, r in zip(publish_ms, reload_ms, strict=True)),
+        }
     sampler.close()
+
+    if "ray" in backends:
+        put = ray.put if args.object_store else None
+        memory = MemoryPublisher(put=put)
+
+        def fetch(update):
+            return replace(update, state=ray.get(update.state)) if put else update
+
+        # vLLM's child-process CPU worker gets the cores less one, kept for its scheduler and
+        # front end (OMPProcessManager): run the in-process engine on as many torch threads
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads - 1))
+        in_process = VLLMSampler.from_skeleton(
+            PolicySkeleton.of(policy), SamplerConfig(weight_sync="ray")
+        )
+        in_process.load_weights(fetch(memory.publish(policy, 0)))
+
+        def vllm_in_process() -> int:
+            return sum(len(r.token_ids) for r in in_process.generate(prompts, targets, params))
+
+        vllm_in_process()  # warm-up
+        runs = [timed(vllm_in_process) for _ in range(args.repeats)]
+        results["vllm_conditioned_in_process"] = sum(t for _, t in runs) / sum(s for s, _ in runs)
+        publish_ms, fetch_ms, load_ms = [], [], []
+        for version in range(1, args.syncs + 1):
+            trainer.step(records)
+            start = time.perf_counter()
+            update = memory.publish(policy, version)
+            publish_ms.append(1000 * (time.perf_counter() - start))
+            start = time.perf_counter()
+            update = fetch(update)
+            fetch_ms.append(1000 * (time.perf_counter() - start))
+            start = time.perf_counter()
+            in_process.load_weights(update)
+            load_ms.append(1000 * (time.perf_counter() - start))
+        in_process.close()
+        torch.set_num_threads(threads)
+        sync_ms["ray"] = {
+            "object_store": bool(put),
+            "state_mb": round(update.state.nbytes / 2**20, 2),
+            "publish_median": median(publish_ms),
+            "fetch_median": median(fetch_ms),
+            "load_median": median(load_ms),
+            "total_median": median(
+                p + f + m for p, f, m in zip(publish_ms, fetch_ms, load_ms, strict=True)
+            ),
+        }
+        if put:
+            ray.shutdown()
 
     report = {
         "model": base,
@@ -109,6 +196,7 @@ def main() -> None:
         "prompts": args.prompts,
         "max_new_tokens": args.max_new_tokens,
         "torch_threads": torch.get_num_threads(),
+        "in_process_threads": max(1, torch.get_num_threads() - 1) if "ray" in backends else None,
         "tokens_per_s": {k: round(v, 1) for k, v in results.items()},
         "ratios": {
             "vllm_conditioned / vllm_plain": round(
@@ -118,15 +206,19 @@ def main() -> None:
                 results["vllm_conditioned"] / results["hf_reference"], 3
             ),
         },
-        "weight_sync_ms": {
-            "publish_median": round(statistics.median(publish_ms), 1),
-            "reload_median": round(statistics.median(reload_ms), 1),
-            "total_median": round(
-                statistics.median(p + r for p, r in zip(publish_ms, reload_ms, strict=True)), 1
-            ),
-        },
+        "weight_sync_ms": sync_ms,
     }
+    if "vllm_conditioned_in_process" in results:
+        report["ratios"]["vllm_conditioned_in_process / vllm_conditioned"] = round(
+            results["vllm_conditioned_in_process"] / results["vllm_conditioned"], 3
+        )
+    report["tokens_per_s"] = {k: round(v, 1) for k, v in results.items()}
     print(json.dumps(report, indent=2))
+
+
+def median(values) -> float:
+    """Median of ``values``, rounded to 0.1 (milliseconds here)."""
+    return round(statistics.median(list(values)), 1)
 
 
 if __name__ == "__main__":

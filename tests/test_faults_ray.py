@@ -1,7 +1,10 @@
 """Faults on a real Ray cluster (one local cluster for the module): a sampler actor's process
 is killed mid-rollout, the reward actor's process dies mid-call, the reward actor hangs, and
 the driver is SIGKILLed and the run resumed by a new driver. Each test prints its recovery
-figures (``-s``)."""
+figures (``-s``).
+
+Also ``sampler.weight_sync: ray`` on the same cluster: a policy state travelling through the
+object store to a sampler actor, and a sampler actor restarted without weights."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -58,33 +62,39 @@ def online_cfg(run_dir, **sections) -> OnlineRunConfig:
     return load_config(REPO / "configs/default.yaml", OnlineRunConfig, overrides)
 
 
-def kill_when_running(method: str, timeout: float = 180.0) -> dict:
-    """Wait until a *new* actor task ``method`` (e.g. ``SamplerActor.generate``) runs, then
-    SIGKILL its actor's process. Tasks already known when called are ignored, so a finished
+def kill_when_running(method: str, address: str, timeout: float = 180.0) -> dict:
+    """Wait until a *new* actor task ``method`` (e.g. ``SamplerActor.generate``) runs on the
+    cluster at ``address`` (named: other Ray instances may run on this machine), then SIGKILL
+    its actor's process. Tasks already known when called are ignored, so a finished
     call whose end has not been reported yet is never mistaken for a running one."""
     from ray.util.state import list_actors, list_tasks
 
-    known = {t.task_id for t in list_tasks(filters=[("name", "=", method)], limit=10_000)}
+    known = {
+        t.task_id
+        for t in list_tasks(address=address, filters=[("name", "=", method)], limit=10_000)
+    }
     deadline = time.time() + timeout
     while time.time() < deadline:
-        running = list_tasks(filters=[("name", "=", method), ("state", "=", "RUNNING")])
+        running = list_tasks(
+            address=address, filters=[("name", "=", method), ("state", "=", "RUNNING")]
+        )
         fresh = [t for t in running if t.task_id not in known]
         if fresh:
-            actor = list_actors(filters=[("actor_id", "=", fresh[0].actor_id)])[0]
+            actor = list_actors(address=address, filters=[("actor_id", "=", fresh[0].actor_id)])[0]
             os.kill(actor.pid, signal.SIGKILL)
             return {"killed_at": time.perf_counter(), "pid": actor.pid}
         time.sleep(0.05)
     raise TimeoutError(f"no new {method} ran within {timeout}s")
 
 
-def kill_after(iteration: int, method: str, killed: dict):
+def kill_after(iteration: int, method: str, killed: dict, address: str):
     """A metrics callback that, after ``iteration``'s record, kills ``method``'s actor as soon
     as its next call runs (on a thread, so the loop goes on meanwhile); the outcome, or the
     thread's error, lands in ``killed``."""
 
     def kill() -> None:
         try:
-            killed.update(kill_when_running(method))
+            killed.update(kill_when_running(method, address))
         except Exception as e:
             killed["error"] = e
 
@@ -96,21 +106,29 @@ def kill_after(iteration: int, method: str, killed: dict):
     return callback
 
 
+@pytest.mark.parametrize("weight_sync", ["checkpoint", "ray"])
 def test_sampler_killed_mid_rollout_is_restarted_and_resynced(
-    ray_address, embedded_model_dir, tmp_path
+    ray_address, embedded_model_dir, tmp_path, weight_sync
 ):
+    """The default config's vLLM sampler; with ``weight_sync: ray`` its engine runs inside the
+    actor's process and the restarted actor rebuilds it from the skeleton, without weights."""
     from actors.controller import run_on_ray
 
     cfg = online_cfg(
         tmp_path / "run",
         online={"iterations": 4, "prompts_per_iteration": 128, "train_steps_per_iteration": 4},
         fault_tolerance={"retry_backoff_s": 0.2},
+        sampler={"weight_sync": weight_sync},
     )
     plan = plan_run(cfg, None)
     killed: dict = {}
     start = time.perf_counter()
     assert (
-        run_on_ray(plan, progress=False, callbacks=[kill_after(1, "SamplerActor.generate", killed)])
+        run_on_ray(
+            plan,
+            progress=False,
+            callbacks=[kill_after(1, "SamplerActor.generate", killed, ray_address)],
+        )
         == 0
     )
     killed["thread"].join()
@@ -126,8 +144,10 @@ def test_sampler_killed_mid_rollout_is_restarted_and_resynced(
     rows = read_persisted(plan.run.buffer_dir).to_pylist()
     assert len(rows) == 4 * 512 and len({r["sample_id"] for r in rows}) == len(rows)
     assert {(r["iteration"], r["policy_version"]) for r in rows} == {(i, i) for i in range(4)}
+    assert no_weight_files(plan.run) == (weight_sync == "ray")
     print(
-        f"\nsampler killed mid-rollout: recovered in {hit['sampler_recovery_s']:.1f}s "
+        f"\n{weight_sync} weight sync, sampler killed mid-rollout: recovered in "
+        f"{hit['sampler_recovery_s']:.1f}s "
         f"(restart, resync, re-issue of 128 prompts), 0 samples lost, "
         f"run {time.perf_counter() - start:.0f}s"
     )
@@ -210,7 +230,8 @@ def test_hung_reward_actor_is_timed_out_killed_and_restarted(ray_address, tiny, 
 
     def reward_pid(record):
         [actor] = list_actors(
-            filters=[("class_name", "=", "RewardModelActor"), ("state", "=", "ALIVE")]
+            address=ray_address,
+            filters=[("class_name", "=", "RewardModelActor"), ("state", "=", "ALIVE")],
         )
         pids.append(actor.pid)
 
@@ -287,4 +308,149 @@ def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path)
         f"\ndriver SIGKILLed after iteration {stopped['iteration']} was checkpointed: "
         f"{len(before)} persisted samples all kept once; the new driver finished iteration "
         f"{first_resumed['iteration']} {first_resumed['time'] - killed_at:.0f}s after the kill"
+    )
+
+
+# -- weight_sync: ray (the object store instead of files) ----------------------------------------
+
+RAY_SYNC = {"backend": "hf", "weight_sync": "ray"}
+PROMPTS = ["the movie was", "honestly the game is fun and", "i", "this hotel is awful, dirty"]
+TARGETS = [0.9, -0.5, 0.1, -1.0]
+
+
+def no_weight_files(run: RunDir) -> bool:
+    return not run.weights_dir.exists() or not any(run.weights_dir.iterdir())
+
+
+def test_sampler_actor_loads_a_policy_state_from_the_object_store(ray_address, tiny, tmp_path):
+    """The Ray path of ``weight_sync: ray`` without the loop: the learner actor's update carries
+    an ObjectRef, the sampler actor (built from the skeleton, without weights) resolves it and
+    samples what the same version samples in this process."""
+    import ray
+
+    from actors.ray_futures import RayHandle
+    from actors.workers import LearnerActor, SamplerActor
+    from online_dt.policy.policy import RewardConditionedPolicy
+    from online_dt.rollout.hf_sampler import HFSampler
+    from online_dt.rollout.sampler import NO_WEIGHTS, NoWeightsError, SamplingParams
+    from online_dt.rollout.weight_sync import PolicySkeleton, PolicyState
+
+    cfg = online_cfg(
+        tmp_path / "run",
+        model={"name_or_path": str(tiny)},
+        sampler=RAY_SYNC,
+        sampling={"max_new_tokens": 8},
+        buffer={"importance_weighting": False},
+    )
+    run = RunDir(cfg.online.run_dir)
+    learner = RayHandle(
+        ray.remote(LearnerActor).options(num_cpus=0).remote(cfg, str(tiny), str(run.path), None)
+    )
+    first = learner.initial_update().result()
+    assert first.version == 0 and isinstance(first.state, ray.ObjectRef)
+    skeleton = learner.sampler_skeleton().result()
+    assert isinstance(skeleton, PolicySkeleton)
+    sampler = RayHandle(ray.remote(SamplerActor).options(num_cpus=0).remote(cfg, skeleton))
+    params = SamplingParams(n=2, max_new_tokens=8, seed=11)
+    try:
+        assert sampler.policy_version().result() == NO_WEIGHTS
+        with pytest.raises(NoWeightsError):
+            sampler.generate(PROMPTS, TARGETS, params).result()
+
+        sampler.load_weights(first).result()
+        version0 = sampler.generate(PROMPTS, TARGETS, params).result()
+        # the same config builds the same version 0 here: the actor got it from the store
+        fresh = RewardConditionedPolicy.fresh(cfg, tiny).eval()
+        here = HFSampler(fresh).generate(PROMPTS, TARGETS, params)
+        assert [r.token_ids for r in version0] == [r.token_ids for r in here]
+        assert {r.policy_version for r in version0} == {0}
+
+        learner.append(version0, [r.target for r in version0], 0, 0.0).result()
+        learner.train(4).result()
+        second = learner.publish().result()
+        assert second.version == 1 and isinstance(second.state, ray.ObjectRef)
+        sampler.load_weights(second).result()
+        version1 = sampler.generate(PROMPTS, TARGETS, params).result()
+        assert {r.policy_version for r in version1} == {1}
+        # the driver resolves the same object: loaded here, it samples what the actor sampled
+        state = ray.get(second.state)
+        assert isinstance(state, PolicyState) and "lm_head.weight" in state.tied
+        local = HFSampler(fresh)
+        local.load_weights(replace(second, state=state))
+        expected = local.generate(PROMPTS, TARGETS, params)
+        assert [r.token_ids for r in version1] == [r.token_ids for r in expected]
+        gaps = [
+            abs(a - b)
+            for r, e in zip(version1, expected, strict=True)
+            for a, b in zip(r.logprobs, e.logprobs, strict=True)
+        ]
+        assert max(gaps) < 1e-5
+        assert [r.token_ids for r in version1] != [r.token_ids for r in version0]
+        assert no_weight_files(run)
+    finally:
+        ray.kill(sampler.actor)
+        ray.kill(learner.actor)
+
+
+def restart_sampler_actor(address: str, timeout: float = 120.0) -> dict:
+    """SIGKILL the (one) sampler actor's process between calls and wait until Ray has
+    re-created it (a new process, its constructor run again)."""
+    from ray.util.state import list_actors
+
+    alive = [("class_name", "=", "SamplerActor"), ("state", "=", "ALIVE")]
+    [actor] = list_actors(address=address, filters=alive)
+    os.kill(actor.pid, signal.SIGKILL)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        [now] = list_actors(address=address, filters=[("actor_id", "=", actor.actor_id)])
+        if now.state == "ALIVE" and now.pid != actor.pid:
+            return {"old_pid": actor.pid, "new_pid": now.pid}
+        time.sleep(0.1)
+    raise TimeoutError(f"the sampler actor was not restarted within {timeout}s")
+
+
+def test_ray_weight_sync_restarted_sampler_is_resent_the_latest_version(
+    ray_address, tiny, tmp_path
+):
+    """A sampler actor Ray re-creates is rebuilt from its skeleton, without weights (nothing
+    on disk to start from); asked to sample, it says so, and the loop re-sends it the latest
+    update (its ObjectRef is still held by the sampler group) and re-issues its prompts."""
+    from actors.controller import run_on_ray
+
+    cfg = online_cfg(
+        tmp_path / "run",
+        model={"name_or_path": str(tiny)},
+        sampler=RAY_SYNC,
+        sampling={"max_new_tokens": 8},
+        online={
+            "iterations": 4,
+            "prompts_per_iteration": 16,
+            "train_steps_per_iteration": 2,
+            "mode": "sync",
+        },
+        fault_tolerance={"retry_backoff_s": 0.2},
+    )
+    plan = plan_run(cfg, None)
+    restarted: dict = {}
+
+    def restart_after_iteration_1(record: dict) -> None:
+        if record["iteration"] == 1:  # version 2 is loaded (sync mode); the next rollout waits
+            restarted.update(restart_sampler_actor(ray_address))
+
+    assert run_on_ray(plan, progress=False, callbacks=[restart_after_iteration_1]) == 0
+    assert restarted["new_pid"] != restarted["old_pid"]
+    metrics = plan.run.read_metrics()
+    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
+    assert [m["sampler_failures"] for m in metrics] == [0, 0, 1, 0]
+    assert [m["prompts_reissued"] for m in metrics] == [0, 0, 16, 0]
+    assert all(m["prompts_dropped"] == 0 for m in metrics)
+    # the restarted sampler sampled iteration 2 with version 2, re-sent from the object store
+    assert [m["sample_policy_version_min"] for m in metrics] == [0, 1, 2, 3]
+    rows = read_persisted(plan.run.buffer_dir).to_pylist()
+    assert {(r["iteration"], r["policy_version"]) for r in rows} == {(i, i) for i in range(4)}
+    assert no_weight_files(plan.run)
+    print(
+        f"\nweight_sync ray: sampler restarted between calls (pid {restarted['old_pid']} -> "
+        f"{restarted['new_pid']}), re-sent version 2 and its 16 prompts re-issued in "
+        f"{metrics[2]['sampler_recovery_s']:.1f}s; no weights on disk"
     )

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
 import sys
 import types
 
 import pytest
+import torch
 
 from online_dt.config import ConditioningConfig, SamplerConfig, TrainingConfig
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rollout.factory import make_sampler_backend_name
 from online_dt.rollout.hf_sampler import HFSampler
-from online_dt.rollout.sampler import Sampler, SamplingParams
-from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
+from online_dt.rollout.sampler import NoWeightsError, Sampler, SamplingParams
+from online_dt.rollout.weight_sync import (
+    CheckpointPublisher,
+    MemoryPublisher,
+    PolicySkeleton,
+    PolicyState,
+    WeightUpdate,
+)
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer
 from tests.tiny import build_tiny_model
@@ -178,5 +186,57 @@ def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
         assert max_logprob_gap(policy, after) < TOLERANCE
         # the test can tell: the same samples are far from the old weights' logprobs
         assert max_logprob_gap(old, after) > 10 * TOLERANCE
+        # tensors cannot reach an engine in a child process: a ray update is refused
+        with pytest.raises(ValueError, match="in this process"):
+            sampler.load_weights(WeightUpdate(2, "ray", state=PolicyState.capture(policy)))
     finally:
         sampler.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arch", "mode"), [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar+prompt")]
+)
+def test_vllm_ray_weight_sync_matches_hf(tmp_path, arch, mode):
+    """weight_sync: ray on a real engine: built from the skeleton (no weights file anywhere),
+    then every version's tensors loaded in place through collective_rpc, in process."""
+    import vllm.envs
+
+    from online_dt.rollout.vllm_sampler import IN_PROCESS_ENV, VLLMSampler
+
+    policy = make_policy(tmp_path, arch, mode)
+    env_before, set_num_threads = os.environ.get(IN_PROCESS_ENV), torch.set_num_threads
+    cfg = SamplerConfig(kv_cache_memory_gb=0.05, weight_sync="ray")
+    sampler = VLLMSampler.from_skeleton(PolicySkeleton.of(policy), cfg)
+    workdir = sampler._workdir
+    try:
+        assert sampler.in_process
+        # the in-process switch was scoped to the engine's start: the variable is as it was,
+        # vLLM reads it again (no cached value), and torch.set_num_threads is torch's own
+        assert os.environ.get(IN_PROCESS_ENV) == env_before
+        multiprocessing = vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING
+        assert multiprocessing == (env_before != "0")
+        assert torch.set_num_threads is set_num_threads
+        assert workdir is not None and not list(workdir.glob("*.safetensors")), "no weights"
+        params = SamplingParams(n=2, max_new_tokens=10, seed=7)
+        with pytest.raises(NoWeightsError):
+            sampler.generate(PROMPTS, TARGETS, params)
+
+        publisher = MemoryPublisher()
+        sampler.load_weights(publisher.publish(policy, 0))
+        out = sampler.generate(PROMPTS, TARGETS, params)
+        assert all(r.policy_version == 0 for r in out)
+        assert max_logprob_gap(policy, out) < TOLERANCE
+
+        old = copy.deepcopy(policy)
+        train_a_little(policy)
+        sampler.load_weights(publisher.publish(policy, 1))
+        after = sampler.generate(PROMPTS, TARGETS, params)
+        assert all(r.policy_version == 1 for r in after)
+        assert max_logprob_gap(policy, after) < TOLERANCE
+        # the test can tell: the same samples are far from the old weights' logprobs
+        assert max_logprob_gap(old, after) > 10 * TOLERANCE
+        assert not list(workdir.glob("*.safetensors"))
+    finally:
+        sampler.close()
+    assert not workdir.exists(), "close removes the engine's config and tokenizer files"

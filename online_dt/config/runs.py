@@ -125,6 +125,18 @@ class OnlineRunConfig(RunConfig):
             )
         return sampler
 
+    @field_validator("sampler")
+    @classmethod
+    def _refuse_keep_versions_without_files(cls, sampler: SamplerConfig) -> SamplerConfig:
+        default_keep = SamplerConfig.model_fields["keep_versions"].default
+        if sampler.weight_sync == "ray" and sampler.keep_versions != default_keep:
+            raise ValueError(
+                f"keep_versions: {sampler.keep_versions} is read by checkpoint weight sync only; "
+                "weight_sync: ray keeps no version on disk (the object store holds the versions "
+                "still referenced)"
+            )
+        return sampler
+
     @model_validator(mode="after")
     def _importance_weights_need_raw_sampling(self) -> OnlineRunConfig:
         if self.buffer.importance_weighting and (

@@ -50,12 +50,36 @@ class SamplerConfig(StrictModel):
     enforce_eager: bool = True
     """Disable CUDA graphs / compilation (faster start, fine on CPU and for small models)."""
 
-    weight_sync: Literal["checkpoint", "nccl"] = "checkpoint"
-    """``checkpoint``: the learner writes a HF directory, engines reload it in place (CPU and
-    GPU). ``nccl``: vLLM's native NCCL weight transfer between GPUs (not runnable on CPU)."""
+    weight_sync: Literal["checkpoint", "ray", "nccl"] = "checkpoint"
+    """How each new policy version reaches the samplers.
+
+    ``checkpoint`` (default; CPU and GPU): the learner writes the policy as a Hugging Face
+    directory ``weights/vN`` and every engine reloads it in place; on a cluster the run
+    directory must be on storage all nodes share.
+
+    ``ray``: no file is written or read for a weight update. The learner captures the
+    policy's whole state in memory (the model's state dict as CPU tensors plus the
+    conditioning: scalar head, normaliser, bin edges, reward-token ids). On Ray the learner
+    actor puts it into Ray's object store and the update carries the ``ObjectRef``; each
+    sampler actor gets it from there and copies it into its model in place (so nodes need no
+    shared storage for weights). Without Ray (``online-dt run --local``) the update carries
+    the state object itself from the learner to the sampler in the same process: nothing
+    goes through Ray then, despite the name. Samplers start from the policy's config and
+    tokenizer with random weights and receive every version, the first included, as an
+    update; a sampler Ray restarts is re-sent the latest one before it samples. The vLLM
+    engine then runs inside the sampler's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` while
+    it starts), the one way tensors reach vLLM's worker; see
+    ``online_dt.rollout.vllm_sampler.in_process_engine`` for what that changes in the process.
+    Each version is a full copy of the model in memory (CPU) at the learner and in the
+    object store while referenced.
+
+    ``nccl``: vLLM's native NCCL weight transfer between GPUs; refused by run configs (not
+    wired into the learner)."""
 
     keep_versions: int = Field(2, ge=1)
-    """Published checkpoint versions kept on disk (older ones are deleted)."""
+    """Published checkpoint versions kept on disk (older ones are deleted); read by
+    ``checkpoint`` weight sync only (a run config with ``weight_sync: ray`` refuses a value
+    other than the default)."""
 
     seed: int = 0
     """Engine seed (per-request seeds come from the sampling call)."""

@@ -2,8 +2,10 @@
 
 :class:`SamplerGroup` splits a request into one chunk per replica and gathers the results in
 prompt order, like OpenRLHF's ``RayActorGroup``. When a replica's process dies mid-rollout
-(:class:`~online_dt.loop.futures.WorkerLostError`), the group re-sends it the current weights and
-re-issues its chunk, or drops the chunk with a logged count (:class:`SamplerRecovery`).
+(:class:`~online_dt.loop.futures.WorkerLostError`), or answers that it has no weights (a restarted
+``weight_sync: ray`` sampler, :class:`~online_dt.rollout.sampler.NoWeightsError`), the group
+re-sends it the current weights and re-issues its chunk, or drops the chunk with a logged count
+(:class:`SamplerRecovery`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from online_dt.loop.futures import Gather, WorkerLostError, call_when_back
-from online_dt.rollout.sampler import SamplingParams
+from online_dt.rollout.sampler import NoWeightsError, SamplingParams
 from online_dt.samples import Rollout
 from online_dt.util.seeds import derived_seed
 
@@ -66,9 +68,11 @@ class RolloutFuture:
     """Pending rollouts of a :class:`SamplerGroup` request; ``result()`` gathers the chunks.
 
     A chunk whose replica was lost, or which comes back from an older policy version than the
-    group last sent (the replica was restarted between calls), is re-issued after re-sending
-    the current weights, up to ``retries`` times, then dropped; the result's
-    :class:`SamplerRecovery` counts both.
+    group last sent or with :class:`~online_dt.rollout.sampler.NoWeightsError` (the replica
+    was restarted between calls: a checkpoint sampler starts from the newest published
+    version, a ``ray`` one without weights), is re-issued after re-sending the current
+    weights, up to ``retries`` times, then dropped; the result's :class:`SamplerRecovery`
+    counts both.
 
     Raises (from ``result()``):
         WorkerLostError: every chunk was dropped (no rollouts at all).
@@ -135,6 +139,12 @@ class RolloutFuture:
                 self.recovery.sampler_failures += 1
                 problem = f"lost during a rollout ({e})"
                 continue
+            except NoWeightsError:
+                # restarted between calls, rebuilt without weights (weight_sync: ray)
+                lost_at = lost_at or time.perf_counter()
+                self.recovery.sampler_failures += 1
+                problem = "answered that it has no weights (restarted)"
+                continue
             oldest = min((r.policy_version for r in chunk), default=self.expected_version)
             if self.expected_version is not None and oldest < self.expected_version:
                 # restarted between calls: it sampled with the weights it was created with
@@ -164,8 +174,10 @@ class SamplerGroup:
 
     A request of P prompts is split into contiguous chunks, one per replica; results come back
     in prompt order with ``prompt_index`` relative to the whole request. The group remembers
-    the last weight update; a replica that was lost (and restarted by its supervisor, e.g.
-    Ray's ``max_restarts``) gets it again before it samples.
+    the last weight update (with ``weight_sync: ray`` it holds the update's state, or its
+    ``ObjectRef``, which keeps the object in Ray's object store); a replica that was lost (and
+    restarted by its supervisor, e.g. Ray's ``max_restarts``) gets it again before it
+    samples.
 
     Args:
         handles: one handle per replica (``generate`` and ``load_weights`` return futures).

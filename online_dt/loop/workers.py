@@ -125,21 +125,31 @@ def local_workers(
     """Workers in this process (``--local``, tests): one sampler, the reward model and the
     learner, built from the config; the sampler starts from the learner's first version.
 
+    With ``sampler.weight_sync: ray`` the sampler is built from the policy's skeleton (config
+    and tokenizer) and the first version's in-memory state is sent to it through the sampler
+    group, as every later one; no weights are written to disk.
+
     With ``fault_tolerance.reward_timeout_s`` set, each scoring call runs on a thread of its
     own (:class:`~online_dt.loop.futures.ThreadHandle`) so that the loop can stop waiting for
     it; a call that hangs cannot be killed in process and is abandoned on its thread."""
     from online_dt.rewards import load_reward_model
-    from online_dt.rollout.factory import make_sampler
+    from online_dt.rollout.factory import make_sampler, make_sampler_from_skeleton
+    from online_dt.rollout.weight_sync import PolicySkeleton
     from online_dt.training.learner import Learner
 
     learner = Learner(cfg, base_path, run_dir, checkpoint)
     update = learner.initial_update()
-    assert update.path is not None  # checkpoint weight sync: a directory to load
-    sampler = make_sampler(cfg, update.path, update.version)
+    if update.backend == "ray":
+        sampler = make_sampler_from_skeleton(cfg, PolicySkeleton.of(learner.policy))
+    else:
+        assert update.path is not None  # checkpoint weight sync: a directory to load
+        sampler = make_sampler(cfg, update.path, update.version)
     ft = cfg.fault_tolerance
     group = SamplerGroup(
         [LocalHandle(sampler)], ft.rollout_retries, ft.retry_backoff_s, ft.restart_timeout_s
     )
+    if update.backend == "ray":
+        group.load_weights(update).result()
     reward = CheckedRewardModel(load_reward_model(cfg.reward_model))
     timed = ft.reward_timeout_s is not None
     reward_handle = ThreadHandle(reward) if timed else LocalHandle(reward)

@@ -185,20 +185,29 @@ class RewardConditioner(nn.Module):
             rest = rest + shift
         return torch.cat([slot[:, None, :], rest], dim=1)
 
-    def save(self, path: str | Path) -> None:
-        """Write ``reward_conditioning/conditioning.json`` (and ``head.safetensors``) under
-        ``path``."""
-        from safetensors.torch import save_file
+    def to_state(self) -> dict[str, Any]:
+        """Everything :meth:`save` writes, as an in-memory object (no file is written).
 
-        path = Path(path)
-        (path / CONDITIONING_DIR).mkdir(parents=True, exist_ok=True)
+        Returns:
+            ``{"meta": ..., "head": ...}``: ``meta`` is the content of ``conditioning.json``
+            (config, normaliser state, bin edges and whether they were fitted, the rewards'
+            range, reward-token ids, placeholder id; plain JSON values, copied, so later
+            changes to this conditioner do not show in it); ``head`` maps the scalar head's
+            parameter names (``weight`` ``[H, 1]``, ``bias`` ``[H]``, and with
+            ``reward_on_prompt`` :data:`PROMPT_HEAD_KEY` ``[H, 1]``) to float32 CPU tensors
+            (copies) in scalar mode, and is ``None`` in token mode: ``head.safetensors``.
+            Picklable (it travels through Ray's object store); :meth:`from_state` reads it
+            back.
+        """
+        head = None
         if self.head is not None:
-            state = {
-                k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()
+            head = {
+                k: v.detach().to("cpu", torch.float32, copy=True).contiguous()
+                for k, v in self.head.state_dict().items()
             }
             if self.prompt_head is not None:
-                state[PROMPT_HEAD_KEY] = self.prompt_head.weight.detach().float().cpu().contiguous()
-            save_file(state, str(path / HEAD_FILE))
+                weight = self.prompt_head.weight.detach()
+                head[PROMPT_HEAD_KEY] = weight.to("cpu", torch.float32, copy=True).contiguous()
         meta = {
             "format_version": FORMAT_VERSION,
             "config": self.config.model_dump(mode="json"),
@@ -209,7 +218,104 @@ class RewardConditioner(nn.Module):
             "reward_token_ids": self.reward_token_ids,
             "placeholder_id": self.placeholder_id,
         }
-        (path / CONDITIONING_FILE).write_text(json.dumps(meta, indent=2))
+        # a JSON round trip: the values conditioning.json would hold, sharing no list with self
+        return {"meta": json.loads(json.dumps(meta)), "head": head}
+
+    def save(self, path: str | Path) -> None:
+        """Write ``reward_conditioning/conditioning.json`` (and ``head.safetensors``) under
+        ``path``: the content of :meth:`to_state`."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        (path / CONDITIONING_DIR).mkdir(parents=True, exist_ok=True)
+        state = self.to_state()
+        if state["head"] is not None:
+            save_file(state["head"], str(path / HEAD_FILE))
+        (path / CONDITIONING_FILE).write_text(json.dumps(state["meta"], indent=2))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RewardConditioner:
+        """A new conditioner (on CPU) from what :meth:`to_state` returned, as :meth:`load`
+        builds one from the files :meth:`save` wrote. The new conditioner shares no tensor or
+        list with ``state``.
+
+        Raises:
+            ValueError: the state's format version is newer than this library understands,
+                or it is scalar mode without head weights (or, with ``reward_on_prompt``,
+                without the prompt head's).
+        """
+        meta = json.loads(json.dumps(state["meta"]))
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"conditioning state has format_version {meta['format_version']}")
+        config = ConditioningConfig.model_validate(meta["config"])
+        normalizer = RewardNormalizer(config.normalization)
+        normalizer.load_state_dict(meta["normalizer"])
+        head = prompt_head = None
+        if config.mode == "scalar":
+            weights = dict(state.get("head") or {})
+            if not weights:
+                raise ValueError("scalar conditioning state without head weights")
+            prompt_weight = weights.pop(PROMPT_HEAD_KEY, None)
+            head = nn.Linear(1, weights["weight"].shape[0])
+            head.load_state_dict({k: v.detach().float() for k, v in weights.items()})
+            if config.reward_on_prompt:
+                if prompt_weight is None:
+                    raise ValueError(f"conditioning state lacks {PROMPT_HEAD_KEY}")
+                prompt_head = nn.Linear(1, prompt_weight.shape[0], bias=False)
+                with torch.no_grad():
+                    prompt_head.weight.copy_(prompt_weight)
+        edges = meta.get("bin_edges")
+        conditioner = cls(
+            config,
+            placeholder_id=meta["placeholder_id"],
+            head=head,
+            binning=RewardBinning(edges) if edges is not None else None,
+            reward_token_ids=meta.get("reward_token_ids", []),
+            normalizer=normalizer,
+            prompt_head=prompt_head,
+        )
+        conditioner.bins_fitted = bool(meta.get("bins_fitted", False))
+        span = meta.get("bin_range")
+        conditioner.bin_range = (float(span[0]), float(span[1])) if span is not None else None
+        return conditioner
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take over a :meth:`to_state` state in place: the heads' weights are copied into
+        this conditioner's heads (which keep their device and dtype), and the config,
+        normaliser, bins, rewards' range and token ids are replaced.
+
+        Raises:
+            ValueError: the state's mode or heads (size, ``reward_on_prompt``) differ from
+                this conditioner's (a different policy, not a new version of this one), or
+                :meth:`from_state`'s errors.
+        """
+        other = RewardConditioner.from_state(state)
+        if other.config.mode != self.config.mode:
+            raise ValueError(
+                f"conditioning state is {other.config.mode} mode, this conditioner "
+                f"{self.config.mode} mode"
+            )
+        pairs = [(self.head, other.head), (self.prompt_head, other.prompt_head)]
+        for mine, theirs in pairs:
+            if (mine is None) != (theirs is None) or (
+                mine is not None and theirs is not None and mine.weight.shape != theirs.weight.shape
+            ):
+                raise ValueError(
+                    "the conditioning state's heads do not fit this conditioner's "
+                    f"({_shape(theirs)} into {_shape(mine)})"
+                )
+        with torch.no_grad():
+            for mine, theirs in pairs:
+                if mine is not None and theirs is not None:
+                    for name, value in theirs.state_dict().items():
+                        mine.get_parameter(name).copy_(value)
+        self.config = other.config
+        self.normalizer = other.normalizer
+        self.binning = other.binning
+        self.reward_token_ids = other.reward_token_ids
+        self.placeholder_id = other.placeholder_id
+        self.bins_fitted = other.bins_fitted
+        self.bin_range = other.bin_range
 
     @classmethod
     def load(cls, path: str | Path) -> RewardConditioner:
@@ -228,33 +334,13 @@ class RewardConditioner(nn.Module):
         meta = json.loads(meta_file.read_text())
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{meta_file} has format_version {meta['format_version']}")
-        config = ConditioningConfig.model_validate(meta["config"])
-        normalizer = RewardNormalizer(config.normalization)
-        normalizer.load_state_dict(meta["normalizer"])
-        head = prompt_head = None
-        if config.mode == "scalar":
+        head = None
+        if ConditioningConfig.model_validate(meta["config"]).mode == "scalar":
             from safetensors.torch import load_file
 
-            state = load_file(str(path / HEAD_FILE))
-            prompt_weight = state.pop(PROMPT_HEAD_KEY, None)
-            head = nn.Linear(1, state["weight"].shape[0])
-            head.load_state_dict(state)
-            if config.reward_on_prompt:
-                if prompt_weight is None:
-                    raise ValueError(f"{path / HEAD_FILE} lacks {PROMPT_HEAD_KEY}")
-                prompt_head = nn.Linear(1, prompt_weight.shape[0], bias=False)
-                prompt_head.weight.data.copy_(prompt_weight)
-        edges = meta.get("bin_edges")
-        conditioner = cls(
-            config,
-            placeholder_id=meta["placeholder_id"],
-            head=head,
-            binning=RewardBinning(edges) if edges is not None else None,
-            reward_token_ids=meta.get("reward_token_ids", []),
-            normalizer=normalizer,
-            prompt_head=prompt_head,
-        )
-        conditioner.bins_fitted = bool(meta.get("bins_fitted", False))
-        span = meta.get("bin_range")
-        conditioner.bin_range = (float(span[0]), float(span[1])) if span is not None else None
-        return conditioner
+            head = load_file(str(path / HEAD_FILE))
+        return cls.from_state({"meta": meta, "head": head})
+
+
+def _shape(head: nn.Linear | None) -> tuple[int, ...] | None:
+    return None if head is None else tuple(head.weight.shape)

@@ -1,5 +1,5 @@
-"""The sampler a config asks for, over a published policy directory: backend choice and
-construction."""
+"""The sampler a config asks for, over a published policy directory or (``weight_sync: ray``) a
+policy skeleton: backend choice and construction."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 
 from online_dt.config import OnlineRunConfig
 from online_dt.rollout.hf_sampler import HFSampler
-from online_dt.rollout.sampler import Sampler
+from online_dt.rollout.sampler import NO_WEIGHTS, Sampler
+from online_dt.rollout.weight_sync import PolicySkeleton
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,28 @@ def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Sampler:
 
     policy = RewardConditionedPolicy.from_pretrained(path, device=cfg.model.device)
     return HFSampler(policy.eval(), batch_size=cfg.sampling.batch_size, policy_version=version)
+
+
+def make_sampler_from_skeleton(cfg: OnlineRunConfig, skeleton: PolicySkeleton) -> Sampler:
+    """The configured sampler backend built from a skeleton, without weights: its
+    ``policy_version`` is :data:`~online_dt.rollout.sampler.NO_WEIGHTS` and it refuses to
+    sample until ``load_weights`` gives it a ``ray`` update (``sampler.weight_sync: ray``).
+
+    vLLM: :meth:`VLLMSampler.from_skeleton` (an engine in this process, started with random
+    weights). HF: the skeleton's policy with random weights, on ``model.device`` with
+    ``model.attn_implementation``.
+
+    Raises:
+        ImportError: ``sampler.backend: vllm`` and vLLM is not installed.
+    """
+    if make_sampler_backend_name(cfg.sampler.backend) == "vllm":
+        from online_dt.rollout.vllm_sampler import VLLMSampler
+
+        return VLLMSampler.from_skeleton(skeleton, cfg.sampler)
+    policy = skeleton.build_policy(
+        device=cfg.model.device, attn_implementation=cfg.model.attn_implementation
+    )
+    return HFSampler(policy, batch_size=cfg.sampling.batch_size, policy_version=NO_WEIGHTS)
 
 
 def make_sampler_backend_name(prefer: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from online_dt.rollout.sampler import SamplingParams, check_request
+from online_dt.rollout.sampler import SamplingParams, check_request, require_weights
 from online_dt.samples import Rollout
 
 if TYPE_CHECKING:
@@ -19,6 +19,12 @@ class HFSampler:
 
     Slower than vLLM but exact by construction (the same module as training); used in tests and
     wherever vLLM is not installed.
+
+    Args:
+        policy: the policy to sample from (owned by the sampler: ``load_weights`` changes it).
+        batch_size: prompts per generation batch.
+        policy_version: the version of ``policy``'s weights; ``NO_WEIGHTS`` for a policy built
+            from a skeleton, which refuses to sample until ``load_weights``.
     """
 
     backend = "hf"
@@ -35,6 +41,7 @@ class HFSampler:
     ) -> list[Rollout]:
         """See :meth:`Sampler.generate`."""
         check_request(prompts, targets)
+        require_weights(self)
         repeated = [p for p in prompts for _ in range(params.n)]
         repeated_targets = [float(t) for t in targets for _ in range(params.n)]
         rollouts = self.policy.generate(
@@ -51,13 +58,35 @@ class HFSampler:
         return rollouts
 
     def load_weights(self, update: WeightUpdate) -> None:
-        """Load the published checkpoint directory (checkpoint backend only).
+        """Move to a published version.
+
+        * ``checkpoint``: load the published directory with ``from_pretrained`` (a new policy
+          object on the same device).
+        * ``ray``: copy the update's :class:`~online_dt.rollout.weight_sync.PolicyState` into
+          the current policy in place: the model's ``load_state_dict`` (strict: every name,
+          tied ones included, shapes equal; values converted to the parameters' device and
+          dtype) and the conditioner's ``load_state``. No file is read.
 
         Raises:
-            ValueError: the update carries no checkpoint path.
+            ValueError: a ``checkpoint`` or ``nccl`` update without a path.
+            TypeError: a ``ray`` update whose state is not a resolved ``PolicyState`` (an
+                ``ObjectRef``: resolve it first, as ``actors.workers.SamplerActor`` does).
+            RuntimeError: the state does not fit the model (``load_state_dict``'s error).
         """
         from online_dt.policy.policy import RewardConditionedPolicy
+        from online_dt.rollout.weight_sync import PolicyState
 
+        if update.backend == "ray":
+            state = update.state
+            if not isinstance(state, PolicyState):
+                raise TypeError(
+                    f"a ray weight update must carry a PolicyState, got {type(state).__name__}"
+                )
+            self.policy.model.load_state_dict(state.model_state_dict())
+            self.policy.conditioner.load_state(state.conditioning)
+            self.policy.eval()
+            self.policy_version = update.version
+            return
         if update.path is None:
             raise ValueError(f"the HF sampler needs a checkpoint path, got {update}")
         device = str(self.policy.device)

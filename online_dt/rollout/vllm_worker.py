@@ -2,6 +2,10 @@
 
 vLLM instantiates this class's methods onto each worker, so the engine process can call them
 by name with ``LLM.collective_rpc("reload_policy", args=(path,))`` without pickling functions.
+``load_policy_tensors`` takes the tensors themselves, which reach the worker intact only when
+the engine runs in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as
+:class:`~online_dt.rollout.vllm_sampler.VLLMSampler` starts it for ``weight_sync: ray``): across
+vLLM's multiprocess executor they arrive as lists.
 """
 
 from __future__ import annotations
@@ -28,6 +32,35 @@ class PolicyReloadExtension:
         """
         worker: Any = self
         worker.reload_weights(weights_path=path, is_checkpoint_format=True)
+        return _repack_cpu_gemms(worker.model_runner.get_model())
+
+    def load_policy_tensors(self, weights: list[tuple[str, Any]]) -> int:
+        """Load weights given as tensors in place (vLLM's ``reload_weights`` with a weights
+        iterator, checkpoint format), then re-pack the CPU GEMM handles as
+        :meth:`reload_policy` does (a tied ``lm_head`` keeps a stale packed copy otherwise).
+
+        Args:
+            weights: ``(Hugging Face name, tensor)`` pairs as a checkpoint holds them (tied
+                copies left out: :meth:`PolicyState.weights`); any dtype and device, copied
+                into the engine's parameters.
+
+        Returns:
+            The number of CPU GEMM handles re-packed (0 on GPU).
+
+        Raises:
+            TypeError: an entry is not a tensor (the engine is not in process, so the tensors
+                were serialised on the way); nothing is loaded then.
+        """
+        import torch
+
+        bad = [name for name, t in weights if not isinstance(t, torch.Tensor)]
+        if bad:
+            raise TypeError(
+                f"{len(bad)} weights are not tensors (first: {bad[0]}): tensors reach vLLM's "
+                "worker only when the engine runs in process (VLLM_ENABLE_V1_MULTIPROCESSING=0)"
+            )
+        worker: Any = self
+        worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
         return _repack_cpu_gemms(worker.model_runner.get_model())
 
 

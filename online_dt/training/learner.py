@@ -30,7 +30,7 @@ from online_dt.launch.rundir import (
 )
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
-from online_dt.rollout.weight_sync import CheckpointPublisher, WeightUpdate
+from online_dt.rollout.weight_sync import WeightUpdate, make_publisher
 from online_dt.samples import Rollout, Sample
 from online_dt.training.kl import kl_per_completion
 from online_dt.training.trainer import ConditionedTrainer
@@ -88,7 +88,7 @@ class Learner:
             base_model=self.base_model if cfg.online.kl_coef > 0 else None,
             kl_coef=cfg.online.kl_coef,
         )
-        self.publisher = CheckpointPublisher(self.run.weights_dir, keep=cfg.sampler.keep_versions)
+        self.publisher = make_publisher(cfg.sampler, self.run.weights_dir)
         if checkpoint is None:
             self.buffer = ReplayBuffer(cfg.buffer, self.run.buffer_dir, seed=cfg.training.seed)
             self.version = 0
@@ -118,8 +118,9 @@ class Learner:
     def initial_update(self) -> WeightUpdate:
         """Publish the current version (0 on a fresh start) for samplers to start from.
 
-        Versions newer than it, published by an interrupted run after its last checkpoint,
-        are deleted first, so no sampler (a restarted one included) can load them.
+        With checkpoint weight sync, versions newer than it, published by an interrupted run
+        after its last checkpoint, are deleted first, so no sampler (a restarted one included)
+        can load them; ``ray`` weight sync keeps nothing on disk to delete.
         """
         self.publisher.discard_after(self.version)
         return self.publisher.publish(self.policy, self.version)

@@ -68,6 +68,18 @@ HARMLESS: tuple[tuple[str, str, str], ...] = (
         "libiomp is not found in LD_PRELOAD",
         "a speed hint for large CPU models (Intel's OpenMP); results are the same",
     ),
+    (
+        "vllm",
+        "The global random seed is set to",
+        "an engine started in process (weight_sync: ray) seeds the global generators; "
+        "in_process_engine (online_dt/rollout/vllm_sampler.py) restores their CPU states",
+    ),
+    (
+        "vllm",
+        "CPU backend doesn't allow to use `torch.set_num_threads`",
+        "vLLM's own calls while an in-process CPU engine starts (weight_sync: ray) are skipped; "
+        "in_process_engine restores torch.set_num_threads afterwards",
+    ),
 )
 """Warnings dropped by :class:`KnownHarmless`: (logger prefix, message start, why harmless)."""
 
