@@ -214,7 +214,7 @@ def test_scalar_slot_embedding_depends_on_reward(base_dir):
 
 
 def test_encode_caches_token_ids_bounded_and_returns_copies(base_dir, monkeypatch):
-    import online_dt.policy.policy as policy_module
+    import online_dt.policy.tokens as tokens_module
 
     policy = make_policy(base_dir, "scalar")
     texts = ["a b c", "b c", "", "a b c", "the end"]
@@ -223,11 +223,11 @@ def test_encode_caches_token_ids_bounded_and_returns_copies(base_dir, monkeypatc
     first = policy.encode(["a b c"])[0]
     first.append(-1)  # a caller's change must not reach the cache
     assert policy.encode(["a b c"]) == [expected[0]]
-    monkeypatch.setattr(policy_module, "TOKEN_CACHE_SIZE", 2)
+    monkeypatch.setattr(tokens_module, "TOKEN_CACHE_SIZE", 2)
     assert policy.encode(["x", "y", "z"]) == [
         policy.tokenizer.encode(t, add_special_tokens=False) for t in ["x", "y", "z"]
     ]
-    assert list(policy._token_ids) == ["y", "z"]  # least recently used texts evicted
+    assert policy._token_ids.texts() == ["y", "z"]  # least recently used texts evicted
 
 
 def test_reward_on_prompt_shifts_prompt_tokens_only_and_starts_at_zero(base_dir):

@@ -332,14 +332,15 @@ class RewardConditioner(nn.Module):
                 f"{path} is not a conditioned policy directory (no {CONDITIONING_FILE})"
             )
         meta = json.loads(meta_file.read_text())
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{meta_file} has format_version {meta['format_version']}")
         head = None
         if ConditioningConfig.model_validate(meta["config"]).mode == "scalar":
             from safetensors.torch import load_file
 
             head = load_file(str(path / HEAD_FILE))
-        return cls.from_state({"meta": meta, "head": head})
+        try:
+            return cls.from_state({"meta": meta, "head": head})
+        except ValueError as e:  # name the directory: the state does not know it
+            raise ValueError(f"{path}: {e}") from e
 
 
 def _shape(head: nn.Linear | None) -> tuple[int, ...] | None:

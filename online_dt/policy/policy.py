@@ -20,7 +20,6 @@ scalar mode, ``head.safetensors``.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,9 @@ from online_dt.policy.loading import (
 )
 from online_dt.policy.logprobs import labelled_token_logprobs
 from online_dt.policy.normalization import RewardBinning
+from online_dt.policy.tokens import TokenIdCache
 from online_dt.samples import Rollout
 from online_dt.util.devices import resolve_device
-
-TOKEN_CACHE_SIZE = 65_536
-"""Distinct texts whose token ids :meth:`RewardConditionedPolicy.encode` keeps."""
 
 
 class RewardConditionedPolicy(nn.Module):
@@ -66,8 +63,7 @@ class RewardConditionedPolicy(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.conditioner = conditioner
-        self._token_ids: OrderedDict[str, list[int]] = OrderedDict()
-        """Token ids of recently encoded texts (:meth:`encode`), least recently used first."""
+        self._token_ids = TokenIdCache(tokenizer)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -256,25 +252,9 @@ class RewardConditionedPolicy(nn.Module):
         )
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, without special tokens (a new list per text).
-
-        The ids of the last :data:`TOKEN_CACHE_SIZE` distinct texts are kept: the learner
-        lays out every replay-buffer sample about twice and every prompt many times, and
-        tokenising them again was 4 % of a training step on the embedded model
-        (``bench/learner.py``). Texts not held are tokenised in one batch call.
-        """
-        cache = self._token_ids
-        missing = list(dict.fromkeys(t for t in texts if t not in cache))
-        if missing:
-            encoded = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
-            cache.update(zip(missing, encoded, strict=True))
-        out = []
-        for t in texts:
-            cache.move_to_end(t)
-            out.append(list(cache[t]))
-        while len(cache) > TOKEN_CACHE_SIZE:
-            cache.popitem(last=False)
-        return out
+        """Token ids of each text, without special tokens (a new list per text); the ids of
+        recently seen texts are kept (:class:`~online_dt.policy.tokens.TokenIdCache`)."""
+        return self._token_ids.encode(texts)
 
     def layout(
         self,
