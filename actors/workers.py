@@ -107,3 +107,7 @@ class LearnerActor(Learner):
     ) -> None:
         log_to_file(log_file)
         super().__init__(cfg, base_path, run_dir, checkpoint)
+
+    def pid(self) -> int:
+        """The actor's process id (the controller pings it; fault-injection tests kill it)."""
+        return os.getpid()
