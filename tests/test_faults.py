@@ -702,7 +702,7 @@ def test_a_lost_learner_is_restarted_from_its_checkpoint_and_the_samplers_resync
         tmp_path, base, ("checkpoint", 3), resume_policy=resume_policy
     )
     first_tries = []
-    caplog.set_level(logging.WARNING, logger="online_dt.loop.recovery")
+    caplog.set_level(logging.INFO, logger="online_dt.loop.recovery")
     history = execute(plan, workers, progress=False, callbacks=[first_tries.append])
     assert restarts == [("iter-000001", 3)], "restarted once, from iteration 1's checkpoint"
     metrics = plan.run.read_metrics()
@@ -729,9 +729,12 @@ def test_a_lost_learner_is_restarted_from_its_checkpoint_and_the_samplers_resync
     assert "restart 1 of 2" in said and "every sampler resynced" in said
 
 
-@pytest.mark.parametrize("max_restarts", [0, 1])
+@pytest.mark.parametrize(
+    ("max_restarts", "restarted_dies_in"),
+    [(0, "train"), (1, "train"), (2, "initial_update")],  # the last: lost while it starts
+)
 def test_a_learner_lost_once_too_often_stops_the_run_with_the_resume_message(
-    tmp_path, base, max_restarts
+    tmp_path, base, max_restarts, restarted_dies_in
 ):
     from online_dt.loop.plan import execute
     from online_dt.loop.recovery import LearnerLostError
@@ -741,7 +744,7 @@ def test_a_learner_lost_once_too_often_stops_the_run_with_the_resume_message(
         tmp_path,
         base,
         ("train", 2),  # iteration 1's training
-        restart_die_at=("train", 1),  # every restarted learner dies in its first training
+        restart_die_at=(restarted_dies_in, 1),  # every restarted learner dies at once
         fault_tolerance={"learner_max_restarts": max_restarts},
     )
     with pytest.raises(LearnerLostError) as info:

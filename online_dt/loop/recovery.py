@@ -106,7 +106,8 @@ class LearnerRestarts:
         limit: the most restarts allowed (``fault_tolerance.learner_max_restarts``).
         done: restarts so far in this job (successful or not).
         unrecorded: restarts not yet in a metrics record.
-        unrecorded_s: their seconds, from the loss being noticed to every sampler resynced.
+        unrecorded_s: their seconds, from the loss being noticed to every sampler resynced
+            (a learner lost again while it started included).
     """
 
     limit: int
@@ -147,9 +148,12 @@ def restart_learner(
             (``fault_tolerance.learner_max_restarts``), none possible (``Workers.restart_learner``
             is ``None``, as in process), or no checkpoint written yet.
     """
+    started = time.perf_counter()
     while True:
         if workers.restart_learner is None:
-            raise LearnerLostError(f"the learner was lost ({lost}); it cannot be restarted here")
+            raise LearnerLostError(
+                f"the learner was lost ({lost}); it cannot be restarted here"
+            ) from lost
         if restarts.done >= restarts.limit:
             spent = (
                 f"its {restarts.limit} restart(s) in this job are spent"
@@ -160,8 +164,8 @@ def restart_learner(
                 f"the learner was lost ({lost}) and {spent} "
                 f"(fault_tolerance.learner_max_restarts={restarts.limit})"
             ) from lost
-        started = time.perf_counter()
         restarts.done += 1
+        restarts.unrecorded += 1
         try:
             point = resume_point(run)
         except RunDirError as e:
@@ -188,9 +192,8 @@ def restart_learner(
             continue
         workers.samplers.load_weights(update).result()
         seconds = time.perf_counter() - started
-        restarts.unrecorded += 1
         restarts.unrecorded_s += seconds
-        log.warning(
+        log.info(
             "the learner is back at policy version %d after %.1fs, every sampler resynced; "
             "continuing at iteration %d",
             update.version,
