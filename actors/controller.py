@@ -45,9 +45,11 @@ def run_on_ray(
     Ray instance (or uses the one this process already joined).
 
     Sampler and reward actors are restarted by Ray after their process dies
-    (``fault_tolerance.*_max_restarts``); the loop re-issues the interrupted call. The learner
-    is not restarted: it holds the optimizer and the buffer, and the run resumes from its last
-    checkpoint instead (``--resume``). ``callbacks`` get each iteration's metrics record.
+    (``fault_tolerance.*_max_restarts``); the loop re-issues the interrupted call. A learner
+    whose process dies is replaced by a new actor started from the last checkpoint, up to
+    ``fault_tolerance.learner_max_restarts`` times (:mod:`online_dt.loop.recovery`); after
+    that the run stops and ``--resume`` continues it. ``callbacks`` get each iteration's
+    metrics record.
 
     Each actor's output (and its engine's) goes to ``RUN_DIR/logs/<actor>.log``; only the
     project's warnings and errors from the actors reach this console. ``verbose``: the actors'
@@ -82,6 +84,7 @@ def start_workers(
     the loop's :class:`online_dt.loop.workers.Workers`. With ``logs_dir`` each actor writes
     its output to ``learner.log``, ``sampler-<i>.log`` or ``reward.log`` there.
 
+    A dead learner is replaced through ``Workers.restart_learner`` (:class:`LearnerStarter`).
     A dead sampler or reward actor is restarted by Ray (``fault_tolerance.*_max_restarts``);
     Ray does not retry its calls (``max_task_retries=0``): the loop re-issues them itself. A
     reward actor whose call hangs past ``fault_tolerance.reward_timeout_s`` is killed and
@@ -92,24 +95,20 @@ def start_workers(
     import ray
 
     from actors.ray_futures import RayFuture, RayHandle, kill_and_restart, wait_until_back
-    from actors.workers import LearnerActor, RewardModelActor, SamplerActor
+    from actors.workers import RewardModelActor, SamplerActor
 
     cfg, ft = plan.cfg, plan.cfg.fault_tolerance
-    checkpoint = str(plan.checkpoint) if plan.checkpoint else None
 
     def log_file(name: str) -> str | None:
         return None if logs_dir is None else str(logs_dir / f"{name}.log")
 
-    learner = (
-        ray.remote(LearnerActor)
-        .options(**opts.learner)
-        .remote(cfg, base, str(plan.run.path), checkpoint, log_file("learner"))
-    )
-    update = ray.get(learner.initial_update.remote())
+    start_learner = LearnerStarter(plan, base, opts, log_file("learner"))
+    learner = start_learner(plan.checkpoint)
+    update = learner.initial_update().result()
     # weight_sync ray: samplers start from the skeleton (passed by value, so a restarted actor
     # can rebuild from it) and get the first version through the group, as every later one
     in_memory = update.backend == "ray"
-    start = ray.get(learner.sampler_skeleton.remote()) if in_memory else update
+    start = learner.sampler_skeleton().result() if in_memory else update
     samplers = [
         ray.remote(SamplerActor)
         .options(**opts.samplers[i], max_restarts=ft.sampler_max_restarts, max_task_retries=0)
@@ -137,7 +136,57 @@ def start_workers(
     return Workers(
         group,
         RayHandle(reward),
-        RayHandle(learner),
+        learner,
         restart_reward=lambda: kill_and_restart(reward, ft.restart_timeout_s),
         wait_for_reward=lambda: wait_until_back(reward, ft.restart_timeout_s),
+        restart_learner=start_learner,
     )
+
+
+class LearnerStarter:
+    """Starts the learner actor in its placement-group bundle: first, and again from a
+    checkpoint after its process died (``Workers.restart_learner``).
+
+    The learner is not restarted by Ray (``max_restarts=0``): Ray would run its constructor
+    with the first arguments, and the new learner must load the newest checkpoint instead.
+    Before a new actor starts, the previous one is ended for good (:func:`end_actor`), so
+    that two learners never write the run directory at once.
+
+    Args:
+        plan: the run plan (config and run directory).
+        base: the base model path.
+        opts: the actors' options (the learner's bundle).
+        log_file: the learner's log (appended by each new actor), or ``None``.
+    """
+
+    def __init__(self, plan: RunPlan, base: str, opts: ActorOptions, log_file: str | None) -> None:
+        self.plan, self.base, self.opts, self.log_file = plan, base, opts, log_file
+        self.actor: Any = None
+
+    def __call__(self, checkpoint: Path | None) -> Any:
+        """Start a learner actor from ``checkpoint`` (``None``: fresh); return its
+        ``RayHandle``. Its constructor's errors surface at its first call.
+
+        Raises:
+            TimeoutError: the previous actor still answered ``restart_timeout_s`` after it
+                was killed.
+        """
+        import ray
+
+        from actors.ray_futures import RayHandle, end_actor
+        from actors.workers import LearnerActor
+
+        if self.actor is not None:
+            end_actor(self.actor, self.plan.cfg.fault_tolerance.restart_timeout_s)
+        self.actor = (
+            ray.remote(LearnerActor)
+            .options(**self.opts.learner)
+            .remote(
+                self.plan.cfg,
+                self.base,
+                str(self.plan.run.path),
+                None if checkpoint is None else str(checkpoint),
+                self.log_file,
+            )
+        )
+        return RayHandle(self.actor)

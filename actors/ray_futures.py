@@ -157,3 +157,46 @@ def kill_and_restart(actor: Any, timeout_s: float, ping: str = "pid") -> float:
     ray.kill(actor, no_restart=False)
     wait_until_back(actor, timeout_s, ping)
     return time.perf_counter() - start
+
+
+def end_actor(actor: Any, timeout_s: float, ping: str = "pid", poll_s: float = 0.2) -> float:
+    """End ``actor`` for good (``ray.kill(actor, no_restart=True)``) and wait until a call to
+    it fails as a dead actor's does, so that nothing it runs can overlap a successor's work.
+
+    Cheap for an actor whose process has died already (the usual case: the call fails at
+    once); ``ray.kill`` of a dead actor is harmless.
+
+    Args:
+        actor: the Ray actor handle.
+        timeout_s: longest wait for the actor to be gone (seconds).
+        ping: a method without arguments, cheap to call.
+        poll_s: pause between pings while the actor still answers (seconds).
+
+    Returns:
+        Seconds from the kill until the actor was seen gone.
+
+    Raises:
+        TimeoutError: it still answered (or was only unreachable) after ``timeout_s``.
+    """
+    import time
+
+    import ray
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+    start = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    ray.kill(actor, no_restart=True)
+    method = getattr(actor, ping)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the actor still answered {timeout_s:g}s after ray.kill")
+        try:
+            ray.get(method.remote(), timeout=left)
+        except ActorUnavailableError:  # unreachable, not known dead yet
+            pass
+        except RayActorError:
+            return time.perf_counter() - start
+        except GetTimeoutError:
+            continue
+        time.sleep(poll_s)

@@ -147,3 +147,7 @@ class LearnerActor(Learner):
         """The policy's :class:`PolicySkeleton` (config, tokenizer, conditioning; no
         weights), to build ``ray`` weight-sync samplers from."""
         return PolicySkeleton.of(self.policy)
+
+    def pid(self) -> int:
+        """The actor's process id (the controller pings it; fault-injection tests kill it)."""
+        return os.getpid()

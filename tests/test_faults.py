@@ -635,3 +635,123 @@ def test_restarted_sampler_starts_from_the_newest_version_a_resumed_run_publishe
     assert sorted(p.name for p in root.iterdir()) == ["v000003", "v000004"]
     first = WeightUpdate(0, "checkpoint", str(root / "v000000"))  # long pruned
     assert newest_published(first) == WeightUpdate(4, "checkpoint", str(root / "v000004"))
+
+
+# -- the learner is lost (in-process fakes of a killed learner actor) ----------------------------
+
+
+class MortalLearner(LocalHandle):
+    """A learner handle whose 'process dies' at its ``die_at``-th call of ``method``: that call
+    and every later one fail with ``WorkerLostError``, as calls to a Ray actor killed with
+    ``SIGKILL`` do (the learner actor has no Ray restarts)."""
+
+    def __init__(self, learner, method="train", die_at=None):
+        super().__init__(learner)
+        self.method, self.die_at, self.calls, self.dead = method, die_at, 0, False
+
+    def __getattr__(self, name):
+        call = super().__getattr__(name)
+
+        def maybe_dead(*args, **kwargs):
+            if name == self.method:
+                self.calls += 1
+                self.dead = self.dead or self.calls == self.die_at
+            if self.dead:
+                return Done(error=WorkerLostError("ActorDiedError: the learner's process died"))
+            return call(*args, **kwargs)
+
+        return maybe_dead
+
+
+def mortal_run(tmp_path, base, die_at, restart_die_at=None, **settings):
+    """A 4-iteration in-process run whose learner dies at ``die_at`` (method, call), and
+    whose restarted learners die at ``restart_die_at`` (``None``: never); the restarts are
+    recorded in the returned list (checkpoint, sampler version at the restart)."""
+    from dataclasses import replace
+
+    from online_dt.loop.plan import base_model_path, plan_run
+    from online_dt.loop.workers import local_workers
+    from online_dt.training.learner import Learner
+
+    ft = settings.pop("fault_tolerance", {})
+    cfg = loop_tests.make_cfg(tmp_path, base, kl_samples=0, **settings)
+    cfg = cfg.model_copy(update={"fault_tolerance": NO_WAIT.model_copy(update=ft)})
+    plan = plan_run(cfg, None)
+    plan.prompts = loop_tests.PROMPTS
+    workers = local_workers(cfg, base_model_path(cfg), plan.run.path, None)
+    first = MortalLearner(workers.learner.target, *die_at)
+    restarts = []
+
+    def restart(checkpoint):
+        restarts.append((checkpoint.name, workers.samplers.update.version))
+        learner = Learner(cfg, base_model_path(cfg), plan.run.path, checkpoint)
+        return MortalLearner(learner, *(restart_die_at or ("train", None)))
+
+    return plan, replace(workers, learner=first, restart_learner=restart), restarts
+
+
+@pytest.mark.parametrize("resume_policy", ["keep", "discard"])
+def test_a_lost_learner_is_restarted_from_its_checkpoint_and_the_samplers_resynced(
+    tmp_path, base, resume_policy, caplog
+):
+    from online_dt.loop.plan import execute
+
+    # the learner dies at its third checkpoint, iteration 2's: after its record was written
+    # and after the samplers loaded version 3, published after the last checkpoint (iter 1)
+    plan, workers, restarts = mortal_run(
+        tmp_path, base, ("checkpoint", 3), resume_policy=resume_policy
+    )
+    first_tries = []
+    caplog.set_level(logging.INFO, logger="online_dt.loop.recovery")
+    history = execute(plan, workers, progress=False, callbacks=[first_tries.append])
+    assert restarts == [("iter-000001", 3)], "restarted once, from iteration 1's checkpoint"
+    metrics = plan.run.read_metrics()
+    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3], "iteration 2 once, run again"
+    assert [m["iteration"] for m in history] == [0, 1, 2, 3]
+    assert [m["iteration"] for m in first_tries] == [0, 1, 2, 2, 3]
+    assert [m["learner_restarts"] for m in metrics] == [0, 0, 1, 0]
+    assert metrics[2]["learner_recovery_s"] > 0
+    assert [m["learner_recovery_s"] for m in metrics[:2] + metrics[3:]] == [0.0] * 3
+    # the samplers were resynced to the checkpoint's weights (version 2), not the lost
+    # learner's version 3: the iteration run again sampled from version 2, then published 3
+    assert [m["sample_policy_version_min"] for m in metrics] == [0, 1, 2, 3]
+    assert [m["policy_version"] for m in metrics] == [1, 2, 3, 4]
+    if resume_policy == "discard":  # the same schedule state and buffer: the same target
+        assert metrics[2]["target"] == pytest.approx(first_tries[2]["target"], abs=1e-12)
+    rows = read_persisted(plan.run.buffer_dir).to_pylist()
+    ids = [r["sample_id"] for r in rows]
+    assert ids == list(range(len(ids))), "every persisted sample once, no gap"
+    per_iteration = [sum(r["iteration"] == i for r in rows) for i in range(4)]
+    # keep: the first try's 8 samples of iteration 2 stay once; discard: they are dropped
+    assert per_iteration == ([8, 8, 16, 8] if resume_policy == "keep" else [8, 8, 8, 8])
+    said = caplog.text
+    assert "the learner was lost" in said and "restarting it from iter-000001" in said
+    assert "restart 1 of 2" in said and "every sampler resynced" in said
+
+
+@pytest.mark.parametrize(
+    ("max_restarts", "restarted_dies_in"),
+    [(0, "train"), (1, "train"), (2, "initial_update")],  # the last: lost while it starts
+)
+def test_a_learner_lost_once_too_often_stops_the_run_with_the_resume_message(
+    tmp_path, base, max_restarts, restarted_dies_in
+):
+    from online_dt.loop.plan import execute
+    from online_dt.loop.recovery import LearnerLostError
+    from online_dt.run import stopped_message
+
+    plan, workers, restarts = mortal_run(
+        tmp_path,
+        base,
+        ("train", 2),  # iteration 1's training
+        restart_die_at=(restarted_dies_in, 1),  # every restarted learner dies at once
+        fault_tolerance={"learner_max_restarts": max_restarts},
+    )
+    with pytest.raises(LearnerLostError) as info:
+        execute(plan, workers, progress=False)
+    assert len(restarts) == max_restarts
+    assert f"fault_tolerance.learner_max_restarts={max_restarts}" in str(info.value)
+    assert [m["iteration"] for m in plan.run.read_metrics()] == [0]
+    message = stopped_message(plan, info.value)
+    assert "the learner was lost" in message and "ActorDiedError" in message
+    assert f"checkpoint is iter-000000; continue with --resume {plan.run.path}" in message

@@ -90,6 +90,13 @@ class FaultToleranceConfig(StrictModel):
     reward_max_restarts: int = Field(3, ge=-1)
     """Ray restarts of the reward-model actor after its process dies (-1: unlimited)."""
 
+    learner_max_restarts: int = Field(2, ge=0)
+    """Restarts of the learner, within the job, after its process dies (on Ray): the controller
+    starts a new learner actor from the last checkpoint (``online.resume_policy`` applies to the
+    samples persisted after it, as on ``--resume``), resyncs every sampler to the checkpoint's
+    weights and runs the interrupted iteration again. Counted over the whole job; once they are
+    spent (0: at the first loss), the run stops and says how to continue with ``--resume``."""
+
     rollout_retries: int = Field(2, ge=0)
     """Times an interrupted rollout chunk is re-issued (to the restarted replica) before it
     is dropped with a logged count."""

@@ -155,15 +155,26 @@ def run_loop(
     schedule_state: ScheduleState | None = None,
     progress: bool = True,
     on_metrics: Callable[[dict[str, Any]], None] = lambda record: None,
+    extra_metrics: Callable[[], dict[str, Any]] = dict,
 ) -> list[dict[str, Any]]:
     """Run iterations ``start_iteration .. cfg.online.iterations - 1``; return their records.
 
     Each record is also logged as one line (:func:`online_dt.loop.console.iteration_line`,
     logger ``online_dt.loop.loop``, INFO), printed above the progress bar when it is shown.
+    ``extra_metrics`` is called once per record, and what it returns is added to the record
+    (e.g. :meth:`online_dt.loop.recovery.LearnerRestarts.record_metrics`).
     """
     with logging_redirect_tqdm():  # log lines go above the bar instead of through it
         return _run_loop(
-            cfg, prompts, workers, run, start_iteration, schedule_state, progress, on_metrics
+            cfg,
+            prompts,
+            workers,
+            run,
+            start_iteration,
+            schedule_state,
+            progress,
+            on_metrics,
+            extra_metrics,
         )
 
 
@@ -176,6 +187,7 @@ def _run_loop(
     schedule_state: ScheduleState | None,
     progress: bool,
     on_metrics: Callable[[dict[str, Any]], None],
+    extra_metrics: Callable[[], dict[str, Any]],
 ) -> list[dict[str, Any]]:
     on, ft, learner = cfg.online, cfg.fault_tolerance, workers.learner
     overlap = on.mode == "async"
@@ -226,6 +238,7 @@ def _run_loop(
                 loading.result()
                 loading = None
         record = iteration_record(it, target, batch, scored, appended, trained, kl, update, timer)
+        record.update(extra_metrics())
         # the next iteration's timer starts here, so the writes and the checkpoint below count
         # in its wall time (as ``checkpoint_s`` and ``other_s``): no second goes unrecorded
         timer = StageTimer(STAGES)

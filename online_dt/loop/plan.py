@@ -7,7 +7,6 @@ workers (in process or on Ray), with the per-iteration records going to callback
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,8 @@ from online_dt.config import OnlineRunConfig, config_yaml, load_config
 from online_dt.embedded.base_model import resolve_base_model
 from online_dt.launch.preflight import preflight
 from online_dt.launch.prompts import load_prompts
-from online_dt.launch.rundir import CHECKPOINT_STATE_FILE, CONFIG_FILE, TENSORBOARD_DIR, RunDir
-from online_dt.loop.loop import run_loop
+from online_dt.launch.rundir import CONFIG_FILE, TENSORBOARD_DIR, RunDir
+from online_dt.loop.recovery import resume_point, run_recovering
 from online_dt.loop.schedule import ScheduleState
 from online_dt.loop.workers import Workers
 from online_dt.util.atomic import atomic_write_text
@@ -75,13 +74,12 @@ def plan_run(
         cfg = load_config(run.path / CONFIG_FILE, OnlineRunConfig, overrides)
         prompts = load_prompts(cfg.prompts)
         preflight(cfg, prompts, base_model_path(cfg))
-        checkpoint = run.latest_checkpoint()
+        point = resume_point(run)  # the same as a learner restarted within a job
         if overrides:  # the run directory's config stays the one the run actually uses
             atomic_write_text(run.path / CONFIG_FILE, config_yaml(cfg))
-        state = json.loads((checkpoint / CHECKPOINT_STATE_FILE).read_text())["controller"]
-        run.truncate_logs(state["iteration"])
-        schedule_state = ScheduleState.from_dict(state["schedule"])
-        return RunPlan(cfg, run, checkpoint, state["iteration"] + 1, schedule_state, prompts)
+        return RunPlan(
+            cfg, run, point.checkpoint, point.start_iteration, point.schedule_state, prompts
+        )
     assert cfg is not None
     prompts = load_prompts(cfg.prompts)
     run = RunDir(cfg.online.run_dir)
@@ -98,9 +96,16 @@ def execute(
     progress: bool = True,
     callbacks: Sequence[MetricsCallback] = (),
 ) -> list[dict[str, Any]]:
-    """Run the loop of :mod:`online_dt.loop.loop` for a plan with any workers (local or Ray);
-    per-iteration records also go to ``callbacks`` and, when configured, TensorBoard."""
-    return run_loop(
+    """Run the loop of :mod:`online_dt.loop.loop` for a plan with any workers (local or Ray),
+    restarting a lost learner from the last checkpoint when the workers can
+    (:func:`online_dt.loop.recovery.run_recovering`); per-iteration records also go to
+    ``callbacks`` and, when configured, TensorBoard.
+
+    Raises:
+        LearnerLostError: the learner was lost and could not be restarted.
+        Exception: whatever else stops the loop (see :func:`online_dt.run.stopped_message`).
+    """
+    return run_recovering(
         plan.cfg,
         plan.prompts,
         workers,

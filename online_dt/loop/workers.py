@@ -48,6 +48,11 @@ class RewardWorker(Protocol):
 class LearnerWorker(Protocol):
     """The :class:`online_dt.training.learner.Learner`, as the loop calls it."""
 
+    def initial_update(self) -> Future[WeightUpdate]:
+        """Publish the current version (a restarted learner: its checkpoint's) for samplers to
+        start from, deleting the versions published after it."""
+        ...
+
     def buffer_rewards(self) -> Future[list[float]]:
         """Achieved rewards held in the replay buffer."""
         ...
@@ -96,6 +101,10 @@ class Workers:
         wait_for_reward: returns (the seconds waited) once a reward worker that died is back
             and takes calls, so that a restart is not timed as the scoring call sent after it;
             on Ray the restarted actor answers ``pid``. ``None`` in process (nothing restarts).
+        restart_learner: ends the lost learner and starts a new one from the given checkpoint
+            directory, returning its handle (:func:`online_dt.loop.recovery.restart_learner`
+            then publishes its version and resyncs the samplers); on Ray a new learner actor.
+            ``None`` in process, where the learner dies with the loop.
     """
 
     samplers: SamplerWorkers
@@ -104,6 +113,7 @@ class Workers:
     close: Callable[[], None] = lambda: None
     restart_reward: Callable[[], float] | None = None
     wait_for_reward: Callable[[], float] | None = None
+    restart_learner: Callable[[Path], LearnerWorker] | None = None
 
 
 class CheckedRewardModel:
