@@ -465,7 +465,14 @@ def test_ray_weight_sync_restarted_sampler_is_resent_the_latest_version(
     )
 
 
-def test_learner_killed_mid_training_is_restarted_from_its_checkpoint(ray_address, tiny, tmp_path):
+@pytest.mark.parametrize("weight_sync", ["checkpoint", "ray"])
+def test_learner_killed_mid_training_is_restarted_from_its_checkpoint(
+    ray_address, tiny, tmp_path, weight_sync
+):
+    """SIGKILL the learner actor's process in iteration 2's training: the controller starts a
+    new learner from iteration 1's checkpoint and resyncs the samplers (with ``weight_sync:
+    ray`` the first update of the new learner is a new object in the store, owned by it),
+    and the run finishes with each iteration once and every persisted sample kept once."""
     from ray.util.state import list_actors
 
     from actors.controller import run_on_ray
@@ -473,7 +480,7 @@ def test_learner_killed_mid_training_is_restarted_from_its_checkpoint(ray_addres
     cfg = online_cfg(
         tmp_path / "run",
         model={"name_or_path": str(tiny)},
-        sampler={"backend": "hf"},
+        sampler={"backend": "hf", "weight_sync": weight_sync},
         sampling={"max_new_tokens": 8},
         # enough steps that training lasts seconds: the kill lands inside `train`
         online={"iterations": 5, "prompts_per_iteration": 16, "train_steps_per_iteration": 40},
@@ -530,8 +537,9 @@ def test_learner_killed_mid_training_is_restarted_from_its_checkpoint(ray_addres
     assert [sum(r["iteration"] == i for r in rows) for i in range(5)] == [64, 64, 128, 64, 64]
     back = metrics[2]["time"] - killed["wall"]
     print(
-        f"\nlearner SIGKILLed in iteration 2's training: restarted from iteration 1's "
-        f"checkpoint and the sampler resynced in {recovery_s:.1f}s (learner_recovery_s); "
-        f"iteration 2 finished again {back:.1f}s after the kill; {len(before)} persisted "
-        f"samples all kept once, 0 lost; run {time.perf_counter() - start:.0f}s"
+        f"\nlearner SIGKILLed in iteration 2's training ({weight_sync}): restarted from "
+        f"iteration 1's checkpoint and the sampler resynced in {recovery_s:.1f}s "
+        f"(learner_recovery_s); iteration 2 finished again {back:.1f}s after the kill; "
+        f"{len(before)} persisted samples all kept once, 0 lost; "
+        f"run {time.perf_counter() - start:.0f}s"
     )
