@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from online_dt.config import ConditioningConfig, NormalizationConfig
-from online_dt.policy.conditioner import CONDITIONING_FILE
+from online_dt.policy.conditioner import CONDITIONING_FILE, RewardConditioner
 from online_dt.policy.layout import IGNORE_INDEX, layout_batch, positions_from_mask
 from online_dt.policy.normalization import RewardBinning, RewardNormalizer, reward_token
 from online_dt.policy.policy import RewardConditionedPolicy
-from tests.tiny import build_tiny_model
+from tests.tiny import build_tiny_model, randomize_rbf_weights
 
 PROMPTS = ["the movie was", "honestly the game is fun and", "i"]
 TARGETS = [0.9, -0.5, 0.1]
@@ -31,13 +31,19 @@ def make_policy(base_dir, mode="scalar", **kw):
             weight = policy.conditioner.prompt_head.weight
             weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(5)))
         return policy.eval()
+    if mode == "scalar+rbf":  # reward_features: rbf, its zero-initialised weights moved
+        cfg = ConditioningConfig(mode="scalar", reward_features="rbf", **kw)
+        policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
+        randomize_rbf_weights(policy)
+        return policy.eval()
     cfg = ConditioningConfig(mode=mode, **kw)
     policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
     return policy.eval()
 
 
-MODES = ["scalar", "token", "scalar+prompt"]
-"""Conditioning variants the layout tests run: both modes, and scalar with reward_on_prompt."""
+MODES = ["scalar", "token", "scalar+prompt", "scalar+rbf"]
+"""Conditioning variants the layout tests run: both modes, and scalar with reward_on_prompt
+or with radial-basis reward features."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +257,35 @@ def test_reward_on_prompt_shifts_prompt_tokens_only_and_starts_at_zero(base_dir)
     assert torch.allclose(embeds[1:], b[0, row], atol=1e-6)
     with pytest.raises(ValueError, match="reward_on_prompt needs mode: scalar"):
         ConditioningConfig(mode="token", reward_on_prompt=True)
+
+
+def test_rbf_reward_features_start_as_the_linear_head_and_separate_rewards(base_dir):
+    """``reward_features: rbf``: the untrained head gives the linear head's slot (the radial
+    basis columns start at zero); its features are the normalised reward then one Gaussian
+    bump per centre, peaking at its centre; a saved head of the wrong width is refused."""
+    linear = make_policy(base_dir, "scalar")
+    cfg = ConditioningConfig(mode="scalar", reward_features="rbf", rbf_centers=5)
+    rbf = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager").eval()
+    assert rbf.conditioner.head.weight.shape[1] == cfg.head_inputs == 6
+    batch = linear.layout(PROMPTS, TARGETS, ["a b", "c", "d e f"])
+    rewards = torch.tensor(TARGETS)
+    with torch.no_grad():
+        assert torch.equal(linear(batch, rewards).logits, rbf(batch, rewards).logits)
+    rewards = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0, 0.25])  # the centres, then between two
+    feats = rbf.conditioner.head_features(rewards, rbf.conditioner.normalizer(rewards))
+    assert feats.shape == (6, 6)
+    assert torch.allclose(feats[:, 0], rbf.conditioner.normalizer(rewards))
+    assert torch.allclose(feats[:5, 1:].diagonal(), torch.ones(5))  # each centre's own bump
+    assert torch.argmax(feats[:5, 1:], dim=1).tolist() == [0, 1, 2, 3, 4]
+    assert torch.allclose(feats[5, 3], feats[5, 4])  # halfway between the centres 0 and 0.5
+    assert feats[5, 1:].max() < 1.0
+    # a head saved with the linear features does not load as rbf (nor the other way round)
+    state = linear.conditioner.to_state()
+    state["meta"]["config"]["reward_features"] = "rbf"
+    with pytest.raises(ValueError, match="needs 10 inputs"):
+        RewardConditioner.from_state(state)
+    with pytest.raises(ValueError, match="reward_features needs mode: scalar"):
+        ConditioningConfig(mode="token", reward_features="rbf")
 
 
 def test_missing_model_gives_clear_error(tmp_path):

@@ -30,7 +30,7 @@ from online_dt.rollout.weight_sync import (
 )
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer
-from tests.tiny import build_tiny_model
+from tests.tiny import build_tiny_model, randomize_rbf_weights
 
 PROMPTS = ["the movie was", "honestly the game is fun and", "i", "this hotel is awful, dirty"]
 TARGETS = [0.9, -0.5, 0.1, -1.0]
@@ -38,13 +38,20 @@ TOLERANCE = 1e-3
 
 
 def make_policy(tmp_path, arch, mode):
-    """``mode``: scalar, token, or scalar+prompt (scalar with ``reward_on_prompt``)."""
+    """``mode``: scalar, token, scalar+prompt (scalar with ``reward_on_prompt``) or scalar+rbf
+    (``reward_features: rbf``, its radial-basis weights moved off zero)."""
     base = build_tiny_model(tmp_path / f"base-{arch}", arch)
-    on_prompt = mode == "scalar+prompt"
     cfg = ConditioningConfig(
-        mode=mode.split("+")[0], bin_method="fixed", num_reward_tokens=4, reward_on_prompt=on_prompt
+        mode=mode.split("+")[0],
+        bin_method="fixed",
+        num_reward_tokens=4,
+        reward_on_prompt=mode == "scalar+prompt",
+        reward_features="rbf" if mode == "scalar+rbf" else "linear",
     )
-    return RewardConditionedPolicy.from_base(base, cfg, attn_implementation="eager").eval()
+    policy = RewardConditionedPolicy.from_base(base, cfg, attn_implementation="eager").eval()
+    if mode == "scalar+rbf":
+        randomize_rbf_weights(policy)
+    return policy
 
 
 def max_logprob_gap(policy, rollouts):
@@ -157,7 +164,8 @@ def test_backend_choice(vllm_import):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("arch", "mode"), [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar+prompt")]
+    ("arch", "mode"),
+    [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar+prompt"), ("gpt2", "scalar+rbf")],
 )
 def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
     from online_dt.rollout.vllm_sampler import VLLMSampler

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from online_dt.policy.policy import RewardConditionedPolicy
 
 SENTENCES = [
     "the movie was wonderful and the acting was great",
@@ -81,3 +85,12 @@ def build_tiny_model(path: Path, arch: str = "gpt2", seed: int = 0) -> Path:
         model = LlamaForCausalLM(cfg)
     model.save_pretrained(path)
     return path
+
+
+def randomize_rbf_weights(policy: RewardConditionedPolicy) -> None:
+    """Move a ``reward_features: rbf`` policy's radial-basis head columns off zero (where
+    they start), at a few times the reward column's scale, so that they change the slot."""
+    with torch.no_grad():
+        weight = policy.conditioner.head.weight
+        noise = torch.randn(weight[:, 1:].shape, generator=torch.Generator().manual_seed(6))
+        weight[:, 1:] = noise * weight[:, :1].abs().mean() * 4

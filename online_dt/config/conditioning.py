@@ -80,6 +80,21 @@ class ConditioningConfig(StrictModel):
     or generated) get nothing: the same prompt embeddings feed training, HF generation and
     vLLM's ``prompt_embeds``. Not available in token mode (vLLM then sees token ids only)."""
 
+    reward_features: Literal["linear", "rbf"] = "linear"
+    """Scalar mode: what the head reads. ``linear``: the normalised reward alone, so the slot
+    is ``b + w r_n``: every reward is a point on one line, and a reward of 0 (normalised)
+    leaves only the bias. ``rbf``: the normalised reward plus ``rbf_centers`` Gaussian radial
+    basis features of the reward, ``exp(-((r - c_k) / s)^2 / 2)``, with the centres ``c_k``
+    evenly spaced over ``[reward_min, reward_max]`` (reward units) and ``s`` their spacing, so
+    each region of the reward range gets a direction of its own, as sinusoidal or Fourier
+    feature embeddings give a network's scalar inputs (Tancik et al., 2020; the timestep
+    embedding of diffusion models, Ho et al., 2020). Their weights start at zero: the
+    untrained policy is the ``linear`` one. The linear feature keeps extrapolation beyond the
+    centres."""
+
+    rbf_centers: int = Field(9, ge=2, le=256)
+    """Scalar mode with ``reward_features: rbf``: the number of radial basis features."""
+
     num_reward_tokens: int = Field(8, ge=2, le=1024)
     """Number of reward bins (and reward tokens) in token mode."""
 
@@ -129,6 +144,8 @@ class ConditioningConfig(StrictModel):
     def _check_bins(self) -> ConditioningConfig:
         if self.reward_max <= self.reward_min:
             raise ValueError("reward_max must be greater than reward_min")
+        if self.reward_features != "linear" and self.mode != "scalar":
+            raise ValueError("reward_features needs mode: scalar (token mode has no head)")
         if self.reward_on_prompt and self.mode != "scalar":
             raise ValueError("reward_on_prompt needs mode: scalar (token mode feeds token ids)")
         if self.bin_edges is not None:
@@ -159,6 +176,12 @@ class ConditioningConfig(StrictModel):
             and self.bin_edges is None
             and self.bin_refit == "split_top"
         )
+
+    @property
+    def head_inputs(self) -> int:
+        """Scalar mode: the head's input features (1, or ``1 + rbf_centers`` with
+        ``reward_features: rbf``)."""
+        return 1 + (self.rbf_centers if self.reward_features == "rbf" else 0)
 
     @property
     def first_bins(self) -> int:

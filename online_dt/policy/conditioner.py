@@ -40,7 +40,8 @@ class RewardConditioner(nn.Module):
 
     Attributes:
         config: the :class:`ConditioningConfig`.
-        head: ``Linear(1, hidden)`` in scalar mode, else ``None``.
+        head: ``Linear(F, hidden)`` in scalar mode (``F`` = ``config.head_inputs``, see
+            :meth:`head_features`), else ``None``.
         prompt_head: ``Linear(1, hidden, bias=False)`` with ``reward_on_prompt`` (its output
             is added to every prompt token's embedding), else ``None``.
         normalizer: reward normalisation used before the head.
@@ -175,8 +176,9 @@ class RewardConditioner(nn.Module):
         embedding is already there)."""
         if rewards is None or self.head is None:
             return embeds
-        normed = self.normalizer(rewards.to(self.head.weight.device, self.head.weight.dtype))
-        slot = self.head(normed[:, None]).to(embeds.dtype)
+        raw = rewards.to(self.head.weight.device, self.head.weight.dtype)
+        normed = self.normalizer(raw)
+        slot = self.head(self.head_features(raw, normed)).to(embeds.dtype)
         rest = embeds[:, 1:, :]
         if self.prompt_head is not None:
             shift = self.prompt_head(normed[:, None]).to(embeds.dtype)[:, None, :]
@@ -184,6 +186,22 @@ class RewardConditioner(nn.Module):
                 shift = shift * prompt_mask[:, 1:, None].to(embeds.dtype)
             rest = rest + shift
         return torch.cat([slot[:, None, :], rest], dim=1)
+
+    def head_features(self, rewards: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """The scalar head's input ``[B, F]`` for ``rewards`` (``[B]``, reward units) and their
+        normalised values ``normed`` (``[B]``): ``normed`` alone (``reward_features:
+        linear``, ``F = 1``), or followed by ``rbf_centers`` Gaussian radial basis features of
+        ``rewards`` (``rbf``: centres evenly spaced over ``[reward_min, reward_max]``, width
+        their spacing; see :class:`ConditioningConfig`)."""
+        cfg = self.config
+        if cfg.reward_features == "linear":
+            return normed[:, None]
+        centres = torch.linspace(
+            cfg.reward_min, cfg.reward_max, cfg.rbf_centers, device=rewards.device
+        ).to(rewards.dtype)
+        width = (cfg.reward_max - cfg.reward_min) / (cfg.rbf_centers - 1)
+        rbf = torch.exp(-0.5 * ((rewards[:, None] - centres[None, :]) / width) ** 2)
+        return torch.cat([normed[:, None], rbf], dim=1)
 
     def to_state(self) -> dict[str, Any]:
         """Everything :meth:`save` writes, as an in-memory object (no file is written).
@@ -193,7 +211,7 @@ class RewardConditioner(nn.Module):
             (config, normaliser state, bin edges and whether they were fitted, the rewards'
             range, reward-token ids, placeholder id; plain JSON values, copied, so later
             changes to this conditioner do not show in it); ``head`` maps the scalar head's
-            parameter names (``weight`` ``[H, 1]``, ``bias`` ``[H]``, and with
+            parameter names (``weight`` ``[H, F]``, ``bias`` ``[H]``, and with
             ``reward_on_prompt`` :data:`PROMPT_HEAD_KEY` ``[H, 1]``) to float32 CPU tensors
             (copies) in scalar mode, and is ``None`` in token mode: ``head.safetensors``.
             Picklable (it travels through Ray's object store); :meth:`from_state` reads it
@@ -242,7 +260,8 @@ class RewardConditioner(nn.Module):
         Raises:
             ValueError: the state's format version is newer than this library understands,
                 or it is scalar mode without head weights (or, with ``reward_on_prompt``,
-                without the prompt head's).
+                without the prompt head's), or with a head whose inputs do not match
+                ``reward_features``.
         """
         meta = json.loads(json.dumps(state["meta"]))
         if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -256,7 +275,13 @@ class RewardConditioner(nn.Module):
             if not weights:
                 raise ValueError("scalar conditioning state without head weights")
             prompt_weight = weights.pop(PROMPT_HEAD_KEY, None)
-            head = nn.Linear(1, weights["weight"].shape[0])
+            shape = tuple(weights["weight"].shape)
+            if shape[1] != config.head_inputs:
+                raise ValueError(
+                    f"the head's weight is {list(shape)}, but reward_features: "
+                    f"{config.reward_features} needs {config.head_inputs} inputs"
+                )
+            head = nn.Linear(shape[1], shape[0])
             head.load_state_dict({k: v.detach().float() for k, v in weights.items()})
             if config.reward_on_prompt:
                 if prompt_weight is None:

@@ -58,9 +58,12 @@ def slot_anchor_id(tokenizer: Any) -> int | None:
 
 
 def new_scalar_head(
-    embeddings: torch.Tensor, generator: torch.Generator, anchor: torch.Tensor | None = None
+    embeddings: torch.Tensor,
+    generator: torch.Generator,
+    anchor: torch.Tensor | None = None,
+    inputs: int = 1,
 ) -> nn.Linear:
-    """``Linear(1, hidden)`` whose outputs start on the scale of token embeddings.
+    """``Linear(inputs, hidden)`` whose outputs start on the scale of token embeddings.
 
     Args:
         embeddings: the input embedding matrix ``[V, H]``.
@@ -68,12 +71,16 @@ def new_scalar_head(
         anchor: ``[H]``, the embedding the slot starts at (``slot_init: bos``), with the weight
             drawn at a tenth of the embedding entries' standard deviation; ``None``: the mean
             embedding, weight at their standard deviation.
+        inputs: the head's input features (``ConditioningConfig.head_inputs``). The first
+            (the normalised reward) gets the random weight; the others (radial basis features)
+            start at zero, so the untrained head is the one-input head.
     """
     hidden = embeddings.shape[1]
-    head = nn.Linear(1, hidden)
+    head = nn.Linear(inputs, hidden)
     with torch.no_grad():
         std = embeddings.std().item() * (1.0 if anchor is None else 0.1)
-        head.weight.copy_(torch.randn(hidden, 1, generator=generator) * std)
+        head.weight.zero_()
+        head.weight[:, :1].copy_(torch.randn(hidden, 1, generator=generator) * std)
         head.bias.copy_(embeddings.mean(0) if anchor is None else anchor)
     return head
 

@@ -100,6 +100,7 @@ class RewardConditionedPolicy(nn.Module):
                 embeddings,
                 generator,
                 anchor=None if config.slot_init == "mean" or anchor is None else embeddings[anchor],
+                inputs=config.head_inputs,
             )
             conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head)
         else:
