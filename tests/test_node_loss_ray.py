@@ -366,6 +366,7 @@ def test_the_samplers_node_lost_with_no_room_left_waits_for_a_new_node(
         assert loop.thread.is_alive() and loop.error is None
         added_at = time.time()
         fresh = add_node()
+        up_s = time.time() - added_at  # add_node returns once the new raylet is registered
         hit = loop.record(2)
         moved = actor("SamplerActor")
         assert (moved.node_id, moved.state) == (fresh.node_id, "ALIVE")
@@ -378,7 +379,8 @@ def test_the_samplers_node_lost_with_no_room_left_waits_for_a_new_node(
         f"\nsampler's node removed mid-rollout, no room for it: the loop waited; a node "
         f"added {added_at - removal['removed_at']:.1f}s later took the sampler, and the "
         f"rollout finished {hit['rollout_finished_at'] - added_at:.1f}s after the node was "
-        f"added ({hit['rollout_finished_at'] - removal['removed_at']:.1f}s after the "
+        f"added, which took {up_s:.1f}s to come up "
+        f"({hit['rollout_finished_at'] - removal['removed_at']:.1f}s after the "
         f"removal; sampler_recovery_s {metrics[2]['sampler_recovery_s']:.1f}s); "
         f"{PROMPTS} prompts re-issued, 0 samples lost"
     )
