@@ -8,7 +8,7 @@ calls per word, about 22 % of the call's time with 8 reward tokens), and at ever
 the ban is applied by a Python loop over requests and words (about 6 %). This processor bans
 the same ids by writing ``-inf`` into the same logits, so sampling is unchanged, but the ids are
 given once per request as integers (``SamplingParams.extra_args``, see :func:`ban_args`) and
-applied to the whole batch by one indexed assignment.
+applied to the whole batch by one indexed assignment per distinct ban.
 
 The engine loads it by name: ``LLM(..., logits_processors=[BANNED_TOKENS_PROCESSOR])``. This
 module imports vLLM; import it only where vLLM is installed.
@@ -53,7 +53,8 @@ class BannedTokensLogitsProcessor(LogitsProcessor):
     A request opts in with ``SamplingParams(extra_args=ban_args(ids))``; requests without it
     are left alone. The processor keeps ``{batch row: banned ids}`` up to date with the
     engine's persistent batch (requests added, removed, moved) and, when that changes, rebuilds
-    two index tensors (rows, token ids); :meth:`apply` then bans every pair at once. Raw
+    a pair of index tensors (rows, token ids) per distinct ban; :meth:`apply` then bans each
+    group of rows at once. Raw
     logprobs (``logprobs_mode="raw_logprobs"``) are taken before logits processors run, so a
     request's reported logprobs do not change.
 
@@ -67,8 +68,9 @@ class BannedTokensLogitsProcessor(LogitsProcessor):
         self.device = device
         self.banned: dict[int, tuple[int, ...]] = {}
         """Batch row -> token ids banned for the request in that row."""
-        self.rows = torch.empty(0, dtype=torch.long, device=device)
-        self.token_ids = torch.empty(0, dtype=torch.long, device=device)
+        self.cells: list[tuple[torch.Tensor, torch.Tensor]] = []
+        """Per distinct ban: its rows ``[R, 1]`` and token ids ``[1, K]``, which index the
+        ``R x K`` logits to ban (usually one ban shared by the whole batch)."""
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -93,15 +95,16 @@ class BannedTokensLogitsProcessor(LogitsProcessor):
         """Follow the batch's changes; rebuild the index tensors when a banned row changed."""
         if not process_dict_updates(self.banned, batch_update, _banned_ids):
             return
-        rows: list[int] = []
-        token_ids: list[int] = []
+        rows_of: dict[tuple[int, ...], list[int]] = {}
         for row, ids in self.banned.items():
-            rows.extend([row] * len(ids))
-            token_ids.extend(ids)
-        self.rows = torch.tensor(rows, dtype=torch.long).to(self.device, non_blocking=True)
-        self.token_ids = torch.tensor(token_ids, dtype=torch.long).to(
-            self.device, non_blocking=True
-        )
+            rows_of.setdefault(ids, []).append(row)
+        self.cells = [
+            (
+                torch.tensor(rows, dtype=torch.long).to(self.device, non_blocking=True)[:, None],
+                torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)[None, :],
+            )
+            for ids, rows in rows_of.items()
+        ]
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Ban in place: ``logits[row, id] = -inf`` for every banned pair.
@@ -113,5 +116,6 @@ class BannedTokensLogitsProcessor(LogitsProcessor):
             ``logits`` itself.
         """
         if self.banned:
-            logits[self.rows, self.token_ids] = float("-inf")
+            for rows, token_ids in self.cells:
+                logits[rows, token_ids] = float("-inf")
         return logits

@@ -171,11 +171,13 @@ def vllm_sampling_params(
 ) -> list[Any]:
     """vLLM ``SamplingParams`` for ``count`` prompts, one per prompt.
 
-    Per-token logprobs of the sampled tokens are returned (``logprobs=0``); vLLM does not
+    Per-token logprobs of the sampled tokens are returned (``logprobs=0``) in flat lists
+    (``flat_logprobs=True``: no ``Logprob`` object and dict per token); vLLM does not
     detokenise (``detokenize=False``: its incremental detokeniser and the decoding of every
     logprob's token cost the engine's front end per step, and the sampler decodes each
-    completion once itself). vLLM seeds the k-th of ``n`` samples of a request with
-    ``seed + k``, so request ``i`` gets ``seed + i * n`` to keep requests apart.
+    completion once itself). Each object is new and serves one request, so vLLM may take it
+    without a deep copy (``skip_clone=True``). vLLM seeds the k-th of ``n`` samples of a
+    request with ``seed + k``, so request ``i`` gets ``seed + i * n`` to keep requests apart.
 
     Args:
         params: the sampling request's settings.
@@ -189,11 +191,8 @@ def vllm_sampling_params(
     """
     from vllm import SamplingParams as VLLMSamplingParams
 
-    extra_args = None
-    if banned_token_ids:
-        from online_dt.rollout.vllm_logits import ban_args
+    from online_dt.rollout.vllm_logits import ban_args
 
-        extra_args = ban_args(banned_token_ids)
     return [
         VLLMSamplingParams(
             n=params.n,
@@ -202,8 +201,10 @@ def vllm_sampling_params(
             max_tokens=params.max_new_tokens,
             seed=None if params.seed is None else params.seed + i * params.n,
             logprobs=0,
+            flat_logprobs=True,
             detokenize=False,
-            extra_args=extra_args,
+            extra_args=ban_args(banned_token_ids),
+            skip_clone=True,
         )
         for i in range(count)
     ]
@@ -379,9 +380,8 @@ class VLLMSampler:
         for i, request in enumerate(outputs):
             for out in request.outputs:
                 ids = next(ids_of)
-                logprobs = [
-                    step[token].logprob for step, token in zip(out.logprobs, ids, strict=True)
-                ]
+                flat = out.logprobs  # FlatLogprobs: the sampled token first at each position
+                logprobs = [flat.logprobs[start] for start in flat.start_indices]
                 rollouts.append(
                     Rollout(
                         prompt=prompts[i],
