@@ -1,9 +1,13 @@
 """Sampler benchmark: vLLM with conditioning vs. its plain-prompt ceiling vs. the HF reference.
 
 Prints, from one run with the same prompts and sampling settings:
-  * vLLM tokens/s with reward conditioning (scalar: prompt_embeds; token: reward token ids),
-  * vLLM tokens/s on plain token-id prompts without conditioning, same engine and weights
-    (the ceiling conditioning is measured against),
+  * vLLM tokens/s with reward conditioning (``VLLMSampler.generate``; scalar: prompt_embeds;
+    token: reward token ids, the reward tokens banned from completions),
+  * vLLM tokens/s on plain token-id prompts without conditioning (``vllm_plain``, the ceiling):
+    the same weights and sampling settings on a second engine built with the sampler's own
+    engine arguments less those conditioning needs (``engine_args_differ`` lists them and
+    why; ``sampling_params_differ`` likewise), and plain prompts on the sampler's engine
+    (``vllm_plain_same_engine``: what those engine arguments cost by themselves),
   * HF reference sampler tokens/s,
   * the ratios between them, and weight-sync milliseconds (publish + in-place reload) for each
     backend of ``--weight-sync``: ``checkpoint`` (write ``weights/vN``, the engine reloads it)
@@ -14,9 +18,17 @@ Prints, from one run with the same prompts and sampling settings:
     runs on the torch threads less one (``in_process_threads``), as vLLM gives its
     child-process CPU worker the cores less one and keeps one for its scheduler.
 
+The vLLM variants run in ``--rounds`` rounds, each variant once per round in an order that
+rotates from round to round, so that a change in the machine's load falls on all of them.
+``tokens_per_s`` gives each variant's median over the rounds; the ratio
+``vllm_conditioned / vllm_plain`` is the median of the per-round ratios (``ratio_spread``:
+their minimum and maximum). ``tokens_per_cpu_s`` divides the same tokens by the CPU seconds
+this process and its children (the engines) spent, which a busy machine disturbs less than
+wall time.
+
 Usage (CPU, embedded model; builds it first if needed):
     .venv/bin/python bench/sampler.py [--mode scalar|token] [--prompts 256] [--max-new-tokens 24]
-        [--weight-sync checkpoint,ray] [--no-object-store]
+        [--rounds 7] [--weight-sync checkpoint,ray] [--no-object-store]
 """
 
 from __future__ import annotations
@@ -38,7 +50,12 @@ def main() -> None:
     parser.add_argument("--mode", choices=["scalar", "token"], default="scalar")
     parser.add_argument("--prompts", type=int, default=256, help="prompts per timed call")
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per backend")
+    parser.add_argument(
+        "--rounds", type=int, default=7, help="rounds of timed vLLM calls (one per variant each)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed calls of the HF and in-process samplers"
+    )
     parser.add_argument("--syncs", type=int, default=5, help="weight syncs to time")
     parser.add_argument(
         "--weight-sync",
@@ -63,7 +80,11 @@ def main() -> None:
     from online_dt.policy.policy import RewardConditionedPolicy
     from online_dt.rollout.hf_sampler import HFSampler
     from online_dt.rollout.sampler import SamplingParams
-    from online_dt.rollout.vllm_sampler import VLLMSampler
+    from online_dt.rollout.vllm_sampler import (
+        CONDITIONING_ENGINE_ARGS,
+        VLLMSampler,
+        vllm_sampling_params,
+    )
     from online_dt.rollout.weight_sync import CheckpointPublisher, MemoryPublisher, PolicySkeleton
     from online_dt.samples import Sample
     from online_dt.training.trainer import ConditionedTrainer
@@ -89,36 +110,94 @@ def main() -> None:
     publisher = CheckpointPublisher(work / "weights")
     first = publisher.publish(policy, 0)
     sampler = VLLMSampler(first.path, SamplerConfig(), policy_version=0)
+    from vllm import LLM  # after the sampler, which sets vLLM's logging up before its import
 
-    def timed(fn) -> tuple[float, int]:
+    # the ceiling: an engine with the sampler's arguments less those conditioning needs
+    plain_args = {k: v for k, v in sampler.engine_args.items() if k not in CONDITIONING_ENGINE_ARGS}
+    plain_llm = LLM(model=str(first.path), **plain_args)
+    engine_args_differ = {
+        name: {
+            "conditioned": sampler.engine_args.get(name),
+            "plain": plain_args.get(name),
+            "why": why,
+        }
+        for name, why in CONDITIONING_ENGINE_ARGS.items()
+        if sampler.engine_args.get(name) not in (None, False)
+    }
+    banned = sampler.prompts.conditioner.reward_token_ids
+    sampling_params_differ = (
+        {"extra_args": f"token mode bans the {len(banned)} reward tokens (plain: no ban)"}
+        if banned
+        else {}
+    )
+
+    def timed(fn) -> tuple[float, float, int]:
+        cpu = cpu_seconds()
         start = time.perf_counter()
         tokens = fn()
-        return time.perf_counter() - start, tokens
+        return time.perf_counter() - start, cpu_seconds() - cpu, tokens
 
     def vllm_conditioned() -> int:
         return sum(len(r.token_ids) for r in sampler.generate(prompts, targets, params))
 
     plain_inputs = [{"prompt_token_ids": ids} for ids in sampler.prompts.encode(prompts)]
+    # Conditioned and plain prompts stop at EOS after different numbers of tokens, and a call
+    # takes as many engine steps as its longest completion, so tokens/s would also measure
+    # what the text is. The seeded sampler draws the same completions every call: the plain
+    # requests are pinned to their lengths (ignore EOS, stop at that many tokens), so both
+    # sample the same tokens per request in the same number of steps.
+    lengths = [len(r.token_ids) for r in sampler.generate(prompts, targets, params)]
+    free_outs = plain_llm.generate(
+        plain_inputs, vllm_sampling_params(params, len(prompts)), use_tqdm=False
+    )
+    free_tokens = sum(len(o.token_ids) for request in free_outs for o in request.outputs)
 
-    def vllm_plain() -> int:
-        from vllm import SamplingParams as VP
+    def plain_params() -> list:
+        """The sampler's parameters less the ban, built per call as the sampler builds its."""
+        sampling = vllm_sampling_params(params, len(prompts))
+        for sp, length in zip(sampling, lengths, strict=True):
+            sp.max_tokens, sp.ignore_eos = length, True
+        return sampling
 
-        sp = [VP(max_tokens=args.max_new_tokens, seed=i, logprobs=0) for i in range(len(prompts))]
-        outs = sampler.llm.generate(plain_inputs, sp, use_tqdm=False)
-        return sum(len(o.outputs[0].token_ids) for o in outs)
+    def plain_on(llm):
+        def vllm_plain() -> int:
+            outs = llm.generate(plain_inputs, plain_params(), use_tqdm=False)
+            return sum(len(o.token_ids) for request in outs for o in request.outputs)
+
+        return vllm_plain
+
+    variants = {
+        "vllm_conditioned": vllm_conditioned,
+        "vllm_plain": plain_on(plain_llm),
+        "vllm_plain_same_engine": plain_on(sampler.llm),
+    }
+    for fn in variants.values():
+        fn()  # warm-up
+    names = list(variants)
+    runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            runs[name].append(timed(variants[name]))
+    plain_llm.llm_engine.engine_core.shutdown()
+    del plain_llm
+    results = {name: statistics.median(t / s for s, _, t in rs) for name, rs in runs.items()}
+    per_cpu = {name: statistics.median(t / c for _, c, t in rs) for name, rs in runs.items()}
+
+    def round_ratios(a: str, b: str) -> list[float]:
+        return [
+            (ta / sa) / (tb / sb) for (sa, _, ta), (sb, _, tb) in zip(runs[a], runs[b], strict=True)
+        ]
+
+    cond_plain = round_ratios("vllm_conditioned", "vllm_plain")
+    same_plain = round_ratios("vllm_plain_same_engine", "vllm_plain")
 
     hf = HFSampler(policy, batch_size=256)
 
     def hf_conditioned() -> int:
         return sum(len(r.token_ids) for r in hf.generate(prompts, targets, params))
 
-    results = {}
-    for name, fn in [("vllm_conditioned", vllm_conditioned), ("vllm_plain", vllm_plain)]:
-        fn()  # warm-up
-        runs = [timed(fn) for _ in range(args.repeats)]
-        results[name] = sum(t for _, t in runs) / sum(s for s, _ in runs)
-    runs = [timed(hf_conditioned) for _ in range(max(1, args.repeats - 1))]
-    results["hf_reference"] = sum(t for _, t in runs) / sum(s for s, _ in runs)
+    hf_runs = [timed(hf_conditioned) for _ in range(max(1, args.repeats - 1))]
+    results["hf_reference"] = sum(t for _, _, t in hf_runs) / sum(s for s, _, _ in hf_runs)
 
     trainer = ConditionedTrainer(policy, TrainingConfig(batch_size=8))
     records = [Sample(p, " it was great", t) for p, t in zip(prompts[:8], targets[:8], strict=True)]
@@ -160,8 +239,10 @@ def main() -> None:
             return sum(len(r.token_ids) for r in in_process.generate(prompts, targets, params))
 
         vllm_in_process()  # warm-up
-        runs = [timed(vllm_in_process) for _ in range(args.repeats)]
-        results["vllm_conditioned_in_process"] = sum(t for _, t in runs) / sum(s for s, _ in runs)
+        ip_runs = [timed(vllm_in_process) for _ in range(args.repeats)]
+        results["vllm_conditioned_in_process"] = sum(t for _, _, t in ip_runs) / sum(
+            s for s, _, _ in ip_runs
+        )
         publish_ms, fetch_ms, load_ms = [], [], []
         for version in range(1, args.syncs + 1):
             trainer.step(records)
@@ -197,14 +278,28 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "torch_threads": torch.get_num_threads(),
         "in_process_threads": max(1, torch.get_num_threads() - 1) if "ray" in backends else None,
+        "rounds": args.rounds,
+        "engine_args_differ": engine_args_differ,
+        "sampling_params_differ": sampling_params_differ,
+        "tokens_per_call": {
+            "vllm_conditioned": sum(lengths),
+            "vllm_plain (pinned to the conditioned lengths)": runs["vllm_plain"][0][2],
+            "vllm_plain if left to stop at EOS": free_tokens,
+        },
         "tokens_per_s": {k: round(v, 1) for k, v in results.items()},
+        "tokens_per_cpu_s": {k: round(v, 1) for k, v in per_cpu.items()},
         "ratios": {
-            "vllm_conditioned / vllm_plain": round(
-                results["vllm_conditioned"] / results["vllm_plain"], 3
-            ),
+            "vllm_conditioned / vllm_plain": round(statistics.median(cond_plain), 3),
+            "vllm_plain_same_engine / vllm_plain": round(statistics.median(same_plain), 3),
             "vllm_conditioned / hf_reference": round(
                 results["vllm_conditioned"] / results["hf_reference"], 3
             ),
+            "per_cpu_s vllm_conditioned / vllm_plain": round(
+                per_cpu["vllm_conditioned"] / per_cpu["vllm_plain"], 3
+            ),
+        },
+        "ratio_spread": {
+            "vllm_conditioned / vllm_plain": [round(min(cond_plain), 3), round(max(cond_plain), 3)]
         },
         "weight_sync_ms": sync_ms,
     }
@@ -214,6 +309,21 @@ def main() -> None:
         )
     report["tokens_per_s"] = {k: round(v, 1) for k, v in results.items()}
     print(json.dumps(report, indent=2))
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and all its live descendants (the engines)."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def median(values) -> float:

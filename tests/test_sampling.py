@@ -248,3 +248,95 @@ def test_vllm_ray_weight_sync_matches_hf(tmp_path, arch, mode):
     finally:
         sampler.close()
     assert not workdir.exists(), "close removes the engine's config and tokenizer files"
+
+
+# ---------------------------------------------------------------------------------------------
+# token mode: the reward-token ban
+# ---------------------------------------------------------------------------------------------
+
+
+def test_banned_tokens_processor_follows_the_batch():
+    """The processor bans each row's ids and follows requests added, removed and moved, as
+    vLLM's persistent batch reports them; rows without a ban are untouched."""
+    from vllm import SamplingParams as VLLMSamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    from online_dt.rollout.vllm_logits import BannedTokensLogitsProcessor, ban_args
+
+    def params(ids):
+        return VLLMSamplingParams(extra_args=ban_args(ids))
+
+    def banned_cells(proc, rows=4, vocab=6):
+        logits = proc.apply(torch.zeros(rows, vocab))
+        return {(int(r), int(c)) for r, c in torch.nonzero(torch.isinf(logits))}
+
+    proc = BannedTokensLogitsProcessor(None, torch.device("cpu"), False)
+    assert banned_cells(proc) == set()
+    added = [(0, params([1, 2]), None, []), (1, params([]), None, []), (2, params([5]), None, [])]
+    proc.update_state(BatchUpdate(batch_size=3, removed=[], added=added, moved=[]))
+    assert banned_cells(proc) == {(0, 1), (0, 2), (2, 5)}
+    proc.update_state(None)  # no change in the batch
+    assert banned_cells(proc) == {(0, 1), (0, 2), (2, 5)}
+    # row 0 finishes; row 2 moves into it; a new request with a ban takes row 3
+    moved = [(2, 0, MoveDirectionality.UNIDIRECTIONAL)]
+    added = [(3, params([0]), None, [])]
+    proc.update_state(BatchUpdate(batch_size=4, removed=[0], added=added, moved=moved))
+    assert banned_cells(proc) == {(0, 5), (3, 0)}
+    swap = [(0, 1, MoveDirectionality.SWAP)]
+    proc.update_state(BatchUpdate(batch_size=4, removed=[], added=[], moved=swap))
+    assert banned_cells(proc) == {(1, 5), (3, 0)}
+    # a request without a ban replacing a banned row clears it
+    added = [(3, params([]), None, [])]
+    proc.update_state(BatchUpdate(batch_size=4, removed=[], added=added, moved=[]))
+    assert banned_cells(proc) == {(1, 5)}
+    with pytest.raises(ValueError, match="token ids"):
+        BannedTokensLogitsProcessor.validate_params(
+            VLLMSamplingParams(extra_args={"online_dt_banned_token_ids": [-1]})
+        )
+
+
+@pytest.mark.slow
+def test_vllm_reward_token_ban_matches_bad_words(tmp_path):
+    """The sampler's ban gives the very tokens vLLM's ``bad_words`` gives (same engine, same
+    seeds), on a policy whose output layer makes reward tokens the likeliest tokens: without
+    a ban they are sampled (negative control), with it never."""
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    from online_dt.rollout.vllm_sampler import VLLMSampler, vllm_sampling_params
+
+    policy = make_policy(tmp_path, "llama", "token")  # untied lm_head
+    reward_ids = policy.reward_token_ids
+    with torch.no_grad():
+        head = policy.model.get_output_embeddings().weight
+        direction = torch.randn(head.shape[1], generator=torch.Generator().manual_seed(0))
+        for k, token in enumerate(reward_ids):  # +-30 v: some reward token's logit is large
+            head[token] = (30.0 if k % 2 == 0 else -30.0) * direction
+    first = CheckpointPublisher(tmp_path / "weights").publish(policy, 0)
+    sampler = VLLMSampler(first.path, SamplerConfig(kv_cache_memory_gb=0.05), policy_version=0)
+    try:
+        params = SamplingParams(n=2, max_new_tokens=8, seed=3)
+        out = sampler.generate(PROMPTS, TARGETS, params)
+        assert not {t for r in out for t in r.token_ids} & set(reward_ids)
+        tokenizer = sampler.prompts.tokenizer
+        assert all(
+            r.completion == tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in out
+        )
+        inputs = sampler.prompts.inputs(sampler.prompts.encode(PROMPTS), TARGETS)
+        unbanned = vllm_sampling_params(params, len(PROMPTS))
+        free = sampler.llm.generate(inputs, unbanned, use_tqdm=False)
+        free_ids = {t for request in free for o in request.outputs for t in o.token_ids}
+        assert free_ids & set(reward_ids), "without a ban reward tokens are sampled"
+        words = tokenizer.convert_ids_to_tokens(reward_ids)
+        bad_words = [
+            VLLMSamplingParams(
+                n=p.n, max_tokens=p.max_tokens, seed=p.seed, logprobs=0, bad_words=words
+            )
+            for p in unbanned
+        ]
+        reference = sampler.llm.generate(inputs, bad_words, use_tqdm=False)
+        assert [r.token_ids for r in out] == [
+            list(o.token_ids) for request in reference for o in request.outputs
+        ]
+        assert max_logprob_gap(policy, out) < TOLERANCE
+    finally:
+        sampler.close()

@@ -5,7 +5,8 @@
   prompt. vLLM adds positions 0, 1, ... itself (absolute or rotary), which is the training
   layout's ``cumsum(mask) - 1`` for an unpadded row.
 * Token mode: plain ``prompt_token_ids`` ``[<|reward_k|>, *prompt]``; reward tokens are banned
-  from completions.
+  from completions by a logits processor (:mod:`online_dt.rollout.vllm_logits`; vLLM's
+  ``bad_words`` bans the same tokens at a cost per request and per step).
 
 Per-token logprobs are vLLM's ``raw_logprobs`` (log-softmax of the raw logits, before
 temperature and top-p), the convention of the HF reference sampler. The same code runs on
@@ -39,6 +40,7 @@ import torch
 
 from online_dt.config import SamplerConfig
 from online_dt.policy.conditioner import RewardConditioner
+from online_dt.policy.tokens import TokenIdCache
 from online_dt.rollout.sampler import NO_WEIGHTS, SamplingParams, check_request, require_weights
 from online_dt.rollout.weight_sync import PolicySkeleton, PolicyState, WeightUpdate
 from online_dt.samples import Rollout
@@ -97,6 +99,7 @@ class PromptBuilder:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self._token_ids = TokenIdCache(self.tokenizer)
         self.conditioner = RewardConditioner.load(path).eval()
         self.embeddings: torch.Tensor | None = None
         if self.conditioner.config.mode == "scalar":
@@ -109,6 +112,7 @@ class PromptBuilder:
         """A builder over objects already in memory (no file is read)."""
         builder = cls.__new__(cls)
         builder.tokenizer = tokenizer
+        builder._token_ids = TokenIdCache(tokenizer)
         builder.conditioner = conditioner.eval()
         builder.embeddings = None if embeddings is None else embeddings.float()
         return builder
@@ -119,11 +123,15 @@ class PromptBuilder:
         conditioner = RewardConditioner.from_state(state.conditioning)
         scalar = conditioner.config.mode == "scalar"
         embeddings = state.input_embedding_matrix() if scalar else None
-        return PromptBuilder.from_parts(self.tokenizer, conditioner, embeddings)
+        builder = PromptBuilder.from_parts(self.tokenizer, conditioner, embeddings)
+        builder._token_ids = self._token_ids  # the same tokenizer: its prompts' ids hold
+        return builder
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Prompt token ids, without special tokens (as in training)."""
-        return [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        """Prompt token ids, without special tokens (as in training): prompts seen before
+        come from the builder's :class:`~online_dt.policy.tokens.TokenIdCache`, new ones
+        from one batched tokenizer call (the same ids as encoding them one by one)."""
+        return self._token_ids.encode(prompts)
 
     @torch.no_grad()
     def inputs(self, prompt_ids: Sequence[Sequence[int]], targets: Sequence[float]) -> list[Any]:
@@ -134,17 +142,72 @@ class PromptBuilder:
             ``{"prompt_token_ids": [reward token, *ids]}`` in token mode.
         """
         slots = self.conditioner.slot_token_ids(targets)
+        rows = [[slot, *ids] for slot, ids in zip(slots, prompt_ids, strict=True)]
         if self.embeddings is None:
-            return [
-                {"prompt_token_ids": [slot, *ids]}
-                for slot, ids in zip(slots, prompt_ids, strict=True)
-            ]
-        out = []
-        for slot, ids, target in zip(slots, prompt_ids, targets, strict=True):
-            tokens = self.embeddings[torch.tensor([slot, *ids])][None]
-            embeds = self.conditioner.fill_slot(tokens, torch.tensor([float(target)]))
-            out.append({"prompt_embeds": embeds[0]})
-        return out
+            return [{"prompt_token_ids": row} for row in rows]
+        if not rows:
+            return []
+        # one gather and one conditioning call for the whole batch: rows right-padded with
+        # the slot's id to the longest, each prompt's embeddings then a view of its own length
+        lengths = [len(row) for row in rows]
+        width = max(lengths)
+        index = torch.tensor([row + row[:1] * (width - len(row)) for row in rows])
+        rewards = torch.tensor([float(t) for t in targets], dtype=torch.float32)
+        embeds = self.conditioner.fill_slot(self.embeddings[index], rewards)
+        return [{"prompt_embeds": embeds[i, :n]} for i, n in enumerate(lengths)]
+
+
+CONDITIONING_ENGINE_ARGS = {
+    "enable_prompt_embeds": "scalar mode sends each prompt as prompt_embeds",
+    "logits_processors": "token mode bans the reward tokens from completions",
+}
+"""The engine arguments :class:`VLLMSampler` sets for conditioning only, and why; every other
+argument is one a plain-prompt engine would take as well (``bench/sampler.py`` builds its
+plain ceiling from the sampler's :attr:`VLLMSampler.engine_args` without these)."""
+
+
+def vllm_sampling_params(
+    params: SamplingParams, count: int, banned_token_ids: Sequence[int] = ()
+) -> list[Any]:
+    """vLLM ``SamplingParams`` for ``count`` prompts, one per prompt.
+
+    Per-token logprobs of the sampled tokens are returned (``logprobs=0``) in flat lists
+    (``flat_logprobs=True``: no ``Logprob`` object and dict per token); vLLM does not
+    detokenise (``detokenize=False``: its incremental detokeniser and the decoding of every
+    logprob's token cost the engine's front end per step, and the sampler decodes each
+    completion once itself). Each object is new and serves one request, so vLLM may take it
+    without a deep copy (``skip_clone=True``). vLLM seeds the k-th of ``n`` samples of a
+    request with ``seed + k``, so request ``i`` gets ``seed + i * n`` to keep requests apart.
+
+    Args:
+        params: the sampling request's settings.
+        count: number of prompts.
+        banned_token_ids: ids never to sample (token mode's reward tokens), banned by
+            :class:`~online_dt.rollout.vllm_logits.BannedTokensLogitsProcessor`, which the
+            engine must have been built with (``logits_processors``); empty: no ban.
+
+    Returns:
+        ``count`` ``vllm.SamplingParams``.
+    """
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    from online_dt.rollout.vllm_logits import ban_args
+
+    return [
+        VLLMSamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=None if params.seed is None else params.seed + i * params.n,
+            logprobs=0,
+            flat_logprobs=True,
+            detokenize=False,
+            extra_args=ban_args(banned_token_ids),
+            skip_clone=True,
+        )
+        for i in range(count)
+    ]
 
 
 @contextlib.contextmanager
@@ -244,20 +307,26 @@ class VLLMSampler:
         if dummy_weights:
             kwargs["load_format"] = "dummy"
         scalar = self.prompts.conditioner.config.mode == "scalar"
+        if not scalar:
+            from online_dt.rollout.vllm_logits import BANNED_TOKENS_PROCESSOR
+
+            kwargs["logits_processors"] = [BANNED_TOKENS_PROCESSOR]
+        self.engine_args: dict[str, Any] = {
+            "dtype": dtype,
+            "enforce_eager": self.cfg.enforce_eager,
+            "max_model_len": self.cfg.max_model_len,
+            "enable_prompt_embeds": scalar,
+            "seed": self.cfg.seed,
+            "logprobs_mode": "raw_logprobs",
+            "worker_extension_cls": "online_dt.rollout.vllm_worker.PolicyReloadExtension",
+            "use_tqdm_on_load": False,
+            **kwargs,
+        }
+        """The keyword arguments the engine was built with (besides ``model``); those named
+        in :data:`CONDITIONING_ENGINE_ARGS` are what conditioning needs."""
         start = time.perf_counter()
         with in_process_engine() if self.in_process else contextlib.nullcontext():
-            self.llm = LLM(
-                model=str(policy_dir),
-                dtype=dtype,
-                enforce_eager=self.cfg.enforce_eager,
-                max_model_len=self.cfg.max_model_len,
-                enable_prompt_embeds=scalar,
-                seed=self.cfg.seed,
-                logprobs_mode="raw_logprobs",
-                worker_extension_cls="online_dt.rollout.vllm_worker.PolicyReloadExtension",
-                use_tqdm_on_load=False,
-                **kwargs,
-            )
+            self.llm = LLM(model=str(policy_dir), **self.engine_args)
         self.llm.update_weight_version(str(policy_version))
         log.info(
             "vLLM sampler ready in %.1fs (%s mode, dtype %s, engine %s)",
@@ -294,44 +363,29 @@ class VLLMSampler:
         self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
     ) -> list[Rollout]:
         """See :meth:`online_dt.rollout.sampler.Sampler.generate`."""
-        from vllm import SamplingParams as VLLMSamplingParams
-
         check_request(prompts, targets)
         require_weights(self)
         inputs = self.prompts.inputs(self.prompts.encode(prompts), targets)
-        banned = [
-            self.prompts.tokenizer.convert_ids_to_tokens(i)
-            for i in self.prompts.conditioner.reward_token_ids
-        ]
-        sampling = [
-            VLLMSamplingParams(
-                n=params.n,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                max_tokens=params.max_new_tokens,
-                # vLLM seeds the k-th of n samples with seed + k: keep requests apart
-                seed=None if params.seed is None else params.seed + i * params.n,
-                logprobs=0,
-                bad_words=banned or None,
-                skip_special_tokens=True,
-            )
-            for i in range(len(inputs))
-        ]
+        sampling = vllm_sampling_params(
+            params, len(inputs), banned_token_ids=self.prompts.conditioner.reward_token_ids
+        )
         start = time.perf_counter()
         outputs = self.llm.generate(inputs, sampling, use_tqdm=False)
         seconds = time.perf_counter() - start
         now = time.time()
+        token_ids = [list(out.token_ids) for request in outputs for out in request.outputs]
+        texts = iter(self.prompts.tokenizer.batch_decode(token_ids, skip_special_tokens=True))
+        ids_of = iter(token_ids)
         rollouts = []
         for i, request in enumerate(outputs):
             for out in request.outputs:
-                ids = list(out.token_ids)
-                logprobs = [
-                    step[token].logprob for step, token in zip(out.logprobs, ids, strict=True)
-                ]
+                ids = next(ids_of)
+                flat = out.logprobs  # FlatLogprobs: the sampled token first at each position
+                logprobs = [flat.logprobs[start] for start in flat.start_indices]
                 rollouts.append(
                     Rollout(
                         prompt=prompts[i],
-                        completion=self.prompts.tokenizer.decode(ids, skip_special_tokens=True),
+                        completion=next(texts),
                         token_ids=ids,
                         logprobs=logprobs,
                         target=float(targets[i]),
