@@ -411,7 +411,7 @@ class StubbedNCCL:
 def sampler_endpoint(llm: FakeLLM, workers: int, applied: list):
     """What a vLLM sampler's ``load_weights`` does for an nccl update: receive, then rebuild
     its prompt builder from the update directory (``online_dt.rollout.vllm_sampler``)."""
-    from online_dt.rollout.vllm_sampler import PromptBuilder
+    from online_dt.rollout.vllm_prompts import PromptBuilder
 
     def apply(update):
         wsn.receive(llm, update)

@@ -406,7 +406,7 @@ def write_update_dir(
     * the tokenizer and the model's ``config.json``;
     * in scalar mode, ``model.safetensors`` holding **only** the input-embedding matrix, under
       the model's own parameter name: the vLLM sampler builds ``prompt_embeds`` from it
-      (``online_dt.rollout.vllm_sampler.PromptBuilder``). The directory is not a loadable model;
+      (``online_dt.rollout.vllm_prompts.PromptBuilder``). The directory is not a loadable model;
     * :data:`UPDATE_INFO_FILE`: ``{"format", "version", "update_info"}``.
     """
     from safetensors.torch import save_file
