@@ -465,6 +465,67 @@ def test_ray_weight_sync_restarted_sampler_is_resent_the_latest_version(
     )
 
 
+def test_a_sampler_lost_for_good_leaves_the_split_and_its_prompts_go_to_the_other(
+    ray_address, tiny, tmp_path
+):
+    """Two samplers, no restart left (``sampler_max_restarts: 0``, as when no node has room
+    for the lost one's bundle for good): the one killed mid-rollout is taken out of the
+    split at its first re-issue, its chunk goes to the other sampler, and later rollouts are
+    sent to that one only. Nothing is dropped and every sample has the current version."""
+    from actors.controller import run_on_ray
+
+    cfg = online_cfg(
+        tmp_path / "run",
+        model={"name_or_path": str(tiny)},
+        sampler={"backend": "hf"},
+        sampling={"max_new_tokens": 16},  # rollouts long enough for the kill to land in one
+        online={
+            "iterations": 5,
+            "prompts_per_iteration": 32,
+            "train_steps_per_iteration": 2,
+            "mode": "sync",
+        },
+        resources={"num_samplers": 2, "sampler_cpus": 0.5},
+        fault_tolerance={
+            "sampler_max_restarts": 0,
+            "retry_backoff_s": 0.2,
+            "restart_timeout_s": 60,
+        },
+    )
+    plan = plan_run(cfg, None)
+    killed: dict = {}
+    start = time.perf_counter()
+    assert (
+        run_on_ray(
+            plan,
+            progress=False,
+            callbacks=[kill_after(1, "SamplerActor.generate", killed, ray_address)],
+        )
+        == 0
+    )
+    killed["thread"].join()
+    assert "error" not in killed, killed.get("error")
+    metrics = plan.run.read_metrics()
+    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3, 4]
+    # the rollout after iteration 1 (or, if its call had just ended, the one after it)
+    hit = next(m["iteration"] for m in metrics if m["sampler_failures"])
+    assert hit in (2, 3)
+    assert [m["samplers_healthy"] for m in metrics] == [2] * hit + [1] * (5 - hit)
+    assert [m["prompts_reissued"] for m in metrics] == [16 if i == hit else 0 for i in range(5)]
+    assert [bool(m["sampler_failures"]) for m in metrics] == [i == hit for i in range(5)]
+    assert all(m["prompts_dropped"] == 0 for m in metrics)
+    assert all(m["samples"] == 128 for m in metrics), "nothing lost"
+    assert [m["sample_policy_version_min"] for m in metrics] == [0, 1, 2, 3, 4]
+    rows = read_persisted(plan.run.buffer_dir).to_pylist()
+    assert len(rows) == 5 * 128 and len({r["sample_id"] for r in rows}) == len(rows)
+    rollout_s = ", ".join(f"{m['rollout_s']:.1f}" for m in metrics)
+    print(
+        f"\ntwo samplers, one killed with no restart left: found lost in iteration {hit}, its "
+        f"16 prompts went to the other in {metrics[hit]['sampler_recovery_s']:.1f}s; rollouts "
+        f"{rollout_s}s; 0 samples lost, run {time.perf_counter() - start:.0f}s"
+    )
+
+
 @pytest.mark.parametrize("weight_sync", ["checkpoint", "ray"])
 def test_learner_killed_mid_training_is_restarted_from_its_checkpoint(
     ray_address, tiny, tmp_path, weight_sync
