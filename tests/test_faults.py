@@ -369,7 +369,7 @@ class Gone(Replica):
 
     def __init__(self, dies_at=1):
         super().__init__()
-        self.dies_at, self.dead, self.probes = dies_at, False, 0
+        self.dies_at, self.dead, self.probes, self.resyncs = dies_at, False, 0, 0
 
     def generate(self, prompts, targets, params):
         if self.calls + 1 == self.dies_at:
@@ -380,6 +380,7 @@ class Gone(Replica):
         return super().generate(prompts, targets, params)
 
     def load_weights(self, update):
+        self.resyncs += 1
         if self.dead:
             raise WorkerLostError("ActorDiedError: the actor is dead")
         super().load_weights(update)
@@ -451,10 +452,16 @@ def test_every_replica_lost_drops_the_chunks_and_stops_the_rollout():
     assert [r.prompt for r in batch.rollouts] == ["a", "b", "c", "d"]
     assert batch.recovery.prompts_dropped == 0 and batch.recovery.prompts_reissued == 6
     assert group.healthy() == [0] and flaky.calls == 3
-    # with one replica, losing it stops the rollout as before
+    # with one replica, losing it stops the rollout as before, after every re-issue's wait
     group = SamplerGroup([LocalHandle(Replica(die_on=[1, 2]))], retries=1)
     with pytest.raises(WorkerLostError, match="every sampler replica was lost"):
         group.generate(["a"], [0.0], SamplingParams(seed=0)).result()
+    solo = Gone()
+    group = SamplerGroup([LocalHandle(solo)], retries=3)
+    group.load_weights(WeightUpdate(1, "checkpoint")).result()
+    with pytest.raises(WorkerLostError, match="every sampler replica was lost"):
+        group.generate(["a"], [0.0], SamplingParams(seed=0)).result()
+    assert solo.resyncs == 1 + 3, "no other replica: it is waited for at every re-issue"
 
 
 def test_sampler_lost_during_weight_sync_is_resynced_before_sampling():

@@ -83,9 +83,10 @@ class RolloutFuture:
     was restarted between calls: a checkpoint sampler starts from the newest published
     version, a ``ray`` one without weights), is re-issued to it after re-sending the current
     weights, up to ``retries`` times. A replica that does not take the weights again within
-    ``restart_timeout_s`` (or is gone for good), or fails every re-issue, is marked lost
-    (:meth:`SamplerGroup.mark_lost`) and the chunk is split over the healthy replicas; with
-    none left it is dropped. The result's :class:`SamplerRecovery` counts all of it.
+    ``restart_timeout_s`` (or is gone for good) while other replicas are healthy, or that
+    fails every re-issue, is marked lost (:meth:`SamplerGroup.mark_lost`) and the chunk is
+    split over the healthy replicas; with none left it is dropped. The result's
+    :class:`SamplerRecovery` counts all of it.
 
     Raises (from ``result()``):
         WorkerLostError: every chunk was dropped (no rollouts at all).
@@ -147,7 +148,9 @@ class RolloutFuture:
                 except WorkerLostError as e:  # still restarting after the wait, or gone for good
                     self.recovery.sampler_failures += 1
                     problem = f"did not come back ({e})"
-                    break
+                    if any(j != k for j in self.group.healthy()):
+                        break  # the healthy replicas take its chunk
+                    continue  # no other replica: wait for this one as many times as configured
                 self.recovery.prompts_reissued += hi - lo
                 future = handle.generate(prompts[lo:hi], targets[lo:hi], params)
             try:
