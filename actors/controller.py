@@ -129,6 +129,7 @@ def start_workers(
         ft.rollout_retries,
         ft.retry_backoff_s,
         ft.restart_timeout_s,
+        probe="pid",  # a lost sampler that answers again is put back in the split
     )
     if in_memory:
         # the group keeps this update (and so its object) for samplers Ray restarts

@@ -83,6 +83,26 @@ def test_positions_from_mask_clamps_leading_padding():
     assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
 
 
+def test_training_layout_fits_the_model_positions_when_a_completion_tokenises_longer(base_dir):
+    """A sampled byte-level token that holds part of a UTF-8 character decodes to U+FFFD,
+    which tokenises to three byte tokens: the completion text of 24 sampled tokens came back as
+    up to 52 tokens, and training on it failed in GPT-2's position embeddings (``IndexError:
+    index out of range in self``) with ``sampling.max_new_tokens: 24`` and 64 positions."""
+    policy = make_policy(base_dir, "scalar")
+    limit = 64  # the tiny models' positions
+    prompt = "the movie was"
+    completion = "\ufffd" * 24  # 24 sampled tokens, as the sampler decodes them
+    assert len(policy.encode([completion])[0]) > limit
+    batch = policy.layout([prompt, "i"], [0.5, -0.5], [completion, "fun"])
+    assert batch.input_ids.shape[1] == limit
+    assert batch.position_ids.max().item() == limit - 1
+    assert batch.labels is not None and batch.labels[0, -1].item() == policy.eos_token_id
+    assert policy(batch, torch.tensor([0.5, -0.5])).logits.shape[1] == limit
+    assert policy.max_positions == limit
+    # a completion that fits is laid out whole
+    assert batch.labels[1].ne(IGNORE_INDEX).sum().item() == len(policy.encode(["fun"])[0]) + 1
+
+
 def test_layout_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="same length"):
         layout_batch([1, 2], [[1]], pad_id=0)

@@ -362,15 +362,106 @@ def test_sampler_restarted_between_calls_is_caught_by_its_policy_version():
     assert batch.recovery.prompts_reissued == 2 and batch.recovery.sampler_failures == 1
 
 
-def test_sampler_lost_for_good_drops_its_chunk_with_a_count():
-    group = SamplerGroup([LocalHandle(Replica()), LocalHandle(Replica(die_on=[1, 2, 3]))], 2)
+class Gone(Replica):
+    """A replica whose actor will not come back (no node with room for its bundle, or
+    ``max_restarts`` spent) after its generate call number ``dies_at``: every call fails
+    until ``back()``, as Ray's calls to a dead actor do; ``pid`` is the probe."""
+
+    def __init__(self, dies_at=1):
+        super().__init__()
+        self.dies_at, self.dead, self.probes, self.resyncs = dies_at, False, 0, 0
+
+    def generate(self, prompts, targets, params):
+        if self.calls + 1 == self.dies_at:
+            self.dead = True
+        if self.dead:
+            self.calls += 1
+            raise WorkerLostError("ActorDiedError: the actor is dead")
+        return super().generate(prompts, targets, params)
+
+    def load_weights(self, update):
+        self.resyncs += 1
+        if self.dead:
+            raise WorkerLostError("ActorDiedError: the actor is dead")
+        super().load_weights(update)
+
+    def pid(self):
+        self.probes += 1
+        if self.dead:
+            raise WorkerLostError("ActorUnavailableError: restarting", restarting=True)
+        return 1234
+
+    def back(self):
+        self.dead, self.version = False, 0  # restarted: the constructor's weights
+
+
+def test_a_lost_replicas_chunk_goes_to_the_healthy_ones_and_it_leaves_the_split(caplog):
+    prompts = [f"p{i}" for i in range(6)]
+    alive, other, gone = Replica(), Replica(), Gone(dies_at=1)
+    group = SamplerGroup([LocalHandle(r) for r in (alive, gone, other)], retries=2)
+    group.load_weights(WeightUpdate(3, "checkpoint")).result()
+    with caplog.at_level(logging.WARNING, "online_dt.loop.sampler_group"):
+        batch = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0)).result()
+    out = batch.rollouts
+    assert [r.prompt for r in out] == prompts and [r.prompt_index for r in out] == list(range(6))
+    assert {r.policy_version for r in out} == {3}
+    # its resync failed at the first re-issue: no waiting out the other retries
+    assert gone.calls == 1 and batch.recovery.sampler_failures == 2
+    assert batch.recovery.prompts_dropped == 0 and batch.recovery.prompts_reissued == 2
+    assert batch.recovery.samplers_healthy == 2 and group.healthy() == [0, 2]
+    assert sum("taken out of the split" in r.message for r in caplog.records) == 1
+    # later rollouts and weight updates skip it; a probe-less group never asks it again
+    group.load_weights(WeightUpdate(4, "checkpoint")).result()
+    again = group.generate(prompts, [0.0] * 6, SamplingParams(seed=0)).result()
+    assert [r.prompt for r in again.rollouts] == prompts and gone.calls == 1
+    assert again.recovery.sampler_failures == 0 and again.recovery.prompts_reissued == 0
+    assert (alive.calls, other.calls) == (3, 3) and gone.loads == [WeightUpdate(3, "checkpoint")]
+    assert again.recovery.samplers_healthy == 2
+
+
+def test_a_lost_replica_is_put_back_once_its_probe_answers(caplog):
+    prompts = [f"p{i}" for i in range(4)]
+    alive, gone = Replica(), Gone(dies_at=2)
+    group = SamplerGroup([LocalHandle(alive), LocalHandle(gone)], retries=1, probe="pid")
+    group.load_weights(WeightUpdate(1, "checkpoint")).result()
+    params = SamplingParams(seed=0)
+    assert group.generate(prompts, [0.0] * 4, params).result().recovery.samplers_healthy == 2
+    lost = group.generate(prompts, [0.0] * 4, params).result()  # lost during this rollout
+    assert lost.recovery.samplers_healthy == 1 and len(lost.rollouts) == 4
+    group.load_weights(WeightUpdate(2, "checkpoint")).result()
+    still = group.generate(prompts, [0.0] * 4, params).result()  # its probe fails
+    assert still.recovery.samplers_healthy == 1 and gone.probes == 1
+    gone.back()
+    with caplog.at_level(logging.WARNING, "online_dt.loop.sampler_group"):
+        back = group.generate(prompts, [0.0] * 4, params).result()  # answers: resynced
+    assert gone.probes == 2 and back.recovery.samplers_healthy == 2
+    assert [r.policy_version for r in back.rollouts] == [2] * 4
+    assert [r.prompt for r in back.rollouts[2:]] == prompts[2:] and gone.version == 2
+    assert sum("back in the split" in r.message for r in caplog.records) == 1
+
+
+def test_every_replica_lost_drops_the_chunks_and_stops_the_rollout():
+    group = SamplerGroup([LocalHandle(Gone()), LocalHandle(Gone())], retries=1)
+    with pytest.raises(WorkerLostError, match="every sampler replica was lost"):
+        group.generate(["a", "b"], [0.0] * 2, SamplingParams(seed=0)).result()
+    assert group.healthy() == []
+    # a replica that keeps failing its calls is taken out too, after its re-issues
+    alive, flaky = Replica(), Replica(die_on=[1, 2, 3])
+    group = SamplerGroup([LocalHandle(alive), LocalHandle(flaky)], 2)
     batch = group.generate(["a", "b", "c", "d"], [0.0] * 4, SamplingParams(seed=0)).result()
-    assert [r.prompt for r in batch.rollouts] == ["a", "b"]
-    assert batch.recovery.prompts_dropped == 2 and batch.recovery.prompts_reissued == 4
-    # every replica lost: a clear error instead of an empty iteration
+    assert [r.prompt for r in batch.rollouts] == ["a", "b", "c", "d"]
+    assert batch.recovery.prompts_dropped == 0 and batch.recovery.prompts_reissued == 6
+    assert group.healthy() == [0] and flaky.calls == 3
+    # with one replica, losing it stops the rollout as before, after every re-issue's wait
     group = SamplerGroup([LocalHandle(Replica(die_on=[1, 2]))], retries=1)
     with pytest.raises(WorkerLostError, match="every sampler replica was lost"):
         group.generate(["a"], [0.0], SamplingParams(seed=0)).result()
+    solo = Gone()
+    group = SamplerGroup([LocalHandle(solo)], retries=3)
+    group.load_weights(WeightUpdate(1, "checkpoint")).result()
+    with pytest.raises(WorkerLostError, match="every sampler replica was lost"):
+        group.generate(["a"], [0.0], SamplingParams(seed=0)).result()
+    assert solo.resyncs == 1 + 3, "no other replica: it is waited for at every re-issue"
 
 
 def test_sampler_lost_during_weight_sync_is_resynced_before_sampling():

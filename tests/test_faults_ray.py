@@ -465,6 +465,80 @@ def test_ray_weight_sync_restarted_sampler_is_resent_the_latest_version(
     )
 
 
+def kill_one_sampler_for_good(address: str, timeout: float = 60.0) -> dict:
+    """SIGKILL the process of one of the (ALIVE) sampler actors, whose restarts are spent,
+    and wait until Ray reports it ``DEAD``."""
+    from ray.util.state import list_actors
+
+    alive = [("class_name", "=", "SamplerActor"), ("state", "=", "ALIVE")]
+    actor = list_actors(address=address, filters=alive)[0]
+    os.kill(actor.pid, signal.SIGKILL)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        [now] = list_actors(address=address, filters=[("actor_id", "=", actor.actor_id)])
+        if now.state == "DEAD":
+            return {"pid": actor.pid}
+        time.sleep(0.1)
+    raise TimeoutError(f"the sampler actor was not DEAD within {timeout}s")
+
+
+def test_a_sampler_lost_for_good_leaves_the_split_and_its_prompts_go_to_the_other(
+    ray_address, tiny, tmp_path
+):
+    """Two samplers, no restart left (``sampler_max_restarts: 0``, as when no node has room
+    for the lost one's bundle for good): one is killed after iteration 1 (between calls, so
+    that the rollout it fails in is known). At iteration 2's rollout its call fails, it is
+    taken out of the split at its first re-issue (the resync fails: dead for good) and its
+    chunk goes to the other sampler; later rollouts and weight updates go to that one only.
+    Nothing is dropped and every sample has the current version."""
+    from actors.controller import run_on_ray
+
+    cfg = online_cfg(
+        tmp_path / "run",
+        model={"name_or_path": str(tiny)},
+        sampler={"backend": "hf"},
+        sampling={"max_new_tokens": 8},
+        online={
+            "iterations": 4,
+            "prompts_per_iteration": 32,
+            "train_steps_per_iteration": 2,
+            "mode": "sync",
+        },
+        resources={"num_samplers": 2, "sampler_cpus": 0.5},
+        fault_tolerance={
+            "sampler_max_restarts": 0,
+            "retry_backoff_s": 0.2,
+            "restart_timeout_s": 60,
+        },
+    )
+    plan = plan_run(cfg, None)
+    killed: dict = {}
+
+    def kill_after_iteration_1(record: dict) -> None:
+        if record["iteration"] == 1:  # version 2 is loaded (sync mode); the next rollout fails
+            killed.update(kill_one_sampler_for_good(ray_address))
+
+    start = time.perf_counter()
+    assert run_on_ray(plan, progress=False, callbacks=[kill_after_iteration_1]) == 0
+    assert killed
+    metrics = plan.run.read_metrics()
+    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
+    assert [m["samplers_healthy"] for m in metrics] == [2, 2, 1, 1]
+    assert [m["prompts_reissued"] for m in metrics] == [0, 0, 16, 0]
+    assert [bool(m["sampler_failures"]) for m in metrics] == [False, False, True, False]
+    assert all(m["prompts_dropped"] == 0 for m in metrics)
+    assert all(m["samples"] == 128 for m in metrics), "nothing lost"
+    assert [m["sample_policy_version_min"] for m in metrics] == [0, 1, 2, 3]
+    rows = read_persisted(plan.run.buffer_dir).to_pylist()
+    assert len(rows) == 4 * 128 and len({r["sample_id"] for r in rows}) == len(rows)
+    rollout_s = ", ".join(f"{m['rollout_s']:.1f}" for m in metrics)
+    print(
+        f"\ntwo samplers, one killed with no restart left: its 16 prompts went to the other in "
+        f"{metrics[2]['sampler_recovery_s']:.1f}s; rollouts {rollout_s}s; 0 samples lost, "
+        f"run {time.perf_counter() - start:.0f}s"
+    )
+
+
 @pytest.mark.parametrize("weight_sync", ["checkpoint", "ray"])
 def test_learner_killed_mid_training_is_restarted_from_its_checkpoint(
     ray_address, tiny, tmp_path, weight_sync

@@ -6,7 +6,9 @@ than minutes later inside an actor:
 
 * the base model's config and tokenizer load (a missing directory, an unreachable Hub name);
 * the reward model: a custom class imports, a classifier's config loads;
-* every prompt fits the model's context with the reward slot and ``max_new_tokens``.
+* every prompt fits the model's context with the reward slot, ``max_new_tokens`` and the EOS
+  that training appends to a completion cut at ``max_new_tokens``
+  (:meth:`~online_dt.policy.policy.RewardConditionedPolicy.layout`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from online_dt.config import OnlineRunConfig
+from online_dt.policy.layout import context_length
 from online_dt.util.text import first_line
 
 
@@ -48,31 +51,23 @@ def check_reward_model(cfg: OnlineRunConfig) -> None:
             ) from e
 
 
-def context_length(model_config: Any) -> int | None:
-    """The model's maximum sequence length in tokens (``max_position_embeddings``,
-    ``n_positions`` or ``n_ctx``), or ``None`` when the config does not say."""
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(model_config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def check_prompt_lengths(
     prompts: Sequence[str], tokenizer: Any, max_new_tokens: int, context: int, source: str
 ) -> None:
-    """Every prompt must fit: ``1`` (reward slot) + prompt tokens + ``max_new_tokens`` <=
-    ``context``.
+    """Every prompt must fit: ``1`` (reward slot) + prompt tokens + ``max_new_tokens`` + ``1``
+    (the EOS training appends to a completion cut at ``max_new_tokens``) <= ``context``, the
+    longest row the learner lays out.
 
     Raises:
         PreflightError: naming the longest prompt (its index, token count, start) and how
             many prompts are too long.
     """
-    budget = context - 1 - max_new_tokens
+    budget = context - 2 - max_new_tokens
     if budget < 1:
         raise PreflightError(
-            f"sampling.max_new_tokens: {max_new_tokens} new tokens plus the reward slot leave no"
-            f" room for a prompt in the model's context of {context} tokens"
+            f"sampling.max_new_tokens: {max_new_tokens} new tokens plus the reward slot and the"
+            f" EOS training appends leave no room for a prompt in the model's context of"
+            f" {context} tokens"
         )
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     too_long = [i for i, n in enumerate(lengths) if n > budget]
@@ -80,8 +75,9 @@ def check_prompt_lengths(
         worst = max(too_long, key=lambda i: lengths[i])
         raise PreflightError(
             f"prompts: {len(too_long)} of {len(prompts)} prompts from {source} are longer than"
-            f" {budget} tokens (the model's context of {context} minus the reward slot and"
-            f" sampling.max_new_tokens={max_new_tokens}); the longest, #{worst}, has"
+            f" {budget} tokens (the model's context of {context} minus the reward slot,"
+            f" sampling.max_new_tokens={max_new_tokens} and the EOS training appends); the"
+            f" longest, #{worst}, has"
             f" {lengths[worst]} tokens: {prompts[worst][:60]!r}... Shorten them (e.g."
             " prompts.prefix_words) or lower sampling.max_new_tokens"
         )

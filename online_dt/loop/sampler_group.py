@@ -4,8 +4,15 @@
 prompt order, like OpenRLHF's ``RayActorGroup``. When a replica's process dies mid-rollout
 (:class:`~online_dt.loop.futures.WorkerLostError`), or answers that it has no weights (a restarted
 ``weight_sync: ray`` sampler, :class:`~online_dt.rollout.sampler.NoWeightsError`), the group
-re-sends it the current weights and re-issues its chunk, or drops the chunk with a logged count
-(:class:`SamplerRecovery`).
+re-sends it the current weights and re-issues its chunk (:class:`SamplerRecovery`).
+
+A replica found lost (it did not come back within ``restart_timeout_s``, Ray reports it dead
+for good, or it failed every re-issue) is taken out of the split: its chunk is re-issued to the
+remaining healthy replicas, and later rollouts split their prompts over those only. With a
+``probe`` method, a lost replica is asked at the start of each rollout whether it answers
+again (one call at a time, polled without waiting); once it does, it gets the current weights
+and is put back in the split. Only when every replica is lost is a chunk dropped (counted), as
+before, and a rollout with no sample at all raises :class:`WorkerLostError`.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from online_dt.loop.futures import Gather, WorkerLostError, call_when_back
+from online_dt.loop.futures import CallTimeoutError, Gather, WorkerLostError, call_when_back
 from online_dt.rollout.sampler import NoWeightsError, SamplingParams
 from online_dt.samples import Rollout
 from online_dt.util.seeds import derived_seed
@@ -32,12 +39,15 @@ class SamplerRecovery:
     Attributes:
         prompts_reissued: prompts re-sent to a replica after it was lost (each stands for its
             ``n`` samples).
-        prompts_dropped: prompts given up on after the retries.
+        prompts_dropped: prompts given up on: their replica was lost and no healthy one was
+            left to re-issue them to.
         sampler_failures: lost calls and stale answers seen.
         sampler_recovery_s: seconds from the first failure to the re-issued chunk's result.
         samples_over_lag: samples dropped before scoring because they were more than
             ``online.max_policy_lag`` versions behind the learner (0 in ``sync`` mode); set by
             :func:`online_dt.loop.loop.bound_policy_lag`.
+        samplers_healthy: replicas in the split when the request finished (the group's
+            replicas minus those found lost and not back); -1 when not set.
     """
 
     prompts_reissued: int = 0
@@ -45,6 +55,7 @@ class SamplerRecovery:
     sampler_failures: int = 0
     sampler_recovery_s: float = 0.0
     samples_over_lag: int = 0
+    samplers_healthy: int = -1
 
     def metrics(self) -> dict[str, float]:
         """The fields as the iteration record's keys."""
@@ -70,9 +81,12 @@ class RolloutFuture:
     A chunk whose replica was lost, or which comes back from an older policy version than the
     group last sent or with :class:`~online_dt.rollout.sampler.NoWeightsError` (the replica
     was restarted between calls: a checkpoint sampler starts from the newest published
-    version, a ``ray`` one without weights), is re-issued after re-sending the current
-    weights, up to ``retries`` times, then dropped; the result's :class:`SamplerRecovery`
-    counts both.
+    version, a ``ray`` one without weights), is re-issued to it after re-sending the current
+    weights, up to ``retries`` times. A replica that does not take the weights again within
+    ``restart_timeout_s`` (or is gone for good) while other replicas are healthy, or that
+    fails every re-issue, is marked lost (:meth:`SamplerGroup.mark_lost`) and the chunk is
+    split over the healthy replicas; with none left it is dropped. The result's
+    :class:`SamplerRecovery` counts all of it.
 
     Raises (from ``result()``):
         WorkerLostError: every chunk was dropped (no rollouts at all).
@@ -100,6 +114,7 @@ class RolloutFuture:
             for r in chunk:
                 r.prompt_index += lo
                 out.append(r)
+        self.recovery.samplers_healthy = len(self.group.healthy())
         if self.chunks and not out and self.recovery.prompts_dropped:
             raise WorkerLostError("every sampler replica was lost; no rollouts this iteration")
         return RolloutBatch(out, self.recovery)
@@ -127,12 +142,18 @@ class RolloutFuture:
                     attempt,
                     retries,
                 )
-                self.recovery.prompts_reissued += hi - lo
                 time.sleep(self.group.backoff_s * 2 ** (attempt - 1))
-            try:
-                if attempt:
+                try:
                     call_when_back(lambda: self.group.resync(k), self.group.restart_timeout_s)
-                    future = handle.generate(prompts[lo:hi], targets[lo:hi], params)
+                except WorkerLostError as e:  # still restarting after the wait, or gone for good
+                    self.recovery.sampler_failures += 1
+                    problem = f"did not come back ({e})"
+                    if any(j != k for j in self.group.healthy()):
+                        break  # the healthy replicas take its chunk
+                    continue  # no other replica: wait for this one as many times as configured
+                self.recovery.prompts_reissued += hi - lo
+                future = handle.generate(prompts[lo:hi], targets[lo:hi], params)
+            try:
                 chunk = future.result()
             except WorkerLostError as e:
                 lost_at = lost_at or time.perf_counter()
@@ -154,19 +175,72 @@ class RolloutFuture:
                 continue
             if lost_at is not None:
                 self.recovery.sampler_recovery_s += time.perf_counter() - lost_at
+            if k in self.group.lost:  # every replica was lost, and this one answered again
+                self.group.put_back(k)
             return chunk
-        log.error(
-            "sampler %d: %s after %d re-issues; dropping its %d prompts",
-            k,
-            problem,
-            retries,
-            hi - lo,
-        )
-        self.recovery.prompts_dropped += hi - lo
+        else:
+            problem = f"{problem} after {retries} re-issues"
+        chunk = self._fall_back(k, lo, hi, params, prompts, targets, problem)
         if lost_at is not None:
             self.recovery.sampler_recovery_s += time.perf_counter() - lost_at
-        self.group.stale.add(k)
-        return []
+        return chunk
+
+    def _fall_back(
+        self,
+        k: int,
+        lo: int,
+        hi: int,
+        params: SamplingParams,
+        prompts: Sequence[str],
+        targets: Sequence[float],
+        problem: str,
+    ) -> list[Rollout]:
+        """Mark replica ``k`` lost and re-issue its chunk ``[lo, hi)`` over the healthy
+        replicas (each part seeded from ``params.seed`` and the replica), or drop it when none
+        is left. Rollouts come back in prompt order, ``prompt_index`` relative to ``lo``."""
+        self.group.mark_lost(k, problem)
+        healthy = self.group.healthy()
+        if not healthy:
+            log.error(
+                "sampler %d: %s; no healthy replica left: dropping its %d prompts",
+                k,
+                problem,
+                hi - lo,
+            )
+            self.recovery.prompts_dropped += hi - lo
+            return []
+        log.warning(
+            "sampler %d: %s; re-issuing its %d prompts to the %d healthy replica(s)",
+            k,
+            problem,
+            hi - lo,
+            len(healthy),
+        )
+        parts = []
+        for j, (a, b) in zip(healthy, split(lo, hi, len(healthy)), strict=True):
+            if a >= b:
+                continue
+            seed = None if params.seed is None else derived_seed(params.seed, j)
+            part = SamplingParams(
+                params.n, params.temperature, params.top_p, params.max_new_tokens, seed
+            )
+            self.recovery.prompts_reissued += b - a
+            parts.append(
+                (j, a, b, part, self.group.handles[j].generate(prompts[a:b], targets[a:b], part))
+            )
+        out: list[Rollout] = []
+        for j, a, b, part, future in parts:
+            for r in self._chunk_result(j, a, b, part, future, prompts, targets):
+                r.prompt_index += a - lo
+                out.append(r)
+        return out
+
+
+def split(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` cut into ``parts`` contiguous ranges of ``ceil((hi - lo) / parts)`` items
+    (the last ones shorter, possibly empty)."""
+    size = -(-(hi - lo) // parts)
+    return [(min(lo + i * size, hi), min(lo + (i + 1) * size, hi)) for i in range(parts)]
 
 
 class SamplerGroup:
@@ -179,11 +253,17 @@ class SamplerGroup:
     restarted by its supervisor, e.g. Ray's ``max_restarts``) gets it again before it
     samples.
 
+    A replica found lost for good is taken out of the split (:meth:`mark_lost`) and gets no
+    work and no weight update until it answers ``probe`` again (see the module's docstring).
+
     Args:
         handles: one handle per replica (``generate`` and ``load_weights`` return futures).
-        retries: re-issues of a lost replica's chunk before it is dropped (>= 0).
+        retries: re-issues of a lost replica's chunk before it is taken out of the split (>= 0).
         backoff_s: wait before the first re-issue, doubled at each further one (seconds).
         restart_timeout_s: how long a re-issue waits for a restarting replica (seconds).
+        probe: name of a cheap method without arguments (e.g. ``pid`` of a Ray sampler actor)
+            called on a lost replica to see whether it answers again; its future must accept
+            ``result(timeout=0)``. ``None``: a lost replica never rejoins.
     """
 
     def __init__(
@@ -192,6 +272,7 @@ class SamplerGroup:
         retries: int = 2,
         backoff_s: float = 0.0,
         restart_timeout_s: float = 600.0,
+        probe: str | None = None,
     ) -> None:
         if not handles:
             raise ValueError("a sampler group needs at least one sampler")
@@ -199,8 +280,75 @@ class SamplerGroup:
         self.retries = retries
         self.backoff_s = backoff_s
         self.restart_timeout_s = restart_timeout_s
+        self.probe = probe
         self.update: Any = None
         self.stale: set[int] = set()
+        self.lost: dict[int, Any] = {}
+        """Replicas out of the split, each with its pending probe (``None``: none in flight)."""
+        self.gone: set[int] = set()
+        """Lost replicas whose probe said they will not come back (never probed again)."""
+
+    def healthy(self) -> list[int]:
+        """The replicas in the split, in order."""
+        return [k for k in range(len(self.handles)) if k not in self.lost]
+
+    def mark_lost(self, k: int, reason: str) -> None:
+        """Take replica ``k`` out of the split until it answers again; logged once (WARNING)."""
+        if k in self.lost:
+            return
+        self.lost[k] = None
+        self.stale.add(k)
+        log.warning(
+            "sampler %d taken out of the split (%s); %d of %d replicas healthy%s",
+            k,
+            reason,
+            len(self.healthy()),
+            len(self.handles),
+            "" if self.probe else "; it will not be sent work again",
+        )
+
+    def probe_lost(self) -> None:
+        """Put back in the split each lost replica whose probe answered and which took the
+        current weights. A replica with no probe in flight is sent one (its previous one
+        failed while it was restarting, or it was just lost). Never waits for a probe (each is
+        polled with ``result(timeout=0)``); the resync of a replica that answered does wait
+        (it is up). A replica whose probe fails as gone for good is not probed again."""
+        if self.probe is None:
+            return
+        for k, pending in list(self.lost.items()):
+            if k in self.gone:
+                continue
+            if pending is None:  # at most one probe in flight per replica
+                pending = self.lost[k] = getattr(self.handles[k], self.probe)()
+            try:
+                pending.result(timeout=0)
+            except CallTimeoutError:
+                continue  # no answer yet
+            except WorkerLostError as e:
+                self.lost[k] = None  # ask again at the next rollout
+                if not e.restarting:
+                    self.gone.add(k)
+                    log.warning("sampler %d will not come back (%s); no longer probed", k, e)
+                continue
+            try:
+                self.resync(k)
+            except WorkerLostError:
+                self.lost[k] = None
+                continue
+            self.put_back(k)
+
+    def put_back(self, k: int) -> None:
+        """Put lost replica ``k`` back in the split (it answered and has the current
+        weights); logged once (WARNING)."""
+        if self.lost.pop(k, False) is False:
+            return
+        self.gone.discard(k)
+        log.warning(
+            "sampler %d answers again: back in the split; %d of %d replicas healthy",
+            k,
+            len(self.healthy()),
+            len(self.handles),
+        )
 
     def resync(self, k: int) -> None:
         """Send replica ``k`` the last weight update (a restarted replica starts from the
@@ -212,12 +360,15 @@ class SamplerGroup:
     def generate(
         self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
     ) -> RolloutFuture:
-        """Submit to every replica; the future's result is the concatenated rollouts."""
-        n = len(self.handles)
-        size = -(-len(prompts) // n)
+        """Submit a chunk to every healthy replica (to every replica when none is healthy:
+        each is waited for and re-issued to as configured, then its chunk is dropped); the
+        future's result is the concatenated rollouts. Lost replicas are probed first
+        (:meth:`probe_lost`)."""
+        self.probe_lost()
+        active = self.healthy() or list(range(len(self.handles)))
         chunks = []
-        for k, handle in enumerate(self.handles):
-            lo, hi = k * size, min((k + 1) * size, len(prompts))
+        for k, (lo, hi) in zip(active, split(0, len(prompts), len(active)), strict=True):
+            handle = self.handles[k]
             if lo >= hi:
                 continue
             seed = None if params.seed is None else derived_seed(params.seed, k)
@@ -239,11 +390,12 @@ class SamplerGroup:
         return RolloutFuture(self, chunks, (prompts, targets))
 
     def load_weights(self, update: Any) -> Gather:
-        """Apply a weight update on every replica; a lost replica is marked stale and gets the
-        update before its next rollout instead of failing the sync."""
+        """Apply a weight update on every healthy replica; a replica lost meanwhile is marked
+        stale and gets the update before its next rollout instead of failing the sync. A
+        replica out of the split gets the latest update when it is put back."""
         self.update = update
         return Gather(
-            [_SyncFuture(self, k, h.load_weights(update)) for k, h in enumerate(self.handles)]
+            [_SyncFuture(self, k, self.handles[k].load_weights(update)) for k in self.healthy()]
         )
 
 

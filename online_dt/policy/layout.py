@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -57,6 +57,16 @@ class ConditionedBatch:
             None if self.labels is None else self.labels.to(device),
             None if self.prompt_mask is None else self.prompt_mask.to(device),
         )
+
+
+def context_length(model_config: Any) -> int | None:
+    """The model's maximum sequence length in tokens (``max_position_embeddings``,
+    ``n_positions`` or ``n_ctx``), or ``None`` when the config does not say."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch import nn
 from online_dt.config import ConditioningConfig, RunConfig
 from online_dt.policy.conditioner import RewardConditioner
 from online_dt.policy.generation import sample_tokens
-from online_dt.policy.layout import ConditionedBatch, layout_batch
+from online_dt.policy.layout import ConditionedBatch, context_length, layout_batch
 from online_dt.policy.loading import (
     add_reward_tokens,
     load_model_and_tokenizer,
@@ -186,6 +186,12 @@ class RewardConditionedPolicy(nn.Module):
         return int(self.tokenizer.eos_token_id)
 
     @property
+    def max_positions(self) -> int | None:
+        """The model's maximum sequence length in tokens, or ``None`` when its config does not
+        say (:func:`~online_dt.policy.layout.context_length`)."""
+        return context_length(self.model.config)
+
+    @property
     def pad_token_id(self) -> int:
         """The pad id (falls back to EOS)."""
         return pad_id(self.tokenizer)
@@ -266,10 +272,22 @@ class RewardConditionedPolicy(nn.Module):
         include_prompt_loss: bool = False,
     ) -> ConditionedBatch:
         """Tokenise and lay out a batch: right padded with labels when completions are given
-        (completions get EOS appended), else left padded for generation."""
+        (completions get EOS appended), else left padded for generation.
+
+        A completion's text can tokenise to more tokens than were sampled (a byte-level token
+        holding part of a UTF-8 character decodes to U+FFFD, which encodes as three bytes), so
+        a completion is cut to fit the model's positions (:attr:`max_positions`) with its
+        slot, prompt and EOS; without the cut, GPT-2's position embeddings fail with
+        ``IndexError``. Preflight checks that the prompts leave room for ``max_new_tokens``.
+        """
         completion_ids = None
         if completions is not None:
-            completion_ids = [[*ids, self.eos_token_id] for ids in self.encode(completions)]
+            limit = self.max_positions
+            completion_ids = []
+            for prompt_ids, ids in zip(self.encode(prompts), self.encode(completions), strict=True):
+                if limit is not None:
+                    ids = ids[: max(limit - 2 - len(prompt_ids), 0)]
+                completion_ids.append([*ids, self.eos_token_id])
         return self.layout_ids(
             prompts, rewards, completion_ids, include_prompt_loss=include_prompt_loss
         )
