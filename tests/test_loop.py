@@ -10,7 +10,8 @@ from online_dt.config import OnlineRunConfig
 from online_dt.loop.futures import Done, Gather, LocalHandle
 from online_dt.loop.loop import STAGES, bound_policy_lag, prompts_for
 from online_dt.loop.plan import base_model_path, execute, plan_run
-from online_dt.loop.sampler_group import RolloutBatch, SamplerGroup
+from online_dt.loop.rollout_batch import RolloutBatch
+from online_dt.loop.sampler_group import SamplerGroup
 from online_dt.loop.workers import local_workers
 from online_dt.replay.export import export_dataset
 from online_dt.rollout.sampler import SamplingParams

@@ -34,7 +34,7 @@ from online_dt.launch.rundir import RunDir
 from online_dt.loop.console import iteration_line
 from online_dt.loop.futures import Future
 from online_dt.loop.records import iteration_record, sample_log
-from online_dt.loop.sampler_group import RolloutBatch, SamplerRecovery
+from online_dt.loop.rollout_batch import RolloutBatch, SamplerRecovery
 from online_dt.loop.schedule import RewardStats, ScheduleState, next_target, sample_targets
 from online_dt.loop.scoring import score_rollouts
 from online_dt.loop.timing import StageTimer

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from online_dt.loop.sampler_group import RolloutBatch
+from online_dt.loop.rollout_batch import RolloutBatch
 from online_dt.loop.scoring import ScoreOutcome
 from online_dt.loop.timing import StageTimer
 from online_dt.rollout.weight_sync import WeightUpdate

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from online_dt.config import OnlineRunConfig
 from online_dt.loop.futures import Future, LocalHandle, ThreadHandle, TimedFuture
-from online_dt.loop.sampler_group import RolloutBatch, SamplerGroup
+from online_dt.loop.rollout_batch import RolloutBatch
+from online_dt.loop.sampler_group import SamplerGroup
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import WeightUpdate
 from online_dt.samples import Rollout
