@@ -142,3 +142,60 @@ def test_kl_penalty_is_zero_at_start_and_pulls_towards_base(gpt2_dir):
     assert held < free
     with pytest.raises(ValueError, match="base model"):
         ConditionedTrainer(policy, TrainingConfig(), kl_coef=1.0)
+
+
+LENGTHS = [
+    Sample("the movie was", " wonderful and great and fun to watch twice", 1.0),
+    Sample("i", " bad", -1.0),
+    Sample("honestly the game is", " fun", 0.5),
+    Sample("this hotel is awful, dirty", " and the staff were rude to us all week", -0.8),
+    Sample("the food", " was fine", 0.1),
+]
+
+
+def without_dropout(policy):
+    """The tiny model has dropout 0.1 (the embedded model none): micro-batches would draw
+    other dropout masks than the one batch, so it is switched off to compare gradients."""
+    for module in policy.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return policy
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.5])
+def test_length_buckets_give_the_one_batch_gradient_with_less_padding(gpt2_dir, kl_coef):
+    """``training.length_buckets``: micro-batches sorted by length, each padded to its own
+    longest row, accumulate the gradient of the one padded batch (its loss, KL term and
+    token count too). Gradients are compared, not the weights after the step: Adam's first
+    step is about ``lr * sign(g)``, which turns float noise in near-zero entries into steps."""
+    from transformers import AutoModelForCausalLM
+
+    base = None
+    if kl_coef:
+        base = AutoModelForCausalLM.from_pretrained(gpt2_dir, attn_implementation="eager").eval()
+    after, metrics = {}, {}
+    for buckets in (1, 2, 3):
+        policy = without_dropout(policy_for(gpt2_dir))
+        cfg = TrainingConfig(lr=1e-3, batch_size=5, length_buckets=buckets, grad_clip=None)
+        trainer = ConditionedTrainer(policy, cfg, base_model=base, kl_coef=kl_coef)
+        parts = trainer.length_buckets(LENGTHS)
+        assert sorted(id(s) for part in parts for s in part) == sorted(map(id, LENGTHS))
+        assert len(parts) == buckets
+        if buckets > 1:  # shortest first; the padded columns shrink
+            widths = [collate(policy, part)[0].input_ids.shape[1] for part in parts]
+            assert widths == sorted(widths) and sum(widths) < buckets * widths[-1]
+        metrics[buckets] = trainer.step(LENGTHS)
+        after[buckets] = {n: p.grad.clone() for n, p in policy.named_parameters()}
+    assert metrics[1].tokens == metrics[2].tokens == metrics[3].tokens
+    for k in (2, 3):
+        assert metrics[k].loss == pytest.approx(metrics[1].loss, rel=1e-5)
+        assert metrics[k].kl == pytest.approx(metrics[1].kl, rel=1e-4, abs=1e-7)
+        assert metrics[k].grad_norm == pytest.approx(metrics[1].grad_norm, rel=1e-4)
+        for name, value in after[1].items():
+            assert torch.allclose(after[k][name], value, rtol=1e-4, atol=1e-7), name
+    # the test can tell: part of the batch alone has another gradient
+    policy = without_dropout(policy_for(gpt2_dir))
+    trainer = ConditionedTrainer(policy, TrainingConfig(lr=1e-3, batch_size=2, grad_clip=None))
+    trainer.step(LENGTHS[:2])
+    part = {n: p.grad for n, p in policy.named_parameters()}
+    assert any(not torch.allclose(part[n], after[1][n], rtol=1e-4, atol=1e-7) for n in part)

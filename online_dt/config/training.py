@@ -32,6 +32,16 @@ class TrainingConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     """Records per optimizer step."""
 
+    length_buckets: int = Field(1, ge=1, le=64)
+    """Split each batch into this many micro-batches of samples of similar length (sorted by
+    prompt + completion tokens), each padded only to its own longest row, and accumulate their
+    gradients before the one optimizer step. The loss is the same, the sum over labelled
+    tokens divided by the whole batch's labelled tokens (and the KL penalty each micro-batch's
+    mean weighted by its share of them), up to floating-point summation order (and, in a model
+    with dropout, other dropout masks); less compute goes to padding. Grouping by length is
+    transformers' ``group_by_length`` for batches; this does it inside one batch. 1: one
+    padded batch."""
+
     include_prompt_loss: bool = False
     """Also train on prompt tokens (by default only completion tokens carry loss)."""
 

@@ -132,22 +132,33 @@ class ConditionedTrainer:
         self._rng = torch.Generator().manual_seed(cfg.seed)
 
     def step(self, samples: Sequence[Labelled]) -> StepMetrics:
-        """One optimizer step on ``samples`` (a batch); returns its metrics."""
+        """One optimizer step on ``samples`` (a batch), in ``cfg.length_buckets`` micro-batches
+        of similar length whose gradients add up to the whole batch's; returns its metrics."""
         self.policy.train()
-        batch, rewards = collate(self.policy, samples, self.cfg.include_prompt_loss)
-        batch = batch.to(self.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.policy(batch, rewards.to(self.device)).logits
-        assert batch.labels is not None
-        loss, tokens = next_token_loss(logits, batch.labels)
-        kl = 0.0
-        if self.kl_coef > 0:
-            assert self.base_model is not None
-            kl_term = kl_to_base(logits, base_model_logits(self.base_model, batch), batch.labels)
-            loss = loss + self.kl_coef * kl_term
-            kl = float(kl_term.detach())
+        parts = [
+            collate(self.policy, part, self.cfg.include_prompt_loss)
+            for part in self.length_buckets(samples)
+        ]
+        # each micro-batch's mean is weighted by its share of the batch's labelled tokens
+        counts = [int((batch.labels[:, 1:] != IGNORE_INDEX).sum()) for batch, _ in parts]
+        total = max(sum(counts), 1)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses: list[float] = []
+        kls: list[float] = []
+        for (batch, rewards), count in zip(parts, counts, strict=True):
+            batch = batch.to(self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.policy(batch, rewards.to(self.device)).logits
+            assert batch.labels is not None
+            loss, _ = next_token_loss(logits, batch.labels)
+            if self.kl_coef > 0:
+                assert self.base_model is not None
+                base_logits = base_model_logits(self.base_model, batch)
+                kl_term = kl_to_base(logits, base_logits, batch.labels)
+                loss = loss + self.kl_coef * kl_term
+                kls.append(float(kl_term.detach()))
+            (loss * (count / total)).backward()
+            losses.append(float(loss.detach()))
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -155,7 +166,23 @@ class ConditionedTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
-        return StepMetrics(float(loss.detach()), float(grad_norm), lr, tokens, kl)
+        return StepMetrics(
+            _weighted(losses, counts), float(grad_norm), lr, sum(counts), _weighted(kls, counts)
+        )
+
+    def length_buckets(self, samples: Sequence[Labelled]) -> list[list[Labelled]]:
+        """``samples`` as ``cfg.length_buckets`` micro-batches (fewer when the batch is
+        smaller): sorted by prompt + completion tokens (the policy's cached token ids) and cut
+        into contiguous groups of ``ceil(len / buckets)``; one group, in the given order, when
+        ``length_buckets`` is 1."""
+        k = min(self.cfg.length_buckets, len(samples))
+        if k <= 1:
+            return [list(samples)]
+        prompts = self.policy.encode([s.prompt for s in samples])
+        completions = self.policy.encode([s.completion for s in samples])
+        order = sorted(range(len(samples)), key=lambda i: len(prompts[i]) + len(completions[i]))
+        size = -(-len(samples) // k)
+        return [[samples[i] for i in order[j : j + size]] for j in range(0, len(order), size)]
 
     def batches(self, samples: Sequence[Labelled]) -> Iterator[list[Labelled]]:
         """Endless shuffled passes over ``samples`` in batches of ``cfg.batch_size``."""
@@ -204,3 +231,11 @@ class ConditionedTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = state["step_count"]
         self._rng.set_state(state["rng"])
+
+
+def _weighted(values: Sequence[float], counts: Sequence[int]) -> float:
+    """The micro-batches' means as the batch's: one value as it is, several weighted by their
+    labelled tokens; 0.0 for none (no KL penalty)."""
+    if len(values) <= 1:
+        return values[0] if values else 0.0
+    return sum(v * c for v, c in zip(values, counts, strict=True)) / max(sum(counts), 1)
