@@ -107,10 +107,13 @@ class RewardModelActor:
         log_to_file(log_file)
         from online_dt.rewards import load_reward_model
 
-        self.reward = CheckedRewardModel(load_reward_model(cfg.reward_model))
+        self.reward = CheckedRewardModel(
+            load_reward_model(cfg.reward_model), cfg.conditioning.objective_names
+        )
 
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        """Validated scores, one finite float per sample (raises RewardModelError)."""
+    def score(self, prompts: list[str], completions: list[str]) -> list[Any]:
+        """Validated scores, one finite float per sample, or a tuple of one per objective with
+        ``conditioning.objectives`` (raises RewardModelError)."""
         return self.reward.score(prompts, completions)
 
     def pid(self) -> int:

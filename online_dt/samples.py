@@ -21,8 +21,39 @@ This module imports nothing from the project: every layer may use it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
+
+Reward: TypeAlias = float | tuple[float, ...]
+"""A reward or target: one float, or, in a run with several objectives
+(``conditioning.objectives``), one float per objective in the config's order."""
+
+
+def as_reward(value: float | Sequence[float]) -> Reward:
+    """``value`` as a :data:`Reward`: a float stays a float, a sequence becomes a tuple of
+    floats (a 0-d array or tensor counts as a float).
+
+    Raises:
+        TypeError: ``value`` is neither a real number nor a sequence of them.
+    """
+    if isinstance(value, int | float):
+        return float(value)
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        value = tolist()
+        if isinstance(value, int | float):
+            return float(value)
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(f"a reward is a float or a sequence of floats, got {type(value).__name__}")
+    return tuple(float(v) for v in value)
+
+
+def first_objective(value: Reward) -> float:
+    """The reward itself, or the first objective's of a vector: where one number is shown for
+    a run with several objectives (the console line, the buffer's ``achieved_reward``
+    column)."""
+    return value[0] if isinstance(value, tuple) else float(value)
 
 
 @dataclass
@@ -35,7 +66,8 @@ class Rollout:
         token_ids: generated token ids (ending with EOS when ``finished``).
         logprobs: natural-log probability of each generated token under the policy's raw
             distribution (before temperature/top-p), one per token id.
-        target: the target reward the completion was conditioned on (reward units).
+        target: the target reward the completion was conditioned on (reward units; one float
+            per objective with ``conditioning.objectives``).
         policy_version: version of the weights that produced it (0: the initial weights).
         finished: True when generation stopped at EOS, False at ``max_new_tokens``.
         prompt_index: index of the prompt in the request.
@@ -48,7 +80,7 @@ class Rollout:
     completion: str
     token_ids: list[int]
     logprobs: list[float]
-    target: float
+    target: Reward
     policy_version: int = 0
     finished: bool = True
     prompt_index: int = 0
@@ -62,7 +94,8 @@ class Labelled(Protocol):
     Attributes:
         prompt: prompt text.
         completion: completion text (EOS is appended when tokenised).
-        achieved_reward: the conditioning label in reward units (finite).
+        achieved_reward: the conditioning label in reward units (finite; a tuple, one per
+            objective, with ``conditioning.objectives``).
     """
 
     @property
@@ -72,7 +105,7 @@ class Labelled(Protocol):
     def completion(self) -> str: ...
 
     @property
-    def achieved_reward(self) -> float: ...
+    def achieved_reward(self) -> Reward: ...
 
 
 @dataclass(frozen=True)
@@ -87,8 +120,10 @@ class Sample:
         prompt: the prompt text.
         completion: the sampled completion text (without the prompt).
         achieved_reward: the reward model's score of the completion (reward units, finite);
-            the label the sample is trained with (hindsight relabeling).
-        target_reward: the target the policy was conditioned on when sampling (reward units).
+            the label the sample is trained with (hindsight relabeling). With several
+            objectives, a tuple of one score per objective, in the config's order.
+        target_reward: the target the policy was conditioned on when sampling (reward units;
+            a tuple with several objectives).
         policy_version: version of the policy weights that produced the completion.
         iteration: online iteration in which it was sampled (-1: the warm start).
         created_at: when it was sampled (unix seconds).
@@ -104,8 +139,8 @@ class Sample:
 
     prompt: str
     completion: str
-    achieved_reward: float
-    target_reward: float | None = None
+    achieved_reward: Reward
+    target_reward: Reward | None = None
     policy_version: int | None = None
     iteration: int | None = None
     created_at: float | None = None
@@ -118,7 +153,7 @@ class Sample:
     def from_rollout(
         cls,
         rollout: Rollout,
-        achieved_reward: float,
+        achieved_reward: Reward,
         iteration: int,
         scored_at: float,
         log_importance_weight: float | None = None,
@@ -132,8 +167,8 @@ class Sample:
         return cls(
             prompt=rollout.prompt,
             completion=rollout.completion,
-            achieved_reward=float(achieved_reward),
-            target_reward=float(rollout.target),
+            achieved_reward=as_reward(achieved_reward),
+            target_reward=as_reward(rollout.target),
             policy_version=int(rollout.policy_version),
             iteration=int(iteration),
             created_at=float(rollout.created_at),

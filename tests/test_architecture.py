@@ -33,7 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("online_dt", "actors")
 
 LAYERS = (
-    Layer(0, "foundations", subtrees=("online_dt.config", "online_dt.util", "online_dt.samples")),
+    Layer(
+        0,
+        "foundations",
+        subtrees=(
+            "online_dt.config",
+            "online_dt.util",
+            "online_dt.samples",
+            "online_dt.objectives",
+        ),
+    ),
     Layer(
         1, "model and data", subtrees=("online_dt.policy", "online_dt.rewards", "online_dt.replay")
     ),

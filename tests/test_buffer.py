@@ -14,7 +14,7 @@ from online_dt.config import ReplayBufferConfig
 from online_dt.replay import shards as shards_mod
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.replay.export import export_dataset, export_to_disk
-from online_dt.replay.schema import FIELDS, BufferCorruptError, shard_name
+from online_dt.replay.schema import FIELDS, BufferCorruptError, sample_from_row, shard_name
 from online_dt.samples import Sample
 
 
@@ -86,6 +86,8 @@ def test_ids_increase_and_fields_round_trip():
         "scored_at",
         "completion_tokens",
         "log_importance_weight",
+        "achieved_rewards",
+        "target_rewards",
     ]
 
 
@@ -537,7 +539,7 @@ def test_export_every_sample_once_with_columns(tmp_path):
     assert isinstance(ds, datasets.Dataset)
     assert ds.column_names == list(FIELDS) and len(ds) == 23
     assert ds["sample_id"] == list(range(23))
-    assert [Sample(**row) for row in ds] == appended
+    assert [sample_from_row(row) for row in ds] == appended
     assert ds.features["achieved_reward"].dtype == "float64"
     assert ds.features["prompt"].dtype == "string"
 

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 from online_dt.config.base import ConfigError, StrictModel
 from online_dt.config.buffer import ReplayBufferConfig
-from online_dt.config.conditioning import ConditioningConfig, NormalizationConfig
+from online_dt.config.conditioning import (
+    ConditioningConfig,
+    NormalizationConfig,
+    ObjectiveConfig,
+)
 from online_dt.config.dashboard import DashboardConfig
 from online_dt.config.loading import (
     config_class_for,
@@ -44,6 +48,7 @@ __all__ = [
     "FaultToleranceConfig",
     "ModelConfig",
     "NormalizationConfig",
+    "ObjectiveConfig",
     "OfflineConfig",
     "OfflineRunConfig",
     "OfflineTrainingConfig",

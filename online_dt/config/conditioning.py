@@ -55,8 +55,53 @@ class NormalizationConfig(StrictModel):
         return self
 
 
+class ObjectiveConfig(StrictModel):
+    """One named objective of a reward model that returns several scores per sample.
+
+    The policy is conditioned on every objective at once: in scalar mode the head reads the
+    vector of normalised rewards, ``(r_m - centre_m) / half_width_m`` with ``centre_m`` and
+    ``half_width_m`` the middle and half the width of ``[low, high]``, so each objective's
+    range maps to ``[-1, 1]``."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)
+    """The key the reward model returns this objective's score under (an identifier)."""
+
+    low: float
+    """Lower end of the objective's range (its reward units): normalised to -1, the lowest
+    target the schedule asks for, and the reference point of the hypervolume."""
+
+    high: float
+    """Upper end of the objective's range (its reward units, higher is better): normalised to
+    1 and the highest target the schedule asks for."""
+
+    @model_validator(mode="after")
+    def _check_range(self) -> ObjectiveConfig:
+        if self.high <= self.low:
+            raise ValueError(f"objective {self.name!r}: high must be greater than low")
+        return self
+
+    @property
+    def center(self) -> float:
+        """The middle of ``[low, high]`` (reward units)."""
+        return (self.low + self.high) / 2
+
+    @property
+    def half_width(self) -> float:
+        """Half the width of ``[low, high]`` (reward units, > 0)."""
+        return (self.high - self.low) / 2
+
+
 class ConditioningConfig(StrictModel):
     """How the target reward enters the policy's input (one slot at sequence index 0)."""
+
+    objectives: list[ObjectiveConfig] = Field(default_factory=list)
+    """Several named rewards to condition on at once (multi-objective conditioning, as in
+    Rewards-in-Context, Yang et al., 2024): the reward model then returns, per sample, a
+    mapping of these names to finite floats, every target and achieved reward is a vector in
+    this order, and the scalar head is ``Linear(len(objectives), hidden)`` at the same slot.
+    Empty (the default): one reward, a plain float. Needs ``mode: scalar`` with
+    ``reward_features: linear``, no ``reward_on_prompt`` and the default ``normalization``
+    (each objective is normalised from its own range)."""
 
     mode: Literal["scalar", "token"] = "scalar"
     """``scalar``: a learned ``Linear(1, hidden)`` embeds the normalised reward. ``token``: the
@@ -144,6 +189,8 @@ class ConditioningConfig(StrictModel):
     def _check_bins(self) -> ConditioningConfig:
         if self.reward_max <= self.reward_min:
             raise ValueError("reward_max must be greater than reward_min")
+        if self.objectives:
+            self._check_objectives()
         if self.reward_features != "linear" and self.mode != "scalar":
             raise ValueError("reward_features needs mode: scalar (token mode has no head)")
         if self.reward_on_prompt and self.mode != "scalar":
@@ -166,6 +213,39 @@ class ConditioningConfig(StrictModel):
                 )
         return self
 
+    def _check_objectives(self) -> None:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: names must be unique, got {names}")
+        unsupported = [
+            (
+                self.mode != "scalar",
+                "mode: token (one reward token per objective is not built yet)",
+            ),
+            (self.reward_features != "linear", f"reward_features: {self.reward_features}"),
+            (self.reward_on_prompt, "reward_on_prompt"),
+            (
+                self.normalization != NormalizationConfig(),
+                "normalization (each objective is normalised from its low/high range)",
+            ),
+        ]
+        refused = [what for bad, what in unsupported if bad]
+        if refused:
+            raise ValueError(
+                "objectives (multi-objective conditioning) works with mode: scalar and linear "
+                "features only; remove " + ", ".join(refused)
+            )
+
+    @property
+    def num_objectives(self) -> int:
+        """How many rewards the policy is conditioned on (1 without ``objectives``)."""
+        return max(1, len(self.objectives))
+
+    @property
+    def objective_names(self) -> list[str]:
+        """The objectives' names in order (``[]`` for a single unnamed reward)."""
+        return [o.name for o in self.objectives]
+
     @property
     def splits_top_bin(self) -> bool:
         """Whether the bins are cut once and their top bin split (token mode, quantile bins,
@@ -179,8 +259,10 @@ class ConditioningConfig(StrictModel):
 
     @property
     def head_inputs(self) -> int:
-        """Scalar mode: the head's input features (1, or ``1 + rbf_centers`` with
-        ``reward_features: rbf``)."""
+        """Scalar mode: the head's input features (1, ``1 + rbf_centers`` with
+        ``reward_features: rbf``, or one per objective with ``objectives``)."""
+        if self.objectives:
+            return len(self.objectives)
         return 1 + (self.rbf_centers if self.reward_features == "rbf" else 0)
 
     @property

@@ -149,6 +149,22 @@ class OnlineRunConfig(RunConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _objectives_need_the_pareto_schedule(self) -> OnlineRunConfig:
+        several = bool(self.conditioning.objectives)
+        if several != (self.schedule.kind == "pareto"):
+            raise ValueError(
+                "schedule.kind: pareto is the schedule of a run with conditioning.objectives "
+                "(several rewards), and such a run needs it; got schedule.kind: "
+                f"{self.schedule.kind} with {len(self.conditioning.objectives)} objectives"
+            )
+        if several and self.buffer.keep_top_fraction > 0:
+            raise ValueError(
+                "buffer.keep_top_fraction keeps the best samples by one reward; with "
+                "conditioning.objectives there is no single best: set it to 0"
+            )
+        return self
+
     @field_validator("resources")
     @classmethod
     def _check_placement(cls, value: ResourcesConfig) -> ResourcesConfig:

@@ -12,12 +12,20 @@ from online_dt.config.base import StrictModel
 class ScheduleConfig(StrictModel):
     """The reward-target schedule: which target the policy is conditioned on each iteration."""
 
-    kind: Literal["constant", "linear", "quantile", "max_plus_margin", "topk"] = "quantile"
+    kind: Literal["constant", "linear", "quantile", "max_plus_margin", "topk", "pareto"] = (
+        "quantile"
+    )
     """``constant``: ``value`` every iteration (Online Decision Transformer's exploration
     return-to-go). ``linear``: from ``start`` to ``end`` over ``iterations``. ``quantile``: the
     q-th quantile of achieved rewards in the buffer, q rising from ``q_start`` to ``q_end`` over
     ``iterations``. ``max_plus_margin``: best achieved reward plus ``margin``. ``topk``: mean +
-    std * U(0, 1) of the ``k`` best achieved rewards (upside-down RL)."""
+    std * U(0, 1) of the ``k`` best achieved rewards (upside-down RL). ``pareto`` (the one
+    schedule of a run with ``conditioning.objectives``, and only of one): each prompt gets a
+    preference vector, spread evenly over the simplex, and asks for the point of the replay
+    buffer's empirical Pareto front that maximises the preference-weighted sum of normalised
+    rewards, stepped ``front_step`` outwards along the preference (Rewards-in-Context's
+    preference-to-target mapping, Yang et al., 2024, with a step beyond the front to explore,
+    as upside-down RL asks above the data); see :mod:`online_dt.loop.front_schedule`."""
 
     value: float = 0.0
     """``constant``: the target (reward units)."""
@@ -63,6 +71,14 @@ class ScheduleConfig(StrictModel):
 
     probe_min: float = -1.0
     """``probe_fraction``: the lowest probe target (reward units)."""
+
+    front_step: float = Field(0.1, ge=0.0)
+    """``pareto``: how far beyond the front point each prompt asks, along its preference
+    vector, in normalised units (each objective's ``[low, high]`` is 2 wide)."""
+
+    front_spread: float = Field(0.05, ge=0.0)
+    """``pareto``: per-sample exploration: each objective of each prompt's target gets
+    uniform noise in ``± front_spread`` (normalised units), before the clamp to its range."""
 
     min_target: float | None = None
     """Clamp targets to at least this value (reward units)."""

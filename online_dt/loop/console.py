@@ -17,6 +17,14 @@ def _num(value: Any, spec: str = ".3f") -> str:
     return "-"
 
 
+def reward_text(value: Any, spec: str = ".3f") -> str:
+    """A reward or target as text: one number, or a vector (several objectives) as its
+    numbers in brackets, ``[0.512, -7.25]``; ``-`` when missing."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_num(v, spec) for v in value) + "]"
+    return _num(value, spec)
+
+
 def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
     """One line for one iteration's record (numbered from 1: ``iter 1/30`` is iteration 0 in
     ``metrics.jsonl``): target and achieved reward (mean, p10..p90),
@@ -28,8 +36,11 @@ def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
     """
     it = record["iteration"]
     width = len(str(iterations))
-    parts = [f"iter {it + 1:>{width}}/{iterations}", f"target {_num(record.get('target'))}"]
-    if "achieved_mean" in record:
+    parts = [f"iter {it + 1:>{width}}/{iterations}", f"target {reward_text(record.get('target'))}"]
+    names = record.get("objectives")
+    if names and "achieved_mean" in record:  # several objectives: mean achieved per objective
+        parts.append(f"achieved {reward_text(record['achieved_mean'])} ({', '.join(names)})")
+    elif "achieved_mean" in record:
         p10, p90 = _num(record.get("achieved_p10"), ".2f"), _num(record.get("achieved_p90"), ".2f")
         parts.append(f"achieved {_num(record['achieved_mean'])} [{p10}, {p90}]")
     else:
@@ -72,10 +83,17 @@ def run_summary(
     total = last["iteration"] + 1
     lines.append(f"  iterations       {len(records)}")
     lines.append(
-        f"  final            target {_num(last.get('target'))},"
-        f" achieved {_num(last.get('achieved_mean'))}"
+        f"  final            target {reward_text(last.get('target'))},"
+        f" achieved {reward_text(last.get('achieved_mean'))}"
     )
-    if achieved:
+    if last.get("objectives"):  # several objectives: no single best; the front's growth
+        hv = [r["front_hypervolume"] for r in records if "front_hypervolume" in r]
+        if hv:
+            lines.append(
+                f"  buffer's front   hypervolume {_num(hv[0])} after iter 1 -> {_num(hv[-1])}"
+                " (normalised units)"
+            )
+    elif achieved:
         best = max(achieved, key=lambda r: r["achieved_mean"])
         lines.append(
             f"  best             achieved {_num(best['achieved_mean'])}"

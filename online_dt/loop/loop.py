@@ -31,7 +31,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from online_dt.config import OnlineRunConfig
 from online_dt.launch.rundir import RunDir
-from online_dt.loop.console import iteration_line
+from online_dt.loop.console import iteration_line, reward_text
+from online_dt.loop.front_schedule import front_targets, mean_target
 from online_dt.loop.futures import Future
 from online_dt.loop.records import iteration_record, sample_log
 from online_dt.loop.rollout_batch import RolloutBatch, SamplerRecovery
@@ -40,6 +41,7 @@ from online_dt.loop.scoring import score_rollouts
 from online_dt.loop.timing import StageTimer
 from online_dt.loop.workers import Workers
 from online_dt.rollout.sampler import SamplingParams
+from online_dt.samples import Reward
 from online_dt.util.seeds import derived_seed
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,9 @@ SAMPLING_SEED_STREAM = 2
 STAGES = ("rollout", "scoring", "training", "sync", "checkpoint")
 """The stages of an iteration the loop times (each a ``<stage>_s`` column of the metrics)."""
 
-Launched = tuple[float, ScheduleState, Future[RolloutBatch]]
-"""An iteration's target, the schedule state after it, and its pending rollouts."""
+Launched = tuple[Reward, ScheduleState, Future[RolloutBatch]]
+"""An iteration's target (with several objectives, the mean of its prompts' target vectors),
+the schedule state after it, and its pending rollouts."""
 
 
 def prompts_for(prompts: Sequence[str], iteration: int, count: int) -> list[str]:
@@ -74,13 +77,23 @@ def launch(
     iteration: int,
     state: ScheduleState,
 ) -> Launched:
-    """Pick iteration ``iteration``'s target from the buffer's rewards and submit its rollouts."""
+    """Pick iteration ``iteration``'s target from the buffer's rewards and submit its rollouts
+    (with ``conditioning.objectives``, a target vector per prompt from the ``pareto``
+    schedule)."""
     rewards = workers.learner.buffer_rewards().result()
-    target, state = next_target(
-        cfg.schedule, state, RewardStats.from_rewards(rewards, cfg.schedule.k)
-    )
     batch = prompts_for(prompts, iteration, cfg.online.prompts_per_iteration)
-    targets = sample_targets(cfg.schedule, target, len(batch), state)
+    targets: list[Reward]
+    if cfg.conditioning.objectives:
+        vectors, state = front_targets(
+            cfg.schedule, cfg.conditioning.objectives, state, rewards, len(batch)
+        )
+        target: Reward = mean_target(vectors)
+        targets = list(vectors)
+    else:
+        target, state = next_target(
+            cfg.schedule, state, RewardStats.from_rewards(rewards, cfg.schedule.k)
+        )
+        targets = list(sample_targets(cfg.schedule, target, len(batch), state))
     params = sampling_params(cfg, iteration, cfg.online.samples_per_prompt)
     return target, state, workers.samplers.generate(batch, targets, params)
 
@@ -118,12 +131,16 @@ def bound_policy_lag(
 
 def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers, run: RunDir) -> None:
     """Optional offline warm start before iteration 0: sample ``warm_start_samples_per_prompt``
-    completions of one iteration's prompts at the schedule's ``start`` target, score them,
+    completions of one iteration's prompts at the schedule's ``start`` target (with
+    objectives, the middle of each objective's range), score them,
     append them (iteration -1), train ``warm_start_steps`` steps and sync the weights."""
     on = cfg.online
     batch = prompts_for(prompts, 0, on.prompts_per_iteration)
     params = sampling_params(cfg, -1, on.warm_start_samples_per_prompt)
-    targets = [cfg.schedule.start] * len(batch)
+    start: Reward = cfg.schedule.start
+    if cfg.conditioning.objectives:  # the middle of every objective's range
+        start = tuple(o.center for o in cfg.conditioning.objectives)
+    targets = [start] * len(batch)
     rollouts = workers.samplers.generate(batch, targets, params).result().rollouts
     scored = score_rollouts(
         workers.reward.score,
@@ -190,6 +207,7 @@ def _run_loop(
     extra_metrics: Callable[[], dict[str, Any]],
 ) -> list[dict[str, Any]]:
     on, ft, learner = cfg.online, cfg.fault_tolerance, workers.learner
+    names = cfg.conditioning.objective_names
     overlap = on.mode == "async"
     max_lag = on.max_policy_lag if overlap else 0
     state = schedule_state or ScheduleState.initial(cfg.schedule)
@@ -237,7 +255,9 @@ def _run_loop(
             if pending is None:  # no rollouts in flight: the next ones need the new weights
                 loading.result()
                 loading = None
-        record = iteration_record(it, target, batch, scored, appended, trained, kl, update, timer)
+        record = iteration_record(
+            it, target, batch, scored, appended, trained, kl, update, timer, names
+        )
         record.update(extra_metrics())
         # the next iteration's timer starts here, so the writes and the checkpoint below count
         # in its wall time (as ``checkpoint_s`` and ``other_s``): no second goes unrecorded
@@ -247,7 +267,9 @@ def _run_loop(
         history.append(record)
         on_metrics(record)
         log.info("%s", iteration_line(record, on.iterations))
-        bar.set_postfix(target=f"{target:.3f}", achieved=f"{record.get('achieved_mean', 0):.3f}")
+        bar.set_postfix(
+            target=reward_text(target), achieved=reward_text(record.get("achieved_mean"))
+        )
         if (it + 1) % on.checkpoint_every == 0 or last:
             with timer("checkpoint"):  # after the record: a checkpointed iteration has its record
                 learner.checkpoint(it, {"schedule": state.to_dict(), "iteration": it}).result()

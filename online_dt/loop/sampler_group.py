@@ -26,7 +26,7 @@ from typing import Any
 from online_dt.loop.futures import CallTimeoutError, Gather, WorkerLostError, call_when_back
 from online_dt.loop.rollout_batch import RolloutBatch, SamplerRecovery
 from online_dt.rollout.sampler import NoWeightsError, SamplingParams
-from online_dt.samples import Rollout
+from online_dt.samples import Reward, Rollout
 from online_dt.util.seeds import derived_seed
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class RolloutFuture:
         params: SamplingParams,
         future: Any,
         prompts: Sequence[str],
-        targets: Sequence[float],
+        targets: Sequence[Reward],
     ) -> list[Rollout]:
         handle, retries = self.group.handles[k], self.group.retries
         lost_at: float | None = None
@@ -149,7 +149,7 @@ class RolloutFuture:
         hi: int,
         params: SamplingParams,
         prompts: Sequence[str],
-        targets: Sequence[float],
+        targets: Sequence[Reward],
         problem: str,
     ) -> list[Rollout]:
         """Mark replica ``k`` lost and re-issue its chunk ``[lo, hi)`` over the healthy
@@ -315,7 +315,7 @@ class SamplerGroup:
         self.stale.discard(k)
 
     def generate(
-        self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
+        self, prompts: Sequence[str], targets: Sequence[Reward], params: SamplingParams
     ) -> RolloutFuture:
         """Submit a chunk to every healthy replica (to every replica when none is healthy:
         each is waited for and re-issued to as configured, then its chunk is dropped); the

@@ -20,14 +20,14 @@ from online_dt.loop.rollout_batch import RolloutBatch
 from online_dt.loop.sampler_group import SamplerGroup
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import WeightUpdate
-from online_dt.samples import Rollout
+from online_dt.samples import Reward, Rollout
 
 
 class SamplerWorkers(Protocol):
     """The sampler replicas as one (a :class:`~online_dt.loop.sampler_group.SamplerGroup`)."""
 
     def generate(
-        self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
+        self, prompts: Sequence[str], targets: Sequence[Reward], params: SamplingParams
     ) -> Future[RolloutBatch]:
         """``params.n`` rollouts per prompt, each prompt conditioned on its target."""
         ...
@@ -40,8 +40,9 @@ class SamplerWorkers(Protocol):
 class RewardWorker(Protocol):
     """The reward model, its scores validated."""
 
-    def score(self, prompts: list[str], completions: list[str]) -> TimedFuture[list[float]]:
-        """One finite reward per sample (raises ``RewardModelError`` on invalid scores); the
+    def score(self, prompts: list[str], completions: list[str]) -> TimedFuture[list[Any]]:
+        """One finite reward per sample, a float or (with ``conditioning.objectives``) a tuple
+        of one float per objective (raises ``RewardModelError`` on invalid scores); the
         future's ``result(timeout)`` raises ``CallTimeoutError`` when the call hangs."""
         ...
 
@@ -118,16 +119,19 @@ class Workers:
 
 
 class CheckedRewardModel:
-    """A reward model whose ``score`` validates every batch (``score_checked``)."""
+    """A reward model whose ``score`` validates every batch (``score_checked``): one finite
+    float per sample, or, with ``objectives`` (``conditioning.objectives``' names), a tuple of
+    one finite float per objective, in that order."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, objectives: Sequence[str] = ()) -> None:
         self.model = model
+        self.objectives = list(objectives)
 
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+    def score(self, prompts: list[str], completions: list[str]) -> list[Any]:
         """See :func:`online_dt.rewards.score_checked`."""
         from online_dt.rewards import score_checked
 
-        return score_checked(self.model, prompts, completions)
+        return score_checked(self.model, prompts, completions, self.objectives)
 
 
 def local_workers(
@@ -161,7 +165,9 @@ def local_workers(
     )
     if update.backend == "ray":
         group.load_weights(update).result()
-    reward = CheckedRewardModel(load_reward_model(cfg.reward_model))
+    reward = CheckedRewardModel(
+        load_reward_model(cfg.reward_model), cfg.conditioning.objective_names
+    )
     timed = ft.reward_timeout_s is not None
     reward_handle = ThreadHandle(reward) if timed else LocalHandle(reward)
     close = getattr(sampler, "close", lambda: None)  # vLLM: shut its engine down before exit

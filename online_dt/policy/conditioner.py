@@ -108,8 +108,10 @@ class RewardConditioner(nn.Module):
             new bin's reward token should start from the split bin's (the policy copies the
             embedding row).
         """
-        self.normalizer.update(rewards)
         cfg = self.config
+        if cfg.objectives:  # each objective is normalised from its configured range
+            return []
+        self.normalizer.update(rewards)
         if cfg.mode != "token" or cfg.bin_method != "quantile" or cfg.bin_edges is not None:
             return []
         values = [float(r) for r in (rewards if pool is None else pool)]
@@ -154,12 +156,49 @@ class RewardConditioner(nn.Module):
             "range": list(self.bin_range) if self.bin_range is not None else None,
         }
 
-    def slot_token_ids(self, rewards: Sequence[float]) -> list[int]:
+    def slot_token_ids(self, rewards: Sequence[Any]) -> list[int]:
         """Column-0 ids for rewards: the reward token (token mode) or the placeholder."""
         if self.binning is None:
             return [self.placeholder_id] * len(rewards)
         bins = self.binning(torch.tensor([float(r) for r in rewards], dtype=torch.float64))
         return [self.reward_token_ids[int(b)] for b in bins]
+
+    def reward_tensor(self, rewards: Sequence[Any]) -> torch.Tensor:
+        """Rewards or targets as the float32 tensor :meth:`fill_slot` takes: ``[B]`` for
+        floats, ``[B, M]`` with ``conditioning.objectives`` (``M`` objectives, each reward a
+        sequence of ``M`` floats in the config's order).
+
+        Raises:
+            ValueError: a reward's shape does not match the conditioning: a vector in a
+                one-reward policy, a float or a vector of another length with objectives.
+        """
+        names = self.config.objective_names
+        if not names:
+            if any(isinstance(r, tuple | list) for r in rewards):
+                raise ValueError(
+                    "a reward vector was given to a policy conditioned on one reward "
+                    "(conditioning.objectives is empty)"
+                )
+            return torch.tensor([float(r) for r in rewards], dtype=torch.float32)
+        bad = [r for r in rewards if not isinstance(r, tuple | list) or len(r) != len(names)]
+        if bad:
+            raise ValueError(
+                f"the policy is conditioned on {len(names)} objectives {names}: every reward "
+                f"must be a sequence of {len(names)} floats, got {bad[0]!r}"
+            )
+        values = [[float(x) for x in r] for r in rewards]
+        return torch.tensor(values, dtype=torch.float32).reshape(len(values), len(names))
+
+    def normalize(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Normalised rewards, the head's input: ``[B]`` through the normaliser, or ``[B, M]``
+        (objectives) as ``(r_m - centre_m) / half_width_m``, each objective's ``[low, high]``
+        mapped to ``[-1, 1]`` (:class:`~online_dt.config.ObjectiveConfig`)."""
+        objectives = self.config.objectives
+        if not objectives:
+            return self.normalizer(rewards)
+        centre = torch.tensor([o.center for o in objectives], dtype=rewards.dtype)
+        half = torch.tensor([o.half_width for o in objectives], dtype=rewards.dtype)
+        return (rewards - centre.to(rewards.device)) / half.to(rewards.device)
 
     def fill_slot(
         self,
@@ -168,16 +207,16 @@ class RewardConditioner(nn.Module):
         prompt_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Replace column 0 of ``embeds`` (``[B, T, H]``) with the scalar reward embedding of
-        ``rewards`` (``[B]``, reward units) and, with ``reward_on_prompt``, add the reward
-        vector to the prompt's columns: those ``prompt_mask`` (``[B, T]``, True on prompt
-        tokens) marks, or, when it is ``None``, every column after the slot (``embeds`` then
-        holds ``[slot, *prompt]``, as for vLLM's ``prompt_embeds``). Token mode, or
-        ``rewards=None`` (decoding steps), returns ``embeds`` unchanged (the reward token's own
-        embedding is already there)."""
+        ``rewards`` (``[B]``, reward units; ``[B, M]`` with ``M`` objectives) and, with
+        ``reward_on_prompt``, add the reward vector to the prompt's columns: those
+        ``prompt_mask`` (``[B, T]``, True on prompt tokens) marks, or, when it is ``None``,
+        every column after the slot (``embeds`` then holds ``[slot, *prompt]``, as for vLLM's
+        ``prompt_embeds``). Token mode, or ``rewards=None`` (decoding steps), returns
+        ``embeds`` unchanged (the reward token's own embedding is already there)."""
         if rewards is None or self.head is None:
             return embeds
         raw = rewards.to(self.head.weight.device, self.head.weight.dtype)
-        normed = self.normalizer(raw)
+        normed = self.normalize(raw)
         slot = self.head(self.head_features(raw, normed)).to(embeds.dtype)
         rest = embeds[:, 1:, :]
         if self.prompt_head is not None:
@@ -192,8 +231,11 @@ class RewardConditioner(nn.Module):
         normalised values ``normed`` (``[B]``): ``normed`` alone (``reward_features:
         linear``, ``F = 1``), or followed by ``rbf_centers`` Gaussian radial basis features of
         ``rewards`` (``rbf``: centres evenly spaced over ``[reward_min, reward_max]``, width
-        their spacing; see :class:`ConditioningConfig`)."""
+        their spacing; see :class:`ConditioningConfig`). With objectives, ``normed`` is
+        ``[B, M]`` and is the input as it is (``F = M``)."""
         cfg = self.config
+        if normed.dim() == 2:
+            return normed
         if cfg.reward_features == "linear":
             return normed[:, None]
         centres = torch.linspace(

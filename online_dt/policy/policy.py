@@ -41,7 +41,7 @@ from online_dt.policy.loading import (
 from online_dt.policy.logprobs import labelled_token_logprobs
 from online_dt.policy.normalization import RewardBinning
 from online_dt.policy.tokens import TokenIdCache
-from online_dt.samples import Rollout
+from online_dt.samples import Reward, Rollout, as_reward
 from online_dt.util.devices import resolve_device
 
 
@@ -217,7 +217,7 @@ class RewardConditionedPolicy(nn.Module):
                         weight[ids[new_bin]] = weight[ids[old_bin]]
         return splits
 
-    def slot_token_ids(self, rewards: Sequence[float]) -> list[int]:
+    def slot_token_ids(self, rewards: Sequence[Reward]) -> list[int]:
         """See :meth:`RewardConditioner.slot_token_ids`."""
         return self.conditioner.slot_token_ids(rewards)
 
@@ -266,7 +266,7 @@ class RewardConditionedPolicy(nn.Module):
     def layout(
         self,
         prompts: Sequence[str],
-        rewards: Sequence[float],
+        rewards: Sequence[Reward],
         completions: Sequence[str] | None = None,
         *,
         include_prompt_loss: bool = False,
@@ -295,7 +295,7 @@ class RewardConditionedPolicy(nn.Module):
     def layout_ids(
         self,
         prompts: Sequence[str],
-        rewards: Sequence[float],
+        rewards: Sequence[Reward],
         completion_ids: Sequence[Sequence[int]] | None = None,
         *,
         include_prompt_loss: bool = False,
@@ -331,7 +331,7 @@ class RewardConditionedPolicy(nn.Module):
     def generate(
         self,
         prompts: Sequence[str],
-        targets: Sequence[float],
+        targets: Sequence[Reward],
         *,
         max_new_tokens: int = 24,
         temperature: float = 1.0,
@@ -369,9 +369,9 @@ class RewardConditionedPolicy(nn.Module):
         start_time = time.perf_counter()
         for start in range(0, len(prompts), batch_size):
             chunk_prompts = list(prompts[start : start + batch_size])
-            chunk_targets = [float(t) for t in targets[start : start + batch_size]]
+            chunk_targets = [as_reward(t) for t in targets[start : start + batch_size]]
             batch = self.layout(chunk_prompts, chunk_targets).to(self.device)
-            rewards = torch.tensor(chunk_targets, device=self.device)
+            rewards = self.conditioner.reward_tensor(chunk_targets).to(self.device)
             sampled = sample_tokens(
                 self.model,
                 self.embed(batch.input_ids, rewards, batch.prompt_mask),
@@ -407,7 +407,7 @@ class RewardConditionedPolicy(nn.Module):
     def completion_logprobs(
         self,
         prompts: Sequence[str],
-        targets: Sequence[float],
+        targets: Sequence[Reward],
         completion_ids: Sequence[Sequence[int]],
     ) -> list[list[float]]:
         """Teacher-forced log-probabilities of given completion tokens under the conditioning.
@@ -421,7 +421,7 @@ class RewardConditionedPolicy(nn.Module):
             B lists, one natural-log probability per completion token.
         """
         batch = self.layout_ids(prompts, targets, completion_ids).to(self.device)
-        rewards = torch.tensor([float(t) for t in targets], device=self.device)
+        rewards = self.conditioner.reward_tensor(targets).to(self.device)
         logits = self(batch, rewards).logits
         assert batch.labels is not None
         return [row.tolist() for row in labelled_token_logprobs(logits, batch.labels)]

@@ -63,8 +63,14 @@ import pyarrow as pa
 from online_dt.config import ReplayBufferConfig
 from online_dt.replay import shards
 from online_dt.replay.eviction import Evictor
-from online_dt.replay.schema import FORMAT_VERSION, coerce_samples, samples_table, shard_name
-from online_dt.samples import Sample
+from online_dt.replay.schema import (
+    FORMAT_VERSION,
+    coerce_samples,
+    sample_from_row,
+    samples_table,
+    shard_name,
+)
+from online_dt.samples import Reward, Sample, first_objective
 from online_dt.util.atomic import fsync_dir
 
 
@@ -144,10 +150,9 @@ class ReplayBuffer:
 
     def rewards(self) -> np.ndarray:
         """``float64[len(self)]``: achieved rewards of the held samples in id order (reward
-        units); input of the target schedule."""
-        return np.fromiter(
-            (s.achieved_reward for s in self._held.values()), dtype=np.float64, count=len(self)
-        )
+        units); input of the target schedule. With several objectives (vector rewards),
+        ``float64[len(self), M]``, one column per objective."""
+        return _reward_array([s.achieved_reward for s in self._held.values()])
 
     # -- appending ----------------------------------------------------------------------------
 
@@ -184,7 +189,7 @@ class ReplayBuffer:
             self._persist(new)
         for s in new:
             self._held[s.sample_id] = s
-            evicted = self._evictor.insert(s.sample_id, s.achieved_reward)
+            evicted = self._evictor.insert(s.sample_id, first_objective(s.achieved_reward))
             if evicted is not None:
                 del self._held[evicted]
         self._next_id += len(new)
@@ -292,7 +297,7 @@ class ReplayBuffer:
                 math.log(2.0) / self.cfg.recency_half_life
             )
         elif self.cfg.sampling == "reward_balanced":
-            counts = np.bincount(bins, minlength=self.cfg.reward_bins)[bins]
+            counts = np.bincount(bins)[bins]
             logw = -self.cfg.balance_power * np.log(counts.astype(np.float64))
         if self.cfg.importance_weighting:
             iw = self._importance_log_weights(ids, bins)
@@ -309,15 +314,21 @@ class ReplayBuffer:
 
     def _reward_bins(self, ids: np.ndarray) -> np.ndarray:
         """Reward bin of each held sample (in ``ids`` order): ``cfg.reward_bins`` equal-width
-        bins over the held rewards' range."""
-        rewards = np.fromiter(
-            (self._held[int(i)].achieved_reward for i in ids), dtype=np.float64, count=len(ids)
-        )
-        lo, hi = float(rewards.min()), float(rewards.max())
+        bins over the held rewards' range. With vector rewards, each objective is binned so
+        and a sample's bin is its cell of the grid (``reward_bins ** M`` cells, numbered)."""
+        rewards = _reward_array([self._held[int(i)].achieved_reward for i in ids])
+        columns = rewards[:, None] if rewards.ndim == 1 else rewards
         k = self.cfg.reward_bins
-        if hi <= lo:
-            return np.zeros(len(ids), dtype=np.int64)
-        return np.minimum(((rewards - lo) / (hi - lo) * k).astype(np.int64), k - 1)
+        cells = np.zeros(len(ids), dtype=np.int64)
+        for column in columns.T:
+            lo, hi = float(column.min()), float(column.max())
+            b = np.zeros(len(ids), dtype=np.int64)
+            if hi > lo:
+                b = np.minimum(((column - lo) / (hi - lo) * k).astype(np.int64), k - 1)
+            cells = cells * k + b
+        if columns.shape[1] > 1:  # number the occupied cells 0.. for np.bincount
+            cells = np.unique(cells, return_inverse=True)[1].astype(np.int64)
+        return cells
 
     def _importance_log_weights(self, ids: np.ndarray, bins: np.ndarray) -> np.ndarray:
         """Log of each held sample's importance weight relative to its reward bin's median
@@ -367,7 +378,7 @@ class ReplayBuffer:
             ValueError: ``state`` is not a state dict of this format.
         """
         try:
-            if state["format"] != FORMAT_VERSION:
+            if state["format"] not in (2, FORMAT_VERSION):  # 3 changed the shards only
                 raise ValueError(f"unsupported replay-buffer state format {state['format']!r}")
             rng = state["rng"]
             if rng["bit_generator"] != "PCG64":
@@ -466,7 +477,7 @@ class ReplayBuffer:
                 continue
             table = shards.read_shard(shard)
             if shard is open_shard:
-                open_rows = [Sample(**row) for row in table.to_pylist()]
+                open_rows = [sample_from_row(row) for row in table.to_pylist()]
                 open_path = shard.path
                 by_id = {s.sample_id: s for s in open_rows}
                 for i in held_ids[a:b].tolist():
@@ -474,7 +485,7 @@ class ReplayBuffer:
             else:
                 wanted = held_ids[a:b] - shard.first
                 for row in table.take(pa.array(wanted)).to_pylist():
-                    held[row["sample_id"]] = Sample(**row)
+                    held[row["sample_id"]] = sample_from_row(row)
 
         self._held = held
         self._evictor = evictor
@@ -530,3 +541,10 @@ class ReplayBuffer:
                 shards.remove_file(s.path)
         self._rebuild(None)
         return removed
+
+
+def _reward_array(values: Sequence[Reward]) -> np.ndarray:
+    """Rewards as ``float64[N]`` (floats) or ``float64[N, M]`` (vectors of M objectives)."""
+    if values and isinstance(values[0], tuple):
+        return np.asarray(values, dtype=np.float64).reshape(len(values), len(values[0]))
+    return np.fromiter((float(v) for v in values), dtype=np.float64, count=len(values))  # type: ignore[arg-type]

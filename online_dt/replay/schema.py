@@ -31,24 +31,38 @@ FIELDS: tuple[str, ...] = (
     "scored_at",
     "completion_tokens",
     "log_importance_weight",
+    "achieved_rewards",
+    "target_rewards",
 )
 """Column names of the shards and of the exported dataset, in this order: every
-:class:`~online_dt.samples.Sample` field, ``sample_id`` first."""
+:class:`~online_dt.samples.Sample` field, ``sample_id`` first, then the two vector columns of a
+run with several objectives. There ``achieved_rewards`` and ``target_rewards`` hold the whole
+vectors (one float per objective, in the config's order) and ``achieved_reward`` and
+``target_reward`` the first objective's value; with one reward the vector columns are null."""
 
-OPTIONAL_FIELDS = frozenset({"log_importance_weight"})
-"""Fields that may be unset (``None``, a null cell): a dict may leave them out, and a shard of
-format 1, written before they existed, reads them as null."""
+VECTOR_FIELDS: dict[str, str] = {
+    "achieved_reward": "achieved_rewards",
+    "target_reward": "target_rewards",
+}
+"""Each :class:`~online_dt.samples.Sample` field that may hold a vector, and its list column."""
 
-_NEW_FIELDS: tuple[str, ...] = FIELDS[1:]  # a sample before the buffer gives it an id
+OPTIONAL_FIELDS = frozenset({"log_importance_weight", "achieved_rewards", "target_rewards"})
+"""Columns that may be null: ``log_importance_weight`` may be unset (``None``) and a dict may
+leave it out; the vector columns are null for a one-reward sample. A shard written before a
+column existed (format 1 or 2) reads it as null."""
+
+_SAMPLE_FIELDS: tuple[str, ...] = FIELDS[:-2]  # the Sample's own fields
+_NEW_FIELDS: tuple[str, ...] = _SAMPLE_FIELDS[1:]  # a sample before the buffer gives it an id
+_DICT_OPTIONAL = frozenset({"log_importance_weight"})
 _STR_FIELDS = frozenset({"prompt", "completion"})
 _INT_FIELDS = frozenset({"policy_version", "iteration", "completion_tokens"})
 _FLOAT_FIELDS = frozenset(
     {"achieved_reward", "target_reward", "created_at", "scored_at", "log_importance_weight"}
 )
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the shard format, stored in each shard's schema metadata (2 added
-``log_importance_weight``; format 1 shards are read with it null)."""
+``log_importance_weight``, 3 the vector columns; older shards read them as null)."""
 
 SCHEMA = pa.schema(
     [
@@ -63,6 +77,8 @@ SCHEMA = pa.schema(
         pa.field("scored_at", pa.float64(), nullable=False),
         pa.field("completion_tokens", pa.int64(), nullable=False),
         pa.field("log_importance_weight", pa.float64(), nullable=True),
+        pa.field("achieved_rewards", pa.list_(pa.float64()), nullable=True),
+        pa.field("target_rewards", pa.list_(pa.float64()), nullable=True),
     ],
     # the key names the module that first wrote shards; it is part of the file format
     metadata={b"online_dt.replay.buffer.format": str(FORMAT_VERSION).encode()},
@@ -101,10 +117,12 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
 
     Raises:
         TypeError: ``items`` is not a sequence of samples/dicts, a sample carries an id, a dict
-            misses or adds fields (only :data:`OPTIONAL_FIELDS` may be left out), or a value has
-            the wrong type, is ``None`` (outside :data:`OPTIONAL_FIELDS`) or (for
+            misses or adds fields (only ``log_importance_weight`` may be left out), or a value
+            has the wrong type (``achieved_reward`` and ``target_reward`` may be tuples of
+            floats, of one length), is ``None`` (outside ``log_importance_weight``) or (for
             ``completion_tokens``) is negative.
-        ValueError: a float field is NaN or infinite; ``achieved_reward`` is listed first.
+        ValueError: a float field (or an element of a vector) is NaN or infinite;
+            ``achieved_reward`` is listed first.
     """
     if isinstance(items, (str, bytes, Mapping, Sample)) or not isinstance(items, Sequence):
         raise TypeError(f"append expects a sequence of Sample or dict, got {type(items).__name__}")
@@ -119,7 +137,7 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
                 )
             raw = {f: getattr(item, f) for f in _NEW_FIELDS}
         elif isinstance(item, Mapping):
-            missing = [f for f in _NEW_FIELDS if f not in item and f not in OPTIONAL_FIELDS]
+            missing = [f for f in _NEW_FIELDS if f not in item and f not in _DICT_OPTIONAL]
             extra = sorted(str(k) for k in item if k not in _NEW_FIELDS)
             if missing or extra:
                 what = []
@@ -130,7 +148,7 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
                     what.append(f"unknown {extra}{hint}")
                 problems.append(f"#{i}: " + ", ".join(what))
                 continue
-            raw = {f: None for f in OPTIONAL_FIELDS} | dict(item)
+            raw = {f: None for f in _DICT_OPTIONAL} | dict(item)
         else:
             raise TypeError(f"sample #{i} must be a Sample or a dict, got {type(item).__name__}")
         row: dict[str, Any] = {}
@@ -141,22 +159,33 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
             elif f in _INT_FIELDS:
                 ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
                 v = int(v) if ok else v
+            elif f in VECTOR_FIELDS and isinstance(v, tuple | list):
+                ok = bool(v) and all(
+                    isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v
+                )
+                v = tuple(float(x) for x in v) if ok else v
             else:
                 ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
                 v = float(v) if ok else v
-            if v is None and f in OPTIONAL_FIELDS:
+            if v is None and f in _DICT_OPTIONAL:
                 pass
             elif v is None:
                 problems.append(f"#{i}: {f} is not set (None)")
             elif not ok:
                 problems.append(f"#{i}: {f} has type {type(v).__name__}")
-            elif f in _FLOAT_FIELDS and not math.isfinite(v):
+            elif f in _FLOAT_FIELDS and not all(
+                math.isfinite(x) for x in (v if isinstance(v, tuple) else (v,))
+            ):
                 prompt = raw.get("prompt")
                 where = f" (prompt {shorten(prompt)})" if isinstance(prompt, str) else ""
                 non_finite.setdefault(f, []).append(f"#{i} {v}{where}")
             elif f == "completion_tokens" and v < 0:
                 problems.append(f"#{i}: completion_tokens is negative ({v})")
             row[f] = v
+        vectors = [row.get(f) for f in VECTOR_FIELDS]
+        lengths = {len(v) for v in vectors if isinstance(v, tuple)}
+        if lengths and (len(lengths) > 1 or not all(isinstance(v, tuple) for v in vectors)):
+            problems.append(f"#{i}: achieved_reward and target_reward have different lengths")
         rows.append(row)
     if problems:
         shown = "; ".join(problems[:10]) + ("; ..." if len(problems) > 10 else "")
@@ -173,5 +202,22 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
 
 
 def samples_table(samples: Sequence[Sample]) -> pa.Table:
-    """Samples with ids as an Arrow table of :data:`SCHEMA` (one row each, in order)."""
-    return pa.table({f: [getattr(s, f) for s in samples] for f in FIELDS}, schema=SCHEMA)
+    """Samples with ids as an Arrow table of :data:`SCHEMA` (one row each, in order); a vector
+    reward fills its list column and its first objective's value the scalar column."""
+    columns: dict[str, list[Any]] = {f: [getattr(s, f) for s in samples] for f in _SAMPLE_FIELDS}
+    for scalar, vector in VECTOR_FIELDS.items():
+        values = columns[scalar]
+        columns[vector] = [list(v) if isinstance(v, tuple) else None for v in values]
+        columns[scalar] = [v[0] if isinstance(v, tuple) else v for v in values]
+    return pa.table(columns, schema=SCHEMA)
+
+
+def sample_from_row(row: Mapping[str, Any]) -> Sample:
+    """The :class:`Sample` of one shard row (a dict of :data:`FIELDS`, as
+    ``pyarrow.Table.to_pylist`` gives it): a non-null vector column replaces its scalar
+    column's value with the tuple."""
+    fields = {f: row[f] for f in _SAMPLE_FIELDS if f in row}
+    for scalar, vector in VECTOR_FIELDS.items():
+        if row.get(vector) is not None:
+            fields[scalar] = tuple(float(x) for x in row[vector])
+    return Sample(**fields)

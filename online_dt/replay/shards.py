@@ -147,7 +147,8 @@ def read_shard(shard: Shard, columns: list[str] | None = None) -> pa.Table:
         table = pq.read_table(shard.path, columns=[c for c in cols if c in present])
         for c in cols:  # a format 1 shard has no optional columns: they read as null
             if c not in present and c in OPTIONAL_FIELDS:
-                table = table.append_column(SCHEMA.field(c), pa.nulls(len(table), pa.float64()))
+                field = SCHEMA.field(c)
+                table = table.append_column(field, pa.nulls(len(table), field.type))
         table = table.select(cols).cast(pa.schema([SCHEMA.field(c) for c in cols]))
     except FileNotFoundError:
         raise

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from online_dt.rewards.builtins import HFClassifierReward, VaderSentimentReward
 from online_dt.rewards.loading import import_reward_class, load_reward_model
+from online_dt.rewards.multi import SentimentBrevityReward
 from online_dt.rewards.protocol import (
     RewardModel,
     RewardModelError,
     RewardModelLoadError,
     score_checked,
+    validate_objective_scores,
     validate_scores,
 )
 
@@ -33,9 +35,11 @@ __all__ = [
     "RewardModel",
     "RewardModelError",
     "RewardModelLoadError",
+    "SentimentBrevityReward",
     "VaderSentimentReward",
     "import_reward_class",
     "load_reward_model",
     "score_checked",
+    "validate_objective_scores",
     "validate_scores",
 ]

@@ -1,9 +1,11 @@
 """The reward-model contract: the :class:`RewardModel` protocol, its errors, and the checks
-around every call (:func:`score_checked`, :func:`validate_scores`).
+around every call (:func:`score_checked`, :func:`validate_scores`,
+:func:`validate_objective_scores`).
 
 The training loop never calls ``score`` directly but goes through :func:`score_checked`, which
 checks the inputs, calls the model and validates what came back: a wrong number of scores, a
-value that is not a number, NaN or infinity raises :class:`RewardModelError` naming the
+value that is not a number, NaN or infinity (and, with several objectives, a score that is not
+a mapping of exactly the configured names) raises :class:`RewardModelError` naming the
 offending samples, so a broken reward model fails loudly at the batch that broke it instead of
 silently poisoning the reward normaliser.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn, Protocol, overload, runtime_checkable
 
 from online_dt.util.text import shorten
 
@@ -36,16 +38,27 @@ class RewardModel(Protocol):
       Higher means better. The units and range are the model's own and must be documented by
       the model (VADER: ``[-1, 1]``; a classifier's probability: ``[0, 1]``; a logit: all
       reals). Numpy or torch scalars are accepted by :func:`validate_scores` and converted.
+    * Several objectives: when the run's config lists objectives (``conditioning.objectives``),
+      ``score`` instead returns, per sample, a ``Mapping[str, float]`` of named objectives,
+      e.g. ``{"sentiment": 0.6, "brevity": -3.0}``: every sample has exactly the configured
+      names (the mapping's order does not matter), each value a finite float in that
+      objective's own documented units, higher is better. A model returning plain floats is
+      a single-objective model (the default, with no objectives listed). Validated by
+      :func:`validate_objective_scores`.
     * Errors: raising any exception means the whole batch failed and no score of it is used;
-      there is no way to fail a single sample. Returning NaN, an infinity, a non-number or the
-      wrong number of scores is a bug of the model, reported by :func:`score_checked` as
+      there is no way to fail a single sample. Returning NaN, an infinity, a non-number, the
+      wrong number of scores, or (with objectives) a non-mapping or a mapping with missing or
+      unknown names is a bug of the model, reported by :func:`score_checked` as
       :class:`RewardModelError`.
     * ``score`` must not modify its inputs. It may be called many times with batches of any
       size, so expensive set-up belongs in the constructor.
     """
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        """Score each (prompt, completion) pair; see the class docstring for the contract."""
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str]
+    ) -> Sequence[float] | Sequence[Mapping[str, float]]:
+        """Score each (prompt, completion) pair: one float, or one mapping of objective names
+        to floats, per sample; see the class docstring for the contract."""
         ...
 
 
@@ -57,11 +70,19 @@ class RewardModelError(ValueError):
             ``not_a_sequence`` the scores cannot be matched to samples, so every sample of the
             batch is listed.
         reason: what was wrong: ``"nan"``, ``"inf"`` (either sign), ``"not_a_number"`` (``None``,
-            a string, a bool, a nested list, ...), ``"wrong_count"`` (not one score per sample)
-            or ``"not_a_sequence"`` (``score`` did not return a list-like).
+            a string, a bool, a nested list, a mapping where one float was expected, ...),
+            ``"wrong_count"`` (not one score per sample) or ``"not_a_sequence"`` (``score`` did
+            not return a list-like). With objectives also ``"not_a_mapping"`` (a sample's score
+            is not a mapping of objective names), ``"missing_objective"`` (a configured name is
+            absent) or ``"unknown_objective"`` (a name that is not configured).
         samples: ``(prompt, completion)`` of every offending sample, in the order of
             ``indices``; the message shows only the first few.
         model_name: the name of the model used in the message.
+        objective: the objective at fault, when one is: the missing one for
+            ``missing_objective``, the first unknown name found (in batch order) for
+            ``unknown_objective`` (the message names all of them), the objective whose values
+            are bad for ``not_a_number``/``nan``/``inf`` from
+            :func:`validate_objective_scores`; ``None`` otherwise.
     """
 
     def __init__(
@@ -72,12 +93,14 @@ class RewardModelError(ValueError):
         reason: str,
         samples: Sequence[tuple[str, str]],
         model_name: str = "",
+        objective: str | None = None,
     ) -> None:
         super().__init__(message)
         self.indices: list[int] = list(indices)
         self.reason: str = reason
         self.samples: list[tuple[str, str]] = list(samples)
         self.model_name: str = model_name
+        self.objective: str | None = objective
 
 
 class RewardModelLoadError(RuntimeError):
@@ -122,30 +145,11 @@ def _to_float(value: Any) -> float | None:
     return None
 
 
-def validate_scores(
-    scores: Any,
-    prompts: Sequence[str],
-    completions: Sequence[str],
-    model_name: str,
-) -> list[float]:
-    """Check a reward model's output for one batch and return it as a list of floats.
-
-    Args:
-        scores: what ``score`` returned: a list or tuple of numbers (Python, numpy or 0-d torch
-            scalars) or a 1-d numpy array / torch tensor.
-        prompts: the batch's prompts (used to name offending samples).
-        completions: the batch's completions, same length as ``prompts``.
-        model_name: name of the model, for the message (e.g. its class name).
-
-    Returns:
-        ``len(prompts)`` finite Python floats, in order.
-
-    Raises:
-        RewardModelError: with ``reason`` ``"not_a_sequence"`` or ``"wrong_count"`` when the
-            output is not one score per sample; otherwise ``"not_a_number"``, ``"nan"`` or
-            ``"inf"`` (checked in that order; the first kind found is reported, with every
-            sample of that kind in ``indices``).
-    """
+def _as_batch(
+    scores: Any, prompts: Sequence[str], completions: Sequence[str], model_name: str
+) -> Sequence[Any]:
+    """``scores`` as a sequence of one item per sample, or :class:`RewardModelError` with
+    reason ``not_a_sequence`` or ``wrong_count``."""
     n = len(prompts)
     everything = list(range(n))
     if hasattr(scores, "tolist") and not isinstance(scores, list | tuple):
@@ -171,6 +175,47 @@ def validate_scores(
             samples=list(zip(prompts, completions, strict=True)),
             model_name=model_name,
         )
+    return scores
+
+
+def _value_label(reason: str, raws: Sequence[Any], values: Sequence[float]) -> str:
+    """How a message names bad values of one kind: ``a non-number (str)``, ``NaN``, ``-inf``."""
+    if reason == "not_a_number":
+        kinds = sorted({type(raw).__name__ for raw in raws})
+        return f"a non-number ({', '.join(kinds)})"
+    if reason == "inf":
+        return "/".join(sorted({"+inf" if v > 0 else "-inf" for v in values}))
+    return "NaN"
+
+
+def validate_scores(
+    scores: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    model_name: str,
+) -> list[float]:
+    """Check a reward model's output for one batch and return it as a list of floats.
+
+    Args:
+        scores: what ``score`` returned: a list or tuple of numbers (Python, numpy or 0-d torch
+            scalars) or a 1-d numpy array / torch tensor.
+        prompts: the batch's prompts (used to name offending samples).
+        completions: the batch's completions, same length as ``prompts``.
+        model_name: name of the model, for the message (e.g. its class name).
+
+    Returns:
+        ``len(prompts)`` finite Python floats, in order.
+
+    Raises:
+        RewardModelError: with ``reason`` ``"not_a_sequence"`` or ``"wrong_count"`` when the
+            output is not one score per sample; otherwise ``"not_a_number"``, ``"nan"`` or
+            ``"inf"`` (checked in that order; the first kind found is reported, with every
+            sample of that kind in ``indices``). A sample scored with a mapping (named
+            objectives) is ``"not_a_number"``, and the message says that the config lists no
+            objectives (``conditioning.objectives``).
+    """
+    n = len(prompts)
+    scores = _as_batch(scores, prompts, completions, model_name)
 
     values: list[float] = []
     bad: dict[str, list[int]] = {"not_a_number": [], "nan": [], "inf": []}
@@ -186,25 +231,182 @@ def validate_scores(
             bad["inf"].append(i)
         values.append(value)
 
-    for reason, label in (("not_a_number", "a non-number"), ("nan", "NaN"), ("inf", "inf")):
+    for reason in ("not_a_number", "nan", "inf"):
         indices = bad[reason]
         if not indices:
             continue
-        if reason == "not_a_number":
-            kinds = sorted({type(scores[i]).__name__ for i in indices})
-            label = f"a non-number ({', '.join(kinds)})"
-        elif reason == "inf":
-            signs = sorted({"+inf" if values[i] > 0 else "-inf" for i in indices})
-            label = "/".join(signs)
-        raise RewardModelError(
+        label = _value_label(reason, [scores[i] for i in indices], [values[i] for i in indices])
+        message = (
             f"reward model {model_name} returned {label} for {len(indices)} of {n} samples: "
-            f"{_describe_samples(indices, prompts, completions)}",
+            f"{_describe_samples(indices, prompts, completions)}"
+        )
+        named = next((scores[i] for i in indices if isinstance(scores[i], Mapping)), None)
+        if named is not None:
+            names = ", ".join(repr(k) for k in named)
+            message += (
+                f"; it returned named objectives ({names}) but the config lists none under"
+                " conditioning.objectives: list them there to condition on several rewards,"
+                " or return one float per sample"
+            )
+        raise RewardModelError(
+            message,
             indices=indices,
             reason=reason,
             samples=[(prompts[i], completions[i]) for i in indices],
             model_name=model_name,
         )
     return values
+
+
+def validate_objective_scores(
+    scores: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    model_name: str,
+    objectives: Sequence[str],
+) -> list[tuple[float, ...]]:
+    """Check a multi-objective reward model's output for one batch and return it as tuples.
+
+    Args:
+        scores: what ``score`` returned: a list or tuple with one ``Mapping`` per sample from
+            objective name to number (Python, numpy or 0-d / one-element torch scalars).
+        prompts: the batch's prompts (used to name offending samples).
+        completions: the batch's completions, same length as ``prompts``.
+        model_name: name of the model, for the message (e.g. its class name).
+        objectives: the configured objective names (``conditioning.objectives``), at least
+            one, no duplicates. Every mapping must have exactly these names.
+
+    Returns:
+        ``len(prompts)`` tuples of ``len(objectives)`` finite Python floats, one tuple per
+        sample in batch order, each in the order of ``objectives`` (not the mapping's order).
+
+    Raises:
+        ValueError: ``objectives`` is empty, a single string or has duplicate names (a bug of
+            the caller).
+        RewardModelError: the first problem found, in this order, with every sample having
+            it in ``indices``:
+
+            1. ``"not_a_sequence"`` / ``"wrong_count"``: not one score per sample (as in
+               :func:`validate_scores`).
+            2. ``"not_a_mapping"``: a sample's score is not a ``Mapping`` (e.g. a plain float:
+               the message says the config lists objectives, so each score must be a mapping).
+            3. ``"missing_objective"``: a configured name is absent; the first such name in the
+               order of ``objectives`` is reported (``objective``), with the samples lacking it.
+            4. ``"unknown_objective"``: a name that is not configured; the message names every
+               unknown name, ``objective`` is the first one found, ``indices`` every sample
+               with any of them.
+            5. ``"not_a_number"``, ``"nan"``, ``"inf"`` (kinds in that order, then objectives in
+               the order of ``objectives``): the first (kind, objective) pair found is reported,
+               ``objective`` set, ``indices`` every sample whose value for that objective is of
+               that kind; the message also names other objectives with the same kind.
+    """
+    if isinstance(objectives, str | bytes):
+        raise ValueError(f"objectives must be a sequence of names, got the string {objectives!r}")
+    names = list(objectives)
+    if not names:
+        raise ValueError("validate_objective_scores needs at least one objective name")
+    if len(set(names)) != len(names):
+        raise ValueError(f"objective names must be unique, got {names}")
+    n = len(prompts)
+    scores = _as_batch(scores, prompts, completions, model_name)
+    configured = f"{names} (conditioning.objectives)"
+
+    def fail(message: str, reason: str, indices: list[int], objective: str | None) -> NoReturn:
+        raise RewardModelError(
+            message,
+            indices=indices,
+            reason=reason,
+            samples=[(prompts[i], completions[i]) for i in indices],
+            model_name=model_name,
+            objective=objective,
+        )
+
+    def where(indices: list[int]) -> str:
+        return f"{len(indices)} of {n} samples: {_describe_samples(indices, prompts, completions)}"
+
+    not_mapping = [i for i, raw in enumerate(scores) if not isinstance(raw, Mapping)]
+    if not_mapping:
+        kinds = ", ".join(sorted({type(scores[i]).__name__ for i in not_mapping}))
+        example = ", ".join(f"{name!r}: 0.0" for name in names)
+        fail(
+            f"reward model {model_name} returned {kinds} instead of a mapping of objective"
+            f" scores for {where(not_mapping)}; the config lists objectives {configured}, so"
+            f" each score must be a mapping with exactly those names, e.g. {{{example}}}",
+            "not_a_mapping",
+            not_mapping,
+            None,
+        )
+
+    for name in names:
+        missing = [i for i, raw in enumerate(scores) if name not in raw]
+        if missing:
+            got = [repr(k) for k in scores[missing[0]]]
+            fail(
+                f"reward model {model_name} returned no score for objective {name!r} for"
+                f" {where(missing)}; the first of them has names [{', '.join(got)}], but each"
+                f" score must map exactly the objectives {configured}",
+                "missing_objective",
+                missing,
+                name,
+            )
+
+    known = set(names)
+    unknown: list[Any] = []
+    with_unknown: list[int] = []
+    for i, raw in enumerate(scores):
+        extra = [k for k in raw if k not in known]
+        if extra:
+            with_unknown.append(i)
+            unknown.extend(k for k in extra if k not in unknown)
+    if with_unknown:
+        fail(
+            f"reward model {model_name} returned unknown objective(s)"
+            f" {', '.join(repr(k) for k in unknown)} for {where(with_unknown)}; the config"
+            f" lists only {configured}: add them there or stop returning them",
+            "unknown_objective",
+            with_unknown,
+            unknown[0] if isinstance(unknown[0], str) else repr(unknown[0]),
+        )
+
+    rows: list[tuple[float, ...]] = []
+    # bad[reason][objective position] -> sample indices
+    bad: dict[str, list[list[int]]] = {
+        r: [[] for _ in names] for r in ("not_a_number", "nan", "inf")
+    }
+    for i, raw in enumerate(scores):
+        row: list[float] = []
+        for j, name in enumerate(names):
+            value = _to_float(raw[name])
+            if value is None:
+                bad["not_a_number"][j].append(i)
+                value = math.nan
+            elif math.isnan(value):
+                bad["nan"][j].append(i)
+            elif math.isinf(value):
+                bad["inf"][j].append(i)
+            row.append(value)
+        rows.append(tuple(row))
+
+    for reason in ("not_a_number", "nan", "inf"):
+        per_objective = bad[reason]
+        j = next((j for j, indices in enumerate(per_objective) if indices), None)
+        if j is None:
+            continue
+        name, indices = names[j], per_objective[j]
+        label = _value_label(
+            reason, [scores[i][name] for i in indices], [rows[i][j] for i in indices]
+        )
+        message = (
+            f"reward model {model_name} returned {label} for objective {name!r} for"
+            f" {where(indices)}"
+        )
+        others = [repr(names[k]) for k in range(j + 1, len(names)) if per_objective[k]]
+        if others:
+            verb = "has" if len(others) == 1 else "have"
+            plural = "" if len(others) == 1 else "s"
+            message += f" (objective{plural} {', '.join(others)} {verb} such values too)"
+        fail(message, reason, indices, name)
+    return rows
 
 
 def check_inputs(prompts: Sequence[str], completions: Sequence[str]) -> None:
@@ -223,9 +425,27 @@ def check_inputs(prompts: Sequence[str], completions: Sequence[str]) -> None:
         )
 
 
+@overload
 def score_checked(
     model: RewardModel, prompts: Sequence[str], completions: Sequence[str]
-) -> list[float]:
+) -> list[float]: ...
+
+
+@overload
+def score_checked(
+    model: RewardModel,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    objectives: Sequence[str],
+) -> list[float] | list[tuple[float, ...]]: ...
+
+
+def score_checked(
+    model: RewardModel,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    objectives: Sequence[str] = (),
+) -> list[float] | list[tuple[float, ...]]:
     """Score a batch with ``model`` and validate the result.
 
     Returns ``[]`` for an empty batch without calling the model.
@@ -234,17 +454,31 @@ def score_checked(
         model: any :class:`RewardModel`.
         prompts: ``N`` prompts.
         completions: ``N`` completions (without the prompt).
+        objectives: the configured objective names (``conditioning.objectives``). Empty (the
+            default): a single reward, the model returns one float per sample. Otherwise the
+            model returns one mapping of exactly these names per sample.
 
     Returns:
-        ``N`` finite floats in the model's units, in order.
+        Without objectives, ``N`` finite floats in the model's units, in order. With
+        objectives, ``N`` tuples of ``len(objectives)`` finite floats, each in the order of
+        ``objectives``.
 
     Raises:
-        ValueError: ``prompts`` and ``completions`` differ in length, or one is a single string.
-        RewardModelError: the model's output failed :func:`validate_scores`.
+        ValueError: ``prompts`` and ``completions`` differ in length, or one is a single string;
+            ``objectives`` is a single string or has duplicate names.
+        RewardModelError: the model's output failed :func:`validate_scores` (no objectives) or
+            :func:`validate_objective_scores` (with objectives).
         Exception: whatever ``model.score`` raised, unchanged (the whole batch failed).
     """
     check_inputs(prompts, completions)
+    if isinstance(objectives, str | bytes):
+        raise ValueError(f"objectives must be a sequence of names, got the string {objectives!r}")
+    if len(set(objectives)) != len(objectives):
+        raise ValueError(f"objective names must be unique, got {list(objectives)}")
     if len(prompts) == 0:
         return []
     scores = model.score(prompts, completions)
-    return validate_scores(scores, prompts, completions, type(model).__name__)
+    name = type(model).__name__
+    if objectives:
+        return validate_objective_scores(scores, prompts, completions, name, objectives)
+    return validate_scores(scores, prompts, completions, name)

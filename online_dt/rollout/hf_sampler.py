@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from online_dt.rollout.sampler import SamplingParams, check_request, require_weights
-from online_dt.samples import Rollout
+from online_dt.samples import Reward, Rollout, as_reward
 
 if TYPE_CHECKING:
     from online_dt.policy.policy import RewardConditionedPolicy
@@ -37,13 +37,13 @@ class HFSampler:
         self.policy_version = policy_version
 
     def generate(
-        self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
+        self, prompts: Sequence[str], targets: Sequence[Reward], params: SamplingParams
     ) -> list[Rollout]:
         """See :meth:`Sampler.generate`."""
         check_request(prompts, targets)
         require_weights(self)
         repeated = [p for p in prompts for _ in range(params.n)]
-        repeated_targets = [float(t) for t in targets for _ in range(params.n)]
+        repeated_targets = [as_reward(t) for t in targets for _ in range(params.n)]
         rollouts = self.policy.generate(
             repeated,
             repeated_targets,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from online_dt.config import SamplingConfig
-from online_dt.samples import Rollout
+from online_dt.samples import Reward, Rollout
 
 if TYPE_CHECKING:
     from online_dt.rollout.weight_sync import WeightUpdate
@@ -89,7 +89,7 @@ class Sampler(Protocol):
     policy_version: int
 
     def generate(
-        self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
+        self, prompts: Sequence[str], targets: Sequence[Reward], params: SamplingParams
     ) -> list[Rollout]:
         """Sample ``params.n`` completions for each prompt, conditioned on its target.
 
@@ -113,7 +113,7 @@ class Sampler(Protocol):
         ...
 
 
-def check_request(prompts: Sequence[str], targets: Sequence[float]) -> None:
+def check_request(prompts: Sequence[str], targets: Sequence[Reward]) -> None:
     """Raise ``ValueError`` unless there is exactly one target per prompt."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")

@@ -18,6 +18,7 @@ import torch
 from online_dt.policy.conditioner import RewardConditioner
 from online_dt.policy.tokens import TokenIdCache
 from online_dt.rollout.weight_sync import PolicyState
+from online_dt.samples import Reward
 
 
 def load_input_embeddings(path: str | Path) -> torch.Tensor:
@@ -102,7 +103,7 @@ class PromptBuilder:
         return self._token_ids.encode(prompts)
 
     @torch.no_grad()
-    def inputs(self, prompt_ids: Sequence[Sequence[int]], targets: Sequence[float]) -> list[Any]:
+    def inputs(self, prompt_ids: Sequence[Sequence[int]], targets: Sequence[Reward]) -> list[Any]:
         """One vLLM prompt per (prompt ids, target).
 
         Returns:
@@ -120,6 +121,6 @@ class PromptBuilder:
         lengths = [len(row) for row in rows]
         width = max(lengths)
         index = torch.tensor([row + row[:1] * (width - len(row)) for row in rows])
-        rewards = torch.tensor([float(t) for t in targets], dtype=torch.float32)
+        rewards = self.conditioner.reward_tensor(targets)
         embeds = self.conditioner.fill_slot(self.embeddings[index], rewards)
         return [{"prompt_embeds": embeds[i, :n]} for i, n in enumerate(lengths)]

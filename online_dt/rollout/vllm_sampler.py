@@ -43,7 +43,7 @@ from online_dt.policy.conditioner import RewardConditioner
 from online_dt.rollout.sampler import NO_WEIGHTS, SamplingParams, check_request, require_weights
 from online_dt.rollout.vllm_prompts import PromptBuilder
 from online_dt.rollout.weight_sync import PolicySkeleton, PolicyState, WeightUpdate
-from online_dt.samples import Rollout
+from online_dt.samples import Reward, Rollout, as_reward
 
 IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 """vLLM's switch between an engine core in a child process (``1``, its default) and one in the
@@ -255,7 +255,7 @@ class VLLMSampler:
         return sampler
 
     def generate(
-        self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
+        self, prompts: Sequence[str], targets: Sequence[Reward], params: SamplingParams
     ) -> list[Rollout]:
         """See :meth:`online_dt.rollout.sampler.Sampler.generate`."""
         check_request(prompts, targets)
@@ -283,7 +283,7 @@ class VLLMSampler:
                         completion=next(texts),
                         token_ids=ids,
                         logprobs=logprobs,
-                        target=float(targets[i]),
+                        target=as_reward(targets[i]),
                         policy_version=self.policy_version,
                         finished=out.finish_reason == "stop",
                         prompt_index=i,

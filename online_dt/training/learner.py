@@ -28,10 +28,11 @@ from online_dt.launch.rundir import (
     CHECKPOINT_TRAINER_FILE,
     RunDir,
 )
+from online_dt.objectives import front_summary
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.rollout.weight_sync import WeightUpdate, make_publisher
-from online_dt.samples import Rollout, Sample
+from online_dt.samples import Reward, Rollout, Sample, as_reward
 from online_dt.training.kl import kl_per_completion
 from online_dt.training.trainer import ConditionedTrainer
 from online_dt.util.atomic import atomic_write_dir
@@ -125,14 +126,15 @@ class Learner:
         self.publisher.discard_after(self.version)
         return self.publisher.publish(self.policy, self.version)
 
-    def buffer_rewards(self) -> list[float]:
-        """Achieved rewards held in the buffer (for the target schedule)."""
+    def buffer_rewards(self) -> list[Any]:
+        """Achieved rewards held in the buffer (for the target schedule): a float each, or a
+        list of one float per objective with ``conditioning.objectives``."""
         return self.buffer.rewards().tolist()
 
     def append(
         self,
         rollouts: Sequence[Rollout],
-        rewards: Sequence[float],
+        rewards: Sequence[Reward],
         iteration: int,
         scored_at: float,
     ) -> dict[str, Any]:
@@ -148,7 +150,9 @@ class Learner:
         the bins current when it is drawn.
 
         Returns:
-            ``count``, ``first_id``, ``last_id`` and ``buffer_size``.
+            ``count``, ``first_id``, ``last_id`` and ``buffer_size``; with several objectives
+            also the held rewards' ``front_size`` and ``front_hypervolume``
+            (:func:`online_dt.objectives.front_summary`).
 
         Raises:
             ValueError: lengths differ or a reward is not finite (nothing is appended).
@@ -172,13 +176,17 @@ class Learner:
         )
         # the new rewards feed the running and quantile normalisers (every reward ever appended,
         # evicted ones included); the token bins describe the buffer's held rewards
-        self.policy.fit_reward_statistics([float(x) for x in rewards], self.buffer.rewards())
-        return {
+        self.policy.fit_reward_statistics([as_reward(x) for x in rewards], self.buffer.rewards())
+        result: dict[str, Any] = {
             "count": len(added),
             "first_id": added[0].sample_id if added else None,
             "last_id": added[-1].sample_id if added else None,
             "buffer_size": len(self.buffer),
         }
+        objectives = self.cfg.conditioning.objectives
+        if objectives and len(self.buffer):
+            result.update(front_summary(self.buffer.rewards(), objectives))
+        return result
 
     def train(self, steps: int) -> dict[str, float]:
         """``steps`` optimizer steps on batches drawn from the buffer.
@@ -253,6 +261,6 @@ class Learner:
         return str(path)
 
 
-def _rollout_key(rollout: Rollout) -> tuple[str, float, tuple[int, ...]]:
+def _rollout_key(rollout: Rollout) -> tuple[str, Reward, tuple[int, ...]]:
     """A rollout's identity across processes: prompt, target and sampled token ids."""
-    return (rollout.prompt, float(rollout.target), tuple(rollout.token_ids))
+    return (rollout.prompt, as_reward(rollout.target), tuple(rollout.token_ids))

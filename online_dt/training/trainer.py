@@ -53,7 +53,7 @@ def collate(
 
     Returns:
         The right-padded :class:`ConditionedBatch` with labels, and ``rewards`` as a float
-        tensor ``[B]`` (reward units).
+        tensor ``[B]`` (reward units; ``[B, M]`` with ``M`` objectives).
     """
     rewards = [r.achieved_reward for r in samples]
     batch = policy.layout(
@@ -62,7 +62,7 @@ def collate(
         [r.completion for r in samples],
         include_prompt_loss=include_prompt_loss,
     )
-    return batch, torch.tensor(rewards, dtype=torch.float32)
+    return batch, policy.conditioner.reward_tensor(rewards)
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
