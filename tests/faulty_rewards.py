@@ -80,3 +80,68 @@ class FaultyReward(_Counted):
         elif fault == "wrong_count":
             scores = scores[:-1]
         return scores
+
+
+MULTI_OBJECTIVES = ("words", "letters")
+"""The names :class:`WordsLettersReward` returns, in the order the tests configure them."""
+
+
+def words_letters(completion: str) -> dict[str, float]:
+    """Two deterministic scores in [0, 1]: ``words`` (:func:`length_reward`) and ``letters``,
+    the share of the completion's characters that are letters (0 for an empty one). The
+    mapping lists ``letters`` first, against :data:`MULTI_OBJECTIVES`' order, so a caller that
+    read the mapping's order instead of the configured one would swap them."""
+    letters = sum(ch.isalpha() for ch in completion) / len(completion) if completion else 0.0
+    return {"letters": letters, "words": length_reward(completion)}
+
+
+class WordsLettersReward:
+    """A deterministic multi-objective reward model: per sample :func:`words_letters`."""
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, float]]:
+        return [words_letters(c) for c in completions]
+
+
+class FaultyMultiReward(_Counted):
+    """:class:`WordsLettersReward`, except on the calls listed in ``fail_calls``, where one
+    sample's scores go wrong as ``fault`` says: ``missing`` (no ``letters``), ``unknown`` (an
+    extra ``style``), ``nan`` (``letters`` is NaN), ``not_a_number`` (``letters`` is a
+    string) or ``float`` (a plain float instead of a mapping).
+
+    Args:
+        counter_file: file counting calls (survives actor restarts).
+        fail_calls: 1-based call numbers that misbehave.
+        fault: one of the faults above.
+        sample: index of the sample that goes wrong (clamped to the batch).
+    """
+
+    def __init__(
+        self, counter_file: str, fail_calls: Sequence[int] = (), fault: str = "nan", sample: int = 1
+    ) -> None:
+        super().__init__(counter_file)
+        self.fail_calls = set(fail_calls)
+        self.fault = fault
+        self.sample = sample
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[object]:
+        call = self._next_call()
+        scores: list[object] = [words_letters(c) for c in completions]
+        if call not in self.fail_calls or not scores:
+            return scores
+        i = min(self.sample, len(scores) - 1)
+        bad = dict(words_letters(completions[i]))
+        if self.fault == "missing":
+            del bad["letters"]
+        elif self.fault == "unknown":
+            bad["style"] = 0.5
+        elif self.fault == "nan":
+            bad["letters"] = math.nan
+        elif self.fault == "not_a_number":
+            bad["letters"] = "high"  # type: ignore[assignment]
+        elif self.fault == "float":
+            scores[i] = bad["words"]
+            return scores
+        else:
+            raise ValueError(f"unknown fault {self.fault!r}")
+        scores[i] = bad
+        return scores

@@ -12,10 +12,17 @@ from online_dt.policy.conditioner import CONDITIONING_FILE, RewardConditioner
 from online_dt.policy.layout import IGNORE_INDEX, layout_batch, positions_from_mask
 from online_dt.policy.normalization import RewardBinning, RewardNormalizer, reward_token
 from online_dt.policy.policy import RewardConditionedPolicy
-from tests.tiny import build_tiny_model, randomize_rbf_weights
+from tests.tiny import build_tiny_model, randomize_objective_weights, randomize_rbf_weights
 
 PROMPTS = ["the movie was", "honestly the game is fun and", "i"]
 TARGETS = [0.9, -0.5, 0.1]
+OBJECTIVES = [
+    {"name": "sentiment", "low": -1.0, "high": 1.0},
+    {"name": "brevity", "low": -20.0, "high": 0.0},
+]
+"""The two objectives of the ``scalar+objectives`` variant (ranges of different widths)."""
+VECTOR_TARGETS = [(0.9, -15.0), (-0.5, -2.0), (0.1, -8.0)]
+"""One target vector per prompt of :data:`PROMPTS` for ``scalar+objectives``."""
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -36,6 +43,11 @@ def make_policy(base_dir, mode="scalar", **kw):
         policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
         randomize_rbf_weights(policy)
         return policy.eval()
+    if mode == "scalar+objectives":  # two objectives, every head column moved off its start
+        cfg = ConditioningConfig(mode="scalar", objectives=OBJECTIVES, **kw)
+        policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
+        randomize_objective_weights(policy)
+        return policy.eval()
     cfg = ConditioningConfig(mode=mode, **kw)
     policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
     return policy.eval()
@@ -44,6 +56,17 @@ def make_policy(base_dir, mode="scalar", **kw):
 MODES = ["scalar", "token", "scalar+prompt", "scalar+rbf"]
 """Conditioning variants the layout tests run: both modes, and scalar with reward_on_prompt
 or with radial-basis reward features."""
+CONDITIONED = [*MODES, "scalar+objectives"]
+"""Variants the decoding-parity tests run: :data:`MODES` and scalar mode conditioned on two
+objectives at once (a target vector per prompt, a ``[hidden, 2]`` head)."""
+
+
+def targets_for(mode, targets=TARGETS):
+    """``targets`` (floats) as the variant takes them: unchanged, or for
+    ``scalar+objectives`` a vector per target (:data:`VECTOR_TARGETS`, cycled)."""
+    if mode != "scalar+objectives":
+        return list(targets)
+    return [VECTOR_TARGETS[i % len(VECTOR_TARGETS)] for i in range(len(targets))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,16 +387,17 @@ def teacher_forced_logits(policy, prompts, targets, continuation):
     return logits[:, -n - 1 : -1]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", CONDITIONED)
 def test_incremental_logits_equal_teacher_forced(base_dir, mode):
     torch.manual_seed(0)
     policy = make_policy(base_dir, mode)
+    targets = targets_for(mode)
     vocab = len(policy.tokenizer)
     continuation = torch.randint(0, vocab - 20, (len(PROMPTS), 6))
     with torch.no_grad():
-        full = teacher_forced_logits(policy, PROMPTS, TARGETS, continuation)
-        step = incremental_logits(policy, PROMPTS, TARGETS, continuation)
-        buggy = incremental_logits(policy, PROMPTS, TARGETS, continuation, buggy=True)
+        full = teacher_forced_logits(policy, PROMPTS, targets, continuation)
+        step = incremental_logits(policy, PROMPTS, targets, continuation)
+        buggy = incremental_logits(policy, PROMPTS, targets, continuation, buggy=True)
     assert (full - step).abs().max().item() < 1e-4
     # the check can fail: the defective position rule is far off
     assert (full - buggy).abs().max().item() > 1e-3
@@ -381,16 +405,23 @@ def test_incremental_logits_equal_teacher_forced(base_dir, mode):
     with torch.no_grad():
         for i in range(len(PROMPTS)):
             alone = teacher_forced_logits(
-                policy, PROMPTS[i : i + 1], TARGETS[i : i + 1], continuation[i : i + 1]
+                policy, PROMPTS[i : i + 1], targets[i : i + 1], continuation[i : i + 1]
             )
             assert (alone[0] - full[i]).abs().max().item() < 1e-4
+    if mode == "scalar+objectives":
+        # the check can fail: rows conditioned on each other's vectors (the second objective
+        # alone changed) give other logits
+        swapped = [(a, targets[(i + 1) % len(targets)][1]) for i, (a, _) in enumerate(targets)]
+        with torch.no_grad():
+            other = teacher_forced_logits(policy, PROMPTS, swapped, continuation)
+        assert (full - other).abs().max().item() > 1e-3
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", CONDITIONED)
 def test_sampled_logprobs_match_teacher_forced(base_dir, mode):
     policy = make_policy(base_dir, mode)
     prompts = PROMPTS * 4
-    targets = [-1.0, 0.0, 1.0, 0.5] * 3
+    targets = targets_for(mode, [-1.0, 0.0, 1.0, 0.5] * 3)
     gens = policy.generate(prompts, targets, max_new_tokens=8, temperature=1.0, seed=3)
     assert [g.prompt for g in gens] == prompts
     assert [g.target for g in gens] == targets

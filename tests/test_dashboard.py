@@ -25,6 +25,7 @@ from online_dt.config import DashboardConfig, OnlineRunConfig, ReplayBufferConfi
 from online_dt.dashboard import DashboardError, create_app, serve, start_for_run
 from online_dt.launch.rundir import RunDir
 from online_dt.replay.buffer import ReplayBuffer
+from online_dt.samples import Sample
 from tests.dashboard_run import ITERATIONS, evaluated_run, real_run, run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,6 +337,297 @@ def test_torn_line_is_read_once_complete_and_rewrites_reset(client, synthetic):
     with open(metrics, "a") as f:
         f.write("garbage\n" + json.dumps(metrics_record(3)) + "\n")
     assert [r["iteration"] for r in client.get("/api/metrics").json()["records"]] == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# several objectives
+# ---------------------------------------------------------------------------------------------
+
+OBJECTIVES = [
+    {"name": "sentiment", "low": -1.0, "high": 1.0},
+    {"name": "brevity", "low": -20.0, "high": 0.0},
+    {"name": "safety", "low": 0.0, "high": 1.0},
+]
+MO_ITERATIONS = 4
+MO_PER_ITERATION = 6
+
+
+def mo_reward(it: int, k: int, m: int) -> tuple[float, ...]:
+    """Sample ``k`` of iteration ``it``'s achieved reward vector (``m`` objectives): a spread
+    of trade-offs, some dominated, a few duplicated."""
+    sentiment = round(-0.9 + 0.07 * ((7 * it + 5 * k) % 27), 4)
+    brevity = float(-((3 * it + 11 * k) % 19) - 1)
+    safety = round(0.1 * ((it + 2 * k) % 9), 4)
+    return (sentiment, brevity, safety)[:m]
+
+
+def mo_target(it: int, m: int) -> tuple[float, ...]:
+    return (0.1 * it, -10.0 + it, 0.5)[:m]
+
+
+def make_multi_objective_run(root: Path, m: int = 2) -> Path:
+    """A run with ``m`` objectives: config, 4 metrics records (iteration 2 a skipped batch,
+    without achieved figures), samples with vector targets and rewards, and 24 buffer samples
+    with reward vectors in 8-sample shards."""
+    from online_dt.loop.records import objective_metrics
+
+    run = root / "mo-run"
+    run.mkdir(parents=True)
+    objectives = OBJECTIVES[:m]
+    names = [o["name"] for o in objectives]
+    cfg = OnlineRunConfig.model_validate(
+        {
+            "conditioning": {"objectives": objectives},
+            "schedule": {"kind": "pareto"},
+            "online": {"run_dir": str(run), "iterations": 10},
+        }
+    )
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    scalar = ("target", "achieved_mean", "achieved_median", "achieved_p10", "achieved_p90")
+    lines = []
+    for it in range(MO_ITERATIONS):
+        record = {k: v for k, v in metrics_record(it).items() if k not in scalar}
+        record.update(objectives=names, target=list(mo_target(it, m)))
+        if it != 2:  # iteration 2: the reward model failed, the batch was skipped
+            rewards = [mo_reward(it, k, m) for k in range(MO_PER_ITERATION)]
+            record.update(objective_metrics(names, [mo_target(it, m)] * len(rewards), rewards))
+        record.update(front_size=it + 1, front_hypervolume=0.5 * it)
+        lines.append(json.dumps(record))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    samples = [
+        {
+            "iteration": it,
+            "prompt": f"prompt {it}",
+            "completion": "text",
+            "target": list(mo_target(it, m)),
+            "achieved_reward": list(mo_reward(it, 0, m)),
+            "policy_version": it,
+        }
+        for it in range(MO_ITERATIONS)
+    ]
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    buf = ReplayBuffer(ReplayBufferConfig(shard_size=8), run / "buffer")
+    for it in range(MO_ITERATIONS):
+        buf.append(
+            [
+                Sample(
+                    prompt="p",
+                    completion="c",
+                    achieved_reward=mo_reward(it, k, m),
+                    target_reward=mo_target(it, m),
+                    policy_version=it,
+                    iteration=it,
+                    created_at=0.0,
+                    scored_at=0.0,
+                    completion_tokens=3,
+                )
+                for k in range(MO_PER_ITERATION)
+            ]
+        )
+    return run
+
+
+def dominates(q: list[float], p: list[float]) -> bool:
+    return all(a >= b for a, b in zip(q, p, strict=True)) and q != p
+
+
+def brute_front(points: list[list[float]]) -> list[list[float]]:
+    """The distinct non-dominated points, by pairwise comparison, sorted."""
+    return sorted({tuple(p) for p in points if not any(dominates(q, p) for q in points)})
+
+
+@pytest.fixture
+def mo_run(tmp_path):
+    return make_multi_objective_run(tmp_path)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_pareto_front_and_targets(tmp_path, m):
+    run = make_multi_objective_run(tmp_path, m)
+    client = TestClient(create_app(run))
+    data = client.get("/api/pareto").json()
+    assert data["objectives"] == OBJECTIVES[:m] and data["error"] is None
+    everything = [
+        list(mo_reward(it, k, m)) for it in range(MO_ITERATIONS) for k in range(MO_PER_ITERATION)
+    ]
+    assert data["samples"] == len(everything) and sorted(data["cloud"]) == sorted(everything)
+    front = data["front"]
+    # exactly the non-dominated vectors of the buffer, each once, by the first objective
+    assert [tuple(p) for p in front] == brute_front(everything)
+    assert data["front_total"] == len(front) and 2 <= len(front) < len(everything)
+    assert all(len(p) == m for p in front)
+    assert not any(dominates(q, p) for p in front for q in everything)
+    # each iteration's target vector; the skipped iteration has no achieved mean
+    assert [t["iteration"] for t in data["targets"]] == list(range(MO_ITERATIONS))
+    for t in data["targets"]:
+        assert t["target"] == pytest.approx(list(mo_target(t["iteration"], m)))
+    assert data["targets"][2]["achieved"] is None
+    achieved = [mo_reward(1, k, m) for k in range(MO_PER_ITERATION)]
+    assert data["targets"][1]["achieved"] == pytest.approx(
+        [sum(col) / len(col) for col in zip(*achieved, strict=True)]
+    )
+    assert data["hypervolume"] == [
+        {"iteration": it, "front_size": it + 1, "front_hypervolume": 0.5 * it}
+        for it in range(MO_ITERATIONS)
+    ]
+
+
+def test_pareto_cloud_is_thinned_and_capped(mo_run):
+    client = TestClient(create_app(mo_run))
+    data = client.get("/api/pareto?cloud=5").json()
+    assert len(data["cloud"]) == 5 and data["samples"] == MO_ITERATIONS * MO_PER_ITERATION
+    # an even thinning in id order, first and last kept
+    assert data["cloud"][0] == list(mo_reward(0, 0, 2))
+    assert data["cloud"][-1] == list(mo_reward(MO_ITERATIONS - 1, MO_PER_ITERATION - 1, 2))
+    assert client.get("/api/pareto?cloud=0").json()["cloud"] == []
+    assert len(client.get("/api/pareto?cloud=1").json()["cloud"]) == 1
+    for bad in ("cloud=-1", "cloud=5001", "cloud=abc"):
+        assert client.get(f"/api/pareto?{bad}").status_code == 422, bad
+
+
+def test_pareto_of_a_large_buffer_sends_a_capped_front(tmp_path):
+    """20,000 samples, all on the front: the answer carries at most MAX_FRONT_POINTS of them
+    (the two ends kept) and the requested cloud, and the front is computed once."""
+    from online_dt.dashboard import reader as reader_module
+
+    run = tmp_path / "big"
+    run.mkdir()
+    n = 20_000
+    buf = ReplayBuffer(ReplayBufferConfig(capacity=n, shard_size=4096), run / "buffer")
+    buf.append(
+        [Sample("p", "c", (i / n, -i / n), (0.0, 0.0), 0, i // 1000, 0.0, 0.0, 1) for i in range(n)]
+    )
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"iteration": 0, "objectives": ["a", "b"], "target": [0.5, -0.5]}) + "\n"
+    )
+    reader = reader_module.RunReader(run)
+    data = reader.pareto(cloud=300)
+    assert data["objectives"] == [
+        {"name": "a", "low": None, "high": None},
+        {"name": "b", "low": None, "high": None},
+    ]
+    assert data["front_total"] == n and data["samples"] == n
+    front = data["front"]
+    assert len(front) == reader_module.MAX_FRONT_POINTS and len(data["cloud"]) == 300
+    assert front[0] == [0.0, 0.0] and front[-1] == [(n - 1) / n, -(n - 1) / n]
+    assert front == sorted(front)
+    assert len(json.dumps(data)) < 200_000
+
+
+def test_pareto_front_is_cached_until_the_buffer_changes(mo_run, monkeypatch):
+    from online_dt.dashboard import reader as reader_module
+    from online_dt.util.pareto import pareto_front
+
+    calls = []
+
+    def counted(points):
+        calls.append(len(points))
+        return pareto_front(points)
+
+    monkeypatch.setattr(reader_module, "pareto_front", counted)
+    client = TestClient(create_app(mo_run))
+    first = client.get("/api/pareto").json()
+    assert client.get("/api/pareto").json() == first and calls == [24]
+    # the writer appends a sample that dominates everything: the front is that one point
+    buf = ReplayBuffer.load(ReplayBufferConfig(shard_size=8), mo_run / "buffer")
+    buf.append([Sample("p", "c", (2.0, 1.0), (0.0, 0.0), 5, 4, 0.0, 0.0, 1)])
+    data = client.get("/api/pareto").json()
+    assert calls == [24, 25] and data["front"] == [[2.0, 1.0]] and data["front_total"] == 1
+
+
+def test_pareto_of_a_run_with_one_reward_or_none(client, tmp_path):
+    data = client.get("/api/pareto").json()  # the scalar synthetic run: nothing to draw
+    assert data["objectives"] == [] and data["front"] == [] and data["cloud"] == []
+    assert data["targets"] == [] and data["hypervolume"] == [] and data["error"] is None
+    empty = TestClient(create_app(tmp_path / "not-yet")).get("/api/pareto").json()
+    assert empty["objectives"] == [] and empty["front"] == [] and empty["samples"] == 0
+
+
+def test_pareto_without_a_buffer_or_config(mo_run):
+    """Before the first append, and without config.yaml: names from the metrics, targets,
+    no front; a buffer shard that cannot be read is reported."""
+    shutil.rmtree(mo_run / "buffer")
+    (mo_run / "config.yaml").unlink()
+    client = TestClient(create_app(mo_run))
+    data = client.get("/api/pareto").json()
+    assert [o["name"] for o in data["objectives"]] == ["sentiment", "brevity"]
+    assert data["objectives"][0]["low"] is None
+    assert data["front"] == [] and data["samples"] == 0 and len(data["targets"]) == MO_ITERATIONS
+    (mo_run / "buffer").mkdir()
+    (mo_run / "buffer" / "shard-000000000000-000000000003.parquet").write_bytes(b"not parquet")
+    data = client.get("/api/pareto").json()
+    assert data["front"] == [] and "cannot be read" in data["error"]
+
+
+def test_existing_endpoints_on_a_multi_objective_run(mo_run):
+    client = TestClient(create_app(mo_run, recent_samples=2))
+    records = client.get("/api/metrics").json()["records"]
+    assert [r["iteration"] for r in records] == list(range(MO_ITERATIONS))
+    assert records[1]["target"] == pytest.approx([0.1, -9.0])
+
+    st = client.get("/api/status").json()
+    assert st["objectives"] == ["sentiment", "brevity"] and st["iteration"] == MO_ITERATIONS - 1
+    assert st["target"] == pytest.approx(list(mo_target(MO_ITERATIONS - 1, 2)))
+    assert len(st["achieved_mean"]) == 2 and st["front_size"] == MO_ITERATIONS
+    assert st["errors_count"] == 0
+
+    samples = client.get("/api/samples").json()["records"]
+    assert [s["iteration"] for s in samples] == [3, 2]
+    assert samples[0]["achieved_reward"] == list(mo_reward(3, 0, 2))
+
+    # the histogram is the first objective's (the buffer's scalar column)
+    hist = client.get("/api/buffer?bins=5").json()
+    first = [mo_reward(it, k, 2)[0] for it in range(MO_ITERATIONS) for k in range(6)]
+    assert hist["total"] == 24 and hist["best"] == pytest.approx(max(first))
+    assert hist["error"] is None and sum(hist["current"]) == 24
+
+    # the reward-vs-KL plane needs one reward: no iterations, and it says why
+    plane = client.get("/api/klplane").json()
+    assert plane["objectives"] == ["sentiment", "brevity"] and plane["iterations"] == []
+    assert client.get("/api/config").json()["config"]["conditioning"]["objectives"][1] == {
+        "name": "brevity",
+        "low": -20.0,
+        "high": 0.0,
+    }
+    assert client.get("/api/eval").json()["report"] is None
+    for path in ("/api/settings", "/api/buffer?iteration=1", "/api/pareto", "/"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_scalar_status_has_no_objectives(client):
+    st = client.get("/api/status").json()
+    assert st["objectives"] is None and st["front_size"] is None
+    assert client.get("/api/klplane").json()["objectives"] is None
+
+
+def test_vector_columns_with_nulls_and_short_rows():
+    import numpy as np
+    import pyarrow as pa
+
+    from online_dt.dashboard.reader import _stack_vectors, _vector_rows
+
+    column = pa.chunked_array([[[1.0, 2.0], None], [[3.0], [4.0, None]]])
+    rows = _vector_rows(column)
+    assert rows.shape == (4, 2)
+    assert np.array_equal(
+        rows, [[1.0, 2.0], [np.nan, np.nan], [3.0, np.nan], [4.0, np.nan]], equal_nan=True
+    )
+    assert _vector_rows(pa.chunked_array([[None, None]], type=pa.list_(pa.float64()))) is None
+    regular = _vector_rows(pa.chunked_array([[[1.0, 2.0]], [[3.0, 4.0]]]))
+    assert regular.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    # a shard without vectors (one reward) before one with: its rows are NaN
+    stacked = _stack_vectors([None, regular], [3, 2])
+    assert stacked.shape == (5, 2) and np.isnan(stacked[:3]).all()
+    assert stacked[3:].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert _stack_vectors([None, None], [2, 2]) is None
+
+
+def test_page_has_the_pareto_panel(client):
+    page = client.get("/").text
+    assert 'id="panel-pareto" hidden' in page  # shown by the page for several objectives only
+    assert 'id="chart-pareto"' in page and 'id="chart-hypervolume"' in page
+    js = client.get("/static/app.js").text
+    assert "/api/pareto?cloud=" in js
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,16 +30,30 @@ from online_dt.rollout.weight_sync import (
 )
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer
-from tests.tiny import build_tiny_model, randomize_rbf_weights
+from tests.tiny import build_tiny_model, randomize_objective_weights, randomize_rbf_weights
 
 PROMPTS = ["the movie was", "honestly the game is fun and", "i", "this hotel is awful, dirty"]
 TARGETS = [0.9, -0.5, 0.1, -1.0]
+OBJECTIVES = [
+    {"name": "sentiment", "low": -1.0, "high": 1.0},
+    {"name": "brevity", "low": -20.0, "high": 0.0},
+]
+"""The two objectives of the ``scalar+objectives`` variant."""
+VECTOR_TARGETS = [(0.9, -15.0), (-0.5, -2.0), (0.1, -8.0), (-1.0, 0.0)]
+"""One target vector per prompt of :data:`PROMPTS` for ``scalar+objectives``."""
 TOLERANCE = 1e-3
 
 
+def targets_for(mode):
+    """The targets a variant is sampled at: :data:`VECTOR_TARGETS` for ``scalar+objectives``,
+    else :data:`TARGETS`."""
+    return VECTOR_TARGETS if mode == "scalar+objectives" else TARGETS
+
+
 def make_policy(tmp_path, arch, mode):
-    """``mode``: scalar, token, scalar+prompt (scalar with ``reward_on_prompt``) or scalar+rbf
-    (``reward_features: rbf``, its radial-basis weights moved off zero)."""
+    """``mode``: scalar, token, scalar+prompt (scalar with ``reward_on_prompt``), scalar+rbf
+    (``reward_features: rbf``, its radial-basis weights moved off zero) or scalar+objectives
+    (two objectives, every head column moved off its start)."""
     base = build_tiny_model(tmp_path / f"base-{arch}", arch)
     cfg = ConditioningConfig(
         mode=mode.split("+")[0],
@@ -47,10 +61,13 @@ def make_policy(tmp_path, arch, mode):
         num_reward_tokens=4,
         reward_on_prompt=mode == "scalar+prompt",
         reward_features="rbf" if mode == "scalar+rbf" else "linear",
+        objectives=OBJECTIVES if mode == "scalar+objectives" else [],
     )
     policy = RewardConditionedPolicy.from_base(base, cfg, attn_implementation="eager").eval()
     if mode == "scalar+rbf":
         randomize_rbf_weights(policy)
+    if mode == "scalar+objectives":
+        randomize_objective_weights(policy)
     return policy
 
 
@@ -65,9 +82,9 @@ def max_logprob_gap(policy, rollouts):
     )
 
 
-def train_a_little(policy):
+def train_a_little(policy, targets=TARGETS):
     records = [
-        Sample(p, " the acting was great and fun", t) for p, t in zip(PROMPTS, TARGETS, strict=True)
+        Sample(p, " the acting was great and fun", t) for p, t in zip(PROMPTS, targets, strict=True)
     ]
     trainer = ConditionedTrainer(policy, TrainingConfig(lr=1e-2, batch_size=4, seed=0))
     trainer.fit(records, 5, progress=False)
@@ -165,31 +182,38 @@ def test_backend_choice(vllm_import):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("arch", "mode"),
-    [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar+prompt"), ("gpt2", "scalar+rbf")],
+    [
+        ("gpt2", "scalar"),
+        ("gpt2", "token"),
+        ("llama", "scalar+prompt"),
+        ("gpt2", "scalar+rbf"),
+        ("gpt2", "scalar+objectives"),
+    ],
 )
 def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
     from online_dt.rollout.vllm_sampler import VLLMSampler
 
     policy = make_policy(tmp_path, arch, mode)
+    targets = targets_for(mode)
     publisher = CheckpointPublisher(tmp_path / "weights")
     first = publisher.publish(policy, 0)
     sampler = VLLMSampler(first.path, SamplerConfig(kv_cache_memory_gb=0.05), policy_version=0)
     try:
         params = SamplingParams(n=2, max_new_tokens=10, seed=7)
-        out = sampler.generate(PROMPTS, TARGETS, params)
+        out = sampler.generate(PROMPTS, targets, params)
         assert len(out) == 2 * len(PROMPTS)
         assert [r.prompt_index for r in out] == [0, 0, 1, 1, 2, 2, 3, 3]
         assert all(r.policy_version == 0 for r in out)
         assert not {t for r in out for t in r.token_ids} & set(policy.reward_token_ids)
         assert max_logprob_gap(policy, out) < TOLERANCE
         # seeded sampling is reproducible
-        again = sampler.generate(PROMPTS, TARGETS, params)
+        again = sampler.generate(PROMPTS, targets, params)
         assert [r.token_ids for r in again] == [r.token_ids for r in out]
 
         old = copy.deepcopy(policy)
-        train_a_little(policy)
+        train_a_little(policy, targets)
         sampler.load_weights(publisher.publish(policy, 1))
-        after = sampler.generate(PROMPTS, TARGETS, params)
+        after = sampler.generate(PROMPTS, targets, params)
         assert all(r.policy_version == 1 for r in after)
         assert max_logprob_gap(policy, after) < TOLERANCE
         # the test can tell: the same samples are far from the old weights' logprobs

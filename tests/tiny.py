@@ -94,3 +94,13 @@ def randomize_rbf_weights(policy: RewardConditionedPolicy) -> None:
         weight = policy.conditioner.head.weight
         noise = torch.randn(weight[:, 1:].shape, generator=torch.Generator().manual_seed(6))
         weight[:, 1:] = noise * weight[:, :1].abs().mean() * 4
+
+
+def randomize_objective_weights(policy: RewardConditionedPolicy) -> None:
+    """Move a policy with ``conditioning.objectives`` off its initial head, where only the
+    first objective's column is non-zero: every column gets random weights at a few times the
+    first column's scale, so that each objective changes the slot (and differently)."""
+    with torch.no_grad():
+        weight = policy.conditioner.head.weight
+        noise = torch.randn(weight.shape, generator=torch.Generator().manual_seed(7))
+        weight.copy_(noise * weight[:, :1].abs().mean() * 4)

@@ -15,6 +15,9 @@ Routes (all ``GET`` but the login form's ``POST``; anything else is 404 or 405):
 * ``/api/klplane`` the reward-vs-KL plane: each iteration's achieved mean reward against its KL
   to the base (nats per completion), the latest evaluation's targets, and the base model's own
   binned reference (:meth:`~online_dt.dashboard.reader.RunReader.kl_plane`);
+* ``/api/pareto?cloud=N`` a run with several objectives: the replay buffer's empirical Pareto
+  front, N of its reward vectors (evenly thinned), each iteration's target vector and the
+  front's hypervolume per iteration (:meth:`~online_dt.dashboard.reader.RunReader.pareto`);
 * ``/login`` (only with a token) the login form, and its ``POST``.
 
 With a token (``create_app(..., token=...)``), the middleware answers every request without it,
@@ -40,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from online_dt.dashboard.auth import LOGIN_PATH, TokenAuth, login_page
-from online_dt.dashboard.reader import MAX_SAMPLES_KEPT, RunReader
+from online_dt.dashboard.reader import MAX_CLOUD_POINTS, MAX_SAMPLES_KEPT, RunReader
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The packaged page and its assets (``index.html``, ``app.js``, ``style.css``, ``vendor/``)."""
@@ -186,6 +189,10 @@ def create_app(
     @app.get("/api/klplane")
     def kl_plane() -> dict[str, Any]:
         return reader.kl_plane()
+
+    @app.get("/api/pareto")
+    def pareto(cloud: int = Query(1_000, ge=0, le=MAX_CLOUD_POINTS)) -> dict[str, Any]:
+        return reader.pareto(cloud)
 
     @app.get("/api/eval/plot.png")
     def eval_plot(v: str | None = Query(None, max_length=64)) -> FileResponse:

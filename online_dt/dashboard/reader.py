@@ -14,6 +14,11 @@ file: the learner and the controller never wait for the dashboard.
   (name, size, mtime); a read that meets a shard being replaced by the writer is retried, and a
   gap or an unreadable shard is reported with what comes before it.
 * Non-finite floats (NaN, inf) become ``None`` so that every answer is valid JSON.
+
+A run with several objectives (``conditioning.objectives``) logs its targets and achieved
+rewards as vectors (one float per objective, in the config's order); :meth:`RunReader.pareto`
+gives its buffer's empirical Pareto front, a thinned cloud of the buffer's reward vectors and
+the target vector of every iteration, each capped so that a large buffer stays cheap to send.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from online_dt.eval.reference import MIN_BIN_COUNT
 from online_dt.launch.rundir import (
@@ -46,6 +53,7 @@ from online_dt.launch.rundir import (
 from online_dt.launch.rundir import finite_or_none as finite
 from online_dt.replay.schema import BufferCorruptError
 from online_dt.replay.shards import list_shards, plan_coverage, read_shard, read_while_writing
+from online_dt.util.pareto import pareto_front
 
 _EVAL_TABLE = f"{EVAL_DIR}/{EVAL_TABLE_FILE}"
 _EVAL_PLOT = f"{EVAL_DIR}/{EVAL_PLOT_FILE}"
@@ -57,7 +65,14 @@ MAX_SAMPLES_KEPT = 10_000
 MAX_JSON_FILE_BYTES = 8 * 1024 * 1024
 """Larger config, evaluation or rejected-batch files are not parsed (reported as too large)."""
 
-_BUFFER_COLUMNS = ["sample_id", "achieved_reward", "iteration"]
+MAX_FRONT_POINTS = 2_000
+"""Most Pareto-front points :meth:`RunReader.pareto` sends (more are thinned evenly)."""
+
+MAX_CLOUD_POINTS = 5_000
+"""Largest ``cloud`` :meth:`RunReader.pareto` accepts: buffer reward vectors sent besides the
+front (an even thinning of all of them)."""
+
+_BUFFER_COLUMNS = ["sample_id", "achieved_reward", "iteration", "achieved_rewards"]
 _REWRITE_PAUSE_S = 0.05  # between attempts to read shards a writer is replacing
 
 
@@ -145,6 +160,27 @@ class JsonlTail:
                 self._records.append(finite(record))
 
 
+class _Buffer(NamedTuple):
+    """The persisted samples' columns the dashboard uses (see :meth:`RunReader.buffer_rewards`
+    and :meth:`RunReader.buffer_vectors`)."""
+
+    rewards: np.ndarray
+    """float64 ``[N]``: ``achieved_reward`` (with several objectives, the first one's)."""
+    iterations: np.ndarray
+    """int64 ``[N]``: the iteration that appended each sample (-1: the warm start)."""
+    vectors: np.ndarray | None
+    """float64 ``[N, M]``: ``achieved_rewards`` (NaN where a row has none), or ``None`` when no
+    sample has a reward vector (a one-reward run)."""
+    error: str | None
+    """Why the shards are incomplete or unreadable (what was read is still given)."""
+    state: tuple[Any, ...]
+    """Identifies the shards (and rows) read: equal states hold equal samples."""
+
+
+def _empty_buffer(error: str | None = None) -> _Buffer:
+    return _Buffer(np.zeros(0), np.zeros(0, dtype=np.int64), None, error, ())
+
+
 class RunReader:
     """Everything the dashboard shows, read from one run directory.
 
@@ -156,8 +192,11 @@ class RunReader:
         self.root = Path(run_dir).resolve()
         self._metrics = JsonlTail(self.root / METRICS_FILE)
         self._samples = JsonlTail(self.root / SAMPLES_FILE, keep=MAX_SAMPLES_KEPT)
-        self._shard_cache: dict[str, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
+        self._shard_cache: dict[
+            str, tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray | None]
+        ] = {}
         self._buffer_lock = threading.Lock()
+        self._front_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
 
     # -- path safety -----------------------------------------------------------------------------
 
@@ -258,7 +297,9 @@ class RunReader:
     def status(self) -> dict[str, Any]:
         """Run status: the last iteration's figures, progress, state, latest checkpoint,
         whether an evaluation exists, and errors (rejected batches, ``errors`` lists in the
-        metrics records)."""
+        metrics records). With several objectives, ``target`` and ``achieved_mean`` are
+        vectors, ``objectives`` their names (else ``None``), and ``front_size`` and
+        ``front_hypervolume`` the last iteration's figures of the buffer's front."""
         metrics = self.metrics()["records"]
         cfg = self.config()
         total = _int(((cfg["config"] or {}).get("online") or {}).get("iterations"), None)
@@ -294,6 +335,9 @@ class RunReader:
             "buffer_size": last.get("buffer_size"),
             "target": last.get("target"),
             "achieved_mean": last.get("achieved_mean"),
+            "objectives": _names(last.get("objectives")),
+            "front_size": last.get("front_size"),
+            "front_hypervolume": last.get("front_hypervolume"),
             "updated_at": updated,
             "checkpoint": checkpoint,
             "eval_available": self.file(_EVAL_TABLE) is not None,
@@ -337,7 +381,10 @@ class RunReader:
             nats per completion: the least KL to the base of a policy whose samples all land in
             the bin; ``reward_mean`` the bin's mean reward), by centre;
             ``generation`` (of ``metrics.jsonl``, as :meth:`metrics`) and ``error`` (the
-            evaluation report's, as :meth:`evaluation`).
+            evaluation report's, as :meth:`evaluation`); ``objectives``: the objectives' names
+            of a run with several (its newest record's), else ``None``. The plane needs one
+            reward: a run with several has no ``iterations`` here (their ``achieved_mean`` is
+            a vector), and its evaluation rows with vector targets are left out too.
         """
         records, generation = self._metrics.read(self.file(METRICS_FILE))
         iterations = [
@@ -348,6 +395,7 @@ class RunReader:
         found = self.evaluation()
         report = found["report"]
         return {
+            "objectives": _names(records[-1].get("objectives")) if records else None,
             "iterations": iterations,
             "eval": _eval_points(report) if report is not None else None,
             "reference": _reference_points(report) if report is not None else None,
@@ -364,10 +412,24 @@ class RunReader:
     def buffer_rewards(self) -> tuple[np.ndarray, np.ndarray, str | None]:
         """Achieved reward and iteration of every persisted sample, in id order, and an error
         message when the shards are incomplete or unreadable (then what was read is returned).
+        With several objectives the reward is the first objective's (the vectors:
+        :meth:`buffer_vectors`).
         """
+        found = self._buffer()
+        return found.rewards, found.iterations, found.error
+
+    def buffer_vectors(self) -> tuple[np.ndarray | None, np.ndarray, str | None]:
+        """Achieved reward vectors (float64 ``[N, M]``, reward units, NaN where a sample has
+        none) and iteration of every persisted sample, in id order, and an error message as
+        :meth:`buffer_rewards`; the vectors are ``None`` when no sample has one (a run with a
+        single reward)."""
+        found = self._buffer()
+        return found.vectors, found.iterations, found.error
+
+    def _buffer(self) -> _Buffer:
         folder = self.file(BUFFER_DIR, directory=True)
         if folder is None:
-            return np.zeros(0), np.zeros(0, dtype=np.int64), None
+            return _empty_buffer()
         with self._buffer_lock:
             try:
                 return read_while_writing(
@@ -376,13 +438,13 @@ class RunReader:
                     pause_s=_REWRITE_PAUSE_S,
                 )
             except FileNotFoundError:  # the writer kept replacing the open shard
-                return np.zeros(0), np.zeros(0, dtype=np.int64), "the buffer is being rewritten"
+                return _empty_buffer("the buffer is being rewritten")
 
-    def _read_buffer(self, folder: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    def _read_buffer(self, folder: Path) -> _Buffer:
         try:
             found = list_shards(folder)
         except BufferCorruptError as e:
-            return np.zeros(0), np.zeros(0, dtype=np.int64), str(e)
+            return _empty_buffer(str(e))
         # a shard resolving outside the run directory (a symlink pointing out) counts as absent
         coverage = plan_coverage(
             [s for s in found if self.file(f"{BUFFER_DIR}/{s.path.name}") is not None]
@@ -391,7 +453,8 @@ class RunReader:
         if coverage.missing is not None:
             lo, hi = coverage.missing
             error = f"samples {lo}..{hi} are missing from the buffer"
-        rewards, iterations, seen = [], [], set()
+        rewards, iterations, vectors, state = [], [], [], []
+        seen = set()
         for shard, take_from in coverage.used:
             name = shard.path.name
             st = os.stat(shard.path)
@@ -407,17 +470,141 @@ class RunReader:
                     key,
                     table.column("achieved_reward").to_numpy().astype(np.float64),
                     table.column("iteration").to_numpy().astype(np.int64),
+                    _vector_rows(table.column("achieved_rewards")),
                 )
                 self._shard_cache[name] = cached
             seen.add(name)
             skip = take_from - shard.first
             rewards.append(cached[1][skip:])
             iterations.append(cached[2][skip:])
+            vectors.append(cached[3][skip:] if cached[3] is not None else None)
+            state.append((name, key, skip))
         for name in set(self._shard_cache) - seen:
             del self._shard_cache[name]
         if not rewards:
-            return np.zeros(0), np.zeros(0, dtype=np.int64), error
-        return np.concatenate(rewards), np.concatenate(iterations), error
+            return _empty_buffer(error)
+        return _Buffer(
+            np.concatenate(rewards),
+            np.concatenate(iterations),
+            _stack_vectors(vectors, [len(r) for r in rewards]),
+            error,
+            tuple(state),
+        )
+
+    # -- several objectives ------------------------------------------------------------------------
+
+    def objectives(self, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The run's objectives, in the order of its reward vectors: ``{name, low, high}`` (the
+        range in reward units) from ``conditioning.objectives`` of ``config.yaml``; without
+        them in a readable config, the names in the newest metrics record's ``objectives``
+        (``low`` and ``high`` then ``None``). ``[]`` for a run with a single reward.
+
+        Args:
+            records: the metrics records, when the caller has read them already.
+        """
+        config = self.config()["config"] or {}
+        conditioning = config.get("conditioning")
+        listed = conditioning.get("objectives") if isinstance(conditioning, dict) else None
+        if isinstance(listed, list) and listed:
+            return [
+                {
+                    "name": str(o.get("name", f"objective {m + 1}")),
+                    "low": _number(o.get("low")),
+                    "high": _number(o.get("high")),
+                }
+                for m, o in enumerate(x if isinstance(x, dict) else {} for x in listed)
+            ]
+        if records is None:
+            records = self.metrics()["records"]
+        for record in reversed(records):
+            names = record.get("objectives")
+            if isinstance(names, list) and names:
+                return [{"name": str(n), "low": None, "high": None} for n in names]
+        return []
+
+    def pareto(self, cloud: int = 1_000) -> dict[str, Any]:
+        """The trade-off between the objectives of a run with several of them: the replay
+        buffer's empirical Pareto front, a thinned cloud of its reward vectors, and the target
+        vector and front figures of every iteration.
+
+        The front and the cloud come from the ``achieved_rewards`` of every *persisted* sample
+        (the shards keep every appended sample, also those evicted from the held set); the
+        front is computed with :func:`online_dt.util.pareto.pareto_front` (higher is better in
+        every objective) and cached until the shards change. The metrics' ``front_size`` and
+        ``front_hypervolume`` are the learner's, over the samples it *holds*.
+
+        Args:
+            cloud: send at most this many reward vectors besides the front (``0`` ..
+                :data:`MAX_CLOUD_POINTS`), an even thinning of all of them in id order.
+
+        Returns:
+            ``objectives`` (:meth:`objectives`; ``[]`` for a run with a single reward, and
+            then the buffer is not read); ``front``, the front's vectors (reward units,
+            duplicates merged), sorted by the first objective, at most
+            :data:`MAX_FRONT_POINTS` of them (evenly thinned beyond, the two ends kept), and
+            ``front_total``, its size before thinning; ``cloud``, the thinned reward vectors;
+            ``samples``, how many persisted samples have a finite reward vector; ``targets``,
+            one ``{iteration, target, achieved}`` per metrics record with a target vector:
+            the mean target of the iteration's samples and their mean achieved reward
+            (``None`` for a skipped batch); ``hypervolume``, one ``{iteration, front_size,
+            front_hypervolume}`` per record with a hypervolume (normalised units: every
+            objective's ``[low, high]`` maps to ``[-1, 1]``, reference point at the lows);
+            ``generation`` (of ``metrics.jsonl``, as :meth:`metrics`) and ``error`` (the
+            buffer's, as :meth:`buffer_rewards`).
+        """
+        cloud = max(0, min(int(cloud), MAX_CLOUD_POINTS))
+        records, generation = self._metrics.read(self.file(METRICS_FILE))
+        objectives = self.objectives(records)
+        answer: dict[str, Any] = {
+            "objectives": objectives,
+            "front": [],
+            "front_total": 0,
+            "cloud": [],
+            "samples": 0,
+            "targets": [],
+            "hypervolume": [],
+            "generation": generation,
+            "error": None,
+        }
+        if not objectives:
+            return answer
+        names = [o["name"] for o in objectives]
+        for r in records:
+            target = _reward_vector(r.get("target"), r, names, "target_{}")
+            if target is not None:
+                answer["targets"].append(
+                    {
+                        "iteration": r.get("iteration"),
+                        "target": target,
+                        "achieved": _reward_vector(
+                            r.get("achieved_mean"), r, names, "achieved_{}_mean"
+                        ),
+                    }
+                )
+            if _number(r.get("front_hypervolume")) is not None:
+                answer["hypervolume"].append(
+                    {k: r.get(k) for k in ("iteration", "front_size", "front_hypervolume")}
+                )
+        found = self._buffer()
+        answer["error"] = found.error
+        if found.vectors is None:
+            return answer
+        points = found.vectors[np.isfinite(found.vectors).all(axis=1)]
+        front = self._front(points, found.state)
+        answer["front_total"] = len(front)
+        answer["front"] = front[_thin(len(front), MAX_FRONT_POINTS)].tolist()
+        answer["cloud"] = points[_thin(len(points), cloud)].tolist()
+        answer["samples"] = len(points)
+        return finite(answer)
+
+    def _front(self, points: np.ndarray, state: tuple[Any, ...]) -> np.ndarray:
+        """:func:`pareto_front` of ``points``, reused while the buffer's ``state`` holds."""
+        cached = self._front_cache
+        if cached is not None and cached[0] == state and state:
+            return cached[1]
+        front = pareto_front(points) if len(points) else points
+        self._front_cache = (state, front)
+        return front
 
     def buffer_histogram(self, iteration: int | None = None, bins: int = 30) -> dict[str, Any]:
         """Histogram of the achieved rewards of the persisted replay-buffer samples.
@@ -510,6 +697,77 @@ def config_summary(cfg: dict[str, Any]) -> dict[str, Any]:
         "learning rate": get("training", "lr"),
     }
     return {k: finite(v) for k, v in items.items() if v is not None}
+
+
+def _vector_rows(column: pa.ChunkedArray) -> np.ndarray | None:
+    """A list column of a shard (``achieved_rewards``) as float64 ``[n, M]``, ``M`` its longest
+    row; a null row, a shorter row's missing values and null values are NaN. ``None`` when no
+    row has a value (a run with a single reward)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(array)
+    if n == 0 or array.null_count == n:
+        return None
+    lengths = pc.list_value_length(array).fill_null(0).to_numpy(zero_copy_only=False)
+    width = int(lengths.max())
+    if width == 0:
+        return None
+    if array.null_count == 0 and bool((lengths == width).all()):
+        flat = pc.list_flatten(array).to_numpy(zero_copy_only=False)  # null values: NaN
+        return np.asarray(flat, dtype=np.float64).reshape(n, width)
+    out = np.full((n, width), np.nan)
+    for i, row in enumerate(array.to_pylist()):
+        for m, value in enumerate(row or []):
+            if value is not None:
+                out[i, m] = value
+    return out
+
+
+def _stack_vectors(parts: list[np.ndarray | None], sizes: list[int]) -> np.ndarray | None:
+    """The shards' reward vectors stacked in id order (:func:`_vector_rows` of each, ``sizes``
+    their rows): ``None`` when no shard has any; rows of a shard without vectors, and the
+    missing columns of narrower ones, are NaN."""
+    width = max((p.shape[1] for p in parts if p is not None), default=0)
+    if width == 0:
+        return None
+    rows = []
+    for part, size in zip(parts, sizes, strict=True):
+        block = np.full((size, width), np.nan)
+        if part is not None:
+            block[:, : part.shape[1]] = part
+        rows.append(block)
+    return np.concatenate(rows)
+
+
+def _thin(count: int, most: int) -> np.ndarray:
+    """Indices of ``min(count, most)`` of ``count`` items, evenly spread (the first and the last
+    among them when ``most >= 2``)."""
+    if count <= most:
+        return np.arange(count)
+    if most <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if most == 1:
+        return np.zeros(1, dtype=np.int64)
+    return np.unique(np.linspace(0, count - 1, most).round().astype(np.int64))
+
+
+def _reward_vector(
+    value: Any, record: dict[str, Any], names: list[str], per_objective: str
+) -> list[float | None] | None:
+    """A reward vector of a metrics record: ``value`` when it is a list of ``len(names)``
+    numbers (or nulls), else the per-objective keys (``per_objective`` formatted with each
+    name) when at least one of them is a number; otherwise ``None``."""
+    if isinstance(value, list) and len(value) == len(names):
+        vector = [_number(v) for v in value]
+    else:
+        vector = [_number(record.get(per_objective.format(n))) for n in names]
+    return vector if any(v is not None for v in vector) else None
+
+
+def _names(value: Any) -> list[str] | None:
+    """A record's ``objectives`` (a non-empty list of names) as strings, else ``None``."""
+    if isinstance(value, list) and value:
+        return [str(v) for v in value]
+    return None
 
 
 def _int(value: Any, default: Any) -> Any:

@@ -77,8 +77,8 @@ def front_targets(
             f"schedule state was produced with seed {state.seed}, config has seed {cfg.seed}"
         )
     m = len(objectives)
-    points = np.asarray(rewards, dtype=np.float64).reshape(-1, m) if len(rewards) else None
-    if points is not None and points.shape[1] != m:
+    points = np.asarray(rewards, dtype=np.float64) if len(rewards) else None
+    if points is not None and (points.ndim != 2 or points.shape[1] != m):
         raise ValueError(f"rewards must be [N, {m}], got {np.shape(rewards)}")
     i = state.iteration
     after = ScheduleState(iteration=i + 1, previous_target=None, seed=cfg.seed)

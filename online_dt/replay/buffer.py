@@ -65,7 +65,9 @@ from online_dt.replay import shards
 from online_dt.replay.eviction import Evictor
 from online_dt.replay.schema import (
     FORMAT_VERSION,
+    check_reward_width,
     coerce_samples,
+    reward_width,
     sample_from_row,
     samples_table,
     shard_name,
@@ -171,7 +173,9 @@ class ReplayBuffer:
             ValueError: a float field (``achieved_reward`` first of all) is NaN or infinite;
                 the message names each offending sample by index and prompt.
             TypeError: a sample is not a ``Sample``/dict, misses or adds fields (including
-                ``sample_id``), or has a value of the wrong type.
+                ``sample_id``), or has a value of the wrong type; or the rewards are not all
+                of one shape (one float each, or vectors of one length), the shape of the
+                rewards the buffer holds.
             RuntimeError: the buffer was loaded with ``upto_sample_id`` while later samples are
                 persisted (call :meth:`drop_after` first), or an earlier failed append could
                 not be rolled back (reload the buffer).
@@ -183,6 +187,8 @@ class ReplayBuffer:
         rows = coerce_samples(samples)
         if not rows:
             return []
+        if self._held:  # every reward of a buffer has one shape: rewards() stacks them
+            check_reward_width(rows, reward_width(next(iter(self._held.values())).achieved_reward))
         first = self._next_id
         new = [Sample(sample_id=first + i, **row) for i, row in enumerate(rows)]
         if self.root is not None:

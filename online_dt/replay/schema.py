@@ -120,7 +120,8 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
             misses or adds fields (only ``log_importance_weight`` may be left out), or a value
             has the wrong type (``achieved_reward`` and ``target_reward`` may be tuples of
             floats, of one length), is ``None`` (outside ``log_importance_weight``) or (for
-            ``completion_tokens``) is negative.
+            ``completion_tokens``) is negative; or the batch mixes reward shapes (floats and
+            vectors, or vectors of different lengths).
         ValueError: a float field (or an element of a vector) is NaN or infinite;
             ``achieved_reward`` is listed first.
     """
@@ -187,6 +188,10 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
         if lengths and (len(lengths) > 1 or not all(isinstance(v, tuple) for v in vectors)):
             problems.append(f"#{i}: achieved_reward and target_reward have different lengths")
         rows.append(row)
+    widths = {reward_width(row["achieved_reward"]) for row in rows if "achieved_reward" in row}
+    if not problems and len(widths) > 1:  # a batch of one reward shape (as rewards() needs)
+        shown = ", ".join(_width_text(w) for w in sorted(widths))
+        problems.append(f"achieved_reward mixes {shown} across the batch")
     if problems:
         shown = "; ".join(problems[:10]) + ("; ..." if len(problems) > 10 else "")
         raise TypeError(f"invalid samples (nothing was appended): {shown}")
@@ -199,6 +204,29 @@ def coerce_samples(items: Sequence[Mapping[str, Any] | Sample]) -> list[dict[str
             parts.append(f"non-finite {f} in {len(bad)} of {len(items)} samples: {shown}")
         raise ValueError("; ".join(parts) + " (nothing was appended)")
     return rows
+
+
+def reward_width(value: Any) -> int:
+    """0 for one reward (a float), ``M`` for a vector of ``M`` objectives."""
+    return len(value) if isinstance(value, tuple | list) else 0
+
+
+def _width_text(width: int) -> str:
+    return "one reward per sample" if width == 0 else f"rewards of {width} objectives"
+
+
+def check_reward_width(rows: Sequence[Mapping[str, Any]], held: int) -> None:
+    """Refuse rows (from :func:`coerce_samples`, of one shape) whose rewards do not have the
+    shape ``held`` (:func:`reward_width`) of the rewards a buffer already holds.
+
+    Raises:
+        TypeError: the shapes differ (nothing was appended).
+    """
+    if rows and (width := reward_width(rows[0]["achieved_reward"])) != held:
+        raise TypeError(
+            f"invalid samples (nothing was appended): the buffer holds {_width_text(held)},"
+            f" got {_width_text(width)}"
+        )
 
 
 def samples_table(samples: Sequence[Sample]) -> pa.Table:

@@ -76,3 +76,36 @@ class SentimentBrevityReward:
 
     def __repr__(self) -> str:
         return f"SentimentBrevityReward(max_words={self.max_words})"
+
+
+class BrevityReward:
+    """One objective: the brevity of a completion, minus its word count capped at
+    ``max_words``, in ``[-max_words, 0]`` (units: words; higher is shorter), as a plain float
+    per sample. The single-objective counterpart of :class:`SentimentBrevityReward`'s
+    ``brevity``, for comparing one multi-objective run with two single-objective runs
+    (``bench/objectives.py``).
+
+    Args:
+        max_words: the word count at which brevity stops decreasing (>= 1).
+
+    Raises:
+        ValueError: ``max_words`` is not an integer >= 1.
+    """
+
+    def __init__(self, max_words: int = 20) -> None:
+        if isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1:
+            raise ValueError(f"max_words must be an integer >= 1, got {max_words!r}")
+        self.max_words = max_words
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """Per sample ``-min(words, max_words)``; prompts are not scored.
+
+        Raises:
+            ValueError: ``prompts`` and ``completions`` differ in length, or one is a single
+                string.
+        """
+        check_inputs(prompts, completions)
+        return [float(-min(len(c.split()), self.max_words)) for c in completions]
+
+    def __repr__(self) -> str:
+        return f"BrevityReward(max_words={self.max_words})"

@@ -15,6 +15,10 @@ const state = {
   evalCreatedAt: null,
   evalRows: [],
   klplaneKey: null, // (metrics generation, records, evaluation) last drawn on the KL plane
+  // several objectives: [{name, low, high}] (low/high null when unknown), null for one reward
+  objectives: null,
+  objectivesKey: null, // the objectives the charts were last set up for
+  paretoKey: null, // (metrics generation, records, buffer size) last drawn on the Pareto panel
   polls: 0,
 };
 window.onlineDt = { state };
@@ -24,6 +28,16 @@ const $ = (id) => document.getElementById(id);
 function fmt(value, digits = 3) {
   if (value === null || value === undefined || Number.isNaN(Number(value))) return "–";
   return Number(value).toFixed(digits);
+}
+
+function isNum(value) {
+  return typeof value === "number" && Number.isFinite(value);
+}
+
+// a reward or target: one number, or a vector (several objectives) as "[0.512, -7.250]"
+function fmtReward(value, digits = 3) {
+  if (Array.isArray(value)) return `[${value.map((v) => fmt(v, digits)).join(", ")}]`;
+  return fmt(value, digits);
 }
 
 function text(el, value) {
@@ -65,10 +79,20 @@ const COLORS = {
   reference: "#6b7280",
 };
 
+// one colour per objective (several objectives), in the config's order
+const OBJECTIVE_COLORS = ["#2563eb", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be123c"];
+
+function objectiveColor(m, alpha = 1) {
+  const hex = OBJECTIVE_COLORS[m % OBJECTIVE_COLORS.length];
+  if (alpha === 1) return hex;
+  const n = parseInt(hex.slice(1), 16);
+  return `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, ${alpha})`;
+}
+
 // an iteration's point on the KL plane: light (first) to dark (last) blue
-function iterationColor(index, count) {
+function iterationColor(index, count, rgb = "37, 99, 235") {
   const f = count > 1 ? index / (count - 1) : 1;
-  return `rgba(37, 99, 235, ${(0.25 + 0.75 * f).toFixed(3)})`;
+  return `rgba(${rgb}, ${(0.25 + 0.75 * f).toFixed(3)})`;
 }
 
 const charts = {};
@@ -213,20 +237,225 @@ function makeCharts() {
       },
     },
   });
+
+  // several objectives: the buffer's front in the plane of the first two, and the targets
+  charts.pareto = new Chart($("chart-pareto"), {
+    type: "scatter",
+    data: {
+      datasets: [
+        { label: "buffer samples", data: [], backgroundColor: "rgba(156,163,175,0.35)",
+          borderColor: "rgba(156,163,175,0.35)", pointRadius: 2, order: 5 },
+        { label: "buffer's Pareto front", data: [], showLine: true, stepped: "after",
+          borderColor: COLORS.achieved, backgroundColor: COLORS.achieved, pointRadius: 3,
+          order: 4 },
+        { label: "target per iteration (light to dark: early to late)", data: [],
+          backgroundColor: [], borderColor: [], pointRadius: 4, order: 3 },
+        { label: "latest target", data: [], backgroundColor: COLORS.target,
+          borderColor: "#7f1d1d", borderWidth: 2, pointRadius: 8, pointStyle: "rectRot",
+          order: 1 },
+        { label: "latest achieved mean", data: [], backgroundColor: "rgba(0,0,0,0)",
+          borderColor: COLORS.throughput, borderWidth: 2, pointRadius: 7, order: 2 },
+      ],
+    },
+    options: {
+      scales: {
+        x: { type: "linear", title: { display: true, text: "objective 1" } },
+        y: { type: "linear", title: { display: true, text: "objective 2" } },
+      },
+      plugins: {
+        tooltip: { callbacks: { label: (ctx) =>
+          `${ctx.raw.label || ctx.dataset.label}: (${fmt(ctx.raw.x)}, ${fmt(ctx.raw.y)})` } },
+      },
+    },
+  });
+
+  charts.hypervolume = new Chart($("chart-hypervolume"), {
+    type: "line",
+    data: {
+      datasets: [
+        { label: "hypervolume", data: [], borderColor: COLORS.achieved,
+          backgroundColor: COLORS.achieved, yAxisID: "y", pointRadius: 2 },
+        { label: "front size", data: [], borderColor: COLORS.other,
+          backgroundColor: COLORS.other, borderDash: [4, 3], yAxisID: "y1", pointRadius: 1 },
+      ],
+    },
+    options: {
+      scales: {
+        x: linearX("iteration"),
+        y: { beginAtZero: true, title: { display: true, text: "hypervolume (normalised)" } },
+        y1: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false },
+              ticks: { precision: 0 }, title: { display: true, text: "front points" } },
+      },
+    },
+  });
 }
 
+// -- several objectives --------------------------------------------------------------------------
+
+function objectiveNames() {
+  return (state.objectives || []).map((o) => o.name);
+}
+
+// whether every objective's [low, high] is known: the per-objective charts are then normalised
+function normalised() {
+  return (state.objectives || []).every((o) => isNum(o.low) && isNum(o.high) && o.high > o.low);
+}
+
+// objective m's value in the per-objective charts: its range mapped to [-1, 1] when known
+function norm(m, value) {
+  if (!isNum(value)) return null;
+  const o = (state.objectives || [])[m];
+  if (!normalised() || !o) return value;
+  return (value - (o.low + o.high) / 2) / ((o.high - o.low) / 2);
+}
+
+// the objectives of a run with several, from the config ([{name, low, high}]), the Pareto API
+// (the same) or a metrics record (names only); ranges already known for the same names stay
+function setObjectives(list) {
+  if (!Array.isArray(list) || !list.length) return;
+  const known = state.objectives || [];
+  const merged = list.map((o, m) => {
+    const item = typeof o === "string" ? { name: o, low: null, high: null } :
+      { name: String(o.name), low: isNum(o.low) ? o.low : null, high: isNum(o.high) ? o.high : null };
+    const before = known[m];
+    if (before && before.name === item.name && item.low === null && item.high === null) {
+      return before;
+    }
+    return item;
+  });
+  const key = JSON.stringify(merged);
+  if (key === state.objectivesKey) return;
+  state.objectives = merged;
+  state.objectivesKey = key;
+  configureObjectives();
+  drawMetrics();
+}
+
+// switch the panels to several objectives: per-objective series, the Pareto panel, notes
+function configureObjectives() {
+  const names = objectiveNames();
+  const scaled = normalised();
+  document.body.dataset.objectives = String(names.length);
+  const units = scaled ? "normalised per objective: low \u2192 \u22121, high \u2192 +1" :
+    "reward units";
+  const rawLabel = (ctx) => `${ctx.dataset.label}: ${fmt(ctx.raw.raw)}`;
+
+  const schedule = [];
+  names.forEach((name, m) => {
+    const color = objectiveColor(m);
+    schedule.push(
+      { label: `${name} p10`, data: [], borderColor: objectiveColor(m, 0.3), borderWidth: 1,
+        pointRadius: 0, fill: false },
+      { label: `${name} p10-p90`, data: [], borderColor: objectiveColor(m, 0.3), borderWidth: 1,
+        pointRadius: 0, backgroundColor: objectiveColor(m, 0.12), fill: "-1" },
+      { label: `${name} achieved mean`, data: [], borderColor: color, backgroundColor: color,
+        pointRadius: 2 },
+      { label: `${name} target`, data: [], borderColor: color, backgroundColor: color,
+        borderDash: [6, 3], pointRadius: 2 },
+    );
+  });
+  charts.schedule.data.datasets = schedule;
+  const so = charts.schedule.config.options; // the chart's own options, re-read on update
+  so.scales.y.title.text = scaled ? "reward (normalised)" : "reward";
+  so.plugins.legend.labels.filter = (item) => !item.text.endsWith(" p10");
+  so.plugins.tooltip = { callbacks: { label: rawLabel } };
+  $("schedule-hint").textContent = `${names.length} objectives (${names.join(", ")}): mean ` +
+    `target (dashed), achieved mean and its p10-p90 band per iteration; ${units}`;
+
+  const calibration = names.map((name, m) => ({
+    label: name, data: [], backgroundColor: objectiveColor(m), pointRadius: 3,
+  }));
+  calibration.push(
+    { label: "achieved = target", type: "line", data: [], borderColor: "#9ca3af",
+      borderDash: [4, 4], pointRadius: 0, fill: false },
+    { label: "latest evaluation", data: [], backgroundColor: COLORS.eval, pointRadius: 5,
+      pointStyle: "triangle" },
+  );
+  charts.calibration.data.datasets = calibration;
+  const co = charts.calibration.config.options;
+  co.scales.x.title.text = scaled ? "mean target (normalised)" : "mean target";
+  co.scales.y.title.text = scaled ? "achieved mean (normalised)" : "achieved mean";
+  co.plugins.tooltip = { callbacks: { label: (ctx) => ctx.raw.label ||
+    `${ctx.dataset.label}: (${fmt(ctx.raw.x)}, ${fmt(ctx.raw.y)})` } };
+  $("calibration-hint").textContent = "per objective: achieved mean vs mean target of each " +
+    `iteration (and the latest evaluation); ${units}`;
+
+  // the reward-vs-KL plane needs one reward
+  $("klplane-chart").hidden = true;
+  $("klplane-intro").hidden = true;
+  $("klplane-summary").textContent = `This run conditions on ${names.length} objectives ` +
+    `(${names.join(", ")}): the reward-vs-KL plane needs a single reward. KL to the base ` +
+    "per iteration: the diversity panel; the objectives' trade-off: the Pareto front panel.";
+
+  // the buffer histogram: the first objective's reward (the buffer's scalar column)
+  $("buffer-objective").textContent = ` (${names[0]}, the first of ${names.length} objectives)`;
+  charts.buffer.config.options.scales.x.title.text = `achieved ${names[0]} (bin centre)`;
+  charts.buffer.update("none");
+
+  const vector = `[${names.join(", ")}]`;
+  $("st-target-label").textContent = `target ${vector}`;
+  $("st-achieved-label").textContent = `achieved mean ${vector}`;
+  $("samples-target").textContent = `target ${vector}`;
+  $("samples-achieved").textContent = `achieved ${vector}`;
+
+  $("panel-pareto").hidden = false;
+  const px = charts.pareto.config.options.scales;
+  px.x.title.text = `${names[0]} (reward units, higher is better)`;
+  px.y.title.text = names.length > 1 ? `${names[1]} (reward units, higher is better)` : "";
+  const note = $("pareto-note");
+  if (names.length > 2) {
+    note.textContent = `${names.length} objectives: shown in the plane of the first two ` +
+      `(${names[0]}, ${names[1]}); the front is non-dominated in all ${names.length}, so some ` +
+      "of its points look dominated in this plane.";
+    note.hidden = false;
+  } else if (names.length < 2) {
+    note.textContent = "a single objective: no trade-off to draw.";
+    note.hidden = false;
+  } else {
+    note.hidden = true;
+  }
+  state.paretoKey = null;
+}
+
+// the metrics' finite values of one key against the iteration (vectors and nulls left out)
 function xy(key) {
   return state.metrics
-    .filter((m) => m[key] !== null && m[key] !== undefined)
+    .filter((m) => isNum(m[key]))
     .map((m) => ({ x: m.iteration, y: m[key] }));
+}
+
+// a record's mean target for objective m: "target_NAME", else the "target" vector's entry
+// (a skipped batch logs only the vector)
+function objectiveTarget(r, m) {
+  const value = r[`target_${objectiveNames()[m]}`];
+  if (isNum(value)) return value;
+  return Array.isArray(r.target) && isNum(r.target[m]) ? r.target[m] : null;
+}
+
+// objective m's values of a per-objective key ("achieved_NAME_mean") or of a function of the
+// record, normalised, raw value kept
+function objectiveXY(m, key) {
+  const get = typeof key === "function" ? key : (r) => r[key];
+  return state.metrics
+    .filter((r) => isNum(get(r)))
+    .map((r) => ({ x: r.iteration, y: norm(m, get(r)), raw: get(r) }));
 }
 
 function drawMetrics() {
   const s = charts.schedule.data.datasets;
-  s[0].data = xy("achieved_p10");
-  s[1].data = xy("achieved_p90");
-  s[2].data = xy("achieved_mean");
-  s[3].data = xy("target");
+  if (state.objectives) {
+    objectiveNames().forEach((name, m) => {
+      s[4 * m].data = objectiveXY(m, `achieved_${name}_p10`);
+      s[4 * m + 1].data = objectiveXY(m, `achieved_${name}_p90`);
+      s[4 * m + 2].data = objectiveXY(m, `achieved_${name}_mean`);
+      s[4 * m + 3].data = objectiveXY(m, (r) => objectiveTarget(r, m));
+    });
+  } else {
+    s[0].data = xy("achieved_p10");
+    s[1].data = xy("achieved_p90");
+    s[2].data = xy("achieved_mean");
+    s[3].data = xy("target");
+  }
   charts.schedule.update("none");
 
   drawCalibration();
@@ -248,17 +477,42 @@ function drawMetrics() {
 
 function drawCalibration() {
   const c = charts.calibration.data.datasets;
-  c[0].data = state.metrics
-    .filter((m) => m.target != null && m.achieved_mean != null)
-    .map((m) => ({ x: m.target, y: m.achieved_mean }));
-  c[2].data = state.evalRows.map((r) => ({ x: r.target, y: r.mean }));
-  const values = [...c[0].data, ...c[2].data].flatMap((p) => [p.x, p.y]);
+  let points;
+  let identity;
+  if (state.objectives) {
+    const names = objectiveNames();
+    names.forEach((name, m) => {
+      c[m].data = state.metrics
+        .filter((r) => isNum(objectiveTarget(r, m)) && isNum(r[`achieved_${name}_mean`]))
+        .map((r) => ({ x: norm(m, objectiveTarget(r, m)), y: norm(m, r[`achieved_${name}_mean`]),
+          label: `${name}, iteration ${r.iteration}: target ${fmt(objectiveTarget(r, m))}, ` +
+            `achieved ${fmt(r[`achieved_${name}_mean`])}` }));
+    });
+    // an evaluation with vector targets: one point per objective and row
+    const rows = state.evalRows.filter((r) => Array.isArray(r.target) && Array.isArray(r.mean));
+    c[names.length + 1].data = rows.flatMap((r) => names.map((name, m) => ({
+      x: norm(m, r.target[m]), y: norm(m, r.mean[m]),
+      label: `evaluation, ${name}: target ${fmt(r.target[m])}, achieved ${fmt(r.mean[m])}`,
+    }))).filter((p) => isNum(p.x) && isNum(p.y));
+    points = [...c.slice(0, names.length), c[names.length + 1]].flatMap((d) => d.data);
+    identity = c[names.length];
+  } else {
+    c[0].data = state.metrics
+      .filter((m) => isNum(m.target) && isNum(m.achieved_mean))
+      .map((m) => ({ x: m.target, y: m.achieved_mean }));
+    c[2].data = state.evalRows
+      .filter((r) => isNum(r.target) && isNum(r.mean))
+      .map((r) => ({ x: r.target, y: r.mean }));
+    points = [...c[0].data, ...c[2].data];
+    identity = c[1];
+  }
+  const values = points.flatMap((p) => [p.x, p.y]);
   if (values.length) {
     const lo = Math.min(...values) - 0.05;
     const hi = Math.max(...values) + 0.05;
-    c[1].data = [{ x: lo, y: lo }, { x: hi, y: hi }];
+    identity.data = [{ x: lo, y: lo }, { x: hi, y: hi }];
   } else {
-    c[1].data = [];
+    identity.data = [];
   }
   charts.calibration.update("none");
 }
@@ -277,6 +531,8 @@ async function pollMetrics() {
   if (data.records.length) {
     state.metrics.push(...data.records);
     state.lastIteration = state.metrics[state.metrics.length - 1].iteration;
+    const named = data.records.filter((r) => Array.isArray(r.objectives));
+    if (named.length) setObjectives(named[named.length - 1].objectives);
     drawMetrics();
   }
   document.body.dataset.iterations = String(state.metrics.length);
@@ -290,8 +546,8 @@ function renderStatus(st) {
   text($("st-iteration"), done === null ? null : total ? `${done} / ${total}` : done);
   text($("st-version"), st.policy_version);
   text($("st-buffer"), st.buffer_size);
-  text($("st-target"), fmt(st.target));
-  text($("st-achieved"), fmt(st.achieved_mean));
+  text($("st-target"), fmtReward(st.target));
+  text($("st-achieved"), fmtReward(st.achieved_mean));
   text($("st-checkpoint"), st.checkpoint);
   text($("st-updated"), st.updated_at ? new Date(st.updated_at * 1000).toLocaleTimeString() : null);
 
@@ -333,6 +589,10 @@ async function loadConfig() {
   }
   $("config-full").textContent = cfg.config ? JSON.stringify(cfg.config, null, 2) :
     (cfg.error || "no config.yaml");
+  const conditioning = cfg.config ? cfg.config.conditioning : null;
+  if (conditioning && Array.isArray(conditioning.objectives)) {
+    setObjectives(conditioning.objectives.filter((o) => o && typeof o === "object"));
+  }
 }
 
 async function pollSamples() {
@@ -347,8 +607,8 @@ async function pollSamples() {
     cell(tr, r.iteration ?? "–", "num");
     cell(tr, r.prompt ?? "", "text");
     cell(tr, r.completion ?? "", "text");
-    cell(tr, fmt(r.target), "num");
-    cell(tr, fmt(r.achieved_reward), "num");
+    cell(tr, fmtReward(r.target), "num");
+    cell(tr, fmtReward(r.achieved_reward), "num");
     cell(tr, r.policy_version ?? "–", "num");
     body.appendChild(tr);
   }
@@ -395,13 +655,15 @@ async function pollEval(available) {
     ` at iteration ${report.iteration} (policy version ${report.policy_version})`;
   $("eval-summary").textContent =
     `${report.samples_per_target} samples per target${where}, ${when}; ` +
-    `best reward in the buffer ${fmt(report.buffer ? report.buffer.best_reward : null)}`;
+    `best reward in the buffer ${fmtReward(report.buffer ? report.buffer.best_reward : null)}`;
   const body = $("eval-table").querySelector("tbody");
   body.replaceChildren();
   for (const r of state.evalRows) {
     const tr = document.createElement("tr");
     if (r.extrapolation) tr.className = "extrapolation";
-    for (const key of ["target", "mean", "p10", "median", "p90", "std"]) cell(tr, fmt(r[key]), "num");
+    for (const key of ["target", "mean", "p10", "median", "p90", "std"]) {
+      cell(tr, fmtReward(r[key]), "num");
+    }
     cell(tr, fmt(r.distinct_1, 2), "num");
     cell(tr, fmt(r.distinct_2, 2), "num");
     cell(tr, fmt(r.kl_to_base, 2), "num");
@@ -417,6 +679,7 @@ async function pollEval(available) {
 }
 
 async function pollKlPlane() {
+  if (state.objectives) return; // the plane needs one reward: the panel says so instead
   const key = `${state.generation}|${state.metrics.length}|${state.evalCreatedAt}`;
   if (key === state.klplaneKey) return;
   const data = await getJSON("/api/klplane");
@@ -450,6 +713,54 @@ async function pollKlPlane() {
   charts.klplane.update("none");
 }
 
+async function pollPareto(bufferSize) {
+  if (!state.objectives) return;
+  const key = `${state.generation}|${state.metrics.length}|${bufferSize}`;
+  if (key === state.paretoKey) return;
+  const data = await getJSON("/api/pareto?cloud=1000");
+  state.paretoKey = key;
+  setObjectives(data.objectives);
+  const d = charts.pareto.data.datasets;
+  const plane = (v) => Array.isArray(v) && isNum(v[0]) && isNum(v[1]);
+  const point = (v, label) => ({ x: v[0], y: v[1], label });
+  const cloud = (data.cloud || []).filter(plane);
+  const front = (data.front || []).filter(plane);
+  d[0].data = cloud.map((v) => point(v));
+  d[0].label = `buffer samples (${cloud.length} of ${data.samples})`;
+  d[1].data = front.map((v) => point(v, `front: ${fmtReward(v)}`));
+  d[1].label = `buffer's Pareto front (${data.front_total} point` +
+    `${data.front_total === 1 ? "" : "s"})`;
+  const targets = (data.targets || []).filter((t) => plane(t.target));
+  d[2].data = targets.map((t) => point(t.target,
+    `iteration ${t.iteration}: target ${fmtReward(t.target)}, achieved ${fmtReward(t.achieved)}`));
+  d[2].backgroundColor = targets.map((_, i) => iterationColor(i, targets.length, "220, 38, 38"));
+  d[2].borderColor = d[2].backgroundColor;
+  const last = targets.length ? targets[targets.length - 1] : null;
+  d[3].data = last ? [point(last.target, `latest target, iteration ${last.iteration}: ` +
+    fmtReward(last.target))] : [];
+  d[3].label = last ? `latest target (iteration ${last.iteration})` : "latest target";
+  d[4].data = last && plane(last.achieved) ? [point(last.achieved,
+    `achieved mean, iteration ${last.iteration}: ${fmtReward(last.achieved)}`)] : [];
+  d[4].label = last ? `achieved mean (iteration ${last.iteration})` : "achieved mean";
+  charts.pareto.update("none");
+
+  const hv = (data.hypervolume || []).filter((h) => isNum(h.front_hypervolume));
+  const h = charts.hypervolume.data.datasets;
+  h[0].data = hv.map((p) => ({ x: p.iteration, y: p.front_hypervolume }));
+  h[1].data = hv.filter((p) => isNum(p.front_size)).map((p) => ({ x: p.iteration, y: p.front_size }));
+  charts.hypervolume.update("none");
+
+  const parts = [`front: ${data.front_total} of ${data.samples} buffer samples`];
+  if (data.front_total > front.length) parts.push(`${front.length} drawn`);
+  if (last) parts.push(`latest target ${fmtReward(last.target)} at iteration ${last.iteration}`);
+  if (hv.length) parts.push(`hypervolume ${fmt(hv[hv.length - 1].front_hypervolume)}`);
+  $("pareto-summary").textContent = parts.join("; ");
+  const problem = $("pareto-error");
+  problem.textContent = data.error || "";
+  problem.hidden = !data.error;
+  document.body.dataset.paretoPolls = String(Number(document.body.dataset.paretoPolls || 0) + 1);
+}
+
 async function poll() {
   try {
     await pollMetrics();
@@ -459,6 +770,7 @@ async function poll() {
     await pollBuffer(st.buffer_size);
     await pollEval(st.eval_available);
     await pollKlPlane();
+    await pollPareto(st.buffer_size);
     state.polls += 1;
     document.body.dataset.polls = String(state.polls);
   } catch (err) {
