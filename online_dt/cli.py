@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from online_dt.arguments import add_config_args, parse_overrides
 from online_dt.config import ConfigError, OfflineRunConfig, config_class_for, load_config
@@ -100,15 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample completions of a run's policy (its latest checkpoint, a checkpoint "
         "or a policy directory) for each target, score them with the run's reward model and "
         "write calibration.json and calibration.png to RUN_DIR/eval/. A target above the best "
-        "reward in the replay buffer is added and marked as extrapolation.",
+        "reward in the replay buffer is added and marked as extrapolation. A run with several "
+        "objectives (conditioning.objectives) is evaluated on a grid of target vectors instead "
+        "(--grid N: N points per objective between the buffer's 10th and 90th percentile, or "
+        "--targets S,B ...), and gets objectives.json and objectives.png: per target and "
+        "objective the achieved mean and its error, whether the buffer has samples near the "
+        "target (achievable), the calibration error over the achievable targets and the "
+        "hypervolume of the achieved front next to the buffer's.",
     )
     p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="run, checkpoint or policy")
     p.add_argument(
         "--targets",
         nargs="+",
-        type=_finite_float,
+        type=_target,
         metavar="R",
-        help="target rewards (default: the buffer's 10th, 50th and 90th percentile)",
+        help="target rewards (default: the buffer's 10th, 50th and 90th percentile); for a run "
+        "with several objectives, vectors with one comma-separated value per objective in the "
+        "config's order, e.g. --targets 0.5,-10 0.8,-5",
+    )
+    # argparse takes "-0.5,-10" for an option (it looks like a negative number only without the
+    # comma): let this parser read comma-separated numbers as values, as it does "-0.5"
+    p._negative_number_matcher = _NEGATIVE_NUMBERS  # type: ignore[attr-defined]
+    p.add_argument(
+        "--grid",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="runs with several objectives only: N target values per objective, spanning the "
+        "buffer's 10th to 90th percentile, N ** M targets in all (default: 3)",
     )
     p.add_argument(
         "--samples-per-target",
@@ -130,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_finite_float,
         default=0.25,
         metavar="M",
-        help="add the target best-buffer-reward + M (default: 0.25)",
+        help="add the target best-buffer-reward + M (default: 0.25; one-reward runs only)",
     )
     p.add_argument(
         "--no-extrapolation", action="store_true", help="do not add the extrapolation target"
@@ -144,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="base-model samples for the binned-base reference: the base's own samples with "
         "reward within --reference-half-width of each target (NLL per token, -log P(bin) as "
         f"a KL lower bound), printed under each row (default: {DEFAULT_REFERENCE_SAMPLES}; "
-        "0: none)",
+        "0: none; one-reward runs only, skipped for runs with several objectives)",
     )
     p.add_argument(
         "--reference-half-width",
@@ -167,6 +188,20 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
     return value
+
+
+_NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NEGATIVE_NUMBERS = re.compile(rf"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:,\s*{_NUMBER})*$")
+"""What the ``eval`` parser reads as a value, not an option, though it starts with ``-``: a
+negative number or a comma-separated vector starting with one (``-0.5,-10``)."""
+
+
+def _target(text: str) -> float | tuple[float, ...]:
+    """An argparse ``type`` for ``--targets``: ``R`` (a number) or ``R1,R2,...`` (a vector,
+    one value per objective); every value finite."""
+    if "," not in text:
+        return _finite_float(text)
+    return tuple(_finite_float(part.strip()) for part in text.split(","))
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -315,6 +350,7 @@ def _eval(args: argparse.Namespace) -> int:
             seed=args.seed,
             reference_samples=args.reference_samples,
             reference_half_width=args.reference_half_width,
+            grid=args.grid,
         )
     except (EvalError, ConfigError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -324,6 +360,8 @@ def _eval(args: argparse.Namespace) -> int:
         return 1
     where = "" if report["iteration"] is None else f" (iteration {report['iteration']})"
     print(f"policy {report['policy']}{where}, {report['samples_per_target']} samples per target")
+    if report.get("kind") == "objectives":
+        return _print_objectives(report)
     print(format_calibration_table(report["rows"], report["reference"]))
     if report["reference"] is not None:
         ref = report["reference"]
@@ -333,6 +371,31 @@ def _eval(args: argparse.Namespace) -> int:
             "whose samples all earn that reward"
         )
     elif report["reference_error"]:
+        print(f"no binned-base reference: {report['reference_error']}")
+    print(f"\nwrote {report['table']} and {report['plot']}")
+    return 0
+
+
+def _print_objectives(report: dict[str, Any]) -> int:
+    """Print a multi-objective evaluation (:mod:`online_dt.eval.objectives`): the table, the
+    summary, and where it was written."""
+    from online_dt.config import ObjectiveConfig
+    from online_dt.eval.objectives import format_objectives_summary, format_objectives_table
+
+    objectives = [ObjectiveConfig.model_validate(o) for o in report["objectives"]]
+    grid = report["grid_points"]
+    names = ", ".join(o.name for o in objectives)
+    print(
+        f"objectives ({names}): "
+        + (f"a grid of {grid} points per objective" if grid else "the given targets")
+        + f", {len(report['rows'])} targets; buffer: {report['buffer']['samples']} samples"
+    )
+    print(format_objectives_table(report["rows"], objectives, report["goal"]))
+    print()
+    print(format_objectives_summary(report["summary"], objectives))
+    if report["kl_error"]:
+        print(f"no KL estimate: {report['kl_error']}")
+    if report["reference_error"]:
         print(f"no binned-base reference: {report['reference_error']}")
     print(f"\nwrote {report['table']} and {report['plot']}")
     return 0

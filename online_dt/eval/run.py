@@ -21,11 +21,27 @@ dashboard's reward-vs-KL panel draws.
 By default one target above the best reward ever seen in the replay buffer is added and marked
 ``extrapolation``: the policy was never trained on such a label, and the row shows what asking
 for it does (usually: the achieved reward saturates or falls, and KL rises).
+
+A run with several objectives (``conditioning.objectives``) is evaluated on a grid of target
+vectors instead (:mod:`online_dt.eval.objectives`; ``online-dt eval RUN_DIR --grid N``): ``N``
+points per objective spanning the buffer's 10th to 90th percentile, or explicit vector targets.
+It writes
+
+* ``objectives.json``: one row per target vector (per objective: achieved mean, p10, p90,
+  absolute error in reward and normalised units; achievable or not; distinct-2; KL), and a
+  summary (per-objective calibration error over the achievable targets, the achieved front's
+  hypervolume next to the buffer's);
+* ``objectives.png``: the objective plane (M = 2) and achieved vs target per objective
+  (:func:`~online_dt.eval.plot.plot_objectives`).
+
+Its report has ``reference: null``: the binned-base reference bins by one reward, so it is
+skipped (``reference_error`` says so), and no extrapolation target is added.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,12 +53,26 @@ from online_dt.eval.calibration import (
     evaluate_calibration,
     plan_targets,
 )
-from online_dt.eval.plot import plot_calibration
+from online_dt.eval.objectives import (
+    ACHIEVABLE_MIN_COUNT,
+    ACHIEVABLE_RADIUS,
+    CALIBRATION_GOAL,
+    DEFAULT_GRID_POINTS,
+    GRID_QUANTILES,
+    achievable,
+    buffer_reward_vectors,
+    evaluate_grid,
+    grid_targets,
+    summarize_grid,
+)
+from online_dt.eval.plot import plot_calibration, plot_objectives
 from online_dt.eval.reference import DEFAULT_BIN_HALF_WIDTH, DEFAULT_REFERENCE_SAMPLES
 from online_dt.eval.source import EvalError, EvalSource, buffer_rewards, resolve_source
 from online_dt.launch.rundir import (
     CONFIG_FILE,
     EVAL_DIR,
+    EVAL_OBJECTIVES_FILE,
+    EVAL_OBJECTIVES_PLOT_FILE,
     EVAL_PLOT_FILE,
     EVAL_TABLE_FILE,
     finite_or_none,
@@ -59,11 +89,20 @@ REFERENCE_SEED_KEY = 2**20
 DEFAULT_SAMPLES_PER_TARGET = 64
 """Completions per target by default (about 1 s per target for the embedded model on 2 cores)."""
 
+REFERENCE_SKIPPED = (
+    "the binned-base reference bins base-model samples by a single reward; it is skipped for "
+    "runs with several objectives (conditioning.objectives)"
+)
+"""``reference_error`` of a multi-objective evaluation (with ``reference_samples > 0``)."""
+
+TargetSpec = float | Sequence[float]
+"""A target as given to :func:`run_eval`: a number, or a vector (one value per objective)."""
+
 
 def run_eval(
     source: str | Path,
     *,
-    targets: Sequence[float] | None = None,
+    targets: Sequence[TargetSpec] | None = None,
     samples_per_target: int = DEFAULT_SAMPLES_PER_TARGET,
     out_dir: str | Path | None = None,
     config_path: str | Path | None = None,
@@ -73,13 +112,18 @@ def run_eval(
     seed: int = 0,
     reference_samples: int = DEFAULT_REFERENCE_SAMPLES,
     reference_half_width: float = DEFAULT_BIN_HALF_WIDTH,
+    grid: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a policy and write ``calibration.json`` and ``calibration.png``.
+    """Evaluate a policy and write ``calibration.json`` and ``calibration.png`` (one reward),
+    or ``objectives.json`` and ``objectives.png`` (a run with ``conditioning.objectives``).
 
     Args:
         source: run directory, checkpoint directory or policy directory
             (see :func:`resolve_source`).
         targets: target rewards (reward units); default: :func:`default_targets` of the buffer.
+            For a run with objectives, each target is a vector of one value per objective (in
+            the config's order); default: the :func:`~online_dt.eval.objectives.grid_targets`
+            grid.
         samples_per_target: completions per target.
         out_dir: where to write; default ``RUN_DIR/eval`` (or ``eval/`` next to the policy).
         config_path: the config to use instead of the run's ``config.yaml``.
@@ -90,6 +134,12 @@ def run_eval(
         seed: sampling seed; target k samples with ``derived_seed(seed, k)``.
         reference_samples: base-model samples for the binned-base reference (>= 0; 0: none).
         reference_half_width: half the width of its reward bins (reward units, > 0).
+        grid: runs with objectives only: grid points per objective (>= 1; default
+            :data:`~online_dt.eval.objectives.DEFAULT_GRID_POINTS`), ``grid ** M`` targets.
+            Not with ``targets``.
+
+    With objectives, ``extrapolation_margin`` and the reference are not used; the report is
+    :func:`_run_objectives_eval`'s.
 
     Returns:
         The report written to ``calibration.json``: ``rows`` (see :func:`evaluate_calibration`),
@@ -101,7 +151,9 @@ def run_eval(
 
     Raises:
         ValueError: ``reference_samples < 0`` or ``reference_half_width <= 0``.
-        EvalError: no policy or config found.
+        EvalError: no policy or config found; ``grid`` for a run with a single reward; a
+            vector target for a run with a single reward, or a scalar target (or one of the
+            wrong length) for a run with objectives; ``grid`` together with ``targets``.
         ConfigError: the config is invalid.
         PromptError, RewardModelLoadError, OSError: prompts, reward model or models can't load.
     """
@@ -121,6 +173,33 @@ def run_eval(
     if cfg_file is None:
         raise EvalError(f"no {CONFIG_FILE} found above {src.policy_dir}; pass --config FILE")
     cfg = load_config(cfg_file, config_class_for(cfg_file))
+    if cfg.conditioning.objectives:
+        return _run_objectives_eval(
+            source,
+            src,
+            cfg,
+            cfg_file,
+            targets=targets,
+            grid=grid,
+            samples_per_target=samples_per_target,
+            out_dir=out_dir,
+            backend=backend,
+            with_kl=with_kl,
+            seed=seed,
+            reference_samples=reference_samples,
+            started=started,
+        )
+    if grid is not None:
+        raise EvalError(
+            f"--grid (grid={grid}) is for runs with several objectives (conditioning.objectives)"
+            f"; {cfg_file} conditions on a single reward: pass --targets R ... instead"
+        )
+    vectors = [t for t in targets or [] if not isinstance(t, int | float)]
+    if vectors:
+        raise EvalError(
+            f"{cfg_file} conditions on a single reward (no conditioning.objectives): targets "
+            f"must be numbers, got {_show(vectors[0])}"
+        )
     rewards_seen = buffer_rewards(src.run_dir)
     best = float(rewards_seen.max()) if len(rewards_seen) else None
     given = list(targets) if targets else default_targets(rewards_seen)
@@ -197,6 +276,180 @@ def run_eval(
     }
     atomic_write_bytes(out / EVAL_PLOT_FILE, plot_calibration(report))
     atomic_write_json(out / EVAL_TABLE_FILE, report)
+    return report
+
+
+def _show(target: Any) -> str:
+    """A target as the user would type it: ``0.5`` or ``0.5,-3``."""
+    if isinstance(target, int | float):
+        return f"the number {target:g}"
+    try:
+        return "the vector " + ",".join(f"{float(v):g}" for v in target)
+    except (TypeError, ValueError):
+        return repr(target)
+
+
+def _vector_targets(
+    targets: Sequence[TargetSpec], names: Sequence[str], cfg_file: Path
+) -> list[tuple[float, ...]]:
+    """Explicit targets of a run with objectives as tuples of ``len(names)`` floats.
+
+    Raises:
+        EvalError: a target is a number, or a vector of another length or with a non-finite
+            value.
+    """
+    m = len(names)
+    example = ",".join(n.upper() for n in names)
+    how = f"a vector of {m} values ({', '.join(names)}; on the command line --targets {example})"
+    out = []
+    for t in targets:
+        if isinstance(t, int | float | str | bytes):
+            raise EvalError(
+                f"{cfg_file} conditions on {m} objectives (conditioning.objectives): each target"
+                f" must be {how}, got {_show(t)}"
+            )
+        try:
+            vector = tuple(float(v) for v in t)
+        except (TypeError, ValueError):
+            raise EvalError(f"each target must be {how}, got {t!r}") from None
+        if len(vector) != m or not all(math.isfinite(v) for v in vector):
+            raise EvalError(f"each target must be {how} (finite), got {_show(vector)}")
+        out.append(vector)
+    return out
+
+
+def _run_objectives_eval(
+    source: str | Path,
+    src: EvalSource,
+    cfg: Any,
+    cfg_file: Path,
+    *,
+    targets: Sequence[TargetSpec] | None,
+    grid: int | None,
+    samples_per_target: int,
+    out_dir: str | Path | None,
+    backend: str,
+    with_kl: bool,
+    seed: int,
+    reference_samples: int,
+    started: float,
+) -> dict[str, Any]:
+    """The grid evaluation of a run with ``conditioning.objectives``
+    (:mod:`online_dt.eval.objectives`): writes ``objectives.json`` and ``objectives.png``.
+
+    Targets: the explicit vectors, else the ``grid ** M`` grid of
+    :func:`~online_dt.eval.objectives.grid_targets` over the buffer's reward vectors. Prompts
+    and seeds as the single-reward evaluation: every target sees the first
+    ``samples_per_target`` prompts of the run's prompt set (cycling), target k samples with
+    ``derived_seed(seed, k)``.
+
+    Returns:
+        The report written to ``objectives.json``: ``kind`` (``"objectives"``), ``objectives``
+        (``name``, ``low``, ``high`` each), ``grid_points`` (``None`` with explicit targets),
+        ``rows`` (:func:`~online_dt.eval.objectives.evaluate_grid`), ``summary``
+        (:func:`~online_dt.eval.objectives.summarize_grid`), ``achievable_rule`` (radius in
+        normalised units and minimum count), ``buffer`` (``samples``; ``best``: per objective
+        the largest achieved reward, or ``None``), the policy, config, sampling settings,
+        timings, ``reference: None`` with ``reference_error`` (why), the paths written
+        (``table``, ``plot``); non-finite numbers are ``None``.
+
+    Raises:
+        EvalError: ``grid`` with ``targets``, or a target that is not a vector of ``M``
+            finite values.
+    """
+    from online_dt.launch.prompts import load_prompts
+    from online_dt.rewards import load_reward_model, score_checked
+    from online_dt.rollout.sampler import SamplingParams
+    from online_dt.util.atomic import atomic_write_bytes, atomic_write_json
+
+    objectives = list(cfg.conditioning.objectives)
+    names = [o.name for o in objectives]
+    if targets and grid is not None:
+        raise EvalError("give either --targets or --grid (grid points per objective), not both")
+    explicit = _vector_targets(targets, names, cfg_file) if targets else None
+    per_axis = None if explicit else (DEFAULT_GRID_POINTS if grid is None else grid)
+    rewards_seen = buffer_reward_vectors(src.run_dir, len(objectives))
+    planned = explicit or grid_targets(objectives, rewards_seen, per_axis or DEFAULT_GRID_POINTS)
+    flags = achievable(planned, rewards_seen, objectives)
+
+    prompts = load_prompts(cfg.prompts)
+    reward_model = load_reward_model(cfg.reward_model)
+    sampler, policy = _load_sampler(cfg, src, backend)
+    try:
+        t_loaded = time.perf_counter()
+        kl_fn = None
+        kl_error = None
+        if with_kl:
+            try:
+                base_model = _load_base_model(cfg)
+                kl_fn = lambda rollouts: kl_per_completion(policy, base_model, rollouts)  # noqa: E731
+            except OSError as e:
+                kl_error = f"base model could not be loaded: {e}"
+                log.warning("no KL estimate: %s", kl_error)
+        rows = evaluate_grid(
+            sampler,
+            lambda p, c: score_checked(reward_model, p, c, objectives=names),
+            prompts,
+            planned,
+            samples_per_target,
+            lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=derived_seed(seed, k)),
+            objectives,
+            achievable_flags=flags,
+            kl=kl_fn,
+        )
+    finally:
+        close = getattr(sampler, "close", None)
+        if close is not None:
+            close()
+    summary = summarize_grid(rows, objectives, rewards_seen)
+    out = (
+        Path(out_dir) if out_dir is not None else (src.run_dir or src.policy_dir.parent) / EVAL_DIR
+    )
+    report = {
+        "kind": "objectives",
+        "created_at": time.time(),
+        "source": str(source),
+        "policy": str(src.policy_dir),
+        "run_dir": str(src.run_dir) if src.run_dir else None,
+        "config": str(cfg_file),
+        "iteration": src.iteration,
+        "policy_version": src.policy_version,
+        "backend": getattr(sampler, "backend", backend),
+        "reward_model": cfg.reward_model.kind,
+        "objectives": [{"name": o.name, "low": o.low, "high": o.high} for o in objectives],
+        "grid_points": per_axis,
+        "grid_quantiles": list(GRID_QUANTILES),
+        "achievable_rule": {
+            "radius_normalised": ACHIEVABLE_RADIUS,
+            "min_count": ACHIEVABLE_MIN_COUNT,
+            "what": "at least min_count buffer samples within L-infinity distance radius of the"
+            " target, in normalised units (each objective's [low, high] -> [-1, 1])",
+        },
+        "goal": CALIBRATION_GOAL,
+        "samples_per_target": samples_per_target,
+        "sampling": cfg.sampling.model_dump(mode="json"),
+        "seed": seed,
+        "buffer": {
+            "samples": len(rewards_seen),
+            "best": [float(v) for v in rewards_seen.max(axis=0)] if len(rewards_seen) else None,
+        },
+        "extrapolation_margin": None,
+        "kl_estimator": "k1: mean over completions of sum_t log pi(y_t) - log p_base(y_t), nats",
+        "kl_error": kl_error,
+        "rows": rows,
+        "summary": summary,
+        "reference": None,
+        "reference_error": REFERENCE_SKIPPED if reference_samples > 0 else None,
+        "timings_s": {
+            "load_s": t_loaded - started,
+            "eval_s": time.perf_counter() - t_loaded,
+        },
+        "table": str(out / EVAL_OBJECTIVES_FILE),
+        "plot": str(out / EVAL_OBJECTIVES_PLOT_FILE),
+    }
+    report = finite_or_none(report)
+    atomic_write_bytes(out / EVAL_OBJECTIVES_PLOT_FILE, plot_objectives(report))
+    atomic_write_json(out / EVAL_OBJECTIVES_FILE, report)
     return report
 
 
