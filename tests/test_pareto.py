@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from online_dt.util.pareto import (
+    chebyshev_point,
     hypervolume,
     pareto_front,
     pareto_front_mask,
@@ -301,3 +302,54 @@ def test_preferred_point_rejects_bad_input() -> None:
         preferred_point(np.ones((3, 2)), np.array([1.0, 0.0]), scale=np.array([1.0, 0.0]))
     with pytest.raises(ValueError, match="2-D"):
         preferred_point(np.ones(2), np.array([1.0, 0.0]))
+
+
+KNEE_FRONT = np.array(
+    [
+        [0.0, 1.0],
+        [0.66, 0.9],
+        [0.78, 0.8],
+        [0.85, 0.7],
+        [0.86, 0.6],
+        [0.86, 0.5],
+        [0.9, 0.4],
+        [0.92, 0.3],
+        [0.92, 0.2],
+        [0.93, 0.1],
+        [0.94, -0.1],
+        [0.94, -0.2],
+        [0.95, -0.3],
+        [0.95, -0.5],
+    ]
+)
+"""A front with a knee: a sentiment-and-brevity run's replay buffer (normalised units)."""
+
+
+def test_chebyshev_point_spreads_preferences_along_a_front_with_a_knee():
+    prefs = simplex_grid(2, 16)
+    low = np.array([-1.0, -1.0])
+    chebyshev = {chebyshev_point(KNEE_FRONT, w, low) for w in prefs}
+    weighted = {preferred_point(KNEE_FRONT, w) for w in prefs}
+    # the weighted sum sticks to the convex hull's corners; the ray meets every part of the front
+    assert len(chebyshev) > len(weighted)
+    skipped = {8, 9, 10, 11}  # the flat stretch between the hull's corners 7 and 12
+    assert not weighted & skipped and len(chebyshev & skipped) >= 2
+    # one-hot-ish preferences reach the ends
+    top = KNEE_FRONT[chebyshev_point(KNEE_FRONT, np.array([1.0, 0.0]), low)]
+    assert top[0] == KNEE_FRONT[:, 0].max()
+    assert chebyshev_point(KNEE_FRONT, np.array([0.0, 1.0]), low) == 0
+
+
+def test_chebyshev_point_is_where_the_ray_leaves_the_dominated_region():
+    front = np.array([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
+    # along the diagonal from (-1, -1) the ray meets the middle point first
+    assert chebyshev_point(front, np.array([0.5, 0.5]), np.array([-1.0, -1.0])) == 1
+
+
+def test_chebyshev_point_errors():
+    with pytest.raises(ValueError, match="empty"):
+        chebyshev_point(np.zeros((0, 2)), np.array([0.5, 0.5]), np.array([-1.0, -1.0]))
+    with pytest.raises(ValueError, match="preference"):
+        chebyshev_point(KNEE_FRONT, np.array([0.0, 0.0]), np.array([-1.0, -1.0]))
+    with pytest.raises(ValueError, match="preference"):
+        chebyshev_point(KNEE_FRONT, np.array([-0.5, 1.5]), np.array([-1.0, -1.0]))

@@ -72,6 +72,14 @@ class ScheduleConfig(StrictModel):
     probe_min: float = -1.0
     """``probe_fraction``: the lowest probe target (reward units)."""
 
+    front_mapping: Literal["weighted_sum", "chebyshev"] = "weighted_sum"
+    """``pareto``: how a preference picks its front point. ``weighted_sum``: the point with the
+    largest preference-weighted sum of normalised rewards (RiC's mapping as issue #14 states
+    it; it picks only the corners of the front's convex hull). ``chebyshev``: the point where
+    the ray from every objective's low end along the preference leaves the dominated region
+    (the weighted Chebyshev scalarisation; Miettinen, 1999; MOEA/D, Zhang & Li, 2007), which
+    spreads evenly spread preferences along the whole front."""
+
     front_step: float = Field(0.1, ge=0.0)
     """``pareto``: how far beyond the front point each prompt asks, along its preference
     vector, in normalised units (each objective's ``[low, high]`` is 2 wide)."""

@@ -12,10 +12,12 @@ normalised rewards. Each iteration:
 2. the ``P`` prompts get ``P`` preference vectors spread evenly over the simplex
    (:func:`~online_dt.util.pareto.simplex_grid`), in an order shuffled by the iteration's
    seed, so a prompt is not tied to one trade-off;
-3. each preference picks the front point that maximises ``w . u`` (``u``: normalised rewards)
-   and steps ``front_step`` beyond it along ``w / |w|``, the step that pushes the front
-   outwards (upside-down RL and ODT ask above what the data shows; a step, not a jump:
-   targets too far above the data hamper online fine-tuning, arXiv 2410.24108);
+3. each preference picks the front point that maximises ``w . u`` (``u``: normalised rewards;
+   ``schedule.front_mapping: weighted_sum``) or, with ``chebyshev``, the point where the ray
+   from ``(-1, ..., -1)`` along ``w`` leaves the dominated region, and steps ``front_step``
+   beyond it along ``w / |w|``, the step that pushes the front outwards (upside-down RL and
+   ODT ask above what the data shows; a step, not a jump: targets too far above the data
+   hamper online fine-tuning, arXiv 2410.24108);
 4. each objective gets uniform noise in ``± front_spread`` (exploration along the front),
    and the target is clamped to ``[low, high]``.
 
@@ -36,7 +38,7 @@ import numpy as np
 from online_dt.config import ObjectiveConfig, ScheduleConfig
 from online_dt.loop.schedule import ScheduleState
 from online_dt.objectives import denormalize, normalize
-from online_dt.util.pareto import pareto_front, preferred_point, simplex_grid
+from online_dt.util.pareto import chebyshev_point, pareto_front, preferred_point, simplex_grid
 from online_dt.util.seeds import derived_rng
 
 STREAM_PREFERENCES = 3
@@ -90,7 +92,12 @@ def front_targets(
         chosen = 2.0 * preferences - 1.0
     else:
         front = pareto_front(normalize(points, objectives))
-        chosen = np.stack([front[preferred_point(front, w)] for w in preferences])
+        low = np.full(m, -1.0)
+        pick = {
+            "weighted_sum": lambda w: preferred_point(front, w),
+            "chebyshev": lambda w: chebyshev_point(front, w, low),
+        }[cfg.front_mapping]
+        chosen = np.stack([front[pick(w)] for w in preferences])
         directions = preferences / np.linalg.norm(preferences, axis=1, keepdims=True)
         chosen = chosen + cfg.front_step * directions
     if cfg.front_spread > 0:

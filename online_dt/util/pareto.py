@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "chebyshev_point",
     "hypervolume",
     "pareto_front",
     "pareto_front_mask",
@@ -334,3 +335,39 @@ def preferred_point(
             raise ValueError(f"scale entries must be > 0, got {units.tolist()}")
     scores = (points / units) @ weights
     return int(np.argmax(scores))  # argmax returns the first of equal maxima
+
+
+def chebyshev_point(front: np.ndarray, preference: np.ndarray, reference: np.ndarray) -> int:
+    """Index of the front point that maximises ``min_m (front[i, m] - reference[m]) /
+    preference[m]`` over the objectives with ``preference[m] > 0``: the point where the ray from
+    ``reference`` along ``preference`` leaves the region the front dominates.
+
+    The (weighted) Chebyshev scalarisation (Miettinen, "Nonlinear Multiobjective
+    Optimization", 1999; the Tchebycheff decomposition of MOEA/D, Zhang & Li, 2007): unlike a
+    weighted sum, which picks only the front's convex-hull corners, evenly spread preferences
+    pick points spread along the whole front.
+
+    Args:
+        front: ``[K, M]`` float, ``K >= 1`` points (usually a Pareto front).
+        preference: ``[M]`` float weights ``>= 0``, at least one positive.
+        reference: ``[M]`` float, a point below the front (e.g. every objective's low end).
+
+    Returns:
+        The row index in ``[0, K)``; among equal scores, the lowest index.
+
+    Raises:
+        ValueError: ``front`` is empty, not 2-D or not finite; ``preference`` or ``reference``
+            does not have ``M`` finite entries; ``preference`` has a negative entry or none
+            positive.
+    """
+    points = _as_points(front, "front")
+    if len(points) == 0:
+        raise ValueError("front is empty")
+    objectives = points.shape[1]
+    weights = _as_vector(preference, objectives, "preference")
+    origin = _as_vector(reference, objectives, "reference")
+    if (weights < 0).any() or not (weights > 0).any():
+        raise ValueError(f"preference needs entries >= 0, one positive, got {weights.tolist()}")
+    used = weights > 0
+    scores = ((points[:, used] - origin[used]) / weights[used]).min(axis=1)
+    return int(np.argmax(scores))
