@@ -237,6 +237,9 @@ def test_buffer_histogram(client):
 def test_evaluation_endpoints(client):
     data = client.get("/api/eval").json()
     assert data["plot_available"] is True and data["error"] is None
+    assert data["kind"] == "calibration" and data["file"] == "eval/calibration.json"
+    assert data["grid"] is None  # one reward: the calibration table as before
+    assert client.get("/api/status").json()["eval_kind"] == "calibration"
     assert data["report"]["rows"][0]["kl_to_base"] is None  # inf becomes null
     assert data["report"]["rows"][1]["extrapolation"] is True
     png = client.get("/api/eval/plot.png?v=123.0")
@@ -620,6 +623,303 @@ def test_vector_columns_with_nulls_and_short_rows():
     assert stacked.shape == (5, 2) and np.isnan(stacked[:3]).all()
     assert stacked[3:].tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert _stack_vectors([None, None], [2, 2]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# the latest evaluation of several objectives (eval/objectives.json)
+# ---------------------------------------------------------------------------------------------
+
+# the policy's mean achieved reward per target, off the target by these normalised errors
+# (sentiment: half-width 1; brevity: half-width 10); the grid goal is 0.1
+EVAL_OFFSETS = [(0.02, -0.05), (0.3, 0.0), (0.0, -0.2), (-0.05, -0.15)]
+EVAL_RADIUS, EVAL_MIN_COUNT = 0.2, 2  # targets 1 and 2 of the buffer's 2 x 2 grid achievable
+
+
+def write_objectives_report(run: Path, created_at: float = 456.0, names=None) -> dict:
+    """An ``online-dt eval --grid 2`` report of :func:`make_multi_objective_run` (2 objectives)
+    built as ``online_dt.eval.run`` builds it, from the evaluation's own functions: the buffer's
+    2 x 2 target grid, 4 fake samples per target whose mean misses it by ``EVAL_OFFSETS``
+    (normalised), a KL per row; written as strict JSON to ``eval/objectives.json`` with a
+    plot. ``names`` renames the objectives in the report only."""
+    from online_dt.config import ObjectiveConfig
+    from online_dt.eval.objectives import achievable, grid_targets, objective_row, summarize_grid
+    from online_dt.eval.source import buffer_rewards
+    from online_dt.launch.rundir import finite_or_none
+
+    objectives = [ObjectiveConfig.model_validate(o) for o in OBJECTIVES[:2]]
+    buffer = buffer_rewards(run)
+    assert buffer.shape == (MO_ITERATIONS * MO_PER_ITERATION, 2)
+    targets = grid_targets(objectives, buffer, 2)
+    flags = achievable(targets, buffer, objectives, radius=EVAL_RADIUS, min_count=EVAL_MIN_COUNT)
+    assert flags == [False, True, True, False]
+    rows = []
+    for k, (target, offset) in enumerate(zip(targets, EVAL_OFFSETS, strict=True)):
+        mean = [t + e * o.half_width for t, e, o in zip(target, offset, objectives, strict=True)]
+        rewards = [
+            [v + d * o.half_width * 0.01 for v, o in zip(mean, objectives, strict=True)]
+            for d in (-1.0, 1.0, -2.0, 2.0)
+        ]
+        row = objective_row(
+            target,
+            objectives,
+            ["p"] * 4,
+            ["c"] * 4,
+            [[1, 2, 3]] * 4,
+            rewards,
+            is_achievable=flags[k],
+        )
+        row.update(kl_to_base=0.5 * k, kl_to_base_per_token=0.1 * k, seconds=0.1)
+        rows.append(row)
+    report = {
+        "kind": "objectives",
+        "created_at": created_at,
+        "iteration": MO_ITERATIONS - 1,
+        "policy_version": MO_ITERATIONS,
+        "objectives": [
+            {"name": n, "low": o.low, "high": o.high}
+            for n, o in zip(names or [o.name for o in objectives], objectives, strict=True)
+        ],
+        "grid_points": 2,
+        "achievable_rule": {"radius_normalised": EVAL_RADIUS, "min_count": EVAL_MIN_COUNT},
+        "goal": 0.1,
+        "samples_per_target": 4,
+        "buffer": {"samples": len(buffer), "best": buffer.max(axis=0).tolist()},
+        "kl_error": None,
+        "rows": rows,
+        "summary": summarize_grid(rows, objectives, buffer),
+        "reference": None,
+        "reference_error": "skipped",
+    }
+    report = finite_or_none(report)
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "objectives.json").write_text(json.dumps(report, allow_nan=False))
+    (run / "eval" / "objectives.png").write_bytes(PNG + b"objectives")
+    return report
+
+
+def test_objectives_evaluation_is_the_latest_evaluation(mo_run):
+    client = TestClient(create_app(mo_run))
+    assert client.get("/api/eval").json() == {
+        "kind": None,
+        "file": None,
+        "report": None,
+        "plot_available": False,
+        "error": None,
+        "grid": None,
+    }
+    assert client.get("/api/status").json()["eval_available"] is False
+    report = write_objectives_report(mo_run)
+
+    st = client.get("/api/status").json()
+    assert st["eval_available"] is True and st["eval_kind"] == "objectives"
+    data = client.get("/api/eval").json()
+    assert data["kind"] == "objectives" and data["file"] == "eval/objectives.json"
+    assert data["error"] is None and data["plot_available"] is True
+    assert data["report"] == report
+    png = client.get("/api/eval/plot.png?v=objectives%7C456.0")
+    assert png.status_code == 200 and png.content == PNG + b"objectives"
+
+    # the grid table: per target vector the achieved vector and normalised errors
+    grid = data["grid"]
+    assert grid["objectives"] == ["sentiment", "brevity"] and grid["goal"] == 0.1
+    assert [r["target"] for r in grid["rows"]] == [r["target"] for r in report["rows"]]
+    assert [r["achievable"] for r in grid["rows"]] == [False, True, True, False]
+    for row, offset in zip(grid["rows"], EVAL_OFFSETS, strict=True):
+        assert row["errors_normalised"] == pytest.approx([abs(e) for e in offset])
+        assert row["max_error_normalised"] == pytest.approx(max(abs(e) for e in offset))
+        assert row["within_goal"] is (max(abs(e) for e in offset) <= 0.1)
+        assert row["achieved"] == pytest.approx(
+            [t + e * h for t, e, h in zip(row["target"], offset, (1.0, 10.0), strict=True)]
+        )
+        assert row["count"] == 4
+    assert [r["kl_to_base"] for r in grid["rows"]] == [0.0, 0.5, 1.0, 1.5]
+
+    # the summary: per objective over the achievable targets (rows 1 and 2), by hand
+    summary = grid["summary"]
+    assert summary["targets"] == 4 and summary["achievable"] == 2
+    assert summary["within_goal"] == 0 and summary["within_goal_all"] == 1
+    sentiment, brevity = summary["per_objective"]
+    assert sentiment["name"] == "sentiment" and brevity["name"] == "brevity"
+    assert sentiment["mean_error_normalised"] == pytest.approx((0.3 + 0.0) / 2)
+    assert sentiment["max_error_normalised"] == pytest.approx(0.3)
+    assert sentiment["within_goal"] == 1 and brevity["within_goal"] == 1
+    assert brevity["mean_error_normalised"] == pytest.approx(0.1)
+    assert brevity["max_error_normalised"] == pytest.approx(0.2)
+    assert brevity["mean_abs_error"] == pytest.approx(1.0)  # 0.2 x half-width 10, over 2
+    written = report["summary"]
+    for key in ("achieved_hypervolume", "buffer_hypervolume", "hypervolume_ratio"):
+        assert summary[key] == pytest.approx(written[key]) and summary[key] > 0, key
+    assert summary["buffer_samples"] == MO_ITERATIONS * MO_PER_ITERATION
+    assert summary["achieved_front_size"] == written["achieved_front_size"] >= 1
+
+    # the reward-vs-KL plane takes no vector evaluation
+    plane = client.get("/api/klplane").json()
+    assert plane["eval"] is None and plane["reference"] is None
+
+
+def test_pareto_shows_the_latest_evaluation(mo_run):
+    client = TestClient(create_app(mo_run))
+    assert client.get("/api/pareto").json()["eval"] is None
+    report = write_objectives_report(mo_run)
+    data = client.get("/api/pareto").json()
+    ev = data["eval"]
+    assert (ev["created_at"], ev["iteration"], ev["policy_version"]) == (456.0, 3, 4)
+    achieved = [r["achieved_mean"] for r in report["rows"]]
+    assert [p["achieved"] for p in ev["points"]] == achieved
+    assert [p["target"] for p in ev["points"]] == [r["target"] for r in report["rows"]]
+    assert [p["achievable"] for p in ev["points"]] == [False, True, True, False]
+    # its front: exactly the non-dominated achieved means
+    expected = brute_front(achieved)
+    assert len(ev["front"]) == len(expected) == 3  # all but row 0 (via normalised units)
+    assert sorted(ev["front"]) == [pytest.approx(list(p)) for p in expected]
+    assert ev["achieved_hypervolume"] == pytest.approx(report["summary"]["achieved_hypervolume"])
+    assert ev["buffer_hypervolume"] == pytest.approx(report["summary"]["buffer_hypervolume"])
+    assert ev["hypervolume_ratio"] == pytest.approx(report["summary"]["hypervolume_ratio"])
+    # the buffer's own front is unchanged by the evaluation
+    assert [tuple(p) for p in data["front"]] == brute_front(
+        [list(mo_reward(it, k, 2)) for it in range(MO_ITERATIONS) for k in range(MO_PER_ITERATION)]
+    )
+    # a report over other objectives is not drawn in this run's plane
+    write_objectives_report(mo_run, created_at=789.0, names=["brevity", "sentiment"])
+    assert client.get("/api/pareto").json()["eval"] is None
+    assert client.get("/api/eval").json()["report"]["created_at"] == 789.0
+
+
+def test_the_newer_evaluation_report_is_shown(mo_run, monkeypatch):
+    """A run holding both reports shows the one written last, its plot with it; each report
+    is parsed once per version of its file."""
+    from online_dt.dashboard import reader as reader_module
+
+    write_objectives_report(mo_run)
+    calibration = {"created_at": 999.0, "rows": [{"target": 0.5, "mean": 0.4}]}
+    (mo_run / "eval" / "calibration.json").write_text(json.dumps(calibration))
+    (mo_run / "eval" / "calibration.png").write_bytes(PNG + b"calibration")
+    objectives = mo_run / "eval" / "objectives.json"
+    os.utime(mo_run / "eval" / "calibration.json", (2_000, 2_000))
+    os.utime(objectives, (1_000, 1_000))
+    parsed = []
+    original = reader_module.RunReader._json_file
+
+    def counted(self, relative):
+        parsed.append(relative)
+        return original(self, relative)
+
+    monkeypatch.setattr(reader_module.RunReader, "_json_file", counted)
+    client = TestClient(create_app(mo_run))
+    data = client.get("/api/eval").json()
+    assert data["kind"] == "calibration" and data["grid"] is None
+    assert data["report"]["created_at"] == 999.0
+    assert client.get("/api/eval/plot.png").content == PNG + b"calibration"
+    assert client.get("/api/status").json()["eval_kind"] == "calibration"
+    assert client.get("/api/pareto").json()["eval"] is None
+
+    os.utime(objectives, (3_000, 3_000))
+    parsed.clear()
+    for _ in range(3):
+        data = client.get("/api/eval").json()
+        assert data["kind"] == "objectives" and data["grid"]["summary"]["targets"] == 4
+        assert client.get("/api/pareto").json()["eval"]["created_at"] == 456.0
+    assert parsed.count("eval/objectives.json") == 1
+    assert client.get("/api/eval/plot.png").content == PNG + b"objectives"
+    # a new version of the file is read again; one that is not an object is an error
+    objectives.write_text("[1, 2]")
+    os.utime(objectives, (4_000, 4_000))
+    data = client.get("/api/eval").json()
+    assert data["kind"] == "objectives" and data["report"] is None and data["grid"] is None
+    assert "not a JSON object" in data["error"]
+    assert client.get("/api/pareto").json()["eval"] is None
+    assert parsed.count("eval/objectives.json") == 2
+
+
+def test_a_malformed_objectives_report_is_shown_as_far_as_it_goes(mo_run):
+    from online_dt.dashboard.reader import objectives_grid, pareto_eval
+
+    report = write_objectives_report(mo_run)
+    report["rows"][0] = {"target": "x", "objectives": None, "achievable": "yes"}
+    report["rows"].append(7)
+    report["summary"] = {"per_objective": {"sentiment": {"within_goal": 1.0}}, "targets": None}
+    del report["goal"]
+    grid = objectives_grid(report)
+    assert grid["goal"] == 0.1 and len(grid["rows"]) == 4
+    assert grid["rows"][0] == {
+        "target": None,
+        "achieved": None,
+        "errors_normalised": [None, None],
+        "max_error_normalised": None,
+        "within_goal": False,
+        "achievable": False,
+        "distinct_2": None,
+        "kl_to_base": None,
+        "count": None,
+    }
+    assert grid["summary"]["per_objective"][0]["within_goal"] == 1
+    assert grid["summary"]["per_objective"][1]["mean_error_normalised"] is None
+    assert grid["summary"]["targets"] is None and grid["summary"]["achieved_hypervolume"] is None
+    ev = pareto_eval(report, ["sentiment", "brevity"])
+    assert len(ev["points"]) == 3 and ev["front"] == [] and ev["achieved_hypervolume"] is None
+    assert objectives_grid({})["rows"] == [] and objectives_grid({})["objectives"] == []
+
+
+@pytest.mark.slow
+def test_objectives_evaluation_in_a_browser(mo_run):
+    """The page in headless Chromium (as tests/test_dashboard_browser.py): the latest
+    evaluation panel shows the grid table and summary, the Pareto panel the evaluation's
+    targets, achieved points and front next to the buffer's, without console errors."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, chart, wait_for
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"no {CHROMIUM}: run scripts/install_browser.sh")
+    report = write_objectives_report(mo_run)
+    handle = serve(mo_run, port=0, poll_interval_s=0.25)
+    problems: list[str] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(handle.url)
+            wait_for(page, "document.body.dataset.evalKind === 'objectives'")
+            wait_for(page, "Number(document.body.dataset.paretoPolls || 0) >= 1")
+            assert page.is_hidden("#eval-table") and page.is_visible("#eval-grid-table")
+            assert "wide" in page.get_attribute("#panel-eval", "class")
+            head = page.inner_text("#eval-grid-table thead")
+            assert "achieved mean" in head and "sentiment" in head and "brevity" in head
+            rows = page.query_selector_all("#eval-grid-table tbody tr")
+            assert len(rows) == 4
+            cells = [c.inner_text() for c in rows[1].query_selector_all("td")]
+            target = report["rows"][1]["target"]
+            assert cells[:2] == [f"{v:.3f}" for v in target] and cells[4:6] == ["0.300", "0.000"]
+            assert rows[1].query_selector_all("td")[4].get_attribute("class") == "num bad"
+            assert rows[0].get_attribute("class") == "unreachable" and cells[7] == "yes"
+            summary = page.inner_text("#eval-grid-summary tbody")
+            assert "sentiment" in summary and "0.150" in summary and "1 / 2" in summary
+            front = page.inner_text("#eval-grid-front")
+            hv = report["summary"]["buffer_hypervolume"]
+            assert "achieved front" in front and f"{hv:.3f}" in front
+            assert page.is_visible("#eval-plot")
+
+            datasets = chart(page, "pareto")["datasets"]
+            assert [len(d["data"]) for d in datasets[5:]] == [4, 4, 3]
+            achieved = [[p["x"], p["y"]] for p in datasets[6]["data"]]
+            assert achieved == [r["achieved_mean"] for r in report["rows"]]
+            assert "evaluation" in datasets[6]["label"]
+            assert "latest evaluation (iteration 3)" in page.inner_text("#pareto-summary")
+            calibration = chart(page, "calibration")["datasets"]
+            assert len(calibration[-1]["data"]) == 4 * 2  # per row and objective
+        assert problems == []
+    finally:
+        handle.stop()
+
+
+def test_page_has_the_objectives_evaluation(client):
+    page = client.get("/").text
+    assert 'id="eval-grid" hidden' in page and 'id="eval-grid-table"' in page
+    assert 'id="eval-grid-summary"' in page and 'id="eval-grid-front"' in page
+    js = client.get("/static/app.js").text
+    assert "renderEvalGrid(grid)" in js and "data.eval" in js
 
 
 def test_page_has_the_pareto_panel(client):

@@ -245,6 +245,85 @@ def test_cli_parses_vector_targets_with_negative_values():
 
 
 # ---------------------------------------------------------------------------------------------
+# the buffer's rewards
+# ---------------------------------------------------------------------------------------------
+
+
+def write_buffer(run, rewards, shard_size=4):
+    """Persist samples with these achieved rewards (floats, or tuples: one per objective) in
+    ``run/buffer``, 3 samples per append (one iteration each)."""
+    from online_dt.config import ReplayBufferConfig
+    from online_dt.replay.buffer import ReplayBuffer
+    from online_dt.samples import Sample
+
+    buf = ReplayBuffer(ReplayBufferConfig(shard_size=shard_size), run / "buffer")
+    for start in range(0, len(rewards), 3):
+        buf.append(
+            [
+                Sample(
+                    prompt="p",
+                    completion="c",
+                    achieved_reward=r,
+                    target_reward=r if isinstance(r, float) else (0.0,) * len(r),
+                    policy_version=0,
+                    iteration=start // 3,
+                    created_at=0.0,
+                    scored_at=0.0,
+                    completion_tokens=1,
+                )
+                for r in rewards[start : start + 3]
+            ]
+        )
+
+
+def test_buffer_rewards_of_scalar_and_vector_shards(tmp_path):
+    from online_dt.eval.objectives import buffer_reward_vectors
+    from online_dt.eval.source import EvalError, buffer_rewards
+
+    scalar, vector = tmp_path / "scalar", tmp_path / "vector"
+    values = [0.1 * i - 0.4 for i in range(10)]
+    write_buffer(scalar, values)
+    got = buffer_rewards(scalar)
+    assert got.shape == (10,) and got.dtype == np.float64
+    assert np.array_equal(got, values)  # id order, across 3 shards
+
+    vectors = [(0.1 * i, -float(i), 0.5 + 0.01 * i) for i in range(10)]
+    write_buffer(vector, vectors)
+    got = buffer_rewards(vector)
+    assert got.shape == (10, 3) and got.dtype == np.float64
+    assert np.array_equal(got, np.array(vectors))  # every objective, not only the first
+
+    # nothing persisted
+    for empty in (None, tmp_path / "nothing"):
+        assert buffer_rewards(empty).shape == (0,)
+    (tmp_path / "no-samples" / "buffer").mkdir(parents=True)
+    assert buffer_rewards(tmp_path / "no-samples").shape == (0,)
+
+    # the multi-objective evaluation's view: [N, M], checked against the objectives
+    assert buffer_reward_vectors(vector, 3).tolist() == got.tolist()
+    assert buffer_reward_vectors(tmp_path / "nothing", 3).shape == (0, 3)
+    assert buffer_reward_vectors(None, 2).shape == (0, 2)
+    with pytest.raises(EvalError, match="one reward per sample, but the config names 2"):
+        buffer_reward_vectors(scalar, 2)
+    with pytest.raises(EvalError, match="3 rewards per sample, but the config names 2"):
+        buffer_reward_vectors(vector, 2)
+
+
+def test_buffer_rewards_leave_out_rows_without_a_full_vector():
+    import pyarrow as pa
+
+    from online_dt.eval.source import _full_vectors
+
+    column = pa.chunked_array(
+        [[[1.0, 2.0], None, [3.0]], [[4.0, None], [5.0, 6.0], [float("nan"), 1.0]]]
+    )
+    assert _full_vectors(column).tolist() == [[1.0, 2.0], [5.0, 6.0]]
+    assert _full_vectors(pa.chunked_array([[None, None]], type=pa.list_(pa.float64()))) is None
+    assert _full_vectors(pa.chunked_array([[[], []]], type=pa.list_(pa.float64()))) is None
+    assert _full_vectors(pa.chunked_array([], type=pa.list_(pa.float64()))) is None
+
+
+# ---------------------------------------------------------------------------------------------
 # the command on a tiny trained two-objective run
 # ---------------------------------------------------------------------------------------------
 

@@ -11,13 +11,16 @@ Routes (all ``GET`` but the login form's ``POST``; anything else is 404 or 405):
 * ``/api/metrics?since=I`` per-iteration records with ``iteration > I`` (``-1``: all);
 * ``/api/samples?limit=N`` the newest N logged samples;
 * ``/api/buffer?iteration=I&bins=B`` reward histogram of the replay buffer (now, and at I);
-* ``/api/eval`` the latest ``online-dt eval`` report; ``/api/eval/plot.png`` its plot;
+* ``/api/eval`` the latest ``online-dt eval`` report (``eval/calibration.json``, or
+  ``eval/objectives.json`` of a run with several objectives with its grid table and summary,
+  whichever was written last); ``/api/eval/plot.png`` its plot;
 * ``/api/klplane`` the reward-vs-KL plane: each iteration's achieved mean reward against its KL
   to the base (nats per completion), the latest evaluation's targets, and the base model's own
   binned reference (:meth:`~online_dt.dashboard.reader.RunReader.kl_plane`);
 * ``/api/pareto?cloud=N`` a run with several objectives: the replay buffer's empirical Pareto
-  front, N of its reward vectors (evenly thinned), each iteration's target vector and the
-  front's hypervolume per iteration (:meth:`~online_dt.dashboard.reader.RunReader.pareto`);
+  front, N of its reward vectors (evenly thinned), each iteration's target vector, the
+  front's hypervolume per iteration and the latest ``objectives.json`` evaluation's achieved
+  points and front (:meth:`~online_dt.dashboard.reader.RunReader.pareto`);
 * ``/login`` (only with a token) the login form, and its ``POST``.
 
 With a token (``create_app(..., token=...)``), the middleware answers every request without it,

@@ -19,6 +19,10 @@ A run with several objectives (``conditioning.objectives``) logs its targets and
 rewards as vectors (one float per objective, in the config's order); :meth:`RunReader.pareto`
 gives its buffer's empirical Pareto front, a thinned cloud of the buffer's reward vectors and
 the target vector of every iteration, each capped so that a large buffer stays cheap to send.
+Its ``online-dt eval --grid`` report (``eval/objectives.json``) is the latest evaluation when it
+is newer than ``eval/calibration.json`` (:meth:`RunReader.evaluation`): its grid table and
+summary are served with it, and its achieved points and front are drawn next to the buffer's
+front (the ``eval`` part of :meth:`RunReader.pareto`).
 """
 
 from __future__ import annotations
@@ -37,12 +41,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from online_dt.eval.objectives import CALIBRATION_GOAL
 from online_dt.eval.reference import MIN_BIN_COUNT
 from online_dt.launch.rundir import (
     BUFFER_DIR,
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     EVAL_DIR,
+    EVAL_OBJECTIVES_FILE,
+    EVAL_OBJECTIVES_PLOT_FILE,
     EVAL_PLOT_FILE,
     EVAL_TABLE_FILE,
     LATEST_FILE,
@@ -57,6 +64,14 @@ from online_dt.util.pareto import pareto_front
 
 _EVAL_TABLE = f"{EVAL_DIR}/{EVAL_TABLE_FILE}"
 _EVAL_PLOT = f"{EVAL_DIR}/{EVAL_PLOT_FILE}"
+_EVAL_OBJECTIVES = f"{EVAL_DIR}/{EVAL_OBJECTIVES_FILE}"
+_EVAL_OBJECTIVES_PLOT = f"{EVAL_DIR}/{EVAL_OBJECTIVES_PLOT_FILE}"
+_EVAL_REPORTS = (
+    ("calibration", _EVAL_TABLE, _EVAL_PLOT),
+    ("objectives", _EVAL_OBJECTIVES, _EVAL_OBJECTIVES_PLOT),
+)
+"""The evaluation reports a run directory may hold: (kind, report, plot), ``online-dt eval``
+of a run with one reward and with several objectives."""
 _LATEST = f"{CHECKPOINTS_DIR}/{LATEST_FILE}"
 
 MAX_SAMPLES_KEPT = 10_000
@@ -197,6 +212,7 @@ class RunReader:
         ] = {}
         self._buffer_lock = threading.Lock()
         self._front_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
+        self._eval_cache: dict[str, tuple[tuple[int, int, int], Any, str | None]] = {}
 
     # -- path safety -----------------------------------------------------------------------------
 
@@ -321,6 +337,7 @@ class RunReader:
             for e in (r.get("errors") or [] if isinstance(r.get("errors"), list) else [])
         ]
         checkpoint = None
+        latest_eval = self._latest_eval()
         latest, _ = self._json_file(_LATEST)
         if isinstance(latest, dict):
             checkpoint = latest.get("path")
@@ -340,7 +357,8 @@ class RunReader:
             "front_hypervolume": last.get("front_hypervolume"),
             "updated_at": updated,
             "checkpoint": checkpoint,
-            "eval_available": self.file(_EVAL_TABLE) is not None,
+            "eval_available": latest_eval is not None,
+            "eval_kind": latest_eval[0] if latest_eval is not None else None,
             "config_error": cfg["error"],
             "rejected": self.rejected(),
             "errors": errors[-10:],
@@ -349,16 +367,72 @@ class RunReader:
 
     # -- evaluation --------------------------------------------------------------------------------
 
-    def evaluation(self) -> dict[str, Any]:
-        """The latest ``online-dt eval`` report (``report``, or ``None``), whether its plot
-        exists, and ``error`` when the report cannot be parsed."""
-        report, error = self._json_file(_EVAL_TABLE)
+    def _latest_eval(self) -> tuple[str, str, str] | None:
+        """``(kind, report, plot)`` of :data:`_EVAL_REPORTS` whose report file was written last
+        (``eval/objectives.json`` on a tie), or ``None`` when there is neither."""
+        found = []
+        for order, (kind, table, plot) in enumerate(_EVAL_REPORTS):
+            path = self.file(table)
+            if path is None:
+                continue
+            try:
+                found.append((path.stat().st_mtime_ns, order, (kind, table, plot)))
+            except OSError:
+                continue
+        return max(found)[2] if found else None
+
+    def _eval_report(self, relative: str) -> tuple[dict[str, Any] | None, str | None]:
+        """An evaluation report (a JSON object) and the error reading it, as
+        :meth:`_json_file`; parsed once per version of the file (inode, size, mtime)."""
+        path = self.file(relative)
+        if path is None:
+            return None, None
+        try:
+            st = path.stat()
+        except OSError:
+            return None, None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._eval_cache.get(relative)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        report, error = self._json_file(relative)
         if report is not None and not isinstance(report, dict):
-            report, error = None, f"{_EVAL_TABLE} is not a JSON object"
+            report, error = None, f"{relative} is not a JSON object"
+        self._eval_cache[relative] = (key, report, error)
+        return report, error
+
+    def evaluation(self) -> dict[str, Any]:
+        """The latest ``online-dt eval`` report: ``eval/calibration.json`` (one reward) or
+        ``eval/objectives.json`` (several objectives), whichever was written last.
+
+        Returns:
+            ``kind`` (``"calibration"``, ``"objectives"``, or ``None`` without a report);
+            ``file`` (the report's path in the run directory, or ``None``); ``report`` (the
+            report, or ``None``); ``plot_available`` (whether its PNG exists; served by
+            :meth:`eval_plot`); ``error`` when the report cannot be parsed; ``grid``: for an
+            ``objectives`` report, its table and summary in the form the page draws
+            (:func:`objectives_grid`), else ``None``.
+        """
+        latest = self._latest_eval()
+        if latest is None:
+            return {
+                "kind": None,
+                "file": None,
+                "report": None,
+                "plot_available": False,
+                "error": None,
+                "grid": None,
+            }
+        kind, table, plot = latest
+        report, error = self._eval_report(table)
+        grid = objectives_grid(report) if kind == "objectives" and report is not None else None
         return {
+            "kind": kind,
+            "file": table,
             "report": report,
-            "plot_available": self.file(_EVAL_PLOT) is not None,
+            "plot_available": self.file(plot) is not None,
             "error": error,
+            "grid": grid,
         }
 
     def kl_plane(self) -> dict[str, Any]:
@@ -384,7 +458,8 @@ class RunReader:
             evaluation report's, as :meth:`evaluation`); ``objectives``: the objectives' names
             of a run with several (its newest record's), else ``None``. The plane needs one
             reward: a run with several has no ``iterations`` here (their ``achieved_mean`` is
-            a vector), and its evaluation rows with vector targets are left out too.
+            a vector), and its evaluation rows with vector targets are left out too (an
+            ``objectives.json`` report gives no ``eval`` here: see :meth:`pareto`).
         """
         records, generation = self._metrics.read(self.file(METRICS_FILE))
         iterations = [
@@ -393,7 +468,7 @@ class RunReader:
             if _finite(r, "kl_to_base", "achieved_mean")
         ]
         found = self.evaluation()
-        report = found["report"]
+        report = found["report"] if found["kind"] == "calibration" else None
         return {
             "objectives": _names(records[-1].get("objectives")) if records else None,
             "iterations": iterations,
@@ -404,8 +479,10 @@ class RunReader:
         }
 
     def eval_plot(self) -> Path | None:
-        """Path of the latest evaluation's PNG inside the run directory, or ``None``."""
-        return self.file(_EVAL_PLOT)
+        """Path of the latest evaluation's PNG inside the run directory (``calibration.png``
+        or ``objectives.png``, as :meth:`evaluation` chooses), or ``None``."""
+        latest = self._latest_eval()
+        return self.file(latest[2]) if latest is not None else None
 
     # -- replay buffer -----------------------------------------------------------------------------
 
@@ -550,7 +627,10 @@ class RunReader:
             front_hypervolume}`` per record with a hypervolume (normalised units: every
             objective's ``[low, high]`` maps to ``[-1, 1]``, reference point at the lows);
             ``generation`` (of ``metrics.jsonl``, as :meth:`metrics`) and ``error`` (the
-            buffer's, as :meth:`buffer_rewards`).
+            buffer's, as :meth:`buffer_rewards`); ``eval``: the latest evaluation's steering
+            when it is an ``objectives.json`` report over the same objectives
+            (:func:`pareto_eval`: its achieved points, their front and hypervolumes), else
+            ``None``.
         """
         cloud = max(0, min(int(cloud), MAX_CLOUD_POINTS))
         records, generation = self._metrics.read(self.file(METRICS_FILE))
@@ -563,12 +643,16 @@ class RunReader:
             "samples": 0,
             "targets": [],
             "hypervolume": [],
+            "eval": None,
             "generation": generation,
             "error": None,
         }
         if not objectives:
             return answer
         names = [o["name"] for o in objectives]
+        found_eval = self.evaluation()
+        if found_eval["kind"] == "objectives" and found_eval["report"] is not None:
+            answer["eval"] = pareto_eval(found_eval["report"], names)
         for r in records:
             target = _reward_vector(r.get("target"), r, names, "target_{}")
             if target is not None:
@@ -849,3 +933,144 @@ def _median_wall(metrics: list[dict[str, Any]]) -> float:
         for r in metrics[-20:]
     ]
     return float(np.median(walls)) if walls else 0.0
+
+
+# -- an evaluation of several objectives (eval/objectives.json) ----------------------------------
+
+
+def _vector(value: Any, m: int) -> list[float | None] | None:
+    """``value`` as a list of ``m`` numbers (``None`` where one is not finite), or ``None``
+    when it is not a list of ``m`` items."""
+    if not isinstance(value, list) or len(value) != m:
+        return None
+    return [_number(v) for v in value]
+
+
+def _report_names(report: dict[str, Any]) -> list[str]:
+    """The objectives' names of an ``objectives.json`` report, in its vectors' order."""
+    listed = report.get("objectives")
+    if not isinstance(listed, list):
+        return []
+    return [str(o.get("name")) if isinstance(o, dict) else str(o) for o in listed]
+
+
+def objectives_grid(report: dict[str, Any]) -> dict[str, Any]:
+    """The table and summary of an ``online-dt eval`` report of a run with several objectives
+    (``eval/objectives.json``, :mod:`online_dt.eval.objectives`) as the dashboard draws them.
+
+    Returns:
+        ``objectives`` (names, the vectors' order); ``goal`` (the calibration goal, normalised
+        units); ``rows``, one per target vector: ``target`` and ``achieved`` (the mean achieved
+        vector; reward units), ``errors_normalised`` (per objective ``|achieved - target|``
+        over half the objective's range), ``max_error_normalised``, ``within_goal``,
+        ``achievable``, ``distinct_2``, ``kl_to_base`` and ``count``; ``summary``: ``targets``,
+        ``achievable``, ``within_goal`` (achievable targets within the goal in every
+        objective), ``within_goal_all``, ``per_objective`` (one ``{name,
+        mean_error_normalised, max_error_normalised, mean_abs_error, within_goal}`` per
+        objective, over the achievable targets: errors ``None`` when none is),
+        ``achieved_front_size``, ``achieved_hypervolume``, ``buffer_front_size``,
+        ``buffer_hypervolume``, ``buffer_samples`` and ``hypervolume_ratio`` (normalised
+        units; ``None`` where unknown). Malformed parts of the report become ``None``.
+    """
+    names = _report_names(report)
+    m = len(names)
+    summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
+    goal = _number(report.get("goal"))
+    if goal is None:
+        goal = _number(summary.get("goal"))
+    rows = []
+    for r in report.get("rows") or []:
+        if not isinstance(r, dict):
+            continue
+        per = r.get("objectives") if isinstance(r.get("objectives"), dict) else {}
+
+        def error(name: str, per: dict[str, Any] = per) -> float | None:
+            item = per.get(name)
+            return _number(item.get("abs_error_normalised")) if isinstance(item, dict) else None
+
+        rows.append(
+            {
+                "target": _vector(r.get("target"), m),
+                "achieved": _vector(r.get("achieved_mean"), m),
+                "errors_normalised": [error(n) for n in names],
+                "max_error_normalised": _number(r.get("max_abs_error_normalised")),
+                "within_goal": r.get("within_goal") is True,
+                "achievable": r.get("achievable") is True,
+                "distinct_2": _number(r.get("distinct_2")),
+                "kl_to_base": _number(r.get("kl_to_base")),
+                "count": _int(r.get("count"), None),
+            }
+        )
+    listed = summary.get("per_objective") if isinstance(summary.get("per_objective"), dict) else {}
+    per_objective = []
+    for name in names:
+        p = listed.get(name) if isinstance(listed.get(name), dict) else {}
+        per_objective.append(
+            {
+                "name": name,
+                "mean_error_normalised": _number(p.get("mean_abs_error_normalised")),
+                "max_error_normalised": _number(p.get("max_abs_error_normalised")),
+                "mean_abs_error": _number(p.get("mean_abs_error")),
+                "within_goal": _int(p.get("within_goal"), None),
+            }
+        )
+    counts = ("targets", "achievable", "within_goal", "within_goal_all")
+    sizes = ("achieved_front_size", "buffer_front_size", "buffer_samples")
+    figures = ("achieved_hypervolume", "buffer_hypervolume", "hypervolume_ratio")
+    return {
+        "objectives": names,
+        "goal": goal if goal is not None else CALIBRATION_GOAL,
+        "rows": rows,
+        "summary": {
+            **{k: _int(summary.get(k), None) for k in counts + sizes},
+            **{k: _number(summary.get(k)) for k in figures},
+            "per_objective": per_objective,
+        },
+    }
+
+
+def pareto_eval(report: dict[str, Any], names: list[str]) -> dict[str, Any] | None:
+    """The ``eval`` part of :meth:`RunReader.pareto`: what an ``objectives.json`` report
+    achieved, to draw next to the buffer's front.
+
+    Args:
+        report: the report (``eval/objectives.json``).
+        names: the run's objectives; a report over other objectives (or another order) gives
+            ``None``.
+
+    Returns:
+        ``created_at``, ``iteration``, ``policy_version``; ``points``, one ``{target,
+        achieved, achievable, within_goal, max_error_normalised}`` per row with a finite
+        achieved vector (reward units); ``front``: the Pareto front of the achieved means
+        (the report's ``summary.achieved_front``, vectors of ``len(names)`` finite numbers);
+        ``achieved_hypervolume``, ``buffer_hypervolume`` and ``hypervolume_ratio`` (the
+        report's, normalised units, ``None`` where unknown); ``goal``.
+    """
+    if _report_names(report) != names:
+        return None
+    m = len(names)
+    grid = objectives_grid(report)
+    points = [
+        {
+            "target": r["target"],
+            "achieved": r["achieved"],
+            "achievable": r["achievable"],
+            "within_goal": r["within_goal"],
+            "max_error_normalised": r["max_error_normalised"],
+        }
+        for r in grid["rows"]
+        if r["achieved"] is not None and all(v is not None for v in r["achieved"])
+    ]
+    summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
+    front = [_vector(p, m) for p in summary.get("achieved_front") or []]
+    return {
+        "created_at": _number(report.get("created_at")),
+        "iteration": _int(report.get("iteration"), None),
+        "policy_version": _int(report.get("policy_version"), None),
+        "goal": grid["goal"],
+        "points": points,
+        "front": [p for p in front if p is not None and all(v is not None for v in p)],
+        "achieved_hypervolume": grid["summary"]["achieved_hypervolume"],
+        "buffer_hypervolume": grid["summary"]["buffer_hypervolume"],
+        "hypervolume_ratio": grid["summary"]["hypervolume_ratio"],
+    }

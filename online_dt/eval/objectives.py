@@ -16,7 +16,8 @@ holds the pure pieces of that evaluation (no model, no Ray; tested with fakes):
   the achieved means with its hypervolume next to the buffer's;
 * :func:`format_objectives_table` and :func:`format_objectives_summary`: the console output;
 * :func:`buffer_reward_vectors`: the ``[N, M]`` achieved reward vectors of a run directory's
-  persisted replay buffer.
+  persisted replay buffer (:func:`online_dt.eval.source.buffer_rewards`, checked against the
+  objectives).
 
 Units: "reward units" are each objective's own (as the reward model returns them);
 "normalised" units map each objective's configured ``[low, high]`` to ``[-1, 1]``
@@ -571,32 +572,28 @@ def format_objectives_summary(
 
 
 def buffer_reward_vectors(run_dir: Path | None, num_objectives: int) -> np.ndarray:
-    """The achieved reward vectors of every sample persisted in ``run_dir/buffer``.
-
-    Reads the shards' ``achieved_rewards`` list column (one float per objective, the config's
-    order; :mod:`online_dt.replay.schema`); rows without a vector of ``num_objectives`` values
-    are dropped.
+    """The achieved reward vectors of every sample persisted in ``run_dir/buffer``:
+    :func:`online_dt.eval.source.buffer_rewards`, checked against the run's objectives.
 
     Returns:
-        float64 ``[N, M]`` (reward units); ``[0, M]`` without a run directory or buffer.
+        float64 ``[N, M]`` with ``M = num_objectives`` (reward units, the config's order;
+        samples without a full vector left out); ``[0, M]`` without a run directory, buffer or
+        persisted sample.
 
     Raises:
         BufferCorruptError: the shards do not cover the persisted ids.
+        EvalError: the buffer holds one reward per sample, or vectors of another length than
+            ``num_objectives`` (the config does not describe the run that filled the buffer).
     """
-    from online_dt.launch.rundir import BUFFER_DIR
-    from online_dt.replay.shards import read_persisted
+    from online_dt.eval.source import EvalError, buffer_rewards
 
-    empty = np.zeros((0, num_objectives))
-    if run_dir is None or not (Path(run_dir) / BUFFER_DIR).is_dir():
-        return empty
-    table = read_persisted(Path(run_dir) / BUFFER_DIR)
-    if "achieved_rewards" not in table.column_names:
-        return empty
-    rows = [
-        r
-        for r in table.column("achieved_rewards").to_pylist()
-        if r is not None and len(r) == num_objectives and all(v is not None for v in r)
-    ]
-    if not rows:
-        return empty
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), num_objectives)
+    rewards = buffer_rewards(run_dir)
+    if rewards.size == 0:
+        return np.zeros((0, num_objectives))
+    if rewards.ndim != 2 or rewards.shape[1] != num_objectives:
+        held = "one reward" if rewards.ndim == 1 else f"{rewards.shape[1]} rewards"
+        raise EvalError(
+            f"the replay buffer of {run_dir} holds {held} per sample, but the config names "
+            f"{num_objectives} objectives (conditioning.objectives)"
+        )
+    return rewards

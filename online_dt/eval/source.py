@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from online_dt.launch.rundir import (
     BUFFER_DIR,
@@ -109,8 +111,45 @@ def _read_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def buffer_rewards(run_dir: Path | None) -> np.ndarray:
-    """Achieved rewards of every sample persisted in ``run_dir/buffer`` (empty without one)."""
-    if run_dir is None or not (run_dir / BUFFER_DIR).is_dir():
+    """Achieved rewards of every sample persisted in ``run_dir/buffer``, in id order.
+
+    A run with a single reward gives float64 ``[N]`` (the shards' ``achieved_reward`` column).
+    A run with ``M`` objectives (``conditioning.objectives``), whose shards fill the
+    ``achieved_rewards`` list column, gives float64 ``[N, M]``: one row per sample, the
+    objectives in the config's order (reward units); a sample without a full vector of ``M``
+    finite values (``M`` the longest vector) is left out. A scalar result never holds the
+    first objective of a vector run: check ``.ndim`` (or the run's config) to tell them apart.
+
+    Returns:
+        ``[N]`` or ``[N, M]`` as above; an empty ``[0]`` without a run directory, a buffer
+        folder or a persisted sample.
+
+    Raises:
+        BufferCorruptError: the shards do not cover the persisted ids.
+    """
+    if run_dir is None or not (Path(run_dir) / BUFFER_DIR).is_dir():
         return np.zeros(0)
-    table = read_persisted(run_dir / BUFFER_DIR)
-    return table.column("achieved_reward").to_numpy()
+    table = read_persisted(Path(run_dir) / BUFFER_DIR)
+    if table.num_rows == 0:
+        return np.zeros(0)
+    if "achieved_rewards" in table.column_names:
+        vectors = _full_vectors(table.column("achieved_rewards"))
+        if vectors is not None:
+            return vectors
+    return np.asarray(table.column("achieved_reward").to_numpy(), dtype=np.float64)
+
+
+def _full_vectors(column: pa.ChunkedArray) -> np.ndarray | None:
+    """The rows of a list column (``achieved_rewards``) holding ``M`` finite values, ``M`` its
+    longest row, as float64 ``[n, M]``; ``None`` when no row holds a value."""
+    array = column.combine_chunks()
+    if len(array) == 0 or array.null_count == len(array):
+        return None
+    lengths = pc.list_value_length(array).fill_null(0).to_numpy(zero_copy_only=False)
+    width = int(lengths.max())
+    if width == 0:
+        return None
+    full = array.filter(pa.array(lengths == width))
+    flat = pc.list_flatten(full).to_numpy(zero_copy_only=False)  # null values: NaN
+    rows = np.asarray(flat, dtype=np.float64).reshape(len(full), width)
+    return rows[np.isfinite(rows).all(axis=1)]

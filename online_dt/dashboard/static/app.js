@@ -13,12 +13,15 @@ const state = {
   bufferKey: null, // (buffer size, chosen iteration) last drawn
   bufferFollow: true, // the slider follows the newest iteration
   evalCreatedAt: null,
+  evalKey: null, // (kind, created_at) of the evaluation report last drawn
+  evalKind: null, // "calibration" (one reward) or "objectives" (several), null before one
   evalRows: [],
   klplaneKey: null, // (metrics generation, records, evaluation) last drawn on the KL plane
   // several objectives: [{name, low, high}] (low/high null when unknown), null for one reward
   objectives: null,
   objectivesKey: null, // the objectives the charts were last set up for
-  paretoKey: null, // (metrics generation, records, buffer size) last drawn on the Pareto panel
+  // (metrics generation, records, buffer size, evaluation) last drawn on the Pareto panel
+  paretoKey: null,
   polls: 0,
 };
 window.onlineDt = { state };
@@ -77,6 +80,7 @@ const COLORS = {
   throughput: "#111827",
   eval: "#dc2626",
   reference: "#6b7280",
+  evalGrid: "#d97706", // an evaluation of several objectives on the Pareto panel
 };
 
 // one colour per objective (several objectives), in the config's order
@@ -97,6 +101,9 @@ function iterationColor(index, count, rgb = "37, 99, 235") {
 
 const charts = {};
 window.onlineDt.charts = charts;
+
+// the Pareto chart's datasets from this index on are the latest evaluation's
+const EVAL_DATASETS = 5;
 
 function linearX(title) {
   return { type: "linear", title: { display: true, text: title }, ticks: { precision: 0 } };
@@ -255,6 +262,16 @@ function makeCharts() {
           order: 1 },
         { label: "latest achieved mean", data: [], backgroundColor: "rgba(0,0,0,0)",
           borderColor: COLORS.throughput, borderWidth: 2, pointRadius: 7, order: 2 },
+        // the latest online-dt eval --grid report (datasets 5-7; EVAL_DATASETS)
+        { label: "evaluation targets", data: [], backgroundColor: COLORS.evalGrid,
+          borderColor: COLORS.evalGrid, borderWidth: 1, pointRadius: 5, pointStyle: "crossRot",
+          order: 2 },
+        { label: "evaluation: achieved mean per target", data: [], backgroundColor: [],
+          borderColor: COLORS.evalGrid, borderWidth: 2, pointRadius: 6, pointStyle: "triangle",
+          order: 1 },
+        { label: "evaluation's achieved front", data: [], showLine: true, stepped: "after",
+          borderColor: COLORS.evalGrid, backgroundColor: COLORS.evalGrid, borderDash: [6, 3],
+          pointRadius: 0, order: 3 },
       ],
     },
     options: {
@@ -263,6 +280,9 @@ function makeCharts() {
         y: { type: "linear", title: { display: true, text: "objective 2" } },
       },
       plugins: {
+        // the evaluation's series appear in the legend once there is an evaluation to draw
+        legend: { labels: { filter: (item, data) => item.datasetIndex < EVAL_DATASETS ||
+          data.datasets[item.datasetIndex].data.length > 0 } },
         tooltip: { callbacks: { label: (ctx) =>
           `${ctx.raw.label || ctx.dataset.label}: (${fmt(ctx.raw.x)}, ${fmt(ctx.raw.y)})` } },
       },
@@ -488,11 +508,13 @@ function drawCalibration() {
           label: `${name}, iteration ${r.iteration}: target ${fmt(objectiveTarget(r, m))}, ` +
             `achieved ${fmt(r[`achieved_${name}_mean`])}` }));
     });
-    // an evaluation with vector targets: one point per objective and row
-    const rows = state.evalRows.filter((r) => Array.isArray(r.target) && Array.isArray(r.mean));
+    // an evaluation with vector targets (objectives.json: achieved_mean): one point per
+    // objective and row
+    const achieved = (r) => (Array.isArray(r.achieved_mean) ? r.achieved_mean : r.mean);
+    const rows = state.evalRows.filter((r) => Array.isArray(r.target) && Array.isArray(achieved(r)));
     c[names.length + 1].data = rows.flatMap((r) => names.map((name, m) => ({
-      x: norm(m, r.target[m]), y: norm(m, r.mean[m]),
-      label: `evaluation, ${name}: target ${fmt(r.target[m])}, achieved ${fmt(r.mean[m])}`,
+      x: norm(m, r.target[m]), y: norm(m, achieved(r)[m]),
+      label: `evaluation, ${name}: target ${fmt(r.target[m])}, achieved ${fmt(achieved(r)[m])}`,
     }))).filter((p) => isNum(p.x) && isNum(p.y));
     points = [...c.slice(0, names.length), c[names.length + 1]].flatMap((d) => d.data);
     identity = c[names.length];
@@ -646,16 +668,54 @@ async function pollBuffer(bufferSize, force = false) {
 async function pollEval(available) {
   if (!available) return;
   const data = await getJSON("/api/eval");
+  const problem = $("eval-error");
+  problem.textContent = data.error || "";
+  problem.hidden = !data.error;
   const report = data.report;
-  if (!report || report.created_at === state.evalCreatedAt) return;
+  if (!report) return;
+  const key = `${data.kind}|${report.created_at}`;
+  if (key === state.evalKey) return;
+  state.evalKey = key;
+  state.evalKind = data.kind;
   state.evalCreatedAt = report.created_at;
   state.evalRows = report.rows || [];
   const when = report.created_at ? new Date(report.created_at * 1000).toLocaleString() : "";
   const where = report.iteration === null || report.iteration === undefined ? "" :
     ` at iteration ${report.iteration} (policy version ${report.policy_version})`;
-  $("eval-summary").textContent =
-    `${report.samples_per_target} samples per target${where}, ${when}; ` +
-    `best reward in the buffer ${fmtReward(report.buffer ? report.buffer.best_reward : null)}`;
+  const grid = data.kind === "objectives" ? data.grid : null;
+  if (grid) {
+    const buffer = report.buffer || {};
+    const targets = report.grid_points ? `a grid of ${report.grid_points} per objective` :
+      "the given targets";
+    $("eval-summary").textContent =
+      `${report.samples_per_target} samples per target${where}, ${when}; ${targets} ` +
+      `(${grid.rows.length} target vectors); ${buffer.samples ?? "–"} samples in the buffer, ` +
+      `best ${fmtReward(buffer.best)}`;
+    renderEvalGrid(grid);
+  } else {
+    $("eval-summary").textContent =
+      `${report.samples_per_target} samples per target${where}, ${when}; ` +
+      `best reward in the buffer ${fmtReward(report.buffer ? report.buffer.best_reward : null)}`;
+    renderEvalTable();
+  }
+  $("eval-table").hidden = Boolean(grid);
+  $("eval-grid").hidden = !grid;
+  $("panel-eval").classList.toggle("wide", Boolean(grid)); // a column per objective and figure
+  const img = $("eval-plot");
+  if (data.plot_available) {
+    img.src = `/api/eval/plot.png?v=${encodeURIComponent(key)}`;
+    img.alt = grid ? "objectives plot of the latest evaluation" :
+      "calibration plot of the latest evaluation";
+    img.hidden = false;
+  } else {
+    img.hidden = true;
+  }
+  document.body.dataset.evalKind = String(data.kind);
+  drawCalibration();
+}
+
+// the latest evaluation of one reward (calibration.json): one row per target
+function renderEvalTable() {
   const body = $("eval-table").querySelector("tbody");
   body.replaceChildren();
   for (const r of state.evalRows) {
@@ -670,12 +730,78 @@ async function pollEval(available) {
     cell(tr, r.extrapolation ? "extrapolation" : "");
     body.appendChild(tr);
   }
-  const img = $("eval-plot");
-  if (data.plot_available) {
-    img.src = `/api/eval/plot.png?v=${encodeURIComponent(String(report.created_at))}`;
-    img.hidden = false;
+}
+
+// the latest evaluation of several objectives (objectives.json, the API's "grid"): per target
+// vector the achieved vector and normalised errors, then the per-objective summary and fronts
+function renderEvalGrid(grid) {
+  const names = grid.objectives;
+  const goal = grid.goal;
+  const head = $("eval-grid-table").querySelector("thead");
+  head.replaceChildren();
+  const groups = document.createElement("tr");
+  const columns = document.createElement("tr");
+  const th = (row, label, cls, span) => {
+    const el = document.createElement("th");
+    el.textContent = label;
+    if (cls) el.className = cls;
+    if (span) el.setAttribute(span[0], String(span[1]));
+    row.appendChild(el);
+  };
+  for (const title of ["target", "achieved mean", "|error| / half-range"]) {
+    th(groups, title, "group", ["colspan", names.length]);
+    names.forEach((name) => th(columns, name, "num"));
   }
-  drawCalibration();
+  th(groups, "max error", "num", ["rowspan", 2]);
+  th(groups, "achievable", "", ["rowspan", 2]);
+  th(groups, "d-2", "num", ["rowspan", 2]);
+  th(groups, "KL", "num", ["rowspan", 2]);
+  head.append(groups, columns);
+
+  const body = $("eval-grid-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const r of grid.rows) {
+    const tr = document.createElement("tr");
+    if (!r.achievable) tr.className = "unreachable";
+    names.forEach((_, m) => cell(tr, fmt(r.target ? r.target[m] : null), "num"));
+    names.forEach((_, m) => cell(tr, fmt(r.achieved ? r.achieved[m] : null), "num"));
+    r.errors_normalised.forEach((e) => cell(tr, fmt(e), isNum(e) && e > goal ? "num bad" : "num"));
+    const worst = r.max_error_normalised;
+    cell(tr, fmt(worst), isNum(worst) && worst > goal ? "num bad" : "num");
+    cell(tr, r.achievable ? (r.within_goal ? "yes, within goal" : "yes") : "no");
+    cell(tr, fmt(r.distinct_2, 2), "num");
+    cell(tr, fmt(r.kl_to_base, 2), "num");
+    body.appendChild(tr);
+  }
+
+  const s = grid.summary;
+  const table = $("eval-grid-summary").querySelector("tbody");
+  table.replaceChildren();
+  for (const p of s.per_objective) {
+    const tr = document.createElement("tr");
+    cell(tr, p.name);
+    cell(tr, fmt(p.mean_error_normalised),
+      isNum(p.mean_error_normalised) && p.mean_error_normalised > goal ? "num bad" : "num");
+    cell(tr, fmt(p.max_error_normalised),
+      isNum(p.max_error_normalised) && p.max_error_normalised > goal ? "num bad" : "num");
+    cell(tr, `${p.within_goal ?? "–"} / ${s.achievable ?? "–"}`, "num");
+    cell(tr, fmt(p.mean_abs_error), "num");
+    table.appendChild(tr);
+  }
+  $("eval-grid-totals").textContent =
+    `goal: error ≤ ${goal} (normalised) in every objective; ${s.within_goal ?? "–"} of ` +
+    `${s.achievable ?? "–"} achievable targets meet it (${s.within_goal_all ?? "–"} of ` +
+    `${s.targets ?? "–"} in the grid)` +
+    (s.achievable === 0 ? "; no target is achievable: no calibration error to report" : "");
+  const ratio = isNum(s.hypervolume_ratio) ? `; achieved / buffer ${fmt(s.hypervolume_ratio, 2)}` :
+    "";
+  const buffer = isNum(s.buffer_hypervolume) ?
+    `the buffer's ${fmt(s.buffer_hypervolume)} (${s.buffer_front_size} points of ` +
+      `${s.buffer_samples} samples)` : "no buffer to compare with";
+  $("eval-grid-front").textContent =
+    `hypervolume (normalised units, reference at every objective's low, at most ` +
+    `${2 ** names.length}): achieved front ${fmt(s.achieved_hypervolume)} ` +
+    `(${s.achieved_front_size ?? "–"} points) vs ${buffer}${ratio}`;
 }
 
 async function pollKlPlane() {
@@ -715,7 +841,7 @@ async function pollKlPlane() {
 
 async function pollPareto(bufferSize) {
   if (!state.objectives) return;
-  const key = `${state.generation}|${state.metrics.length}|${bufferSize}`;
+  const key = `${state.generation}|${state.metrics.length}|${bufferSize}|${state.evalKey}`;
   if (key === state.paretoKey) return;
   const data = await getJSON("/api/pareto?cloud=1000");
   state.paretoKey = key;
@@ -742,6 +868,23 @@ async function pollPareto(bufferSize) {
   d[4].data = last && plane(last.achieved) ? [point(last.achieved,
     `achieved mean, iteration ${last.iteration}: ${fmtReward(last.achieved)}`)] : [];
   d[4].label = last ? `achieved mean (iteration ${last.iteration})` : "achieved mean";
+  const ev = data.eval;
+  const evPoints = ev ? ev.points.filter((p) => plane(p.achieved)) : [];
+  const evAt = ev && ev.iteration !== null && ev.iteration !== undefined ?
+    ` (iteration ${ev.iteration})` : "";
+  d[5].data = evPoints.filter((p) => plane(p.target)).map((p) => point(p.target,
+    `evaluation target ${fmtReward(p.target)}: achieved ${fmtReward(p.achieved)}`));
+  d[5].label = `evaluation targets${evAt}`;
+  d[6].data = evPoints.map((p) => point(p.achieved,
+    `evaluation, target ${fmtReward(p.target)}: achieved ${fmtReward(p.achieved)}, max error ` +
+    `${fmt(p.max_error_normalised)}${p.achievable ? "" : " (not achievable)"}`));
+  // filled: an achievable target; hollow: one no buffer sample came near
+  d[6].backgroundColor = evPoints.map((p) => (p.achievable ? COLORS.evalGrid : "rgba(0,0,0,0)"));
+  d[6].label = `evaluation${evAt}: achieved mean per target (filled: achievable)`;
+  const evFront = ev ? ev.front.filter(plane) : [];
+  d[7].data = evFront.map((v) => point(v, `evaluation's front: ${fmtReward(v)}`));
+  d[7].label = `evaluation's achieved front (${evFront.length} point` +
+    `${evFront.length === 1 ? "" : "s"})`;
   charts.pareto.update("none");
 
   const hv = (data.hypervolume || []).filter((h) => isNum(h.front_hypervolume));
@@ -754,6 +897,12 @@ async function pollPareto(bufferSize) {
   if (data.front_total > front.length) parts.push(`${front.length} drawn`);
   if (last) parts.push(`latest target ${fmtReward(last.target)} at iteration ${last.iteration}`);
   if (hv.length) parts.push(`hypervolume ${fmt(hv[hv.length - 1].front_hypervolume)}`);
+  if (ev) {
+    const buffer = isNum(ev.buffer_hypervolume) ? ` vs the buffer's ${fmt(ev.buffer_hypervolume)}` :
+      "";
+    parts.push(`latest evaluation${evAt}: ${ev.points.length} target(s), achieved front ` +
+      `hypervolume ${fmt(ev.achieved_hypervolume)}${buffer}`);
+  }
   $("pareto-summary").textContent = parts.join("; ");
   const problem = $("pareto-error");
   problem.textContent = data.error || "";
