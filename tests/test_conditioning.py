@@ -20,9 +20,11 @@ OBJECTIVES = [
     {"name": "sentiment", "low": -1.0, "high": 1.0},
     {"name": "brevity", "low": -20.0, "high": 0.0},
 ]
-"""The two objectives of the ``scalar+objectives`` variant (ranges of different widths)."""
+"""The two objectives of the ``scalar+objectives`` and ``token+objectives`` variants (ranges of
+different widths)."""
 VECTOR_TARGETS = [(0.9, -15.0), (-0.5, -2.0), (0.1, -8.0)]
-"""One target vector per prompt of :data:`PROMPTS` for ``scalar+objectives``."""
+"""One target vector per prompt of :data:`PROMPTS` for the ``+objectives`` variants (in
+``token+objectives`` each target's two values fall in different bins of their objective)."""
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -48,6 +50,9 @@ def make_policy(base_dir, mode="scalar", **kw):
         policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
         randomize_objective_weights(policy)
         return policy.eval()
+    if mode == "token+objectives":  # two objectives, a reward token of each in the slot
+        cfg = ConditioningConfig(mode="token", objectives=OBJECTIVES, **kw)
+        return RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager").eval()
     cfg = ConditioningConfig(mode=mode, **kw)
     policy = RewardConditionedPolicy.from_base(base_dir, cfg, attn_implementation="eager")
     return policy.eval()
@@ -56,15 +61,16 @@ def make_policy(base_dir, mode="scalar", **kw):
 MODES = ["scalar", "token", "scalar+prompt", "scalar+rbf"]
 """Conditioning variants the layout tests run: both modes, and scalar with reward_on_prompt
 or with radial-basis reward features."""
-CONDITIONED = [*MODES, "scalar+objectives"]
-"""Variants the decoding-parity tests run: :data:`MODES` and scalar mode conditioned on two
-objectives at once (a target vector per prompt, a ``[hidden, 2]`` head)."""
+CONDITIONED = [*MODES, "scalar+objectives", "token+objectives"]
+"""Variants the decoding-parity tests run: :data:`MODES`, scalar mode conditioned on two
+objectives at once (a target vector per prompt, a ``[hidden, 2]`` head), and token mode on
+two objectives (a two-column slot, one reward token per objective)."""
 
 
 def targets_for(mode, targets=TARGETS):
-    """``targets`` (floats) as the variant takes them: unchanged, or for
-    ``scalar+objectives`` a vector per target (:data:`VECTOR_TARGETS`, cycled)."""
-    if mode != "scalar+objectives":
+    """``targets`` (floats) as the variant takes them: unchanged, or for the ``+objectives``
+    variants a vector per target (:data:`VECTOR_TARGETS`, cycled)."""
+    if not mode.endswith("+objectives"):
         return list(targets)
     return [VECTOR_TARGETS[i % len(VECTOR_TARGETS)] for i in range(len(targets))]
 
@@ -408,7 +414,7 @@ def test_incremental_logits_equal_teacher_forced(base_dir, mode):
                 policy, PROMPTS[i : i + 1], targets[i : i + 1], continuation[i : i + 1]
             )
             assert (alone[0] - full[i]).abs().max().item() < 1e-4
-    if mode == "scalar+objectives":
+    if mode.endswith("+objectives"):
         # the check can fail: rows conditioned on each other's vectors (the second objective
         # alone changed) give other logits
         swapped = [(a, targets[(i + 1) % len(targets)][1]) for i, (a, _) in enumerate(targets)]

@@ -80,7 +80,8 @@ def write(tmp_path, text):
 @pytest.mark.parametrize(
     ("conditioning", "message"),
     [
-        ("mode: token", "remove mode: token"),
+        ("mode: token, bin_edges: [0.0]", "remove bin_edges"),
+        ("mode: token, bin_refit: split_top", "remove bin_refit: split_top"),
         ("reward_features: rbf", "remove reward_features: rbf"),
         ("reward_on_prompt: true", "remove reward_on_prompt"),
         ("normalization: {kind: running}", "remove normalization"),

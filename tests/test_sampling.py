@@ -38,22 +38,23 @@ OBJECTIVES = [
     {"name": "sentiment", "low": -1.0, "high": 1.0},
     {"name": "brevity", "low": -20.0, "high": 0.0},
 ]
-"""The two objectives of the ``scalar+objectives`` variant."""
+"""The two objectives of the ``scalar+objectives`` and ``token+objectives`` variants."""
 VECTOR_TARGETS = [(0.9, -15.0), (-0.5, -2.0), (0.1, -8.0), (-1.0, 0.0)]
-"""One target vector per prompt of :data:`PROMPTS` for ``scalar+objectives``."""
+"""One target vector per prompt of :data:`PROMPTS` for the ``+objectives`` variants."""
 TOLERANCE = 1e-3
 
 
 def targets_for(mode):
-    """The targets a variant is sampled at: :data:`VECTOR_TARGETS` for ``scalar+objectives``,
-    else :data:`TARGETS`."""
-    return VECTOR_TARGETS if mode == "scalar+objectives" else TARGETS
+    """The targets a variant is sampled at: :data:`VECTOR_TARGETS` for the ``+objectives``
+    variants, else :data:`TARGETS`."""
+    return VECTOR_TARGETS if mode.endswith("+objectives") else TARGETS
 
 
 def make_policy(tmp_path, arch, mode):
     """``mode``: scalar, token, scalar+prompt (scalar with ``reward_on_prompt``), scalar+rbf
-    (``reward_features: rbf``, its radial-basis weights moved off zero) or scalar+objectives
-    (two objectives, every head column moved off its start)."""
+    (``reward_features: rbf``, its radial-basis weights moved off zero), scalar+objectives
+    (two objectives, every head column moved off its start) or token+objectives (two
+    objectives, a reward token of each in the slot)."""
     base = build_tiny_model(tmp_path / f"base-{arch}", arch)
     cfg = ConditioningConfig(
         mode=mode.split("+")[0],
@@ -61,7 +62,7 @@ def make_policy(tmp_path, arch, mode):
         num_reward_tokens=4,
         reward_on_prompt=mode == "scalar+prompt",
         reward_features="rbf" if mode == "scalar+rbf" else "linear",
-        objectives=OBJECTIVES if mode == "scalar+objectives" else [],
+        objectives=OBJECTIVES if mode.endswith("+objectives") else [],
     )
     policy = RewardConditionedPolicy.from_base(base, cfg, attn_implementation="eager").eval()
     if mode == "scalar+rbf":
@@ -188,6 +189,7 @@ def test_backend_choice(vllm_import):
         ("llama", "scalar+prompt"),
         ("gpt2", "scalar+rbf"),
         ("gpt2", "scalar+objectives"),
+        ("gpt2", "token+objectives"),
     ],
 )
 def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):

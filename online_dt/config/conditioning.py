@@ -92,20 +92,27 @@ class ObjectiveConfig(StrictModel):
 
 
 class ConditioningConfig(StrictModel):
-    """How the target reward enters the policy's input (one slot at sequence index 0)."""
+    """How the target reward enters the policy's input (one slot at the start of every
+    sequence, :attr:`slot_width` columns wide)."""
 
     objectives: list[ObjectiveConfig] = Field(default_factory=list)
     """Several named rewards to condition on at once (multi-objective conditioning, as in
     Rewards-in-Context, Yang et al., 2024): the reward model then returns, per sample, a
     mapping of these names to finite floats, every target and achieved reward is a vector in
-    this order, and the scalar head is ``Linear(len(objectives), hidden)`` at the same slot.
-    Empty (the default): one reward, a plain float. Needs ``mode: scalar`` with
-    ``reward_features: linear``, no ``reward_on_prompt`` and the default ``normalization``
-    (each objective is normalised from its own range)."""
+    this order. In scalar mode the head is ``Linear(len(objectives), hidden)`` at the same
+    one-column slot; in token mode the slot is ``len(objectives)`` columns, one reward token
+    per objective in this order (``<|reward_{name}_{k}|>``, ``num_reward_tokens`` per
+    objective, each objective binned on its own: see :attr:`slot_width`). Empty (the
+    default): one reward, a plain float. Needs ``reward_features: linear``, no
+    ``reward_on_prompt`` and the default ``normalization`` (each objective is normalised from
+    its own range); token mode needs ``bin_refit: buffer`` and no ``bin_edges`` (``fixed``
+    bins are spaced evenly over each objective's ``[low, high]``, and so are ``quantile``
+    bins until they are first cut)."""
 
     mode: Literal["scalar", "token"] = "scalar"
     """``scalar``: a learned ``Linear(1, hidden)`` embeds the normalised reward. ``token``: the
-    reward is binned to one of ``num_reward_tokens`` new tokens ``<|reward_k|>``."""
+    reward is binned to one of ``num_reward_tokens`` new tokens ``<|reward_k|>`` (with
+    ``objectives``: each objective to one of its own ``<|reward_{name}_k|>``)."""
 
     normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
     """Reward normalisation for scalar mode."""
@@ -141,7 +148,8 @@ class ConditioningConfig(StrictModel):
     """Scalar mode with ``reward_features: rbf``: the number of radial basis features."""
 
     num_reward_tokens: int = Field(8, ge=2, le=1024)
-    """Number of reward bins (and reward tokens) in token mode."""
+    """Number of reward bins (and reward tokens) in token mode; with ``objectives``, per
+    objective (``len(objectives) * num_reward_tokens`` tokens in all)."""
 
     bin_method: Literal["fixed", "quantile"] = "quantile"
     """``fixed``: bin edges are ``bin_edges`` (or evenly spaced). ``quantile``: equal-mass
@@ -217,10 +225,17 @@ class ConditioningConfig(StrictModel):
         names = [o.name for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objectives: names must be unique, got {names}")
+        token = self.mode == "token"
         unsupported = [
             (
-                self.mode != "scalar",
-                "mode: token (one reward token per objective is not built yet)",
+                token and self.bin_edges is not None,
+                "bin_edges (one list cannot bin every objective: fixed bins are spaced evenly "
+                "over each objective's low/high range)",
+            ),
+            (
+                token and self.bin_refit == "split_top",
+                "bin_refit: split_top (objectives' quantile bins are re-cut from the buffer: "
+                "bin_refit: buffer)",
             ),
             (self.reward_features != "linear", f"reward_features: {self.reward_features}"),
             (self.reward_on_prompt, "reward_on_prompt"),
@@ -232,8 +247,9 @@ class ConditioningConfig(StrictModel):
         refused = [what for bad, what in unsupported if bad]
         if refused:
             raise ValueError(
-                "objectives (multi-objective conditioning) works with mode: scalar and linear "
-                "features only; remove " + ", ".join(refused)
+                "objectives (multi-objective conditioning) works with linear features, the "
+                "default normalization and, in token mode, bins re-cut from the buffer or "
+                "spaced evenly; remove " + ", ".join(refused)
             )
 
     @property
@@ -245,6 +261,15 @@ class ConditioningConfig(StrictModel):
     def objective_names(self) -> list[str]:
         """The objectives' names in order (``[]`` for a single unnamed reward)."""
         return [o.name for o in self.objectives]
+
+    @property
+    def slot_width(self) -> int:
+        """Columns of the conditioning slot at the start of every sequence: one reward token
+        per objective in token mode with ``objectives`` (``len(objectives)``), else 1 (the
+        scalar embedding, or the one reward token)."""
+        if self.mode == "token" and self.objectives:
+            return len(self.objectives)
+        return 1
 
     @property
     def splits_top_bin(self) -> bool:

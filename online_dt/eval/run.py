@@ -346,7 +346,9 @@ def _run_objectives_eval(
     Returns:
         The report written to ``objectives.json``: ``kind`` (``"objectives"``), ``objectives``
         (``name``, ``low``, ``high`` each), ``grid_points`` (``None`` with explicit targets),
-        ``rows`` (:func:`~online_dt.eval.objectives.evaluate_grid`), ``summary``
+        ``rows`` (:func:`~online_dt.eval.objectives.evaluate_grid`; in token mode each row
+        also has ``bin``: the target's bin and ``above_range`` per objective, from the
+        policy conditioner's ``describe_target``), ``summary``
         (:func:`~online_dt.eval.objectives.summarize_grid`), ``achievable_rule`` (radius in
         normalised units and minimum count), ``buffer`` (``samples``; ``best``: per objective
         the largest achieved reward, or ``None``), the policy, config, sampling settings,
@@ -397,6 +399,9 @@ def _run_objectives_eval(
             achievable_flags=flags,
             kl=kl_fn,
         )
+        if policy.conditioner.binnings:  # token mode: each objective's bin of the target
+            for row, target in zip(rows, planned, strict=True):
+                row["bin"] = policy.conditioner.describe_target(target)
     finally:
         close = getattr(sampler, "close", None)
         if close is not None:

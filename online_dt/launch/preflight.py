@@ -6,7 +6,8 @@ than minutes later inside an actor:
 
 * the base model's config and tokenizer load (a missing directory, an unreachable Hub name);
 * the reward model: a custom class imports, a classifier's config loads;
-* every prompt fits the model's context with the reward slot, ``max_new_tokens`` and the EOS
+* every prompt fits the model's context with the reward slot (``conditioning.slot_width``
+  columns), ``max_new_tokens`` and the EOS
   that training appends to a completion cut at ``max_new_tokens``
   (:meth:`~online_dt.policy.policy.RewardConditionedPolicy.layout`).
 """
@@ -52,20 +53,27 @@ def check_reward_model(cfg: OnlineRunConfig) -> None:
 
 
 def check_prompt_lengths(
-    prompts: Sequence[str], tokenizer: Any, max_new_tokens: int, context: int, source: str
+    prompts: Sequence[str],
+    tokenizer: Any,
+    max_new_tokens: int,
+    context: int,
+    source: str,
+    slot_width: int = 1,
 ) -> None:
-    """Every prompt must fit: ``1`` (reward slot) + prompt tokens + ``max_new_tokens`` + ``1``
-    (the EOS training appends to a completion cut at ``max_new_tokens``) <= ``context``, the
-    longest row the learner lays out.
+    """Every prompt must fit: ``slot_width`` (the reward slot's columns,
+    ``ConditioningConfig.slot_width``: 1, or one reward token per objective) + prompt tokens +
+    ``max_new_tokens`` + ``1`` (the EOS training appends to a completion cut at
+    ``max_new_tokens``) <= ``context``, the longest row the learner lays out.
 
     Raises:
         PreflightError: naming the longest prompt (its index, token count, start) and how
             many prompts are too long.
     """
-    budget = context - 2 - max_new_tokens
+    budget = context - slot_width - 1 - max_new_tokens
+    slot = "the reward slot" if slot_width == 1 else f"the reward slot ({slot_width} tokens)"
     if budget < 1:
         raise PreflightError(
-            f"sampling.max_new_tokens: {max_new_tokens} new tokens plus the reward slot and the"
+            f"sampling.max_new_tokens: {max_new_tokens} new tokens plus {slot} and the"
             f" EOS training appends leave no room for a prompt in the model's context of"
             f" {context} tokens"
         )
@@ -75,7 +83,7 @@ def check_prompt_lengths(
         worst = max(too_long, key=lambda i: lengths[i])
         raise PreflightError(
             f"prompts: {len(too_long)} of {len(prompts)} prompts from {source} are longer than"
-            f" {budget} tokens (the model's context of {context} minus the reward slot,"
+            f" {budget} tokens (the model's context of {context} minus {slot},"
             f" sampling.max_new_tokens={max_new_tokens} and the EOS training appends); the"
             f" longest, #{worst}, has"
             f" {lengths[worst]} tokens: {prompts[worst][:60]!r}... Shorten them (e.g."
@@ -103,4 +111,11 @@ def preflight(cfg: OnlineRunConfig, prompts: Sequence[str], base_path: str) -> N
         context = min(context or cfg.sampler.max_model_len, cfg.sampler.max_model_len)
     if context is not None:
         source = cfg.prompts.source if cfg.prompts.path is None else str(cfg.prompts.path)
-        check_prompt_lengths(prompts, tokenizer, cfg.sampling.max_new_tokens, context, source)
+        check_prompt_lengths(
+            prompts,
+            tokenizer,
+            cfg.sampling.max_new_tokens,
+            context,
+            source,
+            cfg.conditioning.slot_width,
+        )

@@ -1,12 +1,15 @@
 """The one sequence layout shared by training, HF generation and the vLLM prompt.
 
-Every conditioned sequence is ``[slot] + tokens``: the conditioning slot (the scalar reward
-embedding, or the reward token) sits at index 0, followed by the prompt and, in training, the
-completion. Padding goes after the slot: on the left of the tokens for generation batches, on
-the right for training batches. The attention mask is 1 for the slot and every real token, and
-position ids are ``cumsum(mask) - 1`` clamped at 0, so a left-padded row gets exactly the
-positions of the same row unpadded: slot at 0, first prompt token at 1, and so on. Decoding
-keeps appending 1s to the mask and continues the positions from the last one.
+Every conditioned sequence is ``[slot] + tokens``: the conditioning slot sits at the start,
+followed by the prompt and, in training, the completion. The slot is ``W`` columns wide
+(``ConditioningConfig.slot_width``): one column for the scalar reward embedding or the one
+reward token, and, in token mode with M objectives, M columns, one reward token per objective
+in the config's order. Padding goes after the slot: on the left of the tokens for generation
+batches, on the right for training batches. The attention mask is 1 for the slot and every
+real token, and position ids are ``cumsum(mask) - 1`` clamped at 0, so a left-padded row gets
+exactly the positions of the same row unpadded: slot at ``0..W-1``, first prompt token at
+``W``, and so on. Decoding keeps appending 1s to the mask and continues the positions from the
+last one.
 
 This is the rule ../shared/PLATFORM.md derives from the first scalar-conditioning library for
 GPT-2, whose generation path prepended the slot to the mask but kept the old position ids, so
@@ -30,8 +33,9 @@ class ConditionedBatch:
     """A padded batch in the shared layout.
 
     Attributes:
-        input_ids: ``LongTensor[B, T]``. Column 0 is the slot: the reward token id in token mode,
-            a placeholder (the pad id) in scalar mode, whose embedding is replaced.
+        input_ids: ``LongTensor[B, T]``. Columns ``0..slot_width-1`` are the slot: the reward
+            token ids in token mode (one per objective with objectives), a placeholder (the
+            pad id) in scalar mode, whose embedding is replaced.
         attention_mask: ``LongTensor[B, T]``, 1 for the slot and real tokens, 0 for padding.
         position_ids: ``LongTensor[B, T]``, ``clamp(cumsum(attention_mask) - 1, min=0)``.
         labels: ``LongTensor[B, T]`` or ``None``; ``IGNORE_INDEX`` where no loss is taken.
@@ -40,6 +44,8 @@ class ConditionedBatch:
         prompt_mask: ``BoolTensor[B, T]`` or ``None``: True on the prompt's tokens (not the
             slot, padding or completion), where ``conditioning.reward_on_prompt`` adds the
             reward vector.
+        slot_width: ``W``, the slot's columns (1, or M reward tokens in token mode with M
+            objectives).
     """
 
     input_ids: torch.Tensor
@@ -47,6 +53,7 @@ class ConditionedBatch:
     position_ids: torch.Tensor
     labels: torch.Tensor | None = None
     prompt_mask: torch.Tensor | None = None
+    slot_width: int = 1
 
     def to(self, device: torch.device | str) -> ConditionedBatch:
         """Return the batch with every tensor moved to ``device``."""
@@ -56,6 +63,7 @@ class ConditionedBatch:
             self.position_ids.to(device),
             None if self.labels is None else self.labels.to(device),
             None if self.prompt_mask is None else self.prompt_mask.to(device),
+            self.slot_width,
         )
 
 
@@ -82,8 +90,22 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def slot_rows(slot_ids: Sequence[int | Sequence[int]]) -> list[list[int]]:
+    """Each row's slot as a list of ids: an int is a one-column slot, a list or tuple of ids
+    the slot's columns in order.
+
+    Raises:
+        ValueError: the rows' slots are not all of one width, or a slot is empty.
+    """
+    rows = [[int(i) for i in s] if isinstance(s, list | tuple) else [int(s)] for s in slot_ids]
+    widths = {len(r) for r in rows}
+    if len(widths) > 1 or 0 in widths:
+        raise ValueError(f"every row's slot must have the same width (>= 1), got {sorted(widths)}")
+    return rows
+
+
 def layout_batch(
-    slot_ids: Sequence[int],
+    slot_ids: Sequence[int | Sequence[int]],
     prompt_ids: Sequence[Sequence[int]],
     completion_ids: Sequence[Sequence[int]] | None = None,
     *,
@@ -94,7 +116,10 @@ def layout_batch(
     """Pad ``[slot] + prompt (+ completion)`` rows into one batch.
 
     Args:
-        slot_ids: one id per row for column 0 (reward token, or a placeholder in scalar mode).
+        slot_ids: per row, the slot's ids: one id (a one-column slot: the reward token, or a
+            placeholder in scalar mode), or a list of ``W`` ids (token mode with ``W``
+            objectives, one reward token per objective in order), the same ``W`` for every
+            row (:meth:`RewardConditioner.slot_token_ids` gives either form).
         prompt_ids: token ids of each prompt, without any special token.
         completion_ids: token ids of each completion (usually ending with EOS); when given,
             ``labels`` is filled: completion tokens are targets, the slot and padding are
@@ -105,27 +130,30 @@ def layout_batch(
         include_prompt_loss: also take loss on prompt tokens.
 
     Returns:
-        A :class:`ConditionedBatch` of width ``1 + max(len(prompt) + len(completion))``.
+        A :class:`ConditionedBatch` of width ``W + max(len(prompt) + len(completion))``.
 
     Raises:
-        ValueError: the three sequences differ in length, or the batch is empty.
+        ValueError: the three sequences differ in length, the batch is empty, or the slots
+            differ in width.
     """
     n = len(slot_ids)
     if n == 0:
         raise ValueError("cannot lay out an empty batch")
     if len(prompt_ids) != n or (completion_ids is not None and len(completion_ids) != n):
         raise ValueError("slot_ids, prompt_ids and completion_ids must have the same length")
+    slots = slot_rows(slot_ids)
+    slot_width = len(slots[0])
     completions = completion_ids if completion_ids is not None else [[] for _ in range(n)]
     bodies = [list(p) + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
-    width = 1 + max(len(b) for b in bodies)
+    width = slot_width + max(len(b) for b in bodies)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
     prompt_mask = torch.zeros((n, width), dtype=torch.bool)
-    input_ids[:, 0] = torch.tensor(list(slot_ids), dtype=torch.long)
-    mask[:, 0] = 1
+    input_ids[:, :slot_width] = torch.tensor(slots, dtype=torch.long)
+    mask[:, :slot_width] = 1
     for i, body in enumerate(bodies):
-        start = 1 if padding_side == "right" else width - len(body)
+        start = slot_width if padding_side == "right" else width - len(body)
         end = start + len(body)
         input_ids[i, start:end] = torch.tensor(body, dtype=torch.long)
         mask[i, start:end] = 1
@@ -138,4 +166,5 @@ def layout_batch(
         position_ids=positions_from_mask(mask),
         labels=labels if completion_ids is not None else None,
         prompt_mask=prompt_mask,
+        slot_width=slot_width,
     )

@@ -3,6 +3,7 @@ initial values (the scalar head, the reward tokens' embeddings)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,32 @@ def new_scalar_head(
 
 
 def add_reward_tokens(
-    model: Any, tokenizer: Any, num_tokens: int, generator: torch.Generator
+    model: Any,
+    tokenizer: Any,
+    num_tokens: int,
+    generator: torch.Generator,
+    objectives: Sequence[str] = (),
 ) -> list[int]:
-    """Add ``<|reward_k|>`` tokens, resize embeddings and initialise the new rows from the
-    per-dimension mean and std of the existing rows (input and, if untied, output matrix)."""
-    tokens = [reward_token(k) for k in range(num_tokens)]
+    """Add reward tokens, resize embeddings and initialise the new rows from the
+    per-dimension mean and std of the existing rows (input and, if untied, output matrix).
+
+    Args:
+        model: the causal LM (its embeddings are resized, never shrunk).
+        tokenizer: its tokenizer (the tokens are added as special tokens).
+        num_tokens: K, reward tokens per reward.
+        generator: seeds the new rows.
+        objectives: the objectives' names (``conditioning.objectives``), or empty for one
+            reward: ``<|reward_0|>..<|reward_{K-1}|>``; with M names, K tokens
+            ``<|reward_{name}_k|>`` per objective.
+
+    Returns:
+        The new tokens' ids, ``K`` or ``M * K`` of them, objective-major: objective ``m``'s
+        token ``k`` at index ``m * K + k``.
+    """
+    if objectives:
+        tokens = [reward_token(k, name) for name in objectives for k in range(num_tokens)]
+    else:
+        tokens = [reward_token(k) for k in range(num_tokens)]
     tokenizer.add_tokens(tokens, special_tokens=True)
     token_ids = tokenizer.convert_tokens_to_ids(tokens)
     old_vocab = model.get_input_embeddings().weight.shape[0]

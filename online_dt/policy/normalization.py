@@ -2,7 +2,8 @@
 
 Scalar mode feeds ``(r - centre) / scale`` to the conditioning head (:class:`RewardNormalizer`);
 token mode maps a reward to one of K bins (:class:`RewardBinning`), each with its own token
-``<|reward_k|>`` (:func:`reward_token`), as Quark (Lu et al., 2022) does with reward tokens.
+``<|reward_k|>`` (:func:`reward_token`), as Quark (Lu et al., 2022) does with reward tokens;
+with several objectives each objective has its own bins and tokens.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import torch
 from online_dt.config import NormalizationConfig
 
 
-def reward_token(k: int) -> str:
-    """The text of reward token ``k`` (``<|reward_k|>``)."""
-    return f"<|reward_{k}|>"
+def reward_token(k: int, objective: str | None = None) -> str:
+    """The text of reward token ``k``: ``<|reward_k|>`` for the one reward, or
+    ``<|reward_{objective}_{k}|>`` for objective ``objective`` of a token-mode policy with
+    ``conditioning.objectives`` (names are identifiers starting with a letter or ``_``, so the
+    two families never collide)."""
+    if objective is None:
+        return f"<|reward_{k}|>"
+    return f"<|reward_{objective}_{k}|>"
 
 
 class RewardNormalizer:

@@ -5,12 +5,14 @@ at sampling time, and the achieved reward at training time (hindsight relabeling
 the Decision Transformer (Chen et al., 2021) with a single return-to-go token, as in
 reward-conditioned language models (e.g. Quark, Lu et al., 2022, which uses reward tokens).
 
-Two modes place the reward in the same slot, index 0 of the sequence (see
+Two modes place the reward in the same slot at the start of the sequence (see
 :mod:`online_dt.policy.layout`):
 
-* ``scalar``: a learned ``Linear(1, hidden)`` maps the normalised reward to one embedding.
+* ``scalar``: a learned ``Linear(1, hidden)`` maps the normalised reward to one embedding
+  (``Linear(M, hidden)`` for M objectives, still one column).
 * ``token``: the reward is binned to one of K new tokens ``<|reward_k|>`` added to the
   tokenizer; their embeddings start from the mean and std of the existing embedding matrix.
+  With M objectives the slot is M columns, one token ``<|reward_{name}_k|>`` per objective.
 
 A saved policy is a normal Hugging Face model directory (vLLM and plain transformers load the
 base weights from it) plus a ``reward_conditioning/`` folder with ``conditioning.json`` and, in
@@ -39,14 +41,14 @@ from online_dt.policy.loading import (
     slot_anchor_id,
 )
 from online_dt.policy.logprobs import labelled_token_logprobs
-from online_dt.policy.normalization import RewardBinning
 from online_dt.policy.tokens import TokenIdCache
 from online_dt.samples import Reward, Rollout, as_reward
 from online_dt.util.devices import resolve_device
 
 
 class RewardConditionedPolicy(nn.Module):
-    """A causal LM conditioned on a reward through one input slot at index 0.
+    """A causal LM conditioned on a reward through one input slot at the start of the sequence
+    (:attr:`slot_width` columns).
 
     Create one with :meth:`from_base` (fresh conditioning over a base model) or
     :meth:`from_pretrained` (a directory written by :meth:`save_pretrained`). The wrapped
@@ -104,14 +106,14 @@ class RewardConditionedPolicy(nn.Module):
             )
             conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head)
         else:
-            token_ids = add_reward_tokens(model, tokenizer, config.num_reward_tokens, generator)
-            binning = (
-                RewardBinning(config.bin_edges)
-                if config.bin_edges is not None
-                else RewardBinning.evenly(config.reward_min, config.reward_max, config.first_bins)
+            token_ids = add_reward_tokens(
+                model, tokenizer, config.num_reward_tokens, generator, config.objective_names
             )
             conditioner = RewardConditioner(
-                config, placeholder_id=placeholder, binning=binning, reward_token_ids=token_ids
+                config,
+                placeholder_id=placeholder,
+                binnings=RewardConditioner.initial_binnings(config),
+                reward_token_ids=token_ids,
             )
         return cls(model, tokenizer, conditioner).to(resolve_device(device))
 
@@ -172,8 +174,14 @@ class RewardConditionedPolicy(nn.Module):
 
     @property
     def reward_token_ids(self) -> list[int]:
-        """Reward-token ids (token mode), else ``[]``; never sampled."""
+        """Reward-token ids (token mode; every objective's with objectives), else ``[]``;
+        never sampled."""
         return self.conditioner.reward_token_ids
+
+    @property
+    def slot_width(self) -> int:
+        """Columns of the conditioning slot (``ConditioningConfig.slot_width``)."""
+        return self.conditioner.slot_width
 
     @property
     def device(self) -> torch.device:
@@ -199,7 +207,7 @@ class RewardConditionedPolicy(nn.Module):
     # -- the conditioning slot -----------------------------------------------------------------
 
     def fit_reward_statistics(
-        self, rewards: Sequence[float], pool: Sequence[float] | None = None
+        self, rewards: Sequence[Any], pool: Sequence[Any] | None = None
     ) -> list[tuple[int, int]]:
         """See :meth:`RewardConditioner.fit_reward_statistics`; returns its ``(new_bin,
         split_bin)`` splits, for each of which the new bin's reward-token embedding row (input,
@@ -217,7 +225,7 @@ class RewardConditionedPolicy(nn.Module):
                         weight[ids[new_bin]] = weight[ids[old_bin]]
         return splits
 
-    def slot_token_ids(self, rewards: Sequence[Reward]) -> list[int]:
+    def slot_token_ids(self, rewards: Sequence[Reward]) -> list[int] | list[list[int]]:
         """See :meth:`RewardConditioner.slot_token_ids`."""
         return self.conditioner.slot_token_ids(rewards)
 
@@ -227,12 +235,14 @@ class RewardConditionedPolicy(nn.Module):
         rewards: torch.Tensor | None,
         prompt_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Input embeddings ``[B, T, H]`` with the slot (column 0) filled for ``rewards``.
+        """Input embeddings ``[B, T, H]`` with the slot filled for ``rewards``.
 
         Args:
-            input_ids: ``LongTensor[B, T]`` in the shared layout (column 0 is the slot).
-            rewards: ``[B]`` rewards in reward units, or ``None`` when ``input_ids`` holds no
-                slot (decoding steps). In token mode column 0 already holds the reward token.
+            input_ids: ``LongTensor[B, T]`` in the shared layout (the first
+                :attr:`slot_width` columns are the slot).
+            rewards: ``[B]`` rewards in reward units (``[B, M]`` with M objectives), or
+                ``None`` when ``input_ids`` holds no slot (decoding steps). In token mode the
+                slot's columns already hold the reward tokens, and nothing is replaced.
             prompt_mask: ``[B, T]``, True on prompt tokens (a batch's ``prompt_mask``), for
                 ``conditioning.reward_on_prompt``; ``None``: every column after the slot is a
                 prompt token.
@@ -246,7 +256,8 @@ class RewardConditionedPolicy(nn.Module):
         Args:
             batch: from :meth:`layout` or :meth:`layout_ids`; its labels are not used (the
                 caller takes the loss it needs from the logits).
-            rewards: ``[B]`` conditioning rewards (reward units).
+            rewards: ``[B]`` conditioning rewards (reward units), ``[B, M]`` with M
+                objectives (:meth:`RewardConditioner.reward_tensor`).
 
         Returns:
             The model's ``CausalLMOutput``; ``logits`` is ``[B, T, V]``, column t predicting
@@ -277,8 +288,9 @@ class RewardConditionedPolicy(nn.Module):
         A completion's text can tokenise to more tokens than were sampled (a byte-level token
         holding part of a UTF-8 character decodes to U+FFFD, which encodes as three bytes), so
         a completion is cut to fit the model's positions (:attr:`max_positions`) with its
-        slot, prompt and EOS; without the cut, GPT-2's position embeddings fail with
-        ``IndexError``. Preflight checks that the prompts leave room for ``max_new_tokens``.
+        slot (:attr:`slot_width` columns), prompt and EOS; without the cut, GPT-2's position
+        embeddings fail with ``IndexError``. Preflight checks that the prompts leave room for
+        ``max_new_tokens``.
         """
         completion_ids = None
         if completions is not None:
@@ -286,7 +298,7 @@ class RewardConditionedPolicy(nn.Module):
             completion_ids = []
             for prompt_ids, ids in zip(self.encode(prompts), self.encode(completions), strict=True):
                 if limit is not None:
-                    ids = ids[: max(limit - 2 - len(prompt_ids), 0)]
+                    ids = ids[: max(limit - self.slot_width - 1 - len(prompt_ids), 0)]
                 completion_ids.append([*ids, self.eos_token_id])
         return self.layout_ids(
             prompts, rewards, completion_ids, include_prompt_loss=include_prompt_loss

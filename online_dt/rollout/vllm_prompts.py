@@ -2,7 +2,9 @@
 
 Scalar mode sends each prompt as ``prompt_embeds``: the reward slot from the conditioner
 followed by the prompt's token embeddings, read from the input-embedding matrix alone (never a
-second copy of the model). Token mode sends ``prompt_token_ids`` ``[<|reward_k|>, *prompt]``.
+second copy of the model). Token mode sends ``prompt_token_ids`` ``[<|reward_k|>, *prompt]``,
+or with M objectives ``[<|reward_{name_0}_k0|>, ..., <|reward_{name_M-1}_kM-1|>, *prompt]``
+(the slot's M columns, as in training).
 Used by :class:`online_dt.rollout.vllm_sampler.VLLMSampler` and the NCCL weight-sync receiver.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 from online_dt.policy.conditioner import RewardConditioner
+from online_dt.policy.layout import slot_rows
 from online_dt.policy.tokens import TokenIdCache
 from online_dt.rollout.weight_sync import PolicyState
 from online_dt.samples import Reward
@@ -108,10 +111,12 @@ class PromptBuilder:
 
         Returns:
             ``{"prompt_embeds": FloatTensor[1 + L, H]}`` per prompt in scalar mode, or
-            ``{"prompt_token_ids": [reward token, *ids]}`` in token mode.
+            ``{"prompt_token_ids": [*slot, *ids]}`` in token mode (the slot: one reward token,
+            or one per objective in config order), the layout of
+            :func:`~online_dt.policy.layout.layout_batch`.
         """
-        slots = self.conditioner.slot_token_ids(targets)
-        rows = [[slot, *ids] for slot, ids in zip(slots, prompt_ids, strict=True)]
+        slots = slot_rows(self.conditioner.slot_token_ids(targets))
+        rows = [[*slot, *ids] for slot, ids in zip(slots, prompt_ids, strict=True)]
         if self.embeddings is None:
             return [{"prompt_token_ids": row} for row in rows]
         if not rows:

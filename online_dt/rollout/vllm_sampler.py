@@ -4,8 +4,9 @@
   reward-slot embedding from the conditioning head followed by the token embeddings of the
   prompt. vLLM adds positions 0, 1, ... itself (absolute or rotary), which is the training
   layout's ``cumsum(mask) - 1`` for an unpadded row.
-* Token mode: plain ``prompt_token_ids`` ``[<|reward_k|>, *prompt]``; reward tokens are banned
-  from completions by a logits processor (:mod:`online_dt.rollout.vllm_logits`; vLLM's
+* Token mode: plain ``prompt_token_ids`` ``[<|reward_k|>, *prompt]`` (with M objectives, M
+  reward tokens, one per objective, before the prompt); reward tokens are banned from
+  completions by a logits processor (:mod:`online_dt.rollout.vllm_logits`; vLLM's
   ``bad_words`` bans the same tokens at a cost per request and per step).
 
 Per-token logprobs are vLLM's ``raw_logprobs`` (log-softmax of the raw logits, before

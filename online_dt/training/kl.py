@@ -44,12 +44,13 @@ def kl_to_base(
 def base_model_logits(base_model: torch.nn.Module, batch: ConditionedBatch) -> torch.Tensor:
     """Logits ``[B, T, V]`` of an unconditioned base model on a conditioned batch's tokens.
 
-    The slot column is masked out, so positions (``cumsum(mask) - 1``) start at the first
-    prompt token: the base model sees exactly ``prompt + completion``, and column t of its
-    logits lines up with column t of the policy's.
+    The slot's columns (``batch.slot_width`` of them) are masked out, so positions
+    (``cumsum(mask) - 1``) start at the first prompt token: the base model sees exactly
+    ``prompt + completion``, and column t of its logits lines up with column t of the
+    policy's.
     """
     mask = batch.attention_mask.clone()
-    mask[:, 0] = 0
+    mask[:, : batch.slot_width] = 0
     positions = positions_from_mask(mask)
     with torch.no_grad():
         return base_model(
