@@ -577,7 +577,8 @@ def run_main_with(tmp_path, base, capsys, *sets, prompts=None):
         (
             ["reward_model.kind=custom", "reward_model.class_path=tests.faulty_rewards:Nope"],
             None,
-            "has no attribute 'Nope'; classes in 'tests.faulty_rewards': FaultyReward",
+            "has no attribute 'Nope'; classes in 'tests.faulty_rewards': FaultyMultiReward,"
+            " FaultyReward, WordsLettersReward",
         ),
         (
             ["model.name_or_path=/no/such/model"],

@@ -38,8 +38,12 @@ def import_reward_class(class_path: str) -> Any:
     for part in attr_path.split("."):
         if not hasattr(target, part):
             where = getattr(target, "__name__", module_name)
-            public = sorted(
-                n for n, v in vars(module).items() if isinstance(v, type) and not n.startswith("_")
+            public = sorted(  # the module's own classes, not the ones it imports
+                n
+                for n, v in vars(module).items()
+                if isinstance(v, type)
+                and not n.startswith("_")
+                and getattr(v, "__module__", None) == module.__name__
             )
             hint = f"; classes in {module_name!r}: {', '.join(public)}" if public else ""
             raise RewardModelLoadError(
