@@ -607,22 +607,22 @@ def test_vector_columns_with_nulls_and_short_rows():
     import numpy as np
     import pyarrow as pa
 
-    from online_dt.dashboard.reader import _stack_vectors, _vector_rows
+    from online_dt.dashboard.fronts import stack_vectors, vector_rows
 
     column = pa.chunked_array([[[1.0, 2.0], None], [[3.0], [4.0, None]]])
-    rows = _vector_rows(column)
+    rows = vector_rows(column)
     assert rows.shape == (4, 2)
     assert np.array_equal(
         rows, [[1.0, 2.0], [np.nan, np.nan], [3.0, np.nan], [4.0, np.nan]], equal_nan=True
     )
-    assert _vector_rows(pa.chunked_array([[None, None]], type=pa.list_(pa.float64()))) is None
-    regular = _vector_rows(pa.chunked_array([[[1.0, 2.0]], [[3.0, 4.0]]]))
+    assert vector_rows(pa.chunked_array([[None, None]], type=pa.list_(pa.float64()))) is None
+    regular = vector_rows(pa.chunked_array([[[1.0, 2.0]], [[3.0, 4.0]]]))
     assert regular.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     # a shard without vectors (one reward) before one with: its rows are NaN
-    stacked = _stack_vectors([None, regular], [3, 2])
+    stacked = stack_vectors([None, regular], [3, 2])
     assert stacked.shape == (5, 2) and np.isnan(stacked[:3]).all()
     assert stacked[3:].tolist() == [[1.0, 2.0], [3.0, 4.0]]
-    assert _stack_vectors([None, None], [2, 2]) is None
+    assert stack_vectors([None, None], [2, 2]) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -832,7 +832,7 @@ def test_the_newer_evaluation_report_is_shown(mo_run, monkeypatch):
 
 
 def test_a_malformed_objectives_report_is_shown_as_far_as_it_goes(mo_run):
-    from online_dt.dashboard.reader import objectives_grid, pareto_eval
+    from online_dt.dashboard.fronts import objectives_grid, pareto_eval
 
     report = write_objectives_report(mo_run)
     report["rows"][0] = {"target": "x", "objectives": None, "achievable": "yes"}

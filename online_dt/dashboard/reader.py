@@ -28,7 +28,6 @@ front (the ``eval`` part of :meth:`RunReader.pareto`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import threading
@@ -38,10 +37,18 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from online_dt.eval.objectives import CALIBRATION_GOAL
+from online_dt.dashboard.fronts import (
+    integer,
+    names_of,
+    number,
+    objectives_grid,
+    pareto_eval,
+    reward_vector,
+    stack_vectors,
+    thin,
+    vector_rows,
+)
 from online_dt.eval.reference import MIN_BIN_COUNT
 from online_dt.launch.rundir import (
     BUFFER_DIR,
@@ -250,7 +257,7 @@ class RunReader:
             file was rewritten, e.g. by a resume: then a client reloads from ``since=-1``).
         """
         records, generation = self._metrics.read(self.file(METRICS_FILE))
-        new = [r for r in records if _int(r.get("iteration"), -(10**18)) > since]
+        new = [r for r in records if integer(r.get("iteration"), -(10**18)) > since]
         return {"records": new, "total": len(records), "generation": generation}
 
     def samples(self, limit: int) -> dict[str, Any]:
@@ -318,14 +325,14 @@ class RunReader:
         ``front_hypervolume`` the last iteration's figures of the buffer's front."""
         metrics = self.metrics()["records"]
         cfg = self.config()
-        total = _int(((cfg["config"] or {}).get("online") or {}).get("iterations"), None)
+        total = integer(((cfg["config"] or {}).get("online") or {}).get("iterations"), None)
         last = metrics[-1] if metrics else {}
         path = self.file(METRICS_FILE)
         updated = path.stat().st_mtime if path is not None else None
         iteration = last.get("iteration")
         if not metrics:
             state = "not started"
-        elif total is not None and _int(iteration, -1) >= total - 1:
+        elif total is not None and integer(iteration, -1) >= total - 1:
             state = "finished"
         elif updated is not None and time.time() - updated > max(600.0, 10 * _median_wall(metrics)):
             state = "stalled"
@@ -352,7 +359,7 @@ class RunReader:
             "buffer_size": last.get("buffer_size"),
             "target": last.get("target"),
             "achieved_mean": last.get("achieved_mean"),
-            "objectives": _names(last.get("objectives")),
+            "objectives": names_of(last.get("objectives")),
             "front_size": last.get("front_size"),
             "front_hypervolume": last.get("front_hypervolume"),
             "updated_at": updated,
@@ -470,7 +477,7 @@ class RunReader:
         found = self.evaluation()
         report = found["report"] if found["kind"] == "calibration" else None
         return {
-            "objectives": _names(records[-1].get("objectives")) if records else None,
+            "objectives": names_of(records[-1].get("objectives")) if records else None,
             "iterations": iterations,
             "eval": _eval_points(report) if report is not None else None,
             "reference": _reference_points(report) if report is not None else None,
@@ -547,7 +554,7 @@ class RunReader:
                     key,
                     table.column("achieved_reward").to_numpy().astype(np.float64),
                     table.column("iteration").to_numpy().astype(np.int64),
-                    _vector_rows(table.column("achieved_rewards")),
+                    vector_rows(table.column("achieved_rewards")),
                 )
                 self._shard_cache[name] = cached
             seen.add(name)
@@ -563,7 +570,7 @@ class RunReader:
         return _Buffer(
             np.concatenate(rewards),
             np.concatenate(iterations),
-            _stack_vectors(vectors, [len(r) for r in rewards]),
+            stack_vectors(vectors, [len(r) for r in rewards]),
             error,
             tuple(state),
         )
@@ -586,8 +593,8 @@ class RunReader:
             return [
                 {
                     "name": str(o.get("name", f"objective {m + 1}")),
-                    "low": _number(o.get("low")),
-                    "high": _number(o.get("high")),
+                    "low": number(o.get("low")),
+                    "high": number(o.get("high")),
                 }
                 for m, o in enumerate(x if isinstance(x, dict) else {} for x in listed)
             ]
@@ -654,18 +661,18 @@ class RunReader:
         if found_eval["kind"] == "objectives" and found_eval["report"] is not None:
             answer["eval"] = pareto_eval(found_eval["report"], names)
         for r in records:
-            target = _reward_vector(r.get("target"), r, names, "target_{}")
+            target = reward_vector(r.get("target"), r, names, "target_{}")
             if target is not None:
                 answer["targets"].append(
                     {
                         "iteration": r.get("iteration"),
                         "target": target,
-                        "achieved": _reward_vector(
+                        "achieved": reward_vector(
                             r.get("achieved_mean"), r, names, "achieved_{}_mean"
                         ),
                     }
                 )
-            if _number(r.get("front_hypervolume")) is not None:
+            if number(r.get("front_hypervolume")) is not None:
                 answer["hypervolume"].append(
                     {k: r.get(k) for k in ("iteration", "front_size", "front_hypervolume")}
                 )
@@ -676,8 +683,8 @@ class RunReader:
         points = found.vectors[np.isfinite(found.vectors).all(axis=1)]
         front = self._front(points, found.state)
         answer["front_total"] = len(front)
-        answer["front"] = front[_thin(len(front), MAX_FRONT_POINTS)].tolist()
-        answer["cloud"] = points[_thin(len(points), cloud)].tolist()
+        answer["front"] = front[thin(len(front), MAX_FRONT_POINTS)].tolist()
+        answer["cloud"] = points[thin(len(points), cloud)].tolist()
         answer["samples"] = len(points)
         return finite(answer)
 
@@ -783,94 +790,6 @@ def config_summary(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: finite(v) for k, v in items.items() if v is not None}
 
 
-def _vector_rows(column: pa.ChunkedArray) -> np.ndarray | None:
-    """A list column of a shard (``achieved_rewards``) as float64 ``[n, M]``, ``M`` its longest
-    row; a null row, a shorter row's missing values and null values are NaN. ``None`` when no
-    row has a value (a run with a single reward)."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(array)
-    if n == 0 or array.null_count == n:
-        return None
-    lengths = pc.list_value_length(array).fill_null(0).to_numpy(zero_copy_only=False)
-    width = int(lengths.max())
-    if width == 0:
-        return None
-    if array.null_count == 0 and bool((lengths == width).all()):
-        flat = pc.list_flatten(array).to_numpy(zero_copy_only=False)  # null values: NaN
-        return np.asarray(flat, dtype=np.float64).reshape(n, width)
-    out = np.full((n, width), np.nan)
-    for i, row in enumerate(array.to_pylist()):
-        for m, value in enumerate(row or []):
-            if value is not None:
-                out[i, m] = value
-    return out
-
-
-def _stack_vectors(parts: list[np.ndarray | None], sizes: list[int]) -> np.ndarray | None:
-    """The shards' reward vectors stacked in id order (:func:`_vector_rows` of each, ``sizes``
-    their rows): ``None`` when no shard has any; rows of a shard without vectors, and the
-    missing columns of narrower ones, are NaN."""
-    width = max((p.shape[1] for p in parts if p is not None), default=0)
-    if width == 0:
-        return None
-    rows = []
-    for part, size in zip(parts, sizes, strict=True):
-        block = np.full((size, width), np.nan)
-        if part is not None:
-            block[:, : part.shape[1]] = part
-        rows.append(block)
-    return np.concatenate(rows)
-
-
-def _thin(count: int, most: int) -> np.ndarray:
-    """Indices of ``min(count, most)`` of ``count`` items, evenly spread (the first and the last
-    among them when ``most >= 2``)."""
-    if count <= most:
-        return np.arange(count)
-    if most <= 0:
-        return np.zeros(0, dtype=np.int64)
-    if most == 1:
-        return np.zeros(1, dtype=np.int64)
-    return np.unique(np.linspace(0, count - 1, most).round().astype(np.int64))
-
-
-def _reward_vector(
-    value: Any, record: dict[str, Any], names: list[str], per_objective: str
-) -> list[float | None] | None:
-    """A reward vector of a metrics record: ``value`` when it is a list of ``len(names)``
-    numbers (or nulls), else the per-objective keys (``per_objective`` formatted with each
-    name) when at least one of them is a number; otherwise ``None``."""
-    if isinstance(value, list) and len(value) == len(names):
-        vector = [_number(v) for v in value]
-    else:
-        vector = [_number(record.get(per_objective.format(n))) for n in names]
-    return vector if any(v is not None for v in vector) else None
-
-
-def _names(value: Any) -> list[str] | None:
-    """A record's ``objectives`` (a non-empty list of names) as strings, else ``None``."""
-    if isinstance(value, list) and value:
-        return [str(v) for v in value]
-    return None
-
-
-def _int(value: Any, default: Any) -> Any:
-    if isinstance(value, bool):
-        return default
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    return default
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number (not a bool), else ``None``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _eval_points(report: dict[str, Any]) -> dict[str, Any]:
     """The ``eval`` part of :meth:`RunReader.kl_plane`."""
     rows = [r for r in report.get("rows") or [] if isinstance(r, dict)]
@@ -898,7 +817,7 @@ def _reference_points(report: dict[str, Any]) -> dict[str, Any] | None:
     ref = report.get("reference")
     if not isinstance(ref, dict):
         return None
-    least = _int(ref.get("min_count"), MIN_BIN_COUNT)
+    least = integer(ref.get("min_count"), MIN_BIN_COUNT)
     points = [
         {
             "center": b.get("center"),
@@ -911,7 +830,7 @@ def _reference_points(report: dict[str, Any]) -> dict[str, Any] | None:
         }
         for b in ref.get("grid") or []
         if isinstance(b, dict)
-        and _int(b.get("count"), 0) >= least
+        and integer(b.get("count"), 0) >= least
         and _finite(b, "kl_ideal_lower_bound", "reward_mean", "center")
     ]
     return {
@@ -924,7 +843,7 @@ def _reference_points(report: dict[str, Any]) -> dict[str, Any] | None:
 
 def _finite(record: dict[str, Any], *keys: str) -> bool:
     """Whether every one of ``keys`` of ``record`` is a finite number."""
-    return all(_number(record.get(k)) is not None for k in keys)
+    return all(number(record.get(k)) is not None for k in keys)
 
 
 def _median_wall(metrics: list[dict[str, Any]]) -> float:
@@ -936,141 +855,3 @@ def _median_wall(metrics: list[dict[str, Any]]) -> float:
 
 
 # -- an evaluation of several objectives (eval/objectives.json) ----------------------------------
-
-
-def _vector(value: Any, m: int) -> list[float | None] | None:
-    """``value`` as a list of ``m`` numbers (``None`` where one is not finite), or ``None``
-    when it is not a list of ``m`` items."""
-    if not isinstance(value, list) or len(value) != m:
-        return None
-    return [_number(v) for v in value]
-
-
-def _report_names(report: dict[str, Any]) -> list[str]:
-    """The objectives' names of an ``objectives.json`` report, in its vectors' order."""
-    listed = report.get("objectives")
-    if not isinstance(listed, list):
-        return []
-    return [str(o.get("name")) if isinstance(o, dict) else str(o) for o in listed]
-
-
-def objectives_grid(report: dict[str, Any]) -> dict[str, Any]:
-    """The table and summary of an ``online-dt eval`` report of a run with several objectives
-    (``eval/objectives.json``, :mod:`online_dt.eval.objectives`) as the dashboard draws them.
-
-    Returns:
-        ``objectives`` (names, the vectors' order); ``goal`` (the calibration goal, normalised
-        units); ``rows``, one per target vector: ``target`` and ``achieved`` (the mean achieved
-        vector; reward units), ``errors_normalised`` (per objective ``|achieved - target|``
-        over half the objective's range), ``max_error_normalised``, ``within_goal``,
-        ``achievable``, ``distinct_2``, ``kl_to_base`` and ``count``; ``summary``: ``targets``,
-        ``achievable``, ``within_goal`` (achievable targets within the goal in every
-        objective), ``within_goal_all``, ``per_objective`` (one ``{name,
-        mean_error_normalised, max_error_normalised, mean_abs_error, within_goal}`` per
-        objective, over the achievable targets: errors ``None`` when none is),
-        ``achieved_front_size``, ``achieved_hypervolume``, ``buffer_front_size``,
-        ``buffer_hypervolume``, ``buffer_samples`` and ``hypervolume_ratio`` (normalised
-        units; ``None`` where unknown). Malformed parts of the report become ``None``.
-    """
-    names = _report_names(report)
-    m = len(names)
-    summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
-    goal = _number(report.get("goal"))
-    if goal is None:
-        goal = _number(summary.get("goal"))
-    rows = []
-    for r in report.get("rows") or []:
-        if not isinstance(r, dict):
-            continue
-        per = r.get("objectives") if isinstance(r.get("objectives"), dict) else {}
-
-        def error(name: str, per: dict[str, Any] = per) -> float | None:
-            item = per.get(name)
-            return _number(item.get("abs_error_normalised")) if isinstance(item, dict) else None
-
-        rows.append(
-            {
-                "target": _vector(r.get("target"), m),
-                "achieved": _vector(r.get("achieved_mean"), m),
-                "errors_normalised": [error(n) for n in names],
-                "max_error_normalised": _number(r.get("max_abs_error_normalised")),
-                "within_goal": r.get("within_goal") is True,
-                "achievable": r.get("achievable") is True,
-                "distinct_2": _number(r.get("distinct_2")),
-                "kl_to_base": _number(r.get("kl_to_base")),
-                "count": _int(r.get("count"), None),
-            }
-        )
-    listed = summary.get("per_objective") if isinstance(summary.get("per_objective"), dict) else {}
-    per_objective = []
-    for name in names:
-        p = listed.get(name) if isinstance(listed.get(name), dict) else {}
-        per_objective.append(
-            {
-                "name": name,
-                "mean_error_normalised": _number(p.get("mean_abs_error_normalised")),
-                "max_error_normalised": _number(p.get("max_abs_error_normalised")),
-                "mean_abs_error": _number(p.get("mean_abs_error")),
-                "within_goal": _int(p.get("within_goal"), None),
-            }
-        )
-    counts = ("targets", "achievable", "within_goal", "within_goal_all")
-    sizes = ("achieved_front_size", "buffer_front_size", "buffer_samples")
-    figures = ("achieved_hypervolume", "buffer_hypervolume", "hypervolume_ratio")
-    return {
-        "objectives": names,
-        "goal": goal if goal is not None else CALIBRATION_GOAL,
-        "rows": rows,
-        "summary": {
-            **{k: _int(summary.get(k), None) for k in counts + sizes},
-            **{k: _number(summary.get(k)) for k in figures},
-            "per_objective": per_objective,
-        },
-    }
-
-
-def pareto_eval(report: dict[str, Any], names: list[str]) -> dict[str, Any] | None:
-    """The ``eval`` part of :meth:`RunReader.pareto`: what an ``objectives.json`` report
-    achieved, to draw next to the buffer's front.
-
-    Args:
-        report: the report (``eval/objectives.json``).
-        names: the run's objectives; a report over other objectives (or another order) gives
-            ``None``.
-
-    Returns:
-        ``created_at``, ``iteration``, ``policy_version``; ``points``, one ``{target,
-        achieved, achievable, within_goal, max_error_normalised}`` per row with a finite
-        achieved vector (reward units); ``front``: the Pareto front of the achieved means
-        (the report's ``summary.achieved_front``, vectors of ``len(names)`` finite numbers);
-        ``achieved_hypervolume``, ``buffer_hypervolume`` and ``hypervolume_ratio`` (the
-        report's, normalised units, ``None`` where unknown); ``goal``.
-    """
-    if _report_names(report) != names:
-        return None
-    m = len(names)
-    grid = objectives_grid(report)
-    points = [
-        {
-            "target": r["target"],
-            "achieved": r["achieved"],
-            "achievable": r["achievable"],
-            "within_goal": r["within_goal"],
-            "max_error_normalised": r["max_error_normalised"],
-        }
-        for r in grid["rows"]
-        if r["achieved"] is not None and all(v is not None for v in r["achieved"])
-    ]
-    summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
-    front = [_vector(p, m) for p in summary.get("achieved_front") or []]
-    return {
-        "created_at": _number(report.get("created_at")),
-        "iteration": _int(report.get("iteration"), None),
-        "policy_version": _int(report.get("policy_version"), None),
-        "goal": grid["goal"],
-        "points": points,
-        "front": [p for p in front if p is not None and all(v is not None for v in p)],
-        "achieved_hypervolume": grid["summary"]["achieved_hypervolume"],
-        "buffer_hypervolume": grid["summary"]["buffer_hypervolume"],
-        "hypervolume_ratio": grid["summary"]["hypervolume_ratio"],
-    }
