@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from online_dt.arguments import parse_overrides
     from online_dt.config import OnlineRunConfig, load_config
+    from online_dt.config.loading import deep_merge
     from online_dt.embedded.base_model import resolve_base_model
     from online_dt.launch.prompts import load_prompts
     from online_dt.rewards.multi import SentimentBrevityReward
@@ -143,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = [(float(s), float(b)) for s in axes[0] for b in axes[1]]
 
         runs: dict[str, dict[str, Any]] = {}
-        multi_overrides = {
-            **overrides,
-            "online": {**overrides.get("online", {}), "iterations": iterations},
-        }
+        multi_overrides = deep_merge(overrides, {"online": {"iterations": iterations}})
         runs["multi"] = train_run(
             Path(args.config), multi_overrides, train, base_path, work / "multi", args
         )
@@ -162,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             SINGLE_CONFIG, half, train, base_path, work / "sentiment", args
         )
         runs["brevity"] = train_run(
-            SINGLE_CONFIG, merge(BREVITY_OVERRIDES, half), train, base_path, work / "brevity", args
+            SINGLE_CONFIG,
+            deep_merge(BREVITY_OVERRIDES, half),
+            train,
+            base_path,
+            work / "brevity",
+            args,
         )
         report = evaluate(runs, grid, axes, heldout, scorer, objectives, args)
         report["base"] = {
@@ -182,17 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """``b`` merged over ``a``, recursively (neither is changed)."""
-    result = dict(a)
-    for key, value in b.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 def base_rewards(
@@ -234,6 +226,7 @@ def train_run(
     """Train one run in process on ``prompts``; returns its final policy, buffer rewards,
     reward calls and training seconds."""
     from online_dt.config import OnlineRunConfig, load_config
+    from online_dt.config.loading import deep_merge
     from online_dt.launch.rundir import CHECKPOINT_POLICY_DIR
     from online_dt.loop.plan import execute, plan_run
     from online_dt.loop.workers import local_workers
@@ -241,7 +234,7 @@ def train_run(
     from online_dt.replay.buffer import ReplayBuffer
 
     cfg = load_config(
-        config, OnlineRunConfig, merge(overrides, {"online": {"run_dir": str(run_dir)}})
+        config, OnlineRunConfig, deep_merge(overrides, {"online": {"run_dir": str(run_dir)}})
     )
     start = time.perf_counter()
     plan = plan_run(cfg, None)

@@ -380,7 +380,10 @@ def _print_objectives(report: dict[str, Any]) -> int:
     """Print a multi-objective evaluation (:mod:`online_dt.eval.objectives`): the table, the
     summary, and where it was written."""
     from online_dt.config import ObjectiveConfig
-    from online_dt.eval.objectives import format_objectives_summary, format_objectives_table
+    from online_dt.eval.objectives_table import (
+        format_objectives_summary,
+        format_objectives_table,
+    )
 
     objectives = [ObjectiveConfig.model_validate(o) for o in report["objectives"]]
     grid = report["grid_points"]

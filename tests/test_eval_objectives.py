@@ -17,12 +17,11 @@ from online_dt.config import ObjectiveConfig
 from online_dt.eval.objectives import (
     achievable,
     evaluate_grid,
-    format_objectives_summary,
-    format_objectives_table,
     grid_targets,
     objective_row,
     summarize_grid,
 )
+from online_dt.eval.objectives_table import format_objectives_summary, format_objectives_table
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.samples import Rollout
 

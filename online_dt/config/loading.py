@@ -50,7 +50,7 @@ def load_config(path: str | Path, cls: type[C], overrides: dict[str, Any] | None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     if overrides:
-        data = _deep_merge(data, overrides)
+        data = deep_merge(data, overrides)
     try:
         return cls.model_validate(data)
     except ValidationError as e:
@@ -76,11 +76,12 @@ def config_class_for(path: str | Path) -> type[RunConfig]:
     return OfflineRunConfig
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` merged over ``base``, nested dicts key by key (neither input is changed)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -70,15 +70,7 @@ def plot_calibration(report: dict[str, Any]) -> bytes:
         labels.append("KL to base")
     ax2.legend(handles, labels, fontsize=8, loc="lower left")
     ax2.set_title("diversity and KL")
-    title = report.get("policy", "")
-    if report.get("iteration") is not None:
-        title = f"iteration {report['iteration']}, policy version {report.get('policy_version')}"
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _finish(fig, report)
 
 
 def plot_objectives(report: dict[str, Any]) -> bytes:
@@ -162,15 +154,7 @@ def plot_objectives(report: dict[str, Any]) -> bytes:
         ax.set_title(f"{name}")
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
-    title = report.get("policy", "")
-    if report.get("iteration") is not None:
-        title = f"iteration {report['iteration']}, policy version {report.get('policy_version')}"
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _finish(fig, report)
 
 
 def _plot_plane(
@@ -235,3 +219,19 @@ def _dodge(values: np.ndarray, step: float) -> np.ndarray:
         where = np.flatnonzero(keys == key)
         offsets[where] = (np.arange(len(where)) - (len(where) - 1) / 2) * step
     return offsets
+
+
+def _finish(fig: Any, report: dict[str, Any]) -> bytes:
+    """Title ``fig`` with the report's policy (iteration and version when known), lay it out
+    and return it as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    title = report.get("policy", "")
+    if report.get("iteration") is not None:
+        title = f"iteration {report['iteration']}, policy version {report.get('policy_version')}"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

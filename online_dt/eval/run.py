@@ -201,6 +201,11 @@ def run_eval(
             f"must be numbers, got {_show(vectors[0])}"
         )
     rewards_seen = buffer_rewards(src.run_dir)
+    if rewards_seen.ndim != 1:
+        raise EvalError(
+            f"{cfg_file} conditions on a single reward, but the run's replay buffer holds "
+            f"{rewards_seen.shape[1]} rewards per sample: evaluate with the run's own config"
+        )
     best = float(rewards_seen.max()) if len(rewards_seen) else None
     given = list(targets) if targets else default_targets(rewards_seen)
     planned = plan_targets(given, best, extrapolation_margin)
@@ -210,15 +215,7 @@ def run_eval(
     sampler, policy = _load_sampler(cfg, src, backend)
     try:
         t_loaded = time.perf_counter()
-        kl_fn = None
-        kl_error = None
-        if with_kl:
-            try:
-                base_model = _load_base_model(cfg)
-                kl_fn = lambda rollouts: kl_per_completion(policy, base_model, rollouts)  # noqa: E731
-            except OSError as e:
-                kl_error = f"base model could not be loaded: {e}"
-                log.warning("no KL estimate: %s", kl_error)
+        kl_fn, kl_error = _kl_estimator(cfg, policy) if with_kl else (None, None)
 
         rows = evaluate_calibration(
             sampler,
@@ -379,15 +376,7 @@ def _run_objectives_eval(
     sampler, policy = _load_sampler(cfg, src, backend)
     try:
         t_loaded = time.perf_counter()
-        kl_fn = None
-        kl_error = None
-        if with_kl:
-            try:
-                base_model = _load_base_model(cfg)
-                kl_fn = lambda rollouts: kl_per_completion(policy, base_model, rollouts)  # noqa: E731
-            except OSError as e:
-                kl_error = f"base model could not be loaded: {e}"
-                log.warning("no KL estimate: %s", kl_error)
+        kl_fn, kl_error = _kl_estimator(cfg, policy) if with_kl else (None, None)
         rows = evaluate_grid(
             sampler,
             lambda p, c: score_checked(reward_model, p, c, objectives=names),
@@ -506,6 +495,19 @@ def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
 
         return make_sampler(cfg, str(src.policy_dir), version), policy
     return HFSampler(policy, batch_size=cfg.sampling.batch_size, policy_version=version), policy
+
+
+def _kl_estimator(cfg: Any, policy: Any) -> tuple[Any, str | None]:
+    """``(kl, None)``: ``kl(rollouts)`` gives each rollout's KL to the base model (nats per
+    completion, :func:`kl_per_completion`); or ``(None, why)`` when the base model cannot be
+    loaded (logged as a warning)."""
+    try:
+        base_model = _load_base_model(cfg)
+    except OSError as e:
+        error = f"base model could not be loaded: {e}"
+        log.warning("no KL estimate: %s", error)
+        return None, error
+    return (lambda rollouts: kl_per_completion(policy, base_model, rollouts)), None
 
 
 def _load_base_model(cfg: Any) -> Any:
