@@ -119,15 +119,16 @@ def kill_after(iteration: int, method: str, killed: dict, address: str):
 def test_sampler_killed_mid_rollout_is_restarted_and_resynced(
     ray_address, embedded_model_dir, tmp_path, weight_sync
 ):
-    """The default config's vLLM sampler; with ``weight_sync: ray`` its engine runs inside the
-    actor's process and the restarted actor rebuilds it from the skeleton, without weights."""
+    """The vLLM sampler (asked for: ``auto`` is the HF sampler on CPU); with ``weight_sync: ray``
+    its engine runs inside the actor's process and the restarted actor rebuilds it from the
+    skeleton, without weights."""
     from actors.controller import run_on_ray
 
     cfg = online_cfg(
         tmp_path / "run",
         online={"iterations": 4, "prompts_per_iteration": 128, "train_steps_per_iteration": 4},
         fault_tolerance={"retry_backoff_s": 0.2},
-        sampler={"weight_sync": weight_sync},
+        sampler={"backend": "vllm", "weight_sync": weight_sync},
     )
     plan = plan_run(cfg, None)
     killed: dict = {}
@@ -154,6 +155,7 @@ def test_sampler_killed_mid_rollout_is_restarted_and_resynced(
     assert len(rows) == 4 * 512 and len({r["sample_id"] for r in rows}) == len(rows)
     assert {(r["iteration"], r["policy_version"]) for r in rows} == {(i, i) for i in range(4)}
     assert no_weight_files(plan.run) == (weight_sync == "ray")
+    assert "sampler backend: vLLM" in (plan.run.logs_dir / "sampler-0.log").read_text()
     print(
         f"\n{weight_sync} weight sync, sampler killed mid-rollout: recovered in "
         f"{hit['sampler_recovery_s']:.1f}s "

@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 import types
+from unittest import mock
 
 import pytest
 import torch
@@ -164,8 +165,14 @@ def test_backend_choice(vllm_import):
             importlib.import_module("vllm")
     # configured 'hf' is 'hf' even when vllm could be used
     assert make_sampler_backend_name("hf") == "hf"
-    # 'auto' takes vLLM exactly when it imports
-    assert make_sampler_backend_name("auto") == ("vllm" if importable else "hf")
+    # 'auto' on CPU is the HF sampler whether or not vLLM imports
+    assert make_sampler_backend_name("auto", "cpu") == "hf"
+    # 'auto' on a CUDA device takes vLLM exactly when it imports
+    with mock.patch("torch.cuda.is_available", return_value=True):
+        assert make_sampler_backend_name("auto", "auto") == ("vllm" if importable else "hf")
+        assert make_sampler_backend_name("auto", "cuda") == ("vllm" if importable else "hf")
+    with mock.patch("torch.cuda.is_available", return_value=False):
+        assert make_sampler_backend_name("auto", "auto") == "hf"
     if importable:
         assert make_sampler_backend_name("vllm") == "vllm"
     else:
