@@ -442,6 +442,48 @@ def test_sampled_logprobs_match_teacher_forced(base_dir, mode):
     assert [g.token_ids for g in again] == [g.token_ids for g in gens]
 
 
+@pytest.mark.parametrize("mode", ["scalar", "token"])
+def test_guided_sampling_samples_the_guided_distribution(base_dir, mode):
+    """With guidance, each sampled token's logprob is that of ``log_softmax(l + w (l - l_ref))``
+    from teacher-forced logits at the target and at the reference; guidance towards the target
+    itself changes nothing."""
+    from online_dt.policy.logprobs import labelled_token_logprobs
+
+    policy = make_policy(base_dir, mode)
+    prompts, targets, w, ref = PROMPTS * 4, [-1.0, 0.0, 1.0, 0.5] * 3, 1.5, -0.3
+    gens = policy.generate(
+        prompts, targets, max_new_tokens=8, seed=3, guidance_weight=w, guidance_reference=ref
+    )
+    ids = [g.token_ids for g in gens]
+    with torch.no_grad():
+        batch = policy.layout_ids(prompts, targets, ids)
+        at_target = policy(batch, policy.conditioner.reward_tensor(targets)).logits
+        ref_batch = policy.layout_ids(prompts, [ref] * len(prompts), ids)
+        at_ref = policy(ref_batch, policy.conditioner.reward_tensor([ref] * len(prompts))).logits
+    guided = labelled_token_logprobs(at_target + w * (at_target - at_ref), batch.labels)
+    plain = labelled_token_logprobs(at_target, batch.labels)
+    gap = 0.0
+    for g, row, own in zip(gens, guided, plain, strict=True):
+        assert len(g.logprobs) == len(row) >= 1
+        assert max(abs(a - b) for a, b in zip(g.logprobs, row.tolist(), strict=True)) < 1e-4
+        gap = max(gap, (row - own).abs().max().item())
+    assert gap > 1e-3  # the test can fail: the guided distribution is not the policy's own
+    # the reference equal to each row's target: l - l_ref = 0, the policy's own samples
+    same = [
+        policy.generate([p], [t], max_new_tokens=8, seed=3, guidance_weight=w, guidance_reference=t)
+        for p, t in zip(prompts[:3], targets[:3], strict=True)
+    ]
+    own = [
+        policy.generate([p], [t], max_new_tokens=8, seed=3)
+        for p, t in zip(prompts[:3], targets[:3], strict=True)
+    ]
+    assert [g[0].token_ids for g in same] == [g[0].token_ids for g in own]
+    with pytest.raises(ValueError, match="guidance_reference"):
+        policy.generate(prompts, targets, guidance_weight=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        policy.generate(prompts, targets, guidance_weight=-0.5, guidance_reference=0.0)
+
+
 def test_greedy_generation_ignores_batch_composition(base_dir):
     policy = make_policy(base_dir, "scalar")
     together = policy.generate(PROMPTS, TARGETS, max_new_tokens=6, temperature=0.0)

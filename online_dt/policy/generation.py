@@ -67,12 +67,22 @@ def sample_tokens(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     banned_token_ids: Sequence[int] = (),
+    reference_embeds: torch.Tensor | None = None,
+    guidance_weight: float = 0.0,
 ) -> SampledTokens:
     """Sample continuations of left-padded prefixes given as embeddings.
 
     Prefill runs on ``inputs_embeds`` with position ids ``cumsum(mask) - 1``; each decoding step
     appends a 1 to the mask and uses the next position, so incremental logits equal
     teacher-forced ones.
+
+    With ``reference_embeds`` (the same prefixes under another conditioning) every step runs
+    both and samples from guided logits ``l + w (l - l_ref)``, ``w = guidance_weight``: the
+    distribution ``p(y | c)^(1+w) / p(y | c_ref)^w``, renormalised per token. This is
+    classifier-free guidance (Ho and Salimans, 2022, arXiv 2207.12598; for language models
+    Sanchez et al., 2023, arXiv 2306.17806; on return-conditioned policies Ajay et al., 2023,
+    the Decision Diffuser, arXiv 2211.15657) with a reference condition in place of the
+    unconditional model. Both rows get the sampled token.
 
     Args:
         model: a Hugging Face causal LM (``forward`` accepts ``inputs_embeds``, ``input_ids``,
@@ -86,13 +96,32 @@ def sample_tokens(
         top_p: nucleus sampling threshold in ``(0, 1]``.
         generator: torch RNG for reproducible sampling (on the model's device).
         banned_token_ids: ids that are never sampled (e.g. reward tokens).
+        reference_embeds: ``[B, T, H]``, the reference conditioning's prefixes (same mask);
+            ``None``: no guidance.
+        guidance_weight: ``w >= 0``; 0 samples the model's own distribution.
 
     Returns:
-        :class:`SampledTokens`.
+        :class:`SampledTokens`; with guidance its ``logprobs`` are the guided distribution's.
+
+    Raises:
+        ValueError: ``reference_embeds`` has another shape than ``inputs_embeds``, or
+            ``guidance_weight`` is negative.
     """
     device = inputs_embeds.device
     batch = inputs_embeds.shape[0]
     mask = attention_mask.to(device)
+    guided = reference_embeds is not None
+    if guided:
+        if reference_embeds.shape != inputs_embeds.shape:
+            raise ValueError(
+                f"reference_embeds {tuple(reference_embeds.shape)} must have the shape of "
+                f"inputs_embeds {tuple(inputs_embeds.shape)}"
+            )
+        if guidance_weight < 0:
+            raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
+        inputs_embeds = torch.cat([inputs_embeds, reference_embeds.to(device)])
+        mask = torch.cat([mask, mask])
+    rows = mask.shape[0]
     positions = positions_from_mask(mask)
     out = model(
         inputs_embeds=inputs_embeds,
@@ -101,7 +130,7 @@ def sample_tokens(
         use_cache=True,
     )
     cache = out.past_key_values
-    logits = out.logits[:, -1, :].float()
+    logits = _guide(out.logits[:, -1, :].float(), batch, guidance_weight)
     next_position = positions[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
@@ -123,16 +152,16 @@ def sample_tokens(
         done = done | (choice == eos_token_id)
         if bool(done.all()):
             break
-        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
         out = model(
-            input_ids=choice[:, None],
+            input_ids=(torch.cat([choice, choice]) if guided else choice)[:, None],
             attention_mask=mask,
             position_ids=next_position,
             past_key_values=cache,
             use_cache=True,
         )
         cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()
+        logits = _guide(out.logits[:, -1, :].float(), batch, guidance_weight)
         next_position = next_position + 1
 
     token_matrix = torch.stack(tokens, dim=1).tolist()
@@ -144,6 +173,15 @@ def sample_tokens(
         result.logprobs.append(row_logps[:length])
         result.finished.append(length is not None)
     return result
+
+
+def _guide(logits: torch.Tensor, batch: int, weight: float) -> torch.Tensor:
+    """``[B, V]`` logits from ``[B, V]`` (no guidance) or ``[2B, V]`` (conditioned rows, then
+    reference rows): ``l + w (l - l_ref)``."""
+    if logits.shape[0] == batch:
+        return logits
+    conditioned, reference = logits[:batch], logits[batch:]
+    return conditioned + weight * (conditioned - reference)
 
 
 @torch.no_grad()

@@ -350,6 +350,8 @@ class RewardConditionedPolicy(nn.Module):
         top_p: float = 1.0,
         seed: int | None = None,
         batch_size: int = 128,
+        guidance_weight: float = 0.0,
+        guidance_reference: Reward | None = None,
     ) -> list[Rollout]:
         """Sample one completion per prompt, each conditioned on its own target reward.
 
@@ -361,6 +363,14 @@ class RewardConditionedPolicy(nn.Module):
             top_p: nucleus threshold in ``(0, 1]``.
             seed: seed of the sampling RNG (``None``: torch's global RNG).
             batch_size: prompts per forward batch.
+            guidance_weight: ``w >= 0``. Above 0, each token is sampled from the guided
+                logits ``l(target) + w (l(target) - l(guidance_reference))``: the
+                conditional sharpened away from the reference reward (classifier-free
+                guidance with a reference condition, :func:`sample_tokens`). It costs a
+                second forward pass per token; the rollouts' ``logprobs`` are the guided
+                distribution's. 0 (the default) samples the policy itself.
+            guidance_reference: the reference reward (reward units), for instance the base
+                model's mean reward; needed when ``guidance_weight > 0``.
 
         Returns:
             B :class:`~online_dt.samples.Rollout` in the order of ``prompts``, with
@@ -368,10 +378,16 @@ class RewardConditionedPolicy(nn.Module):
             and the call's time.
 
         Raises:
-            ValueError: ``prompts`` and ``targets`` differ in length.
+            ValueError: ``prompts`` and ``targets`` differ in length; ``guidance_weight`` is
+                negative, or above 0 without ``guidance_reference``.
         """
         if len(prompts) != len(targets):
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+        if guidance_weight < 0:
+            raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
+        guided = guidance_weight > 0
+        if guided and guidance_reference is None:
+            raise ValueError("guidance_weight > 0 needs a guidance_reference reward")
         was_training = self.training
         self.eval()
         generator = None
@@ -382,12 +398,9 @@ class RewardConditionedPolicy(nn.Module):
         for start in range(0, len(prompts), batch_size):
             chunk_prompts = list(prompts[start : start + batch_size])
             chunk_targets = [as_reward(t) for t in targets[start : start + batch_size]]
-            batch = self.layout(chunk_prompts, chunk_targets).to(self.device)
-            rewards = self.conditioner.reward_tensor(chunk_targets).to(self.device)
             sampled = sample_tokens(
                 self.model,
-                self.embed(batch.input_ids, rewards, batch.prompt_mask),
-                batch.attention_mask,
+                *self._prefix_embeds(chunk_prompts, chunk_targets),
                 max_new_tokens=max_new_tokens,
                 eos_token_id=self.eos_token_id,
                 pad_token_id=self.pad_token_id,
@@ -395,6 +408,12 @@ class RewardConditionedPolicy(nn.Module):
                 top_p=top_p,
                 generator=generator,
                 banned_token_ids=self.reward_token_ids,
+                reference_embeds=(
+                    self._prefix_embeds(chunk_prompts, [guidance_reference] * len(chunk_prompts))[0]
+                    if guided
+                    else None
+                ),
+                guidance_weight=guidance_weight,
             )
             for i, prompt in enumerate(chunk_prompts):
                 ids = sampled.token_ids[i]
@@ -414,6 +433,16 @@ class RewardConditionedPolicy(nn.Module):
         for r in results:
             r.created_at, r.generate_seconds = now, seconds
         return results
+
+    def _prefix_embeds(
+        self, prompts: Sequence[str], targets: Sequence[Reward]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T, H]`` embeddings of the conditioned, left-padded prompts and their ``[B, T]``
+        attention mask, on the policy's device."""
+        rewards = [as_reward(t) for t in targets]
+        batch = self.layout(list(prompts), rewards).to(self.device)
+        reward_tensor = self.conditioner.reward_tensor(rewards).to(self.device)
+        return self.embed(batch.input_ids, reward_tensor, batch.prompt_mask), batch.attention_mask
 
     @torch.no_grad()
     def completion_logprobs(
