@@ -202,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--num-targets", type=int, default=5, help="number of default targets")
     g.add_argument(
+        "--odt-guidance",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="W",
+        help="also evaluate the final policy with guidance weight W at every target (rows "
+        "`online-dt-guidedW`, the same policy, no extra training): tokens sampled from "
+        "l(target) + W (l(target) - l(base mean reward)), RewardConditionedPolicy.generate's "
+        "guidance_weight; KL from the guided distribution's logprobs",
+    )
+    g.add_argument(
         "--max-target",
         type=float,
         default=None,
@@ -554,17 +565,27 @@ def evaluate_plain(setup: Setup, model: Any, phase: str) -> dict[str, Any]:
     return row
 
 
-def evaluate_conditioned(setup: Setup, policy: Any, target: float, phase: str) -> dict[str, Any]:
+def evaluate_conditioned(
+    setup: Setup,
+    policy: Any,
+    target: float,
+    phase: str,
+    guidance: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """Evaluate a reward-conditioned policy asked for ``target`` on the held-out prompts.
 
     KL: k1 with the policy's teacher-forced logprobs at the target
     (``RewardConditionedPolicy.completion_logprobs``) and the base's teacher-forced logprobs of
-    the same prompt + completion tokens (the base sees no conditioning slot).
+    the same prompt + completion tokens (the base sees no conditioning slot). With
+    ``guidance`` ``(weight, reference reward)`` the samples come from the guided distribution
+    (``generate``'s ``guidance_weight`` and ``guidance_reference``), and the KL uses the
+    logprobs the sampler returns, which are that distribution's.
     """
     from bench.peers_metrics import teacher_forced_logprobs
 
     s = setup.sampling
     prompts = eval_prompts(setup)
+    weight, reference = guidance if guidance is not None else (0.0, None)
     rollouts = policy.generate(
         prompts,
         [target] * len(prompts),
@@ -573,20 +594,24 @@ def evaluate_conditioned(setup: Setup, policy: Any, target: float, phase: str) -
         top_p=s.top_p,
         seed=setup.seed(SEED_EVAL),
         batch_size=s.batch_size,
+        guidance_weight=weight,
+        guidance_reference=reference,
     )
     texts = [r.completion for r in rollouts]
     setup.reward.phase = phase
     rewards = setup.reward.score(prompts, texts)
     completion_ids = [r.token_ids for r in rollouts]
+    base_lp = teacher_forced_logprobs(
+        setup.base_model, setup.encode(prompts), completion_ids, pad_id=setup.tokenizer.pad_token_id
+    )
+    if guidance is not None:
+        return summarize(setup, texts, rewards, base_lp, [r.logprobs for r in rollouts])
     policy_lp: list[list[float]] = []
     for start in range(0, len(prompts), s.batch_size):
         end = start + s.batch_size
         policy_lp += policy.completion_logprobs(
             prompts[start:end], [target] * len(prompts[start:end]), completion_ids[start:end]
         )
-    base_lp = teacher_forced_logprobs(
-        setup.base_model, setup.encode(prompts), completion_ids, pad_id=setup.tokenizer.pad_token_id
-    )
     row = summarize(setup, texts, rewards, base_lp, policy_lp)
     row["check_sampler_vs_teacher_forced_logprob"] = max_abs_diff(
         [r.logprobs for r in rollouts], policy_lp
@@ -1086,23 +1111,27 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
         for rec in records
     ]
     rows = []
-    for i, target in enumerate(targets):
-        start, before = time.perf_counter(), setup.reward.calls(f"{name}:eval")
-        row = evaluate_conditioned(setup, policy, target, f"{name}:eval")
-        rows.append(
-            {
-                "method": name,
-                "mode": cfg.conditioning.mode,
-                "target": target,
-                "bin": policy.conditioner.describe_target(target),
-                "train_s": train_s,
-                "eval_s": time.perf_counter() - start,
-                **row,
-                "train_reward_calls": setup.reward.calls(f"{name}:train"),
-                "eval_reward_calls": setup.reward.calls(f"{name}:eval") - before,
-            }
-            | ({"config": config, "history": history} if i == 0 else {})
-        )
+    for weight in [None, *a.odt_guidance]:
+        label = name if weight is None else f"{name}-guided{weight:g}"
+        guidance = None if weight is None else (weight, base_mean)
+        for i, target in enumerate(targets):
+            start, before = time.perf_counter(), setup.reward.calls(f"{label}:eval")
+            row = evaluate_conditioned(setup, policy, target, f"{label}:eval", guidance)
+            rows.append(
+                {
+                    "method": label,
+                    "mode": cfg.conditioning.mode,
+                    "target": target,
+                    "bin": policy.conditioner.describe_target(target),
+                    "train_s": train_s,
+                    "eval_s": time.perf_counter() - start,
+                    **row,
+                    "train_reward_calls": setup.reward.calls(f"{name}:train"),
+                    "eval_reward_calls": setup.reward.calls(f"{label}:eval") - before,
+                }
+                | ({"config": config, "history": history} if i == 0 and weight is None else {})
+                | ({"guidance": {"weight": weight, "reference": base_mean}} if guidance else {})
+            )
     return rows
 
 

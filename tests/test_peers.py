@@ -481,6 +481,7 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
             "--odt-set=online.prompts_per_iteration=16",
             "--raft-prompts=16",
             "--num-targets=3",
+            "--odt-guidance=0.5",
         ],
         out,
     )
@@ -490,7 +491,9 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
         methods
         == ["base", "best-of-4", "raft", "grpo-b0", "grpo-b0.04"]
         + ["online-dt"] * 3
+        + ["online-dt-guided0.5"] * 3
         + ["online-dt-token"] * 3
+        + ["online-dt-token-guided0.5"] * 3
     )
     for r in rows:
         for key in (
@@ -511,12 +514,19 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
     trained = [
         r
         for r in rows
-        if r["method"] in ("raft", "grpo-b0", "grpo-b0.04", "online-dt", "online-dt-token")
+        if r["method"] in ("raft", "grpo-b0", "grpo-b0.04") or r["method"].startswith("online-dt")
     ]
     assert all(r["train_reward_calls"] == 128 for r in trained)
     assert rows[0]["train_reward_calls"] == 0 and rows[0]["kl_per_token"] == 0.0
     assert rows[1]["eval_reward_calls"] == 16 * 4 and rows[1]["kl_kind"].startswith("analytic")
-    odt, token = rows[5:8], rows[8:]
+    odt, guided, token = rows[5:8], rows[8:11], rows[11:14]
+    # the guided rows: the same policy at the same targets, guided away from the base's mean
+    assert [r["target"] for r in guided] == [r["target"] for r in odt]
+    assert all(
+        r["guidance"] == {"weight": 0.5, "reference": pytest.approx(rows[0]["reward_mean"])}
+        for r in guided + rows[14:]
+    )
+    assert all("guidance" not in r for r in odt + token)
     assert odt[0]["target"] == pytest.approx(rows[0]["reward_mean"])
     assert odt[-1]["target"] == pytest.approx(1.0)
     # token mode beside scalar mode, at the same targets, each row with the bin it maps to
