@@ -213,6 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
         "guidance_weight; KL from the guided distribution's logprobs",
     )
     g.add_argument(
+        "--odt-guidance-reference",
+        choices=["mean", "base", "mixture"],
+        nargs="+",
+        default=["mean"],
+        help="what --odt-guidance contrasts the target with: `mean`, the policy at the base "
+        "model's mean reward (rows online-dt-guidedW); `base`, the base model itself as the "
+        "unconditional model of classifier-free guidance (generate's guidance_model; rows "
+        "online-dt-guidedW-base); `mixture`, the policy's own mixture over the rewards of "
+        "--odt-guidance-grid, uniform prior, updated by Bayes' rule as tokens are sampled "
+        "(generate's guidance_mixture; rows online-dt-guidedW-mixture); several for each",
+    )
+    g.add_argument(
+        "--odt-guidance-grid",
+        type=float,
+        nargs="+",
+        default=[-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0],
+        metavar="R",
+        help="the rewards of the `mixture` guidance reference",
+    )
+    g.add_argument(
         "--max-target",
         type=float,
         default=None,
@@ -570,15 +590,17 @@ def evaluate_conditioned(
     policy: Any,
     target: float,
     phase: str,
-    guidance: tuple[float, float] | None = None,
+    guidance: tuple[float, float | str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a reward-conditioned policy asked for ``target`` on the held-out prompts.
 
     KL: k1 with the policy's teacher-forced logprobs at the target
     (``RewardConditionedPolicy.completion_logprobs``) and the base's teacher-forced logprobs of
     the same prompt + completion tokens (the base sees no conditioning slot). With
-    ``guidance`` ``(weight, reference reward)`` the samples come from the guided distribution
-    (``generate``'s ``guidance_weight`` and ``guidance_reference``), and the KL uses the
+    ``guidance`` ``(weight, reference)`` the samples come from the guided distribution
+    (``generate``'s ``guidance_weight`` and, for a reference reward, ``guidance_reference``; for
+    ``"base"``, ``guidance_model`` = the base model; for ``"mixture"``, ``guidance_mixture``
+    over ``--odt-guidance-grid``, uniform), and the KL uses the
     logprobs the sampler returns, which are that distribution's.
     """
     from bench.peers_metrics import teacher_forced_logprobs
@@ -586,6 +608,8 @@ def evaluate_conditioned(
     s = setup.sampling
     prompts = eval_prompts(setup)
     weight, reference = guidance if guidance is not None else (0.0, None)
+    by_base, by_mixture = reference == "base", reference == "mixture"
+    grid = setup.args.odt_guidance_grid
     rollouts = policy.generate(
         prompts,
         [target] * len(prompts),
@@ -595,7 +619,9 @@ def evaluate_conditioned(
         seed=setup.seed(SEED_EVAL),
         batch_size=s.batch_size,
         guidance_weight=weight,
-        guidance_reference=reference,
+        guidance_reference=None if by_base or by_mixture else reference,
+        guidance_model=setup.base_model if by_base else None,
+        guidance_mixture=[(r, 1.0) for r in grid] if by_mixture else None,
     )
     texts = [r.completion for r in rollouts]
     setup.reward.phase = phase
@@ -1111,9 +1137,14 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
         for rec in records
     ]
     rows = []
-    for weight in [None, *a.odt_guidance]:
-        label = name if weight is None else f"{name}-guided{weight:g}"
-        guidance = None if weight is None else (weight, base_mean)
+    variants: list[tuple[str, tuple[float, float | str] | None]] = [(name, None)]
+    for weight in a.odt_guidance:
+        for ref in a.odt_guidance_reference:
+            suffix = "" if ref == "mean" else f"-{ref}"
+            guidance = (weight, base_mean if ref == "mean" else ref)
+            variants.append((f"{name}-guided{weight:g}{suffix}", guidance))
+    for label, guidance in variants:
+        weight = None if guidance is None else guidance[0]
         for i, target in enumerate(targets):
             start, before = time.perf_counter(), setup.reward.calls(f"{label}:eval")
             row = evaluate_conditioned(setup, policy, target, f"{label}:eval", guidance)
@@ -1130,7 +1161,7 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
                     "eval_reward_calls": setup.reward.calls(f"{label}:eval") - before,
                 }
                 | ({"config": config, "history": history} if i == 0 and weight is None else {})
-                | ({"guidance": {"weight": weight, "reference": base_mean}} if guidance else {})
+                | ({"guidance": {"weight": weight, "reference": guidance[1]}} if guidance else {})
             )
     return rows
 

@@ -478,10 +478,107 @@ def test_guided_sampling_samples_the_guided_distribution(base_dir, mode):
         for p, t in zip(prompts[:3], targets[:3], strict=True)
     ]
     assert [g[0].token_ids for g in same] == [g[0].token_ids for g in own]
-    with pytest.raises(ValueError, match="guidance_reference"):
+    with pytest.raises(ValueError, match="exactly one"):
         policy.generate(prompts, targets, guidance_weight=1.0)
     with pytest.raises(ValueError, match=">= 0"):
         policy.generate(prompts, targets, guidance_weight=-0.5, guidance_reference=0.0)
+
+
+@pytest.mark.parametrize("mode", ["scalar", "token"])
+def test_base_guided_sampling_samples_the_guided_distribution(base_dir, mode):
+    """With the base model as the guidance reference, each sampled token's logprob is that of
+    ``log_softmax`` of ``l + w (l - l_base)`` on the base's columns (token mode's reward-token
+    columns unguided), ``l`` teacher-forced at the target and ``l_base`` the base model's on the
+    plain prompt; a base equal to the policy's own unconditioned model is not a no-op."""
+    from transformers import AutoModelForCausalLM
+
+    from online_dt.policy.layout import IGNORE_INDEX
+
+    policy = make_policy(base_dir, mode)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager").eval()
+    prompts, targets, w = PROMPTS * 4, [-1.0, 0.0, 1.0, 0.5] * 3, 1.5
+    gens = policy.generate(
+        prompts, targets, max_new_tokens=8, seed=3, guidance_weight=w, guidance_model=base
+    )
+    vocab = base.get_output_embeddings().weight.shape[0]
+    gap = 0.0
+    for prompt, target, g in zip(prompts, targets, gens, strict=True):
+        with torch.no_grad():
+            batch = policy.layout_ids([prompt], [target], [g.token_ids])
+            logits = policy(batch, policy.conditioner.reward_tensor([target])).logits[0]
+            prompt_ids = policy.encode([prompt])[0]
+            base_logits = base(torch.tensor([prompt_ids + g.token_ids])).logits[0]
+        where = (batch.labels[0, 1:] != IGNORE_INDEX).nonzero().squeeze(-1)
+        own = logits[where].float()
+        at_base = base_logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(g.token_ids)]
+        guided = own.clone()
+        guided[:, :vocab] = own[:, :vocab] + w * (own[:, :vocab] - at_base.float())
+        ids = torch.tensor(g.token_ids)[:, None]
+        expected = guided.log_softmax(-1).gather(-1, ids).squeeze(-1)
+        assert len(g.logprobs) == len(expected) >= 1
+        assert max(abs(a - b) for a, b in zip(g.logprobs, expected.tolist(), strict=True)) < 1e-4
+        gap = max(gap, (expected - own.log_softmax(-1).gather(-1, ids).squeeze(-1)).abs().max())
+    assert gap > 1e-3  # the test can fail: the guided distribution is not the policy's own
+    with pytest.raises(ValueError, match="exactly one"):
+        policy.generate(
+            prompts, targets, guidance_weight=1.0, guidance_reference=0.0, guidance_model=base
+        )
+
+
+@pytest.mark.parametrize("mode", ["scalar", "token"])
+def test_mixture_guided_sampling_samples_the_guided_distribution(base_dir, mode):
+    """With a mixture reference, each sampled token's logprob is that of
+    ``log_softmax(l + w (l - log p_mix))``, where ``p_mix(y_t | y_<t)`` weights each
+    conditioning's teacher-forced next-token distribution by its prior times the likelihood of
+    the row's earlier tokens under it (Bayes' rule); a one-reward mixture is that reward's
+    guidance, whatever its weight."""
+    policy = make_policy(base_dir, mode)
+    prompts, targets, w = PROMPTS * 4, [-1.0, 0.0, 1.0, 0.5] * 3, 1.5
+    mixture = [(-0.9, 1.0), (0.1, 3.0), (0.8, 2.0)]
+    gens = policy.generate(
+        prompts, targets, max_new_tokens=8, seed=3, guidance_weight=w, guidance_mixture=mixture
+    )
+    ids = [g.token_ids for g in gens]
+
+    def teacher_forced(rewards):  # [B, n, V] next-token log-probs at each completion token
+        from online_dt.policy.layout import IGNORE_INDEX
+
+        with torch.no_grad():
+            batch = policy.layout_ids(prompts, rewards, ids)
+            logits = policy(batch, policy.conditioner.reward_tensor(rewards)).logits.float()
+        rows = []
+        for i in range(len(prompts)):
+            where = (batch.labels[i, 1:] != IGNORE_INDEX).nonzero().squeeze(-1)
+            rows.append(logits[i, where].log_softmax(-1))
+        return rows
+
+    at_target = teacher_forced(targets)
+    components = [teacher_forced([r] * len(prompts)) for r, _ in mixture]
+    log_prior = torch.tensor([p for _, p in mixture]).log().log_softmax(0)
+    gap = 0.0
+    for i, g in enumerate(gens):
+        token = torch.tensor(g.token_ids)
+        comp = torch.stack([c[i] for c in components])  # [K, n, V]
+        chosen = comp.gather(-1, token[None, :, None].expand(len(mixture), -1, 1)).squeeze(-1)
+        before = torch.cat([torch.zeros(len(mixture), 1), chosen.cumsum(1)[:, :-1]], 1)
+        weight = log_prior[:, None] + before  # [K, n]: log prior + log p(y_<t | r_k)
+        mix = (weight[..., None] + comp).logsumexp(0) - weight.logsumexp(0)[:, None]
+        own = at_target[i]
+        expected = (own + w * (own - mix)).log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
+        assert len(g.logprobs) == len(expected) >= 1
+        assert max(abs(a - b) for a, b in zip(g.logprobs, expected.tolist(), strict=True)) < 1e-4
+        gap = max(gap, (expected - own.gather(-1, token[:, None]).squeeze(-1)).abs().max().item())
+    assert gap > 1e-3  # the test can fail: the guided distribution is not the policy's own
+    one = policy.generate(
+        prompts, targets, max_new_tokens=8, seed=3, guidance_weight=w, guidance_mixture=[(0.3, 5.0)]
+    )
+    single = policy.generate(
+        prompts, targets, max_new_tokens=8, seed=3, guidance_weight=w, guidance_reference=0.3
+    )
+    assert [g.token_ids for g in one] == [g.token_ids for g in single]
+    for bad in ([], [(0.0, -1.0), (1.0, 2.0)], [(0.0, 0.0)]):
+        with pytest.raises(ValueError, match="guidance_mixture"):
+            policy.generate(prompts, targets, guidance_weight=1.0, guidance_mixture=bad)
 
 
 def test_greedy_generation_ignores_batch_composition(base_dir):

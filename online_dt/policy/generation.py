@@ -69,6 +69,9 @@ def sample_tokens(
     banned_token_ids: Sequence[int] = (),
     reference_embeds: torch.Tensor | None = None,
     guidance_weight: float = 0.0,
+    reference_model: torch.nn.Module | None = None,
+    reference_mask: torch.Tensor | None = None,
+    reference_log_prior: torch.Tensor | None = None,
 ) -> SampledTokens:
     """Sample continuations of left-padded prefixes given as embeddings.
 
@@ -84,6 +87,23 @@ def sample_tokens(
     the Decision Diffuser, arXiv 2211.15657) with a reference condition in place of the
     unconditional model. Both rows get the sampled token.
 
+    With ``K`` reference conditionings (``reference_embeds`` of shape ``[K, B, T, H]``) the
+    reference is their mixture under the prior ``reference_log_prior``, with each component's
+    weight updated by Bayes' rule on the tokens sampled so far:
+    ``log p_ref(y_t | y_<t) = logsumexp_k(log pi_k + log p(y_<=t | c_k)) -
+    logsumexp_k(log pi_k + log p(y_<t | c_k))``. With the conditionings spread over the
+    rewards the policy was trained on and the prior their frequency, this is the policy's own
+    marginal over rewards, the unconditional model that classifier-free guidance contrasts
+    with; then ``p(y | c)^(1+w) / p(y)^w = p(y | c) p(c | y)^w / p(c)^w`` sharpens the
+    conditional around ``c`` instead of moving it away from one reference reward. One
+    reference (``[B, T, H]`` or ``K = 1``) is the contrast with that conditioning alone.
+
+    With ``reference_model`` as well, the reference logits come from that model (for instance
+    the base model, which plays the unconditional model of classifier-free guidance) on its own
+    prefixes ``reference_embeds`` / ``reference_mask``, with its own KV cache; it is fed the same
+    sampled tokens. If its vocabulary is smaller (token mode's reward tokens are the policy's
+    last ids), only its first ``V_ref`` columns are guided.
+
     Args:
         model: a Hugging Face causal LM (``forward`` accepts ``inputs_embeds``, ``input_ids``,
             ``attention_mask``, ``position_ids``, ``past_key_values``).
@@ -96,31 +116,53 @@ def sample_tokens(
         top_p: nucleus sampling threshold in ``(0, 1]``.
         generator: torch RNG for reproducible sampling (on the model's device).
         banned_token_ids: ids that are never sampled (e.g. reward tokens).
-        reference_embeds: ``[B, T, H]``, the reference conditioning's prefixes (same mask);
-            ``None``: no guidance.
+        reference_embeds: ``[B, T, H]``, the reference conditioning's prefixes (same mask),
+            or ``[K, B, T, H]`` for a mixture of K; with ``reference_model``,
+            ``[B, T_ref, H_ref]`` in that model's embedding space; ``None``: no guidance.
         guidance_weight: ``w >= 0``; 0 samples the model's own distribution.
+        reference_model: a second causal LM that gives the reference logits; ``None``: the
+            reference rows run through ``model`` in the same batch.
+        reference_mask: ``[B, T_ref]``, ``reference_embeds``' attention mask (with
+            ``reference_model`` only).
+        reference_log_prior: ``[K]`` log prior weights of a mixture's components (normalised
+            here); ``None``: uniform.
 
     Returns:
         :class:`SampledTokens`; with guidance its ``logprobs`` are the guided distribution's.
 
     Raises:
-        ValueError: ``reference_embeds`` has another shape than ``inputs_embeds``, or
-            ``guidance_weight`` is negative.
+        ValueError: ``reference_embeds`` has another shape than ``inputs_embeds`` (another
+            batch size, with ``reference_model``), ``reference_model`` comes without
+            ``reference_embeds`` and ``reference_mask``, ``reference_log_prior`` has another
+            length than K, or ``guidance_weight`` is negative.
     """
     device = inputs_embeds.device
     batch = inputs_embeds.shape[0]
     mask = attention_mask.to(device)
-    guided = reference_embeds is not None
-    if guided:
-        if reference_embeds.shape != inputs_embeds.shape:
+    if guidance_weight < 0:
+        raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
+    separate: _ReferenceModel | None = None
+    if reference_model is not None:
+        if reference_embeds is None or reference_mask is None:
+            raise ValueError("reference_model needs reference_embeds and reference_mask")
+        if reference_embeds.shape[0] != batch:
+            raise ValueError(
+                f"reference_embeds has {reference_embeds.shape[0]} rows, inputs_embeds {batch}"
+            )
+        separate = _ReferenceModel(reference_model, reference_embeds, reference_mask)
+        reference_embeds = None
+    mixture: _Mixture | None = None
+    if reference_embeds is not None:
+        if reference_embeds.dim() == inputs_embeds.dim():
+            reference_embeds = reference_embeds[None]
+        if reference_embeds.shape[1:] != inputs_embeds.shape:
             raise ValueError(
                 f"reference_embeds {tuple(reference_embeds.shape)} must have the shape of "
-                f"inputs_embeds {tuple(inputs_embeds.shape)}"
+                f"inputs_embeds {tuple(inputs_embeds.shape)} (with a leading K for a mixture)"
             )
-        if guidance_weight < 0:
-            raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
-        inputs_embeds = torch.cat([inputs_embeds, reference_embeds.to(device)])
-        mask = torch.cat([mask, mask])
+        mixture = _Mixture(reference_embeds.shape[0], batch, reference_log_prior, device)
+        inputs_embeds = torch.cat([inputs_embeds, *reference_embeds.to(device)])
+        mask = mask.repeat(1 + mixture.size, 1)
     rows = mask.shape[0]
     positions = positions_from_mask(mask)
     out = model(
@@ -130,7 +172,9 @@ def sample_tokens(
         use_cache=True,
     )
     cache = out.past_key_values
-    logits = _guide(out.logits[:, -1, :].float(), batch, guidance_weight)
+    logits = _guide(out.logits[:, -1, :].float(), mixture, guidance_weight)
+    if separate is not None:
+        logits = _guide_with(logits, separate.logits.to(device), guidance_weight)
     next_position = positions[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
@@ -154,14 +198,16 @@ def sample_tokens(
             break
         mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
         out = model(
-            input_ids=(torch.cat([choice, choice]) if guided else choice)[:, None],
+            input_ids=(choice if mixture is None else mixture.update(choice))[:, None],
             attention_mask=mask,
             position_ids=next_position,
             past_key_values=cache,
             use_cache=True,
         )
         cache = out.past_key_values
-        logits = _guide(out.logits[:, -1, :].float(), batch, guidance_weight)
+        logits = _guide(out.logits[:, -1, :].float(), mixture, guidance_weight)
+        if separate is not None:
+            logits = _guide_with(logits, separate.step(choice).to(device), guidance_weight)
         next_position = next_position + 1
 
     token_matrix = torch.stack(tokens, dim=1).tolist()
@@ -175,13 +221,94 @@ def sample_tokens(
     return result
 
 
-def _guide(logits: torch.Tensor, batch: int, weight: float) -> torch.Tensor:
-    """``[B, V]`` logits from ``[B, V]`` (no guidance) or ``[2B, V]`` (conditioned rows, then
-    reference rows): ``l + w (l - l_ref)``."""
-    if logits.shape[0] == batch:
+def _guide(logits: torch.Tensor, mixture: _Mixture | None, weight: float) -> torch.Tensor:
+    """``[B, V]`` logits from ``[B, V]`` (no guidance) or ``[(1 + K) B, V]`` (conditioned rows,
+    then each reference's rows): ``l + w (l - log p_ref)`` with ``p_ref`` the mixture's."""
+    if mixture is None:
         return logits
-    conditioned, reference = logits[:batch], logits[batch:]
+    conditioned = logits[: mixture.batch]
+    reference = mixture.reference(logits[mixture.batch :])
     return conditioned + weight * (conditioned - reference)
+
+
+class _Mixture:
+    """The reference mixture of :func:`sample_tokens`: K conditionings of the same B rows,
+    weighted by their prior times the likelihood of the tokens sampled so far."""
+
+    def __init__(
+        self, size: int, batch: int, log_prior: torch.Tensor | None, device: torch.device
+    ) -> None:
+        if log_prior is None:
+            log_prior = torch.zeros(size)
+        if log_prior.shape != (size,):
+            raise ValueError(
+                f"reference_log_prior must have shape ({size},), got {log_prior.shape}"
+            )
+        self.size, self.batch = size, batch
+        self.log_weight = log_prior.float().to(device).log_softmax(0)[:, None].repeat(1, batch)
+        self.step_logprobs: torch.Tensor | None = None
+
+    def reference(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, V]`` ``log p_ref(y_t | y_<t)`` from the K references' ``[K B, V]`` logits."""
+        logprobs = logits.view(self.size, self.batch, -1).log_softmax(-1)
+        self.step_logprobs = logprobs
+        joint = self.log_weight[..., None] + logprobs
+        return joint.logsumexp(0) - self.log_weight.logsumexp(0)[:, None]
+
+    def update(self, choice: torch.Tensor) -> torch.Tensor:
+        """Add the ``[B]`` sampled ids' log-likelihood under each reference to its weight;
+        return the ids for all ``(1 + K) B`` rows."""
+        assert self.step_logprobs is not None
+        index = choice[None, :, None].expand(self.size, -1, 1)
+        self.log_weight = self.log_weight + self.step_logprobs.gather(-1, index).squeeze(-1)
+        return choice.repeat(1 + self.size)
+
+
+def _guide_with(logits: torch.Tensor, reference: torch.Tensor, weight: float) -> torch.Tensor:
+    """``l + w (l - l_ref)`` on the reference's ``V_ref`` columns of ``[B, V]`` logits
+    (``reference``: ``[B, V_ref]``, ``V_ref <= V``); the other columns are left as they are."""
+    width = reference.shape[-1]
+    guided = logits.clone()
+    guided[:, :width] = logits[:, :width] + weight * (logits[:, :width] - reference)
+    return guided
+
+
+class _ReferenceModel:
+    """A second causal LM decoded in step with :func:`sample_tokens`: its own prefixes, mask,
+    positions and KV cache; :attr:`logits` is its ``[B, V_ref]`` next-token logits."""
+
+    def __init__(
+        self, model: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+    ) -> None:
+        self.model = model
+        self.device = inputs_embeds.device
+        self.mask = attention_mask.to(self.device)
+        positions = positions_from_mask(self.mask)
+        out = model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=self.mask,
+            position_ids=positions,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        self.next_position = positions[:, -1:] + 1
+        self.logits = out.logits[:, -1, :].float()
+
+    def step(self, choice: torch.Tensor) -> torch.Tensor:
+        """Feed the ``[B]`` sampled ids; return the next ``[B, V_ref]`` logits."""
+        ones = torch.ones((self.mask.shape[0], 1), dtype=self.mask.dtype, device=self.device)
+        self.mask = torch.cat([self.mask, ones], dim=1)
+        out = self.model(
+            input_ids=choice.to(self.device)[:, None],
+            attention_mask=self.mask,
+            position_ids=self.next_position,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        self.next_position = self.next_position + 1
+        self.logits = out.logits[:, -1, :].float()
+        return self.logits
 
 
 @torch.no_grad()

@@ -352,6 +352,8 @@ class RewardConditionedPolicy(nn.Module):
         batch_size: int = 128,
         guidance_weight: float = 0.0,
         guidance_reference: Reward | None = None,
+        guidance_model: torch.nn.Module | None = None,
+        guidance_mixture: Sequence[tuple[Reward, float]] | None = None,
     ) -> list[Rollout]:
         """Sample one completion per prompt, each conditioned on its own target reward.
 
@@ -370,7 +372,23 @@ class RewardConditionedPolicy(nn.Module):
                 second forward pass per token; the rollouts' ``logprobs`` are the guided
                 distribution's. 0 (the default) samples the policy itself.
             guidance_reference: the reference reward (reward units), for instance the base
-                model's mean reward; needed when ``guidance_weight > 0``.
+                model's mean reward. With a reference reward, guidance moves the achieved
+                reward away from it (a blurred conditional's mean is scaled about it).
+            guidance_model: instead of a reference reward, a plain causal LM on the same
+                tokenizer (the base model) whose logits on the unconditioned prompt are the
+                reference: classifier-free guidance with the base as the unconditional model,
+                ``p_base(y) (p(y | target) / p_base(y))^(1+w)`` per token, which sharpens the
+                conditional around its target instead of moving it, but also amplifies
+                whatever else separates the policy from its base.
+            guidance_mixture: instead, ``(reward, prior weight)`` pairs: the reference is the
+                policy's own mixture over those conditionings, each weighted by its prior
+                times the likelihood of the tokens so far (:func:`sample_tokens`). With the
+                rewards spread over the base model's range and weighted by how often the base
+                earns them, it is the policy's marginal over rewards, classifier-free
+                guidance's unconditional model: the conditional is sharpened around its
+                target, and what all conditionings share cancels. K pairs cost K extra rows
+                per prompt. Exactly one of ``guidance_reference``, ``guidance_model`` and
+                ``guidance_mixture`` is needed when ``guidance_weight > 0``.
 
         Returns:
             B :class:`~online_dt.samples.Rollout` in the order of ``prompts``, with
@@ -379,15 +397,27 @@ class RewardConditionedPolicy(nn.Module):
 
         Raises:
             ValueError: ``prompts`` and ``targets`` differ in length; ``guidance_weight`` is
-                negative, or above 0 without ``guidance_reference``.
+                negative, or above 0 without exactly one of ``guidance_reference``,
+                ``guidance_model`` and ``guidance_mixture``; a mixture is empty or has a
+                negative or all-zero weight.
         """
         if len(prompts) != len(targets):
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
         if guidance_weight < 0:
             raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
         guided = guidance_weight > 0
-        if guided and guidance_reference is None:
-            raise ValueError("guidance_weight > 0 needs a guidance_reference reward")
+        given = [x is not None for x in (guidance_reference, guidance_model, guidance_mixture)]
+        if guided and sum(given) != 1:
+            raise ValueError(
+                "guidance_weight > 0 needs exactly one of a guidance_reference reward, a "
+                "guidance_model and a guidance_mixture"
+            )
+        if guided and guidance_mixture is not None:
+            weights = [w for _, w in guidance_mixture]
+            if not weights or min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError(
+                    f"guidance_mixture needs weights >= 0 with a positive sum, got {weights}"
+                )
         was_training = self.training
         self.eval()
         generator = None
@@ -408,12 +438,10 @@ class RewardConditionedPolicy(nn.Module):
                 top_p=top_p,
                 generator=generator,
                 banned_token_ids=self.reward_token_ids,
-                reference_embeds=(
-                    self._prefix_embeds(chunk_prompts, [guidance_reference] * len(chunk_prompts))[0]
-                    if guided
-                    else None
-                ),
                 guidance_weight=guidance_weight,
+                **self._guidance_inputs(
+                    chunk_prompts, guided, guidance_reference, guidance_model, guidance_mixture
+                ),
             )
             for i, prompt in enumerate(chunk_prompts):
                 ids = sampled.token_ids[i]
@@ -433,6 +461,42 @@ class RewardConditionedPolicy(nn.Module):
         for r in results:
             r.created_at, r.generate_seconds = now, seconds
         return results
+
+    def _guidance_inputs(
+        self,
+        prompts: list[str],
+        guided: bool,
+        reference: Reward | None,
+        model: torch.nn.Module | None,
+        mixture: Sequence[tuple[Reward, float]] | None,
+    ) -> dict[str, Any]:
+        """``sample_tokens``' reference arguments for a chunk: none unguided; the prompts under
+        the reference reward, or under each of the mixture's rewards (``[K, B, T, H]``, with
+        the log prior); or, with a reference ``model``, the plain left-padded prompts in that
+        model's embeddings, with their mask."""
+        if not guided:
+            return {}
+        if reference is not None:
+            return {"reference_embeds": self._prefix_embeds(prompts, [reference] * len(prompts))[0]}
+        if mixture is not None:
+            embeds = [self._prefix_embeds(prompts, [r] * len(prompts))[0] for r, _ in mixture]
+            prior = torch.tensor([w for _, w in mixture], dtype=torch.float32)
+            return {"reference_embeds": torch.stack(embeds), "reference_log_prior": prior.log()}
+        assert model is not None
+        device = next(model.parameters()).device
+        ids = self.encode(prompts)
+        width = max(len(p) for p in ids)
+        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, p in enumerate(ids):
+            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        embed = model.get_input_embeddings()
+        return {
+            "reference_model": model,
+            "reference_embeds": embed(input_ids.to(device)),
+            "reference_mask": mask.to(device),
+        }
 
     def _prefix_embeds(
         self, prompts: Sequence[str], targets: Sequence[Reward]
