@@ -174,6 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help=f"half the width of the reference's reward bins (default: {DEFAULT_BIN_HALF_WIDTH})",
     )
+    p.add_argument(
+        "--guidance",
+        type=_nonnegative_float,
+        default=0.0,
+        metavar="W",
+        help="sample with classifier-free guidance of weight W against the policy's own "
+        "mixture over --guidance-grid: sharper, better calibrated conditionals at some cost "
+        "in diversity and KL (docs/method.md, round 7; default: 0, off; --backend hf, "
+        "one-reward runs only)",
+    )
+    p.add_argument(
+        "--guidance-grid",
+        type=_finite_float,
+        nargs="+",
+        metavar="R",
+        help="the rewards of the guidance mixture (default: 9 evenly from the replay "
+        "buffer's lowest reward to its highest)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     return parser
 
@@ -227,6 +245,13 @@ def _positive_float(text: str) -> float:
     value = _finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
     return value
 
 
@@ -351,6 +376,8 @@ def _eval(args: argparse.Namespace) -> int:
             reference_samples=args.reference_samples,
             reference_half_width=args.reference_half_width,
             grid=args.grid,
+            guidance_weight=args.guidance,
+            guidance_rewards=args.guidance_grid,
         )
     except (EvalError, ConfigError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -362,6 +389,12 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"policy {report['policy']}{where}, {report['samples_per_target']} samples per target")
     if report.get("kind") == "objectives":
         return _print_objectives(report)
+    if report.get("guidance"):
+        g = report["guidance"]
+        print(
+            f"guided sampling: weight {g['weight']:g} against the policy's own mixture over "
+            f"{len(g['rewards'])} rewards from {min(g['rewards']):.3f} to {max(g['rewards']):.3f}"
+        )
     print(format_calibration_table(report["rows"], report["reference"]))
     if report["reference"] is not None:
         ref = report["reference"]

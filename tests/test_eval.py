@@ -354,6 +354,44 @@ def test_eval_of_a_checkpoint_with_default_targets(run_copy, tmp_path):
     assert not (run_copy / "eval").exists()
 
 
+@pytest.mark.slow
+def test_cli_eval_with_guidance(run_copy, tmp_path, capsys):
+    """``--guidance W`` samples with classifier-free guidance against the policy's mixture over
+    rewards evenly spanning the buffer's (or ``--guidance-grid``'s): other samples than
+    unguided at the same seed, KL from the guided logprobs, recorded in the report; refused
+    with the configured backend."""
+    import numpy as np
+
+    from online_dt.cli import main
+    from online_dt.replay.export import export_dataset
+
+    common = ["eval", str(run_copy), "--targets", "-0.5", "0.5", "--samples-per-target", "12"]
+    common += ["--reference-samples", "0", "--no-extrapolation"]
+    reports = {}
+    for name, extra in {"plain": [], "guided": ["--guidance", "2"]}.items():
+        out = tmp_path / name
+        assert main([*common, "--out", str(out), *extra]) == 0
+        reports[name] = json.loads((out / "calibration.json").read_text())
+    printed = capsys.readouterr().out
+    assert printed.count("guided sampling: weight 2 against the policy's own mixture") == 1
+    guided, plain = reports["guided"], reports["plain"]
+    rewards = export_dataset(run_copy / "buffer")["achieved_reward"]
+    expected = np.linspace(min(rewards), max(rewards), 9)
+    assert guided["guidance"]["weight"] == 2.0
+    assert guided["guidance"]["rewards"] == pytest.approx(expected)
+    assert plain["guidance"] is None
+    for g, p in zip(guided["rows"], plain["rows"], strict=True):
+        assert math.isfinite(g["kl_to_base"]) and math.isfinite(g["mean"])
+        assert (g["mean"], g["kl_to_base"]) != (p["mean"], p["kl_to_base"])
+    out = tmp_path / "grid"
+    argv = [*common, "--out", str(out), "--guidance", "1", "--guidance-grid", "-0.5", "0", "0.5"]
+    assert main(argv) == 0
+    report = json.loads((out / "calibration.json").read_text())
+    assert report["guidance"]["rewards"] == [-0.5, 0.0, 0.5]
+    assert main([*common, "--guidance", "1", "--backend", "config"]) == 2
+    assert "--guidance needs the HF sampler" in capsys.readouterr().err
+
+
 def test_cli_eval_rejects_bad_input(tmp_path, capsys):
     from online_dt.cli import main
 

@@ -95,6 +95,10 @@ REFERENCE_SKIPPED = (
 )
 """``reference_error`` of a multi-objective evaluation (with ``reference_samples > 0``)."""
 
+GUIDANCE_POINTS = 9
+"""Rewards in the default guidance mixture (``online-dt eval --guidance``): evenly over the
+buffer's range, as ``bench/peers.py --odt-guidance-grid``'s default spans VADER's."""
+
 TargetSpec = float | Sequence[float]
 """A target as given to :func:`run_eval`: a number, or a vector (one value per objective)."""
 
@@ -113,6 +117,8 @@ def run_eval(
     reference_samples: int = DEFAULT_REFERENCE_SAMPLES,
     reference_half_width: float = DEFAULT_BIN_HALF_WIDTH,
     grid: int | None = None,
+    guidance_weight: float = 0.0,
+    guidance_rewards: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a policy and write ``calibration.json`` and ``calibration.png`` (one reward),
     or ``objectives.json`` and ``objectives.png`` (a run with ``conditioning.objectives``).
@@ -137,6 +143,12 @@ def run_eval(
         grid: runs with objectives only: grid points per objective (>= 1; default
             :data:`~online_dt.eval.objectives.DEFAULT_GRID_POINTS`), ``grid ** M`` targets.
             Not with ``targets``.
+        guidance_weight: ``w >= 0``; above 0 the HF sampler samples with classifier-free
+            guidance against the policy's own mixture over ``guidance_rewards``
+            (:class:`~online_dt.rollout.hf_sampler.HFSampler`); the KL then uses the guided
+            distribution's logprobs. One-reward runs and ``backend="hf"`` only.
+        guidance_rewards: the mixture's rewards; default :data:`GUIDANCE_POINTS` rewards evenly
+            from the replay buffer's lowest to its highest.
 
     With objectives, ``extrapolation_margin`` and the reference are not used; the report is
     :func:`_run_objectives_eval`'s.
@@ -150,10 +162,13 @@ def run_eval(
         be loaded, else ``None``).
 
     Raises:
-        ValueError: ``reference_samples < 0`` or ``reference_half_width <= 0``.
-        EvalError: no policy or config found; ``grid`` for a run with a single reward; a
-            vector target for a run with a single reward, or a scalar target (or one of the
-            wrong length) for a run with objectives; ``grid`` together with ``targets``.
+        ValueError: ``reference_samples < 0``, ``reference_half_width <= 0`` or
+            ``guidance_weight < 0``.
+        EvalError: no policy or config found; guidance with ``backend="config"``, with
+            objectives, or without rewards for its mixture (no buffer and none given);
+            ``grid`` for a run with a single reward; a vector target for a run with a single
+            reward, or a scalar target (or one of the wrong length) for a run with objectives;
+            ``grid`` together with ``targets``.
         ConfigError: the config is invalid.
         PromptError, RewardModelLoadError, OSError: prompts, reward model or models can't load.
     """
@@ -167,6 +182,13 @@ def run_eval(
         raise ValueError(f"reference_samples must be >= 0, got {reference_samples}")
     if not reference_half_width > 0:
         raise ValueError(f"reference_half_width must be > 0, got {reference_half_width}")
+    if guidance_weight < 0:
+        raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
+    if guidance_weight > 0 and backend != "hf":
+        raise EvalError(
+            f"--guidance needs the HF sampler (--backend hf), not --backend {backend}: vLLM "
+            "has no hook for guided sampling"
+        )
     started = time.perf_counter()
     src = resolve_source(source)
     cfg_file = Path(config_path) if config_path is not None else src.config_path
@@ -174,6 +196,8 @@ def run_eval(
         raise EvalError(f"no {CONFIG_FILE} found above {src.policy_dir}; pass --config FILE")
     cfg = load_config(cfg_file, config_class_for(cfg_file))
     if cfg.conditioning.objectives:
+        if guidance_weight > 0:
+            raise EvalError("--guidance is for runs with a single reward, not objectives")
         return _run_objectives_eval(
             source,
             src,
@@ -210,9 +234,17 @@ def run_eval(
     given = list(targets) if targets else default_targets(rewards_seen)
     planned = plan_targets(given, best, extrapolation_margin)
 
+    guidance = None
+    if guidance_weight > 0:
+        guidance = {
+            "weight": guidance_weight,
+            "rewards": guidance_grid(rewards_seen, guidance_rewards),
+            "reference": "the policy's mixture over the rewards, uniform prior",
+        }
+
     prompts = load_prompts(cfg.prompts)
     reward_model = load_reward_model(cfg.reward_model)
-    sampler, policy = _load_sampler(cfg, src, backend)
+    sampler, policy = _load_sampler(cfg, src, backend, guidance)
     try:
         t_loaded = time.perf_counter()
         kl_fn, kl_error = _kl_estimator(cfg, policy) if with_kl else (None, None)
@@ -259,6 +291,7 @@ def run_eval(
         "seed": seed,
         "buffer": {"best_reward": best, "samples": len(rewards_seen)},
         "extrapolation_margin": extrapolation_margin,
+        "guidance": guidance,
         "kl_estimator": "k1: mean over completions of sum_t log pi(y_t) - log p_base(y_t), nats",
         "kl_error": kl_error,
         "rows": rows,
@@ -479,8 +512,27 @@ def _reference(
     return finite_or_none(reference), None
 
 
-def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
-    """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL."""
+def guidance_grid(rewards_seen: Any, given: Sequence[float] | None) -> list[float]:
+    """The rewards of the guidance mixture: ``given``, or :data:`GUIDANCE_POINTS` evenly from
+    the buffer's lowest reward to its highest.
+
+    Raises:
+        EvalError: none given and the buffer is empty.
+    """
+    if given:
+        return [float(r) for r in given]
+    if not len(rewards_seen):
+        raise EvalError("the run's replay buffer is empty: pass --guidance-grid R ...")
+    low, high = float(rewards_seen.min()), float(rewards_seen.max())
+    step = (high - low) / (GUIDANCE_POINTS - 1)
+    return [low + k * step for k in range(GUIDANCE_POINTS)]
+
+
+def _load_sampler(
+    cfg: Any, src: EvalSource, backend: str, guidance: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL.
+    With ``guidance`` (``weight`` and ``rewards``) the HF sampler samples guided."""
     from online_dt.config import OnlineRunConfig
     from online_dt.policy.policy import RewardConditionedPolicy
     from online_dt.rollout.hf_sampler import HFSampler
@@ -494,7 +546,13 @@ def _load_sampler(cfg: Any, src: EvalSource, backend: str) -> tuple[Any, Any]:
         from online_dt.rollout.factory import make_sampler
 
         return make_sampler(cfg, str(src.policy_dir), version), policy
-    return HFSampler(policy, batch_size=cfg.sampling.batch_size, policy_version=version), policy
+    return HFSampler(
+        policy,
+        batch_size=cfg.sampling.batch_size,
+        policy_version=version,
+        guidance_weight=guidance["weight"] if guidance else 0.0,
+        guidance_rewards=guidance["rewards"] if guidance else (),
+    ), policy
 
 
 def _kl_estimator(cfg: Any, policy: Any) -> tuple[Any, str | None]:

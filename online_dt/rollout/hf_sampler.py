@@ -25,16 +25,39 @@ class HFSampler:
         batch_size: prompts per generation batch.
         policy_version: the version of ``policy``'s weights; ``NO_WEIGHTS`` for a policy built
             from a skeleton, which refuses to sample until ``load_weights``.
+        guidance_weight: ``w >= 0``; above 0 every completion is sampled with classifier-free
+            guidance against the policy's own mixture over ``guidance_rewards``
+            (:meth:`RewardConditionedPolicy.generate`'s ``guidance_mixture``, uniform prior).
+            The rollouts' logprobs are then the guided distribution's. vLLM has no such hook,
+            so only this sampler offers it.
+        guidance_rewards: the mixture's rewards (reward units); needed when
+            ``guidance_weight > 0``.
+
+    Raises:
+        ValueError: ``guidance_weight`` is negative, or above 0 without ``guidance_rewards``.
     """
 
     backend = "hf"
 
     def __init__(
-        self, policy: RewardConditionedPolicy, *, batch_size: int = 128, policy_version: int = 0
+        self,
+        policy: RewardConditionedPolicy,
+        *,
+        batch_size: int = 128,
+        policy_version: int = 0,
+        guidance_weight: float = 0.0,
+        guidance_rewards: Sequence[Reward] = (),
     ) -> None:
+        if guidance_weight < 0 or (guidance_weight > 0 and not guidance_rewards):
+            raise ValueError(
+                f"guidance_weight must be >= 0 (got {guidance_weight}), and above 0 it needs "
+                "guidance_rewards"
+            )
         self.policy = policy
         self.batch_size = batch_size
         self.policy_version = policy_version
+        self.guidance_weight = guidance_weight
+        self.guidance_rewards = list(guidance_rewards)
 
     def generate(
         self, prompts: Sequence[str], targets: Sequence[Reward], params: SamplingParams
@@ -52,6 +75,10 @@ class HFSampler:
             top_p=params.top_p,
             seed=params.seed,
             batch_size=self.batch_size,
+            guidance_weight=self.guidance_weight,
+            guidance_mixture=(
+                [(r, 1.0) for r in self.guidance_rewards] if self.guidance_weight > 0 else None
+            ),
         )
         for r in rollouts:
             r.policy_version, r.prompt_index = self.policy_version, r.prompt_index // params.n
