@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--odt-guidance-reference",
-        choices=["mean", "base", "mixture"],
+        choices=["mean", "base", "mixture", "mixture-buffer"],
         nargs="+",
         default=["mean"],
         help="what --odt-guidance contrasts the target with: `mean`, the policy at the base "
@@ -222,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         "unconditional model of classifier-free guidance (generate's guidance_model; rows "
         "online-dt-guidedW-base); `mixture`, the policy's own mixture over the rewards of "
         "--odt-guidance-grid, uniform prior, updated by Bayes' rule as tokens are sampled "
-        "(generate's guidance_mixture; rows online-dt-guidedW-mixture); several for each",
+        "(generate's guidance_mixture; rows online-dt-guidedW-mixture); `mixture-buffer`, "
+        "the same with the prior of the rewards the policy was trained on, the share of the "
+        "run's replay buffer nearest to each grid reward (online_dt.policy.guidance."
+        "buffer_prior; rows online-dt-guidedW-mixture-buffer); several for each",
     )
     g.add_argument(
         "--odt-guidance-grid",
@@ -590,7 +593,7 @@ def evaluate_conditioned(
     policy: Any,
     target: float,
     phase: str,
-    guidance: tuple[float, float | str] | None = None,
+    guidance: tuple[float, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a reward-conditioned policy asked for ``target`` on the held-out prompts.
 
@@ -599,8 +602,8 @@ def evaluate_conditioned(
     the same prompt + completion tokens (the base sees no conditioning slot). With
     ``guidance`` ``(weight, reference)`` the samples come from the guided distribution
     (``generate``'s ``guidance_weight`` and, for a reference reward, ``guidance_reference``; for
-    ``"base"``, ``guidance_model`` = the base model; for ``"mixture"``, ``guidance_mixture``
-    over ``--odt-guidance-grid``, uniform), and the KL uses the
+    ``"base"``, ``guidance_model`` = the base model; for a list of ``(reward, weight)``
+    pairs, ``guidance_mixture``), and the KL uses the
     logprobs the sampler returns, which are that distribution's.
     """
     from bench.peers_metrics import teacher_forced_logprobs
@@ -608,8 +611,7 @@ def evaluate_conditioned(
     s = setup.sampling
     prompts = eval_prompts(setup)
     weight, reference = guidance if guidance is not None else (0.0, None)
-    by_base, by_mixture = reference == "base", reference == "mixture"
-    grid = setup.args.odt_guidance_grid
+    by_base, by_mixture = reference == "base", isinstance(reference, list)
     rollouts = policy.generate(
         prompts,
         [target] * len(prompts),
@@ -621,7 +623,7 @@ def evaluate_conditioned(
         guidance_weight=weight,
         guidance_reference=None if by_base or by_mixture else reference,
         guidance_model=setup.base_model if by_base else None,
-        guidance_mixture=[(r, 1.0) for r in grid] if by_mixture else None,
+        guidance_mixture=reference if by_mixture else None,
     )
     texts = [r.completion for r in rollouts]
     setup.reward.phase = phase
@@ -1092,10 +1094,12 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
     on the train prompts, then its final policy (the last checkpoint's) evaluated at each
     target. Rows are labelled :func:`odt_method` of the mode; in token mode each row's ``bin``
     is the reward bin its target maps to (``describe_target`` of the policy's conditioner)."""
+    from online_dt.eval.source import buffer_rewards
     from online_dt.launch.rundir import CHECKPOINT_POLICY_DIR
     from online_dt.loop.futures import LocalHandle
     from online_dt.loop.plan import execute, plan_run
     from online_dt.loop.workers import CheckedRewardModel, local_workers
+    from online_dt.policy.guidance import buffer_prior
     from online_dt.policy.policy import RewardConditionedPolicy
 
     a = setup.args
@@ -1137,12 +1141,20 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
         for rec in records
     ]
     rows = []
-    variants: list[tuple[str, tuple[float, float | str] | None]] = [(name, None)]
+    grid = a.odt_guidance_grid
+    references: dict[str, Any] = {
+        "mean": base_mean,
+        "base": "base",
+        "mixture": [(r, 1.0) for r in grid],
+    }
+    if "mixture-buffer" in a.odt_guidance_reference:
+        prior = buffer_prior(buffer_rewards(plan.run.path), grid)
+        references["mixture-buffer"] = list(zip(grid, prior, strict=True))
+    variants: list[tuple[str, tuple[float, Any] | None]] = [(name, None)]
     for weight in a.odt_guidance:
         for ref in a.odt_guidance_reference:
             suffix = "" if ref == "mean" else f"-{ref}"
-            guidance = (weight, base_mean if ref == "mean" else ref)
-            variants.append((f"{name}-guided{weight:g}{suffix}", guidance))
+            variants.append((f"{name}-guided{weight:g}{suffix}", (weight, references[ref])))
     for label, guidance in variants:
         weight = None if guidance is None else guidance[0]
         for i, target in enumerate(targets):

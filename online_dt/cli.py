@@ -189,8 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_finite_float,
         nargs="+",
         metavar="R",
-        help="the rewards of the guidance mixture (default: 9 evenly from the replay "
-        "buffer's lowest reward to its highest)",
+        help="the rewards of the guidance mixture, ascending (default: 9 evenly from the "
+        "replay buffer's lowest reward to its highest)",
+    )
+    p.add_argument(
+        "--guidance-prior",
+        choices=["buffer", "uniform"],
+        default="buffer",
+        help="the guidance mixture's weights: buffer, the share of the replay buffer's rewards "
+        "nearest to each grid reward (default); uniform, equal",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     return parser
@@ -378,6 +385,7 @@ def _eval(args: argparse.Namespace) -> int:
             grid=args.grid,
             guidance_weight=args.guidance,
             guidance_rewards=args.guidance_grid,
+            guidance_prior=args.guidance_prior,
         )
     except (EvalError, ConfigError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -394,6 +402,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(
             f"guided sampling: weight {g['weight']:g} against the policy's own mixture over "
             f"{len(g['rewards'])} rewards from {min(g['rewards']):.3f} to {max(g['rewards']):.3f}"
+            f", {g['prior']} prior"
         )
     print(format_calibration_table(report["rows"], report["reference"]))
     if report["reference"] is not None:

@@ -357,7 +357,8 @@ def test_eval_of_a_checkpoint_with_default_targets(run_copy, tmp_path):
 @pytest.mark.slow
 def test_cli_eval_with_guidance(run_copy, tmp_path, capsys):
     """``--guidance W`` samples with classifier-free guidance against the policy's mixture over
-    rewards evenly spanning the buffer's (or ``--guidance-grid``'s): other samples than
+    rewards evenly spanning the buffer's (or ``--guidance-grid``'s), weighted by the buffer's
+    share nearest each (or uniformly): other samples than
     unguided at the same seed, KL from the guided logprobs, recorded in the report; refused
     with the configured backend."""
     import numpy as np
@@ -379,15 +380,20 @@ def test_cli_eval_with_guidance(run_copy, tmp_path, capsys):
     expected = np.linspace(min(rewards), max(rewards), 9)
     assert guided["guidance"]["weight"] == 2.0
     assert guided["guidance"]["rewards"] == pytest.approx(expected)
+    nearest = np.abs(np.asarray(rewards)[:, None] - expected[None, :]).argmin(1)
+    shares = np.bincount(nearest, minlength=9) / len(rewards)
+    assert guided["guidance"]["prior"] == "buffer"
+    assert guided["guidance"]["prior_weights"] == pytest.approx(shares)
     assert plain["guidance"] is None
     for g, p in zip(guided["rows"], plain["rows"], strict=True):
         assert math.isfinite(g["kl_to_base"]) and math.isfinite(g["mean"])
         assert (g["mean"], g["kl_to_base"]) != (p["mean"], p["kl_to_base"])
     out = tmp_path / "grid"
     argv = [*common, "--out", str(out), "--guidance", "1", "--guidance-grid", "-0.5", "0", "0.5"]
-    assert main(argv) == 0
+    assert main([*argv, "--guidance-prior", "uniform"]) == 0
     report = json.loads((out / "calibration.json").read_text())
     assert report["guidance"]["rewards"] == [-0.5, 0.0, 0.5]
+    assert report["guidance"]["prior_weights"] == [1.0, 1.0, 1.0]
     assert main([*common, "--guidance", "1", "--backend", "config"]) == 2
     assert "--guidance needs the HF sampler" in capsys.readouterr().err
 

@@ -482,6 +482,9 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
             "--raft-prompts=16",
             "--num-targets=3",
             "--odt-guidance=0.5",
+            "--odt-guidance-reference",
+            "mean",
+            "mixture-buffer",
         ],
         out,
     )
@@ -492,8 +495,10 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
         == ["base", "best-of-4", "raft", "grpo-b0", "grpo-b0.04"]
         + ["online-dt"] * 3
         + ["online-dt-guided0.5"] * 3
+        + ["online-dt-guided0.5-mixture-buffer"] * 3
         + ["online-dt-token"] * 3
         + ["online-dt-token-guided0.5"] * 3
+        + ["online-dt-token-guided0.5-mixture-buffer"] * 3
     )
     for r in rows:
         for key in (
@@ -519,13 +524,18 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
     assert all(r["train_reward_calls"] == 128 for r in trained)
     assert rows[0]["train_reward_calls"] == 0 and rows[0]["kl_per_token"] == 0.0
     assert rows[1]["eval_reward_calls"] == 16 * 4 and rows[1]["kl_kind"].startswith("analytic")
-    odt, guided, token = rows[5:8], rows[8:11], rows[11:14]
+    odt, guided, mixed, token = rows[5:8], rows[8:11], rows[11:14], rows[14:17]
     # the guided rows: the same policy at the same targets, guided away from the base's mean
     assert [r["target"] for r in guided] == [r["target"] for r in odt]
     assert all(
         r["guidance"] == {"weight": 0.5, "reference": pytest.approx(rows[0]["reward_mean"])}
-        for r in guided + rows[14:]
+        for r in guided + rows[17:20]
     )
+    # or against the policy's mixture over the default grid, weighted by its buffer's rewards
+    for r in mixed + rows[20:]:
+        pairs = r["guidance"]["reference"]
+        assert [p[0] for p in pairs] == [-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0]
+        assert sum(p[1] for p in pairs) == pytest.approx(1.0) and min(p[1] for p in pairs) >= 0
     assert all("guidance" not in r for r in odt + token)
     assert odt[0]["target"] == pytest.approx(rows[0]["reward_mean"])
     assert odt[-1]["target"] == pytest.approx(1.0)

@@ -95,10 +95,6 @@ REFERENCE_SKIPPED = (
 )
 """``reference_error`` of a multi-objective evaluation (with ``reference_samples > 0``)."""
 
-GUIDANCE_POINTS = 9
-"""Rewards in the default guidance mixture (``online-dt eval --guidance``): evenly over the
-buffer's range, as ``bench/peers.py --odt-guidance-grid``'s default spans VADER's."""
-
 TargetSpec = float | Sequence[float]
 """A target as given to :func:`run_eval`: a number, or a vector (one value per objective)."""
 
@@ -119,6 +115,7 @@ def run_eval(
     grid: int | None = None,
     guidance_weight: float = 0.0,
     guidance_rewards: Sequence[float] | None = None,
+    guidance_prior: str = "buffer",
 ) -> dict[str, Any]:
     """Evaluate a policy and write ``calibration.json`` and ``calibration.png`` (one reward),
     or ``objectives.json`` and ``objectives.png`` (a run with ``conditioning.objectives``).
@@ -147,8 +144,12 @@ def run_eval(
             guidance against the policy's own mixture over ``guidance_rewards``
             (:class:`~online_dt.rollout.hf_sampler.HFSampler`); the KL then uses the guided
             distribution's logprobs. One-reward runs and ``backend="hf"`` only.
-        guidance_rewards: the mixture's rewards; default :data:`GUIDANCE_POINTS` rewards evenly
-            from the replay buffer's lowest to its highest.
+        guidance_rewards: the mixture's rewards, ascending; default
+            :data:`~online_dt.policy.guidance.GUIDANCE_POINTS` rewards evenly from the replay
+            buffer's lowest to its highest.
+        guidance_prior: the mixture's prior weights: ``buffer``, the share of the buffer's
+            rewards nearest to each (:func:`~online_dt.policy.guidance.buffer_prior`, the
+            rewards the policy was trained on); ``uniform``, equal weights.
 
     With objectives, ``extrapolation_margin`` and the reference are not used; the report is
     :func:`_run_objectives_eval`'s.
@@ -163,9 +164,10 @@ def run_eval(
 
     Raises:
         ValueError: ``reference_samples < 0``, ``reference_half_width <= 0`` or
-            ``guidance_weight < 0``.
+            ``guidance_weight < 0``, ``guidance_prior`` is neither ``buffer`` nor ``uniform``,
+            or ``guidance_rewards`` is not ascending.
         EvalError: no policy or config found; guidance with ``backend="config"``, with
-            objectives, or without rewards for its mixture (no buffer and none given);
+            objectives, or without a buffer for its default rewards or its ``buffer`` prior;
             ``grid`` for a run with a single reward; a vector target for a run with a single
             reward, or a scalar target (or one of the wrong length) for a run with objectives;
             ``grid`` together with ``targets``.
@@ -184,6 +186,8 @@ def run_eval(
         raise ValueError(f"reference_half_width must be > 0, got {reference_half_width}")
     if guidance_weight < 0:
         raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
+    if guidance_prior not in ("buffer", "uniform"):
+        raise ValueError(f"guidance_prior must be 'buffer' or 'uniform', got {guidance_prior!r}")
     if guidance_weight > 0 and backend != "hf":
         raise EvalError(
             f"--guidance needs the HF sampler (--backend hf), not --backend {backend}: vLLM "
@@ -234,13 +238,7 @@ def run_eval(
     given = list(targets) if targets else default_targets(rewards_seen)
     planned = plan_targets(given, best, extrapolation_margin)
 
-    guidance = None
-    if guidance_weight > 0:
-        guidance = {
-            "weight": guidance_weight,
-            "rewards": guidance_grid(rewards_seen, guidance_rewards),
-            "reference": "the policy's mixture over the rewards, uniform prior",
-        }
+    guidance = _guidance(rewards_seen, guidance_weight, guidance_rewards, guidance_prior)
 
     prompts = load_prompts(cfg.prompts)
     reward_model = load_reward_model(cfg.reward_model)
@@ -512,27 +510,36 @@ def _reference(
     return finite_or_none(reference), None
 
 
-def guidance_grid(rewards_seen: Any, given: Sequence[float] | None) -> list[float]:
-    """The rewards of the guidance mixture: ``given``, or :data:`GUIDANCE_POINTS` evenly from
-    the buffer's lowest reward to its highest.
+def _guidance(
+    rewards_seen: Any, weight: float, rewards: Sequence[float] | None, prior: str
+) -> dict[str, Any] | None:
+    """The report's ``guidance`` (``weight``, ``rewards``, ``prior``, ``prior_weights``), or
+    ``None`` for ``weight == 0``.
 
     Raises:
-        EvalError: none given and the buffer is empty.
+        EvalError: the buffer is empty and it is needed (default rewards, ``buffer`` prior).
+        ValueError: ``rewards`` not ascending (from ``buffer_prior``).
     """
-    if given:
-        return [float(r) for r in given]
-    if not len(rewards_seen):
-        raise EvalError("the run's replay buffer is empty: pass --guidance-grid R ...")
-    low, high = float(rewards_seen.min()), float(rewards_seen.max())
-    step = (high - low) / (GUIDANCE_POINTS - 1)
-    return [low + k * step for k in range(GUIDANCE_POINTS)]
+    from online_dt.policy.guidance import buffer_prior, even_grid
+
+    if weight == 0:
+        return None
+    needs_buffer = not rewards or prior == "buffer"
+    if needs_buffer and not len(rewards_seen):
+        raise EvalError(
+            "the run's replay buffer is empty: pass --guidance-grid R ... and "
+            "--guidance-prior uniform"
+        )
+    grid = [float(r) for r in rewards] if rewards else even_grid(rewards_seen)
+    weights = buffer_prior(rewards_seen, grid) if prior == "buffer" else [1.0] * len(grid)
+    return {"weight": weight, "rewards": grid, "prior": prior, "prior_weights": weights}
 
 
 def _load_sampler(
     cfg: Any, src: EvalSource, backend: str, guidance: dict[str, Any] | None = None
 ) -> tuple[Any, Any]:
     """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL.
-    With ``guidance`` (``weight`` and ``rewards``) the HF sampler samples guided."""
+    With ``guidance`` (:func:`_guidance`'s) the HF sampler samples guided."""
     from online_dt.config import OnlineRunConfig
     from online_dt.policy.policy import RewardConditionedPolicy
     from online_dt.rollout.hf_sampler import HFSampler
@@ -551,7 +558,11 @@ def _load_sampler(
         batch_size=cfg.sampling.batch_size,
         policy_version=version,
         guidance_weight=guidance["weight"] if guidance else 0.0,
-        guidance_rewards=guidance["rewards"] if guidance else (),
+        guidance_mixture=(
+            list(zip(guidance["rewards"], guidance["prior_weights"], strict=True))
+            if guidance
+            else ()
+        ),
     ), policy
 
 

@@ -26,15 +26,14 @@ class HFSampler:
         policy_version: the version of ``policy``'s weights; ``NO_WEIGHTS`` for a policy built
             from a skeleton, which refuses to sample until ``load_weights``.
         guidance_weight: ``w >= 0``; above 0 every completion is sampled with classifier-free
-            guidance against the policy's own mixture over ``guidance_rewards``
-            (:meth:`RewardConditionedPolicy.generate`'s ``guidance_mixture``, uniform prior).
-            The rollouts' logprobs are then the guided distribution's. vLLM has no such hook,
-            so only this sampler offers it.
-        guidance_rewards: the mixture's rewards (reward units); needed when
-            ``guidance_weight > 0``.
+            guidance against the policy's own mixture ``guidance_mixture``
+            (:meth:`RewardConditionedPolicy.generate`'s). The rollouts' logprobs are then the
+            guided distribution's. vLLM has no such hook, so only this sampler offers it.
+        guidance_mixture: ``(reward, prior weight)`` pairs (:mod:`online_dt.policy.guidance`);
+            needed when ``guidance_weight > 0``.
 
     Raises:
-        ValueError: ``guidance_weight`` is negative, or above 0 without ``guidance_rewards``.
+        ValueError: ``guidance_weight`` is negative, or above 0 without ``guidance_mixture``.
     """
 
     backend = "hf"
@@ -46,18 +45,18 @@ class HFSampler:
         batch_size: int = 128,
         policy_version: int = 0,
         guidance_weight: float = 0.0,
-        guidance_rewards: Sequence[Reward] = (),
+        guidance_mixture: Sequence[tuple[Reward, float]] = (),
     ) -> None:
-        if guidance_weight < 0 or (guidance_weight > 0 and not guidance_rewards):
+        if guidance_weight < 0 or (guidance_weight > 0 and not guidance_mixture):
             raise ValueError(
                 f"guidance_weight must be >= 0 (got {guidance_weight}), and above 0 it needs "
-                "guidance_rewards"
+                "a guidance_mixture"
             )
         self.policy = policy
         self.batch_size = batch_size
         self.policy_version = policy_version
         self.guidance_weight = guidance_weight
-        self.guidance_rewards = list(guidance_rewards)
+        self.guidance_mixture = list(guidance_mixture)
 
     def generate(
         self, prompts: Sequence[str], targets: Sequence[Reward], params: SamplingParams
@@ -76,9 +75,7 @@ class HFSampler:
             seed=params.seed,
             batch_size=self.batch_size,
             guidance_weight=self.guidance_weight,
-            guidance_mixture=(
-                [(r, 1.0) for r in self.guidance_rewards] if self.guidance_weight > 0 else None
-            ),
+            guidance_mixture=self.guidance_mixture if self.guidance_weight > 0 else None,
         )
         for r in rollouts:
             r.policy_version, r.prompt_index = self.policy_version, r.prompt_index // params.n
