@@ -311,6 +311,20 @@ class _ReferenceModel:
         return self.logits
 
 
+def left_pad(
+    prompt_ids: Sequence[Sequence[int]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T]`` left-padded token ids (``T`` the longest prompt) and their ``[B, T]``
+    attention mask (1 on real tokens), both ``long``, on the CPU."""
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def sample_unconditioned(
     model: torch.nn.Module,
@@ -341,12 +355,7 @@ def sample_unconditioned(
         chunk = [list(p) for p in prompt_ids[start : start + batch_size]]
         if any(not p for p in chunk):
             raise ValueError("cannot sample from an empty prompt")
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, p in enumerate(chunk):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
+        ids, mask = left_pad(chunk, pad_token_id)
         part = sample_tokens(
             model,
             embed(ids.to(device)),

@@ -31,7 +31,7 @@ from torch import nn
 
 from online_dt.config import ConditioningConfig, RunConfig
 from online_dt.policy.conditioner import RewardConditioner
-from online_dt.policy.generation import sample_tokens
+from online_dt.policy.generation import left_pad, sample_tokens
 from online_dt.policy.layout import ConditionedBatch, context_length, layout_batch
 from online_dt.policy.loading import (
     add_reward_tokens,
@@ -383,12 +383,14 @@ class RewardConditionedPolicy(nn.Module):
             guidance_mixture: instead, ``(reward, prior weight)`` pairs: the reference is the
                 policy's own mixture over those conditionings, each weighted by its prior
                 times the likelihood of the tokens so far (:func:`sample_tokens`). With the
-                rewards spread over the base model's range and weighted by how often the base
-                earns them, it is the policy's marginal over rewards, classifier-free
-                guidance's unconditional model: the conditional is sharpened around its
-                target, and what all conditionings share cancels. K pairs cost K extra rows
-                per prompt. Exactly one of ``guidance_reference``, ``guidance_model`` and
-                ``guidance_mixture`` is needed when ``guidance_weight > 0``.
+                rewards spread over the range and weighted by how often they occur in what the
+                policy was trained on (the replay buffer:
+                :func:`~online_dt.policy.guidance.buffer_prior`), it is the policy's marginal
+                over rewards, classifier-free guidance's unconditional model: the
+                conditional is sharpened around its target, and what all conditionings share
+                cancels. K pairs cost K extra rows per prompt. Exactly one of
+                ``guidance_reference``, ``guidance_model`` and ``guidance_mixture`` is needed
+                when ``guidance_weight > 0``.
 
         Returns:
             B :class:`~online_dt.samples.Rollout` in the order of ``prompts``, with
@@ -484,13 +486,7 @@ class RewardConditionedPolicy(nn.Module):
             return {"reference_embeds": torch.stack(embeds), "reference_log_prior": prior.log()}
         assert model is not None
         device = next(model.parameters()).device
-        ids = self.encode(prompts)
-        width = max(len(p) for p in ids)
-        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, p in enumerate(ids):
-            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
+        input_ids, mask = left_pad(self.encode(prompts), self.pad_token_id)
         embed = model.get_input_embeddings()
         return {
             "reference_model": model,
