@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_finite_float,
         nargs="+",
         metavar="R",
-        help="the rewards of the guidance mixture, ascending (default: 9 evenly from the "
+        help="the rewards of the guidance mixture, ascending (default: 5 evenly from the "
         "replay buffer's lowest reward to its highest)",
     )
     p.add_argument(

@@ -377,11 +377,11 @@ def test_cli_eval_with_guidance(run_copy, tmp_path, capsys):
     assert printed.count("guided sampling: weight 2 against the policy's own mixture") == 1
     guided, plain = reports["guided"], reports["plain"]
     rewards = export_dataset(run_copy / "buffer")["achieved_reward"]
-    expected = np.linspace(min(rewards), max(rewards), 9)
+    expected = np.linspace(min(rewards), max(rewards), 5)
     assert guided["guidance"]["weight"] == 2.0
     assert guided["guidance"]["rewards"] == pytest.approx(expected)
     nearest = np.abs(np.asarray(rewards)[:, None] - expected[None, :]).argmin(1)
-    shares = np.bincount(nearest, minlength=9) / len(rewards)
+    shares = np.bincount(nearest, minlength=5) / len(rewards)
     assert guided["guidance"]["prior"] == "buffer"
     assert guided["guidance"]["prior_weights"] == pytest.approx(shares)
     assert plain["guidance"] is None

@@ -21,7 +21,7 @@ def test_buffer_prior_is_the_share_nearest_each_grid_reward():
 
 def test_even_grid_spans_the_rewards():
     assert even_grid([0.5, -1.0, 1.0, 0.2], 5) == pytest.approx([-1.0, -0.5, 0.0, 0.5, 1.0])
-    assert len(even_grid([0.0, 2.0])) == 9
+    assert len(even_grid([0.0, 2.0])) == 5
     with pytest.raises(ValueError):
         even_grid([], 3)
     with pytest.raises(ValueError):
