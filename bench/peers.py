@@ -208,9 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="W",
         help="also evaluate the final policy with guidance weight W at every target (rows "
-        "`online-dt-guidedW`, the same policy, no extra training): tokens sampled from "
-        "l(target) + W (l(target) - l(base mean reward)), RewardConditionedPolicy.generate's "
-        "guidance_weight; KL from the guided distribution's logprobs",
+        "`online-dt-guidedW[-REF]`, the same policy, no extra training): tokens sampled from "
+        "l(target) + W (l(target) - l_ref), l_ref from --odt-guidance-reference, "
+        "RewardConditionedPolicy.generate's guidance_weight; KL from the guided "
+        "distribution's logprobs",
     )
     g.add_argument(
         "--odt-guidance-reference",

@@ -165,7 +165,7 @@ def run_eval(
     Raises:
         ValueError: ``reference_samples < 0``, ``reference_half_width <= 0`` or
             ``guidance_weight < 0``, ``guidance_prior`` is neither ``buffer`` nor ``uniform``,
-            or ``guidance_rewards`` is not ascending.
+            or, with the ``buffer`` prior, ``guidance_rewards`` is not ascending.
         EvalError: no policy or config found; guidance with ``backend="config"``, with
             objectives, or without a buffer for its default rewards or its ``buffer`` prior;
             ``grid`` for a run with a single reward; a vector target for a run with a single
