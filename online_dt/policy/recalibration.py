@@ -1,0 +1,177 @@
+"""Recalibration: which conditioning value to ask the policy for, to achieve a target reward.
+
+A reward-conditioned policy asked for ``c`` achieves a mean reward ``a(c)`` that is not ``c``:
+on the embedded task the conditional is blurred towards the rewards the buffer holds most of,
+so asked for 0 the default policy gives about 0.1 and asked for -0.8 about -0.65
+(docs/method.md). Recalibration measures ``a`` at a grid of conditioning values on training
+prompts, fits it as a non-decreasing function (isotonic regression over the grid means,
+weighted by their sample counts), and inverts it: to achieve ``t``, ask for the conditioning
+values around the first crossing of ``t``. This is the recalibration of a regressor's output
+by isotonic regression (Zadrozny and Elkan 2002; Kuleshov et al. 2018), applied to the
+input of a conditional generator.
+
+Two ways to use the bracket ``c_lo < c_hi`` with ``a(c_lo) < t <= a(c_hi)``:
+
+- ``interpolate``: ask every sample for ``c_lo + p (c_hi - c_lo)``, with
+  ``p = (t - a(c_lo)) / (a(c_hi) - a(c_lo))``. It assumes ``a`` is linear between grid points;
+  it suits scalar conditioning, whose input is continuous;
+- ``mix``: ask a share ``p`` of the samples for ``c_hi`` and the rest for ``c_lo``. The
+  expected achieved reward is then exactly the interpolation of the two measured means, with
+  no assumption between grid points. It suits token conditioning, where every value in a bin
+  is the same token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy.optimize import isotonic_regression
+
+Strategy = Literal["interpolate", "mix"]
+"""How a target between two grid points is asked for (see the module docstring)."""
+
+RECALIBRATION_GRID = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
+"""Default conditioning values measured (reward units): the embedded task's VADER range in
+steps of 0.25."""
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """Where a target falls on a :class:`Recalibration`.
+
+    Attributes:
+        low, high: the two conditioning values (reward units of the policy's input),
+            ``low <= high``; equal when the target is outside the measured range.
+        share_high: the share of samples to ask for ``high`` under ``mix``, in ``[0, 1]``;
+            the interpolation weight under ``interpolate``.
+        reachable: whether the target lies within the fitted achieved rewards; if not, the
+            bracket is the nearest end of the grid and the target will be missed.
+    """
+
+    low: float
+    high: float
+    share_high: float
+    reachable: bool
+
+    def interpolated(self) -> float:
+        """The one conditioning value ``low + share_high (high - low)``."""
+        return self.low + self.share_high * (self.high - self.low)
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """A fitted map between conditioning values and the mean reward they achieve.
+
+    Attributes:
+        conditioning: K grid values, strictly ascending (reward units of the policy's input).
+        measured: K mean achieved rewards of the samples asked for each grid value.
+        achieved: K isotonic fits of ``measured`` (non-decreasing), weighted by ``counts``.
+        counts: K sample counts (>= 1).
+    """
+
+    conditioning: tuple[float, ...]
+    measured: tuple[float, ...]
+    achieved: tuple[float, ...]
+    counts: tuple[int, ...]
+
+    @classmethod
+    def fit(cls, conditioning: Sequence[float], achieved: Sequence[float]) -> Recalibration:
+        """Fit from N samples: the conditioning value each was asked for and the reward it
+        achieved (reward units). Samples are grouped by conditioning value (exact equality).
+
+        Raises:
+            ValueError: lengths differ, fewer than two distinct conditioning values, or a
+                non-finite value.
+        """
+        c = np.asarray(conditioning, dtype=np.float64)
+        r = np.asarray(achieved, dtype=np.float64)
+        if c.shape != r.shape or c.ndim != 1:
+            raise ValueError(
+                f"conditioning and achieved must be aligned 1-D, got {c.shape}, {r.shape}"
+            )
+        if not (np.isfinite(c).all() and np.isfinite(r).all()):
+            raise ValueError("recalibration samples must be finite")
+        grid, inverse, counts = np.unique(c, return_inverse=True, return_counts=True)
+        if grid.size < 2:
+            raise ValueError(f"need at least two distinct conditioning values, got {grid.size}")
+        means = np.bincount(inverse, weights=r) / counts
+        fitted = isotonic_regression(means, weights=counts.astype(np.float64), increasing=True).x
+        return cls(
+            conditioning=tuple(float(x) for x in grid),
+            measured=tuple(float(x) for x in means),
+            achieved=tuple(float(x) for x in fitted),
+            counts=tuple(int(x) for x in counts),
+        )
+
+    def bracket(self, target: float) -> Bracket:
+        """The two grid values around the first point where the fitted curve reaches
+        ``target`` (reward units). Below the curve's lowest value it is the lowest grid value,
+        above its highest the highest, both marked unreachable."""
+        a = np.asarray(self.achieved)
+        if target < a[0]:
+            return Bracket(self.conditioning[0], self.conditioning[0], 0.0, False)
+        if target > a[-1]:
+            return Bracket(self.conditioning[-1], self.conditioning[-1], 0.0, False)
+        k = int(np.argmax(a >= target))
+        if k == 0:
+            return Bracket(self.conditioning[0], self.conditioning[0], 0.0, True)
+        share = (target - a[k - 1]) / (a[k] - a[k - 1])
+        return Bracket(self.conditioning[k - 1], self.conditioning[k], float(share), True)
+
+    def conditionings(
+        self, target: float, n: int, strategy: Strategy, seed: int = 0
+    ) -> list[float]:
+        """The conditioning value to ask each of ``n`` samples for, to achieve ``target``.
+
+        ``interpolate``: ``n`` copies of :meth:`Bracket.interpolated`. ``mix``:
+        ``round(share_high * n)`` samples, chosen by a permutation seeded with ``seed``, ask
+        for ``high`` and the rest for ``low`` (stratified, so the share is exact up to
+        rounding).
+
+        Raises:
+            ValueError: ``n < 0`` or an unknown strategy.
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        b = self.bracket(target)
+        if strategy == "interpolate":
+            return [b.interpolated()] * n
+        if strategy != "mix":
+            raise ValueError(f"unknown strategy {strategy!r}: use 'interpolate' or 'mix'")
+        high = np.zeros(n, dtype=bool)
+        high[: round(b.share_high * n)] = True
+        np.random.default_rng(seed).shuffle(high)
+        return [b.high if h else b.low for h in high]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values: the four tuples as lists."""
+        return {
+            "conditioning": list(self.conditioning),
+            "measured": list(self.measured),
+            "achieved": list(self.achieved),
+            "counts": list(self.counts),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recalibration:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: missing keys, lengths differ, the grid is not strictly ascending or the
+                fit decreases.
+        """
+        try:
+            fields = [tuple(data[k]) for k in ("conditioning", "measured", "achieved", "counts")]
+        except KeyError as e:
+            raise ValueError(f"recalibration is missing {e.args[0]!r}") from e
+        if len({len(f) for f in fields}) != 1 or len(fields[0]) < 2:
+            raise ValueError("recalibration fields must have one equal length >= 2")
+        if np.any(np.diff(fields[0]) <= 0) or np.any(np.diff(fields[2]) < 0):
+            raise ValueError("recalibration grid must ascend and its fit must not decrease")
+        c, m, a, n = fields
+        return cls(
+            tuple(map(float, c)), tuple(map(float, m)), tuple(map(float, a)), tuple(map(int, n))
+        )
