@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -235,6 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=[-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0],
         metavar="R",
         help="the rewards of the `mixture` guidance reference",
+    )
+    g.add_argument(
+        "--odt-recalibrate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also evaluate every online-dt variant (unguided and each guided one) "
+        "recalibrated (rows `...-recal`): after training, sample N train prompts (never the "
+        "held-out ones) at each conditioning value of --odt-recalibration-grid (token mode: "
+        "the midpoint of each reward bin), score them (N x grid reward calls per variant, "
+        "shown under each row and in its JSON), fit the mean achieved reward as an isotonic function of "
+        "the conditioning value (online_dt.policy.recalibration) and ask each held-out sample "
+        "for the conditioning that achieves the target: interpolated in scalar mode, a mix of "
+        "the two neighbouring bins in token mode; 0 (the default) skips it",
+    )
+    g.add_argument(
+        "--odt-recalibration-grid",
+        type=float,
+        nargs="+",
+        default=[-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0],
+        metavar="C",
+        help="scalar mode: the conditioning values --odt-recalibrate measures",
     )
     g.add_argument(
         "--max-target",
@@ -465,7 +488,7 @@ def match_distinct_2(rows: list[dict[str, Any]], reference: dict[str, Any], seed
         row["distinct_2_at_bin_size_samples"] = size
 
 
-SEED_SPLIT, SEED_EVAL, SEED_REFERENCE, SEED_RAFT, SEED_GRPO, SEED_BON = range(6)
+SEED_SPLIT, SEED_EVAL, SEED_REFERENCE, SEED_RAFT, SEED_GRPO, SEED_BON, SEED_RECAL = range(7)
 """Keys of the derived seeds."""
 
 
@@ -592,11 +615,12 @@ def evaluate_plain(setup: Setup, model: Any, phase: str) -> dict[str, Any]:
 def evaluate_conditioned(
     setup: Setup,
     policy: Any,
-    target: float,
+    target: float | Sequence[float],
     phase: str,
     guidance: tuple[float, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a reward-conditioned policy asked for ``target`` on the held-out prompts.
+    """Evaluate a reward-conditioned policy asked for ``target`` on the held-out prompts
+    (one value for every sample, or one per held-out prompt, in :func:`eval_prompts` order).
 
     KL: k1 with the policy's teacher-forced logprobs at the target
     (``RewardConditionedPolicy.completion_logprobs``) and the base's teacher-forced logprobs of
@@ -613,9 +637,10 @@ def evaluate_conditioned(
     prompts = eval_prompts(setup)
     weight, reference = guidance if guidance is not None else (0.0, None)
     by_base, by_mixture = reference == "base", isinstance(reference, list)
+    targets = [target] * len(prompts) if isinstance(target, (int, float)) else list(target)
     rollouts = policy.generate(
         prompts,
-        [target] * len(prompts),
+        targets,
         max_new_tokens=s.max_new_tokens,
         temperature=s.temperature,
         top_p=s.top_p,
@@ -639,13 +664,63 @@ def evaluate_conditioned(
     for start in range(0, len(prompts), s.batch_size):
         end = start + s.batch_size
         policy_lp += policy.completion_logprobs(
-            prompts[start:end], [target] * len(prompts[start:end]), completion_ids[start:end]
+            prompts[start:end], targets[start:end], completion_ids[start:end]
         )
     row = summarize(setup, texts, rewards, base_lp, policy_lp)
     row["check_sampler_vs_teacher_forced_logprob"] = max_abs_diff(
         [r.logprobs for r in rollouts], policy_lp
     )
     return row
+
+
+def recalibration_grid(setup: Setup, policy: Any) -> list[float]:
+    """The conditioning values ``--odt-recalibrate`` measures: ``--odt-recalibration-grid`` in
+    scalar mode; in token mode the midpoint of each reward bin (the outer bins' open ends
+    replaced by the range of rewards the bins were cut from), one value per token."""
+    binning, span = policy.conditioner.binning, policy.conditioner.bin_range
+    if binning is None:
+        return sorted(setup.args.odt_recalibration_grid)
+    grid = []
+    for k in range(binning.num_bins):
+        low, high = binning.bounds(k)
+        low = span[0] if math.isinf(low) else low
+        high = span[1] if math.isinf(high) else high
+        grid.append((low + high) / 2)
+    return grid
+
+
+def recalibrate(setup: Setup, policy: Any, phase: str, guidance: tuple[float, Any] | None) -> Any:
+    """Fit a :class:`~online_dt.policy.recalibration.Recalibration` of ``policy`` (sampled as
+    ``guidance`` says, see :func:`evaluate_conditioned`) from ``--odt-recalibrate`` train
+    prompts (seeded; the same prompts at every grid value) x the grid of
+    :func:`recalibration_grid`, scored under the reward phase ``phase`` (counted)."""
+    from online_dt.policy.recalibration import Recalibration
+
+    s, n = setup.sampling, setup.args.odt_recalibrate
+    rng = random.Random(setup.seed(SEED_RECAL))
+    prompts = [setup.train_prompts[rng.randrange(len(setup.train_prompts))] for _ in range(n)]
+    grid = recalibration_grid(setup, policy)
+    weight, reference = guidance if guidance is not None else (0.0, None)
+    by_base, by_mixture = reference == "base", isinstance(reference, list)
+    conditioning, achieved = [], []
+    for value in grid:
+        rollouts = policy.generate(
+            prompts,
+            [value] * n,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=setup.seed(SEED_RECAL, 1),
+            batch_size=s.batch_size,
+            guidance_weight=weight,
+            guidance_reference=None if by_base or by_mixture else reference,
+            guidance_model=setup.base_model if by_base else None,
+            guidance_mixture=reference if by_mixture else None,
+        )
+        setup.reward.phase = phase
+        conditioning += [value] * n
+        achieved += setup.reward.score(prompts, [r.completion for r in rollouts])
+    return Recalibration.fit(conditioning, achieved)
 
 
 PATH_KEYS = (
@@ -1156,26 +1231,53 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
         for ref in a.odt_guidance_reference:
             suffix = "" if ref == "mean" else f"-{ref}"
             variants.append((f"{name}-guided{weight:g}{suffix}", (weight, references[ref])))
+    strategy = "interpolate" if policy.conditioner.binning is None else "mix"
+    n_eval = len(eval_prompts(setup))
     for label, guidance in variants:
         weight = None if guidance is None else guidance[0]
-        for i, target in enumerate(targets):
-            start, before = time.perf_counter(), setup.reward.calls(f"{label}:eval")
-            row = evaluate_conditioned(setup, policy, target, f"{label}:eval", guidance)
-            rows.append(
-                {
-                    "method": label,
-                    "mode": cfg.conditioning.mode,
-                    "target": target,
-                    "bin": policy.conditioner.describe_target(target),
-                    "train_s": train_s,
-                    "eval_s": time.perf_counter() - start,
-                    **row,
-                    "train_reward_calls": setup.reward.calls(f"{name}:train"),
-                    "eval_reward_calls": setup.reward.calls(f"{label}:eval") - before,
-                }
-                | ({"config": config, "history": history} if i == 0 and weight is None else {})
-                | ({"guidance": {"weight": weight, "reference": guidance[1]}} if guidance else {})
-            )
+        runs: list[tuple[str, Any]] = [(label, None)]
+        if a.odt_recalibrate:
+            runs.append((f"{label}-recal", recalibrate(setup, policy, f"{label}:recal", guidance)))
+        for row_label, recal in runs:
+            for i, target in enumerate(targets):
+                start, before = time.perf_counter(), setup.reward.calls(f"{row_label}:eval")
+                asked = target
+                extra: dict[str, Any] = {}
+                if recal is not None:
+                    asked = recal.conditionings(target, n_eval, strategy, setup.seed(SEED_RECAL, 2))
+                    extra["recalibration"] = {
+                        "strategy": strategy,
+                        "bracket": dataclasses.asdict(recal.bracket(target)),
+                        "fit": recal.to_dict(),
+                        "calls": setup.reward.calls(f"{label}:recal"),
+                    }
+                row = evaluate_conditioned(setup, policy, asked, f"{row_label}:eval", guidance)
+                rows.append(
+                    {
+                        "method": row_label,
+                        "mode": cfg.conditioning.mode,
+                        "target": target,
+                        "bin": policy.conditioner.describe_target(target)
+                        if recal is None
+                        else None,
+                        "train_s": train_s,
+                        "eval_s": time.perf_counter() - start,
+                        **row,
+                        "train_reward_calls": setup.reward.calls(f"{name}:train"),
+                        "eval_reward_calls": setup.reward.calls(f"{row_label}:eval") - before,
+                    }
+                    | extra
+                    | (
+                        {"config": config, "history": history}
+                        if i == 0 and weight is None and recal is None
+                        else {}
+                    )
+                    | (
+                        {"guidance": {"weight": weight, "reference": guidance[1]}}
+                        if guidance
+                        else {}
+                    )
+                )
     return rows
 
 
@@ -1242,6 +1344,18 @@ def format_path(path: Sequence[dict[str, Any]]) -> str:
     return f"  ^ path (train calls -> r_mean @ KL/cmp): {points}"
 
 
+def format_recalibration(recal: dict[str, Any]) -> str:
+    """The ``^ recalibrated`` line under a ``-recal`` row: what each sample was asked for."""
+    b = recal["bracket"]
+    if recal["strategy"] == "interpolate" or b["low"] == b["high"]:
+        asked = f"asked for {b['low'] + b['share_high'] * (b['high'] - b['low']):.3f}"
+    else:
+        share = b["share_high"]
+        asked = f"asked {1 - share:.0%} for {b['low']:.3f}, {share:.0%} for {b['high']:.3f}"
+    reach = "" if b["reachable"] else " (outside the measured rewards: the end of the grid)"
+    return f"  ^ recalibrated on {recal['calls']} train-prompt calls: {asked}{reach}"
+
+
 def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None) -> str:
     """The stdout table: one line per method (and per online-dt target), the binned-base
     reference under each online-dt line, the training path (``--path-evals``) under each line
@@ -1303,6 +1417,8 @@ def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | Non
                     else ""
                 )
             )
+        if r.get("recalibration") is not None:
+            lines.append(format_recalibration(r["recalibration"]))
         ref = refs.get(round(r["target"], 6)) if r.get("target") is not None else None
         if ref is not None:
             lines.append(
