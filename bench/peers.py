@@ -246,10 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
         "recalibrated (rows `...-recal`): after training, sample N train prompts (never the "
         "held-out ones) at each conditioning value of --odt-recalibration-grid (token mode: "
         "the midpoint of each reward bin), score them (N x grid reward calls per variant, "
-        "shown under each row and in its JSON), fit the mean achieved reward as an isotonic function of "
-        "the conditioning value (online_dt.policy.recalibration) and ask each held-out sample "
-        "for the conditioning that achieves the target: interpolated in scalar mode, a mix of "
-        "the two neighbouring bins in token mode; 0 (the default) skips it",
+        "shown under each row and in its JSON), fit the mean achieved reward as an isotonic "
+        "function of the conditioning value (online_dt.policy.recalibration) and ask each "
+        "held-out sample for the conditioning that achieves the target: interpolated in scalar "
+        "mode, a mix of the two neighbouring bins in token mode; 0 (the default) skips it",
     )
     g.add_argument(
         "--odt-recalibration-grid",
@@ -673,33 +673,18 @@ def evaluate_conditioned(
     return row
 
 
-def recalibration_grid(setup: Setup, policy: Any) -> list[float]:
-    """The conditioning values ``--odt-recalibrate`` measures: ``--odt-recalibration-grid`` in
-    scalar mode; in token mode the midpoint of each reward bin (the outer bins' open ends
-    replaced by the range of rewards the bins were cut from), one value per token."""
-    binning, span = policy.conditioner.binning, policy.conditioner.bin_range
-    if binning is None:
-        return sorted(setup.args.odt_recalibration_grid)
-    grid = []
-    for k in range(binning.num_bins):
-        low, high = binning.bounds(k)
-        low = span[0] if math.isinf(low) else low
-        high = span[1] if math.isinf(high) else high
-        grid.append((low + high) / 2)
-    return grid
-
-
 def recalibrate(setup: Setup, policy: Any, phase: str, guidance: tuple[float, Any] | None) -> Any:
     """Fit a :class:`~online_dt.policy.recalibration.Recalibration` of ``policy`` (sampled as
     ``guidance`` says, see :func:`evaluate_conditioned`) from ``--odt-recalibrate`` train
     prompts (seeded; the same prompts at every grid value) x the grid of
-    :func:`recalibration_grid`, scored under the reward phase ``phase`` (counted)."""
-    from online_dt.policy.recalibration import Recalibration
+    :func:`~online_dt.policy.recalibration.conditioning_grid`, scored under the reward phase
+    ``phase`` (counted)."""
+    from online_dt.policy.recalibration import Recalibration, conditioning_grid
 
     s, n = setup.sampling, setup.args.odt_recalibrate
     rng = random.Random(setup.seed(SEED_RECAL))
     prompts = [setup.train_prompts[rng.randrange(len(setup.train_prompts))] for _ in range(n)]
-    grid = recalibration_grid(setup, policy)
+    grid = conditioning_grid(policy.conditioner, setup.args.odt_recalibration_grid)
     weight, reference = guidance if guidance is not None else (0.0, None)
     by_base, by_mixture = reference == "base", isinstance(reference, list)
     conditioning, achieved = [], []
@@ -1177,6 +1162,7 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
     from online_dt.loop.workers import CheckedRewardModel, local_workers
     from online_dt.policy.guidance import buffer_prior
     from online_dt.policy.policy import RewardConditionedPolicy
+    from online_dt.policy.recalibration import strategy_for
 
     a = setup.args
     start = time.perf_counter()
@@ -1231,7 +1217,7 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
         for ref in a.odt_guidance_reference:
             suffix = "" if ref == "mean" else f"-{ref}"
             variants.append((f"{name}-guided{weight:g}{suffix}", (weight, references[ref])))
-    strategy = "interpolate" if policy.conditioner.binning is None else "mix"
+    strategy = strategy_for(policy.conditioner)
     n_eval = len(eval_prompts(setup))
     for label, guidance in variants:
         weight = None if guidance is None else guidance[0]

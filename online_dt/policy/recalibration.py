@@ -23,6 +23,7 @@ Two ways to use the bracket ``c_lo < c_hi`` with ``a(c_lo) < t <= a(c_hi)``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +37,39 @@ Strategy = Literal["interpolate", "mix"]
 RECALIBRATION_GRID = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
 """Default conditioning values measured (reward units): the embedded task's VADER range in
 steps of 0.25."""
+
+
+def conditioning_grid(
+    conditioner: Any, scalar_grid: Sequence[float] = RECALIBRATION_GRID
+) -> list[float]:
+    """The conditioning values to measure for ``conditioner``
+    (:class:`~online_dt.policy.conditioner.RewardConditioner`, one reward): ``scalar_grid``
+    sorted in scalar mode; in token mode the midpoint of each reward bin, one value per token,
+    the outer bins' open ends replaced by the range of rewards the bins were last cut from.
+
+    Raises:
+        ValueError: fewer than two grid values.
+    """
+    binning, span = conditioner.binning, conditioner.bin_range
+    if binning is None:
+        grid = sorted({float(c) for c in scalar_grid})
+    else:
+        grid = []
+        for k in range(binning.num_bins):
+            low, high = binning.bounds(k)
+            if span is not None:
+                low = span[0] if math.isinf(low) else low
+                high = span[1] if math.isinf(high) else high
+            grid.append(float((low + high) / 2) if math.isfinite(low + high) else float(low))
+    if len(grid) < 2:
+        raise ValueError(f"recalibration needs at least two conditioning values, got {grid}")
+    return grid
+
+
+def strategy_for(conditioner: Any) -> Strategy:
+    """``interpolate`` for scalar conditioning, ``mix`` for reward tokens (see the module
+    docstring)."""
+    return "interpolate" if conditioner.binning is None else "mix"
 
 
 @dataclass(frozen=True)
