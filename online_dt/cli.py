@@ -199,6 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="the guidance mixture's weights: buffer, the share of the replay buffer's rewards "
         "nearest to each grid reward (default); uniform, equal",
     )
+    p.add_argument(
+        "--recalibrate",
+        type=_nonnegative_int,
+        default=0,
+        metavar="N",
+        help="first measure the reward the policy achieves at each conditioning value of "
+        "--recalibration-grid (token mode: each reward bin's midpoint) on N of the run's "
+        "prompts (N x grid reward-model calls), then ask each target's samples for the "
+        "conditioning that achieves it (docs/method.md, round 8; default: 0, off; any "
+        "--backend, one-reward runs only)",
+    )
+    p.add_argument(
+        "--recalibration-grid",
+        type=_finite_float,
+        nargs="+",
+        metavar="C",
+        help="scalar mode: the conditioning values --recalibrate measures (default: -1 to 1 "
+        "in steps of 0.25)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     return parser
 
@@ -386,6 +405,8 @@ def _eval(args: argparse.Namespace) -> int:
             guidance_weight=args.guidance,
             guidance_rewards=args.guidance_grid,
             guidance_prior=args.guidance_prior,
+            recalibration_samples=args.recalibrate,
+            recalibration_grid=args.recalibration_grid,
         )
     except (EvalError, ConfigError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -403,6 +424,13 @@ def _eval(args: argparse.Namespace) -> int:
             f"guided sampling: weight {g['weight']:g} against the policy's own mixture over "
             f"{len(g['rewards'])} rewards from {min(g['rewards']):.3f} to {max(g['rewards']):.3f}"
             f", {g['prior']} prior"
+        )
+    if report.get("recalibration"):
+        r = report["recalibration"]
+        print(
+            f"recalibrated on {r['calls']} reward-model calls ({r['samples']} prompts x "
+            f"{len(r['conditioning'])} conditioning values, {r['strategy']}): each target asks "
+            "for the conditioning that achieved it"
         )
     print(format_calibration_table(report["rows"], report["reference"]))
     if report["reference"] is not None:

@@ -70,6 +70,41 @@ def test_calibration_row():
         calibration_row(0.0, ["p"], ["a", "b"], [[1]], [0.0])
 
 
+def test_recalibrated_targets_achieve_what_they_ask_with_fakes():
+    """A policy that achieves 0.2 + 0.5 c asked for c: measured on a grid and inverted, the
+    asks achieve the targets exactly (interpolated, and mixed in expectation); asked for the
+    targets themselves it misses."""
+    from online_dt.eval.calibration import measure_recalibration
+
+    sampler = EchoSampler()
+    score = lambda prompts, completions: [0.2 + 0.5 * float(c) for c in completions]  # noqa: E731
+    recal = measure_recalibration(
+        sampler, score, ["a", "b"], [-1.0, 0.0, 1.0], lambda k: SamplingParams(seed=k)
+    )
+    assert [c[1] for c in sampler.calls] == [[-1.0] * 2, [0.0] * 2, [1.0] * 2]
+    assert recal.counts == (2, 2, 2)
+    assert recal.achieved == pytest.approx((-0.2975, 0.2025, 0.7025))
+    targets = [(-0.0475, False), (0.4525, False)]  # half way between grid values
+    for strategy in ("interpolate", "mix"):
+        rows = evaluate_calibration(
+            sampler,
+            score,
+            ["a", "b", "c", "d"],
+            targets,
+            4,
+            lambda k: SamplingParams(seed=k),
+            ask=lambda t, n, s=strategy: recal.conditionings(t, n, s, seed=0),
+        )
+        # the means: 0.2 + 0.5 (c + 0.01 i) averaged over i = 0..3
+        for row, (target, _) in zip(rows, targets, strict=True):
+            assert row["mean"] == pytest.approx(target + 0.5 * 0.015 - 0.5 * 0.005, abs=1e-9)
+        assert sum(n for _, n in rows[0]["asked"]) == 4
+    assert rows[1]["asked"] == [[0.0, 2], [1.0, 2]]
+    assert "50% 0.000 + 50% 1.000" in format_calibration_table(rows)
+    plain = evaluate_calibration(sampler, score, ["a"], targets, 4, lambda k: SamplingParams())
+    assert abs(plain[0]["mean"] - (-0.1)) > 0.1 and "asked" not in plain[0]
+
+
 class EchoSampler:
     """Completions that say their own target: 'reward <target>', with two tokens each."""
 
@@ -396,6 +431,36 @@ def test_cli_eval_with_guidance(run_copy, tmp_path, capsys):
     assert report["guidance"]["prior_weights"] == [1.0, 1.0, 1.0]
     assert main([*common, "--guidance", "1", "--backend", "config"]) == 2
     assert "--guidance needs the HF sampler" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_eval_recalibrated(run_copy, tmp_path, capsys):
+    """``--recalibrate N`` measures the policy at every grid value on N prompts, records the
+    isotonic fit, and asks each target for the value where the fitted curve crosses it."""
+    import numpy as np
+
+    from online_dt.cli import main
+
+    out = tmp_path / "recal"
+    argv = ["eval", str(run_copy), "--targets", "-0.3", "0.0", "0.3", "--out", str(out)]
+    argv += ["--samples-per-target", "8", "--reference-samples", "0", "--no-extrapolation"]
+    assert main([*argv, "--recalibrate", "6", "--recalibration-grid", "1", "-1", "0"]) == 0
+    assert "recalibrated on 18 reward-model calls (6 prompts x 3" in capsys.readouterr().out
+    report = json.loads((out / "calibration.json").read_text())
+    recal = report["recalibration"]
+    assert recal["conditioning"] == [-1.0, 0.0, 1.0] and recal["counts"] == [6, 6, 6]
+    assert recal["strategy"] == "interpolate" and recal["calls"] == 18
+    assert np.all(np.diff(recal["achieved"]) >= 0)
+    for row, bracket in zip(report["rows"], recal["bracket"], strict=True):
+        [[asked, count]] = row["asked"]
+        assert count == 8
+        if bracket["reachable"]:  # the fitted curve passes through the target there
+            achieved = np.interp(asked, recal["conditioning"], recal["achieved"])
+            assert achieved == pytest.approx(row["target"], abs=1e-9)
+        else:
+            assert asked in (-1.0, 1.0)
+    assert main([*argv, "--recalibrate", "2", "--recalibration-grid", "0.5"]) == 1
+    assert "at least two conditioning values" in capsys.readouterr().err
 
 
 def test_cli_eval_rejects_bad_input(tmp_path, capsys):

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from online_dt.eval.reference import reference_line
+from online_dt.policy.recalibration import Recalibration
 from online_dt.util.metrics import distinct_n, reward_summary
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,13 @@ def format_calibration_table(
     :func:`online_dt.eval.reference.reference_line`: the base's own samples at that target."""
     with_kl = any(r.get("kl_to_base") is not None for r in rows)
     with_bins = any(r.get("bin") is not None for r in rows)
+    with_asked = any(r.get("asked") for r in rows)
     header = (
         f"{'target':>9} {'achieved':>9} {'std':>6} {'p10':>7} {'p50':>7} {'p90':>7} "
         f"{'|err|':>6} {'d-1':>5} {'d-2':>5}"
         + (f" {'KL':>7} {'KL/tok':>7}" if with_kl else "")
         + (f"  {'reward bin (token mode)':<24}" if with_bins else "")
+        + (f"  {'asked for (recalibrated)'}" if with_asked else "")
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -105,7 +108,13 @@ def format_calibration_table(
                 kl = r.get(key)
                 line += f" {kl:>7.3f}" if kl is not None else f" {'-':>7}"
         if with_bins:
-            line += f"  {format_bin(r.get('bin'))}"
+            line += (
+                f"  {format_bin(r.get('bin')):<24}"
+                if with_asked
+                else f"  {format_bin(r.get('bin'))}"
+            )
+        if with_asked:
+            line += f"  {format_asked(r.get('asked'))}"
         lines.append(line)
         under = reference_line(r, reference)
         if under is not None:
@@ -118,6 +127,17 @@ def format_calibration_table(
             " like the best seen, not for the target (token mode cannot extrapolate)"
         )
     return "\n".join(lines)
+
+
+def format_asked(asked: Sequence[Sequence[float]] | None) -> str:
+    """``c`` for one conditioning value, ``p% c1 + q% c2`` for a mix (``asked`` of
+    :func:`evaluate_calibration`), ``-`` for ``None``."""
+    if not asked:
+        return "-"
+    total = sum(n for _, n in asked)
+    if len(asked) == 1:
+        return f"{asked[0][0]:.3f}"
+    return " + ".join(f"{n / total:.0%} {c:.3f}" for c, n in asked)
 
 
 def format_bin(info: dict[str, Any] | None) -> str:
@@ -173,6 +193,7 @@ def evaluate_calibration(
     *,
     kl: Callable[[list[Any]], list[float]] | None = None,
     describe: Callable[[float], dict[str, Any] | None] | None = None,
+    ask: Callable[[float, int], Sequence[float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample, score and summarise completions for each target.
 
@@ -190,12 +211,16 @@ def evaluate_calibration(
         describe: optional ``describe(target)``: the reward bin a target maps to in token mode
             (:meth:`online_dt.policy.conditioner.RewardConditioner.describe_target`), ``None``
             in scalar mode.
+        ask: optional ``ask(target, n)``: the conditioning value each of the ``n`` samples of
+            a target is asked for (a :class:`~online_dt.policy.recalibration.Recalibration`'s
+            ``conditionings``); default: the target itself.
 
     Returns:
         One :func:`calibration_row` per target, plus ``extrapolation`` (bool), ``kl_to_base``
         (mean nats per completion, or ``None``), ``kl_to_base_per_token`` (the completions'
         summed KL over their summed tokens, nats per token, or ``None``) and ``seconds``
-        (sampling + scoring time); with ``describe``, ``bin`` (its result, or ``None``).
+        (sampling + scoring time); with ``describe``, ``bin`` (its result, or ``None``); with
+        ``ask``, ``asked``: ``[conditioning value, samples]`` pairs, ascending.
 
     Raises:
         ValueError: ``samples_per_target < 1`` or no prompts.
@@ -208,7 +233,10 @@ def evaluate_calibration(
     rows = []
     for k, (target, extrapolation) in enumerate(targets):
         start = time.perf_counter()
-        rollouts = sampler.generate(batch, [target] * len(batch), params(k))
+        asked = (
+            [target] * len(batch) if ask is None else [float(c) for c in ask(target, len(batch))]
+        )
+        rollouts = sampler.generate(batch, asked, params(k))
         completions = [r.completion for r in rollouts]
         rewards = score([r.prompt for r in rollouts], completions)
         row = calibration_row(
@@ -225,6 +253,9 @@ def evaluate_calibration(
         row["extrapolation"] = bool(extrapolation)
         if describe is not None:
             row["bin"] = describe(target)
+        if ask is not None:
+            values, counts = np.unique(asked, return_counts=True)
+            row["asked"] = [[float(v), int(c)] for v, c in zip(values, counts, strict=True)]
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
         log.info(
@@ -236,3 +267,40 @@ def evaluate_calibration(
             row["p90"],
         )
     return rows
+
+
+def measure_recalibration(
+    sampler: Any,
+    score: Callable[[list[str], list[str]], list[float]],
+    prompts: Sequence[str],
+    grid: Sequence[float],
+    params: Callable[[int], Any],
+) -> Recalibration:
+    """Sample every prompt once at each conditioning value of ``grid``, score the completions
+    and fit a :class:`~online_dt.policy.recalibration.Recalibration` (``len(prompts) *
+    len(grid)`` reward-model calls).
+
+    Args:
+        sampler, score: as in :func:`evaluate_calibration`.
+        prompts: the N prompts to measure on (the same at every grid value), N >= 1.
+        grid: K >= 2 distinct conditioning values (reward units of the policy's input), e.g.
+            :func:`~online_dt.policy.recalibration.conditioning_grid`.
+        params: ``params(k)``: the sampling parameters at the k-th grid value.
+
+    Raises:
+        ValueError: no prompts, or fewer than two distinct grid values.
+    """
+    if not prompts:
+        raise ValueError("no prompts to recalibrate on")
+    conditioning: list[float] = []
+    achieved: list[float] = []
+    for k, value in enumerate(grid):
+        rollouts = sampler.generate(list(prompts), [float(value)] * len(prompts), params(k))
+        achieved += score([r.prompt for r in rollouts], [r.completion for r in rollouts])
+        conditioning += [float(value)] * len(rollouts)
+        log.info(
+            "recalibration: conditioning %.3f achieved %.3f",
+            value,
+            np.mean(achieved[-len(rollouts) :]),
+        )
+    return Recalibration.fit(conditioning, achieved)

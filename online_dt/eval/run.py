@@ -40,6 +40,7 @@ skipped (``reference_error`` says so), and no extrapolation target is added.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -86,6 +87,11 @@ REFERENCE_SEED_KEY = 2**20
 """The reference's sampling seed is ``derived_seed(seed, REFERENCE_SEED_KEY)`` (target k uses
 ``derived_seed(seed, k)``, and no evaluation has that many targets)."""
 
+RECALIBRATION_SEED_KEY = 2**20 + 1
+"""Recalibration draws its prompts with ``derived_seed(seed, RECALIBRATION_SEED_KEY)``, samples
+grid value k with ``derived_seed(seed, RECALIBRATION_SEED_KEY, k)`` and mixes with
+``derived_seed(seed, RECALIBRATION_SEED_KEY, 2**20)``."""
+
 DEFAULT_SAMPLES_PER_TARGET = 64
 """Completions per target by default (about 1 s per target for the embedded model on 2 cores)."""
 
@@ -116,6 +122,8 @@ def run_eval(
     guidance_weight: float = 0.0,
     guidance_rewards: Sequence[float] | None = None,
     guidance_prior: str = "buffer",
+    recalibration_samples: int = 0,
+    recalibration_grid: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a policy and write ``calibration.json`` and ``calibration.png`` (one reward),
     or ``objectives.json`` and ``objectives.png`` (a run with ``conditioning.objectives``).
@@ -150,12 +158,24 @@ def run_eval(
         guidance_prior: the mixture's prior weights: ``buffer``, the share of the buffer's
             rewards nearest to each (:func:`~online_dt.policy.guidance.buffer_prior`, the
             rewards the policy was trained on); ``uniform``, equal weights.
+        recalibration_samples: ``N >= 0``; above 0, first measure the mean reward achieved at
+            each conditioning value of ``recalibration_grid`` on N prompts drawn (seeded) from
+            the run's prompts, ``N * K`` reward-model calls, fit it isotonic and ask each
+            target's samples for the conditioning that achieves it
+            (:mod:`online_dt.policy.recalibration`; interpolated in scalar mode, a mix of two
+            neighbouring bins in token mode). Any backend; one-reward runs only.
+        recalibration_grid: scalar mode's K conditioning values (default
+            :data:`~online_dt.policy.recalibration.RECALIBRATION_GRID`); token mode measures
+            each bin's midpoint.
 
     With objectives, ``extrapolation_margin`` and the reference are not used; the report is
     :func:`_run_objectives_eval`'s.
 
     Returns:
-        The report written to ``calibration.json``: ``rows`` (see :func:`evaluate_calibration`),
+        The report written to ``calibration.json``: ``rows`` (see :func:`evaluate_calibration`;
+        recalibrated, each row has ``asked``), ``recalibration`` (``None``, or the fit's
+        ``conditioning``/``measured``/``achieved``/``counts``, ``strategy``, ``samples`` per
+        value, ``calls`` and ``bracket`` per target),
         ``buffer`` (``best_reward``, ``samples``), the policy, config, sampling settings, the
         paths written (``table``, ``plot``), timings, ``reference`` (the dict of
         :func:`~online_dt.eval.reference.eval_reference` with non-finite numbers as ``None``,
@@ -163,9 +183,10 @@ def run_eval(
         be loaded, else ``None``).
 
     Raises:
-        ValueError: ``reference_samples < 0``, ``reference_half_width <= 0`` or
-            ``guidance_weight < 0``, ``guidance_prior`` is neither ``buffer`` nor ``uniform``,
-            or, with the ``buffer`` prior, ``guidance_rewards`` is not ascending.
+        ValueError: ``reference_samples < 0``, ``reference_half_width <= 0``,
+            ``recalibration_samples < 0``, fewer than two distinct ``recalibration_grid``
+            values or ``guidance_weight < 0``, ``guidance_prior`` is neither ``buffer`` nor
+            ``uniform``, or, with the ``buffer`` prior, ``guidance_rewards`` is not ascending.
         EvalError: no policy or config found; guidance with ``backend="config"``, with
             objectives, or without a buffer for its default rewards or its ``buffer`` prior;
             ``grid`` for a run with a single reward; a vector target for a run with a single
@@ -182,6 +203,13 @@ def run_eval(
 
     if reference_samples < 0:
         raise ValueError(f"reference_samples must be >= 0, got {reference_samples}")
+    if recalibration_samples < 0:
+        raise ValueError(f"recalibration_samples must be >= 0, got {recalibration_samples}")
+    if recalibration_grid is not None and len(set(recalibration_grid)) < 2:
+        raise ValueError(
+            "the recalibration grid needs at least two conditioning values, got "
+            f"{list(recalibration_grid)}"
+        )
     if not reference_half_width > 0:
         raise ValueError(f"reference_half_width must be > 0, got {reference_half_width}")
     if guidance_weight < 0:
@@ -200,8 +228,10 @@ def run_eval(
         raise EvalError(f"no {CONFIG_FILE} found above {src.policy_dir}; pass --config FILE")
     cfg = load_config(cfg_file, config_class_for(cfg_file))
     if cfg.conditioning.objectives:
-        if guidance_weight > 0:
-            raise EvalError("--guidance is for runs with a single reward, not objectives")
+        if guidance_weight > 0 or recalibration_samples > 0:
+            raise EvalError(
+                "--guidance and --recalibrate are for runs with a single reward, not objectives"
+            )
         return _run_objectives_eval(
             source,
             src,
@@ -246,7 +276,10 @@ def run_eval(
     try:
         t_loaded = time.perf_counter()
         kl_fn, kl_error = _kl_estimator(cfg, policy) if with_kl else (None, None)
-
+        score = lambda p, c: score_checked(reward_model, p, c)  # noqa: E731
+        recal, ask = _recalibrate(
+            sampler, score, policy, prompts, recalibration_samples, recalibration_grid, cfg, seed
+        )
         rows = evaluate_calibration(
             sampler,
             lambda p, c: score_checked(reward_model, p, c),
@@ -256,7 +289,10 @@ def run_eval(
             lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=derived_seed(seed, k)),
             kl=kl_fn,
             describe=policy.conditioner.describe_target,
+            ask=ask,
         )
+        if recal is not None:
+            recal["bracket"] = [dataclasses.asdict(ask.bracket(t)) for t, _ in planned]
         reference, reference_error = _reference(
             cfg,
             prompts[:samples_per_target],
@@ -290,6 +326,7 @@ def run_eval(
         "buffer": {"best_reward": best, "samples": len(rewards_seen)},
         "extrapolation_margin": extrapolation_margin,
         "guidance": guidance,
+        "recalibration": recal,
         "kl_estimator": "k1: mean over completions of sum_t log pi(y_t) - log p_base(y_t), nats",
         "kl_error": kl_error,
         "rows": rows,
@@ -533,6 +570,66 @@ def _guidance(
     grid = [float(r) for r in rewards] if rewards else even_grid(rewards_seen)
     weights = buffer_prior(rewards_seen, grid) if prior == "buffer" else [1.0] * len(grid)
     return {"weight": weight, "rewards": grid, "prior": prior, "prior_weights": weights}
+
+
+class _Ask:
+    """``ask(target, n)`` of :func:`evaluate_calibration` over a fitted recalibration."""
+
+    def __init__(self, recal: Any, strategy: Any, seed: int) -> None:
+        self.recal, self.strategy, self.seed = recal, strategy, seed
+
+    def __call__(self, target: float, n: int) -> list[float]:
+        return self.recal.conditionings(target, n, self.strategy, self.seed)
+
+    def bracket(self, target: float) -> Any:
+        return self.recal.bracket(target)
+
+
+def _recalibrate(
+    sampler: Any,
+    score: Any,
+    policy: Any,
+    prompts: Sequence[str],
+    samples: int,
+    grid: Sequence[float] | None,
+    cfg: Any,
+    seed: int,
+) -> tuple[dict[str, Any] | None, _Ask | None]:
+    """The report's ``recalibration`` and the ``ask`` of :func:`evaluate_calibration`, or
+    ``(None, None)`` for ``samples == 0``: ``samples`` prompts drawn with the seed
+    ``derived_seed(seed, RECALIBRATION_SEED_KEY)``, measured at every grid value."""
+    import numpy as np
+
+    from online_dt.eval.calibration import measure_recalibration
+    from online_dt.policy.recalibration import (
+        RECALIBRATION_GRID,
+        conditioning_grid,
+        strategy_for,
+    )
+    from online_dt.rollout.sampler import SamplingParams
+
+    if samples == 0:
+        return None, None
+    values = conditioning_grid(policy.conditioner, grid or RECALIBRATION_GRID)
+    rng = np.random.default_rng(derived_seed(seed, RECALIBRATION_SEED_KEY))
+    chosen = [prompts[int(i)] for i in rng.integers(0, len(prompts), samples)]
+    recal = measure_recalibration(
+        sampler,
+        score,
+        chosen,
+        values,
+        lambda k: SamplingParams.from_config(
+            cfg.sampling, n=1, seed=derived_seed(seed, RECALIBRATION_SEED_KEY, k)
+        ),
+    )
+    strategy = strategy_for(policy.conditioner)
+    report = {
+        **recal.to_dict(),
+        "strategy": strategy,
+        "samples": samples,
+        "calls": samples * len(values),
+    }
+    return report, _Ask(recal, strategy, derived_seed(seed, RECALIBRATION_SEED_KEY, 2**20))
 
 
 def _load_sampler(
