@@ -551,3 +551,52 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
     assert report["setup"]["train_prompts"] + report["setup"]["heldout_prompts"] == 742
     assert (out / "peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "online-dt" in stdout and "^ base |r-" in stdout
+
+
+@pytest.mark.slow
+def test_peers_recalibrated_rows(tmp_path, embedded_model_dir):
+    """``--odt-recalibrate N``: each online-dt row gets a ``-recal`` twin asked for what the
+    fit (N train prompts per grid value, counted apart from the training budget) says achieves
+    the target: an interpolated value in scalar mode, a mix of two bins in token mode."""
+    report, stdout = run_peers(
+        [
+            "--methods=online-dt",
+            "--odt-modes=scalar,token",
+            "--budget=128",
+            "--heldout-prompts=8",
+            "--eval-samples=2",
+            "--reference-samples=0",
+            "--odt-set=online.prompts_per_iteration=16",
+            "--targets",
+            "-0.2",
+            "0.2",
+            "--odt-recalibrate=4",
+            "--odt-recalibration-grid",
+            "1",
+            "-1",
+            "0",
+        ],
+        tmp_path / "out",
+    )
+    rows = report["rows"][1:]
+    assert [r["method"] for r in rows] == ["online-dt"] * 2 + ["online-dt-recal"] * 2 + [
+        "online-dt-token"
+    ] * 2 + ["online-dt-token-recal"] * 2
+    assert all(r["train_reward_calls"] == 128 and r["eval_reward_calls"] == 16 for r in rows)
+    for r in rows[2:4] + rows[6:]:
+        recal = r["recalibration"]
+        fit = recal["fit"]
+        scalar = r["mode"] == "scalar"
+        assert recal["strategy"] == ("interpolate" if scalar else "mix")
+        if scalar:
+            assert fit["conditioning"] == [-1.0, 0.0, 1.0]
+        else:  # one midpoint per reward bin
+            assert len(fit["conditioning"]) == len(rows[4]["config"]["bin_edges"]) + 1
+        assert fit["counts"] == [4] * len(fit["conditioning"])
+        assert recal["calls"] == 4 * len(fit["conditioning"])
+        assert sorted(fit["achieved"]) == fit["achieved"]
+        b = recal["bracket"]
+        if b["reachable"] and b["low"] != b["high"]:  # the fit passes through the target
+            lo, hi = (fit["achieved"][fit["conditioning"].index(c)] for c in (b["low"], b["high"]))
+            assert lo + b["share_high"] * (hi - lo) == pytest.approx(r["target"])
+    assert "^ recalibrated on 12 train-prompt calls" in stdout
