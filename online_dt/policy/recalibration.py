@@ -45,7 +45,8 @@ def conditioning_grid(
     """The conditioning values to measure for ``conditioner``
     (:class:`~online_dt.policy.conditioner.RewardConditioner`, one reward): ``scalar_grid``
     sorted in scalar mode; in token mode the midpoint of each reward bin, one value per token,
-    the outer bins' open ends replaced by the range of rewards the bins were last cut from.
+    the outer bins' open ends replaced by the range of rewards the bins were last cut from
+    (fixed bins, which have no such range: by the neighbouring bin's width).
 
     Raises:
         ValueError: fewer than two grid values.
@@ -54,13 +55,16 @@ def conditioning_grid(
     if binning is None:
         grid = sorted({float(c) for c in scalar_grid})
     else:
-        grid = []
-        for k in range(binning.num_bins):
-            low, high = binning.bounds(k)
-            if span is not None:
-                low = span[0] if math.isinf(low) else low
-                high = span[1] if math.isinf(high) else high
-            grid.append(float((low + high) / 2) if math.isfinite(low + high) else float(low))
+        bounds = [list(binning.bounds(k)) for k in range(binning.num_bins)]
+        if len(bounds) < 2:
+            raise ValueError(f"recalibration needs at least two reward bins, got {len(bounds)}")
+        for end, inner, side in ((bounds[0], bounds[1], 0), (bounds[-1], bounds[-2], 1)):
+            if math.isinf(end[side]):  # the open end: the cut range, else the neighbour's width
+                width = inner[1] - inner[0]
+                edge = end[1 - side]
+                fallback = edge - width if side == 0 else edge + width
+                end[side] = span[side] if span is not None else fallback
+        grid = [float((low + high) / 2) for low, high in bounds]
     if len(grid) < 2:
         raise ValueError(f"recalibration needs at least two conditioning values, got {grid}")
     return grid
