@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_nonnegative_int,
         default=0,
         metavar="N",
-        help="first measure the reward the policy achieves at each conditioning value of "
+        help="first measure the mean reward the policy achieves at each conditioning value of "
         "--recalibration-grid (token mode: each reward bin's midpoint) on N of the run's "
         "prompts (N x grid reward-model calls), then ask each target's samples for the "
         "conditioning that achieves it (docs/method.md, round 8; default: 0, off; any "
@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_finite_float,
         nargs="+",
         metavar="C",
-        help="scalar mode: the conditioning values --recalibrate measures (default: -1 to 1 "
-        "in steps of 0.25)",
+        help="scalar mode: the conditioning values --recalibrate measures (default: 5 evenly "
+        "from the replay buffer's lowest reward to its highest, plus one step beyond each end)",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     return parser

@@ -461,6 +461,15 @@ def test_cli_eval_recalibrated(run_copy, tmp_path, capsys):
             assert asked in (-1.0, 1.0)
     assert main([*argv, "--recalibrate", "2", "--recalibration-grid", "0.5"]) == 1
     assert "at least two conditioning values" in capsys.readouterr().err
+    # by default: 5 values over the buffer's rewards and one step beyond each end
+    from online_dt.replay.export import export_dataset
+
+    assert main([*argv, "--recalibrate", "2"]) == 0
+    rewards = export_dataset(run_copy / "buffer")["achieved_reward"]
+    lo, hi = min(rewards), max(rewards)
+    expected = lo + (hi - lo) / 4 * np.arange(-1, 6)
+    recal = json.loads((out / "calibration.json").read_text())["recalibration"]
+    assert recal["conditioning"] == pytest.approx(expected) and recal["calls"] == 14
 
 
 def test_cli_eval_rejects_bad_input(tmp_path, capsys):

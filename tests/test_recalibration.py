@@ -109,8 +109,18 @@ def test_conditioning_grid_scalar_and_token_mode():
         conditioning_grid(scalar, [0.5])
     # quantile bins: the open ends closed by the rewards they were cut from
     cut = SimpleNamespace(binning=RewardBinning([-0.2, 0.4]), bin_range=(-0.9, 0.8))
-    assert conditioning_grid(cut) == pytest.approx([-0.55, 0.1, 0.6])
+    assert conditioning_grid(cut, []) == pytest.approx([-0.55, 0.1, 0.6])
     assert strategy_for(cut) == "mix"
     # fixed bins have no range: the open ends mirror the neighbouring bin's width
     fixed = SimpleNamespace(binning=RewardBinning.evenly(-1.0, 1.0, 4), bin_range=None)
-    assert conditioning_grid(fixed) == pytest.approx([-0.75, -0.25, 0.25, 0.75])
+    assert conditioning_grid(fixed, []) == pytest.approx([-0.75, -0.25, 0.25, 0.75])
+
+
+def test_default_grid_steps_beyond_the_trained_rewards():
+    from online_dt.policy.recalibration import default_grid
+
+    assert default_grid([0.2, -1.0, 1.0]) == pytest.approx([-1.5, -1, -0.5, 0, 0.5, 1, 1.5])
+    assert default_grid([0.0, 3.0], points=4) == pytest.approx([-1.0, 0, 1, 2, 3, 4])
+    for bad in ([], [0.5, 0.5]):
+        with pytest.raises(ValueError, match="spanning a range"):
+            default_grid(bad)

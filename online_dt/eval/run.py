@@ -165,8 +165,8 @@ def run_eval(
             (:mod:`online_dt.policy.recalibration`; interpolated in scalar mode, a mix of two
             neighbouring bins in token mode). Any backend; one-reward runs only.
         recalibration_grid: scalar mode's K conditioning values (default
-            :data:`~online_dt.policy.recalibration.RECALIBRATION_GRID`); token mode measures
-            each bin's midpoint.
+            :func:`~online_dt.policy.recalibration.default_grid` of the replay buffer's
+            rewards); token mode measures each bin's midpoint.
 
     With objectives, ``extrapolation_margin`` and the reference are not used; the report is
     :func:`_run_objectives_eval`'s.
@@ -278,7 +278,15 @@ def run_eval(
         kl_fn, kl_error = _kl_estimator(cfg, policy) if with_kl else (None, None)
         score = lambda p, c: score_checked(reward_model, p, c)  # noqa: E731
         recal, ask = _recalibrate(
-            sampler, score, policy, prompts, recalibration_samples, recalibration_grid, cfg, seed
+            sampler,
+            score,
+            policy,
+            prompts,
+            recalibration_samples,
+            recalibration_grid,
+            rewards_seen,
+            cfg,
+            seed,
         )
         rows = evaluate_calibration(
             sampler,
@@ -592,6 +600,7 @@ def _recalibrate(
     prompts: Sequence[str],
     samples: int,
     grid: Sequence[float] | None,
+    rewards_seen: Any,
     cfg: Any,
     seed: int,
 ) -> tuple[dict[str, Any] | None, _Ask | None]:
@@ -601,16 +610,18 @@ def _recalibrate(
     import numpy as np
 
     from online_dt.eval.calibration import measure_recalibration
-    from online_dt.policy.recalibration import (
-        RECALIBRATION_GRID,
-        conditioning_grid,
-        strategy_for,
-    )
+    from online_dt.policy.recalibration import conditioning_grid, default_grid, strategy_for
     from online_dt.rollout.sampler import SamplingParams
 
     if samples == 0:
         return None, None
-    values = conditioning_grid(policy.conditioner, grid or RECALIBRATION_GRID)
+    if not grid and policy.conditioner.binning is None:
+        if len(rewards_seen) == 0 or not rewards_seen.max() > rewards_seen.min():
+            raise EvalError(
+                "the run's replay buffer spans no range of rewards: pass --recalibration-grid"
+            )
+        grid = default_grid(rewards_seen)
+    values = conditioning_grid(policy.conditioner, grid or [])
     rng = np.random.default_rng(derived_seed(seed, RECALIBRATION_SEED_KEY))
     chosen = [prompts[int(i)] for i in rng.integers(0, len(prompts), samples)]
     recal = measure_recalibration(
