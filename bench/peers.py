@@ -260,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="scalar mode: the conditioning values --odt-recalibrate measures",
     )
     g.add_argument(
+        "--odt-recalibration-strategy",
+        choices=["auto", "interpolate", "mix"],
+        default="auto",
+        help="how --odt-recalibrate asks for a target between two grid values: `interpolate`, "
+        "every sample at the interpolated value; `mix`, a share of the samples at each of the "
+        "two (online_dt.policy.recalibration); `auto` (default): interpolate in scalar mode, "
+        "mix in token mode",
+    )
+    g.add_argument(
         "--max-target",
         type=float,
         default=None,
@@ -1217,7 +1226,9 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
         for ref in a.odt_guidance_reference:
             suffix = "" if ref == "mean" else f"-{ref}"
             variants.append((f"{name}-guided{weight:g}{suffix}", (weight, references[ref])))
-    strategy = strategy_for(policy.conditioner)
+    strategy = a.odt_recalibration_strategy
+    if strategy == "auto":
+        strategy = strategy_for(policy.conditioner)
     n_eval = len(eval_prompts(setup))
     for label, guidance in variants:
         weight = None if guidance is None else guidance[0]
