@@ -41,6 +41,7 @@ skipped (``reference_error`` says so), and no extrapolation target is added.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -78,6 +79,7 @@ from online_dt.launch.rundir import (
     EVAL_TABLE_FILE,
     finite_or_none,
 )
+from online_dt.policy.recalibration import default_grid
 from online_dt.training.kl import kl_per_completion
 from online_dt.util.seeds import derived_seed
 
@@ -189,9 +191,10 @@ def run_eval(
             ``uniform``, or, with the ``buffer`` prior, ``guidance_rewards`` is not ascending.
         EvalError: no policy or config found; guidance with ``backend="config"``, with
             objectives, or without a buffer for its default rewards or its ``buffer`` prior;
-            ``grid`` for a run with a single reward; a vector target for a run with a single
-            reward, or a scalar target (or one of the wrong length) for a run with objectives;
-            ``grid`` together with ``targets``.
+            ``grid`` for a run with a single reward; recalibration in scalar mode without
+            ``recalibration_grid`` when the buffer's rewards span no range; a vector target
+            for a run with a single reward, or a scalar target (or one of the wrong length)
+            for a run with objectives; ``grid`` together with ``targets``.
         ConfigError: the config is invalid.
         PromptError, RewardModelLoadError, OSError: prompts, reward model or models can't load.
     """
@@ -269,6 +272,14 @@ def run_eval(
     planned = plan_targets(given, best, extrapolation_margin)
 
     guidance = _guidance(rewards_seen, guidance_weight, guidance_rewards, guidance_prior)
+    scalar_grid = list(recalibration_grid or [])
+    if recalibration_samples > 0 and not scalar_grid and cfg.conditioning.mode == "scalar":
+        if len(rewards_seen) == 0 or not rewards_seen.max() > rewards_seen.min():
+            raise EvalError(
+                "the run's replay buffer spans no range of rewards to recalibrate over: pass "
+                "--recalibration-grid C ..."
+            )
+        scalar_grid = default_grid(rewards_seen)
 
     prompts = load_prompts(cfg.prompts)
     reward_model = load_reward_model(cfg.reward_model)
@@ -276,21 +287,21 @@ def run_eval(
     try:
         t_loaded = time.perf_counter()
         kl_fn, kl_error = _kl_estimator(cfg, policy) if with_kl else (None, None)
-        score = lambda p, c: score_checked(reward_model, p, c)  # noqa: E731
-        recal, ask = _recalibrate(
-            sampler,
-            score,
-            policy,
-            prompts,
-            recalibration_samples,
-            recalibration_grid,
-            rewards_seen,
-            cfg,
-            seed,
-        )
+        score = functools.partial(score_checked, reward_model)
+        recal, ask = None, None
+        if recalibration_samples > 0:
+            recal, fit = _recalibrate(
+                sampler, score, policy, prompts, recalibration_samples, scalar_grid, cfg, seed
+            )
+            ask = functools.partial(
+                fit.conditionings,
+                strategy=recal["strategy"],
+                seed=derived_seed(seed, RECALIBRATION_SEED_KEY, 2**20),
+            )
+            recal["bracket"] = [dataclasses.asdict(fit.bracket(t)) for t, _ in planned]
         rows = evaluate_calibration(
             sampler,
-            lambda p, c: score_checked(reward_model, p, c),
+            score,
             prompts,
             planned,
             samples_per_target,
@@ -299,12 +310,10 @@ def run_eval(
             describe=policy.conditioner.describe_target,
             ask=ask,
         )
-        if recal is not None:
-            recal["bracket"] = [dataclasses.asdict(ask.bracket(t)) for t, _ in planned]
         reference, reference_error = _reference(
             cfg,
             prompts[:samples_per_target],
-            lambda p, c: score_checked(reward_model, p, c),
+            score,
             [t for t, _ in planned],
             reference_samples,
             reference_half_width,
@@ -580,48 +589,27 @@ def _guidance(
     return {"weight": weight, "rewards": grid, "prior": prior, "prior_weights": weights}
 
 
-class _Ask:
-    """``ask(target, n)`` of :func:`evaluate_calibration` over a fitted recalibration."""
-
-    def __init__(self, recal: Any, strategy: Any, seed: int) -> None:
-        self.recal, self.strategy, self.seed = recal, strategy, seed
-
-    def __call__(self, target: float, n: int) -> list[float]:
-        return self.recal.conditionings(target, n, self.strategy, self.seed)
-
-    def bracket(self, target: float) -> Any:
-        return self.recal.bracket(target)
-
-
 def _recalibrate(
     sampler: Any,
     score: Any,
     policy: Any,
     prompts: Sequence[str],
     samples: int,
-    grid: Sequence[float] | None,
-    rewards_seen: Any,
+    grid: Sequence[float],
     cfg: Any,
     seed: int,
-) -> tuple[dict[str, Any] | None, _Ask | None]:
-    """The report's ``recalibration`` and the ``ask`` of :func:`evaluate_calibration`, or
-    ``(None, None)`` for ``samples == 0``: ``samples`` prompts drawn with the seed
-    ``derived_seed(seed, RECALIBRATION_SEED_KEY)``, measured at every grid value."""
+) -> tuple[dict[str, Any], Any]:
+    """The report's ``recalibration`` and the fitted
+    :class:`~online_dt.policy.recalibration.Recalibration`: ``samples`` prompts drawn with the
+    seed ``derived_seed(seed, RECALIBRATION_SEED_KEY)``, measured at every value of
+    :func:`~online_dt.policy.recalibration.conditioning_grid` (``grid`` in scalar mode)."""
     import numpy as np
 
     from online_dt.eval.calibration import measure_recalibration
-    from online_dt.policy.recalibration import conditioning_grid, default_grid, strategy_for
+    from online_dt.policy.recalibration import conditioning_grid, strategy_for
     from online_dt.rollout.sampler import SamplingParams
 
-    if samples == 0:
-        return None, None
-    if not grid and policy.conditioner.binning is None:
-        if len(rewards_seen) == 0 or not rewards_seen.max() > rewards_seen.min():
-            raise EvalError(
-                "the run's replay buffer spans no range of rewards: pass --recalibration-grid"
-            )
-        grid = default_grid(rewards_seen)
-    values = conditioning_grid(policy.conditioner, grid or [])
+    values = conditioning_grid(policy.conditioner, grid)
     rng = np.random.default_rng(derived_seed(seed, RECALIBRATION_SEED_KEY))
     chosen = [prompts[int(i)] for i in rng.integers(0, len(prompts), samples)]
     recal = measure_recalibration(
@@ -633,14 +621,13 @@ def _recalibrate(
             cfg.sampling, n=1, seed=derived_seed(seed, RECALIBRATION_SEED_KEY, k)
         ),
     )
-    strategy = strategy_for(policy.conditioner)
     report = {
         **recal.to_dict(),
-        "strategy": strategy,
+        "strategy": strategy_for(policy.conditioner),
         "samples": samples,
         "calls": samples * len(values),
     }
-    return report, _Ask(recal, strategy, derived_seed(seed, RECALIBRATION_SEED_KEY, 2**20))
+    return report, recal
 
 
 def _load_sampler(
