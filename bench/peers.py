@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the midpoint of each reward bin), score them (N x grid reward calls per variant, "
         "shown under each row and in its JSON), fit the mean achieved reward as an isotonic "
         "function of the conditioning value (online_dt.policy.recalibration) and ask each "
-        "held-out sample for the conditioning that achieves the target: interpolated in scalar "
-        "mode, a mix of the two neighbouring bins in token mode; 0 (the default) skips it",
+        "held-out sample for the conditioning that achieves the target "
+        "(--odt-recalibration-strategy); 0 (the default) skips it",
     )
     g.add_argument(
         "--odt-recalibration-grid",
@@ -261,12 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--odt-recalibration-strategy",
-        choices=["auto", "interpolate", "mix"],
-        default="auto",
+        choices=["mix", "interpolate"],
+        default="mix",
         help="how --odt-recalibrate asks for a target between two grid values: `interpolate`, "
         "every sample at the interpolated value; `mix`, a share of the samples at each of the "
-        "two (online_dt.policy.recalibration); `auto` (default): interpolate in scalar mode, "
-        "mix in token mode",
+        "two (online_dt.policy.recalibration; the default)",
     )
     g.add_argument(
         "--max-target",
@@ -1171,7 +1170,6 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
     from online_dt.loop.workers import CheckedRewardModel, local_workers
     from online_dt.policy.guidance import buffer_prior
     from online_dt.policy.policy import RewardConditionedPolicy
-    from online_dt.policy.recalibration import strategy_for
 
     a = setup.args
     start = time.perf_counter()
@@ -1227,8 +1225,6 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
             suffix = "" if ref == "mean" else f"-{ref}"
             variants.append((f"{name}-guided{weight:g}{suffix}", (weight, references[ref])))
     strategy = a.odt_recalibration_strategy
-    if strategy == "auto":
-        strategy = strategy_for(policy.conditioner)
     n_eval = len(eval_prompts(setup))
     for label, guidance in variants:
         weight = None if guidance is None else guidance[0]

@@ -218,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="scalar mode: the conditioning values --recalibrate measures (default: 5 evenly "
         "from the replay buffer's lowest reward to its highest, plus one step beyond each end)",
     )
+    p.add_argument(
+        "--recalibration-strategy",
+        choices=["mix", "interpolate"],
+        default="mix",
+        help="how a target between two measured values is asked for: mix, a share of its "
+        "samples at each (default; exact in expectation); interpolate, every sample at the "
+        "interpolated value (assumes the curve is straight in between)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     return parser
 
@@ -407,6 +415,7 @@ def _eval(args: argparse.Namespace) -> int:
             guidance_prior=args.guidance_prior,
             recalibration_samples=args.recalibrate,
             recalibration_grid=args.recalibration_grid,
+            recalibration_strategy=args.recalibration_strategy,
         )
     except (EvalError, ConfigError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)

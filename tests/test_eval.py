@@ -449,16 +449,41 @@ def test_cli_eval_recalibrated(run_copy, tmp_path, capsys):
     report = json.loads((out / "calibration.json").read_text())
     recal = report["recalibration"]
     assert recal["conditioning"] == [-1.0, 0.0, 1.0] and recal["counts"] == [6, 6, 6]
-    assert recal["strategy"] == "interpolate" and recal["calls"] == 18
+    assert recal["strategy"] == "mix" and recal["calls"] == 18
     assert np.all(np.diff(recal["achieved"]) >= 0)
+    fitted = dict(zip(recal["conditioning"], recal["achieved"], strict=True))
+    for row, bracket in zip(report["rows"], recal["bracket"], strict=True):
+        assert sum(n for _, n in row["asked"]) == 8
+        if bracket["reachable"]:  # the mix's expected reward under the fit is the target
+            expected = sum(fitted[c] * n for c, n in row["asked"]) / 8
+            assert expected == pytest.approx(row["target"], abs=0.5 * np.ptp(recal["achieved"]) / 8)
+        else:
+            assert [c for c, _ in row["asked"]] in ([-1.0], [1.0])
+    # --recalibration-strategy interpolate: one value per target, on the fitted line
+    assert (
+        main(
+            [
+                *argv,
+                "--recalibrate",
+                "6",
+                "--recalibration-grid",
+                "-1",
+                "0",
+                "1",
+                "--recalibration-strategy",
+                "interpolate",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "calibration.json").read_text())
+    recal = report["recalibration"]
     for row, bracket in zip(report["rows"], recal["bracket"], strict=True):
         [[asked, count]] = row["asked"]
         assert count == 8
-        if bracket["reachable"]:  # the fitted curve passes through the target there
+        if bracket["reachable"]:
             achieved = np.interp(asked, recal["conditioning"], recal["achieved"])
             assert achieved == pytest.approx(row["target"], abs=1e-9)
-        else:
-            assert asked in (-1.0, 1.0)
     assert main([*argv, "--recalibrate", "2", "--recalibration-grid", "0.5"]) == 1
     assert "at least two conditioning values" in capsys.readouterr().err
     # by default: 5 values over the buffer's rewards and one step beyond each end

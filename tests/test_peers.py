@@ -557,7 +557,8 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
 def test_peers_recalibrated_rows(tmp_path, embedded_model_dir):
     """``--odt-recalibrate N``: each online-dt row gets a ``-recal`` twin asked for what the
     fit (N train prompts per grid value, counted apart from the training budget) says achieves
-    the target: an interpolated value in scalar mode, a mix of two bins in token mode."""
+    the target: a mix of the two grid values around it (the default), or in scalar mode, with
+    ``--odt-recalibration-strategy interpolate``, one interpolated value."""
     report, stdout = run_peers(
         [
             "--methods=online-dt",
@@ -587,7 +588,7 @@ def test_peers_recalibrated_rows(tmp_path, embedded_model_dir):
         recal = r["recalibration"]
         fit = recal["fit"]
         scalar = r["mode"] == "scalar"
-        assert recal["strategy"] == ("interpolate" if scalar else "mix")
+        assert recal["strategy"] == "mix"
         if scalar:
             assert fit["conditioning"] == [-1.0, 0.0, 1.0]
         else:  # one midpoint per reward bin

@@ -100,17 +100,15 @@ def test_conditioning_grid_scalar_and_token_mode():
     from types import SimpleNamespace
 
     from online_dt.policy.normalization import RewardBinning
-    from online_dt.policy.recalibration import conditioning_grid, strategy_for
+    from online_dt.policy.recalibration import conditioning_grid
 
     scalar = SimpleNamespace(binning=None, bin_range=None)
     assert conditioning_grid(scalar, [0.5, -1.0, 0.5]) == [-1.0, 0.5]
-    assert strategy_for(scalar) == "interpolate"
     with pytest.raises(ValueError, match="two conditioning values"):
         conditioning_grid(scalar, [0.5])
     # quantile bins: the open ends closed by the rewards they were cut from
     cut = SimpleNamespace(binning=RewardBinning([-0.2, 0.4]), bin_range=(-0.9, 0.8))
     assert conditioning_grid(cut, []) == pytest.approx([-0.55, 0.1, 0.6])
-    assert strategy_for(cut) == "mix"
     # fixed bins have no range: the open ends mirror the neighbouring bin's width
     fixed = SimpleNamespace(binning=RewardBinning.evenly(-1.0, 1.0, 4), bin_range=None)
     assert conditioning_grid(fixed, []) == pytest.approx([-0.75, -0.25, 0.25, 0.75])

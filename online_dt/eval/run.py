@@ -126,6 +126,7 @@ def run_eval(
     guidance_prior: str = "buffer",
     recalibration_samples: int = 0,
     recalibration_grid: Sequence[float] | None = None,
+    recalibration_strategy: str = "mix",
 ) -> dict[str, Any]:
     """Evaluate a policy and write ``calibration.json`` and ``calibration.png`` (one reward),
     or ``objectives.json`` and ``objectives.png`` (a run with ``conditioning.objectives``).
@@ -164,11 +165,13 @@ def run_eval(
             each conditioning value of ``recalibration_grid`` on N prompts drawn (seeded) from
             the run's prompts, ``N * K`` reward-model calls, fit it isotonic and ask each
             target's samples for the conditioning that achieves it
-            (:mod:`online_dt.policy.recalibration`; interpolated in scalar mode, a mix of two
-            neighbouring bins in token mode). Any backend; one-reward runs only.
+            (:mod:`online_dt.policy.recalibration`). Any backend; one-reward runs only.
         recalibration_grid: scalar mode's K conditioning values (default
             :func:`~online_dt.policy.recalibration.default_grid` of the replay buffer's
             rewards); token mode measures each bin's midpoint.
+        recalibration_strategy: ``mix`` (a share of each target's samples at each of the two
+            grid values around its crossing) or ``interpolate`` (every sample at the
+            interpolated value); see :class:`~online_dt.policy.recalibration.Recalibration`.
 
     With objectives, ``extrapolation_margin`` and the reference are not used; the report is
     :func:`_run_objectives_eval`'s.
@@ -187,8 +190,9 @@ def run_eval(
     Raises:
         ValueError: ``reference_samples < 0``, ``reference_half_width <= 0``,
             ``recalibration_samples < 0``, fewer than two distinct ``recalibration_grid``
-            values or ``guidance_weight < 0``, ``guidance_prior`` is neither ``buffer`` nor
-            ``uniform``, or, with the ``buffer`` prior, ``guidance_rewards`` is not ascending.
+            values, an unknown ``recalibration_strategy`` or ``guidance_weight < 0``,
+            ``guidance_prior`` is neither ``buffer`` nor ``uniform``, or, with the ``buffer``
+            prior, ``guidance_rewards`` is not ascending.
         EvalError: no policy or config found; guidance with ``backend="config"``, with
             objectives, or without a buffer for its default rewards or its ``buffer`` prior;
             ``grid`` for a run with a single reward; recalibration in scalar mode without
@@ -208,6 +212,10 @@ def run_eval(
         raise ValueError(f"reference_samples must be >= 0, got {reference_samples}")
     if recalibration_samples < 0:
         raise ValueError(f"recalibration_samples must be >= 0, got {recalibration_samples}")
+    if recalibration_strategy not in ("mix", "interpolate"):
+        raise ValueError(
+            f"recalibration_strategy must be 'mix' or 'interpolate', got {recalibration_strategy!r}"
+        )
     if recalibration_grid is not None and len(set(recalibration_grid)) < 2:
         raise ValueError(
             "the recalibration grid needs at least two conditioning values, got "
@@ -291,7 +299,15 @@ def run_eval(
         recal, ask = None, None
         if recalibration_samples > 0:
             recal, fit = _recalibrate(
-                sampler, score, policy, prompts, recalibration_samples, scalar_grid, cfg, seed
+                sampler,
+                score,
+                policy,
+                prompts,
+                recalibration_samples,
+                scalar_grid,
+                recalibration_strategy,
+                cfg,
+                seed,
             )
             ask = functools.partial(
                 fit.conditionings,
@@ -596,6 +612,7 @@ def _recalibrate(
     prompts: Sequence[str],
     samples: int,
     grid: Sequence[float],
+    strategy: str,
     cfg: Any,
     seed: int,
 ) -> tuple[dict[str, Any], Any]:
@@ -606,7 +623,7 @@ def _recalibrate(
     import numpy as np
 
     from online_dt.eval.calibration import measure_recalibration
-    from online_dt.policy.recalibration import conditioning_grid, strategy_for
+    from online_dt.policy.recalibration import conditioning_grid
     from online_dt.rollout.sampler import SamplingParams
 
     values = conditioning_grid(policy.conditioner, grid)
@@ -623,7 +640,7 @@ def _recalibrate(
     )
     report = {
         **recal.to_dict(),
-        "strategy": strategy_for(policy.conditioner),
+        "strategy": strategy,
         "samples": samples,
         "calls": samples * len(values),
     }
