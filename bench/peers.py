@@ -255,9 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--odt-recalibration-grid",
         type=float,
         nargs="+",
-        default=[-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0],
+        default=None,
         metavar="C",
-        help="scalar mode: the conditioning values --odt-recalibrate measures",
+        help="scalar mode: the conditioning values --odt-recalibrate measures (default: as "
+        "online-dt eval, 5 evenly over the run's replay-buffer rewards plus one step beyond "
+        "each end, online_dt.policy.recalibration.default_grid)",
     )
     g.add_argument(
         "--odt-recalibration-strategy",
@@ -681,18 +683,24 @@ def evaluate_conditioned(
     return row
 
 
-def recalibrate(setup: Setup, policy: Any, phase: str, guidance: tuple[float, Any] | None) -> Any:
+def recalibrate(
+    setup: Setup,
+    policy: Any,
+    phase: str,
+    guidance: tuple[float, Any] | None,
+    scalar_grid: Sequence[float],
+) -> Any:
     """Fit a :class:`~online_dt.policy.recalibration.Recalibration` of ``policy`` (sampled as
     ``guidance`` says, see :func:`evaluate_conditioned`) from ``--odt-recalibrate`` train
     prompts (seeded; the same prompts at every grid value) x the grid of
-    :func:`~online_dt.policy.recalibration.conditioning_grid`, scored under the reward phase
-    ``phase`` (counted)."""
+    :func:`~online_dt.policy.recalibration.conditioning_grid` (``scalar_grid`` in scalar
+    mode), scored under the reward phase ``phase`` (counted)."""
     from online_dt.policy.recalibration import Recalibration, conditioning_grid
 
     s, n = setup.sampling, setup.args.odt_recalibrate
     rng = random.Random(setup.seed(SEED_RECAL))
     prompts = [setup.train_prompts[rng.randrange(len(setup.train_prompts))] for _ in range(n)]
-    grid = conditioning_grid(policy.conditioner, setup.args.odt_recalibration_grid)
+    grid = conditioning_grid(policy.conditioner, scalar_grid)
     weight, reference = guidance if guidance is not None else (0.0, None)
     by_base, by_mixture = reference == "base", isinstance(reference, list)
     conditioning, achieved = [], []
@@ -1170,6 +1178,7 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
     from online_dt.loop.workers import CheckedRewardModel, local_workers
     from online_dt.policy.guidance import buffer_prior
     from online_dt.policy.policy import RewardConditionedPolicy
+    from online_dt.policy.recalibration import default_grid
 
     a = setup.args
     start = time.perf_counter()
@@ -1225,12 +1234,16 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
             suffix = "" if ref == "mean" else f"-{ref}"
             variants.append((f"{name}-guided{weight:g}{suffix}", (weight, references[ref])))
     strategy = a.odt_recalibration_strategy
+    scalar_grid = a.odt_recalibration_grid
+    if a.odt_recalibrate and not scalar_grid:
+        scalar_grid = default_grid(buffer_rewards(plan.run.path))
     n_eval = len(eval_prompts(setup))
     for label, guidance in variants:
         weight = None if guidance is None else guidance[0]
         runs: list[tuple[str, Any]] = [(label, None)]
         if a.odt_recalibrate:
-            runs.append((f"{label}-recal", recalibrate(setup, policy, f"{label}:recal", guidance)))
+            fit = recalibrate(setup, policy, f"{label}:recal", guidance, scalar_grid)
+            runs.append((f"{label}-recal", fit))
         for row_label, recal in runs:
             for i, target in enumerate(targets):
                 start, before = time.perf_counter(), setup.reward.calls(f"{row_label}:eval")
@@ -1568,6 +1581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: unknown methods {unknown}; choose from {', '.join(METHODS)}")
     if args.path_evals < 0:
         raise SystemExit(f"error: --path-evals must be >= 0, got {args.path_evals}")
+    if args.odt_recalibrate < 0:
+        raise SystemExit(f"error: --odt-recalibrate must be >= 0, got {args.odt_recalibrate}")
     betas = [float(b) for b in args.grpo_betas.split(",") if b.strip()]
     modes = odt_modes(args)
     out = Path(args.out or f"runs/peers-{time.strftime('%Y%m%d-%H%M%S')}")

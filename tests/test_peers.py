@@ -557,8 +557,10 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
 def test_peers_recalibrated_rows(tmp_path, embedded_model_dir):
     """``--odt-recalibrate N``: each online-dt row gets a ``-recal`` twin asked for what the
     fit (N train prompts per grid value, counted apart from the training budget) says achieves
-    the target: a mix of the two grid values around it (the default), or in scalar mode, with
-    ``--odt-recalibration-strategy interpolate``, one interpolated value."""
+    the target: a mix of the two grid values around it (the default strategy). The scalar grid
+    is eval's default, 5 values over the buffer's rewards and one step beyond each end."""
+    import numpy as np
+
     report, stdout = run_peers(
         [
             "--methods=online-dt",
@@ -572,10 +574,6 @@ def test_peers_recalibrated_rows(tmp_path, embedded_model_dir):
             "-0.2",
             "0.2",
             "--odt-recalibrate=4",
-            "--odt-recalibration-grid",
-            "1",
-            "-1",
-            "0",
         ],
         tmp_path / "out",
     )
@@ -589,8 +587,10 @@ def test_peers_recalibrated_rows(tmp_path, embedded_model_dir):
         fit = recal["fit"]
         scalar = r["mode"] == "scalar"
         assert recal["strategy"] == "mix"
-        if scalar:
-            assert fit["conditioning"] == [-1.0, 0.0, 1.0]
+        if scalar:  # 5 values over the buffer's rewards and one step beyond each end
+            steps = np.diff(fit["conditioning"])
+            assert len(fit["conditioning"]) == 7 and steps == pytest.approx([steps[0]] * 6)
+            assert fit["conditioning"][0] < -1.0 and fit["conditioning"][-1] > 1.0  # VADER
         else:  # one midpoint per reward bin
             assert len(fit["conditioning"]) == len(rows[4]["config"]["bin_edges"]) + 1
         assert fit["counts"] == [4] * len(fit["conditioning"])
@@ -600,4 +600,4 @@ def test_peers_recalibrated_rows(tmp_path, embedded_model_dir):
         if b["reachable"] and b["low"] != b["high"]:  # the fit passes through the target
             lo, hi = (fit["achieved"][fit["conditioning"].index(c)] for c in (b["low"], b["high"]))
             assert lo + b["share_high"] * (hi - lo) == pytest.approx(r["target"])
-    assert "^ recalibrated on 12 train-prompt calls" in stdout
+    assert "^ recalibrated on 28 train-prompt calls" in stdout
