@@ -622,6 +622,36 @@ def evaluate_plain(setup: Setup, model: Any, phase: str) -> dict[str, Any]:
     return row
 
 
+def generate_conditioned(
+    setup: Setup,
+    policy: Any,
+    prompts: Sequence[str],
+    targets: Sequence[float],
+    seed: int,
+    guidance: tuple[float, Any] | None,
+) -> list[Any]:
+    """``policy.generate`` with the shared sampling settings and ``guidance`` ``(weight,
+    reference)`` mapped onto ``generate``'s arguments: a reward (``guidance_reference``),
+    ``"base"`` (``guidance_model`` = the base model) or ``(reward, weight)`` pairs
+    (``guidance_mixture``); ``None``: unguided."""
+    s = setup.sampling
+    weight, reference = guidance if guidance is not None else (0.0, None)
+    by_base, by_mixture = reference == "base", isinstance(reference, list)
+    return policy.generate(
+        prompts,
+        targets,
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        seed=seed,
+        batch_size=s.batch_size,
+        guidance_weight=weight,
+        guidance_reference=None if by_base or by_mixture else reference,
+        guidance_model=setup.base_model if by_base else None,
+        guidance_mixture=reference if by_mixture else None,
+    )
+
+
 def evaluate_conditioned(
     setup: Setup,
     policy: Any,
@@ -645,21 +675,9 @@ def evaluate_conditioned(
 
     s = setup.sampling
     prompts = eval_prompts(setup)
-    weight, reference = guidance if guidance is not None else (0.0, None)
-    by_base, by_mixture = reference == "base", isinstance(reference, list)
     targets = [target] * len(prompts) if isinstance(target, (int, float)) else list(target)
-    rollouts = policy.generate(
-        prompts,
-        targets,
-        max_new_tokens=s.max_new_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        seed=setup.seed(SEED_EVAL),
-        batch_size=s.batch_size,
-        guidance_weight=weight,
-        guidance_reference=None if by_base or by_mixture else reference,
-        guidance_model=setup.base_model if by_base else None,
-        guidance_mixture=reference if by_mixture else None,
+    rollouts = generate_conditioned(
+        setup, policy, prompts, targets, setup.seed(SEED_EVAL), guidance
     )
     texts = [r.completion for r in rollouts]
     setup.reward.phase = phase
@@ -697,27 +715,14 @@ def recalibrate(
     mode), scored under the reward phase ``phase`` (counted)."""
     from online_dt.policy.recalibration import Recalibration, conditioning_grid
 
-    s, n = setup.sampling, setup.args.odt_recalibrate
+    n = setup.args.odt_recalibrate
     rng = random.Random(setup.seed(SEED_RECAL))
     prompts = [setup.train_prompts[rng.randrange(len(setup.train_prompts))] for _ in range(n)]
     grid = conditioning_grid(policy.conditioner, scalar_grid)
-    weight, reference = guidance if guidance is not None else (0.0, None)
-    by_base, by_mixture = reference == "base", isinstance(reference, list)
     conditioning, achieved = [], []
     for value in grid:
-        rollouts = policy.generate(
-            prompts,
-            [value] * n,
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            seed=setup.seed(SEED_RECAL, 1),
-            batch_size=s.batch_size,
-            guidance_weight=weight,
-            guidance_reference=None if by_base or by_mixture else reference,
-            guidance_model=setup.base_model if by_base else None,
-            guidance_mixture=reference if by_mixture else None,
-        )
+        seed = setup.seed(SEED_RECAL, 1)
+        rollouts = generate_conditioned(setup, policy, prompts, [value] * n, seed, guidance)
         setup.reward.phase = phase
         conditioning += [value] * n
         achieved += setup.reward.score(prompts, [r.completion for r in rollouts])

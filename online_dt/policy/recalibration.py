@@ -25,6 +25,7 @@ Two ways to use the bracket ``c_lo < c_hi`` with ``a(c_lo) < t <= a(c_hi)``:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -204,12 +205,7 @@ class Recalibration:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values: the four tuples as lists."""
-        return {
-            "conditioning": list(self.conditioning),
-            "measured": list(self.measured),
-            "achieved": list(self.achieved),
-            "counts": list(self.counts),
-        }
+        return {k: list(v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recalibration:
