@@ -48,6 +48,19 @@ def test_targets_outside_the_fit_are_the_grid_ends_and_unreachable():
     assert recal.bracket(-0.5) == Bracket(-1.0, -1.0, 0.0, True)
 
 
+def test_unreachable_targets_ask_the_value_whose_measured_mean_came_nearest():
+    # the lowest value's mean (-0.72) violates the order and is pooled with the next (-0.79)
+    recal = _fit({-1.0: [-0.72], -0.9: [-0.79], 0.0: [0.1], 1.0: [0.7], 1.1: [0.65]})
+    assert recal.achieved[:2] == pytest.approx((-0.755, -0.755))
+    assert recal.bracket(-0.8) == Bracket(-0.9, -0.9, 0.0, False)
+    assert recal.bracket(-0.76) == Bracket(-0.9, -0.9, 0.0, False)
+    # the same at the top: 1.0 measured 0.7, the pooled end 0.675
+    assert recal.bracket(0.9) == Bracket(1.0, 1.0, 0.0, False)
+    # ties go to the end of the grid
+    tie = _fit({0.0: [0.5], 1.0: [0.5], 2.0: [0.9]})
+    assert tie.bracket(0.2) == Bracket(0.0, 0.0, 0.0, False)
+
+
 def test_mix_asks_the_exact_share_for_the_upper_value():
     recal = _fit({0.0: [0.0], 1.0: [1.0]})
     mixed = recal.conditionings(0.3, 10, "mix", seed=1)
