@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from online_dt.config import OnlineRunConfig
     from online_dt.config.loading import load_config
     from online_dt.embedded.base_model import resolve_base_model
-    from online_dt.eval.reference import nll_per_token, teacher_forced_logprobs
+    from online_dt.eval.base_samples import nll_per_token, teacher_forced_logprobs
     from online_dt.launch.rundir import RunDir
     from online_dt.policy.loading import load_model_and_tokenizer
     from online_dt.replay.export import export_dataset

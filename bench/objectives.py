@@ -194,7 +194,7 @@ def base_rewards(
     import numpy as np
     import torch
 
-    from online_dt.eval.reference import encode_prompts
+    from online_dt.eval.base_samples import encode_prompts
     from online_dt.policy.generation import sample_unconditioned
     from online_dt.policy.loading import pad_id
 

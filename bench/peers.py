@@ -413,7 +413,7 @@ class Setup:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids without special tokens (as the project's policy encodes prompts)."""
-        from online_dt.eval.reference import encode_prompts
+        from online_dt.eval.base_samples import encode_prompts
 
         return encode_prompts(self.tokenizer, texts)
 
@@ -588,9 +588,9 @@ def summarize(
 
 def sample_plain(setup: Setup, model: Any, prompts: Sequence[str], seed: int) -> tuple[Any, list]:
     """Sample one completion per prompt from a plain causal LM with the shared settings
-    (``online_dt.eval.reference.sample_base``); returns the sampled tokens and the decoded
+    (``online_dt.eval.base_samples.sample_base``); returns the sampled tokens and the decoded
     texts."""
-    from online_dt.eval.reference import sample_base
+    from online_dt.eval.base_samples import sample_base
 
     return sample_base(model, setup.tokenizer, prompts, setup.sampling, seed)
 
@@ -663,7 +663,7 @@ def evaluate_conditioned(
     (one value for every sample, or one per held-out prompt, in :func:`eval_prompts` order).
 
     KL: k1 with the policy's teacher-forced logprobs at the target
-    (``RewardConditionedPolicy.completion_logprobs``) and the base's teacher-forced logprobs of
+    (``online_dt.policy.logprobs.completion_logprobs``) and the base's teacher-forced logprobs of
     the same prompt + completion tokens (the base sees no conditioning slot). With
     ``guidance`` ``(weight, reference)`` the samples come from the guided distribution
     (``generate``'s ``guidance_weight`` and, for a reference reward, ``guidance_reference``; for
@@ -672,6 +672,7 @@ def evaluate_conditioned(
     logprobs the sampler returns, which are that distribution's.
     """
     from bench.peers_metrics import teacher_forced_logprobs
+    from online_dt.policy.logprobs import completion_logprobs
 
     s = setup.sampling
     prompts = eval_prompts(setup)
@@ -691,8 +692,8 @@ def evaluate_conditioned(
     policy_lp: list[list[float]] = []
     for start in range(0, len(prompts), s.batch_size):
         end = start + s.batch_size
-        policy_lp += policy.completion_logprobs(
-            prompts[start:end], targets[start:end], completion_ids[start:end]
+        policy_lp += completion_logprobs(
+            policy, prompts[start:end], targets[start:end], completion_ids[start:end]
         )
     row = summarize(setup, texts, rewards, base_lp, policy_lp)
     row["check_sampler_vs_teacher_forced_logprob"] = max_abs_diff(

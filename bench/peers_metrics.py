@@ -1,8 +1,8 @@
 """Metrics of the peer benchmark (``bench/peers.py``): the k1 estimate of KL(policy || base) per
 token and per completion and the best-of-n KL bound; and, shared with ``online-dt eval`` from
-:mod:`online_dt.eval.reference` (one implementation for both), word-level distinct-n, the
-teacher-forced log-probabilities and NLL of samples under the base model, and the binned-base
-reference.
+:mod:`online_dt.eval.base_samples` and :mod:`online_dt.eval.reference` (one implementation for
+both), word-level distinct-n, the teacher-forced log-probabilities and NLL of samples under the
+base model, and the binned-base reference.
 
 Every method of the benchmark is evaluated with these functions on the same held-out prompts, so
 the numbers are comparable across methods. Log-probabilities are natural logs (nats); a
@@ -18,13 +18,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from online_dt.eval.reference import (
-    BinReference,
-    binned_reference,
-    nll_per_token,
-    teacher_forced_logprobs,
-    word_distinct_n,
-)
+from online_dt.eval.base_samples import nll_per_token, teacher_forced_logprobs, word_distinct_n
+from online_dt.eval.reference import BinReference, binned_reference
 
 __all__ = [
     "BinReference",

@@ -58,6 +58,7 @@ LAYERS = (
             "online_dt.offline",
             "online_dt.run",
             "online_dt.cli",
+            "online_dt.cli_eval",
             "online_dt.arguments",
             "online_dt.__main__",
         ),
@@ -86,7 +87,8 @@ has to be placed here deliberately. ``optional`` entries may name modules that d
 4. ``training``: the trainer and the learner.
 5. ``loop``: the online loop, its schedule, scoring and worker handles.
 6. ``eval`` (calibration) and ``dashboard``: they read what runs produce.
-7. entry points: ``offline``, ``run``, ``cli``, ``__main__`` and the ``online_dt`` package
+7. entry points: ``offline``, ``run``, ``cli`` (with ``cli_eval``, its ``eval`` subcommand),
+   ``__main__`` and the ``online_dt`` package
    itself; nothing below may reach back up to them.
 8. ``actors``: the thin Ray layer. ``ceiling=6``: it may import online_dt layers 0-6 (and
    itself), but not the entry points (``run``, ``cli``, ``offline``); the entry points call it,

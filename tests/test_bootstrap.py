@@ -13,15 +13,16 @@ import pytest
 
 from online_dt.config import BootstrapConfig
 from online_dt.embedded import bootstrap as bootstrap
+from online_dt.embedded import pretrain
 from online_dt.embedded.bootstrap import (
     BUILD_INFO,
     EOS_TOKEN,
     config_hash,
     describe,
     ensure_embedded_model,
-    sample_vader_spread,
 )
 from online_dt.embedded.corpus import Review, all_openings, embedded_prompts, generate_reviews
+from online_dt.embedded.vader_spread import sample_vader_spread
 from online_dt.embedded.words import ADJECTIVES
 from online_dt.rewards import VaderSentimentReward
 
@@ -155,10 +156,10 @@ def test_texts_start_with_their_opening() -> None:
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
-    factors = [bootstrap._lr_factor(s, 100) for s in range(100)]
+    factors = [pretrain._lr_factor(s, 100) for s in range(100)]
     assert factors[0] < factors[4] == pytest.approx(1.0)
     assert max(factors) == pytest.approx(1.0)
-    assert factors[-1] == pytest.approx(bootstrap._MIN_LR_FRACTION, abs=0.01)
+    assert factors[-1] == pytest.approx(pretrain._MIN_LR_FRACTION, abs=0.01)
     assert all(a >= b for a, b in itertools.pairwise(factors[5:]))
 
 

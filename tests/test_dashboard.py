@@ -642,7 +642,8 @@ def write_objectives_report(run: Path, created_at: float = 456.0, names=None) ->
     (normalised), a KL per row; written as strict JSON to ``eval/objectives.json`` with a
     plot. ``names`` renames the objectives in the report only."""
     from online_dt.config import ObjectiveConfig
-    from online_dt.eval.objectives import achievable, grid_targets, objective_row, summarize_grid
+    from online_dt.eval.objectives import achievable, grid_targets
+    from online_dt.eval.objectives_rows import objective_row, summarize_grid
     from online_dt.eval.source import buffer_rewards
     from online_dt.launch.rundir import finite_or_none
 
@@ -788,7 +789,7 @@ def test_pareto_shows_the_latest_evaluation(mo_run):
 def test_the_newer_evaluation_report_is_shown(mo_run, monkeypatch):
     """A run holding both reports shows the one written last, its plot with it; each report
     is parsed once per version of its file."""
-    from online_dt.dashboard import reader as reader_module
+    from online_dt.dashboard import run_files as run_files_module
 
     write_objectives_report(mo_run)
     calibration = {"created_at": 999.0, "rows": [{"target": 0.5, "mean": 0.4}]}
@@ -798,13 +799,13 @@ def test_the_newer_evaluation_report_is_shown(mo_run, monkeypatch):
     os.utime(mo_run / "eval" / "calibration.json", (2_000, 2_000))
     os.utime(objectives, (1_000, 1_000))
     parsed = []
-    original = reader_module.RunReader._json_file
+    original = run_files_module.RunFiles.json_file
 
     def counted(self, relative):
         parsed.append(relative)
         return original(self, relative)
 
-    monkeypatch.setattr(reader_module.RunReader, "_json_file", counted)
+    monkeypatch.setattr(run_files_module.RunFiles, "json_file", counted)
     client = TestClient(create_app(mo_run))
     data = client.get("/api/eval").json()
     assert data["kind"] == "calibration" and data["grid"] is None
@@ -1296,8 +1297,8 @@ def test_reader_keeps_up_with_a_writer(tmp_path):
 def test_buffer_reader_survives_a_writer_and_reports_gaps(synthetic, monkeypatch):
     from online_dt.dashboard.reader import RunReader
 
-    reader = RunReader(synthetic)
-    real = reader._read_buffer
+    view = RunReader(synthetic).buffer
+    real = view._read_buffer
     calls = []
 
     def flaky(folder):
@@ -1306,16 +1307,16 @@ def test_buffer_reader_survives_a_writer_and_reports_gaps(synthetic, monkeypatch
             raise FileNotFoundError(folder / "shard-gone.parquet")
         return real(folder)
 
-    monkeypatch.setattr(reader, "_read_buffer", flaky)
-    rewards, iterations, error = reader.buffer_rewards()
+    monkeypatch.setattr(view, "_read_buffer", flaky)
+    rewards, iterations, error = view.buffer_rewards()
     assert len(calls) == 2 and len(rewards) == 20 and error is None
     assert list(iterations) == [it for it in range(5) for _ in range(4)]
 
     def gone(folder):
         raise FileNotFoundError(folder)
 
-    monkeypatch.setattr(reader, "_read_buffer", gone)
-    assert reader.buffer_rewards()[2] == "the buffer is being rewritten"
+    monkeypatch.setattr(view, "_read_buffer", gone)
+    assert view.buffer_rewards()[2] == "the buffer is being rewritten"
 
     # a missing shard in the middle: what comes before it is shown, with the error
     (synthetic / "buffer" / "shard-000000000008-000000000011.parquet").unlink()

@@ -14,13 +14,8 @@ import pytest
 import yaml
 
 from online_dt.config import ObjectiveConfig
-from online_dt.eval.objectives import (
-    achievable,
-    evaluate_grid,
-    grid_targets,
-    objective_row,
-    summarize_grid,
-)
+from online_dt.eval.objectives import achievable, grid_targets
+from online_dt.eval.objectives_rows import evaluate_grid, objective_row, summarize_grid
 from online_dt.eval.objectives_table import format_objectives_summary, format_objectives_table
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.samples import Rollout
@@ -392,7 +387,8 @@ def finite_numbers(value, where="report"):
 
 def test_run_eval_on_an_objective_run(objective_run, tmp_path):
     from online_dt.eval.objectives import buffer_reward_vectors
-    from online_dt.eval.run import REFERENCE_SKIPPED, run_eval
+    from online_dt.eval.run import run_eval
+    from online_dt.eval.run_objectives import REFERENCE_SKIPPED
 
     out = tmp_path / "eval"
     report = run_eval(objective_run, grid=2, samples_per_target=6, out_dir=out, seed=3)

@@ -28,8 +28,9 @@ from online_dt.loop.futures import (
     ThreadHandle,
     WorkerLostError,
 )
+from online_dt.loop.reward_stats import RewardStats
 from online_dt.loop.sampler_group import SamplerGroup
-from online_dt.loop.schedule import RewardStats, ScheduleState, next_target
+from online_dt.loop.schedule import ScheduleState, next_target
 from online_dt.loop.scoring import RewardBatchError, score_rollouts
 from online_dt.replay.export import export_dataset
 from online_dt.replay.shards import read_persisted

@@ -32,7 +32,8 @@ from online_dt.loop.schedule import ScheduleState
 from online_dt.loop.scoring import score_rollouts
 from online_dt.loop.workers import CheckedRewardModel
 from online_dt.objectives import front_summary, normalize
-from online_dt.policy.conditioner import CONDITIONING_FILE, HEAD_FILE, RewardConditioner
+from online_dt.policy.conditioner import RewardConditioner
+from online_dt.policy.conditioner_state import CONDITIONING_FILE, HEAD_FILE
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.rewards import load_reward_model

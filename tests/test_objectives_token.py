@@ -18,7 +18,8 @@ import torch
 from online_dt.config import ConditioningConfig, ConfigError, OnlineRunConfig, load_config
 from online_dt.launch.preflight import PreflightError, check_prompt_lengths
 from online_dt.launch.rundir import CHECKPOINT_POLICY_DIR
-from online_dt.policy.conditioner import CONDITIONING_FILE, HEAD_FILE, RewardConditioner
+from online_dt.policy.conditioner import RewardConditioner
+from online_dt.policy.conditioner_state import CONDITIONING_FILE, HEAD_FILE
 from online_dt.policy.generation import sample_tokens
 from online_dt.policy.layout import IGNORE_INDEX
 from online_dt.policy.normalization import RewardBinning, reward_token

@@ -12,9 +12,9 @@ from online_dt.eval.calibration import format_calibration_table
 from online_dt.eval.reference import (
     MIN_BIN_COUNT,
     base_reference,
-    reference_line,
     reward_grid,
 )
+from online_dt.eval.reference_report import reference_line
 
 
 def test_reward_grid_tiles_the_observed_range():

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from online_dt.config import ConditioningConfig, SamplerConfig, TrainingConfig
+from online_dt.policy.logprobs import completion_logprobs
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rollout.factory import make_sampler_backend_name
 from online_dt.rollout.hf_sampler import HFSampler
@@ -74,8 +75,11 @@ def make_policy(tmp_path, arch, mode):
 
 
 def max_logprob_gap(policy, rollouts):
-    ref = policy.completion_logprobs(
-        [r.prompt for r in rollouts], [r.target for r in rollouts], [r.token_ids for r in rollouts]
+    ref = completion_logprobs(
+        policy,
+        [r.prompt for r in rollouts],
+        [r.target for r in rollouts],
+        [r.token_ids for r in rollouts],
     )
     return max(
         abs(a - b)

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from online_dt.config import ScheduleConfig
 from online_dt.loop import schedule as sch
+from online_dt.loop.reward_stats import RewardStats
 from online_dt.loop.schedule import (
     SCHEDULES,
-    RewardStats,
     ScheduleState,
     next_target,
     sample_targets,

@@ -22,8 +22,11 @@ import pytest
 import torch
 
 import online_dt.rollout.weight_sync_nccl as wsn
+import online_dt.rollout.weight_sync_nccl_engine as wsn_engine
+import online_dt.rollout.weight_sync_nccl_group as wsn_group
+import online_dt.rollout.weight_sync_nccl_update as wsn_update
 from online_dt.config import ConditioningConfig
-from online_dt.policy.conditioner import CONDITIONING_FILE
+from online_dt.policy.conditioner_state import CONDITIONING_FILE
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rollout.weight_sync import WeightUpdate
 from tests.tiny import build_tiny_model
@@ -108,7 +111,7 @@ def no_cuda(monkeypatch):
 @pytest.fixture
 def cuda_checks_off(monkeypatch):
     monkeypatch.setattr(wsn, "_require_cuda", lambda what: None)
-    monkeypatch.setattr(wsn, "_require_cuda_engine", lambda what: None)
+    monkeypatch.setattr(wsn_engine, "_require_cuda_engine", lambda what: None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,8 +123,12 @@ def test_module_imports_without_cuda_or_vllm():
     code = (
         "import sys\n"
         "import online_dt.rollout.weight_sync_nccl as m\n"
+        "import online_dt.rollout.weight_sync_nccl_engine as e\n"
+        "import online_dt.rollout.weight_sync_nccl_group as g\n"
+        "import online_dt.rollout.weight_sync_nccl_update as u\n"
         "assert 'vllm' not in sys.modules, 'vllm imported at module import time'\n"
-        "assert m.NCCLPublisher and m.receive and m.engine_kwargs and m.connect_sampler\n"
+        "assert m.NCCLPublisher and e.receive and e.engine_kwargs and e.connect_sampler\n"
+        "assert g.ThreadedSamplerGroup and u.write_update_dir\n"
     )
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     root = Path(__file__).resolve().parents[1]
@@ -132,25 +139,25 @@ def test_module_imports_without_cuda_or_vllm():
 
 
 def test_every_cuda_entry_point_raises_clearly_without_cuda(no_cuda, tmp_path):
-    group = wsn.ThreadedSamplerGroup(
-        [wsn.SamplerEndpoint(workers=1, connect=lambda info: None, apply=lambda u: None)]
+    group = wsn_group.ThreadedSamplerGroup(
+        [wsn_group.SamplerEndpoint(workers=1, connect=lambda info: None, apply=lambda u: None)]
     )
     with pytest.raises(RuntimeError, match=CUDA_MESSAGE):
         wsn.NCCLPublisher(tmp_path, group)
     llm = FakeLLM()
     update = WeightUpdate(version=1, backend="nccl", path=str(tmp_path))
     with pytest.raises(RuntimeError, match=CUDA_MESSAGE):
-        wsn.engine_kwargs()
+        wsn_engine.engine_kwargs()
     with pytest.raises(RuntimeError, match=CUDA_MESSAGE):
-        wsn.connect_sampler(llm, {"rank_offset": 1, "world_size": 2})
+        wsn_engine.connect_sampler(llm, {"rank_offset": 1, "world_size": 2})
     with pytest.raises(RuntimeError, match=CUDA_MESSAGE):
-        wsn.receive(llm, update)
+        wsn_engine.receive(llm, update)
     assert llm.calls == []
 
 
 def test_publisher_methods_raise_clearly_without_cuda(monkeypatch, no_cuda, tmp_path, base_dir):
-    group = wsn.ThreadedSamplerGroup(
-        [wsn.SamplerEndpoint(workers=1, connect=lambda info: None, apply=lambda u: None)]
+    group = wsn_group.ThreadedSamplerGroup(
+        [wsn_group.SamplerEndpoint(workers=1, connect=lambda info: None, apply=lambda u: None)]
     )
     with monkeypatch.context() as m:
         m.setattr(torch.cuda, "is_available", lambda: True)
@@ -243,10 +250,10 @@ def test_vllm_trainer_factory_engine_and_sources():
     assert "source" in inspect.signature(TrainerWeightTransferEngine.__init__).parameters
     assert issubclass(ModuleSource, WeightSource)
     assert set(_fields(ParamMeta)) == {"name", "dtype", "shape"}
-    group = wsn.ThreadedSamplerGroup(
-        [wsn.SamplerEndpoint(workers=1, connect=lambda info: None, apply=lambda u: None)]
+    group = wsn_group.ThreadedSamplerGroup(
+        [wsn_group.SamplerEndpoint(workers=1, connect=lambda info: None, apply=lambda u: None)]
     )
-    assert isinstance(wsn._GroupClient(group), VLLMWeightSyncClient)
+    assert isinstance(wsn_group._GroupClient(group), VLLMWeightSyncClient)
 
 
 def test_vllm_engine_argument_and_network_helpers(monkeypatch):
@@ -255,8 +262,8 @@ def test_vllm_engine_argument_and_network_helpers(monkeypatch):
     from vllm.utils import network_utils
 
     assert "weight_transfer_config" in _fields(EngineArgs)
-    monkeypatch.setattr(wsn, "_require_cuda_engine", lambda what: None)
-    kwargs = wsn.engine_kwargs()
+    monkeypatch.setattr(wsn_engine, "_require_cuda_engine", lambda what: None)
+    kwargs = wsn_engine.engine_kwargs()
     assert set(kwargs) == {"weight_transfer_config"}
     assert isinstance(kwargs["weight_transfer_config"], WeightTransferConfig)
     assert kwargs["weight_transfer_config"].backend == "nccl"
@@ -268,7 +275,7 @@ def test_dtype_names_match_vllm_spelling():
     from vllm.distributed.weight_transfer.base import ParamMeta
 
     meta = [ParamMeta("a", torch.float32, (2, 3)), ParamMeta("b", torch.bfloat16, (4,))]
-    info = wsn.update_info_from_metadata(meta)
+    info = wsn_update.update_info_from_metadata(meta)
     assert info == {
         "names": ["a", "b"],
         "dtype_names": ["float32", "bfloat16"],
@@ -286,11 +293,11 @@ def test_dtype_names_match_vllm_spelling():
 
 def test_split_init_info_gives_each_engine_its_own_ranks():
     info = {"master_address": "h", "master_port": 1, "rank_offset": 1, "world_size": 6}
-    parts = wsn.split_init_info(info, [2, 1, 2])
+    parts = wsn_group.split_init_info(info, [2, 1, 2])
     assert [p["rank_offset"] for p in parts] == [1, 3, 4]
     assert all(p["world_size"] == 6 and p["master_address"] == "h" for p in parts)
     with pytest.raises(ValueError, match="world size"):
-        wsn.split_init_info(info, [2, 2])
+        wsn_group.split_init_info(info, [2, 2])
 
 
 def test_threaded_group_reaches_engines_concurrently_and_reraises():
@@ -306,9 +313,9 @@ def test_threaded_group_reaches_engines_concurrently_and_reraises():
             barrier.wait()
             seen.append((tag, update.version))
 
-        return wsn.SamplerEndpoint(workers=1, connect=connect, apply=apply)
+        return wsn_group.SamplerEndpoint(workers=1, connect=connect, apply=apply)
 
-    group = wsn.ThreadedSamplerGroup([endpoint("a"), endpoint("b")])
+    group = wsn_group.ThreadedSamplerGroup([endpoint("a"), endpoint("b")])
     group.connect([{"rank_offset": 1}, {"rank_offset": 2}])
     group.deliver(WeightUpdate(version=7, backend="nccl", path="x"))
     assert sorted(seen) == [("a", 1), ("a", 7), ("b", 2), ("b", 7)]
@@ -316,21 +323,21 @@ def test_threaded_group_reaches_engines_concurrently_and_reraises():
     def fail(update):
         raise OSError("disk gone")
 
-    broken = wsn.ThreadedSamplerGroup(
-        [wsn.SamplerEndpoint(workers=1, connect=lambda i: None, apply=fail)]
+    broken = wsn_group.ThreadedSamplerGroup(
+        [wsn_group.SamplerEndpoint(workers=1, connect=lambda i: None, apply=fail)]
     )
     with pytest.raises(OSError, match="disk gone"):
         broken.deliver(WeightUpdate(version=1, backend="nccl", path="x"))
     with pytest.raises(ValueError):
-        wsn.ThreadedSamplerGroup([])
+        wsn_group.ThreadedSamplerGroup([])
 
 
 def test_client_refuses_a_payload_that_differs_from_the_update_dir():
     delivered = []
-    group = wsn.ThreadedSamplerGroup(
-        [wsn.SamplerEndpoint(workers=1, connect=lambda i: None, apply=delivered.append)]
+    group = wsn_group.ThreadedSamplerGroup(
+        [wsn_group.SamplerEndpoint(workers=1, connect=lambda i: None, apply=delivered.append)]
     )
-    client = wsn._GroupClient(group)
+    client = wsn_group._GroupClient(group)
     with pytest.raises(RuntimeError, match="outside"):
         client.start_weight_update()
     update = WeightUpdate(version=3, backend="nccl", path="p")
@@ -347,19 +354,19 @@ def test_client_refuses_a_payload_that_differs_from_the_update_dir():
 def test_receive_validates_the_update_before_touching_the_engine(cuda_checks_off, tmp_path):
     llm = FakeLLM()
     with pytest.raises(ValueError, match="not an nccl update"):
-        wsn.receive(llm, WeightUpdate(version=1, backend="checkpoint", path=str(tmp_path)))
+        wsn_engine.receive(llm, WeightUpdate(version=1, backend="checkpoint", path=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="readable by every sampler"):
-        wsn.receive(llm, WeightUpdate(version=1, backend="nccl", path=str(tmp_path)))
+        wsn_engine.receive(llm, WeightUpdate(version=1, backend="nccl", path=str(tmp_path)))
     meta = {
         "format": 1,
         "version": 2,
         "update_info": {"names": [], "dtype_names": [], "shapes": []},
     }
-    (tmp_path / wsn.UPDATE_INFO_FILE).write_text(json.dumps(meta))
+    (tmp_path / wsn_update.UPDATE_INFO_FILE).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="version 2, not 1"):
-        wsn.receive(llm, WeightUpdate(version=1, backend="nccl", path=str(tmp_path)))
+        wsn_engine.receive(llm, WeightUpdate(version=1, backend="nccl", path=str(tmp_path)))
     assert llm.calls == []
-    wsn.receive(llm, WeightUpdate(version=2, backend="nccl", path=str(tmp_path)))
+    wsn_engine.receive(llm, WeightUpdate(version=2, backend="nccl", path=str(tmp_path)))
     assert llm.names() == ["start_weight_update", "update_weights", "finish_weight_update"]
     assert llm.calls[-1][2] == {"weight_version": "2"}
 
@@ -403,7 +410,7 @@ class StubbedNCCL:
         monkeypatch.setattr(nccl_engine, "open_trainer_endpoint", open_trainer_endpoint)
         monkeypatch.setattr(nccl_engine.NCCLTrainerWeightTransferEngine, "_broadcast", broadcast)
         monkeypatch.setattr(wsn, "_require_cuda", lambda what: None)
-        monkeypatch.setattr(wsn, "_require_cuda_engine", lambda what: None)
+        monkeypatch.setattr(wsn_engine, "_require_cuda_engine", lambda what: None)
         monkeypatch.setattr(wsn, "_cuda_device", lambda policy: torch.device("cpu"))
         monkeypatch.setattr(wsn, "_device_scope", lambda device: contextlib.nullcontext())
 
@@ -414,11 +421,11 @@ def sampler_endpoint(llm: FakeLLM, workers: int, applied: list):
     from online_dt.rollout.vllm_prompts import PromptBuilder
 
     def apply(update):
-        wsn.receive(llm, update)
+        wsn_engine.receive(llm, update)
         applied.append((update, PromptBuilder(update.path)))
 
-    return wsn.SamplerEndpoint(
-        workers=workers, connect=lambda info: wsn.connect_sampler(llm, info), apply=apply
+    return wsn_group.SamplerEndpoint(
+        workers=workers, connect=lambda info: wsn_engine.connect_sampler(llm, info), apply=apply
     )
 
 
@@ -427,7 +434,7 @@ def test_publish_round_trip_with_stubbed_nccl(monkeypatch, tmp_path, base_dir, m
     stub = StubbedNCCL(monkeypatch, n_engines=2)
     llms = [FakeLLM(stub.barrier), FakeLLM(stub.barrier)]
     applied: list = []
-    group = wsn.ThreadedSamplerGroup(
+    group = wsn_group.ThreadedSamplerGroup(
         [sampler_endpoint(llms[0], 2, applied), sampler_endpoint(llms[1], 1, applied)]
     )
     publisher = wsn.NCCLPublisher(
@@ -469,7 +476,7 @@ def test_publish_round_trip_with_stubbed_nccl(monkeypatch, tmp_path, base_dir, m
     # the update directory is what the vLLM sampler's prompt builder needs
     assert update == WeightUpdate(version=1, backend="nccl", path=str(tmp_path / "sync/v000001"))
     path = Path(update.path)
-    assert (path / CONDITIONING_FILE).is_file() and (path / wsn.UPDATE_INFO_FILE).is_file()
+    assert (path / CONDITIONING_FILE).is_file() and (path / wsn_update.UPDATE_INFO_FILE).is_file()
     assert len(applied) == 2
     builder = applied[0][1]
     if mode == "scalar":
@@ -501,7 +508,7 @@ def test_publish_round_trip_with_stubbed_nccl(monkeypatch, tmp_path, base_dir, m
 def test_publish_casts_to_the_wire_dtype(monkeypatch, tmp_path, base_dir):
     stub = StubbedNCCL(monkeypatch, n_engines=1)
     llm = FakeLLM(stub.barrier)
-    group = wsn.ThreadedSamplerGroup([sampler_endpoint(llm, 1, [])])
+    group = wsn_group.ThreadedSamplerGroup([sampler_endpoint(llm, 1, [])])
     publisher = wsn.NCCLPublisher(
         tmp_path, group, master_address="h", master_port=1, wire_dtype=torch.bfloat16
     )
@@ -510,7 +517,7 @@ def test_publish_casts_to_the_wire_dtype(monkeypatch, tmp_path, base_dir):
     payload = llm.calls[2][1][0].update_info
     assert set(payload["dtype_names"]) == {"bfloat16"}
     assert {t.dtype for _, t in stub.sent[0]} == {torch.bfloat16}
-    info = json.loads((tmp_path / "v000001" / wsn.UPDATE_INFO_FILE).read_text())
+    info = json.loads((tmp_path / "v000001" / wsn_update.UPDATE_INFO_FILE).read_text())
     assert info["update_info"] == payload
 
 
@@ -519,7 +526,7 @@ def test_a_failed_send_removes_the_version_and_blocks_the_publisher(
 ):
     stub = StubbedNCCL(monkeypatch, n_engines=1, fail_broadcast=True)
     llm = FakeLLM(stub.barrier)
-    group = wsn.ThreadedSamplerGroup([sampler_endpoint(llm, 1, [])])
+    group = wsn_group.ThreadedSamplerGroup([sampler_endpoint(llm, 1, [])])
     publisher = wsn.NCCLPublisher(tmp_path, group, master_address="h", master_port=1)
     policy = make_policy(base_dir)
     with pytest.raises(RuntimeError, match="NCCL error"):

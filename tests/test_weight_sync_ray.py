@@ -15,7 +15,8 @@ import tests.test_loop as loop_tests
 from online_dt.config import ConditioningConfig, ConfigError, OnlineRunConfig, load_config
 from online_dt.loop.futures import LocalHandle
 from online_dt.loop.sampler_group import SamplerGroup
-from online_dt.policy.conditioner import CONDITIONING_FILE, PROMPT_HEAD_KEY, RewardConditioner
+from online_dt.policy.conditioner import RewardConditioner
+from online_dt.policy.conditioner_state import CONDITIONING_FILE, PROMPT_HEAD_KEY
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rollout.factory import make_sampler_from_skeleton
 from online_dt.rollout.hf_sampler import HFSampler

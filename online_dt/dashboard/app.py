@@ -16,7 +16,7 @@ Routes (all ``GET`` but the login form's ``POST``; anything else is 404 or 405):
   whichever was written last); ``/api/eval/plot.png`` its plot;
 * ``/api/klplane`` the reward-vs-KL plane: each iteration's achieved mean reward against its KL
   to the base (nats per completion), the latest evaluation's targets, and the base model's own
-  binned reference (:meth:`~online_dt.dashboard.reader.RunReader.kl_plane`);
+  binned reference (:meth:`~online_dt.dashboard.eval_view.EvalView.kl_plane`);
 * ``/api/pareto?cloud=N`` a run with several objectives: the replay buffer's empirical Pareto
   front, N of its reward vectors (evenly thinned), each iteration's target vector, the
   front's hypervolume per iteration and the latest ``objectives.json`` evaluation's achieved
@@ -29,7 +29,8 @@ to any path, with 401 before a route runs (or a redirect that logs a browser in)
 the form and nothing of the run.
 
 No route serves an arbitrary file of the run directory: each reads one fixed name through
-:class:`~online_dt.dashboard.reader.RunReader`, which refuses symlinks that leave it. Query
+:class:`~online_dt.dashboard.reader.RunReader` or one of its parts, all of which read through
+its :class:`~online_dt.dashboard.run_files.RunFiles`, which refuses symlinks that leave it. Query
 parameters are validated (``since=abc`` or out-of-range values get 422) and every answer is
 ``Cache-Control: no-store``.
 """
@@ -46,7 +47,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from online_dt.dashboard.auth import LOGIN_PATH, TokenAuth, login_page
-from online_dt.dashboard.reader import MAX_CLOUD_POINTS, MAX_SAMPLES_KEPT, RunReader
+from online_dt.dashboard.reader import MAX_CLOUD_POINTS, RunReader
+from online_dt.dashboard.run_files import MAX_SAMPLES_KEPT
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The packaged page and its assets (``index.html``, ``app.js``, ``style.css``, ``vendor/``)."""
@@ -156,8 +158,8 @@ def create_app(
         return {
             "poll_interval_s": poll_interval_s,
             "recent_samples": recent_samples,
-            "run_dir": str(reader.root),
-            "name": reader.root.name,
+            "run_dir": str(reader.files.root),
+            "name": reader.files.root.name,
         }
 
     @app.get("/api/status")
@@ -170,28 +172,28 @@ def create_app(
 
     @app.get("/api/metrics")
     def metrics(since: int = Query(-1, ge=-1, le=MAX_INT)) -> dict[str, Any]:
-        return reader.metrics(since)
+        return reader.files.metrics(since)
 
     @app.get("/api/samples")
     def samples(
         limit: int = Query(recent_samples, ge=1, le=MAX_SAMPLES_KEPT),
     ) -> dict[str, Any]:
-        return reader.samples(limit)
+        return reader.files.samples(limit)
 
     @app.get("/api/buffer")
     def buffer(
         iteration: int | None = Query(None, ge=-1, le=MAX_INT),
         bins: int = Query(30, ge=1, le=200),
     ) -> dict[str, Any]:
-        return reader.buffer_histogram(iteration, bins)
+        return reader.buffer.buffer_histogram(iteration, bins)
 
     @app.get("/api/eval")
     def evaluation() -> dict[str, Any]:
-        return reader.evaluation()
+        return reader.evals.evaluation()
 
     @app.get("/api/klplane")
     def kl_plane() -> dict[str, Any]:
-        return reader.kl_plane()
+        return reader.evals.kl_plane()
 
     @app.get("/api/pareto")
     def pareto(cloud: int = Query(1_000, ge=0, le=MAX_CLOUD_POINTS)) -> dict[str, Any]:
@@ -199,7 +201,7 @@ def create_app(
 
     @app.get("/api/eval/plot.png")
     def eval_plot(v: str | None = Query(None, max_length=64)) -> FileResponse:
-        path = reader.eval_plot()
+        path = reader.evals.eval_plot()
         if path is None:
             raise HTTPException(status_code=404, detail="no evaluation plot")
         return FileResponse(path, media_type="image/png")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from online_dt.eval.reference import reference_line
+from online_dt.eval.reference_report import reference_line
 from online_dt.policy.recalibration import Recalibration
 from online_dt.util.metrics import distinct_n, reward_summary
 
@@ -84,7 +84,8 @@ def format_calibration_table(
     ``kl_to_base`` and ``extrapolation`` fields of :func:`evaluate_calibration`); an
     extrapolation row is marked with ``*``. With a ``reference`` (the binned-base reference of
     ``online-dt eval``), each row is followed by the line of
-    :func:`online_dt.eval.reference.reference_line`: the base's own samples at that target."""
+    :func:`online_dt.eval.reference_report.reference_line`: the base's own samples at that
+    target."""
     with_kl = any(r.get("kl_to_base") is not None for r in rows)
     with_bins = any(r.get("bin") is not None for r in rows)
     with_asked = any(r.get("asked") for r in rows)

@@ -1,6 +1,6 @@
 """The console output of a multi-objective ``online-dt eval`` (``--grid``): the table of
-:func:`~online_dt.eval.objectives.evaluate_grid`'s rows and the lines of
-:func:`~online_dt.eval.objectives.summarize_grid`'s summary (plain text, no I/O)."""
+:func:`~online_dt.eval.objectives_rows.evaluate_grid`'s rows and the lines of
+:func:`~online_dt.eval.objectives_rows.summarize_grid`'s summary (plain text, no I/O)."""
 
 from __future__ import annotations
 

@@ -88,8 +88,8 @@ def plot_objectives(report: dict[str, Any]) -> bytes:
     Args:
         report: the report of :func:`online_dt.eval.run.run_eval` for a run with objectives:
             ``objectives`` (``name``, ``low``, ``high`` each), ``rows`` (of
-            :func:`online_dt.eval.objectives.evaluate_grid`) and ``summary`` (of
-            :func:`online_dt.eval.objectives.summarize_grid`).
+            :func:`online_dt.eval.objectives_rows.evaluate_grid`) and ``summary`` (of
+            :func:`online_dt.eval.objectives_rows.summarize_grid`).
 
     Returns:
         The PNG file's bytes.

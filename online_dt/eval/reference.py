@@ -9,13 +9,15 @@ reward, NLL under the base model per token, word distinct-2 and ``-log P(bin)``,
 on the KL to the base of any policy whose samples all land in the bin (the KL of the perfect
 conditional model ``p_base(y | r(y) in bin)``; see :class:`BinReference`).
 
-Both ``online-dt eval --reference-samples N`` (:func:`eval_reference`, written into the report
-as ``reference``; the dashboard's reward-vs-KL panel draws its ``grid``) and the peer benchmark
+Both ``online-dt eval --reference-samples N``
+(:func:`~online_dt.eval.reference_report.eval_reference`, written into the report as
+``reference``; the dashboard's reward-vs-KL panel draws its ``grid``) and the peer benchmark
 (``bench/peers.py``, which imports these functions) use this one implementation. The reference
 comes from the reduction of reward-conditioned generation to conditioning on a reward level:
 the optimal reward-conditioned policy at level ``r`` is ``p_base(y | r(y) = r)`` (Korbak et al.,
 2022, "RL with KL penalties is better viewed as Bayesian inference"; Lu et al., 2022, "Quark").
 
+The base samples are drawn and measured by :mod:`online_dt.eval.base_samples`.
 Log-probabilities are natural logs (nats); a completion's tokens are the generated ids, EOS
 included when generation stopped on it.
 """
@@ -29,7 +31,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from online_dt.util.metrics import distinct_n
+from online_dt.eval.base_samples import (
+    encode_prompts,
+    nll_per_token,
+    sample_base,
+    teacher_forced_logprobs,
+    word_distinct_n,
+)
 
 DEFAULT_REFERENCE_SAMPLES = 256
 """Base samples of ``online-dt eval``'s reference by default (a few seconds for the embedded
@@ -41,161 +49,6 @@ DEFAULT_BIN_HALF_WIDTH = 0.1
 MIN_BIN_COUNT = 5
 """Bins with fewer base samples are left off the reference curve (their ``-log P(bin)`` and NLL
 rest on a handful of samples)."""
-
-# ---------------------------------------------------------------------------------------------
-# the metrics of a set of samples
-# ---------------------------------------------------------------------------------------------
-
-
-def word_distinct_n(texts: Sequence[str], n: int) -> float:
-    """Word-level distinct-n of a set of completions (Li et al., 2016): unique word n-grams over
-    all word n-grams, words being the completion text split on whitespace.
-
-    Uses :func:`online_dt.util.metrics.distinct_n` on the word lists, so n-grams never cross from
-    one completion into the next. The value falls as the set grows (more repeats), so compare
-    sets of about the same size.
-
-    Args:
-        texts: N completion texts (without the prompt).
-        n: n-gram order, >= 1.
-
-    Returns:
-        A ratio in ``[0, 1]``; 0.0 when no completion has ``n`` words.
-
-    Raises:
-        ValueError: ``n < 1``.
-    """
-    return distinct_n([t.split() for t in texts], n)
-
-
-def nll_per_token(base_logprobs: Sequence[Sequence[float]]) -> float:
-    """Negative log-likelihood of completions under the base model, nats per token:
-    ``-sum_i sum_t log p_base(y_it) / sum_i len(y_i)``.
-
-    Raises:
-        ValueError: there is no token.
-    """
-    tokens = sum(len(lb) for lb in base_logprobs)
-    if tokens == 0:
-        raise ValueError("no completion tokens")
-    return -math.fsum(x for lb in base_logprobs for x in lb) / tokens
-
-
-def teacher_forced_logprobs(
-    model: Any,
-    prompt_ids: Sequence[Sequence[int]],
-    completion_ids: Sequence[Sequence[int]],
-    *,
-    pad_id: int = 0,
-    batch_size: int = 256,
-) -> list[list[float]]:
-    """Log-probabilities of given completion tokens under a plain (unconditioned) causal LM.
-
-    Each row is ``[*prompt, *completion]``, right padded, with the model's default positions
-    (0, 1, ... from the first prompt token, as the base model was trained), and the
-    log-probability of each completion token is read from ``log_softmax`` of the logits at the
-    position before it (``online_dt.policy.logprobs.labelled_token_logprobs``): the raw
-    distribution (temperature 1, no top-p), the one a sampler at
-    temperature 1 and top-p 1 draws from.
-
-    Args:
-        model: a Hugging Face causal LM (``forward(input_ids, attention_mask)`` returns
-            ``logits`` of shape ``[B, T, V]``).
-        prompt_ids: N prompts' token ids, each non-empty.
-        completion_ids: N completions' token ids (EOS included where generated), each non-empty.
-        pad_id: id written into padding (masked out, never scored).
-        batch_size: rows per forward pass.
-
-    Returns:
-        N lists; list ``i`` has ``len(completion_ids[i])`` floats, nats, each ``<= 0``.
-
-    Raises:
-        ValueError: the two sequences differ in length, or a prompt or completion is empty.
-    """
-    import torch
-
-    from online_dt.policy.layout import IGNORE_INDEX
-    from online_dt.policy.logprobs import labelled_token_logprobs
-
-    if len(prompt_ids) != len(completion_ids):
-        raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
-    if any(len(p) == 0 for p in prompt_ids) or any(len(c) == 0 for c in completion_ids):
-        raise ValueError("prompts and completions must be non-empty")
-    device = next(model.parameters()).device
-    out: list[list[float]] = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(prompt_ids), batch_size):
-            rows = [
-                (list(p), list(c))
-                for p, c in zip(
-                    prompt_ids[start : start + batch_size],
-                    completion_ids[start : start + batch_size],
-                    strict=True,
-                )
-            ]
-            width = max(len(p) + len(c) for p, c in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-            for i, (p, c) in enumerate(rows):
-                ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-                mask[i, : len(p) + len(c)] = 1
-                labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            out.extend(r.tolist() for r in labelled_token_logprobs(logits, labels.to(device)))
-    model.train(was_training)
-    return out
-
-
-def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Prompt token ids without special tokens (as the project's policy encodes prompts)."""
-    return [tokenizer.encode(t, add_special_tokens=False) for t in prompts]
-
-
-def sample_base(
-    model: Any, tokenizer: Any, prompts: Sequence[str], sampling: Any, seed: int
-) -> tuple[Any, list[str]]:
-    """One completion per prompt from a plain causal LM with the run's sampling settings
-    (:func:`online_dt.policy.generation.sample_unconditioned`, its generator seeded with
-    ``seed``).
-
-    Args:
-        model: the causal LM (e.g. the base model).
-        tokenizer: its tokenizer (``encode``, ``decode``, ``eos_token_id``, ``pad_token_id``).
-        prompts: N prompt texts, each encoding to at least one token.
-        sampling: a :class:`~online_dt.config.SamplingConfig` (``temperature``, ``top_p``,
-            ``max_new_tokens``, ``batch_size``).
-        seed: the sampling seed.
-
-    Returns:
-        The sampled tokens (:class:`~online_dt.policy.generation.SampledTokens`: N token-id
-        lists and their raw log-probabilities) and the N decoded completion texts (special
-        tokens skipped).
-
-    Raises:
-        ValueError: a prompt encodes to no token.
-    """
-    import torch
-
-    from online_dt.policy.generation import sample_unconditioned
-
-    device = next(model.parameters()).device
-    sampled = sample_unconditioned(
-        model,
-        encode_prompts(tokenizer, prompts),
-        max_new_tokens=sampling.max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        generator=torch.Generator(device=device).manual_seed(seed),
-        batch_size=sampling.batch_size,
-    )
-    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in sampled.token_ids]
-    return sampled, texts
-
 
 # ---------------------------------------------------------------------------------------------
 # the bins
@@ -399,101 +252,3 @@ def base_reference(
         ],
         "grid": [b.as_dict() for b in binned_reference(rewards, texts, base_lp, levels, **kwargs)],
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# online-dt eval
-# ---------------------------------------------------------------------------------------------
-
-
-def eval_reference(
-    cfg: Any,
-    prompts: Sequence[str],
-    score: Callable[[list[str], list[str]], list[float]],
-    centers: Sequence[float],
-    *,
-    samples: int,
-    seed: int,
-    half_width: float = DEFAULT_BIN_HALF_WIDTH,
-    max_samples: int | None = None,
-) -> dict[str, Any]:
-    """:func:`base_reference` for ``online-dt eval``: the run's base model (loaded plain, as
-    the run resolves it: :func:`online_dt.embedded.base_model.resolve_base_model`) on the
-    evaluation's prompts with the run's sampling settings.
-
-    Args:
-        cfg: the run config (``model``, ``bootstrap``, ``sampling``).
-        prompts: the prompts the calibration rows were sampled on (cycled).
-        score: the validated reward function.
-        centers: the evaluated targets.
-        samples: base samples, >= 1.
-        seed: the sampling seed (each bin's distinct-2 subsample uses ``seed + 1``).
-        half_width: half the bin width (reward units), > 0.
-        max_samples: each bin's distinct-2 is on at most this many samples (the evaluation's
-            samples per target, so the sizes compare).
-
-    Returns:
-        The dict of :func:`base_reference` plus ``base_model`` (its path), ``prompts`` (how many
-        distinct prompts) and ``min_count`` (:data:`MIN_BIN_COUNT`: bins below it are left off
-        the dashboard's curve).
-
-    Raises:
-        OSError: the base model cannot be loaded.
-        ValueError: as :func:`base_reference`.
-    """
-    from online_dt.embedded.base_model import resolve_base_model
-    from online_dt.policy.loading import load_model_and_tokenizer
-    from online_dt.util.devices import resolve_device
-
-    path = resolve_base_model(cfg.model, cfg.bootstrap, progress=False)
-    model, tokenizer = load_model_and_tokenizer(path, cfg.model.attn_implementation)
-    model = model.to(resolve_device(cfg.model.device)).eval().requires_grad_(False)
-    out = base_reference(
-        model,
-        tokenizer,
-        prompts,
-        score,
-        cfg.sampling,
-        centers,
-        samples=samples,
-        seed=seed,
-        subsample_seed=seed + 1,
-        half_width=half_width,
-        max_samples=max_samples,
-    )
-    return {
-        **out,
-        "base_model": str(path),
-        "prompts": len(set(prompts)),
-        "min_count": MIN_BIN_COUNT,
-    }
-
-
-def reference_line(row: dict[str, Any], reference: dict[str, Any] | None) -> str | None:
-    """The console line under a calibration row: the base's samples in the row's target bin
-    (count and share, mean reward, NLL per token, the ``-log P(bin)`` KL lower bound per
-    completion and per token, word distinct-2), or ``None`` when ``reference`` has no bin at
-    the row's target."""
-    if not reference:
-        return None
-    target = row.get("target")
-    if target is None:
-        return None
-    bins = {round(b["center"], 6): b for b in reference.get("at_targets", [])}
-    b = bins.get(round(float(target), 6))
-    if b is None:
-        return None
-    w = b["half_width"]
-    head = f"  ^ base, r in [{target - w:.3f}, {target + w:.3f}]: n={b['count']}"
-    if not b["count"]:
-        return head + f" of {reference.get('samples')} base samples (none in the bin)"
-
-    def num(x: Any) -> str:
-        return "-" if x is None or not math.isfinite(x) else f"{x:.3f}"
-
-    return (
-        head + f" ({100 * b['fraction']:.1f}%), r_mean {num(b['reward_mean'])}, "
-        f"NLL/tok {num(b['nll_per_token'])}, ideal KL >= {num(b['kl_ideal_lower_bound'])} "
-        f"(/tok >= {num(b['kl_ideal_lower_bound_per_token'])}), "
-        f"word d-2 {num(b['distinct_2'])} on {b['distinct_2_samples']}"
-    )

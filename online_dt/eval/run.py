@@ -23,9 +23,9 @@ By default one target above the best reward ever seen in the replay buffer is ad
 for it does (usually: the achieved reward saturates or falls, and KL rises).
 
 A run with several objectives (``conditioning.objectives``) is evaluated on a grid of target
-vectors instead (:mod:`online_dt.eval.objectives`; ``online-dt eval RUN_DIR --grid N``): ``N``
-points per objective spanning the buffer's 10th to 90th percentile, or explicit vector targets.
-It writes
+vectors instead (:mod:`online_dt.eval.objectives`, run by :mod:`online_dt.eval.run_objectives`;
+``online-dt eval RUN_DIR --grid N``): ``N`` points per objective spanning the buffer's 10th to
+90th percentile, or explicit vector targets. It writes
 
 * ``objectives.json``: one row per target vector (per objective: achieved mean, p10, p90,
   absolute error in reward and normalised units; achievable or not; distinct-2; KL), and a
@@ -36,14 +36,16 @@ It writes
 
 Its report has ``reference: null``: the binned-base reference bins by one reward, so it is
 skipped (``reference_error`` says so), and no extrapolation target is added.
+
+The models are loaded by :mod:`online_dt.eval.loading`, guidance and recalibration are set up by
+:mod:`online_dt.eval.steering`, and explicit targets are checked by
+:mod:`online_dt.eval.target_input`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,56 +57,24 @@ from online_dt.eval.calibration import (
     evaluate_calibration,
     plan_targets,
 )
-from online_dt.eval.objectives import (
-    ACHIEVABLE_MIN_COUNT,
-    ACHIEVABLE_RADIUS,
-    CALIBRATION_GOAL,
-    DEFAULT_GRID_POINTS,
-    GRID_QUANTILES,
-    achievable,
-    buffer_reward_vectors,
-    evaluate_grid,
-    grid_targets,
-    summarize_grid,
-)
-from online_dt.eval.plot import plot_calibration, plot_objectives
+from online_dt.eval.loading import kl_estimator, load_sampler
+from online_dt.eval.plot import plot_calibration
 from online_dt.eval.reference import DEFAULT_BIN_HALF_WIDTH, DEFAULT_REFERENCE_SAMPLES
-from online_dt.eval.source import EvalError, EvalSource, buffer_rewards, resolve_source
-from online_dt.launch.rundir import (
-    CONFIG_FILE,
-    EVAL_DIR,
-    EVAL_OBJECTIVES_FILE,
-    EVAL_OBJECTIVES_PLOT_FILE,
-    EVAL_PLOT_FILE,
-    EVAL_TABLE_FILE,
-    finite_or_none,
-)
+from online_dt.eval.reference_report import report_reference
+from online_dt.eval.run_objectives import run_objectives_eval
+from online_dt.eval.source import EvalError, buffer_rewards, resolve_source
+from online_dt.eval.steering import RECALIBRATION_SEED_KEY, plan_guidance, recalibrate
+from online_dt.eval.target_input import TargetSpec, show_target
+from online_dt.launch.rundir import CONFIG_FILE, EVAL_DIR, EVAL_PLOT_FILE, EVAL_TABLE_FILE
 from online_dt.policy.recalibration import default_grid
-from online_dt.training.kl import kl_per_completion
 from online_dt.util.seeds import derived_seed
-
-log = logging.getLogger(__name__)
 
 REFERENCE_SEED_KEY = 2**20
 """The reference's sampling seed is ``derived_seed(seed, REFERENCE_SEED_KEY)`` (target k uses
 ``derived_seed(seed, k)``, and no evaluation has that many targets)."""
 
-RECALIBRATION_SEED_KEY = 2**20 + 1
-"""Recalibration draws its prompts with ``derived_seed(seed, RECALIBRATION_SEED_KEY)``, samples
-grid value k with ``derived_seed(seed, RECALIBRATION_SEED_KEY, k)`` and mixes with
-``derived_seed(seed, RECALIBRATION_SEED_KEY, 2**20)``."""
-
 DEFAULT_SAMPLES_PER_TARGET = 64
 """Completions per target by default (about 1 s per target for the embedded model on 2 cores)."""
-
-REFERENCE_SKIPPED = (
-    "the binned-base reference bins base-model samples by a single reward; it is skipped for "
-    "runs with several objectives (conditioning.objectives)"
-)
-"""``reference_error`` of a multi-objective evaluation (with ``reference_samples > 0``)."""
-
-TargetSpec = float | Sequence[float]
-"""A target as given to :func:`run_eval`: a number, or a vector (one value per objective)."""
 
 
 def run_eval(
@@ -174,7 +144,7 @@ def run_eval(
             interpolated value); see :class:`~online_dt.policy.recalibration.Recalibration`.
 
     With objectives, ``extrapolation_margin`` and the reference are not used; the report is
-    :func:`_run_objectives_eval`'s.
+    :func:`~online_dt.eval.run_objectives.run_objectives_eval`'s.
 
     Returns:
         The report written to ``calibration.json``: ``rows`` (see :func:`evaluate_calibration`;
@@ -183,7 +153,7 @@ def run_eval(
         value, ``calls`` and ``bracket`` per target),
         ``buffer`` (``best_reward``, ``samples``), the policy, config, sampling settings, the
         paths written (``table``, ``plot``), timings, ``reference`` (the dict of
-        :func:`~online_dt.eval.reference.eval_reference` with non-finite numbers as ``None``,
+        :func:`~online_dt.eval.reference_report.eval_reference` with non-finite numbers as ``None``,
         or ``None``) and ``reference_error`` (why it is missing when the base model could not
         be loaded, else ``None``).
 
@@ -243,7 +213,7 @@ def run_eval(
             raise EvalError(
                 "--guidance and --recalibrate are for runs with a single reward, not objectives"
             )
-        return _run_objectives_eval(
+        return run_objectives_eval(
             source,
             src,
             cfg,
@@ -267,7 +237,7 @@ def run_eval(
     if vectors:
         raise EvalError(
             f"{cfg_file} conditions on a single reward (no conditioning.objectives): targets "
-            f"must be numbers, got {_show(vectors[0])}"
+            f"must be numbers, got {show_target(vectors[0])}"
         )
     rewards_seen = buffer_rewards(src.run_dir)
     if rewards_seen.ndim != 1:
@@ -279,7 +249,7 @@ def run_eval(
     given = list(targets) if targets else default_targets(rewards_seen)
     planned = plan_targets(given, best, extrapolation_margin)
 
-    guidance = _guidance(rewards_seen, guidance_weight, guidance_rewards, guidance_prior)
+    guidance = plan_guidance(rewards_seen, guidance_weight, guidance_rewards, guidance_prior)
     scalar_grid = list(recalibration_grid or [])
     if recalibration_samples > 0 and not scalar_grid and cfg.conditioning.mode == "scalar":
         if len(rewards_seen) == 0 or not rewards_seen.max() > rewards_seen.min():
@@ -291,14 +261,14 @@ def run_eval(
 
     prompts = load_prompts(cfg.prompts)
     reward_model = load_reward_model(cfg.reward_model)
-    sampler, policy = _load_sampler(cfg, src, backend, guidance)
+    sampler, policy = load_sampler(cfg, src, backend, guidance)
     try:
         t_loaded = time.perf_counter()
-        kl_fn, kl_error = _kl_estimator(cfg, policy) if with_kl else (None, None)
+        kl_fn, kl_error = kl_estimator(cfg, policy) if with_kl else (None, None)
         score = functools.partial(score_checked, reward_model)
         recal, ask = None, None
         if recalibration_samples > 0:
-            recal, fit = _recalibrate(
+            recal, fit = recalibrate(
                 sampler,
                 score,
                 policy,
@@ -326,7 +296,7 @@ def run_eval(
             describe=policy.conditioner.describe_target,
             ask=ask,
         )
-        reference, reference_error = _reference(
+        reference, reference_error = report_reference(
             cfg,
             prompts[:samples_per_target],
             score,
@@ -375,326 +345,3 @@ def run_eval(
     atomic_write_bytes(out / EVAL_PLOT_FILE, plot_calibration(report))
     atomic_write_json(out / EVAL_TABLE_FILE, report)
     return report
-
-
-def _show(target: Any) -> str:
-    """A target as the user would type it: ``0.5`` or ``0.5,-3``."""
-    if isinstance(target, int | float):
-        return f"the number {target:g}"
-    try:
-        return "the vector " + ",".join(f"{float(v):g}" for v in target)
-    except (TypeError, ValueError):
-        return repr(target)
-
-
-def _vector_targets(
-    targets: Sequence[TargetSpec], names: Sequence[str], cfg_file: Path
-) -> list[tuple[float, ...]]:
-    """Explicit targets of a run with objectives as tuples of ``len(names)`` floats.
-
-    Raises:
-        EvalError: a target is a number, or a vector of another length or with a non-finite
-            value.
-    """
-    m = len(names)
-    example = ",".join(n.upper() for n in names)
-    how = f"a vector of {m} values ({', '.join(names)}; on the command line --targets {example})"
-    out = []
-    for t in targets:
-        if isinstance(t, int | float | str | bytes):
-            raise EvalError(
-                f"{cfg_file} conditions on {m} objectives (conditioning.objectives): each target"
-                f" must be {how}, got {_show(t)}"
-            )
-        try:
-            vector = tuple(float(v) for v in t)
-        except (TypeError, ValueError):
-            raise EvalError(f"each target must be {how}, got {t!r}") from None
-        if len(vector) != m or not all(math.isfinite(v) for v in vector):
-            raise EvalError(f"each target must be {how} (finite), got {_show(vector)}")
-        out.append(vector)
-    return out
-
-
-def _run_objectives_eval(
-    source: str | Path,
-    src: EvalSource,
-    cfg: Any,
-    cfg_file: Path,
-    *,
-    targets: Sequence[TargetSpec] | None,
-    grid: int | None,
-    samples_per_target: int,
-    out_dir: str | Path | None,
-    backend: str,
-    with_kl: bool,
-    seed: int,
-    reference_samples: int,
-    started: float,
-) -> dict[str, Any]:
-    """The grid evaluation of a run with ``conditioning.objectives``
-    (:mod:`online_dt.eval.objectives`): writes ``objectives.json`` and ``objectives.png``.
-
-    Targets: the explicit vectors, else the ``grid ** M`` grid of
-    :func:`~online_dt.eval.objectives.grid_targets` over the buffer's reward vectors. Prompts
-    and seeds as the single-reward evaluation: every target sees the first
-    ``samples_per_target`` prompts of the run's prompt set (cycling), target k samples with
-    ``derived_seed(seed, k)``.
-
-    Returns:
-        The report written to ``objectives.json``: ``kind`` (``"objectives"``), ``objectives``
-        (``name``, ``low``, ``high`` each), ``grid_points`` (``None`` with explicit targets),
-        ``rows`` (:func:`~online_dt.eval.objectives.evaluate_grid`; in token mode each row
-        also has ``bin``: the target's bin and ``above_range`` per objective, from the
-        policy conditioner's ``describe_target``), ``summary``
-        (:func:`~online_dt.eval.objectives.summarize_grid`), ``achievable_rule`` (radius in
-        normalised units and minimum count), ``buffer`` (``samples``; ``best``: per objective
-        the largest achieved reward, or ``None``), the policy, config, sampling settings,
-        timings, ``reference: None`` with ``reference_error`` (why), the paths written
-        (``table``, ``plot``); non-finite numbers are ``None``.
-
-    Raises:
-        EvalError: ``grid`` with ``targets``, or a target that is not a vector of ``M``
-            finite values.
-    """
-    from online_dt.launch.prompts import load_prompts
-    from online_dt.rewards import load_reward_model, score_checked
-    from online_dt.rollout.sampler import SamplingParams
-    from online_dt.util.atomic import atomic_write_bytes, atomic_write_json
-
-    objectives = list(cfg.conditioning.objectives)
-    names = [o.name for o in objectives]
-    if targets and grid is not None:
-        raise EvalError("give either --targets or --grid (grid points per objective), not both")
-    explicit = _vector_targets(targets, names, cfg_file) if targets else None
-    per_axis = None if explicit else (DEFAULT_GRID_POINTS if grid is None else grid)
-    rewards_seen = buffer_reward_vectors(src.run_dir, len(objectives))
-    planned = explicit or grid_targets(objectives, rewards_seen, per_axis or DEFAULT_GRID_POINTS)
-    flags = achievable(planned, rewards_seen, objectives)
-
-    prompts = load_prompts(cfg.prompts)
-    reward_model = load_reward_model(cfg.reward_model)
-    sampler, policy = _load_sampler(cfg, src, backend)
-    try:
-        t_loaded = time.perf_counter()
-        kl_fn, kl_error = _kl_estimator(cfg, policy) if with_kl else (None, None)
-        rows = evaluate_grid(
-            sampler,
-            lambda p, c: score_checked(reward_model, p, c, objectives=names),
-            prompts,
-            planned,
-            samples_per_target,
-            lambda k: SamplingParams.from_config(cfg.sampling, n=1, seed=derived_seed(seed, k)),
-            objectives,
-            achievable_flags=flags,
-            kl=kl_fn,
-        )
-        if policy.conditioner.binnings:  # token mode: each objective's bin of the target
-            for row, target in zip(rows, planned, strict=True):
-                row["bin"] = policy.conditioner.describe_target(target)
-    finally:
-        close = getattr(sampler, "close", None)
-        if close is not None:
-            close()
-    summary = summarize_grid(rows, objectives, rewards_seen)
-    out = (
-        Path(out_dir) if out_dir is not None else (src.run_dir or src.policy_dir.parent) / EVAL_DIR
-    )
-    report = {
-        "kind": "objectives",
-        "created_at": time.time(),
-        "source": str(source),
-        "policy": str(src.policy_dir),
-        "run_dir": str(src.run_dir) if src.run_dir else None,
-        "config": str(cfg_file),
-        "iteration": src.iteration,
-        "policy_version": src.policy_version,
-        "backend": getattr(sampler, "backend", backend),
-        "reward_model": cfg.reward_model.kind,
-        "objectives": [{"name": o.name, "low": o.low, "high": o.high} for o in objectives],
-        "grid_points": per_axis,
-        "grid_quantiles": list(GRID_QUANTILES),
-        "achievable_rule": {
-            "radius_normalised": ACHIEVABLE_RADIUS,
-            "min_count": ACHIEVABLE_MIN_COUNT,
-            "what": "at least min_count buffer samples within L-infinity distance radius of the"
-            " target, in normalised units (each objective's [low, high] -> [-1, 1])",
-        },
-        "goal": CALIBRATION_GOAL,
-        "samples_per_target": samples_per_target,
-        "sampling": cfg.sampling.model_dump(mode="json"),
-        "seed": seed,
-        "buffer": {
-            "samples": len(rewards_seen),
-            "best": [float(v) for v in rewards_seen.max(axis=0)] if len(rewards_seen) else None,
-        },
-        "extrapolation_margin": None,
-        "kl_estimator": "k1: mean over completions of sum_t log pi(y_t) - log p_base(y_t), nats",
-        "kl_error": kl_error,
-        "rows": rows,
-        "summary": summary,
-        "reference": None,
-        "reference_error": REFERENCE_SKIPPED if reference_samples > 0 else None,
-        "timings_s": {
-            "load_s": t_loaded - started,
-            "eval_s": time.perf_counter() - t_loaded,
-        },
-        "table": str(out / EVAL_OBJECTIVES_FILE),
-        "plot": str(out / EVAL_OBJECTIVES_PLOT_FILE),
-    }
-    report = finite_or_none(report)
-    atomic_write_bytes(out / EVAL_OBJECTIVES_PLOT_FILE, plot_objectives(report))
-    atomic_write_json(out / EVAL_OBJECTIVES_FILE, report)
-    return report
-
-
-def _reference(
-    cfg: Any,
-    prompts: Sequence[str],
-    score: Any,
-    targets: Sequence[float],
-    samples: int,
-    half_width: float,
-    max_samples: int,
-    seed: int,
-) -> tuple[dict[str, Any] | None, str | None]:
-    """(the binned-base reference or ``None``, why it is missing or ``None``)."""
-    from online_dt.eval.reference import eval_reference
-
-    if samples == 0:
-        return None, None
-    try:
-        reference = eval_reference(
-            cfg,
-            prompts,
-            score,
-            targets,
-            samples=samples,
-            seed=seed,
-            half_width=half_width,
-            max_samples=max_samples,
-        )
-    except OSError as e:
-        log.warning("no binned-base reference: base model could not be loaded: %s", e)
-        return None, f"base model could not be loaded: {e}"
-    return finite_or_none(reference), None
-
-
-def _guidance(
-    rewards_seen: Any, weight: float, rewards: Sequence[float] | None, prior: str
-) -> dict[str, Any] | None:
-    """The report's ``guidance`` (``weight``, ``rewards``, ``prior``, ``prior_weights``), or
-    ``None`` for ``weight == 0``.
-
-    Raises:
-        EvalError: the buffer is empty and it is needed (default rewards, ``buffer`` prior).
-        ValueError: ``rewards`` not ascending (from ``buffer_prior``).
-    """
-    from online_dt.policy.guidance import buffer_prior, even_grid
-
-    if weight == 0:
-        return None
-    needs_buffer = not rewards or prior == "buffer"
-    if needs_buffer and not len(rewards_seen):
-        raise EvalError(
-            "the run's replay buffer is empty: pass --guidance-grid R ... and "
-            "--guidance-prior uniform"
-        )
-    grid = [float(r) for r in rewards] if rewards else even_grid(rewards_seen)
-    weights = buffer_prior(rewards_seen, grid) if prior == "buffer" else [1.0] * len(grid)
-    return {"weight": weight, "rewards": grid, "prior": prior, "prior_weights": weights}
-
-
-def _recalibrate(
-    sampler: Any,
-    score: Any,
-    policy: Any,
-    prompts: Sequence[str],
-    samples: int,
-    grid: Sequence[float],
-    strategy: str,
-    cfg: Any,
-    seed: int,
-) -> tuple[dict[str, Any], Any]:
-    """The report's ``recalibration`` and the fitted
-    :class:`~online_dt.policy.recalibration.Recalibration`: ``samples`` prompts drawn with the
-    seed ``derived_seed(seed, RECALIBRATION_SEED_KEY)``, measured at every value of
-    :func:`~online_dt.policy.recalibration.conditioning_grid` (``grid`` in scalar mode)."""
-    import numpy as np
-
-    from online_dt.eval.calibration import measure_recalibration
-    from online_dt.policy.recalibration import conditioning_grid
-    from online_dt.rollout.sampler import SamplingParams
-
-    values = conditioning_grid(policy.conditioner, grid)
-    rng = np.random.default_rng(derived_seed(seed, RECALIBRATION_SEED_KEY))
-    chosen = [prompts[int(i)] for i in rng.integers(0, len(prompts), samples)]
-    recal = measure_recalibration(
-        sampler,
-        score,
-        chosen,
-        values,
-        lambda k: SamplingParams.from_config(
-            cfg.sampling, n=1, seed=derived_seed(seed, RECALIBRATION_SEED_KEY, k)
-        ),
-    )
-    report = {
-        **recal.to_dict(),
-        "strategy": strategy,
-        "samples": samples,
-        "calls": samples * len(values),
-    }
-    return report, recal
-
-
-def _load_sampler(
-    cfg: Any, src: EvalSource, backend: str, guidance: dict[str, Any] | None = None
-) -> tuple[Any, Any]:
-    """(sampler, HF policy) over the source's policy; the HF policy also tokenizes for KL.
-    With ``guidance`` (:func:`_guidance`'s) the HF sampler samples guided."""
-    from online_dt.config import OnlineRunConfig
-    from online_dt.policy.policy import RewardConditionedPolicy
-    from online_dt.rollout.hf_sampler import HFSampler
-
-    if backend not in ("hf", "config"):
-        raise ValueError(f"backend must be 'hf' or 'config', got {backend!r}")
-    device = cfg.model.device
-    policy = RewardConditionedPolicy.from_pretrained(src.policy_dir, device=device).eval()
-    version = src.policy_version or 0
-    if backend == "config" and isinstance(cfg, OnlineRunConfig):
-        from online_dt.rollout.factory import make_sampler
-
-        return make_sampler(cfg, str(src.policy_dir), version), policy
-    return HFSampler(
-        policy,
-        batch_size=cfg.sampling.batch_size,
-        policy_version=version,
-        guidance_weight=guidance["weight"] if guidance else 0.0,
-        guidance_mixture=(
-            list(zip(guidance["rewards"], guidance["prior_weights"], strict=True))
-            if guidance
-            else ()
-        ),
-    ), policy
-
-
-def _kl_estimator(cfg: Any, policy: Any) -> tuple[Any, str | None]:
-    """``(kl, None)``: ``kl(rollouts)`` gives each rollout's KL to the base model (nats per
-    completion, :func:`kl_per_completion`); or ``(None, why)`` when the base model cannot be
-    loaded (logged as a warning)."""
-    try:
-        base_model = _load_base_model(cfg)
-    except OSError as e:
-        error = f"base model could not be loaded: {e}"
-        log.warning("no KL estimate: %s", error)
-        return None, error
-    return (lambda rollouts: kl_per_completion(policy, base_model, rollouts)), None
-
-
-def _load_base_model(cfg: Any) -> Any:
-    """The frozen base model as the learner builds it (same vocabulary as the policy)."""
-    from online_dt.embedded.base_model import resolve_base_model
-    from online_dt.policy.policy import RewardConditionedPolicy
-
-    base = resolve_base_model(cfg.model, cfg.bootstrap, progress=False)
-    return RewardConditionedPolicy.fresh(cfg, base).model.eval().requires_grad_(False)

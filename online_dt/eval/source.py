@@ -22,7 +22,7 @@ from online_dt.launch.rundir import (
     RunDir,
     RunDirError,
 )
-from online_dt.policy.conditioner import CONDITIONING_FILE
+from online_dt.policy.conditioner_state import CONDITIONING_FILE
 from online_dt.replay.shards import read_persisted
 
 

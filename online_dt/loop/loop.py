@@ -35,8 +35,9 @@ from online_dt.loop.console import iteration_line, reward_text
 from online_dt.loop.front_schedule import front_targets, mean_target
 from online_dt.loop.futures import Future
 from online_dt.loop.records import iteration_record, sample_log
+from online_dt.loop.reward_stats import RewardStats
 from online_dt.loop.rollout_batch import RolloutBatch, SamplerRecovery
-from online_dt.loop.schedule import RewardStats, ScheduleState, next_target, sample_targets
+from online_dt.loop.schedule import ScheduleState, next_target, sample_targets
 from online_dt.loop.scoring import score_rollouts
 from online_dt.loop.timing import StageTimer
 from online_dt.loop.workers import Workers

@@ -1,16 +1,16 @@
-"""The conditioner: rewards to the content of the conditioning slot, and its persistence.
+"""The conditioner: rewards to the content of the conditioning slot.
 
 It is independent of the language model: the policy uses it for training and HF generation, the
 vLLM sampler to build ``prompt_embeds`` or reward-token prompts. A saved policy directory holds
 it in a ``reward_conditioning/`` folder: ``conditioning.json`` (config, normaliser state, bin
 edges and whether they were fitted, reward-token ids; per objective with objectives in token
-mode) and, in scalar mode, ``head.safetensors``.
+mode) and, in scalar mode, ``head.safetensors`` (that persistence, and the in-memory state
+that travels to samplers: :mod:`online_dt.policy.conditioner_state`; fitting the normaliser and
+bins to rewards: :mod:`online_dt.policy.conditioner_bins`).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,16 +19,15 @@ import torch
 from torch import nn
 
 from online_dt.config import ConditioningConfig
-from online_dt.policy.normalization import RewardBinning, RewardNormalizer, reward_token
-
-CONDITIONING_DIR = "reward_conditioning"
-"""Subdirectory of a policy directory holding the conditioning (kept out of the top level,
-where vLLM and transformers load every ``*.safetensors`` file as model weights)."""
-CONDITIONING_FILE = f"{CONDITIONING_DIR}/conditioning.json"
-HEAD_FILE = f"{CONDITIONING_DIR}/head.safetensors"
-FORMAT_VERSION = 1
-PROMPT_HEAD_KEY = "prompt.weight"
-"""Key of the ``reward_on_prompt`` weight ``[hidden, 1]`` in ``head.safetensors``."""
+from online_dt.policy import conditioner_bins
+from online_dt.policy.conditioner_state import (
+    conditioner_state,
+    load_conditioner,
+    parse_state,
+    save_state,
+    take_over_state,
+)
+from online_dt.policy.normalization import RewardBinning, RewardNormalizer
 
 
 class RewardConditioner(nn.Module):
@@ -117,14 +116,7 @@ class RewardConditioner(nn.Module):
         configured ``bin_edges``, else ``first_bins`` bins evenly over ``[reward_min,
         reward_max]``; with objectives, ``num_reward_tokens`` bins evenly over each objective's
         ``[low, high]``, in the config's order."""
-        if config.mode != "token":
-            return []
-        if config.objectives:
-            k = config.num_reward_tokens
-            return [RewardBinning.evenly(o.low, o.high, k) for o in config.objectives]
-        if config.bin_edges is not None:
-            return [RewardBinning(config.bin_edges)]
-        return [RewardBinning.evenly(config.reward_min, config.reward_max, config.first_bins)]
+        return conditioner_bins.initial_binnings(config)
 
     @property
     def slot_width(self) -> int:
@@ -180,44 +172,7 @@ class RewardConditioner(nn.Module):
         Raises:
             ValueError: with objectives, a pool reward is not a vector of ``M`` floats.
         """
-        cfg = self.config
-        if cfg.objectives:  # each objective is normalised from its configured range
-            if cfg.mode == "token" and cfg.bin_method == "quantile":
-                self._cut_objective_bins(rewards if pool is None else pool)
-            return []
-        self.normalizer.update(rewards)
-        if cfg.mode != "token" or cfg.bin_method != "quantile" or cfg.bin_edges is not None:
-            return []
-        values = [float(r) for r in (rewards if pool is None else pool)]
-        if not values:
-            return []
-        splits: list[tuple[int, int]] = []
-        if not cfg.splits_top_bin or not self.bins_fitted:
-            if len(values) < cfg.first_bins:
-                return []
-            self.binnings = [RewardBinning.from_quantiles(values, cfg.first_bins)]
-            self.bins_fitted = True
-        else:
-            binning = self.binnings[0]
-            while (split := binning.split_top(values, cfg.num_reward_tokens)) is not None:
-                splits.append((split.num_bins - 1, binning.num_bins - 1))
-                binning = split
-            self.binnings = [binning]
-        self.bin_ranges = [(min(values), max(values))]
-        return splits
-
-    def _cut_objective_bins(self, pool: Sequence[Any]) -> None:
-        """Token mode with objectives, ``bin_refit: buffer``: re-cut every objective's ``K``
-        bins at the ``k/K`` quantiles of its column of ``pool`` (``N`` vectors of ``M``
-        rewards; nothing changes while ``N < K``)."""
-        k = self.config.num_reward_tokens
-        if len(pool) < k:
-            return
-        rows = self.reward_tensor(list(pool), dtype=torch.float64)
-        columns = rows.T.tolist()
-        self.binnings = [RewardBinning.from_quantiles(column, k) for column in columns]
-        self.bin_ranges = [(min(column), max(column)) for column in columns]
-        self.bins_fitted = True
+        return conditioner_bins.fit_reward_statistics(self, rewards, pool)
 
     def describe_target(self, target: Any) -> dict[str, Any] | None:
         """Which bin (token mode) a target reward maps to, or ``None`` in scalar mode.
@@ -238,19 +193,7 @@ class RewardConditioner(nn.Module):
         Raises:
             ValueError: with objectives, ``target`` is not ``M`` floats.
         """
-        if not self.binnings:
-            return None
-        names = self.config.objective_names
-        if not names:
-            return _describe_bin(self.binnings[0], self.bin_ranges[0], float(target), None)
-        values = self.reward_tensor([target], dtype=torch.float64)[0].tolist()
-        per = [
-            {"name": name, **_describe_bin(binning, span, value, name)}
-            for name, binning, span, value in zip(
-                names, self.binnings, self.bin_ranges, values, strict=True
-            )
-        ]
-        return {"objectives": per, "above_range": any(d["above_range"] for d in per)}
+        return conditioner_bins.describe_target(self, target)
 
     def slot_token_ids(self, rewards: Sequence[Any]) -> list[int] | list[list[int]]:
         """The slot's ids for each reward, the form :func:`~online_dt.policy.layout.layout_batch`
@@ -371,57 +314,19 @@ class RewardConditioner(nn.Module):
             ``bin_range`` then ``None``; plain JSON values, copied, so later changes to this
             conditioner do not show in it); ``head`` maps the scalar head's
             parameter names (``weight`` ``[H, F]``, ``bias`` ``[H]``, and with
-            ``reward_on_prompt`` :data:`PROMPT_HEAD_KEY` ``[H, 1]``) to float32 CPU tensors
-            (copies) in scalar mode, and is ``None`` in token mode: ``head.safetensors``.
+            ``reward_on_prompt``
+            :data:`~online_dt.policy.conditioner_state.PROMPT_HEAD_KEY` ``[H, 1]``) to
+            float32 CPU tensors (copies) in scalar mode, and is ``None`` in token mode:
+            ``head.safetensors``.
             Picklable (it travels through Ray's object store); :meth:`from_state` reads it
             back.
         """
-        head = None
-        if self.head is not None:
-            head = {
-                k: v.detach().to("cpu", torch.float32, copy=True).contiguous()
-                for k, v in self.head.state_dict().items()
-            }
-            if self.prompt_head is not None:
-                weight = self.prompt_head.weight.detach()
-                head[PROMPT_HEAD_KEY] = weight.to("cpu", torch.float32, copy=True).contiguous()
-        binning, span = self.binning, self.bin_range
-        meta: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "config": self.config.model_dump(mode="json"),
-            "normalizer": self.normalizer.state_dict(),
-            "bin_edges": binning.edges if binning is not None else None,
-            "bins_fitted": self.bins_fitted,
-            "bin_range": list(span) if span is not None else None,
-            "reward_token_ids": self.reward_token_ids,
-            "placeholder_id": self.placeholder_id,
-        }
-        if self.config.objectives and self.binnings:
-            meta["objective_bins"] = [
-                {
-                    "name": name,
-                    "bin_edges": b.edges,
-                    "bin_range": list(r) if r is not None else None,
-                    "reward_token_ids": self.objective_token_ids(m),
-                }
-                for m, (name, b, r) in enumerate(
-                    zip(self.config.objective_names, self.binnings, self.bin_ranges, strict=True)
-                )
-            ]
-        # a JSON round trip: the values conditioning.json would hold, sharing no list with self
-        return {"meta": json.loads(json.dumps(meta)), "head": head}
+        return conditioner_state(self)
 
     def save(self, path: str | Path) -> None:
         """Write ``reward_conditioning/conditioning.json`` (and ``head.safetensors``) under
         ``path``: the content of :meth:`to_state`."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        (path / CONDITIONING_DIR).mkdir(parents=True, exist_ok=True)
-        state = self.to_state()
-        if state["head"] is not None:
-            save_file(state["head"], str(path / HEAD_FILE))
-        (path / CONDITIONING_FILE).write_text(json.dumps(state["meta"], indent=2))
+        save_state(self.to_state(), path)
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RewardConditioner:
@@ -436,45 +341,18 @@ class RewardConditioner(nn.Module):
                 ``reward_features``; or token mode with objectives whose ``objective_bins``
                 are missing or do not name the config's objectives in order.
         """
-        meta = json.loads(json.dumps(state["meta"]))
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"conditioning state has format_version {meta['format_version']}")
-        config = ConditioningConfig.model_validate(meta["config"])
-        normalizer = RewardNormalizer(config.normalization)
-        normalizer.load_state_dict(meta["normalizer"])
-        head = prompt_head = None
-        if config.mode == "scalar":
-            weights = dict(state.get("head") or {})
-            if not weights:
-                raise ValueError("scalar conditioning state without head weights")
-            prompt_weight = weights.pop(PROMPT_HEAD_KEY, None)
-            shape = tuple(weights["weight"].shape)
-            if shape[1] != config.head_inputs:
-                raise ValueError(
-                    f"the head's weight is {list(shape)}, but reward_features: "
-                    f"{config.reward_features} with objectives {config.objective_names} needs "
-                    f"{config.head_inputs} inputs"
-                )
-            head = nn.Linear(shape[1], shape[0])
-            head.load_state_dict({k: v.detach().float() for k, v in weights.items()})
-            if config.reward_on_prompt:
-                if prompt_weight is None:
-                    raise ValueError(f"conditioning state lacks {PROMPT_HEAD_KEY}")
-                prompt_head = nn.Linear(1, prompt_weight.shape[0], bias=False)
-                with torch.no_grad():
-                    prompt_head.weight.copy_(prompt_weight)
-        binnings, spans, token_ids = _bins_of(meta, config)
+        parts = parse_state(state)
         conditioner = cls(
-            config,
-            placeholder_id=meta["placeholder_id"],
-            head=head,
-            binnings=binnings,
-            reward_token_ids=token_ids,
-            normalizer=normalizer,
-            prompt_head=prompt_head,
+            parts.config,
+            placeholder_id=parts.placeholder_id,
+            head=parts.head,
+            binnings=parts.binnings,
+            reward_token_ids=parts.reward_token_ids,
+            normalizer=parts.normalizer,
+            prompt_head=parts.prompt_head,
         )
-        conditioner.bins_fitted = bool(meta.get("bins_fitted", False))
-        conditioner.bin_ranges = spans
+        conditioner.bins_fitted = parts.bins_fitted
+        conditioner.bin_ranges = parts.bin_ranges
         return conditioner
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -487,38 +365,7 @@ class RewardConditioner(nn.Module):
                 differ from this conditioner's (a different policy, not a new version of this
                 one), or :meth:`from_state`'s errors.
         """
-        other = RewardConditioner.from_state(state)
-        if other.config.mode != self.config.mode:
-            raise ValueError(
-                f"conditioning state is {other.config.mode} mode, this conditioner "
-                f"{self.config.mode} mode"
-            )
-        if other.config.objective_names != self.config.objective_names:
-            raise ValueError(
-                f"conditioning state is conditioned on objectives {other.config.objective_names}"
-                f", this conditioner on {self.config.objective_names}"
-            )
-        pairs = [(self.head, other.head), (self.prompt_head, other.prompt_head)]
-        for mine, theirs in pairs:
-            if (mine is None) != (theirs is None) or (
-                mine is not None and theirs is not None and mine.weight.shape != theirs.weight.shape
-            ):
-                raise ValueError(
-                    "the conditioning state's heads do not fit this conditioner's "
-                    f"({_shape(theirs)} into {_shape(mine)})"
-                )
-        with torch.no_grad():
-            for mine, theirs in pairs:
-                if mine is not None and theirs is not None:
-                    for name, value in theirs.state_dict().items():
-                        mine.get_parameter(name).copy_(value)
-        self.config = other.config
-        self.normalizer = other.normalizer
-        self.binnings = other.binnings
-        self.reward_token_ids = other.reward_token_ids
-        self.placeholder_id = other.placeholder_id
-        self.bins_fitted = other.bins_fitted
-        self.bin_ranges = other.bin_ranges
+        take_over_state(self, RewardConditioner.from_state(state))
 
     @classmethod
     def load(cls, path: str | Path) -> RewardConditioner:
@@ -528,78 +375,4 @@ class RewardConditioner(nn.Module):
             FileNotFoundError: ``path`` has no ``reward_conditioning/conditioning.json``.
             ValueError: the file's format version is newer than this library understands.
         """
-        path = Path(path)
-        meta_file = path / CONDITIONING_FILE
-        if not meta_file.is_file():
-            raise FileNotFoundError(
-                f"{path} is not a conditioned policy directory (no {CONDITIONING_FILE})"
-            )
-        meta = json.loads(meta_file.read_text())
-        head = None
-        if ConditioningConfig.model_validate(meta["config"]).mode == "scalar":
-            from safetensors.torch import load_file
-
-            head = load_file(str(path / HEAD_FILE))
-        try:
-            return cls.from_state({"meta": meta, "head": head})
-        except ValueError as e:  # name the directory: the state does not know it
-            raise ValueError(f"{path}: {e}") from e
-
-
-def _shape(head: nn.Linear | None) -> tuple[int, ...] | None:
-    return None if head is None else tuple(head.weight.shape)
-
-
-def _span(value: Sequence[float] | None) -> tuple[float, float] | None:
-    return (float(value[0]), float(value[1])) if value is not None else None
-
-
-def _bins_of(
-    meta: dict[str, Any], config: ConditioningConfig
-) -> tuple[list[RewardBinning], list[tuple[float, float] | None], list[int]]:
-    """The binnings, their rewards' ranges and the reward-token ids a ``conditioning.json``
-    holds: top-level ``bin_edges``, ``bin_range`` and ``reward_token_ids`` for one reward (the
-    only form before objectives existed), ``objective_bins`` in token mode with objectives.
-
-    Raises:
-        ValueError: token mode with objectives and ``objective_bins`` missing or not naming
-            the config's objectives in order.
-    """
-    if not (config.mode == "token" and config.objectives):
-        edges = meta.get("bin_edges")
-        binnings = [RewardBinning(edges)] if edges is not None else []
-        spans = [_span(meta.get("bin_range"))] * len(binnings)
-        return binnings, spans, list(meta.get("reward_token_ids", []))
-    entries = meta.get("objective_bins") or []
-    names = [e.get("name") for e in entries]
-    if names != config.objective_names:
-        raise ValueError(
-            f"conditioning state's objective_bins name {names}, but its config's objectives "
-            f"are {config.objective_names}"
-        )
-    binnings = [RewardBinning(e["bin_edges"]) for e in entries]
-    spans = [_span(e.get("bin_range")) for e in entries]
-    token_ids = [int(i) for e in entries for i in e["reward_token_ids"]]
-    return binnings, spans, token_ids
-
-
-def _describe_bin(
-    binning: RewardBinning,
-    span: tuple[float, float] | None,
-    value: float,
-    objective: str | None,
-) -> dict[str, Any]:
-    """:meth:`RewardConditioner.describe_target`'s dict for one reward ``value`` under
-    ``binning`` (bins last cut from rewards spanning ``span``), for the one reward
-    (``objective`` ``None``) or the named objective."""
-    k = int(binning(torch.tensor([value], dtype=torch.float64))[0])
-    low, high = binning.bounds(k)
-    return {
-        "bin": k,
-        "bins": binning.num_bins,
-        "low": None if math.isinf(low) else low,
-        "high": None if math.isinf(high) else high,
-        "token": reward_token(k, objective),
-        "above_range": span is not None and value > span[1],
-        "range": list(span) if span is not None else None,
-    }
+        return load_conditioner(path, cls.from_state)

@@ -1,5 +1,6 @@
-"""Building a conditioned policy over a base model: loading it, and the new parameters'
-initial values (the scalar head, the reward tokens' embeddings)."""
+"""Building a conditioned policy over a base model: loading it, the fresh conditioner over it,
+and the new parameters' initial values (the scalar head, the reward tokens' embeddings, a split
+bin's token row)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from online_dt.config import ConditioningConfig
+from online_dt.policy.conditioner import RewardConditioner
 from online_dt.policy.normalization import reward_token
 
 
@@ -118,10 +121,7 @@ def add_reward_tokens(
     old_vocab = model.get_input_embeddings().weight.shape[0]
     # Some models pad their vocabulary beyond the tokenizer's; never shrink it.
     model.resize_token_embeddings(max(old_vocab, max(token_ids) + 1), mean_resizing=False)
-    matrices = [model.get_input_embeddings().weight]
-    output = model.get_output_embeddings()
-    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
-        matrices.append(output.weight)
+    matrices = _embedding_matrices(model)
     new_rows = torch.tensor(token_ids)
     keep = torch.ones(matrices[0].shape[0], dtype=torch.bool)
     keep[new_rows] = False
@@ -133,3 +133,63 @@ def add_reward_tokens(
             noise = torch.randn(len(token_ids), weight.shape[1], generator=generator)
             weight[new_rows] = (mean + std * noise).to(weight.dtype)
     return token_ids
+
+
+def with_fresh_conditioning(
+    name_or_path: str | Path, config: ConditioningConfig, *, attn_implementation: str, seed: int
+) -> tuple[Any, Any, RewardConditioner]:
+    """The base causal LM and tokenizer at ``name_or_path`` with a fresh conditioner over them,
+    for :meth:`~online_dt.policy.policy.RewardConditionedPolicy.from_base` (see it for the
+    arguments): a new scalar head, or the reward tokens added to the model and tokenizer with
+    their initial bins (token mode).
+
+    Raises:
+        OSError: the model or tokenizer cannot be found; the message names ``name_or_path``.
+    """
+    model, tokenizer = load_model_and_tokenizer(name_or_path, attn_implementation)
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = model.get_input_embeddings().weight.detach().float()
+    placeholder = pad_id(tokenizer)
+    if config.mode == "scalar":
+        anchor = slot_anchor_id(tokenizer)
+        head = new_scalar_head(
+            embeddings,
+            generator,
+            anchor=None if config.slot_init == "mean" or anchor is None else embeddings[anchor],
+            inputs=config.head_inputs,
+        )
+        conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head)
+    else:
+        token_ids = add_reward_tokens(
+            model, tokenizer, config.num_reward_tokens, generator, config.objective_names
+        )
+        conditioner = RewardConditioner(
+            config,
+            placeholder_id=placeholder,
+            binnings=RewardConditioner.initial_binnings(config),
+            reward_token_ids=token_ids,
+        )
+    return model, tokenizer, conditioner
+
+
+def copy_split_rows(
+    model: Any, token_ids: Sequence[int], splits: Sequence[tuple[int, int]]
+) -> None:
+    """For each ``(new_bin, split_bin)`` split (:meth:`RewardConditioner.fit_reward_statistics`),
+    set the new bin's reward-token embedding row (input, and output if untied) to a copy of the
+    split bin's; bin ``k``'s token is ``token_ids[k]``."""
+    if splits:
+        matrices = _embedding_matrices(model)
+        with torch.no_grad():
+            for new_bin, old_bin in splits:
+                for weight in matrices:
+                    weight[token_ids[new_bin]] = weight[token_ids[old_bin]]
+
+
+def _embedding_matrices(model: Any) -> list[torch.Tensor]:
+    """The model's input embedding matrix and, if untied, its output matrix."""
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    return matrices

@@ -21,7 +21,6 @@ scalar mode, ``head.safetensors``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,19 +29,17 @@ import torch
 from torch import nn
 
 from online_dt.config import ConditioningConfig, RunConfig
+from online_dt.policy.conditioned_generation import generate_rollouts
 from online_dt.policy.conditioner import RewardConditioner
-from online_dt.policy.generation import left_pad, sample_tokens
 from online_dt.policy.layout import ConditionedBatch, context_length, layout_batch
 from online_dt.policy.loading import (
-    add_reward_tokens,
+    copy_split_rows,
     load_model_and_tokenizer,
-    new_scalar_head,
     pad_id,
-    slot_anchor_id,
+    with_fresh_conditioning,
 )
-from online_dt.policy.logprobs import labelled_token_logprobs
 from online_dt.policy.tokens import TokenIdCache
-from online_dt.samples import Reward, Rollout, as_reward
+from online_dt.samples import Reward, Rollout
 from online_dt.util.devices import resolve_device
 
 
@@ -92,29 +89,9 @@ class RewardConditionedPolicy(nn.Module):
             OSError: the model or tokenizer cannot be found (a hub name without network, or a
                 missing directory); the message names ``name_or_path``.
         """
-        model, tokenizer = load_model_and_tokenizer(name_or_path, attn_implementation)
-        generator = torch.Generator().manual_seed(seed)
-        embeddings = model.get_input_embeddings().weight.detach().float()
-        placeholder = pad_id(tokenizer)
-        if config.mode == "scalar":
-            anchor = slot_anchor_id(tokenizer)
-            head = new_scalar_head(
-                embeddings,
-                generator,
-                anchor=None if config.slot_init == "mean" or anchor is None else embeddings[anchor],
-                inputs=config.head_inputs,
-            )
-            conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head)
-        else:
-            token_ids = add_reward_tokens(
-                model, tokenizer, config.num_reward_tokens, generator, config.objective_names
-            )
-            conditioner = RewardConditioner(
-                config,
-                placeholder_id=placeholder,
-                binnings=RewardConditioner.initial_binnings(config),
-                reward_token_ids=token_ids,
-            )
+        model, tokenizer, conditioner = with_fresh_conditioning(
+            name_or_path, config, attn_implementation=attn_implementation, seed=seed
+        )
         return cls(model, tokenizer, conditioner).to(resolve_device(device))
 
     @classmethod
@@ -213,16 +190,7 @@ class RewardConditionedPolicy(nn.Module):
         split_bin)`` splits, for each of which the new bin's reward-token embedding row (input,
         and output if untied) is set to a copy of the split bin's."""
         splits = self.conditioner.fit_reward_statistics(rewards, pool)
-        if splits:
-            matrices = [self.model.get_input_embeddings().weight]
-            output = self.model.get_output_embeddings()
-            if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
-                matrices.append(output.weight)
-            ids = self.reward_token_ids
-            with torch.no_grad():
-                for new_bin, old_bin in splits:
-                    for weight in matrices:
-                        weight[ids[new_bin]] = weight[ids[old_bin]]
+        copy_split_rows(self.model, self.reward_token_ids, splits)
         return splits
 
     def slot_token_ids(self, rewards: Sequence[Reward]) -> list[int] | list[list[int]]:
@@ -403,126 +371,17 @@ class RewardConditionedPolicy(nn.Module):
                 ``guidance_model`` and ``guidance_mixture``; a mixture is empty or has a
                 negative or all-zero weight.
         """
-        if len(prompts) != len(targets):
-            raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-        if guidance_weight < 0:
-            raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
-        guided = guidance_weight > 0
-        given = [x is not None for x in (guidance_reference, guidance_model, guidance_mixture)]
-        if guided and sum(given) != 1:
-            raise ValueError(
-                "guidance_weight > 0 needs exactly one of a guidance_reference reward, a "
-                "guidance_model and a guidance_mixture"
-            )
-        if guided and guidance_mixture is not None:
-            weights = [w for _, w in guidance_mixture]
-            if not weights or min(weights) < 0 or sum(weights) <= 0:
-                raise ValueError(
-                    f"guidance_mixture needs weights >= 0 with a positive sum, got {weights}"
-                )
-        was_training = self.training
-        self.eval()
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        results: list[Rollout] = []
-        start_time = time.perf_counter()
-        for start in range(0, len(prompts), batch_size):
-            chunk_prompts = list(prompts[start : start + batch_size])
-            chunk_targets = [as_reward(t) for t in targets[start : start + batch_size]]
-            sampled = sample_tokens(
-                self.model,
-                *self._prefix_embeds(chunk_prompts, chunk_targets),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=self.eos_token_id,
-                pad_token_id=self.pad_token_id,
-                temperature=temperature,
-                top_p=top_p,
-                generator=generator,
-                banned_token_ids=self.reward_token_ids,
-                guidance_weight=guidance_weight,
-                **self._guidance_inputs(
-                    chunk_prompts, guided, guidance_reference, guidance_model, guidance_mixture
-                ),
-            )
-            for i, prompt in enumerate(chunk_prompts):
-                ids = sampled.token_ids[i]
-                results.append(
-                    Rollout(
-                        prompt=prompt,
-                        completion=self.tokenizer.decode(ids, skip_special_tokens=True),
-                        token_ids=ids,
-                        logprobs=sampled.logprobs[i],
-                        target=chunk_targets[i],
-                        finished=sampled.finished[i],
-                        prompt_index=start + i,
-                    )
-                )
-        self.train(was_training)
-        seconds, now = time.perf_counter() - start_time, time.time()
-        for r in results:
-            r.created_at, r.generate_seconds = now, seconds
-        return results
-
-    def _guidance_inputs(
-        self,
-        prompts: list[str],
-        guided: bool,
-        reference: Reward | None,
-        model: torch.nn.Module | None,
-        mixture: Sequence[tuple[Reward, float]] | None,
-    ) -> dict[str, Any]:
-        """``sample_tokens``' reference arguments for a chunk: none unguided; the prompts under
-        the reference reward, or under each of the mixture's rewards (``[K, B, T, H]``, with
-        the log prior); or, with a reference ``model``, the plain left-padded prompts in that
-        model's embeddings, with their mask."""
-        if not guided:
-            return {}
-        if reference is not None:
-            return {"reference_embeds": self._prefix_embeds(prompts, [reference] * len(prompts))[0]}
-        if mixture is not None:
-            embeds = [self._prefix_embeds(prompts, [r] * len(prompts))[0] for r, _ in mixture]
-            prior = torch.tensor([w for _, w in mixture], dtype=torch.float32)
-            return {"reference_embeds": torch.stack(embeds), "reference_log_prior": prior.log()}
-        assert model is not None
-        device = next(model.parameters()).device
-        input_ids, mask = left_pad(self.encode(prompts), self.pad_token_id)
-        embed = model.get_input_embeddings()
-        return {
-            "reference_model": model,
-            "reference_embeds": embed(input_ids.to(device)),
-            "reference_mask": mask.to(device),
-        }
-
-    def _prefix_embeds(
-        self, prompts: Sequence[str], targets: Sequence[Reward]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, T, H]`` embeddings of the conditioned, left-padded prompts and their ``[B, T]``
-        attention mask, on the policy's device."""
-        rewards = [as_reward(t) for t in targets]
-        batch = self.layout(list(prompts), rewards).to(self.device)
-        reward_tensor = self.conditioner.reward_tensor(rewards).to(self.device)
-        return self.embed(batch.input_ids, reward_tensor, batch.prompt_mask), batch.attention_mask
-
-    @torch.no_grad()
-    def completion_logprobs(
-        self,
-        prompts: Sequence[str],
-        targets: Sequence[Reward],
-        completion_ids: Sequence[Sequence[int]],
-    ) -> list[list[float]]:
-        """Teacher-forced log-probabilities of given completion tokens under the conditioning.
-
-        Args:
-            prompts: B prompt texts.
-            targets: B conditioning rewards.
-            completion_ids: B lists of completion token ids (as generated, EOS included).
-
-        Returns:
-            B lists, one natural-log probability per completion token.
-        """
-        batch = self.layout_ids(prompts, targets, completion_ids).to(self.device)
-        rewards = self.conditioner.reward_tensor(targets).to(self.device)
-        logits = self(batch, rewards).logits
-        assert batch.labels is not None
-        return [row.tolist() for row in labelled_token_logprobs(logits, batch.labels)]
+        return generate_rollouts(
+            self,
+            prompts,
+            targets,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            guidance_weight=guidance_weight,
+            guidance_reference=guidance_reference,
+            guidance_model=guidance_model,
+            guidance_mixture=guidance_mixture,
+        )

@@ -51,29 +51,31 @@ trained with, e.g. ``state_dict()["last_sample_id"]`` saved with the checkpoint)
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from online_dt.config import ReplayBufferConfig
 from online_dt.replay import shards
 from online_dt.replay.eviction import Evictor
+from online_dt.replay.persistence import persist_appended, rebuild_from_shards, truncate_shards
+from online_dt.replay.sampling import (
+    draw_indices,
+    reward_array,
+    rng_from_state,
+    rng_state,
+    sampling_log_weights,
+)
 from online_dt.replay.schema import (
     FORMAT_VERSION,
     check_reward_width,
     coerce_samples,
     reward_width,
-    sample_from_row,
-    samples_table,
-    shard_name,
 )
-from online_dt.samples import Reward, Sample, first_objective
-from online_dt.util.atomic import fsync_dir
+from online_dt.samples import Sample, first_objective
 
 
 class ReplayBuffer:
@@ -154,7 +156,7 @@ class ReplayBuffer:
         """``float64[len(self)]``: achieved rewards of the held samples in id order (reward
         units); input of the target schedule. With several objectives (vector rewards),
         ``float64[len(self), M]``, one column per objective."""
-        return _reward_array([s.achieved_reward for s in self._held.values()])
+        return reward_array([s.achieved_reward for s in self._held.values()])
 
     # -- appending ----------------------------------------------------------------------------
 
@@ -204,37 +206,14 @@ class ReplayBuffer:
 
     def _persist(self, new: list[Sample]) -> None:
         assert self.root is not None
-        size = self.cfg.shard_size
-        pending = self._open + new
-        chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
-        written: list[Path] = []
-        try:
-            for chunk in chunks:
-                path = self.root / shard_name(chunk[0].sample_id, chunk[-1].sample_id)
-                shards.write_parquet_atomic(path, samples_table(chunk))
-                written.append(path)
-            fsync_dir(self.root)
-        except BaseException:
-            try:
-                for path in written:
-                    shards.remove_file(path)
-                fsync_dir(self.root)
-            except OSError as e:
-                self._blocked = (
-                    f"an append failed and its shards could not be removed ({e}); reload the"
-                    " buffer with ReplayBuffer.load"
-                )
-            raise
-        # The new shards are durable; the superseded open shard is now covered by the first.
-        if self._open_path is not None:
-            with contextlib.suppress(OSError):  # if it stays, it is covered: readers skip it
-                shards.remove_file(self._open_path)
-        last_chunk = chunks[-1]
-        if len(last_chunk) < size:
-            self._open, self._open_path = last_chunk, written[-1]
-        else:
-            self._open, self._open_path = [], None
+        self._open, self._open_path = persist_appended(
+            self.root, self.cfg.shard_size, (self._open, self._open_path), new, self._block
+        )
         self._persisted_last = new[-1].sample_id
+
+    def _block(self, reason: str) -> None:
+        """Refuse every later ``append``, with ``reason``."""
+        self._blocked = reason
 
     # -- sampling -----------------------------------------------------------------------------
 
@@ -257,7 +236,8 @@ class ReplayBuffer:
         level is seen). With
         ``importance_weighting``, each sample's weight is further multiplied by its truncated
         importance weight relative to its reward bin's median
-        (:meth:`_importance_log_weights`), which leaves every bin's total weight unchanged.
+        (:func:`~online_dt.replay.sampling.importance_log_weights`), which leaves every bin's
+        total weight unchanged.
 
         Without replacement within a batch (successive weighted draws, implemented with
         Gumbel top-k keys), in random order. If fewer samples are held than ``batch_size``,
@@ -273,105 +253,29 @@ class ReplayBuffer:
         if n == 0:
             raise ValueError("cannot sample a batch from an empty replay buffer")
         ids = self._held_ids()
-        logw = self._sampling_log_weights(ids)
-        if n >= batch_size:
-            if logw is None:
-                idx = self._rng.choice(n, size=batch_size, replace=False)
-            else:
-                keys = logw + self._rng.gumbel(size=n)
-                idx = np.argpartition(-keys, batch_size - 1)[:batch_size]
-                idx = idx[np.argsort(-keys[idx], kind="stable")]
-        else:
-            p = None
-            if logw is not None:
-                w = np.exp(logw - logw.max())
-                p = w / w.sum()
-            idx = self._rng.choice(n, size=batch_size, replace=True, p=p)
+        idx = draw_indices(self._rng, n, batch_size, self._sampling_log_weights(ids))
         return [self._held[int(ids[i])] for i in idx]
 
     def _sampling_log_weights(self, ids: np.ndarray) -> np.ndarray | None:
-        """Unnormalised log sampling weight of each held sample (``None``: uniform), computed
-        once per held set: cached with the ids array of :meth:`_held_ids`, which is rebuilt
-        whenever the held set changes."""
+        """Unnormalised log sampling weight of each held sample (``None``: uniform;
+        :func:`~online_dt.replay.sampling.sampling_log_weights`), computed once per held set:
+        cached with the ids array of :meth:`_held_ids`, which is rebuilt whenever the held set
+        changes."""
         if self._logw_cache is not None and self._logw_cache[0] is ids:
             return self._logw_cache[1]
-        binned = self.cfg.sampling == "reward_balanced" or self.cfg.importance_weighting
-        bins = self._reward_bins(ids) if binned else None
-        logw: np.ndarray | None = None
-        if self.cfg.sampling == "recency":
-            logw = -(ids[-1] - ids).astype(np.float64) * (
-                math.log(2.0) / self.cfg.recency_half_life
-            )
-        elif self.cfg.sampling == "reward_balanced":
-            counts = np.bincount(bins)[bins]
-            logw = -self.cfg.balance_power * np.log(counts.astype(np.float64))
-        if self.cfg.importance_weighting:
-            iw = self._importance_log_weights(ids, bins)
-            if logw is None:
-                logw = iw  # mean 1 within each bin: every bin keeps its count as its mass
-            else:  # keep each bin's total weight as the sampling mode gives it
-                combined = logw + iw
-                for b in np.unique(bins):
-                    m = bins == b
-                    combined[m] += np.logaddexp.reduce(logw[m]) - np.logaddexp.reduce(combined[m])
-                logw = combined
+        logw = sampling_log_weights(self.cfg, ids, self._held)
         self._logw_cache = (ids, logw)
         return logw
-
-    def _reward_bins(self, ids: np.ndarray) -> np.ndarray:
-        """Reward bin of each held sample (in ``ids`` order): ``cfg.reward_bins`` equal-width
-        bins over the held rewards' range. With vector rewards, each objective is binned so
-        and a sample's bin is its cell of the grid (``reward_bins ** M`` cells, numbered)."""
-        rewards = _reward_array([self._held[int(i)].achieved_reward for i in ids])
-        columns = rewards[:, None] if rewards.ndim == 1 else rewards
-        k = self.cfg.reward_bins
-        cells = np.zeros(len(ids), dtype=np.int64)
-        for column in columns.T:
-            lo, hi = float(column.min()), float(column.max())
-            b = np.zeros(len(ids), dtype=np.int64)
-            if hi > lo:
-                b = np.minimum(((column - lo) / (hi - lo) * k).astype(np.int64), k - 1)
-            cells = cells * k + b
-        if columns.shape[1] > 1:  # number the occupied cells 0.. for np.bincount
-            cells = np.unique(cells, return_inverse=True)[1].astype(np.int64)
-        return cells
-
-    def _importance_log_weights(self, ids: np.ndarray, bins: np.ndarray) -> np.ndarray:
-        """Log of each held sample's importance weight relative to its reward bin's median
-        (truncated at ``cfg.importance_clip`` times the median, then rescaled to mean 1 within
-        the bin, so a bin's total weight equals its count). A sample without a weight counts
-        as its bin's mean (weight 1). ``bins``: each sample's reward bin
-        (:meth:`_reward_bins`)."""
-        raw = np.fromiter(
-            (np.nan if (w := self._held[int(i)].log_importance_weight) is None else w for i in ids),
-            dtype=np.float64,
-            count=len(ids),
-        )
-        out = np.zeros(len(ids), dtype=np.float64)
-        for b in np.unique(bins):
-            where = (bins == b) & ~np.isnan(raw)
-            if not where.any():
-                continue
-            logs = raw[where]
-            w = np.exp(np.minimum(logs - np.median(logs), math.log(self.cfg.importance_clip)))
-            out[where] = np.log(w * (len(w) / w.sum()))
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state for a checkpoint: the sampling generator (128-bit integers as
         decimal strings) plus ``last_sample_id``, the id to pass as ``upto_sample_id`` to
         :meth:`load` when resuming from that checkpoint (``None``: empty)."""
-        st = self._rng.bit_generator.state
         return {
             "format": FORMAT_VERSION,
             "seed": self.seed,
             "last_sample_id": self.last_sample_id,
-            "rng": {
-                "bit_generator": st["bit_generator"],
-                "state": {k: str(v) for k, v in st["state"].items()},
-                "has_uint32": int(st["has_uint32"]),
-                "uinteger": int(st["uinteger"]),
-            },
+            "rng": rng_state(self._rng),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -386,20 +290,10 @@ class ReplayBuffer:
         try:
             if state["format"] not in (2, FORMAT_VERSION):  # 3 changed the shards only
                 raise ValueError(f"unsupported replay-buffer state format {state['format']!r}")
-            rng = state["rng"]
-            if rng["bit_generator"] != "PCG64":
-                raise ValueError(f"unsupported bit generator {rng['bit_generator']!r}")
-            restored = {
-                "bit_generator": "PCG64",
-                "state": {k: int(v) for k, v in rng["state"].items()},
-                "has_uint32": int(rng["has_uint32"]),
-                "uinteger": int(rng["uinteger"]),
-            }
-            bitgen = np.random.PCG64()
-            bitgen.state = restored
+            rng = rng_from_state(state["rng"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a replay-buffer state dict: {e!r}") from e
-        self._rng = np.random.Generator(bitgen)
+        self._rng = rng
 
     # -- loading and truncation ---------------------------------------------------------------
 
@@ -440,72 +334,14 @@ class ReplayBuffer:
     def _rebuild(self, upto: int | None) -> None:
         """Replace the in-memory state by the one implied by the shards (RNG untouched)."""
         assert self.root is not None
-        coverage = shards.plan_coverage(shards.list_shards(self.root))
-        coverage.require_complete(self.root)
-        used, covered, last = coverage.used, coverage.covered, coverage.last_id
-        for s in covered:
-            shards.remove_file(s.path)
-        stop = last if upto is None else min(upto, last)
-        reserved = self.reserved_top
-        rewards = None
-        if reserved and stop >= 0:
-            parts = []
-            for shard, take_from in used:
-                if take_from > stop:
-                    break
-                r = (
-                    shards.read_shard(shard, ["achieved_reward"])
-                    .column("achieved_reward")
-                    .to_numpy()
-                )
-                parts.append(r[take_from - shard.first : min(shard.last, stop) - shard.first + 1])
-            rewards = np.concatenate(parts)
-        evictor = Evictor.rebuild(self.cfg.capacity, reserved, stop, rewards)
-        held_ids = evictor.held_ids()
-
-        held: dict[int, Sample] = {}
-        open_rows: list[Sample] = []
-        open_path: Path | None = None
-        last_used = used[-1][0] if used else None
-        open_shard = (
-            last_used
-            if last_used is not None
-            and stop == last
-            and last_used.last - last_used.first + 1 < self.cfg.shard_size
-            else None
-        )
-        for shard, take_from in used:
-            if take_from > stop:
-                break
-            lo, hi = take_from, min(shard.last, stop)
-            a, b = np.searchsorted(held_ids, [lo, hi + 1])
-            if a == b and shard is not open_shard:
-                continue
-            table = shards.read_shard(shard)
-            if shard is open_shard:
-                open_rows = [sample_from_row(row) for row in table.to_pylist()]
-                open_path = shard.path
-                by_id = {s.sample_id: s for s in open_rows}
-                for i in held_ids[a:b].tolist():
-                    held[i] = by_id[i]
-            else:
-                wanted = held_ids[a:b] - shard.first
-                for row in table.take(pa.array(wanted)).to_pylist():
-                    held[row["sample_id"]] = sample_from_row(row)
-
-        self._held = held
-        self._evictor = evictor
-        self._next_id = stop + 1
-        self._persisted_last = last
-        self._open, self._open_path = open_rows, open_path
+        rebuilt = rebuild_from_shards(self.cfg, self.root, upto, self.reserved_top)
+        self._held = rebuilt.held
+        self._evictor = rebuilt.evictor
+        self._next_id = rebuilt.next_id
+        self._persisted_last = rebuilt.persisted_last
+        self._open, self._open_path = rebuilt.open_rows, rebuilt.open_path
         self._ids_cache = None
-        self._blocked = (
-            f"this buffer was loaded with upto_sample_id={upto} but samples up to id {last} are"
-            f" persisted; call drop_after({upto}) to discard them, or load without"
-            " upto_sample_id to keep them"
-            if stop < last
-            else None
-        )
+        self._blocked = rebuilt.blocked
 
     def drop_after(self, sample_id: int) -> int:
         """Delete every persisted sample with id ``> sample_id`` and continue from there.
@@ -529,28 +365,6 @@ class ReplayBuffer:
             raise RuntimeError("drop_after needs a persisted buffer (root is None)")
         if sample_id < -1:
             raise ValueError(f"sample_id must be >= -1, got {sample_id}")
-        coverage = shards.plan_coverage(shards.list_shards(self.root))
-        coverage.require_complete(self.root)
-        used, covered, last = coverage.used, coverage.covered, coverage.last_id
-        for s in covered:
-            shards.remove_file(s.path)
-        removed = max(0, last - sample_id)
-        beyond = [s for s, _ in used if s.first > sample_id]
-        for s in sorted(beyond, key=lambda s: -s.first):
-            shards.remove_file(s.path)
-        fsync_dir(self.root)
-        for s, _ in used:
-            if s.first <= sample_id < s.last:
-                kept = shards.read_shard(s).slice(0, sample_id - s.first + 1)
-                shards.write_parquet_atomic(self.root / shard_name(s.first, sample_id), kept)
-                fsync_dir(self.root)
-                shards.remove_file(s.path)
+        removed = truncate_shards(self.root, sample_id)
         self._rebuild(None)
         return removed
-
-
-def _reward_array(values: Sequence[Reward]) -> np.ndarray:
-    """Rewards as ``float64[N]`` (floats) or ``float64[N, M]`` (vectors of M objectives)."""
-    if values and isinstance(values[0], tuple):
-        return np.asarray(values, dtype=np.float64).reshape(len(values), len(values[0]))
-    return np.fromiter((float(v) for v in values), dtype=np.float64, count=len(values))  # type: ignore[arg-type]

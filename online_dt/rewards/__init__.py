@@ -7,9 +7,11 @@ protocol). The training loop calls it through :func:`score_checked`, which valid
 back (:func:`validate_scores`, :func:`validate_objective_scores`) and raises
 :class:`RewardModelError` naming the offending samples (and objective).
 
-Modules: :mod:`~online_dt.rewards.protocol` (the protocol, its errors, score validation),
-:mod:`~online_dt.rewards.builtins` (:class:`VaderSentimentReward`, :class:`HFClassifierReward`),
-:mod:`~online_dt.rewards.multi` (the multi-objective demo's sentiment-and-brevity model) and
+Modules: :mod:`~online_dt.rewards.protocol` (the protocol and :func:`score_checked`),
+:mod:`~online_dt.rewards.errors` (its errors), :mod:`~online_dt.rewards.validation` (score
+validation), :mod:`~online_dt.rewards.builtins` (:class:`VaderSentimentReward`,
+:class:`HFClassifierReward`), :mod:`~online_dt.rewards.multi` (the multi-objective demo's
+sentiment-and-brevity model) and
 :mod:`~online_dt.rewards.loading` (:func:`load_reward_model` builds one of these, or a user
 class named by ``package.module:ClassName``, from a :class:`~online_dt.config.RewardModelConfig`).
 This package re-exports their public API, which user reward classes import from here.
@@ -21,16 +23,11 @@ imported by the classes that need them, when they are constructed.
 from __future__ import annotations
 
 from online_dt.rewards.builtins import HFClassifierReward, VaderSentimentReward
+from online_dt.rewards.errors import RewardModelError, RewardModelLoadError
 from online_dt.rewards.loading import import_reward_class, load_reward_model
 from online_dt.rewards.multi import SentimentBrevityReward
-from online_dt.rewards.protocol import (
-    RewardModel,
-    RewardModelError,
-    RewardModelLoadError,
-    score_checked,
-    validate_objective_scores,
-    validate_scores,
-)
+from online_dt.rewards.protocol import RewardModel, score_checked
+from online_dt.rewards.validation import validate_objective_scores, validate_scores
 
 __all__ = [
     "HFClassifierReward",

@@ -15,7 +15,8 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from online_dt.rewards.protocol import RewardModelLoadError, check_inputs
+from online_dt.rewards.errors import RewardModelLoadError
+from online_dt.rewards.protocol import check_inputs
 
 if TYPE_CHECKING:
     import torch

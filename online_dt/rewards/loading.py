@@ -8,7 +8,8 @@ from typing import Any
 
 from online_dt.config import RewardModelConfig
 from online_dt.rewards.builtins import HFClassifierReward, VaderSentimentReward
-from online_dt.rewards.protocol import RewardModel, RewardModelLoadError
+from online_dt.rewards.errors import RewardModelLoadError
+from online_dt.rewards.protocol import RewardModel
 
 
 def import_reward_class(class_path: str) -> Any:

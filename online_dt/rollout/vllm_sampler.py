@@ -197,7 +197,7 @@ class VLLMSampler:
         else:
             kwargs["gpu_memory_utilization"] = self.cfg.gpu_memory_utilization
         if self.cfg.weight_sync == "nccl":
-            from online_dt.rollout.weight_sync_nccl import engine_kwargs
+            from online_dt.rollout.weight_sync_nccl_engine import engine_kwargs
 
             kwargs.update(engine_kwargs())
         if dummy_weights:
@@ -340,7 +340,7 @@ class VLLMSampler:
             if update.path is None:
                 raise ValueError(f"weight update without a path: {update}")
             if update.backend == "nccl":
-                from online_dt.rollout.weight_sync_nccl import receive
+                from online_dt.rollout.weight_sync_nccl_engine import receive
 
                 receive(self.llm, update)
             else:

@@ -27,6 +27,14 @@ It follows these files of vLLM 0.32.0 (paths in the vLLM source tree; no text co
 * ``examples/rl/rlhf_nccl.py`` in the vLLM repository: the engine's ``update_weights`` and the
   trainer's broadcast run at the same time (Ray remote calls there).
 
+The backend's modules: this one holds the learner side (:class:`NCCLPublisher`) and the CUDA
+checks; :mod:`online_dt.rollout.weight_sync_nccl_group` reaches the engines
+(:class:`NCCLSamplerGroup`, :class:`ThreadedSamplerGroup`, :func:`split_init_info` and vLLM's
+client); :mod:`online_dt.rollout.weight_sync_nccl_update` holds the update payload and directory
+(:func:`write_update_dir`, :func:`read_update_info`); and
+:mod:`online_dt.rollout.weight_sync_nccl_engine` the sampler side (:func:`engine_kwargs`,
+:func:`connect_sampler`, :func:`receive`, :func:`disconnect_sampler`).
+
 How one publication travels
 ---------------------------
 The learner holds one :class:`NCCLPublisher`; each vLLM engine (a ``vllm.LLM``, in this process
@@ -89,35 +97,24 @@ multi-rank (FSDP) learners are not supported here.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from online_dt.rollout.weight_sync import WeightUpdate, version_dir_name
+from online_dt.rollout.weight_sync_nccl_group import NCCLSamplerGroup, _GroupClient
+from online_dt.rollout.weight_sync_nccl_update import update_info_from_metadata, write_update_dir
 from online_dt.util.atomic import atomic_write_dir
 
 if TYPE_CHECKING:
     from online_dt.policy.policy import RewardConditionedPolicy
 
 log = logging.getLogger(__name__)
-
-UPDATE_INFO_FILE = "nccl_update_info.json"
-"""File in an update directory holding the tensor metadata the engines receive against."""
-
-UPDATE_INFO_FORMAT = 1
-"""Format version of :data:`UPDATE_INFO_FILE`."""
-
-VLLM_API_VERSION = "0.32.0"
-"""The vLLM version this backend was written against."""
 
 _CUDA_ERROR = (
     "nccl weight sync needs CUDA GPUs ({what}: {detail}); use sampler.weight_sync: checkpoint "
@@ -177,192 +174,6 @@ def _device_scope(device: torch.device) -> AbstractContextManager[Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# wire metadata
-# ---------------------------------------------------------------------------------------------
-
-
-def update_info_from_metadata(metadata: Sequence[Any]) -> dict[str, list[Any]]:
-    """The NCCL update payload for a weight source's ``metadata()`` (vLLM ``ParamMeta``s).
-
-    The same fields and dtype spelling as vLLM's ``NCCLWeightTransferUpdateInfo`` built in
-    ``NCCLTrainerWeightTransferEngine.send_weights``: ``names``, ``dtype_names`` (``float32``,
-    ``bfloat16``, ...) and ``shapes`` (lists of ints).
-    """
-    return {
-        "names": [m.name for m in metadata],
-        "dtype_names": [str(m.dtype).removeprefix("torch.") for m in metadata],
-        "shapes": [[int(d) for d in m.shape] for m in metadata],
-    }
-
-
-def split_init_info(
-    init_info: dict[str, Any], workers_per_engine: Sequence[int]
-) -> list[dict[str, Any]]:
-    """One worker init payload per engine, each with its own ``rank_offset``.
-
-    vLLM's trainer builds a single payload (``rank_offset=1``, after the trainer's rank 0). A
-    worker's NCCL rank is ``rank_offset`` plus its rank inside its engine
-    (``data_parallel_index * tp * pp + rank``), so independent engines given the same payload
-    would all claim ranks 1, 2, ...; engine ``i`` here gets ``rank_offset`` plus the workers of
-    engines ``0..i-1``.
-
-    Args:
-        init_info: the payload vLLM passes to ``init_weight_transfer_engine``.
-        workers_per_engine: GPU workers of each engine (tensor x pipeline x data parallel).
-
-    Raises:
-        ValueError: the payload's ``world_size`` is not ``rank_offset`` plus all workers.
-    """
-    base = int(init_info["rank_offset"])
-    world_size = int(init_info["world_size"])
-    if base + sum(workers_per_engine) != world_size:
-        raise ValueError(
-            f"NCCL world size {world_size} != rank offset {base} + engine workers "
-            f"{list(workers_per_engine)}"
-        )
-    infos = []
-    offset = base
-    for workers in workers_per_engine:
-        infos.append({**init_info, "rank_offset": offset})
-        offset += workers
-    return infos
-
-
-# ---------------------------------------------------------------------------------------------
-# reaching the samplers
-# ---------------------------------------------------------------------------------------------
-
-
-class NCCLSamplerGroup(Protocol):
-    """The learner's handle on every vLLM engine that receives weights.
-
-    Attributes:
-        workers_per_engine: GPU workers of each engine (tensor x pipeline x data parallel).
-    """
-
-    workers_per_engine: Sequence[int]
-
-    def connect(self, init_infos: Sequence[dict[str, Any]]) -> None:
-        """Make engine ``i`` run :func:`connect_sampler` with ``init_infos[i]``, all engines at
-        once; return when all have joined (raise if any failed)."""
-        ...
-
-    def deliver(self, update: WeightUpdate) -> None:
-        """Make every sampler apply ``update`` (its ``load_weights``, which calls
-        :func:`receive`), all at once; return when all are done (raise if any failed)."""
-        ...
-
-
-@dataclass(frozen=True)
-class SamplerEndpoint:
-    """One engine as :class:`ThreadedSamplerGroup` reaches it: blocking callables.
-
-    In-process::
-
-        SamplerEndpoint(workers=1, connect=functools.partial(connect_sampler, sampler.llm),
-                        apply=sampler.load_weights)
-
-    Ray actor (whose methods call :func:`connect_sampler` and the sampler's ``load_weights``)::
-
-        SamplerEndpoint(workers=tp, connect=lambda info: ray.get(actor.connect_nccl.remote(info)),
-                        apply=lambda update: ray.get(actor.load_weights.remote(update)))
-
-    Attributes:
-        workers: GPU workers of the engine (tensor x pipeline x data parallel).
-        connect: joins the engine to the transfer group with its init payload (blocking).
-        apply: applies a :class:`WeightUpdate` on the sampler (blocking).
-    """
-
-    workers: int
-    connect: Callable[[dict[str, Any]], None]
-    apply: Callable[[WeightUpdate], None]
-
-
-class ThreadedSamplerGroup:
-    """:class:`NCCLSamplerGroup` that calls each endpoint on its own thread and waits for all.
-
-    Raises:
-        ValueError: no endpoints, or an endpoint with fewer than one worker.
-    """
-
-    def __init__(self, endpoints: Sequence[SamplerEndpoint]) -> None:
-        if not endpoints:
-            raise ValueError("a sampler group needs at least one engine")
-        if any(e.workers < 1 for e in endpoints):
-            raise ValueError(
-                f"every engine needs >= 1 worker, got {[e.workers for e in endpoints]}"
-            )
-        self.endpoints = list(endpoints)
-        self.workers_per_engine = [e.workers for e in self.endpoints]
-
-    def connect(self, init_infos: Sequence[dict[str, Any]]) -> None:
-        """See :meth:`NCCLSamplerGroup.connect`."""
-        pairs = zip(self.endpoints, init_infos, strict=True)
-        _fan_out([lambda e=e, info=info: e.connect(info) for e, info in pairs])
-
-    def deliver(self, update: WeightUpdate) -> None:
-        """See :meth:`NCCLSamplerGroup.deliver`."""
-        _fan_out([lambda e=e: e.apply(update) for e in self.endpoints])
-
-
-def _fan_out(calls: Sequence[Callable[[], None]]) -> None:
-    """Run every call on its own thread; wait for all; re-raise the first error."""
-    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="nccl-sync") as pool:
-        futures = [pool.submit(call) for call in calls]
-    errors = [f.exception() for f in futures]
-    for error in errors:
-        if error is not None:
-            raise error
-
-
-class _GroupClient:
-    """vLLM ``VLLMWeightSyncClient`` that hands the inference side to a sampler group.
-
-    vLLM's trainer engine calls ``init_weight_transfer_engine`` and ``update_weights`` on a side
-    thread while it runs the matching NCCL call itself. ``start_weight_update`` and
-    ``finish_weight_update`` do nothing: each sampler runs its own start/update/finish in
-    :func:`receive` (so the version is set in the same step).
-    """
-
-    def __init__(self, group: NCCLSamplerGroup) -> None:
-        self.group = group
-        self._lock = threading.Lock()
-        self._pending: tuple[WeightUpdate, dict[str, list[Any]]] | None = None
-
-    def expect(self, update: WeightUpdate | None, update_info: dict[str, list[Any]] | None) -> None:
-        """Set (or clear, with ``None``) the update the next send delivers."""
-        with self._lock:
-            self._pending = None if update is None or update_info is None else (update, update_info)
-
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        self.group.connect(split_init_info(init_info, self.group.workers_per_engine))
-
-    def start_weight_update(self) -> None:
-        with self._lock:
-            if self._pending is None:
-                raise RuntimeError("send_weights called outside NCCLPublisher.publish")
-
-    def update_weights(self, update_info: Any) -> None:
-        with self._lock:
-            pending = self._pending
-        if pending is None:
-            raise RuntimeError("send_weights called outside NCCLPublisher.publish")
-        update, expected = pending
-        if update_info != expected:
-            # vLLM's payload and the update directory's must agree or the engines would size
-            # their receive buffers differently from what the trainer sends.
-            raise RuntimeError(
-                "vLLM's NCCL update payload differs from the one written to "
-                f"{update.path}/{UPDATE_INFO_FILE}; the vLLM weight-transfer API changed "
-                f"(written against {VLLM_API_VERSION})"
-            )
-        self.group.deliver(update)
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        pass
-
-
-# ---------------------------------------------------------------------------------------------
 # learner side
 # ---------------------------------------------------------------------------------------------
 
@@ -387,40 +198,6 @@ def _policy_source(model: torch.nn.Module, wire_dtype: torch.dtype | None) -> An
                 yield name, tensor.to(cast(tensor.dtype))
 
     return CastSource(model)
-
-
-def _input_embedding_name(model: torch.nn.Module) -> str:
-    weight = model.get_input_embeddings().weight
-    return next(n for n, p in model.named_parameters() if p is weight)
-
-
-def write_update_dir(
-    path: str | Path,
-    policy: RewardConditionedPolicy,
-    version: int,
-    update_info: dict[str, list[Any]],
-) -> None:
-    """Write the small files of an ``nccl`` update into ``path`` (an existing directory).
-
-    * the conditioning files (:meth:`RewardConditioner.save`);
-    * the tokenizer and the model's ``config.json``;
-    * in scalar mode, ``model.safetensors`` holding **only** the input-embedding matrix, under
-      the model's own parameter name: the vLLM sampler builds ``prompt_embeds`` from it
-      (``online_dt.rollout.vllm_prompts.PromptBuilder``). The directory is not a loadable model;
-    * :data:`UPDATE_INFO_FILE`: ``{"format", "version", "update_info"}``.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    policy.conditioner.save(path)
-    policy.tokenizer.save_pretrained(path)
-    policy.model.config.save_pretrained(path)
-    if policy.config.mode == "scalar":
-        name = _input_embedding_name(policy.model)
-        weight = policy.model.get_input_embeddings().weight.detach().cpu().contiguous()
-        save_file({name: weight}, str(path / "model.safetensors"))
-    meta = {"format": UPDATE_INFO_FORMAT, "version": version, "update_info": update_info}
-    (path / UPDATE_INFO_FILE).write_text(json.dumps(meta))
 
 
 class NCCLPublisher:
@@ -571,96 +348,3 @@ class NCCLPublisher:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
-
-
-# ---------------------------------------------------------------------------------------------
-# sampler side
-# ---------------------------------------------------------------------------------------------
-
-
-def engine_kwargs() -> dict[str, Any]:
-    """Keyword arguments to add to ``vllm.LLM(...)`` for an engine that receives weights over
-    NCCL: ``{"weight_transfer_config": WeightTransferConfig(backend="nccl")}``.
-
-    Raises:
-        RuntimeError: neither torch nor vLLM sees a CUDA GPU.
-    """
-    _require_cuda_engine("engine_kwargs")
-    from vllm.config import WeightTransferConfig
-
-    return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
-
-
-def connect_sampler(llm: Any, init_info: dict[str, Any]) -> None:
-    """Join ``llm``'s workers to the learner's NCCL group (``llm.init_weight_transfer_engine``).
-
-    Blocks until the learner and every other engine have joined, so it must run while
-    :meth:`NCCLPublisher.connect` runs (the group's ``connect`` does this).
-
-    Args:
-        llm: a ``vllm.LLM`` built with :func:`engine_kwargs`.
-        init_info: this engine's payload from :func:`split_init_info`.
-
-    Raises:
-        RuntimeError: neither torch nor vLLM sees a CUDA GPU.
-    """
-    _require_cuda_engine("connect_sampler")
-    from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
-
-    llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=dict(init_info)))
-
-
-def read_update_info(update: WeightUpdate) -> dict[str, list[Any]]:
-    """The NCCL update payload (names, dtype names, shapes) of an ``nccl`` update.
-
-    Raises:
-        ValueError: not an ``nccl`` update, no path, or a file of another version or format.
-        FileNotFoundError: the update directory has no :data:`UPDATE_INFO_FILE`.
-    """
-    if update.backend != "nccl" or update.path is None:
-        raise ValueError(f"not an nccl update with a directory: {update}")
-    file = Path(update.path) / UPDATE_INFO_FILE
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"{file} not found: the update directory must be readable by every sampler"
-        )
-    meta = json.loads(file.read_text())
-    if meta.get("format") != UPDATE_INFO_FORMAT:
-        raise ValueError(f"{file}: unknown format {meta.get('format')!r}")
-    if meta.get("version") != update.version:
-        raise ValueError(f"{file} is for version {meta.get('version')}, not {update.version}")
-    return meta["update_info"]
-
-
-def receive(llm: Any, update: WeightUpdate) -> None:
-    """Receive ``update``'s weights into ``llm`` while the learner sends them.
-
-    Calls, in order: ``llm.start_weight_update()``; ``llm.update_weights(...)``, which blocks in
-    NCCL until the learner's broadcast has completed; ``llm.finish_weight_update(
-    weight_version=str(update.version))``. Must run while :meth:`NCCLPublisher.publish` sends,
-    i.e. from the group's ``deliver``, never before or after it on the learner's thread. The
-    conditioning files in ``update.path`` are the caller's to load (the vLLM sampler reloads its
-    prompt builder from them).
-
-    Args:
-        llm: a ``vllm.LLM`` joined with :func:`connect_sampler`; it must not be generating.
-        update: an ``nccl`` update from :meth:`NCCLPublisher.publish`.
-
-    Raises:
-        RuntimeError: neither torch nor vLLM sees a CUDA GPU.
-        ValueError, FileNotFoundError: see :func:`read_update_info` (raised before ``llm`` is
-            touched).
-    """
-    _require_cuda_engine("receive")
-    update_info = read_update_info(update)
-    from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
-
-    llm.start_weight_update()
-    # On an error the worker ends the session itself (gpu_worker.update_weights).
-    llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
-    llm.finish_weight_update(weight_version=str(update.version))
-
-
-def disconnect_sampler(llm: Any) -> None:
-    """Leave the NCCL group without stopping the engine (``shutdown_weight_transfer_engine``)."""
-    llm.shutdown_weight_transfer_engine()
