@@ -143,3 +143,35 @@ def test_token_mode_online_is_steerable_over_the_base_range(embedded_model_dir, 
     achieved = [means[t] for t in firsts]
     assert all(b > a for a, b in zip(achieved, achieved[1:], strict=False)), achieved
     assert abs(means[0.8] - 0.8) <= 0.1
+
+
+@pytest.mark.slow
+def test_token_mode_is_calibrated_over_the_base_range_when_steered(tmp_path):
+    """Issue 16's calibration goal at a third of the default budget (2,560 reward calls):
+    ``configs/token.yaml`` (17 fixed reward tokens, lr 6e-4), sampled with guidance against
+    the policy's own mixture (w = 1, flat prior) and recalibrated on 128 train prompts per
+    token, achieves within 0.1 of every target from -0.8 to 0.8 (the base model's p10..p90) on
+    held-out prompts, and the achieved means rise with the target. Measured by
+    bench/peers.py, whose unguided and unrecalibrated rows of the same policy miss by 0.15-0.33
+    at -0.8 or -0.4 (printed below): the check can fail, and does without the steering.
+
+    Before recalibration asked an unreachable target for the token whose measured mean came
+    nearest, the recalibrated -0.8 was asked for the lowest token (trained on few samples) and
+    missed by 0.089 and 0.106 in seeds 0 and 1 (docs/method.md, round 9)."""
+    from tests.bench_runner import run_peers
+
+    targets = [-0.8, -0.4, 0.0, 0.4, 0.8]
+    args = ["--config=configs/token.yaml", "--methods=online-dt", "--odt-modes=token"]
+    args += ["--budget=2560", "--reference-samples=0", "--odt-guidance=1"]
+    args += ["--odt-guidance-reference=mixture", "--odt-recalibrate=128"]
+    report, _ = run_peers([*args, "--targets", *map(str, targets)], tmp_path / "out", 1500)
+    by_method: dict[str, list[float]] = {}
+    for row in report["rows"]:
+        if row.get("target") is not None:
+            by_method.setdefault(row["method"], []).append(row["reward_mean"])
+    for method, achieved in by_method.items():
+        print(method, [round(a - t, 3) for a, t in zip(achieved, targets, strict=True)])
+    steered = by_method["online-dt-token-guided1-mixture-recal"]
+    errors = [abs(a - t) for a, t in zip(steered, targets, strict=True)]
+    assert max(errors) <= 0.1, dict(zip(targets, steered, strict=True))
+    assert all(b > a for a, b in zip(steered, steered[1:], strict=False)), steered
