@@ -239,7 +239,7 @@ def test_failed_build_leaves_nothing_behind(
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated crash during training")
 
-    monkeypatch.setattr(bootstrap, "_pretrain", crash)
+    monkeypatch.setattr(bootstrap, "pretrain_model", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         ensure_embedded_model(cfg, progress=False)
     assert not bootstrap.embedded_model_dir(cfg).exists()

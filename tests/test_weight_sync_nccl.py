@@ -111,7 +111,7 @@ def no_cuda(monkeypatch):
 @pytest.fixture
 def cuda_checks_off(monkeypatch):
     monkeypatch.setattr(wsn, "_require_cuda", lambda what: None)
-    monkeypatch.setattr(wsn_engine, "_require_cuda_engine", lambda what: None)
+    monkeypatch.setattr(wsn_engine, "require_cuda_engine", lambda what: None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def test_vllm_trainer_factory_engine_and_sources():
     group = wsn_group.ThreadedSamplerGroup(
         [wsn_group.SamplerEndpoint(workers=1, connect=lambda info: None, apply=lambda u: None)]
     )
-    assert isinstance(wsn_group._GroupClient(group), VLLMWeightSyncClient)
+    assert isinstance(wsn_group.GroupClient(group), VLLMWeightSyncClient)
 
 
 def test_vllm_engine_argument_and_network_helpers(monkeypatch):
@@ -262,7 +262,7 @@ def test_vllm_engine_argument_and_network_helpers(monkeypatch):
     from vllm.utils import network_utils
 
     assert "weight_transfer_config" in _fields(EngineArgs)
-    monkeypatch.setattr(wsn_engine, "_require_cuda_engine", lambda what: None)
+    monkeypatch.setattr(wsn_engine, "require_cuda_engine", lambda what: None)
     kwargs = wsn_engine.engine_kwargs()
     assert set(kwargs) == {"weight_transfer_config"}
     assert isinstance(kwargs["weight_transfer_config"], WeightTransferConfig)
@@ -337,7 +337,7 @@ def test_client_refuses_a_payload_that_differs_from_the_update_dir():
     group = wsn_group.ThreadedSamplerGroup(
         [wsn_group.SamplerEndpoint(workers=1, connect=lambda i: None, apply=delivered.append)]
     )
-    client = wsn_group._GroupClient(group)
+    client = wsn_group.GroupClient(group)
     with pytest.raises(RuntimeError, match="outside"):
         client.start_weight_update()
     update = WeightUpdate(version=3, backend="nccl", path="p")
@@ -410,7 +410,7 @@ class StubbedNCCL:
         monkeypatch.setattr(nccl_engine, "open_trainer_endpoint", open_trainer_endpoint)
         monkeypatch.setattr(nccl_engine.NCCLTrainerWeightTransferEngine, "_broadcast", broadcast)
         monkeypatch.setattr(wsn, "_require_cuda", lambda what: None)
-        monkeypatch.setattr(wsn_engine, "_require_cuda_engine", lambda what: None)
+        monkeypatch.setattr(wsn_engine, "require_cuda_engine", lambda what: None)
         monkeypatch.setattr(wsn, "_cuda_device", lambda policy: torch.device("cpu"))
         monkeypatch.setattr(wsn, "_device_scope", lambda device: contextlib.nullcontext())
 

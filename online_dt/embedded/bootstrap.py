@@ -18,9 +18,9 @@ into a temporary sibling directory and renamed into place only when complete (it
 crash never leaves a half-built model and concurrent processes (pytest workers, two CLI runs)
 build it once: the others wait for the lock and reuse the result.
 
-The pretraining loop is :mod:`online_dt.embedded.pretrain`; :func:`sample_vader_spread` in
-:mod:`online_dt.embedded.vader_spread` measures how widely the base model's unconditioned
-completions vary in VADER sentiment, the property reward conditioning relies on.
+The pretraining loop is :mod:`online_dt.embedded.pretrain`;
+:func:`~online_dt.embedded.vader_spread.sample_vader_spread` measures how widely the base model's
+unconditioned completions vary in VADER sentiment, the property reward conditioning relies on.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from online_dt.config import BootstrapConfig
 from online_dt.embedded.corpus import CORPUS_VERSION, generate_reviews
-from online_dt.embedded.pretrain import _num_threads, _pretrain
-from online_dt.embedded.vader_spread import _spread
+from online_dt.embedded.pretrain import num_threads, pretrain_model
+from online_dt.embedded.vader_spread import vader_summary
 from online_dt.rewards import VaderSentimentReward
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ def _build(cfg: BootstrapConfig, out_dir: Path, *, progress: bool) -> dict[str, 
     reviews = generate_reviews(cfg.num_texts, cfg.seed)
     texts = [r.text for r in reviews]
     scored = reviews[:_CORPUS_VADER_TEXTS]
-    corpus_vader = _spread(
+    corpus_vader = vader_summary(
         VaderSentimentReward().score([r.prompt for r in scored], [r.completion for r in scored])
     )
 
@@ -259,7 +259,7 @@ def _build(cfg: BootstrapConfig, out_dir: Path, *, progress: bool) -> dict[str, 
         num_parameters = sum(p.numel() for p in model.parameters())
         train_started, cpu_started = time.perf_counter(), time.process_time()
         try:
-            stats = _pretrain(model, sequences, cfg, eos, progress=progress)
+            stats = pretrain_model(model, sequences, cfg, eos, progress=progress)
         finally:
             torch.set_num_threads(previous_threads)
         train_seconds = time.perf_counter() - train_started
@@ -285,7 +285,7 @@ def _build(cfg: BootstrapConfig, out_dir: Path, *, progress: bool) -> dict[str, 
         "train_seconds": round(train_seconds, 2),
         "train_cpu_seconds": round(train_cpu_seconds, 2),
         "build_seconds": round(time.perf_counter() - started, 2),
-        "cpu_cores": _num_threads(),
+        "cpu_cores": num_threads(),
         "steps_per_thread_count": {
             str(k): v for k, v in sorted(stats.steps_per_thread_count.items())
         },

@@ -1,9 +1,9 @@
 """Pretraining of the embedded base model: the CPU training loop of its build.
 
-:func:`_pretrain` trains a causal LM on length-bucketed batches of whole sequences with AdamW, a
-warm-up then cosine learning-rate schedule (:func:`_lr_factor`) and a CPU thread count that is
-re-measured as it goes (:class:`_ThreadTuner`). Used by :mod:`online_dt.embedded.bootstrap`,
-which builds and caches the model.
+:func:`pretrain_model` trains a causal LM on length-bucketed batches of whole sequences with AdamW,
+a warm-up then cosine learning-rate schedule (:func:`_lr_factor`) and a CPU thread count that is
+re-measured as it goes (:class:`_ThreadTuner`). Used by :mod:`online_dt.embedded.bootstrap`, which
+builds and caches the model.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def _lr_factor(step: int, total: int) -> float:
     return _MIN_LR_FRACTION + (1 - _MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _num_threads() -> int:
-    """CPU threads for training: the cores this process may run on."""
+def num_threads() -> int:
+    """CPU threads for training: the cores this process may run on (the most
+    :func:`pretrain_model` uses; a build records it as ``cpu_cores``)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -73,8 +74,8 @@ def _length_bucketed_batches(
 
 @dataclass
 class _TrainStats:
-    """What :func:`_pretrain` reports: per-step losses (nats per token), real tokens trained on,
-    and how many steps ran with each CPU thread count."""
+    """What :func:`pretrain_model` reports: per-step losses (nats per token), real tokens trained
+    on, and how many steps ran with each CPU thread count."""
 
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
@@ -115,7 +116,7 @@ class _ThreadTuner:
             self._timings.clear()
 
 
-def _pretrain(
+def pretrain_model(
     model: torch.nn.Module,
     sequences: Sequence[Sequence[int]],
     cfg: BootstrapConfig,
@@ -124,7 +125,14 @@ def _pretrain(
     progress: bool,
 ) -> _TrainStats:
     """Next-token training on right-padded, length-bucketed batches of whole sequences (loss on
-    every real token, including the final EOS; padding carries no loss)."""
+    every real token, including the final EOS; padding carries no loss).
+
+    Trains ``model`` in place for ``cfg.steps`` steps (``cfg.lr``, ``cfg.batch_size``,
+    ``cfg.seed``), padding with ``pad_id``, with a tqdm bar when ``progress``. It sets torch's
+    CPU thread count as it goes and leaves it set: the caller restores it
+    (:mod:`online_dt.embedded.bootstrap` does). Returns the per-step losses, tokens trained on and
+    steps per thread count.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -147,7 +155,7 @@ def _pretrain(
     lengths = [len(s) for s in sequences]
     batches: list[list[int]] = []
     stats = _TrainStats()
-    tuner = _ThreadTuner(_num_threads())
+    tuner = _ThreadTuner(num_threads())
     model.train()
     # transformers warns once that input_ids contain the pad id (it is also EOS) and no mask is
     # given; that is intended here, so its logger is quietened for the loop.

@@ -1,8 +1,8 @@
 """How widely the embedded base model's completions vary in VADER sentiment.
 
 :func:`sample_vader_spread` samples unconditioned completions of the embedded prompts and
-summarises their VADER scores, the property reward conditioning relies on; :func:`_spread` is
-the same summary, also used for the corpus in a build's ``BUILD_INFO.json``
+summarises their VADER scores, the property reward conditioning relies on; :func:`vader_summary`
+is the same summary, also used for the corpus in a build's ``BUILD_INFO.json``
 (:mod:`online_dt.embedded.bootstrap`).
 """
 
@@ -17,7 +17,7 @@ from online_dt.embedded.corpus import embedded_prompts
 from online_dt.rewards import VaderSentimentReward
 from online_dt.util.metrics import reward_summary
 
-__all__ = ["sample_vader_spread"]
+__all__ = ["sample_vader_spread", "vader_summary"]
 
 # Histogram of VADER compound scores: this many equal bins over [-1, 1].
 _HIST_BINS = 10
@@ -32,7 +32,7 @@ def _histogram(values: Sequence[float]) -> dict[str, list[float] | list[int]]:
     return {"edges": edges, "counts": counts}
 
 
-def _spread(values: Sequence[float]) -> dict[str, Any]:
+def vader_summary(values: Sequence[float]) -> dict[str, Any]:
     """:func:`~online_dt.util.metrics.reward_summary` of VADER scores (mean, population std,
     p10, median, p90), plus extremes, the positive/negative fractions and a histogram; floats
     rounded to 4 decimals."""
@@ -66,7 +66,8 @@ def sample_vader_spread(
     as the default reward model does.
 
     Args:
-        model_dir: a causal LM directory, e.g. the result of :func:`ensure_embedded_model`.
+        model_dir: a causal LM directory, e.g. the result of
+            :func:`~online_dt.embedded.bootstrap.ensure_embedded_model`.
         n: number of completions (>= 1).
         seed: prompt order and sampling seed.
         max_new_tokens: completion length limit in tokens.
@@ -117,7 +118,7 @@ def sample_vader_spread(
     scores = VaderSentimentReward().score(prompts, completions)
     return {
         "n": n,
-        **_spread(scores),
+        **vader_summary(scores),
         "frac_finished": round(sum(sampled.finished) / n, 4),
         "distinct_completions": len(set(completions)),
         "mean_new_tokens": round(sum(map(len, sampled.token_ids)) / n, 2),

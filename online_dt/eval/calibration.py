@@ -142,7 +142,8 @@ def format_asked(asked: Sequence[Sequence[float]] | None) -> str:
 
 
 def format_bin(info: dict[str, Any] | None) -> str:
-    """``k/K [low, high)`` for a :meth:`RewardConditioner.describe_target` result (``^`` when
+    """``k/K [low, high)`` for a
+    :meth:`~online_dt.policy.conditioner.RewardConditioner.describe_target` result (``^`` when
     the target lies above the bins' range), ``-`` for ``None``."""
     if info is None:
         return "-"
@@ -200,7 +201,7 @@ def evaluate_calibration(
 
     Args:
         sampler: anything with ``generate(prompts, targets, params) -> list[Rollout]``
-            (:class:`online_dt.rollout.sampler.HFSampler`, the vLLM sampler).
+            (:class:`online_dt.rollout.hf_sampler.HFSampler`, the vLLM sampler).
         score: validated reward function of (prompts, completions) -> one float per sample.
         prompts: the prompt set; target k uses the first ``samples_per_target`` prompts
             (cycling), so every target sees the same prompts.

@@ -1,8 +1,9 @@
-"""``online-dt eval`` of a run with several objectives: calibration on a grid of target vectors.
+"""Several-objective eval targets: target grid, achievability, buffer reward vectors, input checks.
 
 A run with ``conditioning.objectives`` conditions its policy on a vector of ``M`` rewards, so
-"achieved vs target" becomes a question about a region of the objective space. This module
-holds the pure pieces of that evaluation (no model, no Ray; tested with fakes):
+"achieved vs target" becomes a question about a region of the objective space, evaluated on a
+grid of target vectors. The pure pieces of that evaluation (no model, no Ray; tested with fakes)
+are this module's target side and the rows and summary built on it:
 
 * :func:`grid_targets`: a full grid of ``per_axis ** M`` target vectors spanning the bulk
   (10th to 90th percentile) of what the replay buffer achieved in each objective;
@@ -19,7 +20,9 @@ holds the pure pieces of that evaluation (no model, no Ray; tested with fakes):
 * the console output is in :mod:`online_dt.eval.objectives_table`;
 * :func:`buffer_reward_vectors`: the ``[N, M]`` achieved reward vectors of a run directory's
   persisted replay buffer (:func:`online_dt.eval.source.buffer_rewards`, checked against the
-  objectives).
+  objectives);
+* input checks, also used by :mod:`online_dt.eval.objectives_rows`: :func:`check_objectives`,
+  :func:`as_buffer` (the buffer's reward vectors, non-finite rows dropped) and :func:`as_targets`.
 
 Units: "reward units" are each objective's own (as the reward model returns them);
 "normalised" units map each objective's configured ``[low, high]`` to ``[-1, 1]``

@@ -56,7 +56,7 @@ def objective_row(
         objectives: the run's ``conditioning.objectives``.
         prompts, completions, token_ids, rewards: ``N >= 1`` aligned samples; each reward is
             ``M`` floats (reward units, the objectives' order).
-        is_achievable: the target's :func:`achievable` flag.
+        is_achievable: the target's :func:`~online_dt.eval.objectives.achievable` flag.
         goal: the calibration goal (normalised units) for ``within_goal``.
         examples: how many (prompt, completion, rewards) examples to keep in ``samples``.
 
@@ -147,7 +147,8 @@ def evaluate_grid(
         samples_per_target: completions per target (``>= 1``).
         params: ``params(k)``: the :class:`~online_dt.rollout.sampler.SamplingParams` of target k.
         objectives: the run's ``conditioning.objectives``.
-        achievable_flags: ``T`` bools (:func:`achievable`); default all ``False``.
+        achievable_flags: ``T`` bools (:func:`~online_dt.eval.objectives.achievable`); default all
+            ``False``.
         kl: optional per-completion KL(policy || base) estimator over rollouts (nats).
         goal: the calibration goal (normalised units).
 

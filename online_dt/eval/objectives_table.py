@@ -16,10 +16,10 @@ def format_objectives_table(
     objectives: Sequence[ObjectiveConfig],
     goal: float = CALIBRATION_GOAL,
 ) -> str:
-    """A plain-text table of :func:`evaluate_grid` rows: per target its vector, the mean
-    achieved vector (reward units), the normalised error per objective (``!`` past ``goal``),
-    whether it is achievable, distinct-2 and (when estimated) the KL to the base model in nats
-    per completion and per token."""
+    """A plain-text table of :func:`~online_dt.eval.objectives_rows.evaluate_grid` rows: per target
+    its vector, the mean achieved vector (reward units), the normalised error per objective (``!``
+    past ``goal``), whether it is achievable, distinct-2 and (when estimated) the KL to the base
+    model in nats per completion and per token."""
     names = [o.name for o in objectives]
     width = max(9, *(min(len(n), 12) for n in names))
     with_kl = any(r.get("kl_to_base") is not None for r in rows)
@@ -60,7 +60,8 @@ def format_objectives_table(
 def format_objectives_summary(
     summary: dict[str, Any], objectives: Sequence[ObjectiveConfig]
 ) -> str:
-    """The :func:`summarize_grid` summary as a few console lines."""
+    """The :func:`~online_dt.eval.objectives_rows.summarize_grid` summary as a few console
+    lines."""
     goal = summary["goal"]
     lines = [
         f"calibration error, normalised (|achieved mean - target| / half the range), over the "

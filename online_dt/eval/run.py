@@ -63,15 +63,16 @@ from online_dt.eval.reference import DEFAULT_BIN_HALF_WIDTH, DEFAULT_REFERENCE_S
 from online_dt.eval.reference_report import report_reference
 from online_dt.eval.run_objectives import run_objectives_eval
 from online_dt.eval.source import EvalError, buffer_rewards, resolve_source
-from online_dt.eval.steering import RECALIBRATION_SEED_KEY, plan_guidance, recalibrate
+from online_dt.eval.steering import (
+    RECALIBRATION_SEED_KEY,
+    REFERENCE_SEED_KEY,
+    plan_guidance,
+    recalibrate,
+)
 from online_dt.eval.target_input import TargetSpec, show_target
 from online_dt.launch.rundir import CONFIG_FILE, EVAL_DIR, EVAL_PLOT_FILE, EVAL_TABLE_FILE
 from online_dt.policy.recalibration import default_grid
 from online_dt.util.seeds import derived_seed
-
-REFERENCE_SEED_KEY = 2**20
-"""The reference's sampling seed is ``derived_seed(seed, REFERENCE_SEED_KEY)`` (target k uses
-``derived_seed(seed, k)``, and no evaluation has that many targets)."""
 
 DEFAULT_SAMPLES_PER_TARGET = 64
 """Completions per target by default (about 1 s per target for the embedded model on 2 cores)."""

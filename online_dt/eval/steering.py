@@ -4,7 +4,8 @@
 sampler steers against, and its prior weights); :func:`recalibrate` measures the reward
 achieved at each conditioning value and fits the
 :class:`~online_dt.policy.recalibration.Recalibration` that the evaluated targets are asked
-through.
+through. The evaluation's seed keys (:data:`REFERENCE_SEED_KEY`, :data:`RECALIBRATION_SEED_KEY`)
+are kept here together so that they stay distinct.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from typing import Any
 
 from online_dt.eval.source import EvalError
 from online_dt.util.seeds import derived_seed
+
+# Seed keys of ``online-dt eval`` (:mod:`online_dt.eval.run`). Target k samples with
+# ``derived_seed(seed, k)``; each key below must differ from every other and from any target
+# index, or two of these streams would draw the same random numbers.
+REFERENCE_SEED_KEY = 2**20
+"""The reference's sampling seed is ``derived_seed(seed, REFERENCE_SEED_KEY)`` (target k uses
+``derived_seed(seed, k)``, and no evaluation has that many targets)."""
 
 RECALIBRATION_SEED_KEY = 2**20 + 1
 """Recalibration draws its prompts with ``derived_seed(seed, RECALIBRATION_SEED_KEY)``, samples

@@ -333,12 +333,12 @@ class RewardConditionedPolicy(nn.Module):
             top_p: nucleus threshold in ``(0, 1]``.
             seed: seed of the sampling RNG (``None``: torch's global RNG).
             batch_size: prompts per forward batch.
-            guidance_weight: ``w >= 0``. Above 0, each token is sampled from the guided
-                logits ``l(target) + w (l(target) - l(guidance_reference))``: the
-                conditional sharpened away from the reference reward (classifier-free
-                guidance with a reference condition, :func:`sample_tokens`). It costs a
-                second forward pass per token; the rollouts' ``logprobs`` are the guided
-                distribution's. 0 (the default) samples the policy itself.
+            guidance_weight: ``w >= 0``. Above 0, each token is sampled from the guided logits
+                ``l(target) + w (l(target) - l(guidance_reference))``: the conditional sharpened
+                away from the reference reward (classifier-free guidance with a reference condition,
+                :func:`~online_dt.policy.generation.sample_tokens`). It costs a second forward pass
+                per token; the rollouts' ``logprobs`` are the guided distribution's. 0 (the default)
+                samples the policy itself.
             guidance_reference: the reference reward (reward units), for instance the base
                 model's mean reward. With a reference reward, guidance moves the achieved
                 reward away from it (a blurred conditional's mean is scaled about it).
@@ -349,16 +349,16 @@ class RewardConditionedPolicy(nn.Module):
                 conditional around its target instead of moving it, but also amplifies
                 whatever else separates the policy from its base.
             guidance_mixture: instead, ``(reward, prior weight)`` pairs: the reference is the
-                policy's own mixture over those conditionings, each weighted by its prior
-                times the likelihood of the tokens so far (:func:`sample_tokens`). With the
-                rewards spread over the range and weighted by how often they occur in what the
-                policy was trained on (the replay buffer:
-                :func:`~online_dt.policy.guidance.buffer_prior`), it is the policy's marginal
-                over rewards, classifier-free guidance's unconditional model: the
+                policy's own mixture over those conditionings, each weighted by its prior times the
+                likelihood of the tokens so far
+                (:func:`~online_dt.policy.generation.sample_tokens`). With the rewards spread over
+                the range and weighted by how often they occur in what the policy was trained on
+                (the replay buffer: :func:`~online_dt.policy.guidance.buffer_prior`), it is the
+                policy's marginal over rewards, classifier-free guidance's unconditional model: the
                 conditional is sharpened around its target, and what all conditionings share
                 cancels. K pairs cost K extra rows per prompt. Exactly one of
-                ``guidance_reference``, ``guidance_model`` and ``guidance_mixture`` is needed
-                when ``guidance_weight > 0``.
+                ``guidance_reference``, ``guidance_model`` and ``guidance_mixture`` is needed when
+                ``guidance_weight > 0``.
 
         Returns:
             B :class:`~online_dt.samples.Rollout` in the order of ``prompts``, with

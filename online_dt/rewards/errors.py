@@ -27,7 +27,7 @@ class RewardModelError(ValueError):
             ``missing_objective``, the first unknown name found (in batch order) for
             ``unknown_objective`` (the message names all of them), the objective whose values
             are bad for ``not_a_number``/``nan``/``inf`` from
-            :func:`validate_objective_scores`; ``None`` otherwise.
+            :func:`~online_dt.rewards.validation.validate_objective_scores`; ``None`` otherwise.
     """
 
     def __init__(

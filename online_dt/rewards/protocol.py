@@ -30,19 +30,20 @@ class RewardModel(Protocol):
     * Output: a ``list`` of ``N`` finite floats, one per sample, in the order of the inputs.
       Higher means better. The units and range are the model's own and must be documented by
       the model (VADER: ``[-1, 1]``; a classifier's probability: ``[0, 1]``; a logit: all
-      reals). Numpy or torch scalars are accepted by :func:`validate_scores` and converted.
+      reals). Numpy or torch scalars are accepted by
+      :func:`~online_dt.rewards.validation.validate_scores` and converted.
     * Several objectives: when the run's config lists objectives (``conditioning.objectives``),
       ``score`` instead returns, per sample, a ``Mapping[str, float]`` of named objectives,
       e.g. ``{"sentiment": 0.6, "brevity": -3.0}``: every sample has exactly the configured
       names (the mapping's order does not matter), each value a finite float in that
       objective's own documented units, higher is better. A model returning plain floats is
       a single-objective model (the default, with no objectives listed). Validated by
-      :func:`validate_objective_scores`.
+      :func:`~online_dt.rewards.validation.validate_objective_scores`.
     * Errors: raising any exception means the whole batch failed and no score of it is used;
       there is no way to fail a single sample. Returning NaN, an infinity, a non-number, the
       wrong number of scores, or (with objectives) a non-mapping or a mapping with missing or
       unknown names is a bug of the model, reported by :func:`score_checked` as
-      :class:`RewardModelError`.
+      :class:`~online_dt.rewards.errors.RewardModelError`.
     * ``score`` must not modify its inputs. It may be called many times with batches of any
       size, so expensive set-up belongs in the constructor.
     """
@@ -112,8 +113,9 @@ def score_checked(
     Raises:
         ValueError: ``prompts`` and ``completions`` differ in length, or one is a single string;
             ``objectives`` is a single string or has duplicate names.
-        RewardModelError: the model's output failed :func:`validate_scores` (no objectives) or
-            :func:`validate_objective_scores` (with objectives).
+        RewardModelError: the model's output failed
+            :func:`~online_dt.rewards.validation.validate_scores` (no objectives) or
+            :func:`~online_dt.rewards.validation.validate_objective_scores` (with objectives).
         Exception: whatever ``model.score`` raised, unchanged (the whole batch failed).
     """
     check_inputs(prompts, completions)

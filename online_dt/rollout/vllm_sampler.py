@@ -59,7 +59,8 @@ CONDITIONING_ENGINE_ARGS = {
 }
 """The engine arguments :class:`VLLMSampler` sets for conditioning only, and why; every other
 argument is one a plain-prompt engine would take as well (``bench/sampler.py`` builds its
-plain ceiling from the sampler's :attr:`VLLMSampler.engine_args` without these)."""
+plain ceiling from the sampler's :attr:`~online_dt.rollout.vllm_sampler.VLLMSampler.engine_args`
+without these)."""
 
 
 def vllm_sampling_params(

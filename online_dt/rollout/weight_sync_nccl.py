@@ -27,42 +27,52 @@ It follows these files of vLLM 0.32.0 (paths in the vLLM source tree; no text co
 * ``examples/rl/rlhf_nccl.py`` in the vLLM repository: the engine's ``update_weights`` and the
   trainer's broadcast run at the same time (Ray remote calls there).
 
-The backend's modules: this one holds the learner side (:class:`NCCLPublisher`) and the CUDA
-checks; :mod:`online_dt.rollout.weight_sync_nccl_group` reaches the engines
-(:class:`NCCLSamplerGroup`, :class:`ThreadedSamplerGroup`, :func:`split_init_info` and vLLM's
-client); :mod:`online_dt.rollout.weight_sync_nccl_update` holds the update payload and directory
-(:func:`write_update_dir`, :func:`read_update_info`); and
-:mod:`online_dt.rollout.weight_sync_nccl_engine` the sampler side (:func:`engine_kwargs`,
-:func:`connect_sampler`, :func:`receive`, :func:`disconnect_sampler`).
+The backend's modules: this one holds the learner side (:class:`NCCLPublisher`) and the CUDA checks
+(:func:`require_cuda_engine` for the engines); :mod:`online_dt.rollout.weight_sync_nccl_group`
+reaches the engines (:class:`~online_dt.rollout.weight_sync_nccl_group.NCCLSamplerGroup`,
+:class:`~online_dt.rollout.weight_sync_nccl_group.ThreadedSamplerGroup`,
+:func:`~online_dt.rollout.weight_sync_nccl_group.split_init_info` and vLLM's client,
+:class:`~online_dt.rollout.weight_sync_nccl_group.GroupClient`);
+:mod:`online_dt.rollout.weight_sync_nccl_update` holds the update payload and directory
+(:func:`~online_dt.rollout.weight_sync_nccl_update.write_update_dir`,
+:func:`~online_dt.rollout.weight_sync_nccl_update.read_update_info`); and
+:mod:`online_dt.rollout.weight_sync_nccl_engine` the sampler side
+(:func:`~online_dt.rollout.weight_sync_nccl_engine.engine_kwargs`,
+:func:`~online_dt.rollout.weight_sync_nccl_engine.connect_sampler`,
+:func:`~online_dt.rollout.weight_sync_nccl_engine.receive`,
+:func:`~online_dt.rollout.weight_sync_nccl_engine.disconnect_sampler`).
 
 How one publication travels
 ---------------------------
-The learner holds one :class:`NCCLPublisher`; each vLLM engine (a ``vllm.LLM``, in this process
-or in a Ray actor) is reached through a :class:`NCCLSamplerGroup` (usually a
-:class:`ThreadedSamplerGroup`). vLLM's trainer engine drives its peer through a four-call client
-(init / start / update / finish); this module's client forwards the *init* to every engine and
-turns the *update* into "every sampler applies this :class:`WeightUpdate` now". Each sampler
-then runs the whole start -> update -> finish sequence on its own engine in :func:`receive`, so
-the sampler's ``load_weights(update)`` stays the one way weights change (as with
-``checkpoint``).
+The learner holds one :class:`NCCLPublisher`; each vLLM engine (a ``vllm.LLM``, in this process or
+in a Ray actor) is reached through a
+:class:`~online_dt.rollout.weight_sync_nccl_group.NCCLSamplerGroup` (usually a
+:class:`~online_dt.rollout.weight_sync_nccl_group.ThreadedSamplerGroup`). vLLM's trainer engine
+drives its peer through a four-call client (init / start / update / finish); this module's client
+forwards the *init* to every engine and turns the *update* into "every sampler applies this
+:class:`WeightUpdate` now". Each sampler then runs the whole start -> update -> finish sequence on
+its own engine in :func:`~online_dt.rollout.weight_sync_nccl_engine.receive`, so the sampler's
+``load_weights(update)`` stays the one way weights change (as with ``checkpoint``).
 
-Rendezvous (once, :meth:`NCCLPublisher.connect`, or the first publish): vLLM's
-``trainer_init`` calls our client's ``init_weight_transfer_engine`` **on a side thread** and
-opens the trainer's NCCL endpoint (rank 0, TCPStore on ``master_address:master_port``) on the
-calling thread. The client gives each engine its own ``rank_offset``
-(:func:`split_init_info`) and calls ``group.connect``, which must make every engine run
-:func:`connect_sampler` **concurrently** and return when all have joined.
+Rendezvous (once, :meth:`NCCLPublisher.connect`, or the first publish): vLLM's ``trainer_init``
+calls our client's ``init_weight_transfer_engine`` **on a side thread** and opens the trainer's NCCL
+endpoint (rank 0, TCPStore on ``master_address:master_port``) on the calling thread. The client
+gives each engine its own ``rank_offset``
+(:func:`~online_dt.rollout.weight_sync_nccl_group.split_init_info`) and calls ``group.connect``,
+which must make every engine run :func:`~online_dt.rollout.weight_sync_nccl_engine.connect_sampler`
+**concurrently** and return when all have joined.
 
 Publication ``publish(policy, version)``, in this order:
 
-1. the learner writes ``<root>/v<version>`` atomically (:func:`write_update_dir`): conditioning
-   files, tokenizer, model config, the input embedding in scalar mode (what the vLLM sampler's
-   prompt builder reads) and ``nccl_update_info.json`` (the tensor names, dtypes and shapes);
+1. the learner writes ``<root>/v<version>`` atomically
+   (:func:`~online_dt.rollout.weight_sync_nccl_update.write_update_dir`): conditioning files,
+   tokenizer, model config, the input embedding in scalar mode (what the vLLM sampler's prompt
+   builder reads) and ``nccl_update_info.json`` (the tensor names, dtypes and shapes);
 2. vLLM's ``send_weights`` calls the client's ``start_weight_update`` (a no-op here);
-3. **side thread**: the client's ``update_weights`` calls ``group.deliver(update)``; every
-   sampler, concurrently, calls :func:`receive`: ``llm.start_weight_update()``, then
-   ``llm.update_weights(...)``, which blocks inside the NCCL receive, then
-   ``llm.finish_weight_update(weight_version=str(version))``;
+3. **side thread**: the client's ``update_weights`` calls ``group.deliver(update)``; every sampler,
+   concurrently, calls :func:`~online_dt.rollout.weight_sync_nccl_engine.receive`:
+   ``llm.start_weight_update()``, then ``llm.update_weights(...)``, which blocks inside the NCCL
+   receive, then ``llm.finish_weight_update(weight_version=str(version))``;
 4. **calling thread, at the same time as 3**: the trainer broadcasts every tensor from rank 0
    (packed into buffers by default);
 5. ``send_weights`` waits for the side thread (every sampler finished), calls the client's
@@ -79,20 +89,20 @@ Threading rules that follow from NCCL collectives:
 * A sampler must not generate while it receives: the offline ``vllm.LLM`` is not thread-safe.
   A synchronous Ray actor (``max_concurrency=1``, the default) serialises ``generate`` and
   ``load_weights``; a threaded or async actor must pause generation first.
-* Failure: if a sampler fails before it enters ``update_weights`` (e.g. it cannot read the
-  update directory), the trainer's broadcast waits for a peer that never comes and
-  ``publish`` hangs, as in vLLM itself. Checks that can fail therefore run before any NCCL
-  call (:func:`receive` reads and validates the update first). After any error in a send the
-  NCCL group is unusable: the publisher refuses further publications; rebuild it and reconnect
-  the engines.
+* Failure: if a sampler fails before it enters ``update_weights`` (e.g. it cannot read the update
+  directory), the trainer's broadcast waits for a peer that never comes and ``publish`` hangs, as in
+  vLLM itself. Checks that can fail therefore run before any NCCL call
+  (:func:`~online_dt.rollout.weight_sync_nccl_engine.receive` reads and validates the update first).
+  After any error in a send the NCCL group is unusable: the publisher refuses further publications;
+  rebuild it and reconnect the engines.
 
-Requirements: the engines must start from a full checkpoint of the same architecture and
-vocabulary as the learner's model (e.g. the policy directory the run starts from) and be built
-with :func:`engine_kwargs`; NCCL only overwrites existing parameters, by Hugging Face name
-(``named_parameters``; tied weights are sent once). The update directory must be readable by
-every sampler (a shared filesystem, as for ``checkpoint``). ``master_address:master_port`` must
-be reachable from every engine's GPU workers. One learner process sends (trainer rank 0);
-multi-rank (FSDP) learners are not supported here.
+Requirements: the engines must start from a full checkpoint of the same architecture and vocabulary
+as the learner's model (e.g. the policy directory the run starts from) and be built with
+:func:`~online_dt.rollout.weight_sync_nccl_engine.engine_kwargs`; NCCL only overwrites existing
+parameters, by Hugging Face name (``named_parameters``; tied weights are sent once). The update
+directory must be readable by every sampler (a shared filesystem, as for ``checkpoint``).
+``master_address:master_port`` must be reachable from every engine's GPU workers. One learner
+process sends (trainer rank 0); multi-rank (FSDP) learners are not supported here.
 """
 
 from __future__ import annotations
@@ -107,7 +117,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from online_dt.rollout.weight_sync import WeightUpdate, version_dir_name
-from online_dt.rollout.weight_sync_nccl_group import NCCLSamplerGroup, _GroupClient
+from online_dt.rollout.weight_sync_nccl_group import GroupClient, NCCLSamplerGroup
 from online_dt.rollout.weight_sync_nccl_update import update_info_from_metadata, write_update_dir
 from online_dt.util.atomic import atomic_write_dir
 
@@ -132,7 +142,7 @@ def _require_cuda(what: str) -> None:
         raise RuntimeError(_CUDA_ERROR.format(what=what, detail="this process sees no CUDA GPU"))
 
 
-def _require_cuda_engine(what: str) -> None:
+def require_cuda_engine(what: str) -> None:
     """Raise unless the vLLM engines driven from this process run on CUDA.
 
     The process holding a ``vllm.LLM`` need not see a GPU itself (a Ray actor with
@@ -244,7 +254,7 @@ class NCCLPublisher:
         self.packed = packed
         self.wire_dtype = wire_dtype
         self.keep = keep
-        self._client = _GroupClient(group)
+        self._client = GroupClient(group)
         self._engine: Any = None
         self._device: torch.device | None = None
         self._failed = False
@@ -344,7 +354,8 @@ class NCCLPublisher:
         return update
 
     def close(self) -> None:
-        """Tear down the learner's end of the NCCL group (engines: :func:`disconnect_sampler`)."""
+        """Tear down the learner's end of the NCCL group (engines:
+        :func:`~online_dt.rollout.weight_sync_nccl_engine.disconnect_sampler`)."""
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from online_dt.rollout.weight_sync import WeightUpdate
-from online_dt.rollout.weight_sync_nccl import _require_cuda_engine
+from online_dt.rollout.weight_sync_nccl import require_cuda_engine
 from online_dt.rollout.weight_sync_nccl_update import read_update_info
 
 
@@ -22,7 +22,7 @@ def engine_kwargs() -> dict[str, Any]:
     Raises:
         RuntimeError: neither torch nor vLLM sees a CUDA GPU.
     """
-    _require_cuda_engine("engine_kwargs")
+    require_cuda_engine("engine_kwargs")
     from vllm.config import WeightTransferConfig
 
     return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
@@ -32,16 +32,18 @@ def connect_sampler(llm: Any, init_info: dict[str, Any]) -> None:
     """Join ``llm``'s workers to the learner's NCCL group (``llm.init_weight_transfer_engine``).
 
     Blocks until the learner and every other engine have joined, so it must run while
-    :meth:`NCCLPublisher.connect` runs (the group's ``connect`` does this).
+    :meth:`~online_dt.rollout.weight_sync_nccl.NCCLPublisher.connect` runs (the group's ``connect``
+    does this).
 
     Args:
         llm: a ``vllm.LLM`` built with :func:`engine_kwargs`.
-        init_info: this engine's payload from :func:`split_init_info`.
+        init_info: this engine's payload from
+            :func:`~online_dt.rollout.weight_sync_nccl_group.split_init_info`.
 
     Raises:
         RuntimeError: neither torch nor vLLM sees a CUDA GPU.
     """
-    _require_cuda_engine("connect_sampler")
+    require_cuda_engine("connect_sampler")
     from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
 
     llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=dict(init_info)))
@@ -52,21 +54,24 @@ def receive(llm: Any, update: WeightUpdate) -> None:
 
     Calls, in order: ``llm.start_weight_update()``; ``llm.update_weights(...)``, which blocks in
     NCCL until the learner's broadcast has completed; ``llm.finish_weight_update(
-    weight_version=str(update.version))``. Must run while :meth:`NCCLPublisher.publish` sends,
-    i.e. from the group's ``deliver``, never before or after it on the learner's thread. The
-    conditioning files in ``update.path`` are the caller's to load (the vLLM sampler reloads its
-    prompt builder from them).
+    weight_version=str(update.version))``. Must run while
+    :meth:`~online_dt.rollout.weight_sync_nccl.NCCLPublisher.publish` sends, i.e. from the group's
+    ``deliver``, never before or after it on the learner's thread. The conditioning files in
+    ``update.path`` are the caller's to load (the vLLM sampler reloads its prompt builder from
+    them).
 
     Args:
         llm: a ``vllm.LLM`` joined with :func:`connect_sampler`; it must not be generating.
-        update: an ``nccl`` update from :meth:`NCCLPublisher.publish`.
+        update: an ``nccl`` update from
+            :meth:`~online_dt.rollout.weight_sync_nccl.NCCLPublisher.publish`.
 
     Raises:
         RuntimeError: neither torch nor vLLM sees a CUDA GPU.
-        ValueError, FileNotFoundError: see :func:`read_update_info` (raised before ``llm`` is
-            touched).
+        ValueError, FileNotFoundError: see
+            :func:`~online_dt.rollout.weight_sync_nccl_update.read_update_info` (raised before
+            ``llm`` is touched).
     """
-    _require_cuda_engine("receive")
+    require_cuda_engine("receive")
     update_info = read_update_info(update)
     from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 

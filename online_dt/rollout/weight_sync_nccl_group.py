@@ -2,7 +2,7 @@
 
 :class:`NCCLSamplerGroup` is the learner's handle on every engine that receives weights
 (:class:`ThreadedSamplerGroup` calls each :class:`SamplerEndpoint` on its own thread);
-:class:`_GroupClient` is the ``VLLMWeightSyncClient`` through which vLLM's trainer engine drives
+:class:`GroupClient` is the ``VLLMWeightSyncClient`` through which vLLM's trainer engine drives
 that group. See :mod:`online_dt.rollout.weight_sync_nccl` for the backend as a whole and the
 threading rules these follow.
 """
@@ -62,13 +62,15 @@ class NCCLSamplerGroup(Protocol):
     workers_per_engine: Sequence[int]
 
     def connect(self, init_infos: Sequence[dict[str, Any]]) -> None:
-        """Make engine ``i`` run :func:`connect_sampler` with ``init_infos[i]``, all engines at
-        once; return when all have joined (raise if any failed)."""
+        """Make engine ``i`` run :func:`~online_dt.rollout.weight_sync_nccl_engine.connect_sampler`
+        with ``init_infos[i]``, all engines at once; return when all have joined (raise if any
+        failed)."""
         ...
 
     def deliver(self, update: WeightUpdate) -> None:
         """Make every sampler apply ``update`` (its ``load_weights``, which calls
-        :func:`receive`), all at once; return when all are done (raise if any failed)."""
+        :func:`~online_dt.rollout.weight_sync_nccl_engine.receive`), all at once; return when all
+        are done (raise if any failed)."""
         ...
 
 
@@ -81,7 +83,8 @@ class SamplerEndpoint:
         SamplerEndpoint(workers=1, connect=functools.partial(connect_sampler, sampler.llm),
                         apply=sampler.load_weights)
 
-    Ray actor (whose methods call :func:`connect_sampler` and the sampler's ``load_weights``)::
+    Ray actor (whose methods call :func:`~online_dt.rollout.weight_sync_nccl_engine.connect_sampler`
+    and the sampler's ``load_weights``)::
 
         SamplerEndpoint(workers=tp, connect=lambda info: ray.get(actor.connect_nccl.remote(info)),
                         apply=lambda update: ray.get(actor.load_weights.remote(update)))
@@ -134,13 +137,14 @@ def _fan_out(calls: Sequence[Callable[[], None]]) -> None:
             raise error
 
 
-class _GroupClient:
+class GroupClient:
     """vLLM ``VLLMWeightSyncClient`` that hands the inference side to a sampler group.
 
     vLLM's trainer engine calls ``init_weight_transfer_engine`` and ``update_weights`` on a side
     thread while it runs the matching NCCL call itself. ``start_weight_update`` and
     ``finish_weight_update`` do nothing: each sampler runs its own start/update/finish in
-    :func:`receive` (so the version is set in the same step).
+    :func:`~online_dt.rollout.weight_sync_nccl_engine.receive` (so the version is set in the same
+    step).
     """
 
     def __init__(self, group: NCCLSamplerGroup) -> None:

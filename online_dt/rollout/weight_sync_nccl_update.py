@@ -58,7 +58,7 @@ def write_update_dir(
 ) -> None:
     """Write the small files of an ``nccl`` update into ``path`` (an existing directory).
 
-    * the conditioning files (:meth:`RewardConditioner.save`);
+    * the conditioning files (:meth:`~online_dt.policy.conditioner.RewardConditioner.save`);
     * the tokenizer and the model's ``config.json``;
     * in scalar mode, ``model.safetensors`` holding **only** the input-embedding matrix, under
       the model's own parameter name: the vLLM sampler builds ``prompt_embeds`` from it
