@@ -199,3 +199,32 @@ def test_length_buckets_give_the_one_batch_gradient_with_less_padding(gpt2_dir, 
     trainer.step(LENGTHS[:2])
     part = {n: p.grad for n, p in policy.named_parameters()}
     assert any(not torch.allclose(part[n], after[1][n], rtol=1e-4, atol=1e-7) for n in part)
+
+
+def test_learner_threads_sets_torchs_threads(gpt2_dir, tmp_path):
+    """``resources.learner_threads`` is applied when the learner starts; unset, torch's own
+    setting is left alone."""
+    from online_dt.config import OnlineRunConfig
+    from online_dt.launch.rundir import RunDir
+    from online_dt.training.learner import Learner
+
+    def cfg(threads):
+        return OnlineRunConfig.model_validate(
+            {
+                "model": {"name_or_path": str(gpt2_dir), "device": "cpu"},
+                "sampler": {"backend": "hf"},
+                "resources": {"learner_threads": threads},
+                "online": {"run_dir": str(tmp_path / "run"), "kl_samples": 0},
+            }
+        )
+
+    RunDir(tmp_path / "run").path.mkdir(parents=True)
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    try:
+        Learner(cfg(None), str(gpt2_dir), tmp_path / "run")
+        assert torch.get_num_threads() == before
+        Learner(cfg(wanted), str(gpt2_dir), tmp_path / "run")
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

@@ -30,6 +30,15 @@ class ResourcesConfig(StrictModel):
     learner_cpus: float = Field(1.0, ge=0.0)
     """CPUs of the learner actor."""
 
+    learner_threads: int | None = Field(None, ge=1)
+    """Torch intra-op threads of the learner (``torch.set_num_threads`` when the learner
+    starts); ``None`` leaves torch's setting, which inside a Ray actor follows its CPUs
+    (Ray sets ``OMP_NUM_THREADS`` to ``learner_cpus``, at least 1). In ``online.mode: sync`` on
+    a CPU machine the samplers idle while the learner trains, so the learner can use their
+    cores too: on 2 cores, ``learner_cpus: 1`` and ``learner_threads: 2``. In ``async`` the
+    sampler runs beside training and the extra threads compete with it. With ``--local`` the
+    learner shares the one process, so the setting applies to the sampler too."""
+
     learner_gpus: float = Field(0.0, ge=0.0)
     """GPUs of the learner actor (a fraction, or a whole number above 1)."""
 

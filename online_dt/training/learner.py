@@ -58,6 +58,8 @@ class Learner:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one bar per published version would flood the log
+        if cfg.resources.learner_threads is not None:
+            torch.set_num_threads(cfg.resources.learner_threads)
         torch.manual_seed(cfg.training.seed)
         self.cfg = cfg
         self.run = RunDir(run_dir)
