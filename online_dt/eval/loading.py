@@ -69,6 +69,14 @@ def load_sampler(
     ), policy
 
 
+def close_sampler(sampler: Any) -> None:
+    """Close ``sampler`` if it has a ``close`` method: a vLLM engine holds memory and
+    processes until closed; the HF sampler has nothing to close."""
+    close = getattr(sampler, "close", None)
+    if close is not None:
+        close()
+
+
 def kl_estimator(cfg: Any, policy: Any) -> tuple[Any, str | None]:
     """A KL-to-base estimator for the evaluated policy: loads the run's frozen base model.
 

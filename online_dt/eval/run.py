@@ -57,7 +57,7 @@ from online_dt.eval.calibration import (
     evaluate_calibration,
     plan_targets,
 )
-from online_dt.eval.loading import kl_estimator, load_sampler
+from online_dt.eval.loading import close_sampler, kl_estimator, load_sampler
 from online_dt.eval.plot import plot_calibration
 from online_dt.eval.reference import DEFAULT_BIN_HALF_WIDTH, DEFAULT_REFERENCE_SAMPLES
 from online_dt.eval.reference_report import report_reference
@@ -70,7 +70,7 @@ from online_dt.eval.steering import (
     recalibrate,
 )
 from online_dt.eval.target_input import TargetSpec, show_target
-from online_dt.launch.rundir import CONFIG_FILE, EVAL_DIR, EVAL_PLOT_FILE, EVAL_TABLE_FILE
+from online_dt.launch.rundir import CONFIG_FILE, EVAL_PLOT_FILE, EVAL_TABLE_FILE
 from online_dt.policy.recalibration import default_grid
 from online_dt.util.seeds import derived_seed
 
@@ -308,20 +308,10 @@ def run_eval(
             derived_seed(seed, REFERENCE_SEED_KEY),
         )
     finally:
-        close = getattr(sampler, "close", None)
-        if close is not None:
-            close()  # a vLLM engine holds memory and processes until closed
-    out = (
-        Path(out_dir) if out_dir is not None else (src.run_dir or src.policy_dir.parent) / EVAL_DIR
-    )
+        close_sampler(sampler)
+    out = src.out_dir(out_dir)
     report = {
-        "created_at": time.time(),
-        "source": str(source),
-        "policy": str(src.policy_dir),
-        "run_dir": str(src.run_dir) if src.run_dir else None,
-        "config": str(cfg_file),
-        "iteration": src.iteration,
-        "policy_version": src.policy_version,
+        **src.report_header(source, cfg_file),
         "backend": getattr(sampler, "backend", backend),
         "reward_model": cfg.reward_model.kind,
         "samples_per_target": samples_per_target,

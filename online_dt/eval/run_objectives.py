@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from online_dt.eval.loading import kl_estimator, load_sampler
+from online_dt.eval.loading import close_sampler, kl_estimator, load_sampler
 from online_dt.eval.objectives import (
     ACHIEVABLE_MIN_COUNT,
     ACHIEVABLE_RADIUS,
@@ -29,7 +29,6 @@ from online_dt.eval.plot import plot_objectives
 from online_dt.eval.source import EvalError, EvalSource
 from online_dt.eval.target_input import TargetSpec, vector_targets
 from online_dt.launch.rundir import (
-    EVAL_DIR,
     EVAL_OBJECTIVES_FILE,
     EVAL_OBJECTIVES_PLOT_FILE,
     finite_or_none,
@@ -142,22 +141,12 @@ def run_objectives_eval(
             for row, target in zip(rows, planned, strict=True):
                 row["bin"] = policy.conditioner.describe_target(target)
     finally:
-        close = getattr(sampler, "close", None)
-        if close is not None:
-            close()
+        close_sampler(sampler)
     summary = summarize_grid(rows, objectives, rewards_seen)
-    out = (
-        Path(out_dir) if out_dir is not None else (src.run_dir or src.policy_dir.parent) / EVAL_DIR
-    )
+    out = src.out_dir(out_dir)
     report = {
         "kind": "objectives",
-        "created_at": time.time(),
-        "source": str(source),
-        "policy": str(src.policy_dir),
-        "run_dir": str(src.run_dir) if src.run_dir else None,
-        "config": str(cfg_file),
-        "iteration": src.iteration,
-        "policy_version": src.policy_version,
+        **src.report_header(source, cfg_file),
         "backend": getattr(sampler, "backend", backend),
         "reward_model": cfg.reward_model.kind,
         "objectives": [{"name": o.name, "low": o.low, "high": o.high} for o in objectives],

@@ -4,6 +4,7 @@ behind a path, and the rewards of the run's replay buffer."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from online_dt.launch.rundir import (
     CHECKPOINT_STATE_FILE,
     CHECKPOINTS_DIR,
     CONFIG_FILE,
+    EVAL_DIR,
     LATEST_FILE,
     RunDir,
     RunDirError,
@@ -47,6 +49,26 @@ class EvalSource:
     config_path: Path | None
     iteration: int | None = None
     policy_version: int | None = None
+
+    def out_dir(self, out_dir: str | Path | None) -> Path:
+        """Where an evaluation writes: ``out_dir``, else ``RUN_DIR/eval`` (or ``eval/`` next
+        to the policy when there is no run directory)."""
+        if out_dir is not None:
+            return Path(out_dir)
+        return (self.run_dir or self.policy_dir.parent) / EVAL_DIR
+
+    def report_header(self, source: str | Path, config: str | Path) -> dict[str, Any]:
+        """The fields every evaluation report opens with: when, what was asked for
+        (``source``), the policy, run directory, config file, iteration and policy version."""
+        return {
+            "created_at": time.time(),
+            "source": str(source),
+            "policy": str(self.policy_dir),
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "config": str(config),
+            "iteration": self.iteration,
+            "policy_version": self.policy_version,
+        }
 
 
 def _is_policy(path: Path) -> bool:
