@@ -54,6 +54,36 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def sample_categorical(
+    probs: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One draw per row of a batch of categorical distributions, by inverse transform sampling.
+
+    The draw is the first index whose cumulative probability exceeds ``u * total``, with ``u``
+    uniform in ``[0, 1)`` and ``total`` the row's sum, so a row need not sum to exactly 1 and a
+    token of probability 0 is never drawn. The distribution is that of
+    ``torch.multinomial(probs, 1)``; the draws differ for the same seed. On CPU it is 30-40x
+    faster than ``torch.multinomial`` for a ``[128, 1267]`` batch (0.1 ms against 3 ms), which
+    was about a third of the HF sampler's time on the embedded model (docs/method.md, round 10).
+    The cumulative sum is taken in float64, so rounding shifts no token's probability by more
+    than about 1e-13.
+
+    Args:
+        probs: ``[B, V]`` non-negative probabilities, each row with a positive sum.
+        generator: torch RNG for reproducible draws (on ``probs``' device).
+
+    Returns:
+        ``[B]`` int64 indices in ``[0, V)``.
+    """
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(
+        (probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device
+    )
+    choice = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    # u * total can round up to total (probability about 1e-16): take the most likely token
+    return torch.where(choice < probs.shape[-1], choice, probs.argmax(-1))
+
+
 @torch.no_grad()
 def sample_tokens(
     model: torch.nn.Module,
@@ -189,7 +219,7 @@ def sample_tokens(
             choice = scores.argmax(-1)
         else:
             probs = top_p_filter(scores / temperature, top_p).softmax(-1)
-            choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            choice = sample_categorical(probs, generator)
         choice = torch.where(done, torch.full_like(choice, pad_token_id), choice)
         tokens.append(choice)
         logps.append(raw_logprobs.gather(-1, choice[:, None]).squeeze(-1))
