@@ -112,7 +112,7 @@ def start_workers(
     samplers = [
         ray.remote(SamplerActor)
         .options(**opts.samplers[i], max_restarts=ft.sampler_max_restarts, max_task_retries=0)
-        .remote(cfg, start, log_file(f"sampler-{i}"))
+        .remote(cfg, start, log_file(f"sampler-{i}"), base)
         for i in range(cfg.resources.num_samplers)
     ]
     reward = (

@@ -53,6 +53,8 @@ class SamplerActor:
             Ray restarted, which is re-created from this same skeleton: Ray passes it by
             value, so no file or object-store entry must outlive the first start).
         log_file: where its output goes (see :func:`log_to_file`).
+        base_path: the run's base model, for ``sampler.base_logprobs`` (see
+            :func:`online_dt.rollout.factory.make_sampler`).
     """
 
     def __init__(
@@ -60,17 +62,18 @@ class SamplerActor:
         cfg: OnlineRunConfig,
         start: WeightUpdate | PolicySkeleton,
         log_file: str | None = None,
+        base_path: str | None = None,
     ) -> None:
         log_to_file(log_file)
         from online_dt.rollout.factory import make_sampler, make_sampler_from_skeleton
         from online_dt.rollout.weight_sync import newest_published
 
         if isinstance(start, PolicySkeleton):
-            self.sampler = make_sampler_from_skeleton(cfg, start)
+            self.sampler = make_sampler_from_skeleton(cfg, start, base_path)
             return
         update = newest_published(start)  # a restarted actor starts from the newest weights
         assert update.path is not None
-        self.sampler = make_sampler(cfg, update.path, update.version)
+        self.sampler = make_sampler(cfg, update.path, update.version, base_path)
 
     def generate(
         self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams

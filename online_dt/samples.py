@@ -74,6 +74,9 @@ class Rollout:
         created_at: UNIX time (seconds) when the generate call returned (0 if unknown).
         generate_seconds: wall-clock seconds of the generate call that produced it (shared by
             every completion of that call).
+        base_logprob: ``sum_t log p_base(y_t)`` of the completion tokens under the base model
+            (natural log, ``<= 0``), computed where it was sampled with
+            ``sampler.base_logprobs``; ``None``: not computed (the learner computes it).
     """
 
     prompt: str
@@ -86,6 +89,7 @@ class Rollout:
     prompt_index: int = 0
     created_at: float = 0.0
     generate_seconds: float = 0.0
+    base_logprob: float | None = None
 
 
 class Labelled(Protocol):

@@ -49,7 +49,10 @@ def run_mode(tmp_path: Path, base: Path, mode: str) -> list[dict]:
     cfg = OnlineRunConfig.model_validate(
         {
             "model": {"name_or_path": str(base), "device": "cpu"},
-            "sampler": {"backend": "hf"},
+            # async: the sampler actor also scores the rollouts under the base model for the
+            # learner's importance weights (sampler.base_logprobs), off the learner's path
+            "sampler": {"backend": "hf", "base_logprobs": mode == "async"},
+            "buffer": {"importance_weighting": mode == "async"},
             "sampling": {"max_new_tokens": 16},
             "training": {"batch_size": 32, "lr": 1e-3},
             "schedule": {"kind": "quantile", "iterations": 4, "max_increase": 0.1},
@@ -71,7 +74,9 @@ def run_mode(tmp_path: Path, base: Path, mode: str) -> list[dict]:
     # each actor's output went to its own file, not to this console
     logs = sorted(p.name for p in plan.run.logs_dir.iterdir())
     assert logs == ["learner.log", "reward.log", "sampler-0.log"]
-    assert "sampler backend: HF reference" in (plan.run.logs_dir / "sampler-0.log").read_text()
+    sampler_log = (plan.run.logs_dir / "sampler-0.log").read_text()
+    assert "sampler backend: HF reference" in sampler_log
+    assert ("sampler.base_logprobs: the sampler scores" in sampler_log) == (mode == "async")
     return plan.run.read_metrics()
 
 

@@ -247,6 +247,10 @@ def test_cli_rejects_bad_config_before_work(tmp_path, capsys):
             "importance_weighting needs sampling.temperature: 1 and sampling.top_p: 1",
         ),
         (
+            "sampler: {base_logprobs: true}\nonline: {kl_samples: 0}",
+            "sampler.base_logprobs: nothing reads the base model's log-probabilities",
+        ),
+        (
             "conditioning: {normalization: {kind: quantile, fit_count: 10}}",
             "fit_count .10. must be >= min_count .64.",
         ),

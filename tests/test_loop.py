@@ -177,6 +177,43 @@ def test_importance_weights_are_the_k1_terms_of_each_sample(tmp_path, base, caps
     assert off.to_pandas()["log_importance_weight"].isna().all()
 
 
+def test_sampler_base_logprobs_give_the_learners_importance_weights(tmp_path, base, monkeypatch):
+    """With sampler.base_logprobs the sampler sends log p_base with each rollout: the learner's
+    first iteration stores the same importance weights and KL estimate as when it runs the base
+    model itself, and never runs it (kl_per_completion would raise)."""
+    from online_dt.rollout.base_logprobs import BaseLogprobSampler
+    from online_dt.training import learner as learner_module
+
+    def configured(root, base_logprobs):
+        cfg = make_cfg(root, base, iterations=1)
+        return cfg.model_copy(
+            update={
+                "buffer": cfg.buffer.model_copy(update={"importance_weighting": True}),
+                "sampler": cfg.sampler.model_copy(update={"base_logprobs": base_logprobs}),
+            }
+        )
+
+    learner_side, plan = run_local(configured(tmp_path / "learner", False))
+    expected = export_dataset(plan.run.buffer_dir).to_pandas()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the learner ran the base model")
+
+    monkeypatch.setattr(learner_module, "kl_per_completion", refuse)
+    cfg = configured(tmp_path / "sampler", True)
+    plan = plan_run(cfg, None)
+    plan.prompts = PROMPTS
+    workers = local_workers(plan.cfg, base_model_path(plan.cfg), plan.run.path, plan.checkpoint)
+    assert isinstance(workers.samplers.handles[0].target, BaseLogprobSampler)
+    sampler_side = execute(plan, workers, progress=False)
+    got = export_dataset(plan.run.buffer_dir).to_pandas()
+    assert list(got["completion"]) == list(expected["completion"])
+    assert got["log_importance_weight"].to_numpy() == pytest.approx(
+        expected["log_importance_weight"].to_numpy(), abs=1e-5
+    )
+    assert sampler_side[0]["kl_to_base"] == pytest.approx(learner_side[0]["kl_to_base"], abs=1e-5)
+
+
 def test_resume_matches_uninterrupted_run(tmp_path, base):
     full, _ = run_local(make_cfg(tmp_path / "full", base))
     _first, plan = run_local(make_cfg(tmp_path / "cut", base, iterations=2))

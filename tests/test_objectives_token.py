@@ -22,10 +22,10 @@ from online_dt.policy.conditioner import RewardConditioner
 from online_dt.policy.conditioner_state import CONDITIONING_FILE, HEAD_FILE
 from online_dt.policy.generation import sample_tokens
 from online_dt.policy.layout import IGNORE_INDEX
+from online_dt.policy.logprobs import base_model_logits
 from online_dt.policy.normalization import RewardBinning, reward_token
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
-from online_dt.training.kl import base_model_logits
 from tests import test_loop as loop_tests
 from tests.faulty_rewards import MULTI_OBJECTIVES
 from tests.test_objectives import LOOP_OBJECTIVES, multi_reward_cfg

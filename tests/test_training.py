@@ -112,7 +112,8 @@ def test_conditioning_is_learned_on_a_toy_task(gpt2_dir, mode):
 def test_kl_penalty_is_zero_at_start_and_pulls_towards_base(gpt2_dir):
     from transformers import AutoModelForCausalLM
 
-    from online_dt.training.kl import base_model_logits, kl_to_base
+    from online_dt.policy.logprobs import base_model_logits
+    from online_dt.training.kl import kl_to_base
 
     policy = policy_for(gpt2_dir)
     base = AutoModelForCausalLM.from_pretrained(gpt2_dir, attn_implementation="eager").eval()

@@ -150,6 +150,19 @@ class OnlineRunConfig(RunConfig):
         return self
 
     @model_validator(mode="after")
+    def _base_logprobs_need_a_reader(self) -> OnlineRunConfig:
+        if (
+            self.sampler.base_logprobs
+            and not self.buffer.importance_weighting
+            and self.online.kl_samples == 0
+        ):
+            raise ValueError(
+                "sampler.base_logprobs: nothing reads the base model's log-probabilities "
+                "(buffer.importance_weighting is off and online.kl_samples is 0)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _objectives_need_the_pareto_schedule(self) -> OnlineRunConfig:
         several = bool(self.conditioning.objectives)
         if several != (self.schedule.kind == "pareto"):

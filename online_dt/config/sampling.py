@@ -78,6 +78,16 @@ class SamplerConfig(StrictModel):
     ``nccl``: vLLM's native NCCL weight transfer between GPUs; refused by run configs (not
     wired into the learner)."""
 
+    base_logprobs: bool = False
+    """Each sampler also scores its completions under the base model (one teacher-forced
+    forward of an HF copy of the base model in the sampler's process, on ``model.device``) and
+    sends the log-probabilities with the rollouts, so that the learner skips that forward pass
+    for ``buffer.importance_weighting`` and the KL estimate (``online.kl_samples``). The
+    figures are the same; what moves is the time: in ``online.mode: async`` the forward runs
+    while the learner trains, off its critical path. Works with every backend (vLLM's engine
+    serves only the policy, so the copy is HF's). Needs ``buffer.importance_weighting`` or
+    ``online.kl_samples > 0``."""
+
     keep_versions: int = Field(2, ge=1)
     """Published checkpoint versions kept on disk (older ones are deleted); read by
     ``checkpoint`` weight sync only (a run config with ``weight_sync: ray`` refuses a value

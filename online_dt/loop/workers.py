@@ -155,10 +155,10 @@ def local_workers(
     learner = Learner(cfg, base_path, run_dir, checkpoint)
     update = learner.initial_update()
     if update.backend == "ray":
-        sampler = make_sampler_from_skeleton(cfg, PolicySkeleton.of(learner.policy))
+        sampler = make_sampler_from_skeleton(cfg, PolicySkeleton.of(learner.policy), base_path)
     else:
         assert update.path is not None  # checkpoint weight sync: a directory to load
-        sampler = make_sampler(cfg, update.path, update.version)
+        sampler = make_sampler(cfg, update.path, update.version, base_path)
     ft = cfg.fault_tolerance
     group = SamplerGroup(
         [LocalHandle(sampler)], ft.rollout_retries, ft.retry_backoff_s, ft.restart_timeout_s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from online_dt.config import OnlineRunConfig
+from online_dt.rollout.base_logprobs import BaseLogprobSampler
 from online_dt.rollout.hf_sampler import HFSampler
 from online_dt.rollout.sampler import NO_WEIGHTS, Sampler
 from online_dt.rollout.weight_sync import PolicySkeleton
@@ -14,7 +15,9 @@ from online_dt.util.devices import resolve_device
 log = logging.getLogger(__name__)
 
 
-def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Sampler:
+def make_sampler(
+    cfg: OnlineRunConfig, path: str, version: int, base_path: str | None = None
+) -> Sampler:
     """The configured sampler backend (``sampler.backend``: vLLM, or the HF reference) over a
     policy directory written by ``save_pretrained`` or published by the learner.
 
@@ -22,41 +25,66 @@ def make_sampler(cfg: OnlineRunConfig, path: str, version: int) -> Sampler:
         cfg: the run config (``sampler``, ``sampling.batch_size``, ``model.device``).
         path: the policy directory.
         version: the policy version those weights are (stamped on every rollout).
+        base_path: the run's base model (hub name or directory). With
+            ``sampler.base_logprobs`` the sampler is wrapped in
+            :class:`~online_dt.rollout.base_logprobs.BaseLogprobSampler` over it; without a
+            base path (evaluation, benches) its rollouts carry no base log-probabilities, and
+            a learner computes them itself.
 
     Raises:
         ImportError: ``sampler.backend: vllm`` and vLLM is not installed.
-        OSError: ``path`` holds no policy.
+        OSError: ``path`` holds no policy, or ``base_path`` no base model.
     """
+    sampler: Sampler
     if make_sampler_backend_name(cfg.sampler.backend, cfg.model.device) == "vllm":
         from online_dt.rollout.vllm_sampler import VLLMSampler
 
-        return VLLMSampler(path, cfg.sampler, policy_version=version)
-    from online_dt.policy.policy import RewardConditionedPolicy
+        sampler = VLLMSampler(path, cfg.sampler, policy_version=version)
+    else:
+        from online_dt.policy.policy import RewardConditionedPolicy
 
-    policy = RewardConditionedPolicy.from_pretrained(path, device=cfg.model.device)
-    return HFSampler(policy.eval(), batch_size=cfg.sampling.batch_size, policy_version=version)
+        policy = RewardConditionedPolicy.from_pretrained(path, device=cfg.model.device)
+        sampler = HFSampler(
+            policy.eval(), batch_size=cfg.sampling.batch_size, policy_version=version
+        )
+    return _with_base_logprobs(sampler, cfg, base_path)
 
 
-def make_sampler_from_skeleton(cfg: OnlineRunConfig, skeleton: PolicySkeleton) -> Sampler:
+def _with_base_logprobs(sampler: Sampler, cfg: OnlineRunConfig, base_path: str | None) -> Sampler:
+    """``sampler`` wrapped in a :class:`BaseLogprobSampler` when ``sampler.base_logprobs`` is
+    on and the base model is given; else ``sampler`` itself."""
+    if not cfg.sampler.base_logprobs or base_path is None:
+        return sampler
+    log.info("sampler.base_logprobs: the sampler scores its completions under %s", base_path)
+    return BaseLogprobSampler.over_base(sampler, cfg, base_path)
+
+
+def make_sampler_from_skeleton(
+    cfg: OnlineRunConfig, skeleton: PolicySkeleton, base_path: str | None = None
+) -> Sampler:
     """The configured sampler backend built from a skeleton, without weights: its
     ``policy_version`` is :data:`~online_dt.rollout.sampler.NO_WEIGHTS` and it refuses to
     sample until ``load_weights`` gives it a ``ray`` update (``sampler.weight_sync: ray``).
 
     vLLM: :meth:`VLLMSampler.from_skeleton` (an engine in this process, started with random
     weights). HF: the skeleton's policy with random weights, on ``model.device`` with
-    ``model.attn_implementation``.
+    ``model.attn_implementation``. ``base_path``: as :func:`make_sampler`'s.
 
     Raises:
         ImportError: ``sampler.backend: vllm`` and vLLM is not installed.
+        OSError: ``base_path`` holds no base model.
     """
+    sampler: Sampler
     if make_sampler_backend_name(cfg.sampler.backend, cfg.model.device) == "vllm":
         from online_dt.rollout.vllm_sampler import VLLMSampler
 
-        return VLLMSampler.from_skeleton(skeleton, cfg.sampler)
-    policy = skeleton.build_policy(
-        device=cfg.model.device, attn_implementation=cfg.model.attn_implementation
-    )
-    return HFSampler(policy, batch_size=cfg.sampling.batch_size, policy_version=NO_WEIGHTS)
+        sampler = VLLMSampler.from_skeleton(skeleton, cfg.sampler)
+    else:
+        policy = skeleton.build_policy(
+            device=cfg.model.device, attn_implementation=cfg.model.attn_implementation
+        )
+        sampler = HFSampler(policy, batch_size=cfg.sampling.batch_size, policy_version=NO_WEIGHTS)
+    return _with_base_logprobs(sampler, cfg, base_path)
 
 
 def make_sampler_backend_name(prefer: str, device: str = "auto") -> str:

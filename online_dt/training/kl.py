@@ -3,8 +3,8 @@
 Two quantities: :func:`kl_to_base`, the exact per-token KL over the vocabulary on labelled
 positions (the training regulariser), and :func:`kl_per_completion`, the sample-based ``k1``
 estimate of the KL per completion (Schulman, "Approximating KL Divergence", 2020) that the
-learner and the calibration report log. :func:`base_model_logits` runs the base model on a
-conditioned batch so that its columns line up with the policy's.
+learner and the calibration report log. :func:`~online_dt.policy.logprobs.base_model_logits`
+runs the base model on a conditioned batch so that its columns line up with the policy's.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch, positions_from_mask
-from online_dt.policy.logprobs import labelled_token_logprobs
+from online_dt.policy.layout import IGNORE_INDEX
+from online_dt.policy.logprobs import completion_base_logprobs
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Rollout
 
@@ -41,23 +41,6 @@ def kl_to_base(
     return (logp.exp() * (logp - logq)).sum(-1).mean()
 
 
-def base_model_logits(base_model: torch.nn.Module, batch: ConditionedBatch) -> torch.Tensor:
-    """Logits ``[B, T, V]`` of an unconditioned base model on a conditioned batch's tokens.
-
-    The slot's columns (``batch.slot_width`` of them) are masked out, so positions
-    (``cumsum(mask) - 1``) start at the first prompt token: the base model sees exactly
-    ``prompt + completion``, and column t of its logits lines up with column t of the
-    policy's.
-    """
-    mask = batch.attention_mask.clone()
-    mask[:, : batch.slot_width] = 0
-    positions = positions_from_mask(mask)
-    with torch.no_grad():
-        return base_model(
-            input_ids=batch.input_ids, attention_mask=mask, position_ids=positions
-        ).logits
-
-
 def kl_per_completion(
     policy: RewardConditionedPolicy,
     base_model: torch.nn.Module,
@@ -79,28 +62,9 @@ def kl_per_completion(
 
     Returns:
         One float per rollout, in the order of ``rollouts``, nats per completion (can be
-        negative for a single sample). The forward passes take the rollouts in order of
-        length (prompt characters plus completion tokens), so each batch pads to a length
-        close to its rows' (256 rollouts of the default config's policy, one thread: 0.27 s
-        in sampling order, 0.21 s sorted).
+        negative for a single sample); the base model's half is
+        :func:`~online_dt.policy.logprobs.completion_base_logprobs` (which sorts the rollouts
+        by length for its forward passes).
     """
-    order = sorted(range(len(rollouts)), key=lambda i: _length_key(rollouts[i]))
-    out: list[float] = [0.0] * len(rollouts)
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            chunk = [rollouts[i] for i in index]
-            batch = policy.layout_ids(
-                [r.prompt for r in chunk], [r.target for r in chunk], [r.token_ids for r in chunk]
-            ).to(policy.device)
-            assert batch.labels is not None
-            base_lps = labelled_token_logprobs(base_model_logits(base_model, batch), batch.labels)
-            for i, r, base_lp in zip(index, chunk, base_lps, strict=True):
-                out[i] = float(sum(r.logprobs) - base_lp.sum().item())
-    return out
-
-
-def _length_key(rollout: Rollout) -> tuple[int, int]:
-    """Sort key that groups rollouts of similar padded length (prompt characters stand in
-    for prompt tokens, which would need the tokenizer)."""
-    return (len(rollout.prompt) + 4 * len(rollout.token_ids), len(rollout.token_ids))
+    base = completion_base_logprobs(policy, base_model, rollouts, batch_size=batch_size)
+    return [float(sum(r.logprobs) - b) for r, b in zip(rollouts, base, strict=True)]

@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from online_dt.config import TrainingConfig
 from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch
+from online_dt.policy.logprobs import base_model_logits
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Labelled
-from online_dt.training.kl import base_model_logits, kl_to_base
+from online_dt.training.kl import kl_to_base
 
 
 @dataclass(frozen=True)
