@@ -382,7 +382,7 @@ def test_vllm_reward_token_ban_matches_bad_words(tmp_path):
 def test_sample_categorical_follows_the_distribution():
     """Inverse transform sampling draws each index with its probability (a chi-square check on
     40,000 draws), never an index of probability 0, and the same draws for the same seed."""
-    from online_dt.policy.generation import sample_categorical
+    from online_dt.policy.token_draws import sample_categorical
 
     probs = torch.tensor([[0.0, 0.5, 0.2, 0.0, 0.3], [0.1, 0.0, 0.0, 0.6, 0.3]])
     rows = probs.repeat(20_000, 1)
