@@ -180,9 +180,9 @@ def test_importance_weights_are_the_k1_terms_of_each_sample(tmp_path, base, caps
 def test_sampler_base_logprobs_give_the_learners_importance_weights(tmp_path, base, monkeypatch):
     """With sampler.base_logprobs the sampler sends log p_base with each rollout: the learner's
     first iteration stores the same importance weights and KL estimate as when it runs the base
-    model itself, and never runs it (kl_per_completion would raise)."""
+    model itself, and never runs it (the learner's base forward would raise)."""
     from online_dt.rollout.base_logprobs import BaseLogprobSampler
-    from online_dt.training import learner as learner_module
+    from online_dt.training import kl as kl_module
 
     def configured(root, base_logprobs):
         cfg = make_cfg(root, base, iterations=1)
@@ -199,7 +199,7 @@ def test_sampler_base_logprobs_give_the_learners_importance_weights(tmp_path, ba
     def refuse(*args, **kwargs):
         raise AssertionError("the learner ran the base model")
 
-    monkeypatch.setattr(learner_module, "kl_per_completion", refuse)
+    monkeypatch.setattr(kl_module, "completion_base_logprobs", refuse)
     cfg = configured(tmp_path / "sampler", True)
     plan = plan_run(cfg, None)
     plan.prompts = PROMPTS

@@ -62,9 +62,14 @@ def kl_per_completion(
 
     Returns:
         One float per rollout, in the order of ``rollouts``, nats per completion (can be
-        negative for a single sample); the base model's half is
-        :func:`~online_dt.policy.logprobs.completion_base_logprobs` (which sorts the rollouts
-        by length for its forward passes).
+        negative for a single sample). The base model's half is the rollouts' own
+        ``base_logprob`` when every one carries it (``sampler.base_logprobs``: the sampler
+        computed it), else :func:`~online_dt.policy.logprobs.completion_base_logprobs` here
+        (which sorts the rollouts by length for its forward passes).
     """
-    base = completion_base_logprobs(policy, base_model, rollouts, batch_size=batch_size)
+    sent = [r.base_logprob for r in rollouts if r.base_logprob is not None]
+    if len(sent) == len(rollouts):
+        base = sent
+    else:
+        base = completion_base_logprobs(policy, base_model, rollouts, batch_size=batch_size)
     return [float(sum(r.logprobs) - b) for r, b in zip(rollouts, base, strict=True)]

@@ -166,7 +166,7 @@ class Learner:
         weights: list[float | None] = [None] * len(rollouts)
         if self.cfg.buffer.importance_weighting and self.base_model is not None and rollouts:
             # log p_base - log pi(behaviour): minus the k1 KL term of each completion
-            k1 = self._k1(rollouts)
+            k1 = kl_per_completion(self.policy, self.base_model, rollouts)
             # a completion the base model gives probability 0 (k1 = inf) gets no weight (None:
             # its bin's mean) rather than ending the run at the buffer's finiteness check
             weights = [-k if math.isfinite(k) else None for k in k1]
@@ -229,19 +229,8 @@ class Learner:
         chosen = list(rollouts[: self.cfg.online.kl_samples])
         cached = [self._k1_cache.get(_rollout_key(r)) for r in chosen]
         if any(k is None for k in cached):  # not appended with importance weights
-            cached = self._k1(chosen, batch_size=len(chosen))
+            cached = kl_per_completion(self.policy, self.base_model, chosen, batch_size=len(chosen))
         return float(np.mean(cached))
-
-    @torch.no_grad()
-    def _k1(self, rollouts: Sequence[Rollout], batch_size: int = 64) -> list[float]:
-        """``log pi - log p_base`` of each completion (:func:`kl_per_completion`'s k1 terms),
-        from the rollouts' ``base_logprob`` when the sampler sent every one of them, else from
-        the base model here."""
-        sent = [r.base_logprob for r in rollouts if r.base_logprob is not None]
-        if len(sent) == len(rollouts):
-            return [float(sum(r.logprobs) - b) for r, b in zip(rollouts, sent, strict=True)]
-        assert self.base_model is not None
-        return kl_per_completion(self.policy, self.base_model, rollouts, batch_size=batch_size)
 
     # -- checkpoints -----------------------------------------------------------------------------
 
