@@ -1,9 +1,9 @@
 """Learner benchmark: the conditioned training step against plain HF causal-LM training.
 
-Both sides train the same base model (a fresh copy each) with AdamW, the config's learning rate,
-weight decay and gradient clipping, on the same batches: prompts from the config's prompt set,
-completions sampled from the base model once at the start, ``training.batch_size`` rows a step,
-on the same number of torch threads.
+Both sides train the same base model (a fresh copy each) with fused AdamW (transformers'
+default), the config's learning rate, weight decay and gradient clipping, on the same batches:
+prompts from the config's prompt set, completions sampled from the base model once at the
+start, ``training.batch_size`` rows a step, on the same number of torch threads.
 
 * ``conditioned``: :meth:`online_dt.training.trainer.ConditionedTrainer.step` on
   :class:`~online_dt.samples.Sample` rows, as the learner runs it in the online loop (the batch
@@ -99,6 +99,8 @@ class PlainStep:
     def __init__(self, cfg: Any, base_path: str, samples: Sequence[Any]) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from online_dt.training.optim import adamw
+
         tokenizer = AutoTokenizer.from_pretrained(base_path)
         self.model = AutoModelForCausalLM.from_pretrained(
             base_path, attn_implementation=cfg.model.attn_implementation
@@ -114,8 +116,13 @@ class PlainStep:
         ]
         t = cfg.training
         self.clip = t.grad_clip
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
+        # fused, as transformers' Trainer defaults to with torch >= 2.8
+        self.optimizer = adamw(
+            self.model.parameters(),
+            self.model.device,
+            lr=t.lr,
+            betas=t.betas,
+            weight_decay=t.weight_decay,
         )
 
     def collate(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:

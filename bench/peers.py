@@ -911,6 +911,7 @@ def run_raft(setup: Setup) -> list[dict[str, Any]]:
     from transformers import AutoModelForCausalLM
 
     from online_dt.loop.loop import prompts_for
+    from online_dt.training.optim import adamw
 
     a, tc = setup.args, setup.cfg.training
     per_round = a.raft_prompts * a.raft_k
@@ -921,8 +922,8 @@ def run_raft(setup: Setup) -> list[dict[str, Any]]:
     torch.manual_seed(setup.seed(SEED_RAFT))
     model = AutoModelForCausalLM.from_pretrained(setup.base_path, dtype=torch.float32)
     lr = a.raft_lr if a.raft_lr is not None else tc.lr
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=lr, betas=tc.betas, weight_decay=tc.weight_decay
+    optimizer = adamw(
+        model.parameters(), model.device, lr=lr, betas=tc.betas, weight_decay=tc.weight_decay
     )
     warm = tc.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(

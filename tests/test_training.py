@@ -244,3 +244,38 @@ def test_kl_per_completion_keeps_the_rollouts_order_when_it_sorts_them(gpt2_dir)
     batched = kl_per_completion(policy, base, rollouts, batch_size=5)
     single = [kl_per_completion(policy, base, [r], batch_size=1)[0] for r in rollouts]
     assert batched == pytest.approx(single, abs=1e-4)
+
+
+def test_trainer_uses_fused_adamw_with_the_default_update(gpt2_dir):
+    """The fused kernel (transformers' default optimizer) makes the same updates as torch's
+    default AdamW, up to float rounding, over several steps with weight decay."""
+    steps = 3
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        policy = policy_for(gpt2_dir)
+        cfg = TrainingConfig(lr=1e-2, weight_decay=0.1, warmup_steps=0)
+        trainer = ConditionedTrainer(policy, cfg)
+        assert trainer.optimizer.defaults["fused"] is True  # on CPU, through adamw()
+        if not fused:  # the same optimizer with torch's default implementation
+            groups = [
+                {"params": g["params"], "lr": g["lr"]} for g in trainer.optimizer.param_groups
+            ]
+            trainer.optimizer = torch.optim.AdamW(
+                groups, betas=cfg.betas, weight_decay=cfg.weight_decay
+            )
+            assert not any(g["fused"] for g in trainer.optimizer.param_groups)
+            trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: 1.0)
+        for _ in range(steps):
+            trainer.step(RECORDS)
+        results.append({n: p.detach().clone() for n, p in policy.named_parameters()})
+    fused_params, default_params = results
+    torch.manual_seed(0)
+    initial = {n: p.detach() for n, p in policy_for(gpt2_dir).named_parameters()}
+    assert fused_params.keys() == default_params.keys() == initial.keys()
+    for name, value in fused_params.items():
+        # Adam's steps are about lr in size wherever a gradient is not ~0, so rounding in
+        # g / sqrt(v) moves a parameter by a small fraction of lr, not of its value
+        torch.testing.assert_close(value, default_params[name], rtol=0, atol=1e-2 * cfg.lr)
+        step = (default_params[name] - initial[name]).abs().mean()
+        assert step > 1e-2 * cfg.lr, name  # every parameter moved, so the check has teeth

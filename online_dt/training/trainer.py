@@ -4,8 +4,8 @@ Each example is a :class:`~online_dt.samples.Labelled` sample (prompt, completio
 achieved reward). The policy is conditioned on the example's achieved reward,
 which for collected data is the reward the completion *achieved* (hindsight relabeling), and
 trained by cross-entropy on the completion tokens (and EOS); prompt tokens carry loss only when
-``include_prompt_loss`` is set. AdamW with global-norm clipping and optional linear warm-up;
-bf16 autocast on CUDA.
+``include_prompt_loss`` is set. AdamW (fused: :func:`~online_dt.training.optim.adamw`) with
+global-norm clipping and optional linear warm-up; bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from online_dt.policy.logprobs import base_model_logits
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Labelled
 from online_dt.training.kl import kl_to_base
+from online_dt.training.optim import adamw
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class ConditionedTrainer:
         groups: list[dict[str, Any]] = [{"params": list(policy.model.parameters()), "lr": cfg.lr}]
         if head_params:
             groups.append({"params": head_params, "lr": cfg.lr * cfg.head_lr_multiplier})
-        self.optimizer = torch.optim.AdamW(groups, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(groups, self.device, betas=cfg.betas, weight_decay=cfg.weight_decay)
         warmup = cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
