@@ -736,11 +736,18 @@ def test_restarted_sampler_starts_from_the_newest_version_a_resumed_run_publishe
 class MortalLearner(LocalHandle):
     """A learner handle whose 'process dies' at its ``die_at``-th call of ``method``: that call
     and every later one fail with ``WorkerLostError``, as calls to a Ray actor killed with
-    ``SIGKILL`` do (the learner actor has no Ray restarts)."""
+    ``SIGKILL`` do (the learner actor has no Ray restarts).
 
-    def __init__(self, learner, method="train", die_at=None):
+    It dies after the checkpoint it was writing in the background landed, as a learner
+    process killed during training does (the write takes tens of milliseconds, a training
+    call a second): a learner object does not stop when its handle fails, and a write landing
+    after the restart would race the new learner's. A death during the write is
+    ``test_a_learner_lost_while_writing_a_checkpoint_resumes_from_the_one_before``."""
+
+    def __init__(self, learner, method="train", die_at=None, *, writes_land=True):
         super().__init__(learner)
         self.method, self.die_at, self.calls, self.dead = method, die_at, 0, False
+        self.writes_land = writes_land
 
     def __getattr__(self, name):
         call = super().__getattr__(name)
@@ -748,6 +755,8 @@ class MortalLearner(LocalHandle):
         def maybe_dead(*args, **kwargs):
             if name == self.method:
                 self.calls += 1
+                if self.calls == self.die_at and not self.dead and self.writes_land:
+                    self.target.wait_for_checkpoint()
                 self.dead = self.dead or self.calls == self.die_at
             if self.dead:
                 return Done(error=WorkerLostError("ActorDiedError: the learner's process died"))
@@ -820,6 +829,41 @@ def test_a_lost_learner_is_restarted_from_its_checkpoint_and_the_samplers_resync
     said = caplog.text
     assert "the learner was lost" in said and "restarting it from iter-000001" in said
     assert "restart 1 of 2" in said and "every sampler resynced" in said
+
+
+def test_a_learner_lost_while_writing_a_checkpoint_resumes_from_the_one_before(
+    tmp_path, base, monkeypatch
+):
+    """A learner killed while its background checkpoint of iteration 1 is being written
+    leaves no trace of it (``latest.json`` still names iteration 0's): the restarted learner
+    continues from iteration 0's checkpoint and iteration 1 runs again."""
+    from dataclasses import replace
+
+    import online_dt.training.learner as learner_module
+    from online_dt.loop.plan import execute
+
+    write = learner_module.atomic_write_dir
+    killed = []
+
+    def killed_during_the_first_write_of_iteration_1(path, writer):
+        if path.name == "iter-000001" and not killed:
+            killed.append(path.name)  # the process dies here: nothing of the write lands
+            raise SystemExit("killed")
+        write(path, writer)
+
+    monkeypatch.setattr(
+        learner_module, "atomic_write_dir", killed_during_the_first_write_of_iteration_1
+    )
+    plan, workers, restarts = mortal_run(tmp_path, base, ("train", 3))
+    learner = workers.learner.target
+    workers = replace(workers, learner=MortalLearner(learner, "train", 3, writes_land=False))
+    first_tries = []
+    execute(plan, workers, progress=False, callbacks=[first_tries.append])
+    assert killed == ["iter-000001"]
+    assert restarts == [("iter-000000", 2)], "from iteration 0's checkpoint, the one complete"
+    assert [m["iteration"] for m in first_tries] == [0, 1, 1, 2, 3]
+    assert [m["iteration"] for m in plan.run.read_metrics()] == [0, 1, 2, 3]
+    assert plan.run.latest_checkpoint().name == "iter-000003"
 
 
 @pytest.mark.parametrize(

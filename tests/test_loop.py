@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -322,3 +323,81 @@ def test_gpt2_imdb_config_fails_clearly_without_the_hub(tmp_path):
     assert "cannot load prompt dataset 'imdb'" in proc.stderr
     assert "Hub" in proc.stderr
     assert not run_dir.exists()
+
+
+def test_background_checkpoint_writes_the_state_it_was_taken_with(tmp_path, base, monkeypatch):
+    """A background checkpoint holds the policy and optimizer as they were when it was asked
+    for, though training changes them while it is written; ``latest.json`` names it only once
+    it is complete; it writes what a foreground checkpoint of the same state writes; and its
+    error surfaces at the next call, the previous checkpoint kept."""
+    import threading
+
+    import torch
+    from safetensors.torch import load_file
+
+    import online_dt.training.learner as learner_module
+    from online_dt.launch.rundir import CHECKPOINT_POLICY_DIR, CHECKPOINT_TRAINER_FILE
+    from online_dt.policy.policy import RewardConditionedPolicy
+    from online_dt.samples import Sample
+    from online_dt.training.learner import Learner
+
+    cfg = make_cfg(tmp_path, base)
+    learner = Learner(cfg, str(base), cfg.online.run_dir)
+    samples = [Sample(p, " was good", 0.5) for p in PROMPTS]
+    learner.trainer.step(samples)  # the optimizer has state to save
+    learner.checkpoint(0, {"iteration": 0})
+    run = learner.run
+    assert run.latest_checkpoint().name == "iter-000000"
+
+    release = threading.Event()
+    write = learner_module.atomic_write_dir
+
+    def held_write(path, writer):
+        assert release.wait(30)
+        write(path, writer)
+
+    monkeypatch.setattr(learner_module, "atomic_write_dir", held_write)
+    expected = {n: p.detach().clone() for n, p in learner.policy.named_parameters()}
+    expected_avg = {
+        i: s["exp_avg"].clone() for i, s in learner.trainer.optimizer.state_dict()["state"].items()
+    }
+    path = learner.checkpoint(1, {"iteration": 1}, background=True)
+    learner.trainer.step(samples)  # training goes on while the checkpoint waits to be written
+    assert run.latest_checkpoint().name == "iter-000000"  # not named before it is complete
+    release.set()
+    learner.wait_for_checkpoint()
+    assert run.latest_checkpoint().name == "iter-000001" == Path(path).name
+
+    saved = RewardConditionedPolicy.from_pretrained(Path(path) / CHECKPOINT_POLICY_DIR)
+    changed = 0
+    for name, param in saved.named_parameters():
+        torch.testing.assert_close(param, expected[name], rtol=0, atol=0)
+        changed += not torch.equal(dict(learner.policy.named_parameters())[name], param)
+    assert changed > 0  # the second step moved the live policy away from what was saved
+    trainer = torch.load(Path(path) / CHECKPOINT_TRAINER_FILE, weights_only=False)
+    for i, state in trainer["optimizer"]["state"].items():
+        torch.testing.assert_close(state["exp_avg"], expected_avg[i], rtol=0, atol=0)
+
+    # the same files as a foreground checkpoint of the same state
+    monkeypatch.setattr(learner_module, "atomic_write_dir", write)
+    for background, iteration in ((True, 2), (False, 3)):
+        learner.checkpoint(iteration, {"iteration": 2}, background=background)
+    learner.wait_for_checkpoint()
+    two, three = (run.checkpoint_path(i) / CHECKPOINT_POLICY_DIR for i in (2, 3))
+    assert sorted(p.name for p in two.rglob("*")) == sorted(p.name for p in three.rglob("*"))
+    for part in ("model.safetensors", "reward_conditioning/head.safetensors"):
+        a, b = load_file(two / part), load_file(three / part)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for part in ("config.json", "reward_conditioning/conditioning.json", "tokenizer.json"):
+        assert (two / part).read_text() == (three / part).read_text()
+
+    def failing_save(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(learner_module.torch, "save", failing_save)
+    learner.checkpoint(4, {"iteration": 4}, background=True)  # returns: the write is behind it
+    with pytest.raises(OSError, match="No space left"):
+        learner.checkpoint(5, {"iteration": 5}, background=True)
+    assert run.latest_checkpoint().name == "iter-000003"
+    assert not run.checkpoint_path(4).exists()

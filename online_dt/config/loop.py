@@ -67,6 +67,14 @@ class OnlineConfig(StrictModel):
     checkpoint_every: int = Field(1, ge=1)
     """Write a resumable checkpoint every this many iterations (and after the last)."""
 
+    background_checkpoints: bool = True
+    """Write each checkpoint but the last on a background thread of the learner, while the next
+    iteration goes on: the learner copies the policy and optimizer state to host memory (one
+    extra copy of each until written) and the loop continues. ``checkpoints/latest.json``
+    names a checkpoint only once it is complete, so a crash during the write resumes from the
+    one before. ``false``: the loop waits for each write (for a model whose extra host copy
+    does not fit)."""
+
     samples_logged_per_iteration: int = Field(16, ge=0)
     """Completions per iteration written to ``samples.jsonl`` for inspection."""
 

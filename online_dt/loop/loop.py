@@ -273,5 +273,7 @@ def _run_loop(
         )
         if (it + 1) % on.checkpoint_every == 0 or last:
             with timer("checkpoint"):  # after the record: a checkpointed iteration has its record
-                learner.checkpoint(it, {"schedule": state.to_dict(), "iteration": it}).result()
+                controller = {"schedule": state.to_dict(), "iteration": it}
+                background = on.background_checkpoints and not last
+                learner.checkpoint(it, controller, background=background).result()
     return history

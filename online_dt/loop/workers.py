@@ -81,8 +81,11 @@ class LearnerWorker(Protocol):
         """Publish the current weights as the next policy version."""
         ...
 
-    def checkpoint(self, iteration: int, controller_state: dict[str, Any]) -> Future[str]:
-        """Write a resumable checkpoint after ``iteration``."""
+    def checkpoint(
+        self, iteration: int, controller_state: dict[str, Any], *, background: bool = False
+    ) -> Future[str]:
+        """Write a resumable checkpoint after ``iteration`` (``background``: the learner
+        writes it on a thread of its own, and the future resolves once the state is copied)."""
         ...
 
 

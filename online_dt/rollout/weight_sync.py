@@ -122,6 +122,24 @@ class PolicyState:
             input_embeddings=tied.get(name, name),
         )
 
+    def save_pretrained(self, path: str | Path, policy: RewardConditionedPolicy) -> None:
+        """Write this state as ``policy.save_pretrained`` writes a policy directory: the
+        model's weights from this state (tied copies left out, as ``save_pretrained`` leaves
+        them), ``policy``'s model config and tokenizer (they do not change in a run), and the
+        conditioning captured with the state. The learner's background checkpoints write a
+        state captured before training changed the policy.
+
+        Raises:
+            OSError: the directory cannot be written.
+        """
+        from online_dt.policy.conditioner_state import save_state
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        policy.model.save_pretrained(path, state_dict=self.model_state_dict())
+        policy.tokenizer.save_pretrained(path)
+        save_state(self.conditioning, path)
+
     def weights(self) -> list[tuple[str, torch.Tensor]]:
         """``(name, tensor)`` pairs of the model, tied copies left out: what a checkpoint's
         safetensors files hold, the input of vLLM's ``model.load_weights``."""

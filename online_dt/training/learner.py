@@ -15,6 +15,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from online_dt.launch.rundir import (
 from online_dt.objectives import front_summary
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
-from online_dt.rollout.weight_sync import WeightUpdate, make_publisher
+from online_dt.rollout.weight_sync import PolicyState, WeightUpdate, make_publisher
 from online_dt.samples import Reward, Rollout, Sample, as_reward
 from online_dt.training.kl import kl_per_completion
 from online_dt.training.trainer import ConditionedTrainer
@@ -92,6 +93,9 @@ class Learner:
             kl_coef=cfg.online.kl_coef,
         )
         self.publisher = make_publisher(cfg.sampler, self.run.weights_dir)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._writing: Future[None] | None = None
+        """The checkpoint being written in the background, if any."""
         if checkpoint is None:
             self.buffer = ReplayBuffer(cfg.buffer, self.run.buffer_dir, seed=cfg.training.seed)
             self.version = 0
@@ -234,16 +238,35 @@ class Learner:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def checkpoint(self, iteration: int, controller_state: dict[str, Any]) -> str:
+    def checkpoint(
+        self, iteration: int, controller_state: dict[str, Any], *, background: bool = False
+    ) -> str:
         """Write a resumable checkpoint after ``iteration`` and mark it latest.
 
         Holds the policy (with conditioning), optimizer and LR schedule, buffer position and
         RNG, the policy version, and the controller's state (schedule, prompt cursor, RNG).
-        Older checkpoints than the previous one are deleted.
+        Older checkpoints than the previous one are deleted. A checkpoint still being written
+        in the background is waited for first (and its error raised), so checkpoints land in
+        order and one at a time.
+
+        Args:
+            iteration: the iteration just finished.
+            controller_state: the controller's state to store (JSON values).
+            background: return once the state is copied to host memory (the policy's and the
+                optimizer's tensors: one extra copy of each until written) and write the
+                files on a background thread while training goes on; ``checkpoints/latest.json``
+                names the checkpoint once it is complete. Its error, if any, is raised by the
+                next ``checkpoint`` or :meth:`wait_for_checkpoint` call. ``False``: return
+                once the checkpoint is written.
 
         Returns:
             The checkpoint directory.
+
+        Raises:
+            OSError: the checkpoint (or, in the background, the previous one) could not be
+                written; the run directory keeps the previous complete checkpoint.
         """
+        self.wait_for_checkpoint()
         path = self.run.checkpoint_path(iteration)
         state = {
             "iteration": iteration,
@@ -251,17 +274,48 @@ class Learner:
             "buffer": self.buffer.state_dict(),
             "controller": controller_state,
         }
+        policy = PolicyState.capture(self.policy)  # copies: training goes on beside the write
+        trainer = _host_copy(self.trainer.state_dict())
 
         def write(tmp: Path) -> None:
-            self.policy.save_pretrained(tmp / CHECKPOINT_POLICY_DIR)
-            torch.save(self.trainer.state_dict(), tmp / CHECKPOINT_TRAINER_FILE)
+            policy.save_pretrained(tmp / CHECKPOINT_POLICY_DIR, self.policy)
+            torch.save(trainer, tmp / CHECKPOINT_TRAINER_FILE)
             (tmp / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=2))
 
-        atomic_write_dir(path, write)
-        self.run.mark_latest(path)
-        for old in sorted(self.run.checkpoints_dir.glob("iter-*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
+        def land() -> None:
+            atomic_write_dir(path, write)
+            self.run.mark_latest(path)
+            for old in sorted(self.run.checkpoints_dir.glob("iter-*"))[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+
+        if background:
+            self._writing = self._writer.submit(land)
+        else:
+            land()
         return str(path)
+
+    def wait_for_checkpoint(self) -> None:
+        """Return once no checkpoint is being written in the background.
+
+        Raises:
+            OSError: (or whatever else it raised) the background write failed; the run
+                directory keeps the previous complete checkpoint.
+        """
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+
+def _host_copy(value: Any) -> Any:
+    """``value`` (nested dicts, lists and tuples) with every tensor copied to the CPU, so that
+    later in-place updates of the originals (an optimizer step) do not show in it."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(v) for v in value)
+    return value
 
 
 def _rollout_key(rollout: Rollout) -> tuple[str, Reward, tuple[int, ...]]:
