@@ -256,8 +256,8 @@ class Learner:
                 optimizer's tensors: one extra copy of each until written) and write the
                 files on a background thread while training goes on; ``checkpoints/latest.json``
                 names the checkpoint once it is complete. Its error, if any, is raised by the
-                next ``checkpoint`` or :meth:`wait_for_checkpoint` call. ``False``: return
-                once the checkpoint is written.
+                next ``checkpoint`` or :meth:`wait_for_checkpoint` call. ``False``: write
+                from the live policy and optimizer (no host copy) and return once written.
 
         Returns:
             The checkpoint directory.
@@ -274,12 +274,17 @@ class Learner:
             "buffer": self.buffer.state_dict(),
             "controller": controller_state,
         }
-        policy = PolicyState.capture(self.policy)  # copies: training goes on beside the write
-        trainer = _host_copy(self.trainer.state_dict())
+        # in the background, training goes on beside the write: it writes copies
+        policy = PolicyState.capture(self.policy) if background else None
+        trainer = _host_copy(self.trainer.state_dict()) if background else None
 
         def write(tmp: Path) -> None:
-            policy.save_pretrained(tmp / CHECKPOINT_POLICY_DIR, self.policy)
-            torch.save(trainer, tmp / CHECKPOINT_TRAINER_FILE)
+            if policy is None or trainer is None:
+                self.policy.save_pretrained(tmp / CHECKPOINT_POLICY_DIR)
+                torch.save(self.trainer.state_dict(), tmp / CHECKPOINT_TRAINER_FILE)
+            else:
+                policy.save_pretrained(tmp / CHECKPOINT_POLICY_DIR, self.policy)
+                torch.save(trainer, tmp / CHECKPOINT_TRAINER_FILE)
             (tmp / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=2))
 
         def land() -> None:
