@@ -15,9 +15,14 @@ each online-dt run (iterations x prompts x samples), and each mode's whole wall 
 start, actors, engine start and the loop, as a user of ``online-dt run`` waits for it) is
 divided by GRPO's (model load and training), which runs first, before Ray starts.
 
+With ``--repeats N`` the modes run N times, alternating (sync, async, sync, async, ...), so
+that a machine's drift slows both alike: the report's ``modes`` are the first repeat's, and
+``repeats`` lists each repeat's samples/s and async ÷ sync with their median. On a 2-core
+machine one repeat's ratio moves by about 0.05 from run to run (docs/method.md, round 11).
+
 Usage:
     .venv/bin/python bench/loop.py [--config configs/default.yaml] [--iterations 10]
-        [--modes sync,async] [--set key=value ...] [--grpo-beta 0.04]
+        [--modes sync,async] [--repeats 1] [--set key=value ...] [--grpo-beta 0.04]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import itertools
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -73,6 +79,15 @@ def summarise(metrics: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     }
 
 
+def ratio_of(modes: dict[str, Any]) -> dict[str, float]:
+    """``{"async_over_sync_samples_per_s": ...}`` of one repeat's modes (empty unless both
+    ran)."""
+    if "sync" not in modes or "async" not in modes:
+        return {}
+    rate = {m: modes[m]["steady_samples_per_s"] for m in ("sync", "async")}
+    return {"async_over_sync_samples_per_s": round(rate["async"] / rate["sync"], 3)}
+
+
 def grpo_seconds(config: str, cfg: Any, beta: float) -> float:
     """Wall seconds of ``bench/peers.py``'s TRL GRPO run (model load and training, evaluation
     left out) at ``cfg``'s reward calls: iterations x prompts_per_iteration x
@@ -100,6 +115,12 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--modes", default="sync,async", help="comma-separated online.mode values")
     parser.add_argument("--sampler-repeats", type=int, default=5)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the modes this many times, alternating, and report each repeat's ratio",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
         "--grpo-beta",
@@ -126,21 +147,33 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="odt-bench-loop-"))
     report: dict[str, Any] = {"config": args.config, "iterations": args.iterations, "modes": {}}
     cfg = plan = None
-    for mode in args.modes.split(","):
-        overrides = parse_overrides(args.set)
-        overrides.setdefault("online", {}).update(
-            {"run_dir": str(work / mode), "iterations": args.iterations, "mode": mode}
+    repeats: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        figures: dict[str, Any] = {}
+        for mode in args.modes.split(","):
+            run_dir = work / (mode if repeat == 0 else f"{mode}-{repeat}")
+            overrides = parse_overrides(args.set)
+            overrides.setdefault("online", {}).update(
+                {"run_dir": str(run_dir), "iterations": args.iterations, "mode": mode}
+            )
+            overrides.setdefault("dashboard", {}).update({"enabled": False})
+            cfg = load_config(args.config, OnlineRunConfig, overrides)
+            plan = plan_run(cfg, None)
+            start = time.perf_counter()
+            run_on_ray(plan, progress=False)
+            wall = time.perf_counter() - start
+            figures[mode] = {
+                **summarise(plan.run.read_metrics(), wall),
+                "run_dir": str(plan.run.path),
+            }
+        if repeat == 0:
+            report["modes"] = figures
+        repeats.append(
+            {
+                **{f"{m}_samples_per_s": f["steady_samples_per_s"] for m, f in figures.items()},
+                **ratio_of(figures),
+            }
         )
-        overrides.setdefault("dashboard", {}).update({"enabled": False})
-        cfg = load_config(args.config, OnlineRunConfig, overrides)
-        plan = plan_run(cfg, None)
-        start = time.perf_counter()
-        run_on_ray(plan, progress=False)
-        wall = time.perf_counter() - start
-        report["modes"][mode] = {
-            **summarise(plan.run.read_metrics(), wall),
-            "run_dir": str(plan.run.path),
-        }
     assert cfg is not None and plan is not None
     ray.shutdown()
 
@@ -167,10 +200,13 @@ def main() -> int:
         report["grpo"] = {"beta": args.grpo_beta, "wall_s": round(grpo_s, 1)}
         for figures in modes.values():
             figures["wall_over_grpo"] = round(figures["loop_wall_s_including_startup"] / grpo_s, 3)
-    if "sync" in modes and "async" in modes:
-        report["async_over_sync_samples_per_s"] = round(
-            modes["async"]["steady_samples_per_s"] / modes["sync"]["steady_samples_per_s"], 3
-        )
+    report.update(ratio_of(modes))
+    if args.repeats > 1:
+        key = "async_over_sync_samples_per_s"
+        ratios = [r[key] for r in repeats if key in r]
+        report["repeats"] = repeats
+        if ratios:
+            report["async_over_sync_median"] = round(statistics.median(ratios), 3)
     print(json.dumps(report, indent=2))
     return 0
 
