@@ -33,6 +33,26 @@ def metrics_exporter(prefix: str = "online_dt_") -> MetricsCallback:
     return export
 
 
+def start_ray() -> bool:
+    """Connect to ``RAY_ADDRESS`` when it is set (``ray job submit``), else start a local Ray
+    instance; a no-op when this process has joined one already. Returns whether this call
+    joined (``False``: it was joined before).
+
+    Call it on the main thread (or one that lives as long as the run): the local instance's
+    processes get a parent-death signal tied to the thread that started them (``prctl
+    PR_SET_PDEATHSIG``), so they are killed when that thread ends.
+    """
+    import ray
+
+    from online_dt.util.logs import silence_known_harmless
+
+    silence_known_harmless("ray")  # Ray's own handler, which its records reach first
+    if ray.is_initialized():
+        return False
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    return True
+
+
 def run_on_ray(
     plan: RunPlan,
     *,
@@ -58,15 +78,14 @@ def run_on_ray(
     Returns:
         0 (the loop raised otherwise); the records are in ``RUN_DIR/metrics.jsonl``.
     """
-    import ray
-
     from actors.placement import start_placement
 
     cfg, res = plan.cfg, plan.cfg.resources
     base = base_model_path(cfg)  # builds the embedded model here, once, before any actor
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    start_ray()
     opts = start_placement(res)  # reserves the placement group (see online_dt/config/placement.py)
+    if cfg.online.mode == "sync":
+        plan = with_sync_threads(plan, opts.one_node)
     try:
         workers = start_workers(plan, base, opts, None if verbose else plan.run.logs_dir)
         execute(plan, workers, progress=progress, callbacks=[metrics_exporter(), *callbacks])
@@ -75,14 +94,37 @@ def run_on_ray(
     return 0
 
 
+def with_sync_threads(plan: RunPlan, one_node: bool) -> RunPlan:
+    """``plan`` whose config gives the actors of a sync run on one node the CPUs that the
+    others leave idle (:func:`online_dt.config.placement.threads_for_sync`); ``plan`` itself
+    when nothing changes. The run directory keeps the config as written."""
+    from dataclasses import replace
+
+    from online_dt.config.placement import threads_for_sync
+
+    resources = threads_for_sync(plan.cfg.resources, one_node)
+    if resources is plan.cfg.resources:
+        return plan
+    log.info(
+        "sync mode on one node: the learner trains on %d torch threads, each sampler samples "
+        "on %d (resources.sync_shares_cpus)",
+        resources.learner_threads,
+        resources.sampler_threads,
+    )
+    return replace(plan, cfg=plan.cfg.model_copy(update={"resources": resources}))
+
+
 def start_workers(
     plan: RunPlan, base: str, opts: ActorOptions, logs_dir: Path | None = None
 ) -> Workers:
-    """Start the learner, then the sampler replicas (from the learner's first published
-    version; with ``sampler.weight_sync: ray``, from its skeleton, then sent that version
-    through the object store) and the reward model, in their placement-group bundles; return
-    the loop's :class:`online_dt.loop.workers.Workers`. With ``logs_dir`` each actor writes
-    its output to ``learner.log``, ``sampler-<i>.log`` or ``reward.log`` there.
+    """Start the learner, the reward model and the sampler replicas in their placement-group
+    bundles, and send the samplers the learner's first published version. With checkpoint
+    weight sync the three start at once: a sampler imports its libraries while the learner
+    starts, then builds itself from that version. With ``sampler.weight_sync: ray`` the
+    samplers start after the learner, from its skeleton, and get the version through the
+    object store. Return the loop's :class:`online_dt.loop.workers.Workers`. With
+    ``logs_dir`` each actor writes its output to ``learner.log``, ``sampler-<i>.log`` or
+    ``reward.log`` there.
 
     A dead learner is replaced through ``Workers.restart_learner`` (:class:`LearnerStarter`).
     A dead sampler or reward actor is restarted by Ray (``fault_tolerance.*_max_restarts``);
@@ -104,22 +146,25 @@ def start_workers(
 
     start_learner = LearnerStarter(plan, base, opts, log_file("learner"))
     learner = start_learner(plan.checkpoint)
-    update = learner.initial_update().result()
-    # weight_sync ray: samplers start from the skeleton (passed by value, so a restarted actor
-    # can rebuild from it) and get the first version through the group, as every later one
-    in_memory = update.backend == "ray"
-    start = learner.sampler_skeleton().result() if in_memory else update
+    reward = (
+        ray.remote(RewardModelActor)
+        .options(**opts.reward, max_restarts=ft.reward_max_restarts, max_task_retries=0)
+        .remote(cfg, log_file("reward"))
+    )
+    first = learner.initial_update()
+    # checkpoints: the samplers start beside the learner, without weights, and are sent its
+    # first version through the group. weight_sync ray: they start from the learner's skeleton
+    # (passed by value, so a restarted actor can rebuild from it). Either way the group keeps
+    # the update and re-sends it to a sampler that Ray restarted.
+    in_memory = cfg.sampler.weight_sync == "ray"
+    start = learner.sampler_skeleton().result() if in_memory else None
     samplers = [
         ray.remote(SamplerActor)
         .options(**opts.samplers[i], max_restarts=ft.sampler_max_restarts, max_task_retries=0)
         .remote(cfg, start, log_file(f"sampler-{i}"), base)
         for i in range(cfg.resources.num_samplers)
     ]
-    reward = (
-        ray.remote(RewardModelActor)
-        .options(**opts.reward, max_restarts=ft.reward_max_restarts, max_task_retries=0)
-        .remote(cfg, log_file("reward"))
-    )
+    update = first.result()
     # the scoring calls are timed (fault_tolerance.reward_timeout_s): wait for the reward actor's
     # constructor here, so that loading its model (a large classifier, a download) is not
     # counted against the first call
@@ -131,9 +176,8 @@ def start_workers(
         ft.restart_timeout_s,
         probe="pid",  # a lost sampler that answers again is put back in the split
     )
-    if in_memory:
-        # the group keeps this update (and so its object) for samplers Ray restarts
-        group.load_weights(update).result()
+    # the group keeps this update (with ray, its object) for samplers Ray restarts
+    group.load_weights(update).result()
     return Workers(
         group,
         RayHandle(reward),

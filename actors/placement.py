@@ -34,6 +34,8 @@ class ActorOptions:
         samplers: options of each sampler replica, in replica order.
         reward: options of the reward-model actor.
         placement_group: the Ray placement group, or ``None`` without one.
+        one_node: every bundle of the group is on one node (``False`` without a group: the
+            actors' nodes are not known before they start).
     """
 
     plan: PlacementPlan
@@ -41,6 +43,7 @@ class ActorOptions:
     samplers: list[dict[str, Any]]
     reward: dict[str, Any]
     placement_group: Any = None
+    one_node: bool = False
     _removed: bool = field(default=False, repr=False)
 
     def remove(self) -> None:
@@ -99,14 +102,20 @@ def start_placement(resources: ResourcesConfig, *, timeout_s: float | None = Non
     every actor. ``timeout_s`` defaults to ``resources.placement_timeout_s``."""
     plan = plan_placement(resources)
     pg = None
+    one_node = False
     if plan.use_placement_group:
+        from ray.util import placement_group_table
+
         pg = create_placement_group(plan, timeout_s or resources.placement_timeout_s)
+        nodes = placement_group_table(pg).get("bundles_to_node_id", {})
+        one_node = len(set(nodes.values())) == 1
     return ActorOptions(
         plan=plan,
         learner=actor_options(plan.actor("learner"), pg),
         samplers=[actor_options(a, pg) for a in plan.samplers()],
         reward=actor_options(plan.actor("reward"), pg),
         placement_group=pg,
+        one_node=one_node,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from online_dt.config import OnlineRunConfig
 from online_dt.loop.workers import CheckedRewardModel
-from online_dt.rollout.sampler import SamplingParams
+from online_dt.rollout.sampler import NO_WEIGHTS, NoWeightsError, Sampler, SamplingParams
 from online_dt.rollout.weight_sync import MemoryPublisher, PolicySkeleton, WeightUpdate
 from online_dt.samples import Rollout
 from online_dt.training.learner import Learner
@@ -45,13 +45,22 @@ class SamplerActor:
 
     Args:
         cfg: the run config.
-        start: what to build the sampler from. A checkpoint :class:`WeightUpdate`: the
-            weights to start from (a restarted actor takes the newest published). With
-            ``sampler.weight_sync: ray``, the policy's :class:`PolicySkeleton`: the sampler
-            starts without weights and gets them from :meth:`load_weights` (the controller
-            sends the first version right after start-up, and re-sends the latest to an actor
-            Ray restarted, which is re-created from this same skeleton: Ray passes it by
-            value, so no file or object-store entry must outlive the first start).
+        start: what to build the sampler from.
+
+            - ``None`` (checkpoint weight sync): the actor imports its libraries and waits
+              for its first :meth:`load_weights`, which builds the sampler from that published
+              version. The controller starts it beside the learner and sends it the learner's
+              first version; until then, and after Ray restarted it, :meth:`generate` raises
+              :class:`~online_dt.rollout.sampler.NoWeightsError`, which the sampler group
+              answers by sending the latest version again.
+            - A checkpoint :class:`WeightUpdate`: the weights to start from (a restarted actor
+              takes the newest published).
+            - With ``sampler.weight_sync: ray``, the policy's :class:`PolicySkeleton`: the
+              sampler starts without weights and gets them from :meth:`load_weights` (the
+              controller sends the first version right after start-up, and re-sends the
+              latest to an actor Ray restarted, which is re-created from this same skeleton:
+              Ray passes it by value, so no file or object-store entry must outlive the
+              first start).
         log_file: where its output goes (see :func:`log_to_file`).
         base_path: the run's base model, for ``sampler.base_logprobs`` (see
             :func:`online_dt.rollout.factory.make_sampler`).
@@ -60,32 +69,66 @@ class SamplerActor:
     def __init__(
         self,
         cfg: OnlineRunConfig,
-        start: WeightUpdate | PolicySkeleton,
+        start: WeightUpdate | PolicySkeleton | None,
         log_file: str | None = None,
         base_path: str | None = None,
     ) -> None:
         log_to_file(log_file)
-        from online_dt.rollout.factory import make_sampler, make_sampler_from_skeleton
+        if cfg.resources.sampler_threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.resources.sampler_threads)
+        from online_dt.rollout.factory import make_sampler_from_skeleton
         from online_dt.rollout.weight_sync import newest_published
 
+        self.cfg, self.base_path = cfg, base_path
+        self.sampler: Sampler | None = None
+        if start is None:
+            # what building the HF sampler imports (about 2 s on a CPU core), imported now,
+            # while the learner still starts
+            from transformers import AutoModelForCausalLM  # noqa: F401
+
+            return
         if isinstance(start, PolicySkeleton):
             self.sampler = make_sampler_from_skeleton(cfg, start, base_path)
             return
-        update = newest_published(start)  # a restarted actor starts from the newest weights
-        assert update.path is not None
-        self.sampler = make_sampler(cfg, update.path, update.version, base_path)
+        self._build(newest_published(start))  # a restarted actor starts from the newest weights
+
+    def _build(self, update: WeightUpdate) -> None:
+        from online_dt.rollout.factory import make_sampler
+
+        if update.path is None:
+            raise ValueError(
+                f"a sampler started without weights needs a checkpoint update to build from, "
+                f"not a {update.backend!r} one"
+            )
+        self.sampler = make_sampler(self.cfg, update.path, update.version, self.base_path)
 
     def generate(
         self, prompts: Sequence[str], targets: Sequence[float], params: SamplingParams
     ) -> list[Rollout]:
-        """See :meth:`online_dt.rollout.sampler.Sampler.generate`."""
+        """See :meth:`online_dt.rollout.sampler.Sampler.generate`.
+
+        Raises:
+            NoWeightsError: the actor was started without weights and :meth:`load_weights`
+                has not run since.
+        """
+        if self.sampler is None:
+            raise NoWeightsError(
+                "the sampler actor has no weights yet: it started without them and "
+                "load_weights has not run since"
+            )
         return self.sampler.generate(prompts, targets, params)
 
     def load_weights(self, update: WeightUpdate) -> None:
-        """See :meth:`online_dt.rollout.sampler.Sampler.load_weights`. A ``ray`` update
+        """See :meth:`online_dt.rollout.sampler.Sampler.load_weights`; an actor started
+        without weights builds its sampler from the (checkpoint) update. A ``ray`` update
         carries an ``ObjectRef`` (Ray resolves references only at the top level of a call's
         arguments, not inside the update): it is fetched from the object store here
         (``ray.get``) and the sampler gets the :class:`PolicyState` itself."""
+        if self.sampler is None:
+            self._build(update)
+            return
         if update.backend == "ray":
             import ray
 
@@ -95,7 +138,7 @@ class SamplerActor:
 
     def policy_version(self) -> int:
         """The version of the weights the sampler holds (``NO_WEIGHTS``, -1, before any)."""
-        return self.sampler.policy_version
+        return NO_WEIGHTS if self.sampler is None else self.sampler.policy_version
 
     def pid(self) -> int:
         """The actor's process id (operators and fault-injection tests kill it by pid)."""

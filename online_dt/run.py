@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.overrides)
         if args.resume is None:
             cfg = load_config(args.config, OnlineRunConfig, overrides)
-        plan = plan_run(cfg, args.resume, overrides)
+        if args.local:
+            plan, ray_error = plan_run(cfg, args.resume, overrides), None
+        else:
+            plan, ray_error = plan_while_ray_starts(lambda: plan_run(cfg, args.resume, overrides))
     except (ConfigError, RunDirError, PromptError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from actors.controller import run_on_ray
 
+            if ray_error is not None:
+                raise ray_error
             run_on_ray(plan, progress=not args.no_progress, verbose=args.verbose)
         print_summary(plan, ray=not args.local)
         return 0
@@ -139,6 +145,41 @@ def main(argv: list[str] | None = None) -> int:
         if dashboard is not None:
             dashboard.stop()
             log.debug("dashboard stopped; `online-dt dashboard %s` serves it again", plan.run.path)
+
+
+def plan_while_ray_starts(plan: Callable[[], RunPlan]) -> tuple[RunPlan, Exception | None]:
+    """Run ``plan`` (loading the prompts and the preflight checks, about 2 s on a CPU core) on
+    a thread while this thread starts Ray (:func:`actors.controller.start_ray`, about 3 s for
+    a local instance), which must run on the main thread.
+
+    Returns:
+        The plan, and the error that starting Ray raised, if any: the caller raises it where
+        it reports a run's errors (the run directory that ``plan`` created is then removed).
+
+    Raises:
+        Exception: what ``plan`` raised; Ray is shut down again first if this call started
+            or joined it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actors.controller import start_ray
+
+    with ThreadPoolExecutor(1, thread_name_prefix="plan") as pool:
+        planned = pool.submit(plan)
+        ray_error: Exception | None = None
+        joined = False
+        try:
+            joined = start_ray()
+        except Exception as e:
+            ray_error = e
+        try:
+            return planned.result(), ray_error
+        except BaseException:
+            if joined:  # no actor has started
+                import ray
+
+                ray.shutdown()
+            raise
 
 
 def print_summary(plan: RunPlan, *, ray: bool) -> None:

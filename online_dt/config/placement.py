@@ -279,3 +279,23 @@ def assign_bundles(plan: PlacementPlan, nodes: list[dict[str, float]]) -> list[i
         else:
             return None
     return [j for j in out if j is not None]
+
+
+def threads_for_sync(resources: ResourcesConfig, one_node: bool) -> ResourcesConfig:
+    """``resources`` with the torch threads of a sync run whose bundles are on one node
+    (``resources.sync_shares_cpus``): the learner gets the CPUs of every bundle, each sampler
+    that total over ``num_samplers`` (at least 1 each, rounded down), where
+    ``learner_threads`` / ``sampler_threads`` are not set. ``resources`` itself when the
+    option is off, the bundles are on several nodes (``one_node`` false) or they have under 2
+    CPUs in all. The caller checks that the mode is sync.
+    """
+    cpus = (
+        resources.learner_cpus
+        + resources.reward_cpus
+        + resources.num_samplers * resources.sampler_cpus
+    )
+    if not resources.sync_shares_cpus or not one_node or cpus < 2:
+        return resources
+    learner = resources.learner_threads or int(cpus + _EPS)
+    sampler = resources.sampler_threads or max(1, int(cpus / resources.num_samplers + _EPS))
+    return resources.model_copy(update={"learner_threads": learner, "sampler_threads": sampler})

@@ -39,6 +39,20 @@ class ResourcesConfig(StrictModel):
     sampler runs beside training and the extra threads compete with it. With ``--local`` the
     learner shares the one process, so the setting applies to the sampler too."""
 
+    sampler_threads: int | None = Field(None, ge=1)
+    """Torch intra-op threads of each sampler actor's process (``torch.set_num_threads`` when
+    it starts; the HF sampler's, vLLM's engine sets its own); ``None`` leaves torch's
+    setting, which follows ``sampler_cpus``. Ray actors only: with ``--local``,
+    ``learner_threads`` is the one process's setting."""
+
+    sync_shares_cpus: bool = True
+    """In ``online.mode: sync`` the samplers, the reward model and the learner run one after
+    another, so each can use the others' CPUs while they wait. With this on, ``mode: sync``
+    and every bundle on one node, the learner gets as many torch threads as all the bundles
+    have CPUs, and each sampler that total over ``num_samplers`` (samplers run at once),
+    unless ``learner_threads`` / ``sampler_threads`` are set. Async mode, or bundles on
+    several nodes: each actor keeps its own CPUs."""
+
     learner_gpus: float = Field(0.0, ge=0.0)
     """GPUs of the learner actor (a fraction, or a whole number above 1)."""
 

@@ -80,6 +80,13 @@ HARMLESS: tuple[tuple[str, str, str], ...] = (
         "vLLM's own calls while an in-process CPU engine starts (weight_sync: ray) are skipped; "
         "in_process_engine restores torch.set_num_threads afterwards",
     ),
+    (
+        "ray",
+        "Token authentication is enabled for this Ray cluster",
+        "Ray 2.60 secures the local instance that `online-dt run` starts with a token it "
+        "generates (~/.ray/auth_token); that is its default and needs nothing from the user "
+        "(the warning that it is disabled is not listed)",
+    ),
 )
 """Warnings dropped by :class:`KnownHarmless`: (logger prefix, message start, why harmless)."""
 
