@@ -20,9 +20,15 @@ that a machine's drift slows both alike: the report's ``modes`` are the first re
 ``repeats`` lists each repeat's samples/s and async ÷ sync with their median. On a 2-core
 machine one repeat's ratio moves by about 0.05 from run to run (docs/method.md, round 11).
 
+With ``--processes`` (and ``--grpo-beta``), the comparison a user makes from a shell comes
+last: each mode's ``python -m online_dt.run`` (what ``online-dt run`` runs) and a process that
+runs the same GRPO, each timed from its start to its exit (imports, preflight, Ray's start and
+shutdown, model loads; TRL imports vLLM when it is installed).
+
 Usage:
     .venv/bin/python bench/loop.py [--config configs/default.yaml] [--iterations 10]
         [--modes sync,async] [--repeats 1] [--set key=value ...] [--grpo-beta 0.04]
+        [--processes]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import itertools
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,6 +116,37 @@ def grpo_seconds(config: str, cfg: Any, beta: float) -> float:
     return float(row["train_s"])
 
 
+def process_seconds(command: list[str]) -> float:
+    """Wall seconds of ``command`` as a process, from its start to its exit (its output is
+    discarded; a failure raises ``CalledProcessError``)."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def whole_processes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Each mode's ``python -m online_dt.run`` and the GRPO run as processes, timed from start
+    to exit, and each mode's time over GRPO's."""
+    figures: dict[str, Any] = {}
+    for mode in args.modes.split(","):
+        command = [sys.executable, "-m", "online_dt.run", "--config", args.config]
+        overrides = [
+            *args.set,
+            f"online.run_dir={work / f'process-{mode}'}",
+            f"online.iterations={args.iterations}",
+            f"online.mode={mode}",
+        ]
+        command += [a for kv in overrides for a in ("--set", kv)] + ["--no-progress"]
+        figures[f"{mode}_s"] = round(process_seconds(command), 1)
+    command = [sys.executable, __file__, "--config", args.config, "--iterations"]
+    command += [str(args.iterations), "--grpo-only", str(args.grpo_beta)]
+    command += [a for kv in args.set for a in ("--set", kv)]
+    grpo = figures["grpo_s"] = round(process_seconds(command), 1)
+    for mode in args.modes.split(","):
+        figures[f"{mode}_over_grpo"] = round(figures[f"{mode}_s"] / grpo, 3)
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/default.yaml")
@@ -128,7 +166,24 @@ def main() -> int:
         default=None,
         help="also time TRL's GRPO with this KL coefficient at the same reward calls",
     )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="with --grpo-beta: also time each mode's `python -m online_dt.run` and the GRPO "
+        "run as whole processes, start to exit",
+    )
+    parser.add_argument("--grpo-only", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.processes and args.grpo_beta is None:
+        parser.error("--processes needs --grpo-beta")
+    if args.grpo_only is not None:  # the GRPO process that --processes times
+        from online_dt.arguments import parse_overrides
+        from online_dt.config import OnlineRunConfig, load_config
+
+        probe = load_config(args.config, OnlineRunConfig, parse_overrides(args.set))
+        probe.online.iterations = args.iterations
+        grpo_seconds(args.config, probe, args.grpo_only)
+        return 0
 
     import ray
 
@@ -201,6 +256,8 @@ def main() -> int:
         for figures in modes.values():
             figures["wall_over_grpo"] = round(figures["loop_wall_s_including_startup"] / grpo_s, 3)
     report.update(ratio_of(modes))
+    if args.processes:
+        report["processes"] = whole_processes(args, work)
     if args.repeats > 1:
         key = "async_over_sync_samples_per_s"
         ratios = [r[key] for r in repeats if key in r]
