@@ -137,3 +137,16 @@ def test_threads_set_in_the_config_win():
 )
 def test_threads_stay_as_configured(res, one_node):
     assert threads_for_sync(res, one_node) is res
+
+
+def test_sampler_threads_in_one_process_are_reported_as_not_applied(tmp_path, base, caplog):
+    from online_dt.loop.workers import local_workers
+
+    cfg = loop_tests.make_cfg(tmp_path, base)
+    cfg = cfg.model_copy(
+        update={"resources": cfg.resources.model_copy(update={"sampler_threads": 2})}
+    )
+    with caplog.at_level("WARNING", logger="online_dt.loop.workers"):
+        workers = local_workers(cfg, str(base), tmp_path / "run", None)
+    workers.close()
+    assert "resources.sampler_threads applies to Ray's sampler actors" in caplog.text

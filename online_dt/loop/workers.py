@@ -9,6 +9,7 @@ written once against these Protocols.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from online_dt.loop.sampler_group import SamplerGroup
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import WeightUpdate
 from online_dt.samples import Reward, Rollout
+
+log = logging.getLogger(__name__)
 
 
 class SamplerWorkers(Protocol):
@@ -155,6 +158,11 @@ def local_workers(
     from online_dt.rollout.weight_sync import PolicySkeleton
     from online_dt.training.learner import Learner
 
+    if cfg.resources.sampler_threads is not None:
+        log.warning(
+            "resources.sampler_threads applies to Ray's sampler actors; in one process the "
+            "learner and the sampler share resources.learner_threads (or torch's default)"
+        )
     learner = Learner(cfg, base_path, run_dir, checkpoint)
     update = learner.initial_update()
     if update.backend == "ray":
