@@ -33,11 +33,10 @@ class ResourcesConfig(StrictModel):
     learner_threads: int | None = Field(None, ge=1)
     """Torch intra-op threads of the learner (``torch.set_num_threads`` when the learner
     starts); ``None`` leaves torch's setting, which inside a Ray actor follows its CPUs
-    (Ray sets ``OMP_NUM_THREADS`` to ``learner_cpus``, at least 1). In ``online.mode: sync`` on
-    a CPU machine the samplers idle while the learner trains, so the learner can use their
-    cores too: on 2 cores, ``learner_cpus: 1`` and ``learner_threads: 2``. In ``async`` the
-    sampler runs beside training and the extra threads compete with it. With ``--local`` the
-    learner shares the one process, so the setting applies to the sampler too."""
+    (Ray sets ``OMP_NUM_THREADS`` to ``learner_cpus``, at least 1), except in a sync run on one
+    node, where ``sync_shares_cpus`` gives it the samplers' CPUs too. In ``async`` the sampler
+    runs beside training and extra threads compete with it. With ``--local`` the learner
+    shares the one process, so the setting applies to the sampler too."""
 
     sampler_threads: int | None = Field(None, ge=1)
     """Torch intra-op threads of each sampler actor's process (``torch.set_num_threads`` when
