@@ -53,8 +53,6 @@ class SamplerActor:
               first version; until then, and after Ray restarted it, :meth:`generate` raises
               :class:`~online_dt.rollout.sampler.NoWeightsError`, which the sampler group
               answers by sending the latest version again.
-            - A checkpoint :class:`WeightUpdate`: the weights to start from (a restarted actor
-              takes the newest published).
             - With ``sampler.weight_sync: ray``, the policy's :class:`PolicySkeleton`: the
               sampler starts without weights and gets them from :meth:`load_weights` (the
               controller sends the first version right after start-up, and re-sends the
@@ -69,7 +67,7 @@ class SamplerActor:
     def __init__(
         self,
         cfg: OnlineRunConfig,
-        start: WeightUpdate | PolicySkeleton | None,
+        start: PolicySkeleton | None,
         log_file: str | None = None,
         base_path: str | None = None,
     ) -> None:
@@ -79,7 +77,6 @@ class SamplerActor:
 
             torch.set_num_threads(cfg.resources.sampler_threads)
         from online_dt.rollout.factory import make_sampler_from_skeleton
-        from online_dt.rollout.weight_sync import newest_published
 
         self.cfg, self.base_path = cfg, base_path
         self.sampler: Sampler | None = None
@@ -89,10 +86,7 @@ class SamplerActor:
             from transformers import AutoModelForCausalLM  # noqa: F401
 
             return
-        if isinstance(start, PolicySkeleton):
-            self.sampler = make_sampler_from_skeleton(cfg, start, base_path)
-            return
-        self._build(newest_published(start))  # a restarted actor starts from the newest weights
+        self.sampler = make_sampler_from_skeleton(cfg, start, base_path)
 
     def _build(self, update: WeightUpdate) -> None:
         from online_dt.rollout.factory import make_sampler
