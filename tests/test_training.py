@@ -9,7 +9,12 @@ from online_dt.config import ConditioningConfig, TrainingConfig
 from online_dt.policy.layout import IGNORE_INDEX
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Sample
-from online_dt.training.trainer import ConditionedTrainer, collate, next_token_loss
+from online_dt.training.trainer import (
+    ConditionedTrainer,
+    collate,
+    mean_entropy,
+    next_token_loss,
+)
 from tests.tiny import build_tiny_model
 
 
@@ -143,6 +148,45 @@ def test_kl_penalty_is_zero_at_start_and_pulls_towards_base(gpt2_dir):
     assert held < free
     with pytest.raises(ValueError, match="base model"):
         ConditionedTrainer(policy, TrainingConfig(), kl_coef=1.0)
+
+
+def test_mean_entropy_counts_labelled_positions_only():
+    """Uniform logits have entropy log V; a one-hot position has 0; unlabelled ones don't count."""
+    vocab = 8
+    logits = torch.zeros(1, 4, vocab)
+    logits[0, 2, 3] = 1e4  # position 2 is certain: entropy 0
+    labels = torch.tensor([[IGNORE_INDEX, 5, 6, IGNORE_INDEX]])  # positions 0 and 1 predict
+    assert mean_entropy(logits, labels).item() == pytest.approx(torch.log(torch.tensor(8.0)).item())
+    labels = torch.tensor([[IGNORE_INDEX, 5, 6, 7]])  # positions 0, 1 (uniform) and 2 (certain)
+    expected = 2 * torch.log(torch.tensor(8.0)).item() / 3
+    assert mean_entropy(logits, labels).item() == pytest.approx(expected, rel=1e-5)
+    none = torch.full((1, 4), IGNORE_INDEX)
+    assert mean_entropy(logits, none).item() == 0.0
+
+
+def test_entropy_bonus_keeps_the_policy_broader(gpt2_dir):
+    """Training on a few fixed completions sharpens the policy; the entropy bonus (Quark's)
+    keeps its per-token entropy higher, and the step reports it."""
+    batch, rewards = collate(policy_for(gpt2_dir), RECORDS)
+
+    def final_entropy(coef):
+        torch.manual_seed(0)
+        p = policy_for(gpt2_dir)
+        trainer = ConditionedTrainer(
+            p, TrainingConfig(lr=3e-3, batch_size=3, seed=0), entropy_coef=coef
+        )
+        for _ in range(15):
+            metrics = trainer.step(RECORDS)
+        with torch.no_grad():
+            return mean_entropy(p(batch, rewards).logits, batch.labels).item(), metrics
+
+    sharp, plain = final_entropy(0.0)
+    broad, bonus = final_entropy(1.0)
+    assert plain.entropy == 0.0
+    assert bonus.entropy > 0
+    assert broad > sharp + 0.1
+    with pytest.raises(ValueError, match="entropy_coef"):
+        ConditionedTrainer(policy_for(gpt2_dir), TrainingConfig(), entropy_coef=-0.1)
 
 
 LENGTHS = [

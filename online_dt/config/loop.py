@@ -61,6 +61,10 @@ class OnlineConfig(StrictModel):
     """KL-to-base penalty coefficient (0 = pure decision transformer; > 0 penalises divergence
     from the frozen base model, as Quark does)."""
 
+    entropy_coef: float = Field(0.0, ge=0.0)
+    """Entropy bonus coefficient: the loss subtracts this times the policy's mean per-token
+    entropy (nats) on completion tokens (0 = off; Quark uses 0.06 beside ``kl_coef`` 0.05)."""
+
     kl_samples: int = Field(64, ge=0)
     """Samples per iteration used to estimate KL to the base model (0 disables the estimate)."""
 

@@ -132,7 +132,8 @@ def iteration_record(
         batch: its rollouts and their recovery counts.
         scored: the scoring outcome (``rewards`` is ``None`` when the batch was skipped).
         appended: the learner's ``append`` result (``buffer_size``, ``first_id``, ``last_id``).
-        trained: the learner's ``train`` result (``loss``, ``kl_penalty``, and the UNIX times
+        trained: the learner's ``train`` result (``loss``, ``kl_penalty``, ``entropy``, and
+            the UNIX times
             ``started_at`` / ``finished_at`` of the training steps).
         kl_to_base: the KL estimate to the base model (nats per completion) or ``None``.
         update: the version published after this iteration's training.
@@ -150,6 +151,7 @@ def iteration_record(
         "kl_to_base": kl_to_base,
         "loss": trained["loss"],
         "kl_penalty": trained["kl_penalty"],
+        "entropy": trained["entropy"],
         "train_started_at": trained.get("started_at"),
         "train_finished_at": trained.get("finished_at"),
         "buffer_size": appended["buffer_size"],

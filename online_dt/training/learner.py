@@ -91,6 +91,7 @@ class Learner:
             bf16_autocast=cfg.model.bf16_autocast,
             base_model=self.base_model if cfg.online.kl_coef > 0 else None,
             kl_coef=cfg.online.kl_coef,
+            entropy_coef=cfg.online.entropy_coef,
         )
         self.publisher = make_publisher(cfg.sampler, self.run.weights_dir)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
@@ -199,24 +200,27 @@ class Learner:
         """``steps`` optimizer steps on batches drawn from the buffer.
 
         Returns:
-            Mean ``loss`` and ``kl_penalty`` over the steps, ``train_tokens`` trained on,
-            ``seconds``, and ``started_at`` / ``finished_at`` (UNIX times, taken where the
-            learner runs, e.g. inside its Ray actor; the loop records them to show what
-            overlapped training). No steps, loss NaN, while the buffer is empty.
+            Mean ``loss``, ``kl_penalty`` and ``entropy`` (the policy's per-token entropy in
+            nats, 0 unless ``online.entropy_coef`` is on) over the steps, ``train_tokens``
+            trained on, ``seconds``, and ``started_at`` / ``finished_at`` (UNIX times, taken
+            where the learner runs, e.g. inside its Ray actor; the loop records them to show
+            what overlapped training). No steps, loss NaN, while the buffer is empty.
         """
         started_at, start = time.time(), time.perf_counter()
-        losses, kls, tokens = [], [], 0
+        losses, kls, entropies, tokens = [], [], [], 0
         if len(self.buffer) == 0:
             steps = 0  # every batch so far was rejected: nothing to learn from yet
         for _ in range(steps):
             metrics = self.trainer.step(self.buffer.sample_batch(self.cfg.training.batch_size))
             losses.append(metrics.loss)
             kls.append(metrics.kl)
+            entropies.append(metrics.entropy)
             tokens += metrics.tokens
         self.policy.eval()
         return {
             "loss": float(np.mean(losses)) if losses else float("nan"),
             "kl_penalty": float(np.mean(kls)) if kls else 0.0,
+            "entropy": float(np.mean(entropies)) if entropies else 0.0,
             "train_tokens": tokens,
             "seconds": time.perf_counter() - start,
             "started_at": started_at,

@@ -34,11 +34,14 @@ class StepMetrics:
 
     Attributes:
         loss: training loss: mean next-token cross-entropy (nats per labelled token), plus
-            ``kl_coef * kl`` when the KL penalty is on.
+            ``kl_coef * kl`` when the KL penalty is on, minus ``entropy_coef * entropy`` when
+            the entropy bonus is on.
         grad_norm: global gradient norm before clipping.
         lr: base learning rate used for the step.
         tokens: labelled tokens in the batch.
         kl: mean per-token KL to the base model (nats; 0 when the penalty is off).
+        entropy: mean per-token entropy of the policy on labelled positions (nats; 0 when the
+            entropy bonus is off).
     """
 
     loss: float
@@ -46,6 +49,7 @@ class StepMetrics:
     lr: float
     tokens: int
     kl: float = 0.0
+    entropy: float = 0.0
 
 
 def collate(
@@ -91,13 +95,36 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return loss / max(count, 1), count
 
 
+def mean_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the policy's next-token distribution over labelled positions, in nats.
+
+    The entropy term of Quark's loss (Lu et al., 2022: NLL + 0.05 KL - 0.06 entropy per
+    token), over the same positions as :func:`next_token_loss`.
+
+    Args:
+        logits: ``[B, T, V]``; position ``t`` predicts ``labels[:, t + 1]``.
+        labels: ``[B, T]``, ``IGNORE_INDEX`` (-100) where no loss is taken.
+
+    Returns:
+        A scalar tensor in ``[0, log V]``, differentiable in ``logits`` (0 when no position is
+        labelled).
+    """
+    where = labels[:, 1:] != IGNORE_INDEX
+    logp = logits[:, :-1].float().log_softmax(-1)[where]
+    if logp.numel() == 0:
+        return logits.sum() * 0.0
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
 class ConditionedTrainer:
     """Owns the optimizer and schedule for a :class:`RewardConditionedPolicy`.
 
     The conditioning head (scalar mode) gets ``lr * head_lr_multiplier`` because it starts from
     scratch while the rest of the model is pretrained. With ``kl_coef > 0`` and a frozen
     ``base_model``, the loss adds ``kl_coef`` times the mean per-token KL from the policy to the
-    base model on completion tokens (the regulariser of Quark, Lu et al., 2022).
+    base model on completion tokens (the regulariser of Quark, Lu et al., 2022); with
+    ``entropy_coef > 0`` it subtracts ``entropy_coef`` times the policy's mean per-token entropy
+    there (Quark's entropy bonus, :func:`mean_entropy`).
 
     Warm-up: optimizer step ``s`` (0-based) uses ``lr * min(1, (s + 1) / warmup_steps)``, so the
     first step already moves the weights. (transformers' ``constant_with_warmup`` gives
@@ -112,12 +139,16 @@ class ConditionedTrainer:
         bf16_autocast: bool = True,
         base_model: torch.nn.Module | None = None,
         kl_coef: float = 0.0,
+        entropy_coef: float = 0.0,
     ) -> None:
         if kl_coef > 0 and base_model is None:
             raise ValueError("kl_coef > 0 needs the frozen base model")
+        if entropy_coef < 0:
+            raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}")
         self.policy = policy
         self.base_model = base_model
         self.kl_coef = kl_coef
+        self.entropy_coef = entropy_coef
         self.cfg = cfg
         self.device = policy.device
         self.autocast = bf16_autocast and self.device.type == "cuda"
@@ -147,6 +178,7 @@ class ConditionedTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses: list[float] = []
         kls: list[float] = []
+        entropies: list[float] = []
         for (batch, rewards), count in zip(parts, counts, strict=True):
             batch = batch.to(self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
@@ -159,6 +191,10 @@ class ConditionedTrainer:
                 kl_term = kl_to_base(logits, base_logits, batch.labels)
                 loss = loss + self.kl_coef * kl_term
                 kls.append(float(kl_term.detach()))
+            if self.entropy_coef > 0:
+                entropy = mean_entropy(logits, batch.labels)
+                loss = loss - self.entropy_coef * entropy
+                entropies.append(float(entropy.detach()))
             (loss * (count / total)).backward()
             losses.append(float(loss.detach()))
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -169,7 +205,12 @@ class ConditionedTrainer:
         self.scheduler.step()
         self.step_count += 1
         return StepMetrics(
-            _weighted(losses, counts), float(grad_norm), lr, sum(counts), _weighted(kls, counts)
+            _weighted(losses, counts),
+            float(grad_norm),
+            lr,
+            sum(counts),
+            _weighted(kls, counts),
+            _weighted(entropies, counts),
         )
 
     def length_buckets(self, samples: Sequence[Labelled]) -> list[list[Labelled]]:
@@ -237,7 +278,7 @@ class ConditionedTrainer:
 
 def _weighted(values: Sequence[float], counts: Sequence[int]) -> float:
     """The micro-batches' means as the batch's: one value as it is, several weighted by their
-    labelled tokens; 0.0 for none (no KL penalty)."""
+    labelled tokens; 0.0 for none (no KL penalty or entropy bonus)."""
     if len(values) <= 1:
         return values[0] if values else 0.0
     return sum(v * c for v, c in zip(values, counts, strict=True)) / max(sum(counts), 1)
