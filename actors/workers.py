@@ -72,6 +72,11 @@ class SamplerActor:
         base_path: str | None = None,
     ) -> None:
         log_to_file(log_file)
+        from transformers.utils import logging as hf_logging
+
+        # the HF sampler loads each checkpoint version with from_pretrained: one "Loading
+        # weights" bar per version would flood the sampler's log (the learner does the same)
+        hf_logging.disable_progress_bar()
         if cfg.resources.sampler_threads is not None:
             import torch
 

@@ -76,6 +76,8 @@ def run_mode(tmp_path: Path, base: Path, mode: str) -> list[dict]:
     assert logs == ["learner.log", "reward.log", "sampler-0.log"]
     sampler_log = (plan.run.logs_dir / "sampler-0.log").read_text()
     assert "sampler backend: HF reference" in sampler_log
+    # no progress bar per loaded version (transformers' "Loading weights" on from_pretrained)
+    assert "Loading weights" not in sampler_log
     assert ("sampler.base_logprobs: the sampler scores" in sampler_log) == (mode == "async")
     return plan.run.read_metrics()
 
