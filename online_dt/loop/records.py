@@ -133,8 +133,7 @@ def iteration_record(
         scored: the scoring outcome (``rewards`` is ``None`` when the batch was skipped).
         appended: the learner's ``append`` result (``buffer_size``, ``first_id``, ``last_id``).
         trained: the learner's ``train`` result (``loss``, ``kl_penalty``, ``entropy``, and
-            the UNIX times
-            ``started_at`` / ``finished_at`` of the training steps).
+            the UNIX times ``started_at`` / ``finished_at`` of the training steps).
         kl_to_base: the KL estimate to the base model (nats per completion) or ``None``.
         update: the version published after this iteration's training.
         timer: the iteration's stage timer (``<stage>_s``, ``other_s``, ``wall_s``).
