@@ -21,9 +21,11 @@ that a machine's drift slows both alike: the report's ``modes`` are the first re
 machine one repeat's ratio moves by about 0.05 from run to run (docs/method.md, round 11).
 
 With ``--processes`` (and ``--grpo-beta``), the comparison a user makes from a shell comes
-last: each mode's ``python -m online_dt.run`` (what ``online-dt run`` runs) and a process that
-runs the same GRPO, each timed from its start to its exit (imports, preflight, Ray's start and
-shutdown, model loads; TRL imports vLLM when it is installed).
+last: each mode's ``python -m online_dt.run`` (what ``online-dt run`` runs), the same run with
+``--local`` (sync, the workers in one process without Ray: what Ray's start, actors and
+shutdown cost) and a process that runs the same GRPO, each timed from its start to its exit
+(imports, preflight, Ray's start and shutdown, model loads; TRL imports vLLM when it is
+installed).
 
 Usage:
     .venv/bin/python bench/loop.py [--config configs/default.yaml] [--iterations 10]
@@ -125,25 +127,27 @@ def process_seconds(command: list[str]) -> float:
 
 
 def whole_processes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Each mode's ``python -m online_dt.run`` and the GRPO run as processes, timed from start
-    to exit, and each mode's time over GRPO's."""
+    """Each mode's ``python -m online_dt.run``, the same run in sync mode with ``--local`` (the
+    workers in one process, no Ray: ``local``) and the GRPO run as processes, timed from start
+    to exit, and each one's time over GRPO's."""
     figures: dict[str, Any] = {}
-    for mode in args.modes.split(","):
-        command = [sys.executable, "-m", "online_dt.run", "--config", args.config]
+    runs = [(mode, mode, []) for mode in args.modes.split(",")] + [("local", "sync", ["--local"])]
+    for name, mode, flags in runs:
+        command = [sys.executable, "-m", "online_dt.run", "--config", args.config, *flags]
         overrides = [
             *args.set,
-            f"online.run_dir={work / f'process-{mode}'}",
+            f"online.run_dir={work / f'process-{name}'}",
             f"online.iterations={args.iterations}",
             f"online.mode={mode}",
         ]
         command += [a for kv in overrides for a in ("--set", kv)] + ["--no-progress"]
-        figures[f"{mode}_s"] = round(process_seconds(command), 1)
+        figures[f"{name}_s"] = round(process_seconds(command), 1)
     command = [sys.executable, __file__, "--config", args.config, "--iterations"]
     command += [str(args.iterations), "--grpo-only", str(args.grpo_beta)]
     command += [a for kv in args.set for a in ("--set", kv)]
     grpo = figures["grpo_s"] = round(process_seconds(command), 1)
-    for mode in args.modes.split(","):
-        figures[f"{mode}_over_grpo"] = round(figures[f"{mode}_s"] / grpo, 3)
+    for name, _, _ in runs:
+        figures[f"{name}_over_grpo"] = round(figures[f"{name}_s"] / grpo, 3)
     return figures
 
 
