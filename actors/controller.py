@@ -137,7 +137,8 @@ def start_workers(
     import ray
 
     from actors.ray_futures import RayFuture, RayHandle, kill_and_restart, wait_until_back
-    from actors.workers import RewardModelActor, SamplerActor
+    from actors.reward import RewardModelActor
+    from actors.workers import SamplerActor
 
     cfg, ft = plan.cfg, plan.cfg.fault_tolerance
 

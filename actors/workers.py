@@ -11,33 +11,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from actors.log_files import log_to_file
 from online_dt.config import OnlineRunConfig
-from online_dt.loop.workers import CheckedRewardModel
 from online_dt.rollout.sampler import NO_WEIGHTS, NoWeightsError, Sampler, SamplingParams
 from online_dt.rollout.weight_sync import MemoryPublisher, PolicySkeleton, WeightUpdate
 from online_dt.samples import Rollout
 from online_dt.training.learner import Learner
-from online_dt.util.logs import forward_warnings, redirect_output
-
-
-def log_to_file(log_file: str | None) -> None:
-    """Send this actor's output (and that of the processes it starts, e.g. vLLM's engine) to
-    ``log_file``, appended (a restarted actor continues it), with the project's own INFO and
-    up in it; its warnings and errors still reach the driver's console. ``None``: leave the
-    output to Ray, which streams it to the driver (``online-dt run --verbose``)."""
-    if log_file is None:
-        return
-    import logging
-    from pathlib import Path
-
-    console = redirect_output(Path(log_file))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
-    forward_warnings(console)
 
 
 class SamplerActor:
@@ -141,28 +120,6 @@ class SamplerActor:
 
     def pid(self) -> int:
         """The actor's process id (operators and fault-injection tests kill it by pid)."""
-        return os.getpid()
-
-
-class RewardModelActor:
-    """The reward model (built-in or a user's class by import path), scores checked; its
-    output goes to ``log_file`` (see :func:`log_to_file`)."""
-
-    def __init__(self, cfg: OnlineRunConfig, log_file: str | None = None) -> None:
-        log_to_file(log_file)
-        from online_dt.rewards import load_reward_model
-
-        self.reward = CheckedRewardModel(
-            load_reward_model(cfg.reward_model), cfg.conditioning.objective_names
-        )
-
-    def score(self, prompts: list[str], completions: list[str]) -> list[Any]:
-        """Validated scores, one finite float per sample, or a tuple of one per objective with
-        ``conditioning.objectives`` (raises RewardModelError)."""
-        return self.reward.score(prompts, completions)
-
-    def pid(self) -> int:
-        """The actor's process id."""
         return os.getpid()
 
 
