@@ -24,7 +24,7 @@ from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch
 from online_dt.policy.logprobs import base_model_logits
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Labelled
-from online_dt.training.kl import kl_to_base
+from online_dt.training.kl import kl_to_base, labelled_log_probs
 from online_dt.training.optim import adamw
 
 
@@ -109,8 +109,7 @@ def mean_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         A scalar tensor in ``[0, log V]``, differentiable in ``logits`` (0 when no position is
         labelled).
     """
-    where = labels[:, 1:] != IGNORE_INDEX
-    logp = logits[:, :-1].float().log_softmax(-1)[where]
+    logp = labelled_log_probs(logits, labels)
     if logp.numel() == 0:
         return logits.sum() * 0.0
     return -(logp.exp() * logp).sum(-1).mean()
