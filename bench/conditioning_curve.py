@@ -19,7 +19,8 @@ Usage:
     .venv/bin/python bench/conditioning_curve.py RUN_DIR [--targets -0.8 0.0 0.8]
         [--every 5] [--samples 4] [--per-prompt -0.8] [--out FILE.json]
 
-Prints a table; ``--out`` also writes its rows as JSON.
+Prints a table; ``--out`` also writes its rows as JSON. A run conditioned on several objectives
+is refused (one reward per sample is read).
 """
 
 from __future__ import annotations
@@ -119,7 +120,12 @@ def per_prompt_quartiles(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.every < 1 or args.samples < 1 or args.base_samples < 1:
+        parser.error("--every, --samples and --base-samples must be at least 1")
+    if args.per_prompt is not None and args.per_prompt not in args.targets:
+        parser.error(f"--per-prompt {args.per_prompt:g} must be one of --targets")
     import torch
 
     from bench.peers import SEED_SPLIT, split_prompts
@@ -133,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from online_dt.util.seeds import derived_seed
 
     cfg = load_config(args.run_dir / "config.yaml", OnlineRunConfig)
+    if cfg.conditioning.objectives:
+        raise SystemExit(
+            "error: the run is conditioned on several objectives; this script reads one reward"
+        )
     _, heldout = split_prompts(
         load_prompts(cfg.prompts), args.heldout_prompts, derived_seed(args.seed, SEED_SPLIT)
     )
@@ -143,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     last: dict[float, list[float]] = {}
     print(f"{'version':>7} {'target':>7} {'mean':>7} {'p10':>7} {'p90':>7} {'in_bin':>7}")
     for number, path in versions(args.run_dir / "weights", args.every):
-        policy = RewardConditionedPolicy.from_pretrained(path, device="cpu").eval()
+        policy = RewardConditionedPolicy.from_pretrained(path, device=cfg.model.device).eval()
         for target in args.targets:
             rollouts = policy.generate(
                 prompts,
@@ -167,12 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: dict[str, Any] = {"rows": rows}
     if args.per_prompt is not None:
         t, k = args.per_prompt, args.samples
-        if t not in last:
-            raise SystemExit(f"error: --per-prompt {t:g} is not one of --targets")
         base_path = resolve_base_model(cfg.model, cfg.bootstrap, progress=False)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval()
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        base = base.to(next(policy.parameters()).device).eval()
         tok = AutoTokenizer.from_pretrained(base_path)
         b = args.base_samples
         base_prompts = [p for p in heldout for _ in range(b)]

@@ -45,6 +45,14 @@ def test_versions_keeps_every_kth_and_the_last(tmp_path):
         versions(tmp_path / "none", 1)
 
 
+def test_bad_arguments_stop_before_any_sampling(tmp_path, capsys):
+    for argv in (["--per-prompt", "0.3"], ["--every", "0"], ["--samples", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main([str(tmp_path / "no-run"), "--targets", "-0.5", "0.5", *argv])
+        assert e.value.code == 2  # argparse's usage error, before the run directory is read
+    assert "--per-prompt 0.3 must be one of --targets" in capsys.readouterr().err
+
+
 def test_curve_of_a_tiny_run(tmp_path):
     base = build_tiny_model(tmp_path / "gpt2", "gpt2")
     cfg = OnlineRunConfig.model_validate(
