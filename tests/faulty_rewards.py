@@ -44,6 +44,9 @@ class FaultyReward(_Counted):
             instead of stalling).
         faults: per-call faults, ``{"2": "exit", "4": "raise"}`` (keys are call numbers as
             strings, as YAML and JSON write them); they take precedence over ``fail_calls``.
+        restart_delay_s: sleep this long in the constructor when the counter file already
+            counts calls, i.e. when the instance replaces one that died, as a reward model
+            that takes seconds to load again.
     """
 
     def __init__(
@@ -54,8 +57,11 @@ class FaultyReward(_Counted):
         delay_s: float = 0.0,
         faults: dict[str, str] | None = None,
         hang_s: float = 3600.0,
+        restart_delay_s: float = 0.0,
     ) -> None:
         super().__init__(counter_file)
+        if restart_delay_s and self.counter_file.exists() and self.counter_file.stat().st_size:
+            time.sleep(restart_delay_s)
         self.faults = {call: fault for call in fail_calls}
         self.faults.update({int(k): v for k, v in (faults or {}).items()})
         self.delay_s = delay_s
