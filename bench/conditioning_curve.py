@@ -72,15 +72,21 @@ def versions(weights_dir: Path, every: int) -> list[tuple[int, Path]]:
 
 
 def reward_stats(rewards: Sequence[float], target: float, half_width: float) -> dict[str, float]:
-    """Mean, p10, p90 (nearest rank) of ``rewards`` and the fraction within ``half_width`` of
-    ``target``."""
-    ordered = sorted(rewards)
-    n = len(ordered)
+    """Mean, p10 and p90 of ``rewards`` as every report of the project gives them
+    (:func:`online_dt.util.metrics.reward_summary`), and the fraction within ``half_width`` of
+    ``target``.
+
+    Raises:
+        ValueError: ``rewards`` is empty.
+    """
+    from online_dt.util.metrics import reward_summary
+
+    summary = reward_summary(rewards)
     return {
-        "mean": statistics.fmean(ordered),
-        "p10": ordered[min(n - 1, n // 10)],
-        "p90": ordered[min(n - 1, 9 * n // 10)],
-        "in_bin": sum(abs(r - target) <= half_width for r in ordered) / n,
+        "mean": summary["mean"],
+        "p10": summary["p10"],
+        "p90": summary["p90"],
+        "in_bin": sum(abs(r - target) <= half_width for r in rewards) / len(rewards),
     }
 
 
