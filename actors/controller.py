@@ -33,10 +33,16 @@ def metrics_exporter(prefix: str = "online_dt_") -> MetricsCallback:
     return export
 
 
-def start_ray() -> bool:
+def start_ray(dashboard: bool = False) -> bool:
     """Connect to ``RAY_ADDRESS`` when it is set (``ray job submit``), else start a local Ray
     instance; a no-op when this process has joined one already. Returns whether this call
     joined (``False``: it was joined before).
+
+    ``dashboard``: start Ray's own dashboard (port 8265) with a local instance that this call
+    starts. Off by default: it takes 1.5-3 s of a run's start on two cores, and the run needs
+    nothing it serves (the fault handling reads actors' states from Ray's control store,
+    :func:`actors.ray_futures._may_come_back`; the run's own dashboard is separate). A cluster
+    that this call joins keeps whatever dashboard it was started with.
 
     Call it on the main thread (or one that lives as long as the run): the local instance's
     processes get a parent-death signal tied to the thread that started them (``prctl
@@ -49,7 +55,7 @@ def start_ray() -> bool:
     silence_known_harmless("ray")  # Ray's own handler, which its records reach first
     if ray.is_initialized():
         return False
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, include_dashboard=dashboard)
     return True
 
 

@@ -63,11 +63,22 @@ def _may_come_back(actor_id: str | None) -> bool:
 
     Calls that reached the old process before Ray noticed its death fail with
     ``ActorDiedError`` even when Ray restarts the actor (``max_restarts``), so the actor's
-    state is asked for: anything but ``DEAD`` may come back. When the state cannot be read
-    (no dashboard), the caller's restart timeout bounds the wait.
+    state is asked for: anything but ``DEAD`` may come back. The state is read from Ray's
+    control store (GCS) with ``ray._private.state.actors``, Ray's own lookup of one actor's
+    table entry, which needs no dashboard (a local instance starts without one, see
+    :func:`actors.controller.start_ray`); Ray's state API (``ray.util.state``, served by the
+    dashboard) is the fallback should that lookup move in another Ray version. When neither
+    can read it, a restart is assumed and the caller's restart timeout bounds the wait.
     """
     if not actor_id:
         return False
+    try:
+        from ray._private.state import actors
+
+        entry = actors(actor_id=actor_id)
+        return not entry or entry.get("State") != "DEAD"
+    except Exception:  # the lookup moved or failed: ask the state API instead
+        pass
     try:
         from ray.util.state import get_actor
 

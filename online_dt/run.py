@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--local", action="store_true", help="run the workers in this process, without Ray"
     )
     parser.add_argument(
+        "--ray-dashboard",
+        action="store_true",
+        help="start Ray's own dashboard (port 8265) with the local Ray instance that the run "
+        "starts (about 2 s more); a cluster the run joins keeps the dashboard it has",
+    )
+    parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -103,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.local:
             plan, ray_error = plan_run(cfg, args.resume, overrides), None
         else:
-            plan, ray_error = plan_while_ray_starts(lambda: plan_run(cfg, args.resume, overrides))
+            plan, ray_error = plan_while_ray_starts(
+                lambda: plan_run(cfg, args.resume, overrides), ray_dashboard=args.ray_dashboard
+            )
     except (ConfigError, RunDirError, PromptError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -147,10 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             log.debug("dashboard stopped; `online-dt dashboard %s` serves it again", plan.run.path)
 
 
-def plan_while_ray_starts(plan: Callable[[], RunPlan]) -> tuple[RunPlan, Exception | None]:
+def plan_while_ray_starts(
+    plan: Callable[[], RunPlan], *, ray_dashboard: bool = False
+) -> tuple[RunPlan, Exception | None]:
     """Run ``plan`` (loading the prompts and the preflight checks, about 2 s on a CPU core) on
     a thread while this thread starts Ray (:func:`actors.controller.start_ray`, about 3 s for
-    a local instance), which must run on the main thread.
+    a local instance, with its dashboard if ``ray_dashboard``), which must run on the main
+    thread.
 
     Returns:
         The plan, and the error that starting Ray raised, if any: the caller raises it where
@@ -169,7 +180,7 @@ def plan_while_ray_starts(plan: Callable[[], RunPlan]) -> tuple[RunPlan, Excepti
         ray_error: Exception | None = None
         joined = False
         try:
-            joined = start_ray()
+            joined = start_ray(dashboard=ray_dashboard)
         except Exception as e:
             ray_error = e
         try:

@@ -15,7 +15,7 @@ from online_dt.config import ResourcesConfig
 from online_dt.config.placement import threads_for_sync
 from online_dt.launch.preflight import PreflightError
 from online_dt.rollout.sampler import NO_WEIGHTS, NoWeightsError, SamplingParams
-from online_dt.run import plan_while_ray_starts
+from online_dt.run import build_parser, plan_while_ray_starts
 from online_dt.training.learner import Learner
 from tests.test_sampling import PROMPTS, TARGETS
 from tests.tiny import build_tiny_model
@@ -39,13 +39,15 @@ class FakeRay:
         import actors.controller
 
         self.started_on: threading.Thread | None = None
+        self.dashboard: bool | None = None
         self.shut_down = False
         self.fails = fails
         monkeypatch.setattr(actors.controller, "start_ray", self.start)
         monkeypatch.setattr(ray, "shutdown", self.shutdown)
 
-    def start(self) -> bool:
+    def start(self, dashboard: bool = False) -> bool:
         self.started_on = threading.current_thread()
+        self.dashboard = dashboard
         if self.fails:
             raise ConnectionError("no Ray cluster at RAY_ADDRESS")
         return True
@@ -66,6 +68,15 @@ def test_the_plan_runs_on_a_thread_while_the_main_thread_starts_ray(monkeypatch)
     assert ray.started_on is threading.main_thread()
     assert planned_on and planned_on[0] is not threading.main_thread()
     assert not ray.shut_down
+    assert ray.dashboard is False, "a local Ray instance starts without its dashboard"
+
+
+def test_ray_dashboard_flag_reaches_rays_start(monkeypatch):
+    ray = FakeRay(monkeypatch)
+    plan_while_ray_starts(lambda: "the plan", ray_dashboard=True)
+    assert ray.dashboard is True
+    assert build_parser().parse_args(["--ray-dashboard"]).ray_dashboard
+    assert not build_parser().parse_args([]).ray_dashboard
 
 
 def test_a_plan_that_fails_shuts_ray_down_and_raises(monkeypatch):

@@ -1,0 +1,79 @@
+"""Whether a dead Ray actor may come back, read on a local Ray instance without its dashboard
+(how ``online-dt run`` starts one): :func:`actors.ray_futures._may_come_back` reads Ray's
+control store, not the dashboard's state API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from actors.ray_futures import _may_come_back
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def ray_without_dashboard(monkeypatch):
+    """A fresh in-process Ray instance, 2 CPUs, no dashboard; Ray's state API, which the
+    dashboard serves, fails the test if it is asked."""
+    import ray
+    import ray.util.state
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throw-away local instance
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    def no_state_api(*args, **kwargs):
+        raise AssertionError("the state API was asked; it needs the dashboard")
+
+    monkeypatch.setattr(ray.util.state, "get_actor", no_state_api)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=f"/tmp/ray-actor-state-{os.getpid()}",
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _wait_for(predicate, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_restartable_actor_may_come_back_until_its_restarts_are_spent(ray_without_dashboard):
+    ray = ray_without_dashboard
+
+    @ray.remote(max_restarts=1, num_cpus=0)
+    class Worker:
+        def pid(self) -> int:
+            return os.getpid()
+
+    worker = Worker.remote()
+    actor_id = worker._actor_id.hex()
+    first = ray.get(worker.pid.remote(), timeout=30)
+    assert _may_come_back(actor_id), "alive"
+
+    os.kill(first, signal.SIGKILL)  # one restart left: Ray brings it back
+    assert _may_come_back(actor_id)
+    _wait_for(lambda: _pid_or_none(ray, worker) not in (None, first))
+    assert _may_come_back(actor_id)
+
+    os.kill(_pid_or_none(ray, worker), signal.SIGKILL)  # restarts spent: gone for good
+    _wait_for(lambda: not _may_come_back(actor_id))
+    assert not _may_come_back(None)
+
+
+def _pid_or_none(ray, worker) -> int | None:
+    try:
+        return ray.get(worker.pid.remote(), timeout=10)
+    except Exception:
+        return None
