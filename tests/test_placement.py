@@ -3,7 +3,6 @@ combinations named at load time, and (slow) the default config's plan on a real 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -223,27 +222,6 @@ def test_shortfall_message_names_missing_resources():
 # ---------------------------------------------------------------------------------------------
 # the default config's plan on a real local Ray instance
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def local_ray(monkeypatch):
-    """A fresh in-process Ray instance with 2 CPUs (never an existing cluster)."""
-    import ray
-
-    # a throw-away local instance: no token authentication (see tests/test_e2e_ray_job.py)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=f"/tmp/ray-placement-{os.getpid()}",
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def _bundle_usage(ray, pg_id: str, n: int) -> tuple[list[int], list[float]]:

@@ -16,30 +16,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def ray_without_dashboard(monkeypatch):
-    """A fresh in-process Ray instance, 2 CPUs, no dashboard; Ray's state API, which the
-    dashboard serves, fails the test if it is asked."""
-    import ray
+def ray_without_dashboard(local_ray, monkeypatch):
+    """``local_ray`` (no dashboard), with Ray's state API, which the dashboard serves, made to
+    fail the test if it is asked."""
     import ray.util.state
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throw-away local instance
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
     def no_state_api(*args, **kwargs):
         raise AssertionError("the state API was asked; it needs the dashboard")
 
     monkeypatch.setattr(ray.util.state, "get_actor", no_state_api)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=f"/tmp/ray-actor-state-{os.getpid()}",
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    return local_ray
 
 
 def _wait_for(predicate, timeout_s: float = 30.0) -> None:
