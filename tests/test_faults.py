@@ -718,16 +718,14 @@ def test_driver_sigkill_then_resume_keeps_every_persisted_sample(tmp_path, base)
     assert all(b - a <= 0.1 + 1e-9 for a, b in zip(targets, targets[1:], strict=False))
 
 
-def test_restarted_sampler_starts_from_the_newest_version_a_resumed_run_published(tmp_path):
-    from online_dt.rollout.weight_sync import CheckpointPublisher, newest_published
+def test_a_resumed_run_discards_the_versions_published_after_its_checkpoint(tmp_path):
+    from online_dt.rollout.weight_sync import CheckpointPublisher
 
     root = tmp_path / "weights"
     for v in (3, 4, 5):  # 5 was published after the last checkpoint, then the driver died
         (root / f"v{v:06d}").mkdir(parents=True)
     CheckpointPublisher(root).discard_after(4)  # what Learner.initial_update does on resume
     assert sorted(p.name for p in root.iterdir()) == ["v000003", "v000004"]
-    first = WeightUpdate(0, "checkpoint", str(root / "v000000"))  # long pruned
-    assert newest_published(first) == WeightUpdate(4, "checkpoint", str(root / "v000004"))
 
 
 # -- the learner is lost (in-process fakes of a killed learner actor) ----------------------------

@@ -233,27 +233,6 @@ def version_dir_name(version: int) -> str:
     return f"v{version:06d}"
 
 
-def newest_published(update: WeightUpdate) -> WeightUpdate:
-    """The newest version published in ``update``'s directory (``update`` itself for NCCL).
-
-    A sampler that Ray restarts after a crash is re-created with the update it was first
-    given, possibly pruned since and certainly old; it starts from the newest published
-    version instead, which is the one the learner last sent (and is re-sent it anyway before
-    its chunk is re-issued).
-
-    Raises:
-        FileNotFoundError: no published version is left next to ``update.path``.
-    """
-    if update.backend != "checkpoint" or update.path is None:
-        return update
-    root = Path(update.path).parent
-    versions = sorted(p for p in root.glob("v[0-9]*") if p.is_dir())
-    if not versions:
-        raise FileNotFoundError(f"no published policy version under {root}")
-    newest = versions[-1]
-    return WeightUpdate(version=int(newest.name[1:]), backend="checkpoint", path=str(newest))
-
-
 class CheckpointPublisher:
     """Publishes each version as a checkpoint directory under ``root``.
 
