@@ -38,11 +38,11 @@ class RolloutFuture:
     A chunk whose replica was lost, or which comes back from an older policy version than the
     group last sent or with :class:`~online_dt.rollout.sampler.NoWeightsError` (the replica
     was restarted between calls and starts without weights), is re-issued to it after
-    re-sending the current weights, up to ``retries`` times. A replica that does not take the weights again within
-    ``restart_timeout_s`` (or is gone for good) while other replicas are healthy, or that
-    fails every re-issue, is marked lost (:meth:`SamplerGroup.mark_lost`) and the chunk is
-    split over the healthy replicas; with none left it is dropped. The result's
-    :class:`SamplerRecovery` counts all of it.
+    re-sending the current weights, up to ``retries`` times. A replica that does not take the
+    weights again within ``restart_timeout_s`` (or is gone for good) while other replicas
+    are healthy, or that fails every re-issue, is marked lost
+    (:meth:`SamplerGroup.mark_lost`) and the chunk is split over the healthy replicas; with
+    none left it is dropped. The result's :class:`SamplerRecovery` counts all of it.
 
     Raises (from ``result()``):
         WorkerLostError: every chunk was dropped (no rollouts at all).
