@@ -59,6 +59,21 @@ def start_ray(dashboard: bool = False) -> bool:
     return True
 
 
+def stop_ray() -> None:
+    """Leave Ray at the end of a run started from this process: a local instance that
+    :func:`start_ray` started is shut down, a cluster that it joined keeps running (this
+    process only disconnects); a no-op when Ray is not initialised.
+
+    Called explicitly, not left to the exit hook that ``ray.init`` registers, which first
+    sleeps 0.5 s so that the actors' last console lines arrive; here the actors write their
+    output to ``RUN_DIR/logs/`` and have finished their calls when the loop returns.
+    """
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def run_on_ray(
     plan: RunPlan,
     *,

@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         if dashboard is not None:
             dashboard.stop()
             log.debug("dashboard stopped; `online-dt dashboard %s` serves it again", plan.run.path)
+        if not args.local:
+            from actors.controller import stop_ray
+
+            stop_ray()  # 0.5 s sooner than Ray's exit hook (see stop_ray)
 
 
 def plan_while_ray_starts(

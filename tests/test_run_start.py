@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import yaml
 
 import tests.test_loop as loop_tests
 from actors.workers import SamplerActor
@@ -15,7 +16,7 @@ from online_dt.config import ResourcesConfig
 from online_dt.config.placement import threads_for_sync
 from online_dt.launch.preflight import PreflightError
 from online_dt.rollout.sampler import NO_WEIGHTS, NoWeightsError, SamplingParams
-from online_dt.run import build_parser, plan_while_ray_starts
+from online_dt.run import build_parser, main, plan_while_ray_starts
 from online_dt.training.learner import Learner
 from tests.test_sampling import PROMPTS, TARGETS
 from tests.tiny import build_tiny_model
@@ -95,6 +96,54 @@ def test_rays_start_error_is_returned_for_the_run_to_report(monkeypatch):
     plan, error = plan_while_ray_starts(lambda: "the plan")
     assert plan == "the plan" and isinstance(error, ConnectionError)
     assert not ray.shut_down
+
+
+def test_a_run_on_ray_leaves_ray_itself_when_it_ends(monkeypatch, tmp_path, base):
+    """``online-dt run`` shuts its Ray down (or disconnects) as its last step, after the
+    summary, rather than through Ray's exit hook, which sleeps 0.5 s first; also when the
+    loop fails."""
+    import ray
+
+    import actors.controller
+
+    fake = FakeRay(monkeypatch)
+    monkeypatch.setattr(ray, "is_initialized", lambda: fake.started_on is not None)
+    calls: list[str] = []
+
+    def run_on_ray(plan, **kwargs):
+        calls.append("loop")
+        assert not fake.shut_down, "Ray is left only after the loop"
+        if fails:
+            raise RuntimeError("the learner's process died")
+        return 0
+
+    monkeypatch.setattr(actors.controller, "run_on_ray", run_on_ray)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the movie was\nthe food was\n")
+    for fails in (False, True):
+        fake.shut_down = False
+        cfg = {
+            "model": {"name_or_path": str(base), "device": "cpu"},
+            "prompts": {"source": "file", "path": str(prompts)},
+            "dashboard": {"enabled": False},
+            "online": {"run_dir": str(tmp_path / f"run-{fails}")},
+        }
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert main(["--config", str(path), "--no-progress"]) == (1 if fails else 0)
+        assert fake.shut_down
+    assert calls == ["loop", "loop"]
+
+
+def test_stop_ray_is_a_no_op_without_ray(monkeypatch):
+    import ray
+
+    from actors.controller import stop_ray
+
+    fake = FakeRay(monkeypatch)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    stop_ray()
+    assert not fake.shut_down
 
 
 # -- a sampler actor started without weights -------------------------------------------------------

@@ -5,6 +5,9 @@ values point at, cheaply, so a run fails in seconds with one message naming the 
 than minutes later inside an actor:
 
 * the base model's config and tokenizer load (a missing directory, an unreachable Hub name);
+  a local directory whose tokenizer is transformers' generic one is read with the
+  ``tokenizers`` library and ``json``, without importing transformers
+  (:func:`read_local_model`);
 * the reward model: a custom class imports, a classifier's config loads;
 * every prompt fits the model's context with the reward slot (``conditioning.slot_width``
   columns), ``max_new_tokens`` and the EOS
@@ -15,6 +18,7 @@ than minutes later inside an actor:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from online_dt.config import OnlineRunConfig
@@ -91,20 +95,82 @@ def check_prompt_lengths(
         )
 
 
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+"""``tokenizer_class`` values (``tokenizer_config.json``) with which transformers encodes text
+with ``tokenizer.json`` as it is: its generic wrappers of the ``tokenizers`` library
+(transformers 5's ``TokenizersBackend``, 4's ``PreTrainedTokenizerFast``). A model-specific
+class may rebuild or adjust the tokenizer when it loads, so preflight loads those through
+transformers."""
+
+
+class TokenizerFile:
+    """A ``tokenizer.json`` read with the ``tokenizers`` library, called as a transformers
+    tokenizer is for :func:`check_prompt_lengths`.
+
+    transformers' generic fast tokenizer wraps the same ``tokenizers.Tokenizer`` and encodes
+    with it unchanged, so the token counts are the same (``tests/test_preflight.py`` compares
+    them), without importing transformers (3-4 s of CPU on this project's machines, which a
+    run's start spends beside Ray's own).
+    """
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(path))
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict[str, Any]:
+        """``{"input_ids": [ids of each text]}``, as a transformers tokenizer returns."""
+        encoded = self.tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return {"input_ids": [e.ids for e in encoded]}
+
+
+def read_local_model(base_path: str) -> tuple[Any, Any] | None:
+    """The model's config (its ``config.json`` as attributes) and a :class:`TokenizerFile`
+    when ``base_path`` is a local directory whose tokenizer transformers would load from
+    ``tokenizer.json`` as it is (``tokenizer_class`` in :data:`GENERIC_TOKENIZER_CLASSES`, no
+    ``add_prefix_space`` override); ``None`` otherwise (a Hub name, another tokenizer class),
+    and preflight loads both through transformers.
+
+    Raises:
+        ValueError: a file is not valid JSON, or ``tokenizer.json`` does not load.
+    """
+    import json
+    from types import SimpleNamespace
+
+    root = Path(base_path)
+    files = [root / name for name in ("config.json", "tokenizer.json", "tokenizer_config.json")]
+    if not all(f.is_file() for f in files):
+        return None
+    config_file, tokenizer_file, tokenizer_config_file = files
+    tokenizer_config = json.loads(tokenizer_config_file.read_text())
+    if (
+        tokenizer_config.get("tokenizer_class") not in GENERIC_TOKENIZER_CLASSES
+        or "add_prefix_space" in tokenizer_config
+    ):
+        return None
+    config = SimpleNamespace(**json.loads(config_file.read_text()))
+    try:
+        return config, TokenizerFile(tokenizer_file)
+    except Exception as e:  # tokenizers raises its own Exception subclass for a bad file
+        raise ValueError(f"{tokenizer_file}: {first_line(e)}") from e
+
+
 def preflight(cfg: OnlineRunConfig, prompts: Sequence[str], base_path: str) -> None:
     """Run every check of this module for a run on ``base_path`` with ``prompts``.
 
     Raises:
         PreflightError: the first problem found, naming its config field.
     """
-    from transformers import AutoConfig, AutoTokenizer
-
     where = f"model.name_or_path: cannot load {cfg.model.name_or_path!r}"
     try:
-        model_config = AutoConfig.from_pretrained(base_path)
-        tokenizer = AutoTokenizer.from_pretrained(base_path)
+        local = read_local_model(base_path)
+        if local is None:
+            from transformers import AutoConfig, AutoTokenizer
+
+            local = AutoConfig.from_pretrained(base_path), AutoTokenizer.from_pretrained(base_path)
     except Exception as e:  # OSError for a missing path, hub errors when offline
         raise PreflightError(f"{where} ({base_path}): {first_line(e)}") from e
+    model_config, tokenizer = local
     check_reward_model(cfg)
     context = context_length(model_config)
     if cfg.sampler.max_model_len is not None:
