@@ -54,6 +54,15 @@ TEXTS = [
 ]
 
 
+def copy_with(model_dir, tmp_path, change):
+    """A copy of ``model_dir`` whose ``tokenizer_config.json`` has ``change`` applied."""
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    config_file = copy / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **change}))
+    return copy
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from tests.tiny import build_tiny_model
@@ -61,9 +70,15 @@ def model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("gpt2"), "gpt2")
 
 
-def test_a_local_models_tokenizer_file_counts_as_transformers_does(model_dir):
+@pytest.mark.parametrize("tokenizer_class", ["TokenizersBackend", "PreTrainedTokenizerFast"])
+def test_a_local_models_tokenizer_file_counts_as_transformers_does(
+    model_dir, tmp_path, tokenizer_class
+):
+    """transformers 5 saves its generic tokenizer as ``TokenizersBackend``; a model saved by
+    transformers 4 names ``PreTrainedTokenizerFast``."""
     from transformers import AutoConfig, AutoTokenizer
 
+    model_dir = copy_with(model_dir, tmp_path, {"tokenizer_class": tokenizer_class})
     local = read_local_model(str(model_dir))
     assert local is not None, "a tokenizer saved by transformers' generic class is read directly"
     config, tokenizer = local
@@ -82,11 +97,7 @@ def test_a_local_models_tokenizer_file_counts_as_transformers_does(model_dir):
 def test_other_tokenizers_are_left_to_transformers(model_dir, tmp_path, change):
     """A model-specific tokenizer class, or an ``add_prefix_space`` override, may change how
     text is encoded when transformers loads it: preflight does not read those itself."""
-    copy = tmp_path / "model"
-    shutil.copytree(model_dir, copy)
-    config_file = copy / "tokenizer_config.json"
-    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **change}))
-    assert read_local_model(str(copy)) is None
+    assert read_local_model(str(copy_with(model_dir, tmp_path, change))) is None
     assert read_local_model("gpt2") is None, "a Hub name is loaded through transformers"
 
 
