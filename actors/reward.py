@@ -11,6 +11,7 @@ from typing import Any
 from actors.log_files import log_to_file
 from online_dt.config import OnlineRunConfig
 from online_dt.loop.workers import CheckedRewardModel
+from online_dt.util.malloc import retain_freed_memory
 
 
 class RewardModelActor:
@@ -19,6 +20,8 @@ class RewardModelActor:
 
     def __init__(self, cfg: OnlineRunConfig, log_file: str | None = None) -> None:
         log_to_file(log_file)
+        if cfg.resources.retain_freed_memory:
+            retain_freed_memory()
         from online_dt.rewards import load_reward_model
 
         self.reward = CheckedRewardModel(

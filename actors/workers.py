@@ -17,6 +17,7 @@ from online_dt.rollout.sampler import NO_WEIGHTS, NoWeightsError, Sampler, Sampl
 from online_dt.rollout.weight_sync import MemoryPublisher, PolicySkeleton, WeightUpdate
 from online_dt.samples import Rollout
 from online_dt.training.learner import Learner
+from online_dt.util.malloc import retain_freed_memory
 
 
 class SamplerActor:
@@ -51,6 +52,8 @@ class SamplerActor:
         base_path: str | None = None,
     ) -> None:
         log_to_file(log_file)
+        if cfg.resources.retain_freed_memory:
+            retain_freed_memory()
         from transformers.utils import logging as hf_logging
 
         # the HF sampler loads each checkpoint version with from_pretrained: one "Loading
@@ -142,6 +145,8 @@ class LearnerActor(Learner):
         log_file: str | None = None,
     ) -> None:
         log_to_file(log_file)
+        if cfg.resources.retain_freed_memory:
+            retain_freed_memory()
         super().__init__(cfg, base_path, run_dir, checkpoint)
         if cfg.sampler.weight_sync == "ray":
             import ray

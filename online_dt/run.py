@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.local:
             from online_dt.loop.plan import base_model_path
             from online_dt.loop.workers import local_workers
+            from online_dt.util.malloc import retain_freed_memory
 
+            if plan.cfg.resources.retain_freed_memory:
+                retain_freed_memory()
             base = base_model_path(plan.cfg)
             workers = local_workers(plan.cfg, base, plan.run.path, plan.checkpoint)
             try:
