@@ -6,10 +6,10 @@ With glibc's defaults a block of 128 KiB or more is first served by ``mmap`` and
 free memory at the top of a heap above twice that is given back to the OS. A process that
 allocates and frees tens of megabytes per step (activations, logits, their gradients) thus
 maps fresh pages again at every step, each page a fault the kernel serves by zeroing it. On
-this project's 2-core machine the default loop's learner and sampler actors took 23,000 to
-38,000 minor page faults per iteration each; at about 2.6 µs per fault that was 0.13 s of a
-1.36 s iteration (docs/method.md, round 17). Source of the defaults and the two settings:
-glibc's ``mallopt(3)`` (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``).
+this project's 2-core machine the default loop's learner and sampler actors took 10,000 to
+38,000 minor page faults per iteration each, at about 2.6 µs per fault; keeping the memory
+made an iteration on Ray 7 % shorter (docs/method.md, round 17). Source of the defaults and
+the two settings: glibc's ``mallopt(3)`` (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``).
 """
 
 from __future__ import annotations
