@@ -57,7 +57,7 @@ class ResourcesConfig(StrictModel):
     its next allocations instead of returning it to the OS at every step: glibc's
     ``M_MMAP_THRESHOLD`` 32 MiB and ``M_TRIM_THRESHOLD`` 1 GiB
     (:func:`online_dt.util.malloc.retain_freed_memory`). On the default config on 2 CPU cores
-    this removed 30,000-60,000 page faults per iteration and 7 % of an iteration's time on
+    this removed 30,000-65,000 page faults per iteration and 7 % of an iteration's time on
     Ray (docs/method.md, round 17). Up to
     1 GiB of freed memory per heap then stays resident. No effect where the C library is not
     glibc. ``false``: glibc's defaults."""
