@@ -62,7 +62,7 @@ def _page_faults(mode: str) -> int:
 
 @glibc_only
 def test_freed_memory_is_reused_without_page_faults():
-    # 10 rounds x 20 MiB = 51,200 pages faulted in again with glibc's defaults
+    # 10 rounds x 20 MiB = 51,200 pages: about that many faults with glibc's defaults
     assert _page_faults("default") > 20_000
     assert _page_faults("retain") < 1_000
 
