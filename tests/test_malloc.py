@@ -3,7 +3,6 @@ for re-used buffers), and every actor's process, and ``--local``'s, sets it as c
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import sys
 import textwrap
@@ -14,16 +13,7 @@ import tests.test_loop as loop_tests
 from online_dt.util import malloc
 from tests.tiny import build_tiny_model
 
-
-def _is_glibc() -> bool:
-    try:
-        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
-glibc_only = pytest.mark.skipif(not _is_glibc(), reason="mallopt settings are glibc's")
+glibc_only = pytest.mark.skipif(malloc.glibc() is None, reason="mallopt settings are glibc's")
 
 # twenty 1 MiB blocks written and freed, ten times: with glibc's defaults the 20 MiB at the
 # heap's top are given back to the OS after each round and faulted in again in the next

@@ -32,6 +32,17 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 """1 GiB of free memory may stay at a heap's top before glibc gives it back."""
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The C library this interpreter is linked with, if it is glibc (it has
+    ``gnu_get_libc_version``); ``None`` elsewhere (macOS, musl, Windows)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018  (glibc only: AttributeError elsewhere)
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
 def retain_freed_memory(
     mmap_threshold: int = MMAP_THRESHOLD_BYTES, trim_threshold: int = TRIM_THRESHOLD_BYTES
 ) -> bool:
@@ -61,13 +72,11 @@ def retain_freed_memory(
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
         if not 0 <= value <= 2**31 - 1:
             raise ValueError(f"{name} must be between 0 and 2**31 - 1 bytes, not {value}")
-    try:
-        libc = ctypes.CDLL(None)  # the C library the interpreter is linked with
-        libc.gnu_get_libc_version  # noqa: B018  (glibc only: AttributeError elsewhere)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    libc = glibc()
+    if libc is None:
         log.debug("not glibc: freed memory is returned to the OS as the C library decides")
         return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success, 0 on a refused value
