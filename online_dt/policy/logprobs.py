@@ -94,13 +94,21 @@ def base_model_logits(base_model: torch.nn.Module, batch: ConditionedBatch) -> t
     ``prompt + completion``, and column t of its logits lines up with column t of the
     policy's.
     """
+    with torch.no_grad():
+        return base_model(**base_model_inputs(batch)).logits
+
+
+def base_model_inputs(batch: ConditionedBatch) -> dict[str, torch.Tensor]:
+    """An unconditioned base model's keyword arguments for a conditioned batch's tokens:
+    ``input_ids``, and ``attention_mask`` and ``position_ids`` with the slot's columns masked
+    out (all ``[B, T]``; see :func:`base_model_logits`)."""
     mask = batch.attention_mask.clone()
     mask[:, : batch.slot_width] = 0
-    positions = positions_from_mask(mask)
-    with torch.no_grad():
-        return base_model(
-            input_ids=batch.input_ids, attention_mask=mask, position_ids=positions
-        ).logits
+    return {
+        "input_ids": batch.input_ids,
+        "attention_mask": mask,
+        "position_ids": positions_from_mask(mask),
+    }
 
 
 def completion_base_logprobs(

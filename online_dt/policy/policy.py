@@ -231,11 +231,17 @@ class RewardConditionedPolicy(nn.Module):
             The model's ``CausalLMOutput``; ``logits`` is ``[B, T, V]``, column t predicting
             the token at column t + 1.
         """
-        return self.model(
-            inputs_embeds=self.embed(batch.input_ids, rewards, batch.prompt_mask),
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-        )
+        return self.model(**self.model_inputs(batch, rewards))
+
+    def model_inputs(self, batch: ConditionedBatch, rewards: torch.Tensor) -> dict[str, Any]:
+        """The wrapped model's keyword arguments for :meth:`forward`: ``inputs_embeds``
+        ``[B, T, H]`` (the slot filled for ``rewards``), ``attention_mask`` and
+        ``position_ids`` ``[B, T]``."""
+        return {
+            "inputs_embeds": self.embed(batch.input_ids, rewards, batch.prompt_mask),
+            "attention_mask": batch.attention_mask,
+            "position_ids": batch.position_ids,
+        }
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens (a new list per text); the ids of

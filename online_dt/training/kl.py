@@ -19,19 +19,6 @@ from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Rollout
 
 
-def labelled_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token log-probabilities at the labelled positions: ``[N, V]`` float32, row ``n``
-    the ``log_softmax`` of ``logits[b, t]`` for the ``n``-th ``(b, t)`` whose
-    ``labels[b, t + 1]`` is not ``IGNORE_INDEX`` (``N`` may be 0).
-
-    Args:
-        logits: ``[B, T, V]``; position ``t`` predicts ``labels[:, t + 1]``.
-        labels: ``[B, T]``, ``IGNORE_INDEX`` (-100) where no loss is taken.
-    """
-    where = labels[:, 1:] != IGNORE_INDEX
-    return logits[:, :-1].float().log_softmax(-1)[where]
-
-
 def kl_to_base(
     policy_logits: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
@@ -46,10 +33,26 @@ def kl_to_base(
     Returns:
         A scalar tensor, differentiable in ``policy_logits`` (0 when no position is labelled).
     """
-    logp = labelled_log_probs(policy_logits, labels)
-    logq = labelled_log_probs(base_logits, labels)
-    if logp.numel() == 0:
+    where = labels[:, 1:] != IGNORE_INDEX
+    return kl_between(policy_logits[:, :-1][where], base_logits[:, :-1][where])
+
+
+def kl_between(policy_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
+    """Mean per-position KL(policy || base), in nats, of logits already taken at the labelled
+    positions (:class:`~online_dt.policy.labelled_logits.LabelledLogits`).
+
+    Args:
+        policy_logits: ``[N, V]`` logits of the conditioned policy.
+        base_logits: ``[N, V]`` logits of the frozen base model at the same positions.
+
+    Returns:
+        A scalar tensor, differentiable in ``policy_logits``, computed in float32 (0 when
+        ``N`` is 0).
+    """
+    if policy_logits.shape[0] == 0:
         return policy_logits.sum() * 0.0
+    logp = policy_logits.float().log_softmax(-1)
+    logq = base_logits.float().log_softmax(-1)
     return (logp.exp() * (logp - logq)).sum(-1).mean()
 
 

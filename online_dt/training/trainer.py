@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from online_dt.config import TrainingConfig
+from online_dt.policy.labelled_logits import LabelledLogits, labelled_positions, labelled_targets
 from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch
-from online_dt.policy.logprobs import base_model_logits
+from online_dt.policy.logprobs import base_model_inputs
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Labelled
-from online_dt.training.kl import kl_to_base, labelled_log_probs
+from online_dt.training.kl import kl_between
 from online_dt.training.optim import adamw
 
 
@@ -109,9 +110,24 @@ def mean_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         A scalar tensor in ``[0, log V]``, differentiable in ``logits`` (0 when no position is
         labelled).
     """
-    logp = labelled_log_probs(logits, labels)
-    if logp.numel() == 0:
+    where = labels[:, 1:] != IGNORE_INDEX
+    return entropy_of(logits[:, :-1][where])
+
+
+def entropy_of(logits: torch.Tensor) -> torch.Tensor:
+    """Mean entropy, in nats, of the next-token distributions of logits already taken at the
+    labelled positions (:class:`~online_dt.policy.labelled_logits.LabelledLogits`).
+
+    Args:
+        logits: ``[N, V]``.
+
+    Returns:
+        A scalar tensor in ``[0, log V]``, float32, differentiable in ``logits`` (0 when ``N``
+        is 0).
+    """
+    if logits.shape[0] == 0:
         return logits.sum() * 0.0
+    logp = logits.float().log_softmax(-1)
     return -(logp.exp() * logp).sum(-1).mean()
 
 
@@ -162,6 +178,9 @@ class ConditionedTrainer:
         )
         self.step_count = 0
         self._rng = torch.Generator().manual_seed(cfg.seed)
+        split = cfg.logits_at_labelled_only
+        self.policy_logits = LabelledLogits(policy.model, split=split)
+        self.base_logits = None if base_model is None else LabelledLogits(base_model, split=split)
 
     def step(self, samples: Sequence[Labelled]) -> StepMetrics:
         """One optimizer step on ``samples`` (a batch), in ``cfg.length_buckets`` micro-batches
@@ -180,18 +199,22 @@ class ConditionedTrainer:
         entropies: list[float] = []
         for (batch, rewards), count in zip(parts, counts, strict=True):
             batch = batch.to(self.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.policy(batch, rewards.to(self.device)).logits
             assert batch.labels is not None
-            loss, _ = next_token_loss(logits, batch.labels)
+            where = labelled_positions(batch.labels)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                inputs = self.policy.model_inputs(batch, rewards.to(self.device))
+                logits = self.policy_logits(inputs, where)  # [N, V]
+            targets = labelled_targets(batch.labels)  # [N]
+            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(len(targets), 1)
             if self.kl_coef > 0:
-                assert self.base_model is not None
-                base_logits = base_model_logits(self.base_model, batch)
-                kl_term = kl_to_base(logits, base_logits, batch.labels)
+                assert self.base_logits is not None
+                with torch.no_grad():
+                    base_logits = self.base_logits(base_model_inputs(batch), where)
+                kl_term = kl_between(logits, base_logits)
                 loss = loss + self.kl_coef * kl_term
                 kls.append(float(kl_term.detach()))
             if self.entropy_coef > 0:
-                entropy = mean_entropy(logits, batch.labels)
+                entropy = entropy_of(logits)
                 loss = loss - self.entropy_coef * entropy
                 entropies.append(float(entropy.detach()))
             (loss * (count / total)).backward()

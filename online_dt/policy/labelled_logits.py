@@ -1,0 +1,124 @@
+"""Next-token logits at the labelled positions only: the output layer where a loss is taken.
+
+A training batch in the shared layout carries loss on the completion tokens (and EOS), not on
+the slot, the prompt or the padding: on the embedded default about a third of the positions
+carry none. A causal LM's forward applies its output layer (``[H, V]``) and the loss's softmax
+at every position. :class:`LabelledLogits` runs the model's body over every position and the
+output layer only at the labelled ones, which gives the same logits there with less compute
+and less memory (the ``[B, T, V]`` logits are the largest activation of a model with a large
+vocabulary). Liger-Kernel's fused linear cross-entropy and transformers' ``logits_to_keep``
+skip the unneeded rows of the output layer for the same reason; this selects them per row.
+
+It splits the model into ``model.base_model`` (the body) and
+``model.get_output_embeddings()`` (the output layer), and checks once, on a tiny input, that
+the output layer applied to the body's last hidden state gives the model's own logits. Models
+whose forward does more after the output layer (Gemma 2's logit soft-capping, Cohere's
+``logit_scale``) fail the check and keep the full forward, whose logits are then gathered at
+the same positions: the result is the same either way, only the cost differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from online_dt.policy.layout import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Where a next-token loss is taken.
+
+    Args:
+        labels: ``LongTensor[B, T]`` aligned with the inputs (the logits at column ``t``
+            predict the token at ``t + 1``), ``IGNORE_INDEX`` (-100) where no loss is taken.
+
+    Returns:
+        ``BoolTensor[B, T]``: True at column ``t`` when ``labels[:, t + 1]`` is a token
+        (never at the last column).
+    """
+    return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+
+
+def labelled_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The tokens those positions predict: ``LongTensor[N]``, in the row-major order of
+    :func:`labelled_positions`'s True entries (``N`` may be 0)."""
+    targets = labels[:, 1:]
+    return targets[targets != IGNORE_INDEX]
+
+
+def split_output_layer(model: Any) -> tuple[Any, torch.nn.Module] | None:
+    """``(body, output_layer)`` of a Hugging Face causal LM when its logits are exactly the
+    output layer applied to the body's last hidden state; ``None`` otherwise.
+
+    The body is ``model.base_model`` (transformers' accessor through ``base_model_prefix``,
+    e.g. GPT-2's ``transformer``, Llama's and Qwen's ``model``) and the output layer
+    ``model.get_output_embeddings()``. The check runs both ways on two rows of three tokens
+    in eval mode without gradients (the model's training mode is restored) and asks for
+    equal logits, bit for bit: both ways run the same operations on the same input, while a
+    transform after the output layer (a soft-capping ``tanh``, a scale) changes the last bits
+    even of small logits. A model without either part, or one whose call fails that way, gives
+    ``None``; a false ``None`` costs speed, never correctness.
+    """
+    body = getattr(model, "base_model", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if body is None or body is model or head is None:
+        return None
+    vocab = int(head.weight.shape[0])
+    ids = torch.arange(6, device=head.weight.device).reshape(2, 3) % vocab
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            full = model(input_ids=ids).logits
+            split = head(body(input_ids=ids).last_hidden_state)
+    except (AttributeError, TypeError, ValueError, RuntimeError) as err:
+        log.info("output layer not split (%s: %s); full logits", type(err).__name__, err)
+        return None
+    finally:
+        model.train(training)
+    if full.shape != split.shape or not torch.equal(full, split):
+        log.info("the model's logits are not its output layer's; full logits")
+        return None
+    return body, head
+
+
+class LabelledLogits:
+    """The logits of ``model`` at the labelled positions only.
+
+    Args:
+        model: a Hugging Face causal LM (the policy's, or the frozen base model).
+        split: run the output layer only at the labelled positions when
+            :func:`split_output_layer` accepts the model; ``False``: always the full forward,
+            gathered (the same values at more cost).
+
+    Attributes:
+        split: whether the output layer runs on the labelled positions only.
+    """
+
+    def __init__(self, model: Any, *, split: bool = True) -> None:
+        self.model = model
+        self._parts = split_output_layer(model) if split else None
+        self.split = self._parts is not None
+
+    def __call__(self, inputs: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, V]`` at the True entries of ``where``, row-major.
+
+        Args:
+            inputs: the model's keyword arguments for ``[B, T]`` rows (``input_ids`` or
+                ``inputs_embeds``, ``attention_mask``, ``position_ids``).
+            where: ``BoolTensor[B, T]``, usually :func:`labelled_positions` of the labels.
+
+        Returns:
+            ``[N, V]`` logits in the model's dtype (``N`` = ``where.sum()``), differentiable
+            in the model's parameters and in ``inputs_embeds``.
+        """
+        if self._parts is None:
+            return self.model(**inputs).logits[where]
+        body, head = self._parts
+        return head(body(**inputs).last_hidden_state[where])
