@@ -75,8 +75,9 @@ def split_output_layer(model: Any) -> tuple[Any, torch.nn.Module] | None:
     model.eval()
     try:
         with torch.no_grad():
-            full = model(input_ids=ids).logits
-            split = head(body(input_ids=ids).last_hidden_state)
+            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            full = model(**inputs).logits
+            split = head(body(**inputs).last_hidden_state)
     except (AttributeError, TypeError, ValueError, RuntimeError) as err:
         log.info("output layer not split (%s: %s); full logits", type(err).__name__, err)
         return None
