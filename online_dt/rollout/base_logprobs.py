@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from online_dt.policy.labelled_logits import LabelledLogits
 from online_dt.policy.logprobs import completion_base_logprobs
 from online_dt.rollout.sampler import Sampler, SamplingParams
 from online_dt.samples import Reward, Rollout
@@ -42,6 +43,7 @@ class BaseLogprobSampler:
     def __init__(self, sampler: Sampler, reference: RewardConditionedPolicy) -> None:
         self.sampler = sampler
         self.reference = reference.eval().requires_grad_(False)
+        self.logits = LabelledLogits(self.reference.model)
 
     @classmethod
     def over_base(
@@ -74,7 +76,9 @@ class BaseLogprobSampler:
         """The wrapped sampler's rollouts (see :meth:`Sampler.generate`), each with its
         ``base_logprob`` set."""
         rollouts = self.sampler.generate(prompts, targets, params)
-        base = completion_base_logprobs(self.reference, self.reference.model, rollouts)
+        base = completion_base_logprobs(
+            self.reference, self.reference.model, rollouts, logits=self.logits
+        )
         for rollout, logprob in zip(rollouts, base, strict=True):
             rollout.base_logprob = logprob
         return rollouts
