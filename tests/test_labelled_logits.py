@@ -116,6 +116,7 @@ def test_trainer_steps_are_the_same_either_way(model_dir, coefs):
             policy, cfg, base_model=base, kl_coef=kl_coef, entropy_coef=entropy_coef
         )
         assert trainer.policy_logits.split is split
+        assert trainer.base_logits is not None and trainer.base_logits.split is split
         torch.manual_seed(0)  # the same dropout masks both ways
         metrics = [trainer.step(RECORDS) for _ in range(3)]
         runs.append((metrics, [p.detach().clone() for p in policy.parameters()]))
@@ -128,3 +129,51 @@ def test_trainer_steps_are_the_same_either_way(model_dir, coefs):
         assert all(m.kl > 0 and m.entropy > 0 for m in fast)
     for a, b in zip(fast_params, full_params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # Adam: lr 3e-3 a step
+
+
+def test_first_step_loss_is_the_full_forwards(model_dir):
+    """An independent reference: the loss of the whole [B, T, V] logits."""
+    from online_dt.training.trainer import next_token_loss
+
+    policy = policy_for(model_dir)
+    trainer = ConditionedTrainer(policy, TrainingConfig(batch_size=3, length_buckets=1))
+    assert trainer.policy_logits.split and trainer.base_logits is None
+    batch, rewards = collate(policy, RECORDS)
+    policy.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected, count = next_token_loss(policy(batch, rewards).logits, batch.labels)
+    torch.manual_seed(0)
+    metrics = trainer.step(RECORDS)
+    assert metrics.tokens == count
+    assert metrics.loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_no_labelled_position(model_dir):
+    policy = policy_for(model_dir)
+    batch, rewards = collate(policy, RECORDS)
+    where = torch.zeros_like(batch.labels, dtype=torch.bool)
+    logits = LabelledLogits(policy.model)(policy.model_inputs(batch, rewards), where)
+    assert logits.shape == (0, policy.model.config.vocab_size)
+    logits.sum().backward()  # an empty graph still runs
+
+
+def test_a_failing_body_keeps_the_full_forward(model_dir, monkeypatch):
+    policy = policy_for(model_dir)
+    policy.model.train()
+
+    def refuse(*args, **kwargs):
+        raise TypeError("this body takes no inputs_embeds")
+
+    monkeypatch.setattr(policy.model.base_model, "forward", refuse)
+    assert split_output_layer(policy.model) is None
+    assert all(m.training for m in policy.model.modules())  # each mode restored
+
+
+def test_base_logprobs_refuse_another_models_logits(model_dir):
+    from online_dt.policy.logprobs import completion_base_logprobs
+
+    policy = policy_for(model_dir)
+    other = policy_for(model_dir)
+    with pytest.raises(ValueError, match="base_model's"):
+        completion_base_logprobs(policy, policy.model, [], logits=LabelledLogits(other.model))

@@ -44,11 +44,13 @@ class TrainingConfig(StrictModel):
 
     logits_at_labelled_only: bool = True
     """Apply the model's output layer only at the positions that carry loss (the completion's,
-    by default), not at the slot, prompt and padding columns: the same loss with less compute
-    and memory (:class:`~online_dt.policy.labelled_logits.LabelledLogits`). A model whose
-    logits are more than its output layer applied to its last hidden state (Gemma 2's
-    soft-capping) is found by a check on a tiny input and keeps the full forward. ``false``:
-    always the full forward, gathered at the same positions."""
+    by default), not at the slot, prompt and padding columns: in the training step and in the
+    base model's log-probs of new completions (importance weights, the KL estimate; on the
+    sampler or the learner). The same values up to float rounding, with less compute and
+    memory (:class:`~online_dt.policy.labelled_logits.LabelledLogits`). A model whose logits
+    are more than its output layer applied to its last hidden state (Gemma 2's soft-capping)
+    is found by a check on a tiny input and keeps the full forward. ``false``: always the full
+    forward, gathered at the same positions."""
 
     include_prompt_loss: bool = False
     """Also train on prompt tokens (by default only completion tokens carry loss)."""

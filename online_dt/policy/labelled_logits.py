@@ -4,10 +4,13 @@ A training batch in the shared layout carries loss on the completion tokens (and
 the slot, the prompt or the padding: on the embedded default about a third of the positions
 carry none. A causal LM's forward applies its output layer (``[H, V]``) and the loss's softmax
 at every position. :class:`LabelledLogits` runs the model's body over every position and the
-output layer only at the labelled ones, which gives the same logits there with less compute
-and less memory (the ``[B, T, V]`` logits are the largest activation of a model with a large
-vocabulary). Liger-Kernel's fused linear cross-entropy and transformers' ``logits_to_keep``
-skip the unneeded rows of the output layer for the same reason; this selects them per row.
+output layer only at the labelled ones, which gives the same logits there (up to float
+rounding) with less compute and less memory (the ``[B, T, V]`` logits are the largest
+activation of a model with a large vocabulary). Liger-Kernel's fused linear cross-entropy and
+transformers' ``logits_to_keep`` (which TRL's ``GRPOTrainer`` passes, for the completion's
+columns) skip the unneeded rows of the output layer for the same reason; this selects them
+per row: right-padded rows with prompts of different lengths share only part of their
+labelled columns.
 
 It splits the model into ``model.base_model`` (the body) and
 ``model.get_output_embeddings()`` (the output layer), and checks once, on a tiny input, that
@@ -45,8 +48,15 @@ def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def labelled_targets(labels: torch.Tensor) -> torch.Tensor:
-    """The tokens those positions predict: ``LongTensor[N]``, in the row-major order of
-    :func:`labelled_positions`'s True entries (``N`` may be 0)."""
+    """The tokens the positions of :func:`labelled_positions` predict.
+
+    Args:
+        labels: ``LongTensor[B, T]`` as there.
+
+    Returns:
+        ``LongTensor[N]``, in the row-major order of :func:`labelled_positions`'s True entries
+        (``N`` may be 0).
+    """
     targets = labels[:, 1:]
     return targets[targets != IGNORE_INDEX]
 
@@ -57,32 +67,38 @@ def split_output_layer(model: Any) -> tuple[Any, torch.nn.Module] | None:
 
     The body is ``model.base_model`` (transformers' accessor through ``base_model_prefix``,
     e.g. GPT-2's ``transformer``, Llama's and Qwen's ``model``) and the output layer
-    ``model.get_output_embeddings()``. The check runs both ways on two rows of three tokens
-    in eval mode without gradients (the model's training mode is restored) and asks for
-    equal logits, bit for bit: both ways run the same operations on the same input, while a
-    transform after the output layer (a soft-capping ``tanh``, a scale) changes the last bits
-    even of small logits. A model without either part, or one whose call fails that way, gives
-    ``None``; a false ``None`` costs speed, never correctness.
+    ``model.get_output_embeddings()``. The check runs both ways on two rows of three tokens,
+    given as ``inputs_embeds`` with ``attention_mask`` and ``position_ids`` as the policy's
+    forward gives them, in eval mode without gradients (each submodule's mode is restored),
+    and asks for equal logits, bit for bit: both ways run the same operations on the same
+    input, while a transform after the output layer (a soft-capping ``tanh``, a scale) changes
+    the last bits of any logit not close to 0. A model without either part, or any error
+    raised on the way, gives ``None``: a false ``None`` costs speed, never correctness.
     """
     body = getattr(model, "base_model", None)
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     if body is None or body is model or head is None:
         return None
-    vocab = int(head.weight.shape[0])
-    ids = torch.arange(6, device=head.weight.device).reshape(2, 3) % vocab
-    training = model.training
+    modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
+        vocab = int(head.weight.shape[0])
+        ids = torch.arange(6, device=head.weight.device).reshape(2, 3) % vocab
         with torch.no_grad():
-            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            inputs = {
+                "inputs_embeds": model.get_input_embeddings()(ids),
+                "attention_mask": torch.ones_like(ids),
+                "position_ids": torch.arange(3, device=ids.device).expand(2, 3),
+            }
             full = model(**inputs).logits
             split = head(body(**inputs).last_hidden_state)
-    except (AttributeError, TypeError, ValueError, RuntimeError) as err:
+    except Exception as err:  # any failure only means the full forward
         log.info("output layer not split (%s: %s); full logits", type(err).__name__, err)
         return None
     finally:
-        model.train(training)
+        for module, training in modes.items():
+            module.training = training
     if full.shape != split.shape or not torch.equal(full, split):
         log.info("the model's logits are not its output layer's; full logits")
         return None
@@ -116,8 +132,10 @@ class LabelledLogits:
             where: ``BoolTensor[B, T]``, usually :func:`labelled_positions` of the labels.
 
         Returns:
-            ``[N, V]`` logits in the model's dtype (``N`` = ``where.sum()``), differentiable
-            in the model's parameters and in ``inputs_embeds``.
+            ``[N, V]`` logits (``N`` = ``where.sum()``) in the dtype the output layer computes
+            in (bfloat16 under CUDA autocast), differentiable in the model's parameters and in
+            ``inputs_embeds``. The same values as the full forward's at those positions, up to
+            float rounding where a kernel differs with the row count.
         """
         if self._parts is None:
             return self.model(**inputs).logits[where]

@@ -88,7 +88,9 @@ def completion_logprobs(
 
 
 def base_model_logits(base_model: torch.nn.Module, batch: ConditionedBatch) -> torch.Tensor:
-    """Logits ``[B, T, V]`` of an unconditioned base model on a conditioned batch's tokens.
+    """Logits ``[B, T, V]`` of an unconditioned base model on a conditioned batch's tokens
+    (every position; the training step and :func:`completion_base_logprobs` take
+    :func:`base_model_inputs` to a :class:`~online_dt.policy.labelled_logits.LabelledLogits`).
 
     The slot's columns (``batch.slot_width`` of them) are masked out, so positions
     (``cumsum(mask) - 1``) start at the first prompt token: the base model sees exactly
@@ -134,13 +136,18 @@ def completion_base_logprobs(
             (its output layer at the completion's positions only), kept by a caller that
             scores every iteration; ``None`` builds one (its check, two tiny forwards).
 
+    Raises:
+        ValueError: ``logits`` wraps another model than ``base_model``.
+
     Returns:
         One float per rollout, in the order of ``rollouts``. The forward passes take the
         rollouts in order of length (prompt characters plus completion tokens), so each batch
         pads to a length close to its rows' (256 rollouts of the default config's policy, one
         thread: 0.27 s in sampling order, 0.21 s sorted).
     """
-    head = logits if logits is not None else LabelledLogits(base_model)
+    if logits is not None and logits.model is not base_model:
+        raise ValueError("logits must be base_model's LabelledLogits")
+    scorer = logits if logits is not None else LabelledLogits(base_model)
     order = sorted(range(len(rollouts)), key=lambda i: _length_key(rollouts[i]))
     out: list[float] = [0.0] * len(rollouts)
     with torch.no_grad():
@@ -152,7 +159,7 @@ def completion_base_logprobs(
             ).to(policy.device)
             assert batch.labels is not None
             where = labelled_positions(batch.labels)
-            logps = head(base_model_inputs(batch), where).float().log_softmax(-1)  # [N, V]
+            logps = scorer(base_model_inputs(batch), where).float().log_softmax(-1)  # [N, V]
             token = logps.gather(1, labelled_targets(batch.labels)[:, None]).squeeze(1)
             sums = torch.zeros(len(chunk), dtype=torch.float64, device=token.device)
             sums.index_add_(0, where.nonzero()[:, 0], token.double())

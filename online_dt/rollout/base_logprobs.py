@@ -38,12 +38,21 @@ class BaseLogprobSampler:
             its reference (:meth:`~online_dt.policy.policy.RewardConditionedPolicy.fresh`): its
             model is the base model with the run's vocabulary (reward tokens included), its
             tokenizer and slot lay the rollouts out.
+        split: apply the base model's output layer at the completion's positions only
+            (``training.logits_at_labelled_only``; see
+            :class:`~online_dt.policy.labelled_logits.LabelledLogits`).
+
+    Attributes:
+        logits: the reference model's :class:`~online_dt.policy.labelled_logits.LabelledLogits`,
+            checked once and kept for every call.
     """
 
-    def __init__(self, sampler: Sampler, reference: RewardConditionedPolicy) -> None:
+    def __init__(
+        self, sampler: Sampler, reference: RewardConditionedPolicy, *, split: bool = True
+    ) -> None:
         self.sampler = sampler
         self.reference = reference.eval().requires_grad_(False)
-        self.logits = LabelledLogits(self.reference.model)
+        self.logits = LabelledLogits(self.reference.model, split=split)
 
     @classmethod
     def over_base(
@@ -58,7 +67,7 @@ class BaseLogprobSampler:
         from online_dt.policy.policy import RewardConditionedPolicy
 
         reference = RewardConditionedPolicy.fresh(cfg, base_path)
-        return cls(sampler, reference)
+        return cls(sampler, reference, split=cfg.training.logits_at_labelled_only)
 
     @property
     def backend(self) -> str:

@@ -1,10 +1,12 @@
 """The KL from the conditioned policy to its frozen base model.
 
-Two quantities: :func:`kl_to_base`, the exact per-token KL over the vocabulary on labelled
-positions (the training regulariser), and :func:`kl_per_completion`, the sample-based ``k1``
-estimate of the KL per completion (Schulman, "Approximating KL Divergence", 2020) that the
-learner and the calibration report log. :func:`~online_dt.policy.logprobs.base_model_logits`
-runs the base model on a conditioned batch so that its columns line up with the policy's.
+Two quantities: the exact per-token KL over the vocabulary at the labelled positions (the
+training regulariser: :func:`kl_between` of the logits taken there, which the trainer uses;
+:func:`kl_to_base` of whole ``[B, T, V]`` logits, the same quantity from the full forward), and
+:func:`kl_per_completion`, the sample-based ``k1`` estimate of the KL per completion (Schulman,
+"Approximating KL Divergence", 2020) that the learner and the calibration report log.
+:func:`~online_dt.policy.logprobs.base_model_inputs` lays a conditioned batch out for the base
+model so that its columns line up with the policy's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from online_dt.policy.labelled_logits import LabelledLogits
 from online_dt.policy.layout import IGNORE_INDEX
 from online_dt.policy.logprobs import completion_base_logprobs
 from online_dt.policy.policy import RewardConditionedPolicy
@@ -22,7 +25,8 @@ from online_dt.samples import Rollout
 def kl_to_base(
     policy_logits: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
-    """Mean per-token KL(policy || base) over labelled next-token positions, in nats.
+    """Mean per-token KL(policy || base) over labelled next-token positions, in nats:
+    :func:`kl_between` of whole ``[B, T, V]`` logits taken at the labelled positions.
 
     Args:
         policy_logits: ``[B, T, V]`` logits of the conditioned policy.
@@ -62,6 +66,7 @@ def kl_per_completion(
     rollouts: Sequence[Rollout],
     *,
     batch_size: int = 64,
+    logits: LabelledLogits | None = None,
 ) -> list[float]:
     """Sample-based KL(policy || base) of each completion, in nats: the ``k1`` estimator
     (Schulman, "Approximating KL Divergence", 2020), ``sum_t (log pi(y_t) - log p_base(y_t))``
@@ -74,6 +79,8 @@ def kl_per_completion(
         base_model: the frozen base causal LM over the same vocabulary.
         rollouts: rollouts with ``prompt``, ``target``, ``token_ids`` and ``logprobs``.
         batch_size: rollouts per forward pass of the base model.
+        logits: ``base_model``'s :class:`~online_dt.policy.labelled_logits.LabelledLogits`,
+            passed on to :func:`~online_dt.policy.logprobs.completion_base_logprobs`.
 
     Returns:
         One float per rollout, in the order of ``rollouts``, nats per completion (can be
@@ -86,5 +93,7 @@ def kl_per_completion(
     if len(sent) == len(rollouts):
         base = sent
     else:
-        base = completion_base_logprobs(policy, base_model, rollouts, batch_size=batch_size)
+        base = completion_base_logprobs(
+            policy, base_model, rollouts, batch_size=batch_size, logits=logits
+        )
     return [float(sum(r.logprobs) - b) for r, b in zip(rollouts, base, strict=True)]

@@ -30,6 +30,7 @@ from online_dt.launch.rundir import (
     RunDir,
 )
 from online_dt.objectives import front_summary
+from online_dt.policy.labelled_logits import LabelledLogits
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.rollout.weight_sync import PolicyState, WeightUpdate, make_publisher
@@ -85,6 +86,13 @@ class Learner:
                 self.policy if checkpoint is None else RewardConditionedPolicy.fresh(cfg, base_path)
             )
             self.base_model = copy.deepcopy(fresh.model).eval().requires_grad_(False)
+        self.base_logits = (
+            None
+            if self.base_model is None
+            else LabelledLogits(self.base_model, split=cfg.training.logits_at_labelled_only)
+        )
+        """The base model's logits at the completion's positions, for the log-probs of the
+        importance weights and the KL estimate (checked once, kept for every iteration)."""
         self.trainer = ConditionedTrainer(
             self.policy,
             cfg.training,
@@ -171,7 +179,7 @@ class Learner:
         weights: list[float | None] = [None] * len(rollouts)
         if self.cfg.buffer.importance_weighting and self.base_model is not None and rollouts:
             # log p_base - log pi(behaviour): minus the k1 KL term of each completion
-            k1 = kl_per_completion(self.policy, self.base_model, rollouts)
+            k1 = kl_per_completion(self.policy, self.base_model, rollouts, logits=self.base_logits)
             # a completion the base model gives probability 0 (k1 = inf) gets no weight (None:
             # its bin's mean) rather than ending the run at the buffer's finiteness check
             weights = [-k if math.isfinite(k) else None for k in k1]
@@ -237,7 +245,13 @@ class Learner:
         chosen = list(rollouts[: self.cfg.online.kl_samples])
         cached = [self._k1_cache.get(_rollout_key(r)) for r in chosen]
         if any(k is None for k in cached):  # not appended with importance weights
-            cached = kl_per_completion(self.policy, self.base_model, chosen, batch_size=len(chosen))
+            cached = kl_per_completion(
+                self.policy,
+                self.base_model,
+                chosen,
+                batch_size=len(chosen),
+                logits=self.base_logits,
+            )
         return float(np.mean(cached))
 
     # -- checkpoints -----------------------------------------------------------------------------

@@ -75,6 +75,10 @@ def collate(
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]``.
 
+    The loss of whole ``[B, T, V]`` logits, for a plain causal LM's step (``bench/peers.py``'s
+    RAFT); :class:`ConditionedTrainer` takes the same mean of the logits at the labelled
+    positions only.
+
     Args:
         logits: ``[B, T, V]``.
         labels: ``[B, T]`` aligned with the inputs, ``IGNORE_INDEX`` (-100) where no loss is
@@ -100,7 +104,8 @@ def mean_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean entropy of the policy's next-token distribution over labelled positions, in nats.
 
     The entropy term of Quark's loss (Lu et al., 2022: NLL + 0.05 KL - 0.06 entropy per
-    token), over the same positions as :func:`next_token_loss`.
+    token), over the same positions as :func:`next_token_loss`: :func:`entropy_of` of the
+    logits there.
 
     Args:
         logits: ``[B, T, V]``; position ``t`` predicts ``labels[:, t + 1]``.
@@ -139,7 +144,13 @@ class ConditionedTrainer:
     ``base_model``, the loss adds ``kl_coef`` times the mean per-token KL from the policy to the
     base model on completion tokens (the regulariser of Quark, Lu et al., 2022); with
     ``entropy_coef > 0`` it subtracts ``entropy_coef`` times the policy's mean per-token entropy
-    there (Quark's entropy bonus, :func:`mean_entropy`).
+    there (Quark's entropy bonus, :func:`entropy_of`). Both take the logits at the labelled
+    positions only (``cfg.logits_at_labelled_only``).
+
+    Attributes:
+        policy_logits: the policy model's
+            :class:`~online_dt.policy.labelled_logits.LabelledLogits`.
+        base_logits: the base model's, or ``None`` without a base model.
 
     Warm-up: optimizer step ``s`` (0-based) uses ``lr * min(1, (s + 1) / warmup_steps)``, so the
     first step already moves the weights. (transformers' ``constant_with_warmup`` gives
@@ -209,8 +220,8 @@ class ConditionedTrainer:
             if self.kl_coef > 0:
                 assert self.base_logits is not None
                 with torch.no_grad():
-                    base_logits = self.base_logits(base_model_inputs(batch), where)
-                kl_term = kl_between(logits, base_logits)
+                    base = self.base_logits(base_model_inputs(batch), where)
+                kl_term = kl_between(logits, base)
                 loss = loss + self.kl_coef * kl_term
                 kls.append(float(kl_term.detach()))
             if self.entropy_coef > 0:
