@@ -84,8 +84,10 @@ class HFSampler:
     def load_weights(self, update: WeightUpdate) -> None:
         """Move to a published version.
 
-        * ``checkpoint``: load the published directory with ``from_pretrained`` (a new policy
-          object on the same device).
+        * ``checkpoint``: read the published directory's weights and conditioning into the
+          current policy in place (:func:`~online_dt.policy.reload.read_weights_in_place`);
+          where its tensors are not the model's state dict, load it with ``from_pretrained``
+          (a new policy object on the same device).
         * ``ray``: copy the update's :class:`~online_dt.rollout.weight_sync.PolicyState` into
           the current policy in place: the model's ``load_state_dict`` (strict: every name,
           tied ones included, shapes equal; values converted to the parameters' device and
@@ -98,6 +100,7 @@ class HFSampler:
             RuntimeError: the state does not fit the model (``load_state_dict``'s error).
         """
         from online_dt.policy.policy import RewardConditionedPolicy
+        from online_dt.policy.reload import read_weights_in_place
         from online_dt.rollout.weight_sync import PolicyState
 
         if update.backend == "ray":
@@ -113,6 +116,7 @@ class HFSampler:
             return
         if update.path is None:
             raise ValueError(f"the HF sampler needs a checkpoint path, got {update}")
-        device = str(self.policy.device)
-        self.policy = RewardConditionedPolicy.from_pretrained(update.path, device=device)
+        if not read_weights_in_place(self.policy, update.path):
+            device = str(self.policy.device)
+            self.policy = RewardConditionedPolicy.from_pretrained(update.path, device=device)
         self.policy_version = update.version
