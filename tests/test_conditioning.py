@@ -109,6 +109,65 @@ def test_training_layout_labels_completion_only():
     assert with_prompt.labels.tolist() == [[ignore, 1, 2, 4]]
 
 
+def _layout_row_by_row(slots, prompts, completions, pad_id, side, prompt_loss):
+    """The layout's rule written out per row: the reference for :func:`layout_batch`."""
+    width = len(slots[0]) + max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    ids, mask, labels, in_prompt = [], [], [], []
+    for slot, p, c in zip(slots, prompts, completions, strict=True):
+        pad = width - len(slot) - len(p) - len(c)
+        body, body_mask = list(p) + list(c), [1] * (len(p) + len(c))
+        row_labels = ([IGNORE_INDEX] * len(p) if not prompt_loss else list(p)) + list(c)
+        row_prompt = [True] * len(p) + [False] * len(c)
+        if side == "right":
+            body, body_mask = body + [pad_id] * pad, body_mask + [0] * pad
+            row_labels, row_prompt = row_labels + [IGNORE_INDEX] * pad, row_prompt + [False] * pad
+        else:
+            body, body_mask = [pad_id] * pad + body, [0] * pad + body_mask
+            row_labels, row_prompt = [IGNORE_INDEX] * pad + row_labels, [False] * pad + row_prompt
+        ids.append(list(slot) + body)
+        mask.append([1] * len(slot) + body_mask)
+        labels.append([IGNORE_INDEX] * len(slot) + row_labels)
+        in_prompt.append([False] * len(slot) + row_prompt)
+    return ids, mask, labels, in_prompt
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("prompt_loss", [False, True])
+@pytest.mark.parametrize("slot_width", [1, 2])
+def test_layout_matches_the_row_by_row_rule(side, prompt_loss, slot_width):
+    rng = torch.Generator().manual_seed(slot_width + 2 * prompt_loss)
+    for _ in range(20):
+        n = int(torch.randint(1, 9, (1,), generator=rng))
+
+        def seq(low):
+            size = int(torch.randint(low, 7, (1,), generator=rng))
+            return torch.randint(1, 50, (size,), generator=rng).tolist()
+
+        slots = [[100 + k for k in range(slot_width)] for _ in range(n)]
+        prompts = [seq(0) for _ in range(n)]
+        completions = [seq(0) for _ in range(n)]
+        if all(len(p) + len(c) == 0 for p, c in zip(prompts, completions, strict=True)):
+            completions[0] = [7]
+        batch = layout_batch(
+            slots,
+            prompts,
+            completions,
+            pad_id=0,
+            padding_side=side,
+            include_prompt_loss=prompt_loss,
+        )
+        ids, mask, labels, in_prompt = _layout_row_by_row(
+            slots, prompts, completions, 0, side, prompt_loss
+        )
+        assert batch.input_ids.tolist() == ids
+        assert batch.attention_mask.tolist() == mask
+        assert batch.labels.tolist() == labels
+        assert batch.prompt_mask.tolist() == in_prompt
+        assert batch.position_ids.tolist() == positions_from_mask(batch.attention_mask).tolist()
+        alone = layout_batch(slots, prompts, pad_id=0, padding_side=side)
+        assert alone.labels is None
+
+
 def test_positions_from_mask_clamps_leading_padding():
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
