@@ -144,22 +144,34 @@ def layout_batch(
     slots = slot_rows(slot_ids)
     slot_width = len(slots[0])
     completions = completion_ids if completion_ids is not None else [[] for _ in range(n)]
-    bodies = [list(p) + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
-    width = slot_width + max(len(b) for b in bodies)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
+    prompt_lengths = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
+    lengths = prompt_lengths + torch.tensor([len(c) for c in completions], dtype=torch.long)
+    tokens = torch.tensor(
+        [
+            int(t)
+            for p, c in zip(prompt_ids, completions, strict=True)
+            for seq in (p, c)
+            for t in seq
+        ],
+        dtype=torch.long,
+    )  # every row's prompt + completion, one after another
+    span = int(lengths.max())
+    width = slot_width + span
+    # j: the index into its row's prompt + completion of each token column (right padding
+    # starts every row at the slot; left padding ends every row at the last column)
+    offset = torch.zeros_like(lengths) if padding_side == "right" else span - lengths
+    j = torch.arange(span)[None, :] - offset[:, None]
+    real = (j >= 0) & (j < lengths[:, None])
+    row_start = torch.cumsum(lengths, 0) - lengths
+    body = torch.full((n, span), pad_id, dtype=torch.long)
+    body[real] = tokens[(row_start[:, None] + j)[real]]
+    in_prompt = real & (j < prompt_lengths[:, None])
+    labelled = real if include_prompt_loss else real & ~in_prompt
+    input_ids = torch.cat([torch.tensor(slots, dtype=torch.long), body], dim=1)
+    mask = torch.cat([torch.ones((n, slot_width), dtype=torch.long), real.long()], dim=1)
     labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    prompt_mask = torch.zeros((n, width), dtype=torch.bool)
-    input_ids[:, :slot_width] = torch.tensor(slots, dtype=torch.long)
-    mask[:, :slot_width] = 1
-    for i, body in enumerate(bodies):
-        start = slot_width if padding_side == "right" else width - len(body)
-        end = start + len(body)
-        input_ids[i, start:end] = torch.tensor(body, dtype=torch.long)
-        mask[i, start:end] = 1
-        prompt_mask[i, start : start + len(prompt_ids[i])] = True
-        loss_from = start if include_prompt_loss else start + len(prompt_ids[i])
-        labels[i, loss_from:end] = input_ids[i, loss_from:end]
+    labels[:, slot_width:][labelled] = body[labelled]
+    prompt_mask = torch.cat([torch.zeros((n, slot_width), dtype=torch.bool), in_prompt], dim=1)
     return ConditionedBatch(
         input_ids=input_ids,
         attention_mask=mask,
