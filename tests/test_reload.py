@@ -16,7 +16,13 @@ from online_dt.policy.reload import read_weights_in_place, weight_files
 from online_dt.rollout.hf_sampler import HFSampler
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.rollout.weight_sync import CheckpointPublisher
-from tests.test_sampling import PROMPTS, make_policy, targets_for, train_a_little
+from tests.test_sampling import (
+    PROMPTS,
+    SYNC_VARIANTS,
+    make_policy,
+    targets_for,
+    train_a_little,
+)
 
 
 def same_state(a: RewardConditionedPolicy, b: RewardConditionedPolicy) -> None:
@@ -32,16 +38,7 @@ def same_state(a: RewardConditionedPolicy, b: RewardConditionedPolicy) -> None:
         assert torch.equal(tensor, cb["head"][name]), name
 
 
-@pytest.mark.parametrize(
-    ("arch", "mode"),
-    [
-        ("gpt2", "scalar"),
-        ("gpt2", "token"),
-        ("llama", "scalar+prompt"),
-        ("gpt2", "scalar+rbf"),
-        ("gpt2", "token+objectives"),
-    ],
-)
+@pytest.mark.parametrize(("arch", "mode"), SYNC_VARIANTS)
 def test_hf_sampler_reads_each_version_in_place(tmp_path, arch, mode):
     policy = make_policy(tmp_path, arch, mode)
     targets = targets_for(mode)

@@ -44,6 +44,16 @@ OBJECTIVES = [
 VECTOR_TARGETS = [(0.9, -15.0), (-0.5, -2.0), (0.1, -8.0), (-1.0, 0.0)]
 """One target vector per prompt of :data:`PROMPTS` for the ``+objectives`` variants."""
 TOLERANCE = 1e-3
+SYNC_VARIANTS = [
+    ("gpt2", "scalar"),
+    ("gpt2", "token"),
+    ("llama", "scalar+prompt"),
+    ("gpt2", "scalar+rbf"),
+    ("gpt2", "scalar+objectives"),
+    ("gpt2", "token+objectives"),
+]
+"""``(arch, mode)`` of :func:`make_policy` that a weight sync is checked in: each conditioning
+path, on a tied (GPT-2) and an untied (Llama) model."""
 
 
 def targets_for(mode):
@@ -192,17 +202,7 @@ def test_backend_choice(vllm_import):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("arch", "mode"),
-    [
-        ("gpt2", "scalar"),
-        ("gpt2", "token"),
-        ("llama", "scalar+prompt"),
-        ("gpt2", "scalar+rbf"),
-        ("gpt2", "scalar+objectives"),
-        ("gpt2", "token+objectives"),
-    ],
-)
+@pytest.mark.parametrize(("arch", "mode"), SYNC_VARIANTS)
 def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
     from online_dt.rollout.vllm_sampler import VLLMSampler
 
