@@ -56,8 +56,9 @@ class SamplerActor:
             retain_freed_memory()
         from transformers.utils import logging as hf_logging
 
-        # the HF sampler loads each checkpoint version with from_pretrained: one "Loading
-        # weights" bar per version would flood the sampler's log (the learner does the same)
+        # a sampler that loads a version with from_pretrained (vLLM's engine start, the HF
+        # sampler where a version's files are not the model's state dict) shows a "Loading
+        # weights" bar each time, which would flood the sampler's log (the learner does the same)
         hf_logging.disable_progress_bar()
         if cfg.resources.sampler_threads is not None:
             import torch

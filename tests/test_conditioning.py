@@ -115,8 +115,9 @@ def _layout_row_by_row(slots, prompts, completions, pad_id, side, prompt_loss):
     ids, mask, labels, in_prompt = [], [], [], []
     for slot, p, c in zip(slots, prompts, completions, strict=True):
         pad = width - len(slot) - len(p) - len(c)
-        body, body_mask = list(p) + list(c), [1] * (len(p) + len(c))
-        row_labels = ([IGNORE_INDEX] * len(p) if not prompt_loss else list(p)) + list(c)
+        p, c = [int(t) for t in p], [int(t) for t in c]
+        body, body_mask = p + c, [1] * (len(p) + len(c))
+        row_labels = ([IGNORE_INDEX] * len(p) if not prompt_loss else p) + c
         row_prompt = [True] * len(p) + [False] * len(c)
         if side == "right":
             body, body_mask = body + [pad_id] * pad, body_mask + [0] * pad
@@ -136,36 +137,47 @@ def _layout_row_by_row(slots, prompts, completions, pad_id, side, prompt_loss):
 @pytest.mark.parametrize("slot_width", [1, 2])
 def test_layout_matches_the_row_by_row_rule(side, prompt_loss, slot_width):
     rng = torch.Generator().manual_seed(slot_width + 2 * prompt_loss)
-    for _ in range(20):
+    pad_id = 3  # real tokens include the pad id, as a completion's EOS does
+    for case in range(20):
         n = int(torch.randint(1, 9, (1,), generator=rng))
 
-        def seq(low):
-            size = int(torch.randint(low, 7, (1,), generator=rng))
-            return torch.randint(1, 50, (size,), generator=rng).tolist()
+        def seq():
+            size = int(torch.randint(0, 7, (1,), generator=rng))
+            return torch.randint(0, 8, (size,), generator=rng).tolist()
 
-        slots = [[100 + k for k in range(slot_width)] for _ in range(n)]
-        prompts = [seq(0) for _ in range(n)]
-        completions = [seq(0) for _ in range(n)]
+        slots = [[100 + 10 * row + k for k in range(slot_width)] for row in range(n)]
+        prompts = [seq() for _ in range(n)]
+        completions = [seq() for _ in range(n)]
         if all(len(p) + len(c) == 0 for p, c in zip(prompts, completions, strict=True)):
             completions[0] = [7]
+        if case % 4 == 3:  # tuples and tensors are sequences of ids too
+            prompts = [tuple(p) for p in prompts]
+            completions = [torch.tensor(c, dtype=torch.long) for c in completions]
         batch = layout_batch(
             slots,
             prompts,
             completions,
-            pad_id=0,
+            pad_id=pad_id,
             padding_side=side,
             include_prompt_loss=prompt_loss,
         )
         ids, mask, labels, in_prompt = _layout_row_by_row(
-            slots, prompts, completions, 0, side, prompt_loss
+            slots, prompts, [list(map(int, c)) for c in completions], pad_id, side, prompt_loss
         )
         assert batch.input_ids.tolist() == ids
         assert batch.attention_mask.tolist() == mask
         assert batch.labels.tolist() == labels
         assert batch.prompt_mask.tolist() == in_prompt
         assert batch.position_ids.tolist() == positions_from_mask(batch.attention_mask).tolist()
-        alone = layout_batch(slots, prompts, pad_id=0, padding_side=side)
-        assert alone.labels is None
+        if any(prompts):  # a generation batch: prompts only
+            alone = layout_batch(slots, prompts, pad_id=pad_id, padding_side=side)
+            ids, mask, _, in_prompt = _layout_row_by_row(
+                slots, prompts, [[] for _ in prompts], pad_id, side, prompt_loss
+            )
+            assert alone.labels is None
+            assert alone.input_ids.tolist() == ids
+            assert alone.attention_mask.tolist() == mask
+            assert alone.prompt_mask.tolist() == in_prompt
 
 
 def test_positions_from_mask_clamps_leading_padding():

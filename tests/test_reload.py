@@ -5,6 +5,7 @@ model's state dict."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,32 +75,79 @@ def test_sharded_weights_are_read_too(tmp_path):
     assert len(weight_files(path)) > 1
     target = make_policy(tmp_path / "other", "llama", "scalar")
     target.model.load_state_dict({k: v + 1 for k, v in policy.model.state_dict().items()})
+    with torch.no_grad():  # the conditioning differs too, so that reading it shows
+        for param in target.conditioner.parameters():
+            param.add_(1.0)
     assert read_weights_in_place(target, path)
     same_state(target, policy)
 
 
-def test_files_that_are_not_the_state_dict_leave_the_policy_alone(tmp_path):
+def _published(tmp_path):
+    """A sampler on version 0 and the directory of version 1 (trained a little)."""
     policy = make_policy(tmp_path, "gpt2", "scalar")
     publisher = CheckpointPublisher(tmp_path / "weights")
     sampler = HFSampler(RewardConditionedPolicy.from_pretrained(publisher.publish(policy, 0).path))
-    held = sampler.policy
-    untouched = {k: v.clone() for k, v in held.model.state_dict().items()}
     train_a_little(policy)
     update = publisher.publish(policy, 1)
-    # a layout other than the state dict's: one tensor renamed
     assert update.path is not None
-    file = weight_files(Path(update.path))[0]
+    return sampler.policy, Path(update.path)
+
+
+def _rewrite(path, change):
+    """Apply ``change`` to the tensors of the directory's one safetensors file."""
+    file = weight_files(path)[0]
     tensors = load_file(str(file))
+    change(tensors)
+    save_file(tensors, str(file), metadata={"format": "pt"})
+
+
+def _renamed(tensors):
     name = next(iter(tensors))
     tensors["renamed." + name] = tensors.pop(name)
-    save_file(tensors, str(file), metadata={"format": "pt"})
-    assert not read_weights_in_place(held, update.path)
+
+
+def _missing(tensors):  # an untied tensor left out: an nccl update's embedding-only file
+    tensors.pop("transformer.h.0.mlp.c_fc.weight")
+
+
+def _extra(tensors):
+    tensors["extra.weight"] = torch.zeros(2)
+
+
+@pytest.mark.parametrize(
+    "change", [_renamed, _missing, _extra], ids=["renamed", "missing", "extra"]
+)
+def test_files_that_are_not_the_state_dict_leave_the_policy_alone(tmp_path, change):
+    held, path = _published(tmp_path)
+    untouched = {k: v.clone() for k, v in held.model.state_dict().items()}
+    before = held.conditioner.to_state()
+    _rewrite(path, change)
+    assert not read_weights_in_place(held, path)
     for key, value in held.model.state_dict().items():
         assert torch.equal(value, untouched[key]), key
-    # no safetensors at all
-    file.unlink()
-    assert weight_files(file.parent) is None
-    assert not read_weights_in_place(held, update.path)
+    assert held.conditioner.to_state()["meta"] == before["meta"]
+
+
+def test_a_misfit_or_a_missing_file_is_an_error_that_changes_nothing(tmp_path):
+    held, path = _published(tmp_path)
+    untouched = {k: v.clone() for k, v in held.model.state_dict().items()}
+
+    def wider(tensors):
+        tensors["transformer.h.0.mlp.c_fc.weight"] = torch.zeros(3, 3)
+
+    _rewrite(path, wider)
+    with pytest.raises(RuntimeError, match="do not fit"):
+        read_weights_in_place(held, path)
+    for key, value in held.model.state_dict().items():
+        assert torch.equal(value, untouched[key]), key
+    # no safetensors at all: the full reload
+    weight_files(path)[0].unlink()
+    assert weight_files(path) is None
+    assert not read_weights_in_place(held, path)
+    # no conditioning: not a policy's directory
+    shutil.rmtree(path / "reward_conditioning")
+    with pytest.raises(FileNotFoundError):
+        read_weights_in_place(held, path)
 
 
 def test_a_mismatch_falls_back_to_from_pretrained(tmp_path, monkeypatch):

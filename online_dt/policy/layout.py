@@ -133,8 +133,8 @@ def layout_batch(
         A :class:`ConditionedBatch` of width ``W + max(len(prompt) + len(completion))``.
 
     Raises:
-        ValueError: the three sequences differ in length, the batch is empty, or the slots
-            differ in width.
+        ValueError: the three sequences differ in length, the batch is empty, or a slot is
+            empty or the slots differ in width.
     """
     n = len(slot_ids)
     if n == 0:

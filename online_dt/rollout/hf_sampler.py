@@ -94,10 +94,13 @@ class HFSampler:
           dtype) and the conditioner's ``load_state``. No file is read.
 
         Raises:
-            ValueError: a ``checkpoint`` or ``nccl`` update without a path.
+            ValueError: a ``checkpoint`` or ``nccl`` update without a path, or a ``checkpoint``
+                whose conditioning is another policy's.
+            FileNotFoundError: a ``checkpoint`` directory without the conditioning files.
             TypeError: a ``ray`` update whose state is not a resolved ``PolicyState`` (an
                 ``ObjectRef``: resolve it first, as ``actors.workers.SamplerActor`` does).
-            RuntimeError: the state does not fit the model (``load_state_dict``'s error).
+            RuntimeError: the state does not fit the model (``load_state_dict``'s error; for a
+                ``checkpoint``, :func:`~online_dt.policy.reload.read_weights_in_place`'s).
         """
         from online_dt.policy.policy import RewardConditionedPolicy
         from online_dt.policy.reload import read_weights_in_place
@@ -119,4 +122,5 @@ class HFSampler:
         if not read_weights_in_place(self.policy, update.path):
             device = str(self.policy.device)
             self.policy = RewardConditionedPolicy.from_pretrained(update.path, device=device)
+            self.policy.eval()
         self.policy_version = update.version

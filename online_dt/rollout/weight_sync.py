@@ -7,7 +7,7 @@ every sampler applies it with ``load_weights(update)``. Three backends:
   (model, tokenizer, conditioning head) to ``<root>/v<version>``, written to a temporary name and
   renamed, and the update carries that path. vLLM reloads it in place with
   ``collective_rpc("reload_policy", ...)`` (:mod:`online_dt.rollout.vllm_worker`); the HF
-  sampler loads it with ``from_pretrained``.
+  sampler reads it into its policy in place (:mod:`online_dt.policy.reload`).
 * ``nccl`` (GPU clusters): vLLM's native weight-transfer engine broadcasts tensors from the
   learner's GPU to the engines' GPUs; see :mod:`online_dt.rollout.weight_sync_nccl`. The
   conditioning head and normaliser (a few KB) still travel as a small checkpoint directory.
