@@ -52,6 +52,10 @@ def read_weights_in_place(policy: Any, path: str | Path) -> bool:
     state (:meth:`~online_dt.policy.conditioner.RewardConditioner.load_state`). The policy is
     left in eval mode.
 
+    The names and shapes are checked, from the files' headers, before anything is read or
+    changed; then the conditioning is taken over (which checks its state first), then the
+    tensors are copied, one file at a time.
+
     Args:
         policy: a :class:`~online_dt.policy.policy.RewardConditionedPolicy` of the run that
             published ``path``.
@@ -62,10 +66,6 @@ def read_weights_in_place(policy: Any, path: str | Path) -> bool:
         not safetensors or their names are not the model's (a model whose ``save_pretrained``
         writes another layout than its state dict): the caller then builds the policy with
         ``from_pretrained``.
-
-    The names and shapes are checked, from the files' headers, before anything is read or
-    changed; then the conditioning is taken over (which checks its state first), then the
-    tensors are copied, one file at a time.
 
     Raises:
         FileNotFoundError: ``path`` has no ``reward_conditioning/conditioning.json``.
