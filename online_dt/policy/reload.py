@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from online_dt.policy.conditioner import RewardConditioner
+from online_dt.policy.conditioner_state import take_over_state
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def read_weights_in_place(policy: Any, path: str | Path) -> bool:
     misfit = [n for n, shape in shapes.items() if shape != tuple(current[n].shape)]
     if misfit:
         raise RuntimeError(f"{path}: {len(misfit)} tensors do not fit the model, e.g. {misfit[0]}")
-    policy.conditioner.load_state(conditioner.to_state())  # checks it all before it writes
+    take_over_state(policy.conditioner, conditioner)  # load_state's step; checks before it writes
     for file in files:
         with safe_open(str(file), framework="pt", device=device) as f:
             names = f.keys()
