@@ -24,9 +24,7 @@ class RewardModelActor:
             retain_freed_memory()
         from online_dt.rewards import load_reward_model
 
-        self.reward = CheckedRewardModel(
-            load_reward_model(cfg.reward_model), cfg.conditioning.objective_names
-        )
+        self.reward = CheckedRewardModel.for_run(load_reward_model(cfg.reward_model), cfg)
 
     def score(self, prompts: list[str], completions: list[str]) -> list[Any]:
         """Validated scores, one finite float per sample, or a tuple of one per objective with

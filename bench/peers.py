@@ -201,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="targets to evaluate "
         "the final policy at (default: --num-targets evenly from the base model's "
-        "mean reward to --max-target)",
+        "mean reward to --max-target); with conditioning.best_command, a target above "
+        "conditioning.reward_max is the best command, and its row (conditioning.best_target) "
+        "is added when no target asks for it",
     )
     g.add_argument("--num-targets", type=int, default=5, help="number of default targets")
     g.add_argument(
@@ -1196,7 +1198,7 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
     plan = plan_run(cfg, None)
     plan.prompts = list(setup.train_prompts)  # held-out prompts are never trained on
     workers = local_workers(plan.cfg, setup.base_path, plan.run.path, None)
-    workers.reward = LocalHandle(CheckedRewardModel(setup.reward))  # counted
+    workers.reward = LocalHandle(CheckedRewardModel.for_run(setup.reward, cfg))  # counted
     setup.reward.phase = f"{name}:train"
     records = execute(plan, workers, progress=not a.no_progress)
     train_s = time.perf_counter() - start
@@ -1209,6 +1211,8 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
         base_mean + (max_target - base_mean) * i / max(a.num_targets - 1, 1)
         for i in range(a.num_targets)
     ]
+    if cfg.conditioning.best_command and not any(t > cfg.conditioning.reward_max for t in targets):
+        targets = [*targets, cfg.conditioning.best_target]  # the best command's own row
     config = {
         "iterations": cfg.online.iterations,
         "prompts_per_iteration": cfg.online.prompts_per_iteration,

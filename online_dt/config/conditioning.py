@@ -132,6 +132,20 @@ class ConditioningConfig(StrictModel):
     or generated) get nothing: the same prompt embeddings feed training, HF generation and
     vLLM's ``prompt_embeds``. Not available in token mode (vLLM then sees token ids only)."""
 
+    best_command: bool = False
+    """Scalar mode, one reward: a **best command** besides the reward targets. Any target
+    above ``reward_max`` asks for it (:attr:`best_target`, ``reward_max + 1``, is the value
+    the loop writes); the head then reads the reward clamped to ``reward_max`` plus one more
+    input, 1 for the best command and 0 for every reward target, whose weight starts at zero,
+    so the untrained best command is the ``reward_max`` slot. The loop asks for it with a
+    share of each iteration's prompts (``schedule.best_fraction``) and trains it on the best
+    sample of each such prompt (``online.best_rows``): reward-ranked fine-tuning (RAFT,
+    Dong et al., 2023, arXiv 2304.06767) of one command of the conditional policy, so what the
+    best command gives can climb past every reward in the buffer, where hindsight relabeling
+    alone stops (docs/method.md, round 19). Every sample also enters the replay buffer with
+    its achieved reward, as any other. ``reward_max`` must then bound the reward model's
+    scores: a batch scoring above it is rejected."""
+
     reward_features: Literal["linear", "rbf"] = "linear"
     """Scalar mode: what the head reads. ``linear``: the normalised reward alone, so the slot
     is ``b + w r_n``: every reward is a point on one line, and a reward of 0 (normalised)
@@ -201,6 +215,11 @@ class ConditioningConfig(StrictModel):
             self._check_objectives()
         if self.reward_features != "linear" and self.mode != "scalar":
             raise ValueError("reward_features needs mode: scalar (token mode has no head)")
+        if self.best_command and (self.mode != "scalar" or self.objectives):
+            raise ValueError(
+                "best_command needs mode: scalar and one reward (no objectives): the best "
+                "command is a second input of the scalar head"
+            )
         if self.reward_on_prompt and self.mode != "scalar":
             raise ValueError("reward_on_prompt needs mode: scalar (token mode feeds token ids)")
         if self.bin_edges is not None:
@@ -285,10 +304,18 @@ class ConditioningConfig(StrictModel):
     @property
     def head_inputs(self) -> int:
         """Scalar mode: the head's input features (1, ``1 + rbf_centers`` with
-        ``reward_features: rbf``, or one per objective with ``objectives``)."""
+        ``reward_features: rbf``, one more with ``best_command``, or one per objective with
+        ``objectives``)."""
         if self.objectives:
             return len(self.objectives)
-        return 1 + (self.rbf_centers if self.reward_features == "rbf" else 0)
+        rbf = self.rbf_centers if self.reward_features == "rbf" else 0
+        return 1 + rbf + int(self.best_command)
+
+    @property
+    def best_target(self) -> float:
+        """The target value that asks for the best command (``best_command``): ``reward_max +
+        1`` (reward units; any target above ``reward_max`` asks for it)."""
+        return self.reward_max + 1.0
 
     @property
     def first_bins(self) -> int:

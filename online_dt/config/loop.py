@@ -57,6 +57,13 @@ class OnlineConfig(StrictModel):
     warm_start_steps: int = Field(0, ge=0)
     """Offline warm start: training steps on the warm-start samples."""
 
+    best_rows: int = Field(16, ge=0)
+    """With ``conditioning.best_command``: rows added to each training step, drawn in turn
+    from the newest iteration's best samples of the prompts that asked for the best command
+    (one per prompt, labelled with the best command; :mod:`online_dt.training.best_rows`). A
+    step then has ``training.batch_size`` buffer rows plus these. Not read without
+    ``best_command``."""
+
     kl_coef: float = Field(0.0, ge=0.0)
     """KL-to-base penalty coefficient (0 = pure decision transformer; > 0 penalises divergence
     from the frozen base model, as Quark does)."""

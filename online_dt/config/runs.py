@@ -178,6 +178,22 @@ class OnlineRunConfig(RunConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _best_command_is_asked_for(self) -> OnlineRunConfig:
+        best, fraction = self.conditioning.best_command, self.schedule.best_fraction
+        if fraction > 0 and not best:
+            raise ValueError(
+                f"schedule.best_fraction: {fraction} asks for the best command, which needs "
+                "conditioning.best_command: true"
+            )
+        if best and (fraction == 0 or self.online.best_rows == 0):
+            raise ValueError(
+                "conditioning.best_command needs schedule.best_fraction > 0 and online.best_rows"
+                f" > 0 (got {fraction} and {self.online.best_rows}): otherwise the best command"
+                " is never asked for or never trained"
+            )
+        return self
+
     @field_validator("resources")
     @classmethod
     def _check_placement(cls, value: ResourcesConfig) -> ResourcesConfig:

@@ -72,6 +72,13 @@ class ScheduleConfig(StrictModel):
     probe_min: float = -1.0
     """``probe_fraction``: the lowest probe target (reward units)."""
 
+    best_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """With ``conditioning.best_command``: this fraction of each iteration's prompts (rounded,
+    drawn at random) asks for the best command (``conditioning.best_target``) instead of a
+    target of the schedule; the best sample of each such prompt trains the best command
+    (``online.best_rows``). Below 1, so the schedule's targets keep some prompts. 0: the best
+    command is never asked for (needed 0 without ``best_command``)."""
+
     front_mapping: Literal["weighted_sum", "chebyshev"] = "weighted_sum"
     """``pareto``: how a preference picks its front point. ``weighted_sum``: the point with the
     largest preference-weighted sum of normalised rewards (RiC's mapping as issue #14 states

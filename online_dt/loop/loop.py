@@ -94,7 +94,8 @@ def launch(
         target, state = next_target(
             cfg.schedule, state, RewardStats.from_rewards(rewards, cfg.schedule.k)
         )
-        targets = list(sample_targets(cfg.schedule, target, len(batch), state))
+        best = cfg.conditioning.best_target if cfg.conditioning.best_command else None
+        targets = list(sample_targets(cfg.schedule, target, len(batch), state, best_target=best))
     params = sampling_params(cfg, iteration, cfg.online.samples_per_prompt)
     return target, state, workers.samplers.generate(batch, targets, params)
 
@@ -211,6 +212,7 @@ def _run_loop(
     names = cfg.conditioning.objective_names
     overlap = on.mode == "async"
     max_lag = on.max_policy_lag if overlap else 0
+    best_above = cfg.conditioning.reward_max if cfg.conditioning.best_command else None
     state = schedule_state or ScheduleState.initial(cfg.schedule)
     if start_iteration == 0 and on.warm_start_samples_per_prompt > 0:
         warm_start(cfg, prompts, workers, run)
@@ -257,7 +259,7 @@ def _run_loop(
                 loading.result()
                 loading = None
         record = iteration_record(
-            it, target, batch, scored, appended, trained, kl, update, timer, names
+            it, target, batch, scored, appended, trained, kl, update, timer, names, best_above
         )
         record.update(extra_metrics())
         # the next iteration's timer starts here, so the writes and the checkpoint below count

@@ -27,8 +27,14 @@ def rollout_metrics(
     rewards: Sequence[Reward],
     learner_version: int,
     objectives: Sequence[str] = (),
+    best_above: float | None = None,
 ) -> dict[str, Any]:
     """Reward, calibration, diversity and length figures of one iteration's rollouts.
+
+    With ``best_above`` (``conditioning.reward_max`` of a run with ``best_command``), the
+    rollouts asked for a target above it asked for the best command: the reward and
+    calibration figures describe the others (the schedule's asks), and ``best_asks`` and
+    ``best_achieved_mean`` / ``best_achieved_max`` describe these.
 
     ``learner_version`` is the version the learner trained these samples on (before this
     iteration's update); ``policy_lag_max`` is how many versions the oldest sample is behind it
@@ -47,6 +53,14 @@ def rollout_metrics(
     if objectives:
         rewards_part = objective_metrics(objectives, [r.target for r in rollouts], rewards)
     else:
+        if best_above is not None:
+            best = [float(r.target) > best_above for r in rollouts]  # type: ignore[arg-type]
+            asked = [x for x, b in zip(rewards, best, strict=True) if b]
+            record["best_asks"] = len(asked)
+            if asked:
+                record["best_achieved_mean"] = float(np.mean(asked))  # type: ignore[arg-type]
+                record["best_achieved_max"] = float(np.max(asked))  # type: ignore[arg-type]
+            rewards = [x for x, b in zip(rewards, best, strict=True) if not b] or rewards
         summary = reward_summary(rewards)  # type: ignore[arg-type]
         rewards_part = {
             "achieved_mean": summary["mean"],
@@ -123,6 +137,7 @@ def iteration_record(
     update: WeightUpdate,
     timer: StageTimer,
     objectives: Sequence[str] = (),
+    best_above: float | None = None,
 ) -> dict[str, Any]:
     """One ``metrics.jsonl`` record.
 
@@ -139,13 +154,16 @@ def iteration_record(
         timer: the iteration's stage timer (``<stage>_s``, ``other_s``, ``wall_s``).
         objectives: the objectives' names (several objectives; see :func:`rollout_metrics`).
             The learner's ``front_size`` and ``front_hypervolume`` are copied when present.
+        best_above: see :func:`rollout_metrics`.
     """
     rollouts, rewards = scored.kept(batch.rollouts)
     seconds = timer.seconds()
     policy_version = update.version
     wall = seconds["wall_s"]
     return {
-        **rollout_metrics(iteration, target, rollouts, rewards, policy_version - 1, objectives),
+        **rollout_metrics(
+            iteration, target, rollouts, rewards, policy_version - 1, objectives, best_above
+        ),
         **{k: appended[k] for k in ("front_size", "front_hypervolume") if k in appended},
         "kl_to_base": kl_to_base,
         "loss": trained["loss"],

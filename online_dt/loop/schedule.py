@@ -289,11 +289,14 @@ def sample_targets(
     rng_or_state: np.random.Generator | ScheduleState | int,
     *,
     stream: int = 0,
+    best_target: float | None = None,
 ) -> list[float]:
     """Per-sample targets: each uniform in ``[target - spread, target + spread]``, then clamped
     to ``[min_target, max_target]`` (reward units); with ``probe_fraction``, that fraction of
     them (at random) uniform in ``[probe_min, target]`` instead. With ``spread == 0`` and no
-    probes every value is the clamped ``target`` and nothing is drawn.
+    probes every value is the clamped ``target`` and nothing is drawn. Last, with
+    ``best_fraction``, that fraction of them (rounded, at random) is ``best_target``, unclamped
+    (the best command, ``conditioning.best_target``).
 
     Args:
         cfg: the schedule config (``spread``, bounds, ``seed``).
@@ -304,9 +307,11 @@ def sample_targets(
             resumed run reproduces them; an ``int``: a seed; or a ``numpy`` generator, drawn
             from (its caller owns reproducibility).
         stream: distinguishes several calls in one iteration (e.g. batches), >= 0.
+        best_target: the best command's target; needed when ``cfg.best_fraction > 0``.
 
     Raises:
-        ValueError: ``n < 0``, ``stream < 0``, or ``target`` not finite.
+        ValueError: ``n < 0``, ``stream < 0``, ``target`` not finite, or ``best_fraction > 0``
+            without ``best_target``.
         TypeError: ``rng_or_state`` is none of the accepted types.
     """
     if n < 0:
@@ -326,10 +331,17 @@ def sample_targets(
             f"rng_or_state must be a ScheduleState, int or numpy Generator, got"
             f" {type(rng_or_state).__name__}"
         )
+    if cfg.best_fraction > 0.0 and best_target is None:
+        raise ValueError("schedule.best_fraction > 0 needs best_target (the best command's)")
     if cfg.spread == 0.0 and cfg.probe_fraction == 0.0:
-        return [clamp(cfg, target)] * n
-    draws = rng.uniform(target - cfg.spread, target + cfg.spread, size=n)
-    if cfg.probe_fraction > 0.0:
-        probes = rng.permutation(n)[: round(cfg.probe_fraction * n)]
-        draws[probes] = rng.uniform(min(cfg.probe_min, target), target, size=len(probes))
-    return [clamp(cfg, float(x)) for x in draws]
+        targets = [clamp(cfg, target)] * n
+    else:
+        draws = rng.uniform(target - cfg.spread, target + cfg.spread, size=n)
+        if cfg.probe_fraction > 0.0:
+            probes = rng.permutation(n)[: round(cfg.probe_fraction * n)]
+            draws[probes] = rng.uniform(min(cfg.probe_min, target), target, size=len(probes))
+        targets = [clamp(cfg, float(x)) for x in draws]
+    if cfg.best_fraction > 0.0 and best_target is not None:
+        for i in rng.permutation(n)[: round(cfg.best_fraction * n)]:
+            targets[int(i)] = best_target
+    return targets

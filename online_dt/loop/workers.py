@@ -127,17 +127,47 @@ class Workers:
 class CheckedRewardModel:
     """A reward model whose ``score`` validates every batch (``score_checked``): one finite
     float per sample, or, with ``objectives`` (``conditioning.objectives``' names), a tuple of
-    one finite float per objective, in that order."""
+    one finite float per objective, in that order; with ``upper_bound``, no score above it
+    (``conditioning.reward_max`` with ``best_command``, where a higher label would ask for the
+    best command)."""
 
-    def __init__(self, model: Any, objectives: Sequence[str] = ()) -> None:
+    def __init__(
+        self, model: Any, objectives: Sequence[str] = (), upper_bound: float | None = None
+    ) -> None:
         self.model = model
         self.objectives = list(objectives)
+        self.upper_bound = upper_bound
+
+    @classmethod
+    def for_run(cls, model: Any, cfg: OnlineRunConfig) -> CheckedRewardModel:
+        """``model`` checked as ``cfg`` needs: its objectives, and ``conditioning.reward_max``
+        as the upper bound with ``conditioning.best_command``."""
+        c = cfg.conditioning
+        return cls(model, c.objective_names, c.reward_max if c.best_command else None)
 
     def score(self, prompts: list[str], completions: list[str]) -> list[Any]:
-        """See :func:`online_dt.rewards.score_checked`."""
-        from online_dt.rewards import score_checked
+        """See :func:`online_dt.rewards.score_checked`.
 
-        return score_checked(self.model, prompts, completions, self.objectives)
+        Raises:
+            RewardModelError: as ``score_checked``; or, reason ``above_reward_max``, a score
+                above ``upper_bound``.
+        """
+        from online_dt.rewards import RewardModelError, score_checked
+
+        scores = score_checked(self.model, prompts, completions, self.objectives)
+        bound = self.upper_bound
+        above = [i for i, x in enumerate(scores) if bound is not None and x > bound]
+        if above:
+            raise RewardModelError(
+                f"{len(above)} score(s) above conditioning.reward_max ({bound}), e.g. "
+                f"{scores[above[0]]}: with conditioning.best_command a label above it asks "
+                "for the best command; set reward_max to the reward model's highest score",
+                indices=above,
+                reason="above_reward_max",
+                samples=[(prompts[i], completions[i]) for i in above],
+                model_name=type(self.model).__name__,
+            )
+        return scores
 
 
 def local_workers(
@@ -176,9 +206,7 @@ def local_workers(
     )
     if update.backend == "ray":
         group.load_weights(update).result()
-    reward = CheckedRewardModel(
-        load_reward_model(cfg.reward_model), cfg.conditioning.objective_names
-    )
+    reward = CheckedRewardModel.for_run(load_reward_model(cfg.reward_model), cfg)
     timed = ft.reward_timeout_s is not None
     reward_handle = ThreadHandle(reward) if timed else LocalHandle(reward)
     close = getattr(sampler, "close", lambda: None)  # vLLM: shut its engine down before exit

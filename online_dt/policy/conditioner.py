@@ -269,12 +269,21 @@ class RewardConditioner(nn.Module):
         ``prompt_mask`` (``[B, T]``, True on prompt tokens) marks, or, when it is ``None``,
         every column after the slot (``embeds`` then holds ``[slot, *prompt]``, as for vLLM's
         ``prompt_embeds``). Token mode, or ``rewards=None`` (decoding steps), returns
-        ``embeds`` unchanged (the reward token's own embedding is already there)."""
+        ``embeds`` unchanged (the reward token's own embedding is already there). With
+        ``best_command``, a reward above ``reward_max`` is the best command: the head reads
+        ``reward_max`` and a last input of 1 (0 for every other reward)."""
         if rewards is None or self.head is None:
             return embeds
         raw = rewards.to(self.head.weight.device, self.head.weight.dtype)
+        best = None
+        if self.config.best_command:
+            best = (raw > self.config.reward_max).to(raw.dtype)[:, None]
+            raw = raw.clamp(max=self.config.reward_max)
         normed = self.normalize(raw)
-        slot = self.head(self.head_features(raw, normed)).to(embeds.dtype)
+        features = self.head_features(raw, normed)
+        if best is not None:
+            features = torch.cat([features, best], dim=1)
+        slot = self.head(features).to(embeds.dtype)
         rest = embeds[:, 1:, :]
         if self.prompt_head is not None:
             shift = self.prompt_head(normed[:, None]).to(embeds.dtype)[:, None, :]

@@ -19,7 +19,9 @@ class RewardModelError(ValueError):
             ``"wrong_count"`` (not one score per sample) or ``"not_a_sequence"`` (``score`` did
             not return a list-like). With objectives also ``"not_a_mapping"`` (a sample's score
             is not a mapping of objective names), ``"missing_objective"`` (a configured name is
-            absent) or ``"unknown_objective"`` (a name that is not configured).
+            absent) or ``"unknown_objective"`` (a name that is not configured). With
+            ``conditioning.best_command``, ``"above_reward_max"`` (a score above
+            ``conditioning.reward_max``; :class:`~online_dt.loop.workers.CheckedRewardModel`).
         samples: ``(prompt, completion)`` of every offending sample, in the order of
             ``indices``; the message shows only the first few.
         model_name: the name of the model used in the message.

@@ -35,6 +35,7 @@ from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.rollout.weight_sync import PolicyState, WeightUpdate, make_publisher
 from online_dt.samples import Reward, Rollout, Sample, as_reward
+from online_dt.training.best_rows import BestRows, best_of_prompts
 from online_dt.training.kl import kl_per_completion
 from online_dt.training.trainer import ConditionedTrainer
 from online_dt.util.atomic import atomic_write_dir
@@ -101,6 +102,10 @@ class Learner:
             kl_coef=cfg.online.kl_coef,
             entropy_coef=cfg.online.entropy_coef,
         )
+        self.best_rows = BestRows(
+            cfg.online.best_rows if cfg.conditioning.best_command else 0, cfg.training.seed
+        )
+        """The best command's rows of each training step (none without ``best_command``)."""
         self.publisher = make_publisher(cfg.sampler, self.run.weights_dir)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._writing: Future[None] | None = None
@@ -190,6 +195,9 @@ class Learner:
                 for r, reward, log_iw in zip(rollouts, rewards, weights, strict=True)
             ]
         )
+        if self.best_rows.rows:
+            c = self.cfg.conditioning
+            self.best_rows.update(best_of_prompts(added, c.reward_max), c.best_target)
         # the new rewards feed the running and quantile normalisers (every reward ever appended,
         # evicted ones included); the token bins describe the buffer's held rewards
         self.policy.fit_reward_statistics([as_reward(x) for x in rewards], self.buffer.rewards())
@@ -219,7 +227,8 @@ class Learner:
         if len(self.buffer) == 0:
             steps = 0  # every batch so far was rejected: nothing to learn from yet
         for _ in range(steps):
-            metrics = self.trainer.step(self.buffer.sample_batch(self.cfg.training.batch_size))
+            batch = self.buffer.sample_batch(self.cfg.training.batch_size)
+            metrics = self.trainer.step(batch + self.best_rows.take())
             losses.append(metrics.loss)
             kls.append(metrics.kl)
             entropies.append(metrics.entropy)

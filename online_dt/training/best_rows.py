@@ -1,0 +1,88 @@
+"""The best command's training rows: reward-ranked fine-tuning inside the conditional policy.
+
+With ``conditioning.best_command``, a share of each iteration's prompts asks for the best
+command (``schedule.best_fraction``). Of each such prompt's samples, the one with the highest
+achieved reward is kept, labelled with the best command's target, and added to every training
+step of the following training (``online.best_rows`` rows per step). This is RAFT's round
+(Dong et al., 2023, "RAFT: Reward rAnked FineTuning", arXiv 2304.06767: sample k per prompt,
+keep the best, fine-tune on it) for one command of the policy. Hindsight relabeling alone
+teaches only rewards the buffer holds; what the best command gives climbs with each round, as
+RAFT's policy does. The same samples are in the replay buffer with their achieved rewards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from online_dt.samples import Sample
+
+
+def best_of_prompts(samples: Sequence[Sample], reward_max: float) -> list[Sample]:
+    """The highest-reward sample of each prompt among ``samples`` asked for the best command
+    (``target_reward`` above ``reward_max``), in the order of their prompts' first sample.
+    Ties keep the first. Samples asked for a reward target are skipped.
+
+    Args:
+        samples: one iteration's samples (scalar rewards).
+        reward_max: ``conditioning.reward_max``; a target above it is the best command.
+    """
+    best: dict[str, Sample] = {}
+    for s in samples:
+        if s.target_reward is None or float(s.target_reward) <= reward_max:  # type: ignore[arg-type]
+            continue
+        kept = best.get(s.prompt)
+        if kept is None or float(s.achieved_reward) > float(kept.achieved_reward):  # type: ignore[arg-type]
+            best[s.prompt] = s
+    return list(best.values())
+
+
+class BestRows:
+    """The newest round's best samples, handed out ``rows`` per training step.
+
+    :meth:`update` replaces the held samples with the best of a new append's (none: nothing is
+    held until the next one asks for the best command); :meth:`take` returns the next
+    ``rows`` of them in a shuffled order that starts again when used up, so over ``n`` steps
+    each of ``m`` samples is trained on ``n * rows / m`` times, give or take one.
+
+    Args:
+        rows: rows per step (``online.best_rows``), >= 0.
+        seed: seeds the shuffles (with the number of updates so far).
+
+    Raises:
+        ValueError: ``rows < 0``.
+    """
+
+    def __init__(self, rows: int, seed: int) -> None:
+        if rows < 0:
+            raise ValueError(f"rows must be >= 0, got {rows}")
+        self.rows = rows
+        self.seed = seed
+        self.samples: list[Sample] = []
+        self.achieved: list[float] = []
+        self._updates = 0
+        self._rng = np.random.default_rng([seed, 0])
+        self._order: list[int] = []
+
+    def update(self, best: Sequence[Sample], label: float) -> None:
+        """Hold ``best`` (from :func:`best_of_prompts`), relabelled with ``label`` (the best
+        command's target), instead of the previous round's; :attr:`achieved` keeps their
+        achieved rewards."""
+        self.achieved = [float(s.achieved_reward) for s in best]  # type: ignore[arg-type]
+        self.samples = [dataclasses.replace(s, achieved_reward=label) for s in best]
+        self._updates += 1
+        self._rng = np.random.default_rng([self.seed, self._updates])
+        self._order = []
+
+    def take(self) -> list[Sample]:
+        """The next ``rows`` held samples (``[]`` when none are held or ``rows`` is 0)."""
+        if not self.samples or self.rows == 0:
+            return []
+        out: list[Sample] = []
+        while len(out) < self.rows:
+            if not self._order:
+                self._order = [int(i) for i in self._rng.permutation(len(self.samples))]
+            out.append(self.samples[self._order.pop()])
+        return out

@@ -1,0 +1,240 @@
+"""The best command (``conditioning.best_command``): its head input, its asks, its training rows,
+its metrics, and the checks of its config and of the rewards it needs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from online_dt.config import ConditioningConfig, OnlineRunConfig, ScheduleConfig
+from online_dt.loop.records import rollout_metrics
+from online_dt.loop.schedule import sample_targets
+from online_dt.loop.workers import CheckedRewardModel
+from online_dt.policy.policy import RewardConditionedPolicy
+from online_dt.rewards import RewardModelError
+from online_dt.samples import Rollout, Sample
+from online_dt.training.best_rows import BestRows, best_of_prompts
+from online_dt.training.trainer import ConditionedTrainer
+from tests.test_loop import base, make_cfg, run_local  # noqa: F401  (base is a fixture)
+
+
+def with_best(cfg: OnlineRunConfig, **online) -> OnlineRunConfig:
+    data = cfg.model_dump()
+    data["conditioning"]["best_command"] = True
+    data["schedule"]["best_fraction"] = 0.5
+    data["online"].update(online)
+    return OnlineRunConfig.model_validate(data)
+
+
+def sample(prompt: str, achieved: float, target: float, **kw) -> Sample:
+    return Sample(
+        prompt=prompt, completion="c", achieved_reward=achieved, target_reward=target, **kw
+    )
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+def test_best_command_needs_scalar_mode_and_one_reward():
+    assert ConditioningConfig(best_command=True).head_inputs == 2
+    assert ConditioningConfig(best_command=True, reward_max=0.5).best_target == 1.5
+    with pytest.raises(ValidationError, match="best_command needs mode: scalar"):
+        ConditioningConfig(best_command=True, mode="token")
+
+
+def test_best_command_and_its_asks_come_together(tmp_path, base):  # noqa: F811
+    cfg = make_cfg(tmp_path, base).model_dump()
+    cfg["schedule"]["best_fraction"] = 0.25
+    with pytest.raises(ValidationError, match=r"schedule.best_fraction: 0.25 asks for the best"):
+        OnlineRunConfig.model_validate(cfg)
+    cfg["schedule"]["best_fraction"] = 0.0
+    cfg["conditioning"]["best_command"] = True
+    with pytest.raises(ValidationError, match=r"needs schedule.best_fraction > 0 and online.best"):
+        OnlineRunConfig.model_validate(cfg)
+    with pytest.raises(ValidationError, match="best_fraction"):
+        ScheduleConfig(best_fraction=1.0)  # the schedule's targets keep some prompts
+
+
+# -- the head --------------------------------------------------------------------------------
+
+
+def test_the_best_command_is_one_more_head_input_that_starts_at_reward_max(tmp_path, base):  # noqa: F811
+    cfg = with_best(make_cfg(tmp_path, base))
+    policy = RewardConditionedPolicy.fresh(cfg, base)
+    head = policy.conditioner.head
+    assert head.weight.shape[1] == 2
+    assert torch.count_nonzero(head.weight[:, 1]) == 0  # untrained: the reward_max slot
+
+    def slots(rewards):
+        embeds = torch.zeros(len(rewards), 2, head.weight.shape[0])
+        return policy.conditioner.fill_slot(embeds, torch.tensor(rewards))[:, 0]
+
+    untrained = slots([1.0, 2.0, 7.0])
+    torch.testing.assert_close(untrained[1], untrained[0])
+    with torch.no_grad():
+        head.weight[:, 1] = torch.randn(head.weight.shape[0])
+    trained = slots([-0.5, 1.0, 2.0, 7.0])
+    torch.testing.assert_close(trained[:2], slots([-0.5, 1.0]))
+    torch.testing.assert_close(trained[1], untrained[0])  # a reward target ignores the column
+    assert not torch.allclose(trained[2], trained[1])  # the best command reads it
+    torch.testing.assert_close(trained[3], trained[2])  # every value above reward_max is it
+    # without the command the same head's first column gives the same reward slots
+    plain = make_cfg(tmp_path, base)
+    other = RewardConditionedPolicy.fresh(plain, base)
+    with torch.no_grad():
+        other.conditioner.head.weight.copy_(head.weight[:, :1])
+        other.conditioner.head.bias.copy_(head.bias)
+    embeds = torch.zeros(2, 2, head.weight.shape[0])
+    torch.testing.assert_close(
+        other.conditioner.fill_slot(embeds, torch.tensor([-0.5, 1.0]))[:, 0], trained[:2]
+    )
+
+
+# -- the asks ----------------------------------------------------------------------------------
+
+
+def test_a_share_of_the_prompts_asks_for_the_best_command():
+    cfg = ScheduleConfig(spread=0.1, max_target=1.0, best_fraction=0.25)
+    plain = ScheduleConfig(spread=0.1, max_target=1.0)
+    targets = sample_targets(cfg, 0.5, 64, 3, best_target=2.0)
+    assert sum(t == 2.0 for t in targets) == 16
+    others = sample_targets(plain, 0.5, 64, 3)
+    assert [t for t in targets if t != 2.0] == [
+        o for t, o in zip(targets, others, strict=True) if t != 2.0
+    ]
+    assert all(0.4 <= t <= 0.6 for t in targets if t != 2.0)
+    constant = sample_targets(ScheduleConfig(best_fraction=0.5), 0.3, 10, 3, best_target=2.0)
+    assert sorted(constant) == [0.3] * 5 + [2.0] * 5
+    with pytest.raises(ValueError, match="needs best_target"):
+        sample_targets(cfg, 0.5, 4, 3)
+
+
+# -- the rows ----------------------------------------------------------------------------------
+
+
+def test_the_best_sample_of_each_prompt_that_asked_for_the_best_command_is_kept():
+    samples = [
+        sample("a", 0.2, 2.0),
+        sample("a", 0.9, 2.0),
+        sample("b", 0.95, 0.9),  # asked for a reward target: not a best ask
+        sample("b", 0.1, 2.0),
+        sample("a", 0.5, 2.0),
+        sample("c", 0.3, 2.0),
+        sample("c", 0.3, 2.0, iteration=7),  # a tie keeps the first
+    ]
+    kept = best_of_prompts(samples, reward_max=1.0)
+    assert [(s.prompt, s.achieved_reward) for s in kept] == [("a", 0.9), ("b", 0.1), ("c", 0.3)]
+    assert kept[2].iteration is None
+
+
+def test_best_rows_are_dealt_out_evenly_and_relabelled():
+    rows = BestRows(4, seed=0)
+    assert rows.take() == []
+    best = [
+        sample(p, r, 2.0) for p, r in zip("abcdef", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], strict=True)
+    ]
+    rows.update(best, label=2.0)
+    assert rows.achieved == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    taken = [s for _ in range(3) for s in rows.take()]  # 12 rows: each of the 6 twice
+    assert all(s.achieved_reward == 2.0 for s in taken)
+    counts = {p: sum(s.prompt == p for s in taken) for p in "abcdef"}
+    assert counts == dict.fromkeys("abcdef", 2)
+    rows.update([], label=2.0)
+    assert rows.take() == []
+    assert BestRows(0, seed=0).take() == []
+    with pytest.raises(ValueError, match=r"rows must be >= 0"):
+        BestRows(-1, seed=0)
+
+
+def test_each_training_step_adds_the_newest_best_samples(tmp_path, base, monkeypatch):  # noqa: F811
+    cfg = with_best(make_cfg(tmp_path, base), best_rows=3)
+    batches: list[list[Sample]] = []
+    step = ConditionedTrainer.step
+
+    def spy(self, batch):
+        batches.append(list(batch))
+        return step(self, batch)
+
+    monkeypatch.setattr(ConditionedTrainer, "step", spy)
+    history, plan = run_local(cfg)
+    per_step = cfg.training.batch_size + 3
+    assert [len(b) for b in batches] == [per_step] * (4 * cfg.online.train_steps_per_iteration)
+    from online_dt.replay.export import export_dataset
+
+    data = export_dataset(plan.run.buffer_dir).to_pandas()
+    for it in range(4):
+        rows = [s for b in batches[it * 2 : it * 2 + 2] for s in b[cfg.training.batch_size :]]
+        assert all(s.achieved_reward == cfg.conditioning.best_target for s in rows)
+        asked = data[(data.iteration == it) & (data.target_reward > 1.0)]
+        assert len(asked) == 2 * cfg.online.samples_per_prompt  # half of 4 prompts, 2 each
+        best = asked.loc[asked.groupby("prompt").achieved_reward.idxmax()]
+        assert {s.sample_id for s in rows} == set(best.sample_id)
+        # the metrics describe the schedule's asks and the best asks apart
+        m = history[it]
+        assert m["best_asks"] == len(asked)
+        assert m["best_achieved_mean"] == pytest.approx(asked.achieved_reward.mean())
+        others = data[(data.iteration == it) & (data.target_reward <= 1.0)]
+        assert m["achieved_mean"] == pytest.approx(others.achieved_reward.mean())
+
+
+def test_rollout_metrics_keep_the_best_asks_apart():
+    rollouts = [
+        Rollout(prompt="p", completion="x", token_ids=[1, 2], logprobs=[-1.0, -1.0], target=t)
+        for t in (0.5, 0.5, 2.0, 2.0)
+    ]
+    m = rollout_metrics(0, 0.5, rollouts, [0.4, 0.6, 0.9, 0.7], 0, best_above=1.0)
+    assert m["achieved_mean"] == pytest.approx(0.5)
+    assert m["calibration_error"] == pytest.approx(0.0)
+    assert (m["best_asks"], m["best_achieved_mean"], m["best_achieved_max"]) == (
+        2,
+        pytest.approx(0.8),
+        0.9,
+    )
+    plain = rollout_metrics(0, 0.5, rollouts, [0.4, 0.6, 0.9, 0.7], 0)
+    assert plain["achieved_mean"] == pytest.approx(0.65) and "best_asks" not in plain
+
+
+# -- the rewards ---------------------------------------------------------------------------------
+
+
+class Scores:
+    def __init__(self, scores):
+        self.scores = scores
+
+    def score(self, prompts, completions):
+        return list(self.scores)
+
+
+def test_a_score_above_reward_max_is_refused_with_the_best_command(tmp_path, base):  # noqa: F811
+    prompts, completions = ["p", "q", "r"], ["a", "b", "c"]
+    checked = CheckedRewardModel.for_run(
+        Scores([0.5, 1.5, 1.0]), with_best(make_cfg(tmp_path, base))
+    )
+    with pytest.raises(RewardModelError, match=r"above conditioning.reward_max") as err:
+        checked.score(prompts, completions)
+    assert (err.value.reason, err.value.indices, err.value.samples) == (
+        "above_reward_max",
+        [1],
+        [("q", "b")],
+    )
+    plain = CheckedRewardModel.for_run(Scores([0.5, 1.5, 1.0]), make_cfg(tmp_path, base))
+    assert plain.score(prompts, completions) == [0.5, 1.5, 1.0]
+    assert np.isclose(
+        CheckedRewardModel.for_run(Scores([1.0]), with_best(make_cfg(tmp_path, base))).score(
+            ["p"], ["a"]
+        )[0],
+        1.0,
+    )
+
+
+def test_samples_stay_plain_dataclasses():
+    # the rows are relabelled copies: the buffer's own samples keep their achieved reward
+    s = sample("a", 0.4, 2.0)
+    rows = BestRows(1, seed=0)
+    rows.update([s], label=2.0)
+    assert rows.take()[0].achieved_reward == 2.0 and s.achieved_reward == 0.4
+    assert dataclasses.is_dataclass(s)
