@@ -238,3 +238,20 @@ def test_samples_stay_plain_dataclasses():
     rows.update([s], label=2.0)
     assert rows.take()[0].achieved_reward == 2.0 and s.achieved_reward == 0.4
     assert dataclasses.is_dataclass(s)
+
+
+def test_eval_of_a_best_command_run_has_the_best_commands_row(tmp_path, base):  # noqa: F811
+    """Default targets: the buffer's p10/p50/p90 and the best command, none marked as an
+    extrapolation (no best + margin row: above reward_max every target is the best command)."""
+    from online_dt.eval.run import run_eval
+    from online_dt.replay.export import export_dataset
+
+    _, plan = run_local(with_best(make_cfg(tmp_path, base)))
+    out = tmp_path / "eval"
+    report = run_eval(
+        plan.run.path, samples_per_target=4, out_dir=out, with_kl=False, reference_samples=0
+    )
+    rewards = export_dataset(plan.run.buffer_dir)["achieved_reward"]
+    expected = sorted({*(float(q) for q in np.quantile(rewards, [0.1, 0.5, 0.9])), 2.0})
+    assert [r["target"] for r in report["rows"]] == pytest.approx(expected)
+    assert not any(r["extrapolation"] for r in report["rows"])

@@ -20,7 +20,9 @@ dashboard's reward-vs-KL panel draws.
 
 By default one target above the best reward ever seen in the replay buffer is added and marked
 ``extrapolation``: the policy was never trained on such a label, and the row shows what asking
-for it does (usually: the achieved reward saturates or falls, and KL rises).
+for it does (usually: the achieved reward saturates or falls, and KL rises). A run with
+``conditioning.best_command`` gets the best command's row (``conditioning.best_target``)
+instead, unmarked: every target above ``reward_max`` asks for that command.
 
 A run with several objectives (``conditioning.objectives``) is evaluated on a grid of target
 vectors instead (:mod:`online_dt.eval.objectives`, run by :mod:`online_dt.eval.run_objectives`;
@@ -248,7 +250,14 @@ def run_eval(
         )
     best = float(rewards_seen.max()) if len(rewards_seen) else None
     given = list(targets) if targets else default_targets(rewards_seen)
-    planned = plan_targets(given, best, extrapolation_margin)
+    margin = extrapolation_margin
+    if cfg.conditioning.best_command:  # any target above reward_max asks for the best command,
+        margin = None  # which has its own row in place of the extrapolation row
+        if not targets:
+            given.append(cfg.conditioning.best_target)
+    planned = plan_targets(given, best, margin)
+    if cfg.conditioning.best_command:  # trained on its own rows: not an unseen label
+        planned = [(t, x and t <= cfg.conditioning.reward_max) for t, x in planned]
 
     guidance = plan_guidance(rewards_seen, guidance_weight, guidance_rewards, guidance_prior)
     scalar_grid = list(recalibration_grid or [])
