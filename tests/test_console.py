@@ -111,6 +111,9 @@ def test_iteration_line_and_summary(tmp_path):
     second = iteration_line(METRICS[1], 30)
     assert "KL" not in second and second.endswith("lag 1")
     assert "no samples" in iteration_line(METRICS[2], 30)
+    assert "best command" not in first
+    best = iteration_line({**METRICS[0], "best_asks": 64, "best_achieved_mean": 0.912}, 30)
+    assert "achieved 0.100 [-0.50, 0.70]  best command 0.912  loss" in best
     summary = run_summary(METRICS, tmp_path, tmp_path / "checkpoints" / "iter-000002", None)
     assert "iterations       3" in summary
     assert "final            target 0.200, achieved -" in summary

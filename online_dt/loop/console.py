@@ -28,8 +28,9 @@ def reward_text(value: Any, spec: str = ".3f") -> str:
 def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
     """One line for one iteration's record (numbered from 1: ``iter 1/30`` is iteration 0 in
     ``metrics.jsonl``): target and achieved reward (mean, p10..p90),
-    loss, KL to the base model, wall seconds with the two largest stages, and the policy lag
-    when there is one.
+    the best command's mean achieved reward in a run with ``conditioning.best_command``, loss,
+    KL to the base model, wall seconds with the two largest stages, and the policy lag when
+    there is one.
 
     Example: ``iter  3/30  target 0.300  achieved 0.281 [-0.40, 0.85]  loss 2.412  KL 1.9
     2.5s (training 1.6, rollout 0.8)``.
@@ -45,6 +46,8 @@ def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
         parts.append(f"achieved {_num(record['achieved_mean'])} [{p10}, {p90}]")
     else:
         parts.append(f"no samples ({record.get('samples', 0)} kept)")
+    if record.get("best_achieved_mean") is not None:  # conditioning.best_command's asks
+        parts.append(f"best command {_num(record['best_achieved_mean'])}")
     parts.append(f"loss {_num(record.get('loss'))}")
     if record.get("kl_to_base") is not None:
         parts.append(f"KL {_num(record['kl_to_base'], '.1f')}")
