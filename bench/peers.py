@@ -1194,6 +1194,11 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
     a = setup.args
     start = time.perf_counter()
     cfg = odt_config(setup, mode)
+    if a.odt_recalibrate and cfg.conditioning.best_command:
+        raise SystemExit(
+            "error: --odt-recalibrate with conditioning.best_command is not implemented: the "
+            "grid's step above reward_max would ask for the best command"
+        )
     name = odt_method(cfg.conditioning.mode)
     plan = plan_run(cfg, None)
     plan.prompts = list(setup.train_prompts)  # held-out prompts are never trained on

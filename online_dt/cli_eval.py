@@ -26,7 +26,8 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Sample completions of a run's policy (its latest checkpoint, a checkpoint "
         "or a policy directory) for each target, score them with the run's reward model and "
         "write calibration.json and calibration.png to RUN_DIR/eval/. A target above the best "
-        "reward in the replay buffer is added and marked as extrapolation. A run with several "
+        "reward in the replay buffer is added and marked as extrapolation (a run with "
+        "conditioning.best_command gets the best command's target instead). A run with several "
         "objectives (conditioning.objectives) is evaluated on a grid of target vectors instead "
         "(--grid N: N points per objective between the buffer's 10th and 90th percentile, or "
         "--targets S,B ...), and gets objectives.json and objectives.png: per target and "
@@ -75,7 +76,8 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_finite_float,
         default=0.25,
         metavar="M",
-        help="add the target best-buffer-reward + M (default: 0.25; one-reward runs only)",
+        help="add the target best-buffer-reward + M (default: 0.25; one-reward runs without "
+        "conditioning.best_command only)",
     )
     p.add_argument(
         "--no-extrapolation", action="store_true", help="do not add the extrapolation target"

@@ -3,8 +3,6 @@ its metrics, and the checks of its config and of the rewards it needs."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -26,6 +24,7 @@ def with_best(cfg: OnlineRunConfig, **online) -> OnlineRunConfig:
     data = cfg.model_dump()
     data["conditioning"]["best_command"] = True
     data["schedule"]["best_fraction"] = 0.5
+    data["schedule"]["max_target"] = 1.0
     data["online"].update(online)
     return OnlineRunConfig.model_validate(data)
 
@@ -44,6 +43,8 @@ def test_best_command_needs_scalar_mode_and_one_reward():
     assert ConditioningConfig(best_command=True, reward_max=0.5).best_target == 1.5
     with pytest.raises(ValidationError, match="best_command needs mode: scalar"):
         ConditioningConfig(best_command=True, mode="token")
+    with pytest.raises(ValidationError, match="and one reward"):
+        ConditioningConfig(best_command=True, objectives=[{"name": "a", "low": 0, "high": 1}])
 
 
 def test_best_command_and_its_asks_come_together(tmp_path, base):  # noqa: F811
@@ -57,6 +58,27 @@ def test_best_command_and_its_asks_come_together(tmp_path, base):  # noqa: F811
         OnlineRunConfig.model_validate(cfg)
     with pytest.raises(ValidationError, match="best_fraction"):
         ScheduleConfig(best_fraction=1.0)  # the schedule's targets keep some prompts
+    cfg["schedule"]["best_fraction"] = 0.5
+    # a schedule target above reward_max would ask for the best command
+    with pytest.raises(ValidationError, match=r"needs schedule.max_target <= conditioning"):
+        OnlineRunConfig.model_validate(cfg)
+    cfg["schedule"]["max_target"] = 1.0
+    OnlineRunConfig.model_validate(cfg)
+    cfg["schedule"]["start"] = 1.5
+    with pytest.raises(ValidationError, match=r"and schedule.start <= it \(got 1.0 and 1.5\)"):
+        OnlineRunConfig.model_validate(cfg)
+    cfg["schedule"]["start"] = 0.0
+    for fraction in (0.1, 0.9):  # 4 prompts: 0 and 4 best asks
+        cfg["schedule"]["best_fraction"] = fraction
+        with pytest.raises(ValidationError, match="the best command needs 1 to 3 of them"):
+            OnlineRunConfig.model_validate(cfg)
+
+
+def test_the_offline_demo_refuses_the_best_command():
+    from online_dt.config import OfflineRunConfig
+
+    with pytest.raises(ValidationError, match="best_command is trained by the online loop"):
+        OfflineRunConfig.model_validate({"conditioning": {"best_command": True}})
 
 
 # -- the head --------------------------------------------------------------------------------
@@ -137,13 +159,16 @@ def test_best_rows_are_dealt_out_evenly_and_relabelled():
     best = [
         sample(p, r, 2.0) for p, r in zip("abcdef", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], strict=True)
     ]
-    rows.update(best, label=2.0)
+    rows.update(best, label=2.0, iteration=3)
     assert rows.achieved == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
     taken = [s for _ in range(3) for s in rows.take()]  # 12 rows: each of the 6 twice
     assert all(s.achieved_reward == 2.0 for s in taken)
     counts = {p: sum(s.prompt == p for s in taken) for p in "abcdef"}
     assert counts == dict.fromkeys("abcdef", 2)
-    rows.update([], label=2.0)
+    again = BestRows(4, seed=0)  # the same iteration deals the same order (a resumed run)
+    again.update(best, label=2.0, iteration=3)
+    assert [s.prompt for s in again.take()] == [s.prompt for s in taken[:4]]
+    rows.update([], label=2.0, iteration=4)
     assert rows.take() == []
     assert BestRows(0, seed=0).take() == []
     with pytest.raises(ValueError, match=r"rows must be >= 0"):
@@ -231,15 +256,6 @@ def test_a_score_above_reward_max_is_refused_with_the_best_command(tmp_path, bas
     )
 
 
-def test_samples_stay_plain_dataclasses():
-    # the rows are relabelled copies: the buffer's own samples keep their achieved reward
-    s = sample("a", 0.4, 2.0)
-    rows = BestRows(1, seed=0)
-    rows.update([s], label=2.0)
-    assert rows.take()[0].achieved_reward == 2.0 and s.achieved_reward == 0.4
-    assert dataclasses.is_dataclass(s)
-
-
 def test_eval_of_a_best_command_run_has_the_best_commands_row(tmp_path, base):  # noqa: F811
     """Default targets: the buffer's p10/p50/p90 and the best command, none marked as an
     extrapolation (no best + margin row: above reward_max every target is the best command)."""
@@ -255,3 +271,7 @@ def test_eval_of_a_best_command_run_has_the_best_commands_row(tmp_path, base):  
     expected = sorted({*(float(q) for q in np.quantile(rewards, [0.1, 0.5, 0.9])), 2.0})
     assert [r["target"] for r in report["rows"]] == pytest.approx(expected)
     assert not any(r["extrapolation"] for r in report["rows"])
+    from online_dt.eval.source import EvalError
+
+    with pytest.raises(EvalError, match="--recalibrate is not implemented"):
+        run_eval(plan.run.path, samples_per_target=4, out_dir=out, recalibration_samples=8)

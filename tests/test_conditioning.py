@@ -408,7 +408,7 @@ def test_rbf_reward_features_start_as_the_linear_head_and_separate_rewards(base_
     # a head saved with the linear features does not load as rbf (nor the other way round)
     state = linear.conditioner.to_state()
     state["meta"]["config"]["reward_features"] = "rbf"
-    with pytest.raises(ValueError, match="needs 10 inputs"):
+    with pytest.raises(ValueError, match="need 10 inputs"):
         RewardConditioner.from_state(state)
     with pytest.raises(ValueError, match="reward_features needs mode: scalar"):
         ConditioningConfig(mode="token", reward_features="rbf")

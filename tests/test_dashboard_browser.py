@@ -154,6 +154,7 @@ def test_every_panel_shows_the_run(browser_page, run_dir):
     assert ys(schedule[0]) == pytest.approx([m["achieved_p10"] for m in metrics])
     assert ys(schedule[1]) == pytest.approx([m["achieved_p90"] for m in metrics])
     assert [p["x"] for p in schedule[3]["data"]] == list(range(ITERATIONS))
+    assert schedule[4]["data"] == []  # no best command in this run
 
     # calibration: achieved vs target per iteration, the identity line, the evaluation
     report = json.loads((run_dir / "eval" / "calibration.json").read_text())
@@ -245,6 +246,7 @@ def test_new_data_appears_without_reload(browser_page, run_dir):
     run = RunDir(run_dir)
     last = run.read_metrics()[-1]
     new = {**last, "iteration": ITERATIONS, "target": 0.777, "achieved_mean": 0.555}
+    new["best_achieved_mean"] = 0.912  # as a run with conditioning.best_command logs
     new["policy_version"] = last["policy_version"] + 1
     # a concurrent writer: half a line first (ignored), then the rest
     text = json.dumps(new) + "\n"
@@ -258,6 +260,7 @@ def test_new_data_appears_without_reload(browser_page, run_dir):
     schedule = chart(page, "schedule")["datasets"]
     assert ys(schedule[3])[-1] == pytest.approx(0.777)
     assert ys(schedule[2])[-1] == pytest.approx(0.555)
+    assert ys(schedule[4]) == pytest.approx([0.912])  # the best command's, where it was logged
     wait_for(
         page, f"Chart.getChart('chart-klplane').data.datasets[0].data.length === {ITERATIONS + 1}"
     )

@@ -144,7 +144,10 @@ class ConditioningConfig(StrictModel):
     best command gives can climb past every reward in the buffer, where hindsight relabeling
     alone stops (docs/method.md, round 19). Every sample also enters the replay buffer with
     its achieved reward, as any other. ``reward_max`` must then bound the reward model's
-    scores: a batch scoring above it is rejected."""
+    scores (a batch scoring above it is rejected) and ``schedule.max_target`` (the schedule's
+    targets stay reward targets). With ``reward_on_prompt`` the prompt tokens' vector is the
+    ``reward_max`` one for the best command. Not in the offline demo; ``online-dt eval
+    --recalibrate`` is refused for such a run."""
 
     reward_features: Literal["linear", "rbf"] = "linear"
     """Scalar mode: what the head reads. ``linear``: the normalised reward alone, so the slot
@@ -205,7 +208,9 @@ class ConditioningConfig(StrictModel):
     """Lower end of the reward range, for evenly spaced fixed edges and for clamping targets."""
 
     reward_max: float = 1.0
-    """Upper end of the reward range, for evenly spaced fixed edges and for clamping targets."""
+    """Upper end of the reward range, for evenly spaced fixed edges and the ``rbf`` centres;
+    with ``best_command``, the highest score the reward model may give, and any target above it
+    asks for the best command."""
 
     @model_validator(mode="after")
     def _check_bins(self) -> ConditioningConfig:

@@ -61,6 +61,15 @@ class OfflineRunConfig(RunConfig):
     offline: OfflineConfig = Field(default_factory=OfflineConfig)
     """Offline demo settings."""
 
+    @model_validator(mode="after")
+    def _refuse_best_command(self) -> OfflineRunConfig:
+        if self.conditioning.best_command:
+            raise ValueError(
+                "conditioning.best_command is trained by the online loop (its asks and rows); "
+                "the offline demo has neither: set it to false"
+            )
+        return self
+
 
 class OnlineRunConfig(RunConfig):
     """Top-level config of ``online-dt run``: the shared sections plus the loop's.
@@ -186,11 +195,27 @@ class OnlineRunConfig(RunConfig):
                 f"schedule.best_fraction: {fraction} asks for the best command, which needs "
                 "conditioning.best_command: true"
             )
-        if best and (fraction == 0 or self.online.best_rows == 0):
+        if not best:
+            return self
+        if fraction == 0 or self.online.best_rows == 0:
             raise ValueError(
                 "conditioning.best_command needs schedule.best_fraction > 0 and online.best_rows"
                 f" > 0 (got {fraction} and {self.online.best_rows}): otherwise the best command"
                 " is never asked for or never trained"
+            )
+        n = self.online.prompts_per_iteration
+        if not 1 <= round(fraction * n) <= n - 1:
+            raise ValueError(
+                f"schedule.best_fraction: {fraction} of online.prompts_per_iteration: {n} rounds "
+                f"to {round(fraction * n)} prompts; the best command needs 1 to {n - 1} of them "
+                "(the rest ask for the schedule's targets)"
+            )
+        top, s = self.conditioning.reward_max, self.schedule
+        if s.max_target is None or s.max_target > top or s.start > top:
+            raise ValueError(
+                f"conditioning.best_command needs schedule.max_target <= conditioning.reward_max"
+                f" ({top}) and schedule.start <= it (got {s.max_target} and {s.start}): a "
+                "schedule target above reward_max would ask for the best command"
             )
         return self
 

@@ -76,8 +76,9 @@ class ScheduleConfig(StrictModel):
     """With ``conditioning.best_command``: this fraction of each iteration's prompts (rounded,
     drawn at random) asks for the best command (``conditioning.best_target``) instead of a
     target of the schedule; the best sample of each such prompt trains the best command
-    (``online.best_rows``). Below 1, so the schedule's targets keep some prompts. 0: the best
-    command is never asked for (needed 0 without ``best_command``)."""
+    (``online.best_rows``). Drawn after ``spread`` and ``probe_fraction``, from every prompt,
+    so a probe may become a best ask. Below 1, so the schedule's targets keep some prompts. 0:
+    the best command is never asked for (needed 0 without ``best_command``)."""
 
     front_mapping: Literal["weighted_sum", "chebyshev"] = "weighted_sum"
     """``pareto``: how a preference picks its front point. ``weighted_sum``: the point with the

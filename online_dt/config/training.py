@@ -30,7 +30,8 @@ class TrainingConfig(StrictModel):
     """Linear learning-rate warm-up from 0 over this many optimizer steps."""
 
     batch_size: int = Field(64, ge=1)
-    """Records per optimizer step."""
+    """Records per optimizer step drawn from the replay buffer (an online run with
+    ``conditioning.best_command`` adds ``online.best_rows``)."""
 
     length_buckets: int = Field(1, ge=1, le=64)
     """Split each batch into this many micro-batches of samples of similar length (sorted by

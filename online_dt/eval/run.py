@@ -259,6 +259,11 @@ def run_eval(
     if cfg.conditioning.best_command:  # trained on its own rows: not an unseen label
         planned = [(t, x and t <= cfg.conditioning.reward_max) for t, x in planned]
 
+    if recalibration_samples > 0 and cfg.conditioning.best_command:
+        raise EvalError(
+            "--recalibrate is not implemented for a run with conditioning.best_command: the "
+            "grid's step above conditioning.reward_max would ask for the best command"
+        )
     guidance = plan_guidance(rewards_seen, guidance_weight, guidance_rewards, guidance_prior)
     scalar_grid = list(recalibration_grid or [])
     if recalibration_samples > 0 and not scalar_grid and cfg.conditioning.mode == "scalar":

@@ -60,7 +60,9 @@ def rollout_metrics(
             if asked:
                 record["best_achieved_mean"] = float(np.mean(asked))  # type: ignore[arg-type]
                 record["best_achieved_max"] = float(np.max(asked))  # type: ignore[arg-type]
-            rewards = [x for x, b in zip(rewards, best, strict=True) if not b] or rewards
+            rewards = [x for x, b in zip(rewards, best, strict=True) if not b]
+        if not rewards:  # every kept sample asked for the best command
+            return {**record, "samples": len(rollouts)}
         summary = reward_summary(rewards)  # type: ignore[arg-type]
         rewards_part = {
             "achieved_mean": summary["mean"],

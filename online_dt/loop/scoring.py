@@ -41,7 +41,8 @@ class RewardBatchError(RuntimeError):
     Attributes:
         iteration: the iteration whose batch failed.
         reason: ``nan``, ``inf``, ``wrong_count``, ``not_a_number``, ``not_a_sequence``
-            (validation), ``worker_lost``, ``timeout`` (no answer within
+            (validation), ``above_reward_max`` (with ``conditioning.best_command``),
+            ``worker_lost``, ``timeout`` (no answer within
             ``reward_timeout_s``) or ``error`` (the model raised).
         rejected_file: where the batch was kept.
     """

@@ -157,8 +157,8 @@ def parse_state(state: dict[str, Any]) -> ConditionerParts:
         if shape[1] != config.head_inputs:
             raise ValueError(
                 f"the head's weight is {list(shape)}, but reward_features: "
-                f"{config.reward_features} with objectives {config.objective_names} needs "
-                f"{config.head_inputs} inputs"
+                f"{config.reward_features}, best_command: {config.best_command} and objectives "
+                f"{config.objective_names} need {config.head_inputs} inputs"
             )
         head = nn.Linear(shape[1], shape[0])
         head.load_state_dict({k: v.detach().float() for k, v in weights.items()})

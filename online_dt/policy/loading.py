@@ -76,8 +76,9 @@ def new_scalar_head(
             drawn at a tenth of the embedding entries' standard deviation; ``None``: the mean
             embedding, weight at their standard deviation.
         inputs: the head's input features (``ConditioningConfig.head_inputs``). The first
-            (the normalised reward) gets the random weight; the others (radial basis features)
-            start at zero, so the untrained head is the one-input head.
+            (the normalised reward) gets the random weight; the others (radial basis features,
+            the best command's input) start at zero, so the untrained head is the one-input
+            head.
     """
     hidden = embeddings.shape[1]
     head = nn.Linear(inputs, hidden)

@@ -49,7 +49,7 @@ class BestRows:
 
     Args:
         rows: rows per step (``online.best_rows``), >= 0.
-        seed: seeds the shuffles (with the number of updates so far).
+        seed: seeds the shuffles (with each update's iteration).
 
     Raises:
         ValueError: ``rows < 0``.
@@ -62,18 +62,17 @@ class BestRows:
         self.seed = seed
         self.samples: list[Sample] = []
         self.achieved: list[float] = []
-        self._updates = 0
         self._rng = np.random.default_rng([seed, 0])
         self._order: list[int] = []
 
-    def update(self, best: Sequence[Sample], label: float) -> None:
+    def update(self, best: Sequence[Sample], label: float, iteration: int) -> None:
         """Hold ``best`` (from :func:`best_of_prompts`), relabelled with ``label`` (the best
         command's target), instead of the previous round's; :attr:`achieved` keeps their
-        achieved rewards."""
+        achieved rewards. ``iteration`` (>= -1) seeds their order with ``seed``, so a resumed
+        run deals them as the uninterrupted one."""
         self.achieved = [float(s.achieved_reward) for s in best]  # type: ignore[arg-type]
         self.samples = [dataclasses.replace(s, achieved_reward=label) for s in best]
-        self._updates += 1
-        self._rng = np.random.default_rng([self.seed, self._updates])
+        self._rng = np.random.default_rng([self.seed, iteration + 1])
         self._order = []
 
     def take(self) -> list[Sample]:

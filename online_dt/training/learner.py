@@ -197,7 +197,7 @@ class Learner:
         )
         if self.best_rows.rows:
             c = self.cfg.conditioning
-            self.best_rows.update(best_of_prompts(added, c.reward_max), c.best_target)
+            self.best_rows.update(best_of_prompts(added, c.reward_max), c.best_target, iteration)
         # the new rewards feed the running and quantile normalisers (every reward ever appended,
         # evicted ones included); the token bins describe the buffer's held rewards
         self.policy.fit_reward_statistics([as_reward(x) for x in rewards], self.buffer.rewards())
@@ -213,7 +213,9 @@ class Learner:
         return result
 
     def train(self, steps: int) -> dict[str, float]:
-        """``steps`` optimizer steps on batches drawn from the buffer.
+        """``steps`` optimizer steps on batches drawn from the buffer (``training.batch_size``
+        rows each, plus ``online.best_rows`` of the best command's with
+        ``conditioning.best_command``).
 
         Returns:
             Mean ``loss``, ``kl_penalty`` and ``entropy`` (the policy's per-token entropy in

@@ -68,6 +68,7 @@ async function getJSON(url) {
 const COLORS = {
   target: "#dc2626",
   achieved: "#2563eb",
+  best: "#16a34a",
   band: "rgba(37, 99, 235, 0.15)",
   d1: "#7c3aed",
   d2: "#0891b2",
@@ -126,11 +127,21 @@ function makeCharts() {
           backgroundColor: COLORS.achieved, pointRadius: 2 },
         { label: "target", data: [], borderColor: COLORS.target, backgroundColor: COLORS.target,
           borderDash: [6, 3], pointRadius: 2 },
+        // conditioning.best_command: the mean achieved reward of the prompts that asked for it
+        { label: "best command (achieved mean)", data: [], borderColor: COLORS.best,
+          backgroundColor: COLORS.best, pointRadius: 2 },
       ],
     },
     options: {
       scales: { x: linearX("iteration"), y: { title: { display: true, text: "reward" } } },
-      plugins: { legend: { labels: { filter: (item) => item.text !== "p10" } } },
+      plugins: {
+        legend: {
+          labels: {
+            filter: (item, data) =>
+              item.text !== "p10" && data.datasets[item.datasetIndex].data.length > 0,
+          },
+        },
+      },
     },
   });
 
@@ -475,6 +486,7 @@ function drawMetrics() {
     s[1].data = xy("achieved_p90");
     s[2].data = xy("achieved_mean");
     s[3].data = xy("target");
+    s[4].data = xy("best_achieved_mean");
   }
   charts.schedule.update("none");
 
