@@ -235,7 +235,7 @@ def test_checkpoint_keeps_the_objectives_and_the_vector_head(base, tmp_path):
     for objectives, names in ((OBJECTIVES[:1], r"\['sentiment'\]"), ([], r"\[\]")):
         changed = {"meta": json.loads(json.dumps(state["meta"])), "head": state["head"]}
         changed["meta"]["config"]["objectives"] = objectives
-        message = rf"head's weight is \[{hidden}, 2\].*objectives {names} needs 1 inputs"
+        message = rf"head's weight is \[{hidden}, 2\].*objectives {names} need 1 inputs"
         with pytest.raises(ValueError, match=message):
             RewardConditioner.from_state(changed)
     # nor a one-reward head into a two-objective conditioner
