@@ -1177,6 +1177,29 @@ def odt_config(setup: Setup, mode: str | None = None) -> Any:
     return load_config(setup.args.config, OnlineRunConfig, overrides)
 
 
+def check_odt_config(setup: Setup, mode: str) -> None:
+    """Load the online-dt run's config of ``mode`` (:func:`odt_config`) and check what the bench
+    adds to it, before any method runs.
+
+    Raises:
+        SystemExit: the config is invalid (e.g. ``conditioning.best_command`` in token mode:
+            pass ``--odt-modes scalar``), or ``--odt-recalibrate`` with
+            ``conditioning.best_command`` (the grid's step above ``reward_max`` would ask for
+            the best command).
+    """
+    from pydantic import ValidationError
+
+    try:
+        cfg = odt_config(setup, mode)
+    except (ValidationError, ValueError) as e:
+        raise SystemExit(f"error: the online-dt config in {mode} mode: {e}") from e
+    if setup.args.odt_recalibrate and cfg.conditioning.best_command:
+        raise SystemExit(
+            "error: --odt-recalibrate with conditioning.best_command is not implemented: the "
+            "grid's step above reward_max would ask for the best command"
+        )
+
+
 def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, Any]]:
     """The online decision-transformer loop of the config in conditioning ``mode``, in process,
     on the train prompts, then its final policy (the last checkpoint's) evaluated at each
@@ -1194,11 +1217,6 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
     a = setup.args
     start = time.perf_counter()
     cfg = odt_config(setup, mode)
-    if a.odt_recalibrate and cfg.conditioning.best_command:
-        raise SystemExit(
-            "error: --odt-recalibrate with conditioning.best_command is not implemented: the "
-            "grid's step above reward_max would ask for the best command"
-        )
     name = odt_method(cfg.conditioning.mode)
     plan = plan_run(cfg, None)
     plan.prompts = list(setup.train_prompts)  # held-out prompts are never trained on
@@ -1615,6 +1633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"held-out prompt; work dir {setup.work}",
         file=sys.stderr,
     )
+    if "online-dt" in wanted:  # a config online-dt refuses stops the bench before any method runs
+        for mode in modes:
+            check_odt_config(setup, mode)
     rows: list[dict[str, Any]] = []
 
     def step(label: str, fn: Any, *fn_args: Any) -> None:

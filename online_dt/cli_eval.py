@@ -80,7 +80,10 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "conditioning.best_command only)",
     )
     p.add_argument(
-        "--no-extrapolation", action="store_true", help="do not add the extrapolation target"
+        "--no-extrapolation",
+        action="store_true",
+        help="do not add the extrapolation target (a run with conditioning.best_command still "
+        "gets the best command's row with the default targets)",
     )
     p.add_argument("--no-kl", action="store_true", help="skip the KL estimate (no base model)")
     p.add_argument(

@@ -64,10 +64,13 @@ def test_best_command_and_its_asks_come_together(tmp_path, base):  # noqa: F811
         OnlineRunConfig.model_validate(cfg)
     cfg["schedule"]["max_target"] = 1.0
     OnlineRunConfig.model_validate(cfg)
-    cfg["schedule"]["start"] = 1.5
-    with pytest.raises(ValidationError, match=r"and schedule.start <= it \(got 1.0 and 1.5\)"):
+    cfg["schedule"]["start"] = 1.5  # clamped by max_target, except where the warm start asks
+    OnlineRunConfig.model_validate(cfg)
+    cfg["online"]["warm_start_samples_per_prompt"] = 1
+    with pytest.raises(ValidationError, match=r"with a warm start needs schedule.start <="):
         OnlineRunConfig.model_validate(cfg)
     cfg["schedule"]["start"] = 0.0
+    OnlineRunConfig.model_validate(cfg)
     for fraction in (0.1, 0.9):  # 4 prompts: 0 and 4 best asks
         cfg["schedule"]["best_fraction"] = fraction
         with pytest.raises(ValidationError, match="the best command needs 1 to 3 of them"):
@@ -165,9 +168,16 @@ def test_best_rows_are_dealt_out_evenly_and_relabelled():
     assert all(s.achieved_reward == 2.0 for s in taken)
     counts = {p: sum(s.prompt == p for s in taken) for p in "abcdef"}
     assert counts == dict.fromkeys("abcdef", 2)
-    again = BestRows(4, seed=0)  # the same iteration deals the same order (a resumed run)
-    again.update(best, label=2.0, iteration=3)
-    assert [s.prompt for s in again.take()] == [s.prompt for s in taken[:4]]
+    # the order depends on the iteration only: a resumed run, whose rows were updated fewer
+    # times, deals as the uninterrupted one
+    ran = BestRows(4, seed=0)
+    for it in range(3):
+        ran.update(best[:2], label=2.0, iteration=it)
+    ran.update(best, label=2.0, iteration=3)
+    resumed = BestRows(4, seed=0)
+    resumed.update(best, label=2.0, iteration=3)
+    assert [s.prompt for s in resumed.take()] == [s.prompt for s in ran.take()]
+    assert [s.prompt for s in resumed.take()] == [s.prompt for s in taken[4:8]]
     rows.update([], label=2.0, iteration=4)
     assert rows.take() == []
     assert BestRows(0, seed=0).take() == []
@@ -221,6 +231,9 @@ def test_rollout_metrics_keep_the_best_asks_apart():
     )
     plain = rollout_metrics(0, 0.5, rollouts, [0.4, 0.6, 0.9, 0.7], 0)
     assert plain["achieved_mean"] == pytest.approx(0.65) and "best_asks" not in plain
+    only = rollout_metrics(0, 0.5, rollouts[2:], [0.9, 0.7], 0, best_above=1.0)
+    assert "achieved_mean" not in only and "calibration_error" not in only
+    assert only["best_achieved_mean"] == pytest.approx(0.8) and "distinct_2" in only
 
 
 # -- the rewards ---------------------------------------------------------------------------------
@@ -273,5 +286,14 @@ def test_eval_of_a_best_command_run_has_the_best_commands_row(tmp_path, base):  
     assert not any(r["extrapolation"] for r in report["rows"])
     from online_dt.eval.source import EvalError
 
+    given = run_eval(
+        plan.run.path,
+        targets=[0.5],
+        samples_per_target=4,
+        out_dir=out,
+        with_kl=False,
+        reference_samples=0,
+    )
+    assert [r["target"] for r in given["rows"]] == [0.5]  # no extrapolation row is added
     with pytest.raises(EvalError, match="--recalibrate is not implemented"):
         run_eval(plan.run.path, samples_per_target=4, out_dir=out, recalibration_samples=8)

@@ -114,6 +114,9 @@ def test_iteration_line_and_summary(tmp_path):
     assert "best command" not in first
     best = iteration_line({**METRICS[0], "best_asks": 64, "best_achieved_mean": 0.912}, 30)
     assert "achieved 0.100 [-0.50, 0.70]  best command 0.912  loss" in best
+    only = {k: v for k, v in METRICS[0].items() if not k.startswith("achieved")}
+    only_best = iteration_line({**only, "best_asks": 64, "best_achieved_mean": 0.912}, 30)
+    assert "target 0.000  best command 0.912  loss" in only_best
     summary = run_summary(METRICS, tmp_path, tmp_path / "checkpoints" / "iter-000002", None)
     assert "iterations       3" in summary
     assert "final            target 0.200, achieved -" in summary

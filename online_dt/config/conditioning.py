@@ -205,7 +205,7 @@ class ConditioningConfig(StrictModel):
     When omitted with ``fixed``, edges are spaced evenly over ``[reward_min, reward_max]``."""
 
     reward_min: float = -1.0
-    """Lower end of the reward range, for evenly spaced fixed edges and for clamping targets."""
+    """Lower end of the reward range, for evenly spaced fixed edges and the ``rbf`` centres."""
 
     reward_max: float = 1.0
     """Upper end of the reward range, for evenly spaced fixed edges and the ``rbf`` centres;

@@ -211,11 +211,17 @@ class OnlineRunConfig(RunConfig):
                 "(the rest ask for the schedule's targets)"
             )
         top, s = self.conditioning.reward_max, self.schedule
-        if s.max_target is None or s.max_target > top or s.start > top:
+        if s.max_target is None or s.max_target > top:
             raise ValueError(
                 f"conditioning.best_command needs schedule.max_target <= conditioning.reward_max"
-                f" ({top}) and schedule.start <= it (got {s.max_target} and {s.start}): a "
-                "schedule target above reward_max would ask for the best command"
+                f" ({top}), got {s.max_target}: a schedule target above reward_max would ask "
+                "for the best command"
+            )
+        if self.online.warm_start_samples_per_prompt > 0 and s.start > top:
+            raise ValueError(
+                f"conditioning.best_command with a warm start needs schedule.start <= "
+                f"conditioning.reward_max ({top}), got {s.start}: the warm start samples at "
+                "schedule.start, unclamped, which would ask for the best command"
             )
         return self
 

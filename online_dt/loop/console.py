@@ -44,7 +44,7 @@ def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
     elif "achieved_mean" in record:
         p10, p90 = _num(record.get("achieved_p10"), ".2f"), _num(record.get("achieved_p90"), ".2f")
         parts.append(f"achieved {_num(record['achieved_mean'])} [{p10}, {p90}]")
-    else:
+    elif record.get("best_achieved_mean") is None:  # else every sample asked for the best
         parts.append(f"no samples ({record.get('samples', 0)} kept)")
     if record.get("best_achieved_mean") is not None:  # conditioning.best_command's asks
         parts.append(f"best command {_num(record['best_achieved_mean'])}")

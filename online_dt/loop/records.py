@@ -33,8 +33,9 @@ def rollout_metrics(
 
     With ``best_above`` (``conditioning.reward_max`` of a run with ``best_command``), the
     rollouts asked for a target above it asked for the best command: the reward and
-    calibration figures describe the others (the schedule's asks), and ``best_asks`` and
-    ``best_achieved_mean`` / ``best_achieved_max`` describe these.
+    calibration figures describe the others (the schedule's asks; absent when every kept
+    sample asked for the best command), and ``best_asks`` and ``best_achieved_mean`` /
+    ``best_achieved_max`` describe these.
 
     ``learner_version`` is the version the learner trained these samples on (before this
     iteration's update); ``policy_lag_max`` is how many versions the oldest sample is behind it
@@ -61,17 +62,17 @@ def rollout_metrics(
                 record["best_achieved_mean"] = float(np.mean(asked))  # type: ignore[arg-type]
                 record["best_achieved_max"] = float(np.max(asked))  # type: ignore[arg-type]
             rewards = [x for x, b in zip(rewards, best, strict=True) if not b]
-        if not rewards:  # every kept sample asked for the best command
-            return {**record, "samples": len(rollouts)}
-        summary = reward_summary(rewards)  # type: ignore[arg-type]
-        rewards_part = {
-            "achieved_mean": summary["mean"],
-            "achieved_median": summary["median"],
-            "achieved_p10": summary["p10"],
-            "achieved_p90": summary["p90"],
-            "achieved_std": summary["std"],
-            "calibration_error": abs(summary["mean"] - target),  # type: ignore[operator]
-        }
+        rewards_part = {}  # none when every kept sample asked for the best command
+        if rewards:
+            summary = reward_summary(rewards)  # type: ignore[arg-type]
+            rewards_part = {
+                "achieved_mean": summary["mean"],
+                "achieved_median": summary["median"],
+                "achieved_p10": summary["p10"],
+                "achieved_p90": summary["p90"],
+                "achieved_std": summary["std"],
+                "calibration_error": abs(summary["mean"] - target),  # type: ignore[operator]
+            }
     return {
         **record,
         **rewards_part,

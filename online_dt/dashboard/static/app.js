@@ -137,8 +137,10 @@ function makeCharts() {
       plugins: {
         legend: {
           labels: {
+            // p10 is the band's lower edge; the best command only where a run logs it
             filter: (item, data) =>
-              item.text !== "p10" && data.datasets[item.datasetIndex].data.length > 0,
+              item.text !== "p10" &&
+              (item.datasetIndex !== 4 || data.datasets[4].data.length > 0),
           },
         },
       },
