@@ -149,6 +149,17 @@ class ConditioningConfig(StrictModel):
     ``reward_max`` one for the best command. Not in the offline demo; ``online-dt eval
     --recalibrate`` is refused for such a run."""
 
+    best_command_lora_rank: int | None = Field(None, ge=1, le=256)
+    """With ``best_command``: give the best command a low-rank adapter of its own (LoRA of
+    this rank on every linear layer of the model but the LM head, Hu et al., 2021), applied
+    only to the rows that ask for it. The best command's rows then train the adapter alone,
+    and the replay buffer's rows the rest of the policy, so reward-ranked fine-tuning of the
+    best command no longer moves the body that every reward target shares. It trains at the
+    head's learning rate (``training.lr * training.head_lr_multiplier``). ``None`` (default):
+    no adapter, the best command's rows train the whole policy (round 19). Needs the HF
+    sampler (vLLM runs the model without the adapter's gate) and no guided generation
+    (docs/method.md, round 20)."""
+
     reward_features: Literal["linear", "rbf"] = "linear"
     """Scalar mode: what the head reads. ``linear``: the normalised reward alone, so the slot
     is ``b + w r_n``: every reward is a point on one line, and a reward of 0 (normalised)
@@ -225,6 +236,8 @@ class ConditioningConfig(StrictModel):
                 "best_command needs mode: scalar and one reward (no objectives): the best "
                 "command is a second input of the scalar head"
             )
+        if self.best_command_lora_rank is not None and not self.best_command:
+            raise ValueError("best_command_lora_rank needs best_command: true")
         if self.reward_on_prompt and self.mode != "scalar":
             raise ValueError("reward_on_prompt needs mode: scalar (token mode feeds token ids)")
         if self.bin_edges is not None:

@@ -210,6 +210,11 @@ class OnlineRunConfig(RunConfig):
                 f"to {round(fraction * n)} prompts; the best command needs 1 to {n - 1} of them "
                 "(the rest ask for the schedule's targets)"
             )
+        if self.conditioning.best_command_lora_rank and self.sampler.backend == "vllm":
+            raise ValueError(
+                "conditioning.best_command_lora_rank needs sampler.backend: hf or auto (auto "
+                "then picks HF): vLLM's engine runs the model without the LoRA's gate"
+            )
         top, s = self.conditioning.reward_max, self.schedule
         if s.max_target is None or s.max_target > top:
             raise ValueError(

@@ -90,6 +90,11 @@ def generate_rollouts(
             "guidance_weight > 0 needs exactly one of a guidance_reference reward, a "
             "guidance_model and a guidance_mixture"
         )
+    if guided and policy.conditioner.lora is not None:
+        raise ValueError(
+            "guided generation is not available with conditioning.best_command_lora_rank: the "
+            "LoRA's gate follows one conditioned batch, and guidance runs a second beside it"
+        )
     if guided and guidance_mixture is not None:
         weights = [w for _, w in guidance_mixture]
         if not weights or min(weights) < 0 or sum(weights) <= 0:

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from online_dt.config import ConditioningConfig
+from online_dt.policy.best_lora import STATE_PREFIX as LORA_PREFIX
+from online_dt.policy.best_lora import BestCommandLoRA
 from online_dt.policy.normalization import RewardBinning, RewardNormalizer
 
 CONDITIONING_DIR = "reward_conditioning"
@@ -39,6 +41,7 @@ class StatefulConditioner(Protocol):
     config: ConditioningConfig
     head: nn.Linear | None
     prompt_head: nn.Linear | None
+    lora: BestCommandLoRA | None
     normalizer: RewardNormalizer
     binnings: list[RewardBinning]
     bin_ranges: list[tuple[float, float] | None]
@@ -73,6 +76,7 @@ class ConditionerParts:
     prompt_head: nn.Linear | None
     bins_fitted: bool
     bin_ranges: list[tuple[float, float] | None]
+    lora: BestCommandLoRA | None = None
 
 
 def conditioner_state(conditioner: StatefulConditioner) -> dict[str, Any]:
@@ -88,6 +92,8 @@ def conditioner_state(conditioner: StatefulConditioner) -> dict[str, Any]:
         if conditioner.prompt_head is not None:
             weight = conditioner.prompt_head.weight.detach()
             head[PROMPT_HEAD_KEY] = weight.to("cpu", torch.float32, copy=True).contiguous()
+        if conditioner.lora is not None:
+            head.update(conditioner.lora.state())
     binning, span = conditioner.binning, conditioner.bin_range
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -147,12 +153,21 @@ def parse_state(state: dict[str, Any]) -> ConditionerParts:
     config = ConditioningConfig.model_validate(meta["config"])
     normalizer = RewardNormalizer(config.normalization)
     normalizer.load_state_dict(meta["normalizer"])
-    head = prompt_head = None
+    head = prompt_head = lora = None
     if config.mode == "scalar":
         weights = dict(state.get("head") or {})
         if not weights:
             raise ValueError("scalar conditioning state without head weights")
         prompt_weight = weights.pop(PROMPT_HEAD_KEY, None)
+        lora_weights = {k: weights.pop(k) for k in list(weights) if k.startswith(LORA_PREFIX)}
+        rank = config.best_command_lora_rank
+        if (rank is None) != (not lora_weights):
+            raise ValueError(
+                f"conditioning state with best_command_lora_rank: {rank} holds "
+                f"{len(lora_weights)} LoRA tensors"
+            )
+        if rank is not None:
+            lora = BestCommandLoRA.from_state(lora_weights, rank)
         shape = tuple(weights["weight"].shape)
         if shape[1] != config.head_inputs:
             raise ValueError(
@@ -179,6 +194,7 @@ def parse_state(state: dict[str, Any]) -> ConditionerParts:
         prompt_head=prompt_head,
         bins_fitted=bool(meta.get("bins_fitted", False)),
         bin_ranges=spans,
+        lora=lora,
     )
 
 
@@ -189,8 +205,9 @@ def take_over_state(conditioner: StatefulConditioner, other: StatefulConditioner
     bins, rewards' range and token ids are replaced.
 
     Raises:
-        ValueError: ``other``'s mode, objectives or heads (size, ``reward_on_prompt``) differ
-            from ``conditioner``'s.
+        ValueError: ``other``'s mode, objectives, heads (size, ``reward_on_prompt``) or
+            best-command LoRA (:mod:`online_dt.policy.best_lora`) differ from
+            ``conditioner``'s.
     """
     if other.config.mode != conditioner.config.mode:
         raise ValueError(
@@ -211,6 +228,10 @@ def take_over_state(conditioner: StatefulConditioner, other: StatefulConditioner
                 "the conditioning state's heads do not fit this conditioner's "
                 f"({_shape(theirs)} into {_shape(mine)})"
             )
+    if (conditioner.lora is None) != (other.lora is None):
+        raise ValueError("the conditioning state's best-command LoRA does not fit this conditioner")
+    if conditioner.lora is not None and other.lora is not None:
+        conditioner.lora.copy_from(other.lora.state())  # checks every shape before copying
     with torch.no_grad():
         for mine, theirs in pairs:
             if mine is not None and theirs is not None:

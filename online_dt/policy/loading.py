@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from online_dt.config import ConditioningConfig
+from online_dt.policy.best_lora import BestCommandLoRA
 from online_dt.policy.conditioner import RewardConditioner
 from online_dt.policy.normalization import reward_token
 
@@ -159,7 +160,10 @@ def with_fresh_conditioning(
             anchor=None if config.slot_init == "mean" or anchor is None else embeddings[anchor],
             inputs=config.head_inputs,
         )
-        conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head)
+        lora = None
+        if config.best_command_lora_rank is not None:
+            lora = BestCommandLoRA.fresh(model, config.best_command_lora_rank, generator)
+        conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head, lora=lora)
     else:
         token_ids = add_reward_tokens(
             model, tokenizer, config.num_reward_tokens, generator, config.objective_names

@@ -63,6 +63,8 @@ class RewardConditionedPolicy(nn.Module):
         self.tokenizer = tokenizer
         self.conditioner = conditioner
         self._token_ids = TokenIdCache(tokenizer)
+        if conditioner.lora is not None:
+            conditioner.lora.attach(model)  # the best command's adapter, gated in embed
 
     # -- construction --------------------------------------------------------------------------
 
@@ -210,12 +212,15 @@ class RewardConditionedPolicy(nn.Module):
                 :attr:`slot_width` columns are the slot).
             rewards: ``[B]`` rewards in reward units (``[B, M]`` with M objectives), or
                 ``None`` when ``input_ids`` holds no slot (decoding steps). In token mode the
-                slot's columns already hold the reward tokens, and nothing is replaced.
+                slot's columns already hold the reward tokens, and nothing is replaced. They
+                also set the best command's LoRA gate, which holds for the decoding steps.
             prompt_mask: ``[B, T]``, True on prompt tokens (a batch's ``prompt_mask``), for
                 ``conditioning.reward_on_prompt``; ``None``: every column after the slot is a
                 prompt token.
         """
         embeds = self.model.get_input_embeddings()(input_ids)
+        if self.conditioner.lora is not None and rewards is not None:
+            self.conditioner.lora.set_gate(rewards > self.conditioner.config.reward_max)
         return self.conditioner.fill_slot(embeds, rewards, prompt_mask)
 
     def forward(self, batch: ConditionedBatch, rewards: torch.Tensor) -> Any:
@@ -375,7 +380,7 @@ class RewardConditionedPolicy(nn.Module):
             ValueError: ``prompts`` and ``targets`` differ in length; ``guidance_weight`` is
                 negative, or above 0 without exactly one of ``guidance_reference``,
                 ``guidance_model`` and ``guidance_mixture``; a mixture is empty or has a
-                negative or all-zero weight.
+                negative or all-zero weight; guidance with the best command's LoRA.
         """
         return generate_rollouts(
             self,

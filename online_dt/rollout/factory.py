@@ -36,7 +36,7 @@ def make_sampler(
         OSError: ``path`` holds no policy, or ``base_path`` no base model.
     """
     sampler: Sampler
-    if make_sampler_backend_name(cfg.sampler.backend, cfg.model.device) == "vllm":
+    if _backend(cfg) == "vllm":
         from online_dt.rollout.vllm_sampler import VLLMSampler
 
         sampler = VLLMSampler(path, cfg.sampler, policy_version=version)
@@ -75,7 +75,7 @@ def make_sampler_from_skeleton(
         OSError: ``base_path`` holds no base model.
     """
     sampler: Sampler
-    if make_sampler_backend_name(cfg.sampler.backend, cfg.model.device) == "vllm":
+    if _backend(cfg) == "vllm":
         from online_dt.rollout.vllm_sampler import VLLMSampler
 
         sampler = VLLMSampler.from_skeleton(skeleton, cfg.sampler)
@@ -87,7 +87,12 @@ def make_sampler_from_skeleton(
     return _with_base_logprobs(sampler, cfg, base_path)
 
 
-def make_sampler_backend_name(prefer: str, device: str = "auto") -> str:
+def _backend(cfg: OnlineRunConfig) -> str:
+    lora = cfg.conditioning.best_command_lora_rank is not None
+    return make_sampler_backend_name(cfg.sampler.backend, cfg.model.device, needs_hf=lora)
+
+
+def make_sampler_backend_name(prefer: str, device: str = "auto", *, needs_hf: bool = False) -> str:
     """Resolve ``auto``/``vllm``/``hf`` to the backend that will run, logging the choice.
 
     ``auto`` picks vLLM when the sampler's device (``device``, the ``model.device`` field,
@@ -95,14 +100,24 @@ def make_sampler_backend_name(prefer: str, device: str = "auto") -> str:
     vLLM can be imported; otherwise the HF reference sampler. On CPU vLLM's engine was no
     faster than the HF sampler for the embedded model and takes 20-45 s to start
     (``bench/loop.py``: a whole Ray run 2.26x TRL GRPO's wall time with vLLM, 1.69x with
-    HF); ``vllm`` asks for vLLM's CPU engine explicitly.
+    HF); ``vllm`` asks for vLLM's CPU engine explicitly. ``needs_hf`` (a policy with the best
+    command's LoRA, ``conditioning.best_command_lora_rank``, which vLLM's engine does not
+    apply) makes ``auto`` pick HF everywhere.
 
     Raises:
         ImportError: ``vllm`` was asked for and cannot be imported.
-        ValueError: ``device`` names CUDA and CUDA is not available.
+        ValueError: ``device`` names CUDA and CUDA is not available; ``vllm`` with
+            ``needs_hf``.
     """
     if prefer == "hf":
         log.info("sampler backend: HF reference (configured)")
+        return "hf"
+    if needs_hf:
+        if prefer == "vllm":
+            raise ValueError(
+                "sampler.backend: vllm cannot run conditioning.best_command_lora_rank's LoRA"
+            )
+        log.info("sampler backend: HF reference (auto: the best command's LoRA needs it)")
         return "hf"
     if prefer == "auto" and resolve_device(device).type != "cuda":
         log.info("sampler backend: HF reference (auto on CPU; sampler.backend: vllm for vLLM)")

@@ -10,6 +10,7 @@ global-norm clipping and optional linear warm-up; bf16 autocast on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,23 @@ class StepMetrics:
     tokens: int
     kl: float = 0.0
     entropy: float = 0.0
+
+
+@contextlib.contextmanager
+def _trains_only(module: torch.nn.Module, part: torch.nn.Module | None) -> Iterator[None]:
+    """Within the block, only ``part``'s parameters of ``module`` get gradients (``None``:
+    every trainable one): the others' ``requires_grad`` is off, and set back on at exit."""
+    keep = {id(p) for p in part.parameters()} if part is not None else None
+    frozen = [
+        p for p in module.parameters() if keep is not None and p.requires_grad and id(p) not in keep
+    ]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def collate(
@@ -195,12 +213,24 @@ class ConditionedTrainer:
 
     def step(self, samples: Sequence[Labelled]) -> StepMetrics:
         """One optimizer step on ``samples`` (a batch), in ``cfg.length_buckets`` micro-batches
-        of similar length whose gradients add up to the whole batch's; returns its metrics."""
+        of similar length whose gradients add up to the whole batch's; returns its metrics.
+
+        With the best command's LoRA (``conditioning.best_command_lora_rank``), the rows
+        labelled above ``reward_max`` (the best command's) are one more micro-batch whose
+        gradient reaches the LoRA alone; the other rows do not use the LoRA, so they train
+        everything but it."""
         self.policy.train()
-        parts = [
-            collate(self.policy, part, self.cfg.include_prompt_loss)
-            for part in self.length_buckets(samples)
-        ]
+        lora = self.policy.conditioner.lora
+        buckets: list[tuple[list[Labelled], bool]] = []
+        if lora is None:
+            buckets = [(part, False) for part in self.length_buckets(samples)]
+        else:
+            limit = self.policy.conditioner.config.reward_max
+            best = [s for s in samples if float(s.achieved_reward) > limit]  # type: ignore[arg-type]
+            rest = [s for s in samples if float(s.achieved_reward) <= limit]  # type: ignore[arg-type]
+            buckets = [(part, False) for part in self.length_buckets(rest)] if rest else []
+            buckets += [(best, True)] if best else []
+        parts = [collate(self.policy, part, self.cfg.include_prompt_loss) for part, _ in buckets]
         # each micro-batch's mean is weighted by its share of the batch's labelled tokens
         counts = [int((batch.labels[:, 1:] != IGNORE_INDEX).sum()) for batch, _ in parts]
         total = max(sum(counts), 1)
@@ -208,27 +238,10 @@ class ConditionedTrainer:
         losses: list[float] = []
         kls: list[float] = []
         entropies: list[float] = []
-        for (batch, rewards), count in zip(parts, counts, strict=True):
-            batch = batch.to(self.device)
-            assert batch.labels is not None
-            where = labelled_positions(batch.labels)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                inputs = self.policy.model_inputs(batch, rewards.to(self.device))
-                logits = self.policy_logits(inputs, where)  # [N, V]
-            targets = labelled_targets(batch.labels)  # [N]
-            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(len(targets), 1)
-            if self.kl_coef > 0:
-                assert self.base_logits is not None
-                with torch.no_grad():
-                    base = self.base_logits(base_model_inputs(batch), where)
-                kl_term = kl_between(logits, base)
-                loss = loss + self.kl_coef * kl_term
-                kls.append(float(kl_term.detach()))
-            if self.entropy_coef > 0:
-                entropy = entropy_of(logits)
-                loss = loss - self.entropy_coef * entropy
-                entropies.append(float(entropy.detach()))
-            (loss * (count / total)).backward()
+        for (batch, rewards), count, (_, lora_only) in zip(parts, counts, buckets, strict=True):
+            with _trains_only(self.policy, lora if lora_only else None):
+                loss = self._loss(batch.to(self.device), rewards, kls, entropies)
+                (loss * (count / total)).backward()
             losses.append(float(loss.detach()))
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
@@ -245,6 +258,35 @@ class ConditionedTrainer:
             _weighted(kls, counts),
             _weighted(entropies, counts),
         )
+
+    def _loss(
+        self,
+        batch: ConditionedBatch,
+        rewards: torch.Tensor,
+        kls: list[float],
+        entropies: list[float],
+    ) -> torch.Tensor:
+        """One micro-batch's loss (see :class:`StepMetrics`); appends its KL and entropy to
+        ``kls`` and ``entropies`` when those terms are on."""
+        assert batch.labels is not None
+        where = labelled_positions(batch.labels)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            inputs = self.policy.model_inputs(batch, rewards.to(self.device))
+            logits = self.policy_logits(inputs, where)  # [N, V]
+        targets = labelled_targets(batch.labels)  # [N]
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(len(targets), 1)
+        if self.kl_coef > 0:
+            assert self.base_logits is not None
+            with torch.no_grad():
+                base = self.base_logits(base_model_inputs(batch), where)
+            kl_term = kl_between(logits, base)
+            loss = loss + self.kl_coef * kl_term
+            kls.append(float(kl_term.detach()))
+        if self.entropy_coef > 0:
+            entropy = entropy_of(logits)
+            loss = loss - self.entropy_coef * entropy
+            entropies.append(float(entropy.detach()))
+        return loss
 
     def length_buckets(self, samples: Sequence[Labelled]) -> list[list[Labelled]]:
         """``samples`` as ``cfg.length_buckets`` micro-batches (fewer when the batch is

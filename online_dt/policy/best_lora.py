@@ -1,0 +1,188 @@
+"""A low-rank adapter that only the best command uses and only its rows train.
+
+With ``conditioning.best_command_lora_rank``, every linear layer of the model's body (the
+output embedding excepted) gets a LoRA update ``x A B`` (Hu et al., 2021, "LoRA: Low-Rank
+Adaptation of Large Language Models", arXiv 2106.09685), added to the layer's output only in
+the rows of a batch that ask for the best command (a target above ``conditioning.reward_max``).
+``B`` starts at zero, so the untrained adapter changes nothing. The trainer trains the
+adapter, and nothing else, on the best command's rows, and the rest of the policy, never the
+adapter, on the replay buffer's rows (:class:`~online_dt.training.trainer.ConditionedTrainer`):
+what the best command learns by reward-ranked fine-tuning then moves its own parameters
+instead of the body every reward target shares (docs/method.md, round 20).
+
+The gate is a per-row flag that :meth:`BestCommandLoRA.set_gate` sets before a forward pass
+and that holds for the decoding steps after it (:meth:`RewardConditionedPolicy.embed
+<online_dt.policy.policy.RewardConditionedPolicy.embed>` sets it whenever it fills the slots),
+so one batch in flight at a time: guided generation, which runs a second conditioned batch
+beside the first, is refused with the adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+STATE_PREFIX = "lora."
+"""Keys of the adapter's tensors in the conditioner's state (``head.safetensors``):
+``lora.<layer name>.a`` (``[in, rank]``) and ``lora.<layer name>.b`` (``[rank, out]``)."""
+
+
+def adapted_layers(model: nn.Module) -> list[tuple[str, nn.Module, int, int]]:
+    """``(name, module, in_features, out_features)`` of every ``nn.Linear`` and transformers
+    ``Conv1D`` (GPT-2's projections, weight ``[in, out]``) in ``model``, the output embedding
+    (LM head) excepted, in ``named_modules`` order."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    layers = []
+    for name, module in model.named_modules():
+        if module is head:
+            continue
+        if isinstance(module, nn.Linear):
+            layers.append((name, module, module.in_features, module.out_features))
+        elif type(module).__name__ == "Conv1D":
+            n_in, n_out = module.weight.shape
+            layers.append((name, module, int(n_in), int(n_out)))
+    return layers
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # ParameterDict keys cannot hold dots
+
+
+class BestCommandLoRA(nn.Module):
+    """LoRA factors for each adapted layer of one model, and the gate that applies them.
+
+    Args:
+        shapes: layer name -> ``(in_features, out_features)``.
+        rank: the factors' inner size ``r`` (``conditioning.best_command_lora_rank``).
+        generator: seeds ``A`` (``N(0, 1 / in_features)``); ``None`` leaves ``A`` at zero,
+            for a state to be loaded into (:meth:`from_state`).
+
+    Attributes:
+        gate: ``[B]`` float flags of the rows in flight (1: asks for the best command), or
+            ``None`` when no row does (the layers then skip the adapter).
+
+    Raises:
+        ValueError: ``rank < 1`` or no layers.
+    """
+
+    def __init__(
+        self,
+        shapes: dict[str, tuple[int, int]],
+        rank: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if rank < 1 or not shapes:
+            raise ValueError(f"a LoRA needs rank >= 1 and layers, got rank {rank}, {len(shapes)}")
+        self.rank = rank
+        self.names = list(shapes)
+        self.a = nn.ParameterDict()
+        self.b = nn.ParameterDict()
+        for name, (n_in, n_out) in shapes.items():
+            a = torch.zeros(n_in, rank)
+            if generator is not None:
+                a = torch.randn(n_in, rank, generator=generator) / n_in**0.5
+            self.a[_key(name)] = nn.Parameter(a)
+            self.b[_key(name)] = nn.Parameter(torch.zeros(rank, n_out))
+        self.gate: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    @classmethod
+    def fresh(cls, model: nn.Module, rank: int, generator: torch.Generator) -> BestCommandLoRA:
+        """A new adapter over ``model``'s :func:`adapted_layers` (``B = 0``: no effect yet)."""
+        shapes = {name: (n_in, n_out) for name, _, n_in, n_out in adapted_layers(model)}
+        return cls(shapes, rank, generator)
+
+    def attach(self, model: nn.Module) -> None:
+        """Register a forward hook on each adapted layer of ``model`` that adds ``gate * (x A
+        B)`` to its output. Attaching again first removes the previous hooks. A deep copy of
+        ``model`` (the learner's frozen base model) copies the hooks, which do nothing there.
+
+        Raises:
+            ValueError: ``model``'s layers are not the ones the adapter was built for (names
+                or sizes).
+        """
+        layers = {name: (module, i, o) for name, module, i, o in adapted_layers(model)}
+        if sorted(layers) != sorted(self.names):
+            raise ValueError("the LoRA's layers are not this model's")
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for name in self.names:
+            module, n_in, n_out = layers[name]
+            a, b = self.a[_key(name)], self.b[_key(name)]
+            if tuple(a.shape) != (n_in, self.rank) or tuple(b.shape) != (self.rank, n_out):
+                raise ValueError(f"the LoRA's {name} is {list(a.shape)} x {list(b.shape)}")
+            self._handles.append(module.register_forward_hook(self._hook(module, a, b)))
+
+    def _hook(self, layer: nn.Module, a: nn.Parameter, b: nn.Parameter) -> Any:
+        def add_update(module: nn.Module, inputs: tuple[Any, ...], out: torch.Tensor) -> Any:
+            gate = self.gate
+            if gate is None or module is not layer:  # a deep copy (the base model) keeps hooks
+                return out
+            x = inputs[0]
+            if x.shape[0] != gate.shape[0]:
+                raise RuntimeError(
+                    f"the best command's gate holds {gate.shape[0]} rows, the batch {x.shape[0]}"
+                )
+            update = (x.to(a.dtype) @ a) @ b
+            shape = (-1,) + (1,) * (out.dim() - 1)
+            return out + (gate.view(shape) * update).to(out.dtype)
+
+        return add_update
+
+    def set_gate(self, best: torch.Tensor) -> None:
+        """Apply the adapter to the rows where ``best`` (``[B]`` bool) is True, in every
+        forward pass until the next call."""
+        self.gate = best.to(self.a[_key(self.names[0])].dtype) if bool(best.any()) else None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The factors as float32 CPU copies under :data:`STATE_PREFIX` keys."""
+        out = {}
+        for name in self.names:
+            for part, table in (("a", self.a), ("b", self.b)):
+                value = table[_key(name)].detach()
+                out[f"{STATE_PREFIX}{name}.{part}"] = value.to("cpu", torch.float32, copy=True)
+        return out
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], rank: int) -> BestCommandLoRA:
+        """An adapter holding ``tensors`` (:meth:`state`'s keys, prefix included).
+
+        Raises:
+            ValueError: a layer lacks ``a`` or ``b``, or the factors are not ``rank`` wide.
+        """
+        names = sorted({k[len(STATE_PREFIX) :].rsplit(".", 1)[0] for k in tensors})
+        shapes = {}
+        for name in names:
+            a = tensors.get(f"{STATE_PREFIX}{name}.a")
+            b = tensors.get(f"{STATE_PREFIX}{name}.b")
+            if a is None or b is None or a.shape[1] != rank or b.shape[0] != rank:
+                raise ValueError(f"the conditioning state's LoRA of {name} is not rank {rank}")
+            shapes[name] = (int(a.shape[0]), int(b.shape[1]))
+        lora = cls(shapes, rank)
+        lora.copy_from(tensors)
+        return lora
+
+    def copy_from(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy :meth:`state`'s tensors into this adapter's factors (which keep their device
+        and dtype).
+
+        Raises:
+            ValueError: the layers or shapes differ (nothing changed).
+        """
+        pairs = []
+        for name in self.names:
+            for part, table in (("a", self.a), ("b", self.b)):
+                value = tensors.get(f"{STATE_PREFIX}{name}.{part}")
+                mine = table[_key(name)]
+                if value is None or value.shape != mine.shape:
+                    raise ValueError(f"the conditioning state's LoRA does not fit at {name}")
+                pairs.append((mine, value))
+        if len(pairs) != len(tensors):
+            raise ValueError("the conditioning state's LoRA has layers this one lacks")
+        with torch.no_grad():
+            for mine, value in pairs:
+                mine.copy_(value)
