@@ -1185,7 +1185,8 @@ def check_odt_config(setup: Setup, mode: str) -> None:
         SystemExit: the config is invalid (e.g. ``conditioning.best_command`` in token mode:
             pass ``--odt-modes scalar``), or ``--odt-recalibrate`` with
             ``conditioning.best_command`` (the grid's step above ``reward_max`` would ask for
-            the best command).
+            the best command), or ``--odt-guidance`` with
+            ``conditioning.best_command_lora_rank`` (guided generation is refused with it).
     """
     from pydantic import ValidationError
 
@@ -1197,6 +1198,11 @@ def check_odt_config(setup: Setup, mode: str) -> None:
         raise SystemExit(
             "error: --odt-recalibrate with conditioning.best_command is not implemented: the "
             "grid's step above reward_max would ask for the best command"
+        )
+    if setup.args.odt_guidance and cfg.conditioning.best_command_lora_rank is not None:
+        raise SystemExit(
+            "error: --odt-guidance with conditioning.best_command_lora_rank is not available: "
+            "the LoRA's gate follows one conditioned batch, and guidance runs a second beside it"
         )
 
 

@@ -5,12 +5,16 @@ policy's files and state."""
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
 from online_dt.config import ConditioningConfig, OnlineRunConfig, TrainingConfig
 from online_dt.policy.best_lora import adapted_layers
+from online_dt.policy.logprobs import base_model_inputs
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rollout.factory import make_sampler_backend_name
 from online_dt.samples import Sample
@@ -72,6 +76,18 @@ def test_the_lora_starts_at_zero_and_moves_only_the_best_commands_rows(tmp_path,
     torch.testing.assert_close(trained[3], trained[2])  # every value above reward_max
     torch.testing.assert_close(logits_at(policy, [2.0])[0], trained[2])  # alone or in a batch
     torch.testing.assert_close(logits_at(policy, [1.0])[0], untrained[1])
+    # a deep copy of the model (the learner's frozen base model) keeps the hooks, not the LoRA
+    base_copy = copy.deepcopy(policy.model)
+    inputs = base_model_inputs(policy.layout([PROMPT], [2.0], ["good fun"]))
+    lora = policy.conditioner.lora
+    outputs = {}
+    for gate in (False, True):
+        lora.set_gate(torch.tensor([gate]))
+        with torch.no_grad():
+            outputs[gate] = (base_copy(**inputs).logits, policy.model(**inputs).logits)
+    torch.testing.assert_close(outputs[True][0], outputs[False][0])
+    torch.testing.assert_close(outputs[False][1], outputs[False][0])
+    assert not torch.allclose(outputs[True][1], outputs[False][1], atol=1e-3)
 
 
 def test_generation_keeps_the_gate_through_every_decoding_step(tmp_path, base):  # noqa: F811
@@ -150,6 +166,15 @@ def test_a_local_run_trains_the_lora_and_resumes_as_the_uninterrupted_one(tmp_pa
     last = plan.run.checkpoint_path(len(full) - 1) / CHECKPOINT_POLICY_DIR
     lora = RewardConditionedPolicy.from_pretrained(last).conditioner.lora
     assert any(torch.count_nonzero(b) for b in lora.b.values())
+    from online_dt.eval.run import run_eval
+    from online_dt.eval.source import EvalError
+
+    out = tmp_path / "eval"
+    report = run_eval(plan.run.path, targets=[0.0, 2.0], samples_per_target=4, out_dir=out)
+    assert [r["target"] for r in report["rows"]] == [0.0, 2.0]
+    assert all(np.isfinite(r["kl_to_base"]) for r in report["rows"])  # the base is LoRA-free
+    with pytest.raises(EvalError, match="--guidance is not available"):
+        run_eval(plan.run.path, samples_per_target=4, out_dir=out, guidance_weight=1.0)
     _first, plan = run_local(with_lora(make_cfg(tmp_path / "cut", base, iterations=2)))
     _rest, plan = run_local(None, resume=plan.run.path, overrides={"online": {"iterations": 4}})
     resumed = plan.run.read_metrics()
