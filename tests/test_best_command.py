@@ -216,6 +216,32 @@ def test_each_training_step_adds_the_newest_best_samples(tmp_path, base, monkeyp
         assert m["achieved_mean"] == pytest.approx(others.achieved_reward.mean())
 
 
+def test_best_asks_can_stay_out_of_the_buffer(tmp_path, base, monkeypatch):  # noqa: F811
+    with pytest.raises(ValidationError, match="best_asks_in_buffer: false"):
+        make_cfg(tmp_path, base, best_asks_in_buffer=False)
+    cfg = with_best(make_cfg(tmp_path, base), best_rows=3, best_asks_in_buffer=False)
+    batches: list[list[Sample]] = []
+    step = ConditionedTrainer.step
+
+    def spy(self, batch):
+        batches.append(list(batch))
+        return step(self, batch)
+
+    monkeypatch.setattr(ConditionedTrainer, "step", spy)
+    history, plan = run_local(cfg)
+    from online_dt.replay.export import export_dataset
+
+    data = export_dataset(plan.run.buffer_dir).to_pandas()
+    assert len(data) == 4 * 2 * cfg.online.samples_per_prompt  # the schedule's asks only
+    assert (data.target_reward <= 1.0).all()
+    assert [m["buffer_size"] for m in history] == [4, 8, 12, 16]
+    assert all(m["best_asks"] == 4 for m in history)  # the metrics still describe them
+    for b in batches:
+        rows = b[cfg.training.batch_size :]
+        assert len(rows) == 3 and all(s.achieved_reward == 2.0 for s in rows)
+        assert all(s.target_reward > 1.0 and s.sample_id is None for s in rows)
+
+
 def test_rollout_metrics_keep_the_best_asks_apart():
     rollouts = [
         Rollout(prompt="p", completion="x", token_ids=[1, 2], logprobs=[-1.0, -1.0], target=t)

@@ -195,6 +195,11 @@ class OnlineRunConfig(RunConfig):
                 f"schedule.best_fraction: {fraction} asks for the best command, which needs "
                 "conditioning.best_command: true"
             )
+        if not best and not self.online.best_asks_in_buffer:
+            raise ValueError(
+                "online.best_asks_in_buffer: false is about the best command's asks, which "
+                "need conditioning.best_command: true"
+            )
         if not best:
             return self
         if fraction == 0 or self.online.best_rows == 0:

@@ -189,18 +189,24 @@ class Learner:
             # its bin's mean) rather than ending the run at the buffer's finiteness check
             weights = [-k if math.isfinite(k) else None for k in k1]
             self._k1_cache = {_rollout_key(r): k for r, k in zip(rollouts, k1, strict=True)}
-        added = self.buffer.append(
-            [
-                Sample.from_rollout(r, reward, iteration, scored_at, log_iw)
-                for r, reward, log_iw in zip(rollouts, rewards, weights, strict=True)
-            ]
-        )
+        new = [
+            Sample.from_rollout(r, reward, iteration, scored_at, log_iw)
+            for r, reward, log_iw in zip(rollouts, rewards, weights, strict=True)
+        ]
+        c = self.cfg.conditioning
+        if self.best_rows.rows and not self.cfg.online.best_asks_in_buffer:
+            best = best_of_prompts(new, c.reward_max)
+            new = [s for s in new if float(s.target_reward) <= c.reward_max]  # type: ignore[arg-type]
+            added = self.buffer.append(new)
+        else:
+            added = self.buffer.append(new)
+            best = best_of_prompts(added, c.reward_max) if self.best_rows.rows else []
         if self.best_rows.rows:
-            c = self.cfg.conditioning
-            self.best_rows.update(best_of_prompts(added, c.reward_max), c.best_target, iteration)
+            self.best_rows.update(best, c.best_target, iteration)
         # the new rewards feed the running and quantile normalisers (every reward ever appended,
         # evicted ones included); the token bins describe the buffer's held rewards
-        self.policy.fit_reward_statistics([as_reward(x) for x in rewards], self.buffer.rewards())
+        appended = [s.achieved_reward for s in new]
+        self.policy.fit_reward_statistics([as_reward(x) for x in appended], self.buffer.rewards())
         result: dict[str, Any] = {
             "count": len(added),
             "first_id": added[0].sample_id if added else None,
