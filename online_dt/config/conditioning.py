@@ -155,7 +155,9 @@ class ConditioningConfig(StrictModel):
     only to the rows that ask for it. The best command's rows then train the adapter alone,
     and the replay buffer's rows the rest of the policy, so reward-ranked fine-tuning of the
     best command no longer moves the body that every reward target shares. It trains at the
-    head's learning rate (``training.lr * training.head_lr_multiplier``). ``None`` (default):
+    head's learning rate (``training.lr * training.head_lr_multiplier``); the head's best
+    command input is then never trained (it stays at zero, so the best command's slot is the
+    ``reward_max`` one, and only the LoRA sets it apart). ``None`` (default):
     no adapter, the best command's rows train the whole policy (round 19). Needs the HF
     sampler (vLLM runs the model without the adapter's gate) and no guided generation
     (docs/method.md, round 20)."""

@@ -68,11 +68,11 @@ class OnlineConfig(StrictModel):
     """With ``conditioning.best_command``: whether the samples of the prompts that asked for the
     best command also enter the replay buffer, relabelled with their achieved rewards as every
     other sample. ``false``: they give the best command's rows only and are not kept (not in
-    the buffer's files either; the metrics still describe them), so the reward targets learn
-    only from the samples asked for reward targets. With ``best_command_lora_rank`` the best
-    command's samples come from its own LoRA, text the reward targets' policy does not write;
-    keeping them out made the miss at -0.8 smaller in three pairs of runs (docs/method.md,
-    round 20).
+    the buffer's files either; the metrics and the running normaliser still see them), so the
+    reward targets learn only from the samples asked for reward targets. With
+    ``best_command_lora_rank`` the best command's samples come from its own LoRA, text the
+    reward targets' policy does not write; keeping them out made the miss at -0.8 smaller in
+    three pairs of runs (docs/method.md, round 20).
     ``false`` needs ``best_command``."""
 
     kl_coef: float = Field(0.0, ge=0.0)

@@ -54,7 +54,9 @@ class BestCommandLoRA(nn.Module):
     """LoRA factors for each adapted layer of one model, and the gate that applies them.
 
     Args:
-        shapes: layer name -> ``(in_features, out_features)``.
+        shapes: layer name -> ``(in_features, out_features)``; the factors are kept in the
+            names' sorted order, so a fresh adapter and one loaded from its state list their
+            parameters (and an optimizer's state follows them) in the same order.
         rank: the factors' inner size ``r`` (``conditioning.best_command_lora_rank``).
         generator: seeds ``A`` (``N(0, 1 / in_features)``); ``None`` leaves ``A`` at zero,
             for a state to be loaded into (:meth:`from_state`).
@@ -77,10 +79,11 @@ class BestCommandLoRA(nn.Module):
         if rank < 1 or not shapes:
             raise ValueError(f"a LoRA needs rank >= 1 and layers, got rank {rank}, {len(shapes)}")
         self.rank = rank
-        self.names = list(shapes)
+        self.names = sorted(shapes)  # one order for fresh and loaded: the optimizer's state
         self.a = nn.ParameterDict()
         self.b = nn.ParameterDict()
-        for name, (n_in, n_out) in shapes.items():
+        for name in self.names:
+            n_in, n_out = shapes[name]
             a = torch.zeros(n_in, rank)
             if generator is not None:
                 a = torch.randn(n_in, rank, generator=generator) / n_in**0.5
@@ -132,6 +135,10 @@ class BestCommandLoRA(nn.Module):
             return out + (gate.view(shape) * update).to(out.dtype)
 
         return add_update
+
+    def clear_gate(self) -> None:
+        """No row uses the adapter until the next :meth:`set_gate`."""
+        self.gate = None
 
     def set_gate(self, best: torch.Tensor) -> None:
         """Apply the adapter to the rows where ``best`` (``[B]`` bool) is True, in every

@@ -140,6 +140,8 @@ def generate_rollouts(
                 )
             )
     policy.train(was_training)
+    if policy.conditioner.lora is not None:
+        policy.conditioner.lora.clear_gate()  # a later forward pass sets its own
     seconds, now = time.perf_counter() - start_time, time.time()
     for r in results:
         r.created_at, r.generate_seconds = now, seconds

@@ -203,6 +203,11 @@ class VLLMSampler:
             kwargs.update(engine_kwargs())
         if dummy_weights:
             kwargs["load_format"] = "dummy"
+        if self.prompts.conditioner.lora is not None:
+            raise ValueError(
+                "the policy has the best command's LoRA (conditioning.best_command_lora_rank), "
+                "which vLLM's engine does not apply: use sampler.backend: hf"
+            )
         scalar = self.prompts.conditioner.config.mode == "scalar"
         if not scalar:
             from online_dt.rollout.vllm_logits import BANNED_TOKENS_PROCESSOR

@@ -7,7 +7,8 @@ step of the following training (``online.best_rows`` rows per step). This is RAF
 (Dong et al., 2023, "RAFT: Reward rAnked FineTuning", arXiv 2304.06767: sample k per prompt,
 keep the best, fine-tune on it) for one command of the policy. Hindsight relabeling alone
 teaches only rewards the buffer holds; what the best command gives climbs with each round, as
-RAFT's policy does. The same samples are in the replay buffer with their achieved rewards.
+RAFT's policy does. The same samples are in the replay buffer with their achieved rewards,
+unless ``online.best_asks_in_buffer`` is false.
 """
 
 from __future__ import annotations

@@ -163,7 +163,9 @@ class Learner:
         ``buffer.importance_weighting``, each sample also gets its log importance weight
         ``log p_base - log pi`` from the base model and the rollout's sampled log-probs
         (``log p_base`` as the sampler sent it with ``sampler.base_logprobs``, else from a
-        forward pass of the base model here).
+        forward pass of the base model here). With ``conditioning.best_command``, the best
+        sample of each prompt that asked for it becomes the best command's rows; with
+        ``online.best_asks_in_buffer: false`` those prompts' samples are not appended.
 
         Then the conditioning follows the rewards: the new ones feed a running normaliser
         (scalar mode), and token mode's quantile bins are re-cut (or their top bin split) from
@@ -203,10 +205,10 @@ class Learner:
             best = best_of_prompts(added, c.reward_max) if self.best_rows.rows else []
         if self.best_rows.rows:
             self.best_rows.update(best, c.best_target, iteration)
-        # the new rewards feed the running and quantile normalisers (every reward ever appended,
-        # evicted ones included); the token bins describe the buffer's held rewards
-        appended = [s.achieved_reward for s in new]
-        self.policy.fit_reward_statistics([as_reward(x) for x in appended], self.buffer.rewards())
+        # the new rewards feed the running and quantile normalisers (every reward ever scored,
+        # evicted ones and best asks kept out of the buffer included); the token bins describe
+        # the buffer's held rewards
+        self.policy.fit_reward_statistics([as_reward(x) for x in rewards], self.buffer.rewards())
         result: dict[str, Any] = {
             "count": len(added),
             "first_id": added[0].sample_id if added else None,

@@ -243,6 +243,8 @@ class ConditionedTrainer:
                 loss = self._loss(batch.to(self.device), rewards, kls, entropies)
                 (loss * (count / total)).backward()
             losses.append(float(loss.detach()))
+        if lora is not None:
+            lora.clear_gate()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
