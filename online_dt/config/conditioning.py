@@ -143,11 +143,12 @@ class ConditioningConfig(StrictModel):
     Dong et al., 2023, arXiv 2304.06767) of one command of the conditional policy, so what the
     best command gives can climb past every reward in the buffer, where hindsight relabeling
     alone stops (docs/method.md, round 19). Every sample also enters the replay buffer with
-    its achieved reward, as any other. ``reward_max`` must then bound the reward model's
-    scores (a batch scoring above it is rejected) and ``schedule.max_target`` (the schedule's
-    targets stay reward targets). With ``reward_on_prompt`` the prompt tokens' vector is the
-    ``reward_max`` one for the best command. Not in the offline demo; ``online-dt eval
-    --recalibrate`` is refused for such a run."""
+    its achieved reward, as any other (unless ``online.best_asks_in_buffer`` is false).
+    ``reward_max`` must then bound the reward model's scores (a batch scoring above it is
+    rejected) and ``schedule.max_target`` (the schedule's targets stay reward targets). With
+    ``reward_on_prompt`` the prompt tokens' vector is the ``reward_max`` one for the best
+    command. Not in the offline demo; ``online-dt eval --recalibrate`` is refused for such a
+    run."""
 
     best_command_lora_rank: int | None = Field(None, ge=1, le=256)
     """With ``best_command``: give the best command a low-rank adapter of its own (LoRA of

@@ -72,7 +72,7 @@ class OnlineConfig(StrictModel):
     reward targets learn only from the samples asked for reward targets. With
     ``best_command_lora_rank`` the best command's samples come from its own LoRA, text the
     reward targets' policy does not write; keeping them out made the miss at -0.8 smaller in
-    three pairs of runs (docs/method.md, round 20).
+    five pairs of runs (docs/method.md, round 20).
     ``false`` needs ``best_command``."""
 
     kl_coef: float = Field(0.0, ge=0.0)

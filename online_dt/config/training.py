@@ -57,8 +57,10 @@ class TrainingConfig(StrictModel):
     """Also train on prompt tokens (by default only completion tokens carry loss)."""
 
     head_lr_multiplier: float = Field(10.0, gt=0.0)
-    """Learning-rate multiplier for the freshly initialised conditioning parameters (the scalar
-    head, or the reward-token embeddings are part of the model and use the base rate)."""
+    """Learning-rate multiplier for the freshly initialised conditioning parameters: the scalar
+    head, the ``reward_on_prompt`` head and the best command's LoRA
+    (``conditioning.best_command_lora_rank``); the reward-token embeddings are part of the
+    model and use the base rate."""
 
     seed: int = 0
     """Seed for batch order and initialisation."""

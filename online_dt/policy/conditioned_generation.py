@@ -108,40 +108,47 @@ def generate_rollouts(
         generator = torch.Generator(device=policy.device).manual_seed(seed)
     results: list[Rollout] = []
     start_time = time.perf_counter()
-    for start in range(0, len(prompts), batch_size):
-        chunk_prompts = list(prompts[start : start + batch_size])
-        chunk_targets = [as_reward(t) for t in targets[start : start + batch_size]]
-        sampled = sample_tokens(
-            policy.model,
-            *_prefix_embeds(policy, chunk_prompts, chunk_targets),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=policy.eos_token_id,
-            pad_token_id=policy.pad_token_id,
-            temperature=temperature,
-            top_p=top_p,
-            generator=generator,
-            banned_token_ids=policy.reward_token_ids,
-            guidance_weight=guidance_weight,
-            **_guidance_inputs(
-                policy, chunk_prompts, guided, guidance_reference, guidance_model, guidance_mixture
-            ),
-        )
-        for i, prompt in enumerate(chunk_prompts):
-            ids = sampled.token_ids[i]
-            results.append(
-                Rollout(
-                    prompt=prompt,
-                    completion=policy.tokenizer.decode(ids, skip_special_tokens=True),
-                    token_ids=ids,
-                    logprobs=sampled.logprobs[i],
-                    target=chunk_targets[i],
-                    finished=sampled.finished[i],
-                    prompt_index=start + i,
-                )
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk_prompts = list(prompts[start : start + batch_size])
+            chunk_targets = [as_reward(t) for t in targets[start : start + batch_size]]
+            sampled = sample_tokens(
+                policy.model,
+                *_prefix_embeds(policy, chunk_prompts, chunk_targets),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=policy.eos_token_id,
+                pad_token_id=policy.pad_token_id,
+                temperature=temperature,
+                top_p=top_p,
+                generator=generator,
+                banned_token_ids=policy.reward_token_ids,
+                guidance_weight=guidance_weight,
+                **_guidance_inputs(
+                    policy,
+                    chunk_prompts,
+                    guided,
+                    guidance_reference,
+                    guidance_model,
+                    guidance_mixture,
+                ),
             )
-    policy.train(was_training)
-    if policy.conditioner.lora is not None:
-        policy.conditioner.lora.clear_gate()  # a later forward pass sets its own
+            for i, prompt in enumerate(chunk_prompts):
+                ids = sampled.token_ids[i]
+                results.append(
+                    Rollout(
+                        prompt=prompt,
+                        completion=policy.tokenizer.decode(ids, skip_special_tokens=True),
+                        token_ids=ids,
+                        logprobs=sampled.logprobs[i],
+                        target=chunk_targets[i],
+                        finished=sampled.finished[i],
+                        prompt_index=start + i,
+                    )
+                )
+    finally:
+        policy.train(was_training)
+        if policy.conditioner.lora is not None:
+            policy.conditioner.lora.clear_gate()  # a later forward pass sets its own
     seconds, now = time.perf_counter() - start_time, time.time()
     for r in results:
         r.created_at, r.generate_seconds = now, seconds

@@ -153,13 +153,13 @@ class RewardConditioner(nn.Module):
         """Adapt normalisation or bins to the rewards the policy is about to be trained on.
 
         Args:
-            rewards: the newly added achieved rewards (reward units); scalar mode with
+            rewards: the newly scored achieved rewards (reward units); scalar mode with
                 ``running`` normalisation folds them into the running mean/std, ``quantile``
                 into its empirical distribution (every reward ever added, up to
                 ``fit_count``). With objectives, vectors (the normalisation is fixed by each
                 objective's range, so they change nothing there).
             pool: every achieved reward the policy now trains on (the replay buffer's held
-                rewards, which include ``rewards``; ``[N]``, or ``[N, M]`` with ``M``
+                rewards, usually including ``rewards``; ``[N]``, or ``[N, M]`` with ``M``
                 objectives); default ``rewards``. Token mode with ``bin_method: quantile``
                 and no fixed edges cuts the bins from it, as ``conditioning.bin_refit`` says:
                 ``buffer`` re-cuts all ``K`` bins at its ``k/K`` quantiles (Quark, Lu et al.,

@@ -164,6 +164,10 @@ class VLLMSampler:
 
     A script that creates this sampler needs an ``if __name__ == "__main__":`` guard (vLLM
     starts worker processes with spawn).
+
+    Raises:
+        ValueError: the policy has the best command's LoRA
+            (``conditioning.best_command_lora_rank``), which the engine would not apply.
     """
 
     backend = "vllm"

@@ -33,6 +33,7 @@ from online_dt.objectives import front_summary
 from online_dt.policy.labelled_logits import LabelledLogits
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.replay.buffer import ReplayBuffer
+from online_dt.replay.schema import coerce_samples
 from online_dt.rollout.weight_sync import PolicyState, WeightUpdate, make_publisher
 from online_dt.samples import Reward, Rollout, Sample, as_reward
 from online_dt.training.best_rows import BestRows, best_of_prompts
@@ -197,6 +198,7 @@ class Learner:
         ]
         c = self.cfg.conditioning
         if self.best_rows.rows and not self.cfg.online.best_asks_in_buffer:
+            coerce_samples(new)  # the buffer's checks, also for the samples it will not hold
             best = best_of_prompts(new, c.reward_max)
             new = [s for s in new if float(s.target_reward) <= c.reward_max]  # type: ignore[arg-type]
             added = self.buffer.append(new)

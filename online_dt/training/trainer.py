@@ -238,13 +238,15 @@ class ConditionedTrainer:
         losses: list[float] = []
         kls: list[float] = []
         entropies: list[float] = []
-        for (batch, rewards), count, (_, lora_only) in zip(parts, counts, buckets, strict=True):
-            with _trains_only(self.policy, lora if lora_only else None):
-                loss = self._loss(batch.to(self.device), rewards, kls, entropies)
-                (loss * (count / total)).backward()
-            losses.append(float(loss.detach()))
-        if lora is not None:
-            lora.clear_gate()
+        try:
+            for (batch, rewards), count, (_, lora_only) in zip(parts, counts, buckets, strict=True):
+                with _trains_only(self.policy, lora if lora_only else None):
+                    loss = self._loss(batch.to(self.device), rewards, kls, entropies)
+                    (loss * (count / total)).backward()
+                losses.append(float(loss.detach()))
+        finally:
+            if lora is not None:
+                lora.clear_gate()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
