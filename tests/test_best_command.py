@@ -35,6 +35,20 @@ def sample(prompt: str, achieved: float, target: float, **kw) -> Sample:
     )
 
 
+def record_steps(monkeypatch) -> list[list[Sample]]:
+    """Every training step's rows, in order, from now on (``ConditionedTrainer.step`` still
+    runs)."""
+    batches: list[list[Sample]] = []
+    step = ConditionedTrainer.step
+
+    def spy(self, batch):
+        batches.append(list(batch))
+        return step(self, batch)
+
+    monkeypatch.setattr(ConditionedTrainer, "step", spy)
+    return batches
+
+
 # -- config ----------------------------------------------------------------------------------
 
 
@@ -187,14 +201,7 @@ def test_best_rows_are_dealt_out_evenly_and_relabelled():
 
 def test_each_training_step_adds_the_newest_best_samples(tmp_path, base, monkeypatch):  # noqa: F811
     cfg = with_best(make_cfg(tmp_path, base), best_rows=3)
-    batches: list[list[Sample]] = []
-    step = ConditionedTrainer.step
-
-    def spy(self, batch):
-        batches.append(list(batch))
-        return step(self, batch)
-
-    monkeypatch.setattr(ConditionedTrainer, "step", spy)
+    batches = record_steps(monkeypatch)
     history, plan = run_local(cfg)
     per_step = cfg.training.batch_size + 3
     assert [len(b) for b in batches] == [per_step] * (4 * cfg.online.train_steps_per_iteration)
@@ -220,14 +227,7 @@ def test_best_asks_can_stay_out_of_the_buffer(tmp_path, base, monkeypatch):  # n
     with pytest.raises(ValidationError, match="best_asks_in_buffer: false"):
         make_cfg(tmp_path, base, best_asks_in_buffer=False)
     cfg = with_best(make_cfg(tmp_path, base), best_rows=3, best_asks_in_buffer=False)
-    batches: list[list[Sample]] = []
-    step = ConditionedTrainer.step
-
-    def spy(self, batch):
-        batches.append(list(batch))
-        return step(self, batch)
-
-    monkeypatch.setattr(ConditionedTrainer, "step", spy)
+    batches = record_steps(monkeypatch)
     history, plan = run_local(cfg)
     from online_dt.replay.export import export_dataset
 
