@@ -152,6 +152,17 @@ def test_a_fresh_and_a_loaded_lora_list_their_factors_in_one_order():
     assert fresh.names == sorted(shapes)
 
 
+def test_the_kl_metric_leaves_the_best_commands_asks_out(tmp_path, base):  # noqa: F811
+    from online_dt.training.learner import Learner
+
+    learner = Learner(with_lora(make_cfg(tmp_path, base)), str(base), tmp_path / "run")
+    perturb(learner.policy)
+    targets = [0.0, 0.0, 2.0, 2.0]
+    rollouts = learner.policy.generate([PROMPT] * 4, targets, max_new_tokens=6, seed=1)
+    assert learner.kl_estimate(rollouts) == pytest.approx(learner.kl_estimate(rollouts[:2]))
+    assert learner.kl_estimate(rollouts[2:]) is None
+
+
 def test_the_lora_travels_with_the_policy(tmp_path, base):  # noqa: F811
     cfg = with_lora(make_cfg(tmp_path, base))
     policy = RewardConditionedPolicy.fresh(cfg, base).eval()

@@ -260,7 +260,13 @@ class Learner:
     def kl_estimate(self, rollouts: Sequence[Rollout]) -> float | None:
         """Sample-based KL(policy || base) per completion, in nats: the mean of
         :func:`~online_dt.training.kl.kl_per_completion` (the ``k1`` estimator) over the first
-        ``online.kl_samples`` rollouts. ``None`` without a base model or rollouts."""
+        ``online.kl_samples`` rollouts asked for reward targets: with
+        ``conditioning.best_command`` the best command's asks are left out, as from the
+        achieved reward's metrics (with its LoRA their KL is 75-125 nats and would swamp the
+        reward targets'). ``None`` without a base model or such rollouts."""
+        if self.best_rows.rows:
+            top = self.cfg.conditioning.reward_max
+            rollouts = [r for r in rollouts if float(r.target) <= top]  # type: ignore[arg-type]
         if self.base_model is None or not rollouts:
             return None
         chosen = list(rollouts[: self.cfg.online.kl_samples])
