@@ -338,6 +338,11 @@ class ConditioningConfig(StrictModel):
         1`` (reward units; any target above ``reward_max`` asks for it)."""
         return self.reward_max + 1.0
 
+    def asks_best_command(self, reward: float | None) -> bool:
+        """Whether a target (or a training label) of ``reward`` (reward units) asks for the
+        best command: ``best_command`` is on and ``reward`` is above ``reward_max``."""
+        return self.best_command and reward is not None and float(reward) > self.reward_max
+
     @property
     def first_bins(self) -> int:
         """The number of bins before any split: ``initial_reward_bins`` (default

@@ -197,16 +197,14 @@ class Learner:
             for r, reward, log_iw in zip(rollouts, rewards, weights, strict=True)
         ]
         c = self.cfg.conditioning
+        kept = new
         if self.best_rows.rows and not self.cfg.online.best_asks_in_buffer:
             coerce_samples(new)  # the buffer's checks, also for the samples it will not hold
-            best = best_of_prompts(new, c.reward_max)
-            new = [s for s in new if float(s.target_reward) <= c.reward_max]  # type: ignore[arg-type]
-            added = self.buffer.append(new)
-        else:
-            added = self.buffer.append(new)
-            best = best_of_prompts(added, c.reward_max) if self.best_rows.rows else []
-        if self.best_rows.rows:
-            self.best_rows.update(best, c.best_target, iteration)
+            kept = [s for s in new if not c.asks_best_command(s.target_reward)]  # type: ignore[arg-type]
+        added = self.buffer.append(kept)
+        if self.best_rows.rows:  # from the buffer's copies (with their ids) when it holds them
+            pool = added if kept is new else new
+            self.best_rows.update(best_of_prompts(pool, c.reward_max), c.best_target, iteration)
         # the new rewards feed the running and quantile normalisers (every reward ever scored,
         # evicted ones and best asks kept out of the buffer included); the token bins describe
         # the buffer's held rewards
@@ -264,9 +262,8 @@ class Learner:
         ``conditioning.best_command`` the best command's asks are left out, as from the
         achieved reward's metrics (with its LoRA their KL is 75-125 nats and would swamp the
         reward targets'). ``None`` without a base model or such rollouts."""
-        if self.best_rows.rows:
-            top = self.cfg.conditioning.reward_max
-            rollouts = [r for r in rollouts if float(r.target) <= top]  # type: ignore[arg-type]
+        asks_best = self.cfg.conditioning.asks_best_command
+        rollouts = [r for r in rollouts if not asks_best(r.target)]  # type: ignore[arg-type]
         if self.base_model is None or not rollouts:
             return None
         chosen = list(rollouts[: self.cfg.online.kl_samples])

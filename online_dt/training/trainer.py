@@ -58,10 +58,11 @@ class StepMetrics:
 def _trains_only(module: torch.nn.Module, part: torch.nn.Module | None) -> Iterator[None]:
     """Within the block, only ``part``'s parameters of ``module`` get gradients (``None``:
     every trainable one): the others' ``requires_grad`` is off, and set back on at exit."""
-    keep = {id(p) for p in part.parameters()} if part is not None else None
-    frozen = [
-        p for p in module.parameters() if keep is not None and p.requires_grad and id(p) not in keep
-    ]
+    if part is None:  # the usual step: nothing to freeze
+        yield
+        return
+    keep = {id(p) for p in part.parameters()}
+    frozen = [p for p in module.parameters() if p.requires_grad and id(p) not in keep]
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -225,9 +226,9 @@ class ConditionedTrainer:
         if lora is None:
             buckets = [(part, False) for part in self.length_buckets(samples)]
         else:
-            limit = self.policy.conditioner.config.reward_max
-            best = [s for s in samples if float(s.achieved_reward) > limit]  # type: ignore[arg-type]
-            rest = [s for s in samples if float(s.achieved_reward) <= limit]  # type: ignore[arg-type]
+            asks_best = self.policy.conditioner.config.asks_best_command
+            best = [s for s in samples if asks_best(s.achieved_reward)]  # type: ignore[arg-type]
+            rest = [s for s in samples if not asks_best(s.achieved_reward)]  # type: ignore[arg-type]
             buckets = [(part, False) for part in self.length_buckets(rest)] if rest else []
             buckets += [(best, True)] if best else []
         parts = [collate(self.policy, part, self.cfg.include_prompt_loss) for part, _ in buckets]
