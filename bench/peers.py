@@ -1186,7 +1186,8 @@ def check_odt_config(setup: Setup, mode: str) -> None:
             pass ``--odt-modes scalar``), or ``--odt-recalibrate`` with
             ``conditioning.best_command`` (the grid's step above ``reward_max`` would ask for
             the best command), or ``--odt-guidance`` with
-            ``conditioning.best_command_lora_rank`` (guided generation is refused with it).
+            ``conditioning.best_command_lora_rank`` or ``reward_lora_rank`` (guided generation
+            is refused with a gated LoRA).
     """
     from pydantic import ValidationError
 
@@ -1199,10 +1200,11 @@ def check_odt_config(setup: Setup, mode: str) -> None:
             "error: --odt-recalibrate with conditioning.best_command is not implemented: the "
             "grid's step above reward_max would ask for the best command"
         )
-    if setup.args.odt_guidance and cfg.conditioning.best_command_lora_rank is not None:
+    if setup.args.odt_guidance and cfg.conditioning.lora_option is not None:
         raise SystemExit(
-            "error: --odt-guidance with conditioning.best_command_lora_rank is not available: "
-            "the LoRA's gate follows one conditioned batch, and guidance runs a second beside it"
+            f"error: --odt-guidance with conditioning.{cfg.conditioning.lora_option} is not "
+            "available: the LoRA's gate follows one conditioned batch, and guidance runs a "
+            "second beside it"
         )
 
 

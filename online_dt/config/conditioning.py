@@ -163,6 +163,18 @@ class ConditioningConfig(StrictModel):
     sampler (vLLM runs the model without the adapter's gate) and no guided generation
     (docs/method.md, round 20)."""
 
+    reward_lora_rank: int | None = Field(None, ge=1, le=256)
+    """Scalar mode, one reward: a low-rank adapter (LoRA of this rank on every linear layer of
+    the model but the LM head, Hu et al., 2021) whose update each row scales by its normalised
+    target reward, ``y = x W + r_n (x A B)``, so the reward moves every layer along one
+    learned direction in weight space besides filling the slot (the scaled LoRA of Concept
+    Sliders, Gandikota et al., 2023). ``B`` starts at zero, so the untrained policy is
+    unchanged. The adapter trains with the rest of the policy on every replay-buffer row, at
+    ``training.lr * training.reward_lora_lr_multiplier``. ``None`` (default): no adapter. Not
+    with ``best_command_lora_rank`` (a policy has one adapter). Needs the HF sampler (vLLM
+    runs the model without the per-row gate) and no guided generation (docs/method.md,
+    round 22)."""
+
     reward_features: Literal["linear", "rbf"] = "linear"
     """Scalar mode: what the head reads. ``linear``: the normalised reward alone, so the slot
     is ``b + w r_n``: every reward is a point on one line, and a reward of 0 (normalised)
@@ -241,6 +253,16 @@ class ConditioningConfig(StrictModel):
             )
         if self.best_command_lora_rank is not None and not self.best_command:
             raise ValueError("best_command_lora_rank needs best_command: true")
+        if self.reward_lora_rank is not None and (self.mode != "scalar" or self.objectives):
+            raise ValueError(
+                "reward_lora_rank needs mode: scalar and one reward (no objectives): its gate "
+                "is the normalised reward"
+            )
+        if self.reward_lora_rank is not None and self.best_command_lora_rank is not None:
+            raise ValueError(
+                "reward_lora_rank and best_command_lora_rank cannot both be set: a policy "
+                "has one adapter"
+            )
         if self.reward_on_prompt and self.mode != "scalar":
             raise ValueError("reward_on_prompt needs mode: scalar (token mode feeds token ids)")
         if self.bin_edges is not None:
@@ -331,6 +353,21 @@ class ConditioningConfig(StrictModel):
             return len(self.objectives)
         rbf = self.rbf_centers if self.reward_features == "rbf" else 0
         return 1 + rbf + int(self.best_command)
+
+    @property
+    def lora_option(self) -> str | None:
+        """The field that gives the policy its adapter (:mod:`online_dt.policy.gated_lora`):
+        ``"reward_lora_rank"`` or ``"best_command_lora_rank"``, ``None`` without one."""
+        if self.reward_lora_rank is not None:
+            return "reward_lora_rank"
+        return "best_command_lora_rank" if self.best_command_lora_rank is not None else None
+
+    @property
+    def lora_rank(self) -> int | None:
+        """The adapter's rank (the :attr:`lora_option` field's value), ``None`` without one."""
+        if self.reward_lora_rank is not None:
+            return self.reward_lora_rank
+        return self.best_command_lora_rank
 
     @property
     def best_target(self) -> float:

@@ -200,6 +200,11 @@ class OnlineRunConfig(RunConfig):
                 "online.best_asks_in_buffer: false is about the best command's asks, which "
                 "need conditioning.best_command: true"
             )
+        if self.conditioning.lora_option and self.sampler.backend == "vllm":
+            raise ValueError(
+                f"conditioning.{self.conditioning.lora_option} needs sampler.backend: hf or auto "
+                "(auto then picks HF): vLLM's engine runs the model without the LoRA's gate"
+            )
         if not best:
             return self
         if fraction == 0 or self.online.best_rows == 0:
@@ -214,11 +219,6 @@ class OnlineRunConfig(RunConfig):
                 f"schedule.best_fraction: {fraction} of online.prompts_per_iteration: {n} rounds "
                 f"to {round(fraction * n)} prompts; the best command needs 1 to {n - 1} of them "
                 "(the rest ask for the schedule's targets)"
-            )
-        if self.conditioning.best_command_lora_rank and self.sampler.backend == "vllm":
-            raise ValueError(
-                "conditioning.best_command_lora_rank needs sampler.backend: hf or auto (auto "
-                "then picks HF): vLLM's engine runs the model without the LoRA's gate"
             )
         top, s = self.conditioning.reward_max, self.schedule
         if s.max_target is None or s.max_target > top:

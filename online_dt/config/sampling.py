@@ -33,7 +33,8 @@ class SamplerConfig(StrictModel):
     """``vllm``: vLLM engine (CPU build or CUDA build). ``hf``: the in-process reference sampler.
     ``auto``: vLLM when the sampler runs on a CUDA device and vLLM can be imported, else HF
     (on CPU vLLM's engine is no faster for small models and takes 20-45 s to start; ask for
-    ``vllm`` to use it there; with ``conditioning.best_command_lora_rank``, HF everywhere).
+    ``vllm`` to use it there; with ``conditioning.best_command_lora_rank`` or
+    ``reward_lora_rank``, HF everywhere).
     A log line says which runs."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -62,6 +62,11 @@ class TrainingConfig(StrictModel):
     (``conditioning.best_command_lora_rank``); the reward-token embeddings are part of the
     model and use the base rate."""
 
+    reward_lora_lr_multiplier: float = Field(3.0, gt=0.0)
+    """Learning-rate multiplier for the reward-scaled LoRA (``conditioning.reward_lora_rank``):
+    it trains at ``lr * reward_lora_lr_multiplier``. 3 kept (b) in four seeds of four; 10, the
+    head's, broke it in one seed of two (docs/method.md, round 22)."""
+
     seed: int = 0
     """Seed for batch order and initialisation."""
 

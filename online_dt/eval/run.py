@@ -172,7 +172,8 @@ def run_eval(
             ``recalibration_grid`` when the buffer's rewards span no range; a vector target
             for a run with a single reward, or a scalar target (or one of the wrong length)
             for a run with objectives; ``grid`` together with ``targets``; recalibration for a
-            run with ``best_command``, or guidance with ``best_command_lora_rank``.
+            run with ``best_command``, or guidance with a gated LoRA (``best_command_lora_rank``
+            or ``reward_lora_rank``).
         ConfigError: the config is invalid.
         PromptError, RewardModelLoadError, OSError: prompts, reward model or models can't load.
     """
@@ -265,10 +266,11 @@ def run_eval(
             "--recalibrate is not implemented for a run with conditioning.best_command: the "
             "grid's step above conditioning.reward_max would ask for the best command"
         )
-    if guidance_weight > 0 and cfg.conditioning.best_command_lora_rank is not None:
+    option = cfg.conditioning.lora_option
+    if guidance_weight > 0 and option is not None:
         raise EvalError(
-            "--guidance is not available for a run with conditioning.best_command_lora_rank: "
-            "the LoRA's gate follows one conditioned batch, and guidance runs a second beside it"
+            f"--guidance is not available for a run with conditioning.{option}"
+            ": the LoRA's gate follows one conditioned batch, and guidance runs a second beside it"
         )
     guidance = plan_guidance(rewards_seen, guidance_weight, guidance_rewards, guidance_prior)
     scalar_grid = list(recalibration_grid or [])

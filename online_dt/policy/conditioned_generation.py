@@ -92,8 +92,9 @@ def generate_rollouts(
         )
     if guided and policy.conditioner.lora is not None:
         raise ValueError(
-            "guided generation is not available with conditioning.best_command_lora_rank: the "
-            "LoRA's gate follows one conditioned batch, and guidance runs a second beside it"
+            f"guided generation is not available with conditioning."
+            f"{policy.conditioner.config.lora_option}: the LoRA's gate follows one conditioned "
+            "batch, and guidance runs a second beside it"
         )
     if guided and guidance_mixture is not None:
         weights = [w for _, w in guidance_mixture]

@@ -20,7 +20,6 @@ from torch import nn
 
 from online_dt.config import ConditioningConfig
 from online_dt.policy import conditioner_bins
-from online_dt.policy.best_lora import BestCommandLoRA
 from online_dt.policy.conditioner_state import (
     conditioner_state,
     load_conditioner,
@@ -28,6 +27,7 @@ from online_dt.policy.conditioner_state import (
     save_state,
     take_over_state,
 )
+from online_dt.policy.gated_lora import GatedLoRA
 from online_dt.policy.normalization import RewardBinning, RewardNormalizer
 
 
@@ -51,8 +51,8 @@ class RewardConditioner(nn.Module):
             :meth:`head_features`), else ``None``.
         prompt_head: ``Linear(1, hidden, bias=False)`` with ``reward_on_prompt`` (its output
             is added to every prompt token's embedding), else ``None``.
-        lora: the best command's adapter (:mod:`online_dt.policy.best_lora`) with
-            ``best_command_lora_rank``, else ``None``.
+        lora: the gated LoRA (:mod:`online_dt.policy.gated_lora`) with
+            ``best_command_lora_rank`` or ``reward_lora_rank``, else ``None``.
         normalizer: reward normalisation used before the head.
         binnings: token mode: the reward bins, one :class:`RewardBinning` per conditioned
             reward (one, or one per objective in order); ``[]`` in scalar mode. With
@@ -80,7 +80,7 @@ class RewardConditioner(nn.Module):
         reward_token_ids: Sequence[int] = (),
         normalizer: RewardNormalizer | None = None,
         prompt_head: nn.Linear | None = None,
-        lora: BestCommandLoRA | None = None,
+        lora: GatedLoRA | None = None,
     ) -> None:
         super().__init__()
         if config.mode == "scalar" and head is None:
@@ -107,7 +107,7 @@ class RewardConditioner(nn.Module):
         self.config = config
         self.head = head
         self.prompt_head = prompt_head if config.reward_on_prompt else None
-        self.lora = lora  # the best command's adapter (best_command_lora_rank), else None
+        self.lora = lora  # the gated LoRA (best_command_lora_rank, reward_lora_rank), else None
         self.normalizer = normalizer or RewardNormalizer(config.normalization)
         self.binnings: list[RewardBinning] = list(binnings) if config.mode == "token" else []
         self.reward_token_ids = list(reward_token_ids)

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from online_dt.config import ConditioningConfig
-from online_dt.policy.best_lora import STATE_PREFIX as LORA_PREFIX
-from online_dt.policy.best_lora import BestCommandLoRA
+from online_dt.policy.gated_lora import STATE_PREFIX as LORA_PREFIX
+from online_dt.policy.gated_lora import GatedLoRA
 from online_dt.policy.normalization import RewardBinning, RewardNormalizer
 
 CONDITIONING_DIR = "reward_conditioning"
@@ -41,7 +41,7 @@ class StatefulConditioner(Protocol):
     config: ConditioningConfig
     head: nn.Linear | None
     prompt_head: nn.Linear | None
-    lora: BestCommandLoRA | None
+    lora: GatedLoRA | None
     normalizer: RewardNormalizer
     binnings: list[RewardBinning]
     bin_ranges: list[tuple[float, float] | None]
@@ -76,7 +76,7 @@ class ConditionerParts:
     prompt_head: nn.Linear | None
     bins_fitted: bool
     bin_ranges: list[tuple[float, float] | None]
-    lora: BestCommandLoRA | None = None
+    lora: GatedLoRA | None = None
 
 
 def conditioner_state(conditioner: StatefulConditioner) -> dict[str, Any]:
@@ -160,14 +160,14 @@ def parse_state(state: dict[str, Any]) -> ConditionerParts:
             raise ValueError("scalar conditioning state without head weights")
         prompt_weight = weights.pop(PROMPT_HEAD_KEY, None)
         lora_weights = {k: weights.pop(k) for k in list(weights) if k.startswith(LORA_PREFIX)}
-        rank = config.best_command_lora_rank
+        rank = config.lora_rank
         if (rank is None) != (not lora_weights):
             raise ValueError(
-                f"conditioning state with best_command_lora_rank: {rank} holds "
+                f"conditioning state with {config.lora_option or 'no LoRA'} (rank {rank}) holds "
                 f"{len(lora_weights)} LoRA tensors"
             )
         if rank is not None:
-            lora = BestCommandLoRA.from_state(lora_weights, rank)
+            lora = GatedLoRA.from_state(lora_weights, rank)
         shape = tuple(weights["weight"].shape)
         if shape[1] != config.head_inputs:
             raise ValueError(
@@ -206,7 +206,7 @@ def take_over_state(conditioner: StatefulConditioner, other: StatefulConditioner
 
     Raises:
         ValueError: ``other``'s mode, objectives, heads (size, ``reward_on_prompt``) or
-            best-command LoRA (:mod:`online_dt.policy.best_lora`) differ from
+            best-command LoRA (:mod:`online_dt.policy.gated_lora`) differ from
             ``conditioner``'s.
     """
     if other.config.mode != conditioner.config.mode:

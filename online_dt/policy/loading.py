@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from online_dt.config import ConditioningConfig
-from online_dt.policy.best_lora import BestCommandLoRA
 from online_dt.policy.conditioner import RewardConditioner
+from online_dt.policy.gated_lora import GatedLoRA
 from online_dt.policy.normalization import reward_token
 
 
@@ -161,8 +161,8 @@ def with_fresh_conditioning(
             inputs=config.head_inputs,
         )
         lora = None
-        if config.best_command_lora_rank is not None:
-            lora = BestCommandLoRA.fresh(model, config.best_command_lora_rank, generator)
+        if config.lora_rank is not None:
+            lora = GatedLoRA.fresh(model, config.lora_rank, generator)
         conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head, lora=lora)
     else:
         token_ids = add_reward_tokens(

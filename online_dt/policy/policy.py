@@ -31,6 +31,7 @@ from torch import nn
 from online_dt.config import ConditioningConfig, RunConfig
 from online_dt.policy.conditioned_generation import generate_rollouts
 from online_dt.policy.conditioner import RewardConditioner
+from online_dt.policy.gated_lora import gate_values
 from online_dt.policy.layout import ConditionedBatch, context_length, layout_batch
 from online_dt.policy.loading import (
     copy_split_rows,
@@ -64,7 +65,7 @@ class RewardConditionedPolicy(nn.Module):
         self.conditioner = conditioner
         self._token_ids = TokenIdCache(tokenizer)
         if conditioner.lora is not None:
-            conditioner.lora.attach(model)  # the best command's adapter, gated in embed
+            conditioner.lora.attach(model)  # gated in embed
 
     # -- construction --------------------------------------------------------------------------
 
@@ -213,14 +214,15 @@ class RewardConditionedPolicy(nn.Module):
             rewards: ``[B]`` rewards in reward units (``[B, M]`` with M objectives), or
                 ``None`` when ``input_ids`` holds no slot (decoding steps). In token mode the
                 slot's columns already hold the reward tokens, and nothing is replaced. They
-                also set the best command's LoRA gate, which holds for the decoding steps.
+                also set the LoRA's gate (:func:`gate_values`), held for the decoding steps.
             prompt_mask: ``[B, T]``, True on prompt tokens (a batch's ``prompt_mask``), for
                 ``conditioning.reward_on_prompt``; ``None``: every column after the slot is a
                 prompt token.
         """
         embeds = self.model.get_input_embeddings()(input_ids)
         if self.conditioner.lora is not None and rewards is not None:
-            self.conditioner.lora.set_gate(rewards > self.conditioner.config.reward_max)
+            gate = gate_values(self.conditioner.config, rewards, self.conditioner.normalize)
+            self.conditioner.lora.set_gate(gate)
         return self.conditioner.fill_slot(embeds, rewards, prompt_mask)
 
     def forward(self, batch: ConditionedBatch, rewards: torch.Tensor) -> Any:

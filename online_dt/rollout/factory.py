@@ -88,7 +88,7 @@ def make_sampler_from_skeleton(
 
 
 def _backend(cfg: OnlineRunConfig) -> str:
-    lora = cfg.conditioning.best_command_lora_rank is not None
+    lora = cfg.conditioning.lora_rank is not None
     return make_sampler_backend_name(cfg.sampler.backend, cfg.model.device, needs_hf=lora)
 
 
@@ -100,9 +100,9 @@ def make_sampler_backend_name(prefer: str, device: str = "auto", *, needs_hf: bo
     vLLM can be imported; otherwise the HF reference sampler. On CPU vLLM's engine was no
     faster than the HF sampler for the embedded model and takes 20-45 s to start
     (``bench/loop.py``: a whole Ray run 2.26x TRL GRPO's wall time with vLLM, 1.69x with
-    HF); ``vllm`` asks for vLLM's CPU engine explicitly. ``needs_hf`` (a policy with the best
-    command's LoRA, ``conditioning.best_command_lora_rank``, which vLLM's engine does not
-    apply) makes ``auto`` pick HF everywhere.
+    HF); ``vllm`` asks for vLLM's CPU engine explicitly. ``needs_hf`` (a policy with a gated
+    LoRA, ``conditioning.best_command_lora_rank`` or ``reward_lora_rank``, whose per-row gate
+    vLLM's engine does not apply) makes ``auto`` pick HF everywhere.
 
     Raises:
         ImportError: ``vllm`` was asked for and cannot be imported.
@@ -114,10 +114,8 @@ def make_sampler_backend_name(prefer: str, device: str = "auto", *, needs_hf: bo
         return "hf"
     if needs_hf:
         if prefer == "vllm":
-            raise ValueError(
-                "sampler.backend: vllm cannot run conditioning.best_command_lora_rank's LoRA"
-            )
-        log.info("sampler backend: HF reference (auto: the best command's LoRA needs it)")
+            raise ValueError("sampler.backend: vllm cannot run the policy's gated LoRA")
+        log.info("sampler backend: HF reference (auto: the policy's gated LoRA needs it)")
         return "hf"
     if prefer == "auto" and resolve_device(device).type != "cuda":
         log.info("sampler backend: HF reference (auto on CPU; sampler.backend: vllm for vLLM)")

@@ -166,8 +166,8 @@ class VLLMSampler:
     starts worker processes with spawn).
 
     Raises:
-        ValueError: the policy has the best command's LoRA
-            (``conditioning.best_command_lora_rank``), which the engine would not apply.
+        ValueError: the policy has a gated LoRA (``conditioning.best_command_lora_rank`` or
+            ``reward_lora_rank``), which the engine would not apply.
     """
 
     backend = "vllm"
@@ -208,9 +208,10 @@ class VLLMSampler:
         if dummy_weights:
             kwargs["load_format"] = "dummy"
         if self.prompts.conditioner.lora is not None:
+            option = self.prompts.conditioner.config.lora_option
             raise ValueError(
-                "the policy has the best command's LoRA (conditioning.best_command_lora_rank), "
-                "which vLLM's engine does not apply: use sampler.backend: hf"
+                f"the policy has a gated LoRA (conditioning.{option}), which vLLM's engine "
+                "does not apply: use sampler.backend: hf"
             )
         scalar = self.prompts.conditioner.config.mode == "scalar"
         if not scalar:

@@ -159,9 +159,11 @@ class ConditionedTrainer:
     """Owns the optimizer and schedule for a :class:`RewardConditionedPolicy`.
 
     The conditioning head (scalar mode) gets ``lr * head_lr_multiplier`` because it starts from
-    scratch while the rest of the model is pretrained. With ``kl_coef > 0`` and a frozen
-    ``base_model``, the loss adds ``kl_coef`` times the mean per-token KL from the policy to the
-    base model on completion tokens (the regulariser of Quark, Lu et al., 2022); with
+    scratch while the rest of the model is pretrained; the reward-scaled LoRA
+    (``conditioning.reward_lora_rank``) gets ``lr * reward_lora_lr_multiplier``. With
+    ``kl_coef > 0`` and a frozen ``base_model``, the loss adds ``kl_coef`` times the mean
+    per-token KL from the policy to the base model on completion tokens (the regulariser of
+    Quark, Lu et al., 2022); with
     ``entropy_coef > 0`` it subtracts ``entropy_coef`` times the policy's mean per-token entropy
     there (Quark's entropy bonus, :func:`entropy_of`). Both take the logits at the labelled
     positions only (``cfg.logits_at_labelled_only``).
@@ -197,10 +199,16 @@ class ConditionedTrainer:
         self.cfg = cfg
         self.device = policy.device
         self.autocast = bf16_autocast and self.device.type == "cuda"
-        head_params = list(policy.conditioner.parameters())  # the slot's head (and prompt head)
+        adapter = policy.conditioner.lora
+        reward_lora = adapter is not None and policy.conditioner.config.reward_lora_rank is not None
+        lora = list(adapter.parameters()) if adapter is not None and reward_lora else []
+        own = {id(p) for p in lora}
+        head_params = [p for p in policy.conditioner.parameters() if id(p) not in own]
         groups: list[dict[str, Any]] = [{"params": list(policy.model.parameters()), "lr": cfg.lr}]
-        if head_params:
+        if head_params:  # the slot's head (and prompt head, and the best command's LoRA)
             groups.append({"params": head_params, "lr": cfg.lr * cfg.head_lr_multiplier})
+        if lora:
+            groups.append({"params": lora, "lr": cfg.lr * cfg.reward_lora_lr_multiplier})
         self.optimizer = adamw(groups, self.device, betas=cfg.betas, weight_decay=cfg.weight_decay)
         warmup = cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -219,11 +227,12 @@ class ConditionedTrainer:
         With the best command's LoRA (``conditioning.best_command_lora_rank``), the rows
         labelled above ``reward_max`` (the best command's) are one more micro-batch whose
         gradient reaches the LoRA alone; the other rows do not use the LoRA, so they train
-        everything but it."""
+        everything but it. The reward-scaled LoRA (``conditioning.reward_lora_rank``) is
+        used by every row, scaled by its normalised label, and trains with the rest."""
         self.policy.train()
         lora = self.policy.conditioner.lora
         buckets: list[tuple[list[Labelled], bool]] = []
-        if lora is None:
+        if lora is None or self.policy.conditioner.config.best_command_lora_rank is None:
             buckets = [(part, False) for part in self.length_buckets(samples)]
         else:
             asks_best = self.policy.conditioner.config.asks_best_command

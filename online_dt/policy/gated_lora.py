@@ -1,28 +1,43 @@
-"""A low-rank adapter that only the best command uses and only its rows train.
+"""A low-rank adapter whose update each row of a batch scales by its own gate.
 
-With ``conditioning.best_command_lora_rank``, every linear layer of the model's body (the
-output embedding excepted) gets a LoRA update ``x A B`` (Hu et al., 2021, "LoRA: Low-Rank
-Adaptation of Large Language Models", arXiv 2106.09685), added to the layer's output only in
-the rows of a batch that ask for the best command (a target above ``conditioning.reward_max``).
-``B`` starts at zero, so the untrained adapter changes nothing. The trainer trains the
-adapter, and nothing else, on the best command's rows, and the rest of the policy, never the
-adapter, on the replay buffer's rows (:class:`~online_dt.training.trainer.ConditionedTrainer`):
-what the best command learns by reward-ranked fine-tuning then moves its own parameters
-instead of the body every reward target shares (docs/method.md, round 20).
+Every linear layer of the model's body (the output embedding excepted) gets a LoRA update
+``x A B`` (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv
+2106.09685), multiplied row by row by a gate ``g`` (``[B]``) and added to the layer's output:
+``y = x W + g * (x A B)``. ``B`` starts at zero, so the untrained adapter changes nothing. Two
+options use it, one at a time, and :func:`gate_values` says which gate each gives a row:
 
-The gate is a per-row flag that :meth:`BestCommandLoRA.set_gate` sets before a forward pass
-and that holds for the decoding steps after it (:meth:`RewardConditionedPolicy.embed
-<online_dt.policy.policy.RewardConditionedPolicy.embed>` sets it whenever it fills the slots),
-so one batch in flight at a time: guided generation, which runs a second conditioned batch
-beside the first, is refused with the adapter.
+- ``conditioning.best_command_lora_rank``: ``g`` is 1 on the rows that ask for the best
+  command (a target above ``conditioning.reward_max``) and 0 elsewhere. The trainer trains the
+  adapter, and nothing else, on the best command's rows, and the rest of the policy, never the
+  adapter, on the replay buffer's rows
+  (:class:`~online_dt.training.trainer.ConditionedTrainer`): what the best command learns by
+  reward-ranked fine-tuning then moves its own parameters instead of the body every reward
+  target shares (docs/method.md, round 20).
+- ``conditioning.reward_lora_rank``: ``g`` is the row's normalised target reward (the scalar
+  head's input; 0 at the normaliser's centre, -1 and 1 one scale below and above it), so the
+  adapter is a direction in weight space along which the reward moves every layer, the scaled
+  LoRA of Concept Sliders (Gandikota et al., 2023, "Concept Sliders: LoRA Adaptors for
+  Precise Control in Diffusion Models", arXiv 2311.12092), here trained by next-token
+  prediction on the relabelled replay buffer together with the rest of the policy
+  (docs/method.md, round 22).
+
+The gate is set before a forward pass (:meth:`RewardConditionedPolicy.embed
+<online_dt.policy.policy.RewardConditionedPolicy.embed>` sets it whenever it fills the slots)
+and holds for the decoding steps after it, so one batch in flight at a time: guided
+generation, which runs a second conditioned batch beside the first, is refused with the
+adapter.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from online_dt.config import ConditioningConfig
 
 STATE_PREFIX = "lora."
 """Keys of the adapter's tensors in the conditioner's state (``head.safetensors``):
@@ -50,20 +65,21 @@ def _key(name: str) -> str:
     return name.replace(".", "__")  # ParameterDict keys cannot hold dots
 
 
-class BestCommandLoRA(nn.Module):
-    """LoRA factors for each adapted layer of one model, and the gate that applies them.
+class GatedLoRA(nn.Module):
+    """LoRA factors for each adapted layer of one model, and the per-row gate that scales them.
 
     Args:
         shapes: layer name -> ``(in_features, out_features)``; the factors are kept in the
             names' sorted order, so a fresh adapter and one loaded from its state list their
             parameters (and an optimizer's state follows them) in the same order.
-        rank: the factors' inner size ``r`` (``conditioning.best_command_lora_rank``).
+        rank: the factors' inner size ``r`` (``conditioning.best_command_lora_rank`` or
+            ``conditioning.reward_lora_rank``).
         generator: seeds ``A`` (``N(0, 1 / in_features)``); ``None`` leaves ``A`` at zero,
             for a state to be loaded into (:meth:`from_state`).
 
     Attributes:
-        gate: ``[B]`` float flags of the rows in flight (1: asks for the best command), or
-            ``None`` when no row does (the layers then skip the adapter).
+        gate: ``[B]`` float scales of the rows in flight (:func:`gate_values`), or ``None``
+            when every one is 0 (the layers then skip the adapter).
 
     Raises:
         ValueError: ``rank < 1`` or no layers.
@@ -93,7 +109,7 @@ class BestCommandLoRA(nn.Module):
         self._handles: list[Any] = []
 
     @classmethod
-    def fresh(cls, model: nn.Module, rank: int, generator: torch.Generator) -> BestCommandLoRA:
+    def fresh(cls, model: nn.Module, rank: int, generator: torch.Generator) -> GatedLoRA:
         """A new adapter over ``model``'s :func:`adapted_layers` (``B = 0``: no effect yet)."""
         shapes = {name: (n_in, n_out) for name, _, n_in, n_out in adapted_layers(model)}
         return cls(shapes, rank, generator)
@@ -140,10 +156,11 @@ class BestCommandLoRA(nn.Module):
         """No row uses the adapter until the next :meth:`set_gate`."""
         self.gate = None
 
-    def set_gate(self, best: torch.Tensor) -> None:
-        """Apply the adapter to the rows where ``best`` (``[B]`` bool) is True, in every
-        forward pass until the next call."""
-        self.gate = best.to(self.a[_key(self.names[0])].dtype) if bool(best.any()) else None
+    def set_gate(self, gate: torch.Tensor) -> None:
+        """Scale the adapter's update by ``gate`` (``[B]``, bool or float; 0 or False: no
+        update in that row) in every forward pass until the next call."""
+        factor = self.a[_key(self.names[0])]
+        self.gate = gate.to(factor.device, factor.dtype) if bool(gate.any()) else None
 
     def state(self) -> dict[str, torch.Tensor]:
         """The factors as float32 CPU copies under :data:`STATE_PREFIX` keys."""
@@ -155,7 +172,7 @@ class BestCommandLoRA(nn.Module):
         return out
 
     @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], rank: int) -> BestCommandLoRA:
+    def from_state(cls, tensors: dict[str, torch.Tensor], rank: int) -> GatedLoRA:
         """An adapter holding ``tensors`` (:meth:`state`'s keys, prefix included).
 
         Raises:
@@ -193,3 +210,25 @@ class BestCommandLoRA(nn.Module):
         with torch.no_grad():
             for mine, value in pairs:
                 mine.copy_(value)
+
+
+def gate_values(
+    config: ConditioningConfig,
+    rewards: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The adapter's gate ``[B]`` for a batch's conditioning rewards.
+
+    Args:
+        config: which option the adapter serves (``reward_lora_rank`` or
+            ``best_command_lora_rank``).
+        rewards: ``[B]`` targets or labels, reward units.
+        normalize: the conditioner's normaliser (reward units to the head's input).
+
+    Returns:
+        With ``reward_lora_rank``, ``normalize(rewards)`` (float); with the best command's
+        adapter, ``rewards > reward_max`` (bool).
+    """
+    if config.reward_lora_rank is not None:
+        return normalize(rewards.float())
+    return rewards > config.reward_max

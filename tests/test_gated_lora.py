@@ -13,7 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from online_dt.config import ConditioningConfig, OnlineRunConfig, TrainingConfig
-from online_dt.policy.best_lora import BestCommandLoRA, adapted_layers
+from online_dt.policy.gated_lora import GatedLoRA, adapted_layers
 from online_dt.policy.logprobs import base_model_inputs
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rollout.factory import make_sampler_backend_name
@@ -145,8 +145,8 @@ def test_a_fresh_and_a_loaded_lora_list_their_factors_in_one_order():
     """The optimizer's state follows the parameters' order: a resumed run's loaded LoRA must
     list them as the fresh one did (with 12 layers, model order and name order differ)."""
     shapes = {f"h.{i}.mlp.c_fc": (4, 6 + i) for i in (0, 1, 2, 10, 11)}
-    fresh = BestCommandLoRA(shapes, 2, torch.Generator().manual_seed(0))
-    loaded = BestCommandLoRA.from_state(fresh.state(), 2)
+    fresh = GatedLoRA(shapes, 2, torch.Generator().manual_seed(0))
+    loaded = GatedLoRA.from_state(fresh.state(), 2)
     order = [(n, tuple(p.shape)) for n, p in fresh.named_parameters()]
     assert order == [(n, tuple(p.shape)) for n, p in loaded.named_parameters()]
     assert fresh.names == sorted(shapes)
