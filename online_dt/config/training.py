@@ -64,7 +64,7 @@ class TrainingConfig(StrictModel):
 
     reward_lora_lr_multiplier: float = Field(3.0, gt=0.0)
     """Learning-rate multiplier for the reward-scaled LoRA (``conditioning.reward_lora_rank``):
-    it trains at ``lr * reward_lora_lr_multiplier``. 3 kept (b) in four seeds of four; 10, the
+    it trains at ``lr * reward_lora_lr_multiplier``. 3 kept (b) in four seeds of five; 10, the
     head's, broke it in one seed of two (docs/method.md, round 22)."""
 
     seed: int = 0
