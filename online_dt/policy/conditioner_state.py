@@ -206,7 +206,7 @@ def take_over_state(conditioner: StatefulConditioner, other: StatefulConditioner
 
     Raises:
         ValueError: ``other``'s mode, objectives, heads (size, ``reward_on_prompt``) or
-            best-command LoRA (:mod:`online_dt.policy.gated_lora`) differ from
+            gated LoRA (:mod:`online_dt.policy.gated_lora`) differ from
             ``conditioner``'s.
     """
     if other.config.mode != conditioner.config.mode:
@@ -229,7 +229,7 @@ def take_over_state(conditioner: StatefulConditioner, other: StatefulConditioner
                 f"({_shape(theirs)} into {_shape(mine)})"
             )
     if (conditioner.lora is None) != (other.lora is None):
-        raise ValueError("the conditioning state's best-command LoRA does not fit this conditioner")
+        raise ValueError("the conditioning state's gated LoRA does not fit this conditioner")
     if conditioner.lora is not None and other.lora is not None:
         conditioner.lora.copy_from(other.lora.state())  # checks every shape before copying
     with torch.no_grad():

@@ -144,7 +144,7 @@ class GatedLoRA(nn.Module):
             x = inputs[0]
             if x.shape[0] != gate.shape[0]:
                 raise RuntimeError(
-                    f"the best command's gate holds {gate.shape[0]} rows, the batch {x.shape[0]}"
+                    f"the LoRA's gate holds {gate.shape[0]} rows, the batch {x.shape[0]}"
                 )
             update = (x.to(a.dtype) @ a) @ b
             shape = (-1,) + (1,) * (out.dim() - 1)

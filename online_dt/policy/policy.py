@@ -382,7 +382,7 @@ class RewardConditionedPolicy(nn.Module):
             ValueError: ``prompts`` and ``targets`` differ in length; ``guidance_weight`` is
                 negative, or above 0 without exactly one of ``guidance_reference``,
                 ``guidance_model`` and ``guidance_mixture``; a mixture is empty or has a
-                negative or all-zero weight; guidance with the best command's LoRA.
+                negative or all-zero weight; guidance with a gated LoRA.
         """
         return generate_rollouts(
             self,
