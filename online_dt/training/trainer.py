@@ -200,7 +200,7 @@ class ConditionedTrainer:
         self.device = policy.device
         self.autocast = bf16_autocast and self.device.type == "cuda"
         adapter = policy.conditioner.lora
-        reward_lora = adapter is not None and policy.conditioner.config.reward_lora_rank is not None
+        reward_lora = policy.conditioner.config.reward_lora_rank is not None
         lora = list(adapter.parameters()) if adapter is not None and reward_lora else []
         own = {id(p) for p in lora}
         head_params = [p for p in policy.conditioner.parameters() if id(p) not in own]
