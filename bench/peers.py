@@ -429,8 +429,8 @@ def per_iteration_calls(cfg: Any) -> int:
 
 def warm_start_calls(cfg: Any) -> int:
     """Reward calls of online-dt's warm start (base samples scored before iteration 0):
-    prompts_per_iteration x warm_start_samples_per_prompt (0 without a warm start)."""
-    return cfg.online.prompts_per_iteration * cfg.online.warm_start_samples_per_prompt
+    ``online.warm_start_calls`` (0 without a warm start)."""
+    return cfg.online.warm_start_calls
 
 
 def plan_budget(args: argparse.Namespace, methods: Sequence[str]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from online_dt.config.base import StrictModel
 
@@ -40,6 +40,29 @@ class OnlineConfig(StrictModel):
     flight, so samples are 1 version behind; larger values are refused until deeper
     pipelining is implemented."""
 
+    @property
+    def warm_start_calls(self) -> int:
+        """Reward calls of the warm start: ``warm_start_prompts`` (or
+        ``prompts_per_iteration``) times ``warm_start_samples_per_prompt``; 0 without one."""
+        prompts = self.warm_start_prompts or self.prompts_per_iteration
+        return prompts * self.warm_start_samples_per_prompt
+
+    @model_validator(mode="after")
+    def _warm_start_options_need_a_warm_start(self) -> OnlineConfig:
+        if self.warm_start_samples_per_prompt == 0:
+            for name in ("warm_start_prompts", "warm_start_lr"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"online.{name} is set but online.warm_start_samples_per_prompt is 0 "
+                        "(no warm start): set warm_start_samples_per_prompt, or drop the field"
+                    )
+        if self.warm_start_lr is not None and self.warm_start_steps == 0:
+            raise ValueError(
+                "online.warm_start_lr is set but online.warm_start_steps is 0: the warm start "
+                "trains no step at that rate; set warm_start_steps, or drop the field"
+            )
+        return self
+
     @field_validator("max_policy_lag")
     @classmethod
     def _only_one_version_behind(cls, value: int) -> int:
@@ -56,6 +79,19 @@ class OnlineConfig(StrictModel):
 
     warm_start_steps: int = Field(0, ge=0)
     """Offline warm start: training steps on the warm-start samples."""
+
+    warm_start_prompts: int | None = Field(None, ge=1)
+    """Offline warm start: prompts it samples, the first ones of the prompt set (cycling
+    through it when larger), each ``warm_start_samples_per_prompt`` times. ``None``: one
+    iteration's (``prompts_per_iteration``). Its reward calls are this times
+    ``warm_start_samples_per_prompt`` (:attr:`warm_start_calls`). Needs a warm start."""
+
+    warm_start_lr: float | None = Field(None, gt=0.0)
+    """Offline warm start: the body's learning rate during ``warm_start_steps`` (the reward
+    head and any LoRA keep their multipliers of it: ``training.head_lr_multiplier``,
+    ``training.reward_lora_lr_multiplier``); the iterations after train at ``training.lr``.
+    The step count's warmup (``training.warmup_steps``) applies to it as to ``training.lr``.
+    ``None``: ``training.lr``. Needs a warm start with steps."""
 
     best_rows: int = Field(16, ge=0)
     """With ``conditioning.best_command``: rows added to each training step, drawn in turn

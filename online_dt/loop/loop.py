@@ -133,11 +133,12 @@ def bound_policy_lag(
 
 def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers, run: RunDir) -> None:
     """Optional offline warm start before iteration 0: sample ``warm_start_samples_per_prompt``
-    completions of one iteration's prompts at the schedule's ``start`` target (with
-    objectives, the middle of each objective's range), score them,
-    append them (iteration -1), train ``warm_start_steps`` steps and sync the weights."""
+    completions of ``warm_start_prompts`` prompts (one iteration's by default) at the
+    schedule's ``start`` target (with objectives, the middle of each objective's range), score
+    them, append them (iteration -1), train ``warm_start_steps`` steps (at ``warm_start_lr``
+    when set) and sync the weights."""
     on = cfg.online
-    batch = prompts_for(prompts, 0, on.prompts_per_iteration)
+    batch = prompts_for(prompts, 0, on.warm_start_prompts or on.prompts_per_iteration)
     params = sampling_params(cfg, -1, on.warm_start_samples_per_prompt)
     start: Reward = cfg.schedule.start
     if cfg.conditioning.objectives:  # the middle of every objective's range
@@ -154,7 +155,7 @@ def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers, r
         wait_for_restart=workers.wait_for_reward,
     )
     appended = workers.learner.append(*scored.kept(rollouts), -1, time.time()).result()
-    trained = workers.learner.train(on.warm_start_steps).result()
+    trained = workers.learner.train(on.warm_start_steps, on.warm_start_lr).result()
     workers.samplers.load_weights(workers.learner.publish().result()).result()
     log.info(
         "warm start: %d samples, %d steps, loss %.3f",

@@ -72,8 +72,9 @@ class LearnerWorker(Protocol):
         """Append scored rollouts with hindsight relabeling."""
         ...
 
-    def train(self, steps: int) -> Future[dict[str, float]]:
-        """``steps`` optimizer steps on replay-buffer batches."""
+    def train(self, steps: int, lr: float | None = None) -> Future[dict[str, float]]:
+        """``steps`` optimizer steps on replay-buffer batches (at body learning rate ``lr``
+        when given, else ``training.lr``)."""
         ...
 
     def kl_estimate(self, rollouts: Sequence[Rollout]) -> Future[float | None]:

@@ -220,10 +220,12 @@ class Learner:
             result.update(front_summary(self.buffer.rewards(), objectives))
         return result
 
-    def train(self, steps: int) -> dict[str, float]:
+    def train(self, steps: int, lr: float | None = None) -> dict[str, float]:
         """``steps`` optimizer steps on batches drawn from the buffer (``training.batch_size``
         rows each, plus ``online.best_rows`` of the best command's with
-        ``conditioning.best_command``).
+        ``conditioning.best_command``), at the body's learning rate ``lr`` when given (the warm
+        start's ``online.warm_start_lr``; :meth:`ConditionedTrainer.learning_rate`), else
+        ``training.lr``.
 
         Returns:
             Mean ``loss``, ``kl_penalty`` and ``entropy`` (the policy's per-token entropy in
@@ -236,13 +238,14 @@ class Learner:
         losses, kls, entropies, tokens = [], [], [], 0
         if len(self.buffer) == 0:
             steps = 0  # every batch so far was rejected: nothing to learn from yet
-        for _ in range(steps):
-            batch = self.buffer.sample_batch(self.cfg.training.batch_size)
-            metrics = self.trainer.step(batch + self.best_rows.take())
-            losses.append(metrics.loss)
-            kls.append(metrics.kl)
-            entropies.append(metrics.entropy)
-            tokens += metrics.tokens
+        with self.trainer.learning_rate(lr):
+            for _ in range(steps):
+                batch = self.buffer.sample_batch(self.cfg.training.batch_size)
+                metrics = self.trainer.step(batch + self.best_rows.take())
+                losses.append(metrics.loss)
+                kls.append(metrics.kl)
+                entropies.append(metrics.entropy)
+                tokens += metrics.tokens
         self.policy.eval()
         return {
             "loss": float(np.mean(losses)) if losses else float("nan"),

@@ -220,6 +220,33 @@ class ConditionedTrainer:
         self.policy_logits = LabelledLogits(policy.model, split=split)
         self.base_logits = None if base_model is None else LabelledLogits(base_model, split=split)
 
+    @contextlib.contextmanager
+    def learning_rate(self, lr: float | None) -> Iterator[None]:
+        """Train the body at ``lr`` (> 0) inside the block, every parameter group scaled by
+        ``lr / training.lr`` (the reward head and any LoRA keep their multipliers) under the
+        same warmup as ``training.lr``; back to ``training.lr``'s rates at exit. ``None``: no
+        change.
+
+        Raises:
+            ValueError: ``lr`` is not positive.
+        """
+        if lr is not None and lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        scheduler, groups = self.scheduler, self.optimizer.param_groups
+        saved = list(scheduler.base_lrs)
+
+        def set_rates(bases: list[float]) -> None:
+            scheduler.base_lrs = bases
+            factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+            for group, base in zip(groups, bases, strict=True):
+                group["lr"] = base * factor
+
+        set_rates([base * (lr or self.cfg.lr) / self.cfg.lr for base in saved])
+        try:
+            yield
+        finally:
+            set_rates(saved)
+
     def step(self, samples: Sequence[Labelled]) -> StepMetrics:
         """One optimizer step on ``samples`` (a batch), in ``cfg.length_buckets`` micro-batches
         of similar length whose gradients add up to the whole batch's; returns its metrics.
