@@ -365,9 +365,8 @@ class ConditioningConfig(StrictModel):
     @property
     def lora_rank(self) -> int | None:
         """The adapter's rank (the :attr:`lora_option` field's value), ``None`` without one."""
-        if self.reward_lora_rank is not None:
-            return self.reward_lora_rank
-        return self.best_command_lora_rank
+        option = self.lora_option
+        return None if option is None else getattr(self, option)
 
     @property
     def best_target(self) -> float:

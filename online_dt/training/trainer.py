@@ -222,15 +222,14 @@ class ConditionedTrainer:
 
     @contextlib.contextmanager
     def learning_rate(self, lr: float | None) -> Iterator[None]:
-        """Train the body at ``lr`` (> 0) inside the block, every parameter group scaled by
-        ``lr / training.lr`` (the reward head and any LoRA keep their multipliers) under the
-        same warmup as ``training.lr``; back to ``training.lr``'s rates at exit. ``None``: no
-        change.
-
-        Raises:
-            ValueError: ``lr`` is not positive.
-        """
-        if lr is not None and lr <= 0:
+        """Train the body at ``lr`` inside the block, every parameter group scaled by ``lr /
+        training.lr`` (the head and any LoRA keep their multipliers) under the same warmup;
+        back to ``training.lr``'s rates at exit. ``None``: no change. Raises ``ValueError`` if
+        ``lr`` is not positive."""
+        if lr is None:
+            yield
+            return
+        if lr <= 0:
             raise ValueError(f"learning rate must be positive, got {lr}")
         scheduler, groups = self.scheduler, self.optimizer.param_groups
         saved = list(scheduler.base_lrs)
@@ -241,7 +240,7 @@ class ConditionedTrainer:
             for group, base in zip(groups, bases, strict=True):
                 group["lr"] = base * factor
 
-        set_rates([base * (lr or self.cfg.lr) / self.cfg.lr for base in saved])
+        set_rates([base * lr / self.cfg.lr for base in saved])
         try:
             yield
         finally:
