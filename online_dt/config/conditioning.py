@@ -175,6 +175,13 @@ class ConditioningConfig(StrictModel):
     runs the model without the per-row gate) and no guided generation (docs/method.md,
     round 22)."""
 
+    lora_layers: list[str] | None = Field(None, min_length=1)
+    """With an adapter (``reward_lora_rank`` or ``best_command_lora_rank``): adapt only the
+    linear layers whose module name ends with one of these dotted suffixes, e.g. ``[mlp.c_fc]``
+    (GPT-2's MLP input projections; on the embedded model 5-14 % of a training step, every
+    layer 37-44 %: docs/method.md, round 24). ``None``: every linear layer but the LM head. A
+    list that matches no layer is refused when the policy is built. Needs an adapter."""
+
     reward_features: Literal["linear", "rbf"] = "linear"
     """Scalar mode: what the head reads. ``linear``: the normalised reward alone, so the slot
     is ``b + w r_n``: every reward is a point on one line, and a reward of 0 (normalised)
@@ -263,6 +270,8 @@ class ConditioningConfig(StrictModel):
                 "reward_lora_rank and best_command_lora_rank cannot both be set: a policy "
                 "has one adapter"
             )
+        if self.lora_layers is not None and self.lora_rank is None:
+            raise ValueError("lora_layers needs reward_lora_rank or best_command_lora_rank")
         if self.reward_on_prompt and self.mode != "scalar":
             raise ValueError("reward_on_prompt needs mode: scalar (token mode feeds token ids)")
         if self.bin_edges is not None:

@@ -30,7 +30,7 @@ adapter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,14 +44,22 @@ STATE_PREFIX = "lora."
 ``lora.<layer name>.a`` (``[in, rank]``) and ``lora.<layer name>.b`` (``[rank, out]``)."""
 
 
-def adapted_layers(model: nn.Module) -> list[tuple[str, nn.Module, int, int]]:
+def adapted_layers(
+    model: nn.Module, suffixes: Sequence[str] | None = None
+) -> list[tuple[str, nn.Module, int, int]]:
     """``(name, module, in_features, out_features)`` of every ``nn.Linear`` and transformers
     ``Conv1D`` (GPT-2's projections, weight ``[in, out]``) in ``model``, the output embedding
-    (LM head) excepted, in ``named_modules`` order."""
+    (LM head) excepted, in ``named_modules`` order; with ``suffixes``
+    (``conditioning.lora_layers``), only those whose dotted name ends with one of them
+    (``mlp.c_fc`` matches ``transformer.h.0.mlp.c_fc``, not ``transformer.h.0.mlp.xc_fc``)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    wanted = None if suffixes is None else [s.strip(".").split(".") for s in suffixes]
     layers = []
     for name, module in model.named_modules():
         if module is head:
+            continue
+        parts = name.split(".")
+        if wanted is not None and not any(parts[-len(w) :] == w for w in wanted):
             continue
         if isinstance(module, nn.Linear):
             layers.append((name, module, module.in_features, module.out_features))
@@ -109,23 +117,47 @@ class GatedLoRA(nn.Module):
         self._handles: list[Any] = []
 
     @classmethod
-    def fresh(cls, model: nn.Module, rank: int, generator: torch.Generator) -> GatedLoRA:
-        """A new adapter over ``model``'s :func:`adapted_layers` (``B = 0``: no effect yet)."""
-        shapes = {name: (n_in, n_out) for name, _, n_in, n_out in adapted_layers(model)}
-        return cls(shapes, rank, generator)
+    def fresh(
+        cls,
+        model: nn.Module,
+        rank: int,
+        generator: torch.Generator,
+        layers: Sequence[str] | None = None,
+    ) -> GatedLoRA:
+        """A new adapter over ``model``'s :func:`adapted_layers` (``B = 0``: no effect yet),
+        only those ending with one of ``layers`` when given (``conditioning.lora_layers``).
 
-    def attach(self, model: nn.Module) -> None:
+        Raises:
+            ValueError: ``layers`` matches no linear layer of ``model``.
+        """
+        found = adapted_layers(model, layers)
+        if not found:
+            raise ValueError(
+                f"conditioning.lora_layers {list(layers or [])} matches no linear layer of the "
+                "model (e.g. GPT-2: mlp.c_fc, mlp.c_proj, attn.c_attn, attn.c_proj)"
+            )
+        return cls({name: (n_in, n_out) for name, _, n_in, n_out in found}, rank, generator)
+
+    def attach(self, model: nn.Module, suffixes: Sequence[str] | None = None) -> None:
         """Register a forward hook on each adapted layer of ``model`` that adds ``gate * (x A
         B)`` to its output. Attaching again first removes the previous hooks. A deep copy of
         ``model`` (the learner's frozen base model) copies the hooks, which do nothing there.
 
+        Args:
+            model: the policy's causal LM.
+            suffixes: ``conditioning.lora_layers``: the layers the adapter must cover (all of
+                :func:`adapted_layers` when ``None``).
+
         Raises:
-            ValueError: ``model``'s layers are not the ones the adapter was built for (names
-                or sizes).
+            ValueError: the adapter's layers are not the ones ``suffixes`` picks in ``model``
+                (names or sizes), e.g. a checkpoint's adapter under another ``lora_layers``.
         """
-        layers = {name: (module, i, o) for name, module, i, o in adapted_layers(model)}
+        layers = {name: (module, i, o) for name, module, i, o in adapted_layers(model, suffixes)}
         if sorted(layers) != sorted(self.names):
-            raise ValueError("the LoRA's layers are not this model's")
+            raise ValueError(
+                f"the LoRA's {len(self.names)} layers are not the {len(layers)} that "
+                f"conditioning.lora_layers {suffixes} picks in this model"
+            )
         for handle in self._handles:
             handle.remove()
         self._handles = []

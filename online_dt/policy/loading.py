@@ -162,7 +162,7 @@ def with_fresh_conditioning(
         )
         lora = None
         if config.lora_rank is not None:
-            lora = GatedLoRA.fresh(model, config.lora_rank, generator)
+            lora = GatedLoRA.fresh(model, config.lora_rank, generator, config.lora_layers)
         conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head, lora=lora)
     else:
         token_ids = add_reward_tokens(
