@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="reward-model calls each trained "
-        "method spends on train prompts (default: the config's iterations x "
-        "prompts_per_iteration x samples_per_prompt, 7,680 for the default config)",
+        "method spends on train prompts (default: the config's warm-start calls plus "
+        "iterations x prompts_per_iteration x samples_per_prompt, 7,680 for "
+        "configs/default.yaml and configs/calibrated.yaml)",
     )
     g.add_argument(
         "--scale",
@@ -436,9 +437,10 @@ def warm_start_calls(cfg: Any) -> int:
 def plan_budget(args: argparse.Namespace, methods: Sequence[str]) -> int:
     """The budget of reward calls per trained method, checked against every method's unit.
 
-    ``--budget`` as given, else the default (``--config``'s online.iterations x
-    prompts_per_iteration x samples_per_prompt) times ``--scale``, rounded to a whole number of
-    online-dt iterations (at least one).
+    ``--budget`` as given, else the default (``--config``'s reward calls: its warm start's,
+    ``online.warm_start_calls``, plus online.iterations x prompts_per_iteration x
+    samples_per_prompt) times ``--scale``, rounded so that what online-dt's warm start leaves is
+    a whole number of its iterations (at least one).
 
     Raises:
         SystemExit: the budget is not a whole number of online-dt iterations, RAFT rounds
@@ -450,14 +452,12 @@ def plan_budget(args: argparse.Namespace, methods: Sequence[str]) -> int:
     plain = load_config(args.config, OnlineRunConfig)
     odt = load_config(args.config, OnlineRunConfig, odt_overrides(args))
     unit = per_iteration_calls(odt)
+    warm = warm_start_calls(odt)
     if args.budget is not None:
         budget = args.budget
     else:
-        budget = (
-            max(1, round(per_iteration_calls(plain) * plain.online.iterations * args.scale / unit))
-            * unit
-        )
-    warm = warm_start_calls(odt)
+        default = warm_start_calls(plain) + per_iteration_calls(plain) * plain.online.iterations
+        budget = warm + max(1, round((default * args.scale - warm) / unit)) * unit
     units = {
         "online-dt": (unit, "iteration", "online.prompts_per_iteration x samples_per_prompt"),
         "raft": (args.raft_prompts * args.raft_k, "round", "--raft-prompts x --raft-k"),

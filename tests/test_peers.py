@@ -278,6 +278,22 @@ def test_plan_budget_default_scale_and_units():
     )
 
 
+def test_the_default_budget_counts_the_configs_warm_start():
+    from bench.peers import METHODS, build_parser, plan_budget
+
+    def budget(*argv):
+        config = str(ROOT / "configs" / "calibrated.yaml")
+        return plan_budget(build_parser().parse_args(["--config", config, *argv]), METHODS)
+
+    assert budget() == 512 * 14 + 2 * 64 * 4  # warm start, then its two iterations
+    assert budget("--scale", "2") == 512 * 14 + 32 * 256  # the iterations fill the rest
+    assert budget("--scale", "0.5") == 512 * 14 + 256  # at least one iteration
+    # the warm start switched off: the whole default budget goes to iterations
+    off = [f"online.{k}" for k in ("warm_start_prompts=null", "warm_start_lr=null")]
+    off += ["online.warm_start_samples_per_prompt=0", "online.warm_start_steps=0"]
+    assert budget(*(a for k in off for a in ("--odt-set", k))) == 30 * 256
+
+
 def test_odt_modes_and_row_labels():
     from bench.peers import build_parser, is_odt, odt_method, odt_modes, odt_overrides
 
