@@ -78,6 +78,27 @@ def test_online_policy_is_a_faithful_conditional_model_at_a_small_budget(tmp_pat
     assert low < mid < high and high - low >= 0.4, (low, mid, high)
 
 
+@pytest.mark.slow
+def test_the_calibrated_recipe_gives_the_targets_it_is_asked_for(tmp_path):
+    """Goal (c) of the method (docs/method.md) for ``configs/calibrated.yaml`` at its full
+    budget (7,680 reward calls, seed 0): at targets spread over the base model's p10..p90
+    rewards the achieved mean is within 0.1 of the target, twice the goal's 0.05 (over six
+    seeds the recipe's largest miss was 0.065, and the held-out prompts' own noise is about
+    0.03). At -0.8 the default recipe misses by 0.15-0.28 in every seed (rounds 21 and 23):
+    with ``configs/default.yaml`` this test fails there."""
+    from tests.bench_runner import run_peers
+
+    targets = [-0.8, -0.4, 0.0, 0.4, 0.8]
+    args = ["--config=configs/calibrated.yaml", "--methods=online-dt", "--odt-modes=scalar"]
+    args += ["--reference-samples=0", "--targets", *map(str, targets)]
+    report, stdout = run_peers(args, tmp_path / "out", 900)
+    print(stdout[-3000:])
+    achieved = [r["reward_mean"] for r in report["rows"] if r["method"] == "online-dt"]
+    errors = {t: round(a - t, 3) for t, a in zip(targets, achieved, strict=True)}
+    print("achieved - target:", errors)
+    assert max(abs(e) for e in errors.values()) <= 0.1, errors
+
+
 TOKEN_TARGETS = [-0.8, -0.4, 0.0, 0.4, 0.8]
 """Spread over the embedded base model's p10..p90 VADER rewards (about -0.83..0.86)."""
 
