@@ -82,7 +82,7 @@ def test_online_policy_is_a_faithful_conditional_model_at_a_small_budget(tmp_pat
 def test_the_calibrated_recipe_gives_the_targets_it_is_asked_for(tmp_path):
     """Goal (c) of the method (docs/method.md) for ``configs/calibrated.yaml`` at its full
     budget (7,680 reward calls, seed 0): at targets spread over the base model's p10..p90
-    rewards the achieved mean is within 0.1 of the target, twice the goal's 0.05 (over six
+    rewards the achieved mean is within 0.1 of the target, twice the goal's 0.05 (over seven
     seeds the recipe's largest miss was 0.065, and the held-out prompts' own noise is about
     0.03). At -0.8 the default recipe misses by 0.15-0.28 in every seed (rounds 21 and 23):
     with ``configs/default.yaml`` this test fails there."""
