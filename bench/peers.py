@@ -428,12 +428,6 @@ def per_iteration_calls(cfg: Any) -> int:
     return cfg.online.prompts_per_iteration * cfg.online.samples_per_prompt
 
 
-def warm_start_calls(cfg: Any) -> int:
-    """Reward calls of online-dt's warm start (base samples scored before iteration 0):
-    ``online.warm_start_calls`` (0 without a warm start)."""
-    return cfg.online.warm_start_calls
-
-
 def plan_budget(args: argparse.Namespace, methods: Sequence[str]) -> int:
     """The budget of reward calls per trained method, checked against every method's unit.
 
@@ -452,11 +446,12 @@ def plan_budget(args: argparse.Namespace, methods: Sequence[str]) -> int:
     plain = load_config(args.config, OnlineRunConfig)
     odt = load_config(args.config, OnlineRunConfig, odt_overrides(args))
     unit = per_iteration_calls(odt)
-    warm = warm_start_calls(odt)
+    warm = odt.online.warm_start_calls
     if args.budget is not None:
         budget = args.budget
     else:
-        default = warm_start_calls(plain) + per_iteration_calls(plain) * plain.online.iterations
+        runs = per_iteration_calls(plain) * plain.online.iterations
+        default = plain.online.warm_start_calls + runs
         budget = warm + max(1, round((default * args.scale - warm) / unit)) * unit
     units = {
         "online-dt": (unit, "iteration", "online.prompts_per_iteration x samples_per_prompt"),
@@ -1173,7 +1168,8 @@ def odt_config(setup: Setup, mode: str | None = None) -> Any:
     probe = load_config(setup.args.config, OnlineRunConfig, overrides)
     online = overrides.setdefault("online", {})
     online["run_dir"] = str(setup.work / odt_method(probe.conditioning.mode))
-    online["iterations"] = (setup.budget - warm_start_calls(probe)) // per_iteration_calls(probe)
+    left = setup.budget - probe.online.warm_start_calls  # the warm start's calls come first
+    online["iterations"] = left // per_iteration_calls(probe)
     return load_config(setup.args.config, OnlineRunConfig, overrides)
 
 

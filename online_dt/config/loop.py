@@ -41,11 +41,16 @@ class OnlineConfig(StrictModel):
     pipelining is implemented."""
 
     @property
+    def warm_start_prompt_count(self) -> int:
+        """Prompts the warm start samples: ``warm_start_prompts``, else
+        ``prompts_per_iteration``."""
+        return self.warm_start_prompts or self.prompts_per_iteration
+
+    @property
     def warm_start_calls(self) -> int:
-        """Reward calls of the warm start: ``warm_start_prompts`` (or
-        ``prompts_per_iteration``) times ``warm_start_samples_per_prompt``; 0 without one."""
-        prompts = self.warm_start_prompts or self.prompts_per_iteration
-        return prompts * self.warm_start_samples_per_prompt
+        """Reward calls of the warm start: :attr:`warm_start_prompt_count` times
+        ``warm_start_samples_per_prompt``; 0 without one."""
+        return self.warm_start_prompt_count * self.warm_start_samples_per_prompt
 
     @model_validator(mode="after")
     def _warm_start_options_need_a_warm_start(self) -> OnlineConfig:

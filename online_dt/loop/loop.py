@@ -138,7 +138,7 @@ def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers, r
     them, append them (iteration -1), train ``warm_start_steps`` steps (at ``warm_start_lr``
     when set) and sync the weights."""
     on = cfg.online
-    batch = prompts_for(prompts, 0, on.warm_start_prompts or on.prompts_per_iteration)
+    batch = prompts_for(prompts, 0, on.warm_start_prompt_count)
     params = sampling_params(cfg, -1, on.warm_start_samples_per_prompt)
     start: Reward = cfg.schedule.start
     if cfg.conditioning.objectives:  # the middle of every objective's range
