@@ -212,7 +212,14 @@ def print_summary(plan: RunPlan, *, ray: bool) -> None:
     logs = plan.run.logs_dir if ray else None
     # `online-dt dashboard RUN_DIR` applies the run's dashboard.token, or the variable if set
     token = plan.cfg.dashboard.token is not None or bool(os.environ.get(TOKEN_ENV))
-    summary = run_summary(plan.run.read_metrics(), plan.run.path, checkpoint, logs, token)
+    summary = run_summary(
+        plan.run.read_metrics(),
+        plan.run.path,
+        checkpoint,
+        logs,
+        token,
+        warm_start=plan.run.read_warm_start(),
+    )
     print(summary, flush=True)
 
 

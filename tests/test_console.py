@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from online_dt.loop.console import iteration_line, run_summary
+from online_dt.loop.console import iteration_line, run_summary, warm_start_line
 from online_dt.rollout.vllm_logging import logging_config
 from online_dt.run import main
 from online_dt.util.logs import HARMLESS, VERBOSE_ENV, KnownHarmless
@@ -128,6 +128,21 @@ def test_iteration_line_and_summary(tmp_path):
     assert f"online-dt eval {tmp_path}" in summary
     assert "iter-000002" in summary
     assert "no iteration ran" in run_summary([], tmp_path, None)
+    assert "warm start" not in summary
+
+
+def test_warm_start_line_and_summary(tmp_path):
+    warm = {"samples": 7168, "prompts": 512, "steps": 300, "loss": 1.4271, "rollout_s": 8.72,
+            "scoring_s": 0.41, "training_s": 36.08, "sync_s": 0.05, "other_s": 0.0,
+            "wall_s": 45.26}  # fmt: skip
+    line = warm_start_line(warm)
+    assert line == (
+        "warm start  7168 samples of 512 prompts  300 steps  loss 1.427  45.3s "
+        "(training 36.1, rollout 8.7)"
+    )
+    assert "loss -" in warm_start_line({**warm, "loss": float("nan")})
+    summary = run_summary(METRICS, tmp_path, None, None, warm_start=warm)
+    assert "  warm start       45.3s, 7168 samples, 300 steps\n  loop time" in summary
 
 
 def test_local_run_prints_a_line_per_iteration_and_the_summary(tmp_path, capsys):

@@ -110,3 +110,54 @@ def test_a_rate_of_its_own_moves_the_policy_further(tmp_path, base):  # noqa: F8
         now = [p.detach() for p in policy.model.parameters()]
         moved.append(sum(float((p - q).abs().sum()) for p, q in zip(now, start, strict=True)))
     assert moved[1] > 5 * moved[0]
+
+
+def test_the_warm_start_trains_in_calls_to_the_weights_of_one_call(tmp_path, base, monkeypatch):  # noqa: F811
+    """Five warm-start steps in calls of two give the weights of one call of five (same batches,
+    rates and warmup), and the warm start's record is written and shown in the summary."""
+    from safetensors.torch import load_file
+
+    from online_dt.loop import loop as loop_module
+    from online_dt.loop.console import run_summary
+    from online_dt.training import learner as learner_module
+
+    calls: list[int] = []
+    train = learner_module.Learner.train
+
+    def recording(self, steps, lr=None):
+        calls.append(steps)
+        return train(self, steps, lr)
+
+    monkeypatch.setattr(learner_module.Learner, "train", recording)
+    weights, records = [], []
+    for per_call in (2, 100):
+        monkeypatch.setattr(loop_module, "WARM_START_STEPS_PER_CALL", per_call)
+        cfg = make_cfg(
+            tmp_path / str(per_call),
+            base,
+            iterations=1,
+            warm_start_samples_per_prompt=2,
+            warm_start_steps=5,
+            warm_start_lr=5e-3,
+        )
+        _, plan = run_local(cfg)
+        policy = plan.run.latest_checkpoint() / "policy"
+        weights.append(
+            {
+                **load_file(policy / "model.safetensors"),
+                **load_file(policy / "reward_conditioning" / "head.safetensors"),
+            }
+        )
+        records.append(plan.run.read_warm_start())
+    assert calls == [2, 2, 1, 2, 5, 2]  # the warm start's calls, then the iteration's 2 steps
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    first, second = records
+    assert first is not None and second is not None
+    assert (first["samples"], first["prompts"], first["steps"]) == (8, 4, 5)
+    assert first["loss"] == pytest.approx(second["loss"], rel=1e-6)
+    assert 0 < first["training_s"] <= first["wall_s"]
+    assert "warm start       " in run_summary(
+        plan.run.read_metrics(), plan.run.path, None, None, warm_start=second
+    )

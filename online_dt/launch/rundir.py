@@ -5,6 +5,7 @@ Layout::
     RUN_DIR/
       config.yaml        resolved config (written once, atomically)
       metrics.jsonl      one JSON record per finished iteration
+      warm_start.json    the warm start's record (online.warm_start_samples_per_prompt > 0)
       samples.jsonl      a few completions per iteration, for inspection
       buffer/            replay-buffer parquet shards (online_dt.replay.shards)
       weights/           published policy versions (checkpoint weight sync)
@@ -34,6 +35,8 @@ CONFIG_FILE = "config.yaml"
 """The resolved config."""
 METRICS_FILE = "metrics.jsonl"
 """One JSON record per finished iteration."""
+WARM_START_FILE = "warm_start.json"
+"""The warm start's record: samples, steps, loss and seconds per stage."""
 SAMPLES_FILE = "samples.jsonl"
 """A few completions per iteration."""
 BUFFER_DIR = "buffer"
@@ -218,6 +221,19 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         """All complete metrics records, in order."""
         return self._read_lines(self.metrics_file)
+
+    def write_warm_start(self, record: dict[str, Any]) -> None:
+        """Write the warm start's record (``warm_start.json``, atomically; non-finite numbers
+        as null)."""
+        atomic_write_json(self.path / WARM_START_FILE, finite_or_none(record))
+
+    def read_warm_start(self) -> dict[str, Any] | None:
+        """The warm start's record, or ``None`` when the run had none (or it is unreadable)."""
+        try:
+            record = json.loads((self.path / WARM_START_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return record if isinstance(record, dict) else None
 
     def append_samples(self, records: Iterable[dict[str, Any]]) -> None:
         """Append sample records (prompt, completion, target, reward, version, iteration)."""

@@ -66,18 +66,47 @@ def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
     return "  ".join(parts)
 
 
+def warm_start_line(record: Mapping[str, Any]) -> str:
+    """One line for the warm start's record (:func:`online_dt.loop.loop.warm_start`): samples
+    kept of prompts, training steps, mean loss, wall seconds with the two largest stages.
+
+    Example: ``warm start  7168 samples of 512 prompts  300 steps  loss 1.427  45.2s
+    (training 36.1, rollout 8.7)``.
+    """
+    stages = sorted(
+        (
+            (record[k], k[:-2])
+            for k in ("rollout_s", "scoring_s", "training_s", "sync_s")
+            if isinstance(record.get(k), int | float)
+        ),
+        reverse=True,
+    )[:2]
+    top = ", ".join(f"{name} {seconds:.1f}" for seconds, name in stages)
+    return "  ".join(
+        [
+            "warm start",
+            f"{record.get('samples', 0)} samples of {record.get('prompts', 0)} prompts",
+            f"{record.get('steps', 0)} steps",
+            f"loss {_num(record.get('loss'))}",
+            f"{_num(record.get('wall_s'), '.1f')}s ({top})",
+        ]
+    )
+
+
 def run_summary(
     records: Sequence[Mapping[str, Any]],
     run_dir: Path,
     checkpoint: Path | None,
     logs_dir: Path | None = None,
     dashboard_token: bool = False,
+    warm_start: Mapping[str, Any] | None = None,
 ) -> str:
     """The end-of-run summary: iterations, final target and achieved reward, the best mean
-    achieved reward (and its iteration), where the checkpoint and the logs are, and the
-    dashboard and eval commands. ``records``: every record of the run (resumed ones too);
-    ``dashboard_token``: the dashboard command asks for a token (the summary says so, never
-    which)."""
+    achieved reward (and its iteration), the warm start's and the loop's time, where the
+    checkpoint and the logs are, and the dashboard and eval commands. ``records``: every
+    record of the run (resumed ones too); ``dashboard_token``: the dashboard command asks for a
+    token (the summary says so, never which); ``warm_start``: the warm start's record
+    (``warm_start.json``), ``None`` without one."""
     lines = [f"run finished: {run_dir}"]
     if not records:
         return "\n".join([*lines, "  no iteration ran"])
@@ -101,6 +130,11 @@ def run_summary(
         lines.append(
             f"  best             achieved {_num(best['achieved_mean'])}"
             f" at iter {best['iteration'] + 1}/{total} (target {_num(best.get('target'))})"
+        )
+    if warm_start is not None:
+        lines.append(
+            f"  warm start       {_num(warm_start.get('wall_s'), '.1f')}s,"
+            f" {warm_start.get('samples', 0)} samples, {warm_start.get('steps', 0)} steps"
         )
     walls = [r["wall_s"] for r in records if isinstance(r.get("wall_s"), int | float)]
     if walls:

@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from online_dt.config import OnlineRunConfig
 from online_dt.launch.rundir import RunDir
-from online_dt.loop.console import iteration_line, reward_text
+from online_dt.loop.console import iteration_line, reward_text, warm_start_line
 from online_dt.loop.front_schedule import front_targets, mean_target
 from online_dt.loop.futures import Future
 from online_dt.loop.records import iteration_record, sample_log
@@ -131,38 +131,86 @@ def bound_policy_lag(
     return RolloutBatch(kept, recovery)
 
 
-def warm_start(cfg: OnlineRunConfig, prompts: Sequence[str], workers: Workers, run: RunDir) -> None:
+WARM_START_STEPS_PER_CALL = 25
+"""The warm start trains in calls of at most this many steps to the learner, so that its
+progress bar moves between them; the batches, learning rates and weights are those of one call
+of every step (tests/test_warm_start.py)."""
+
+
+def warm_start(
+    cfg: OnlineRunConfig,
+    prompts: Sequence[str],
+    workers: Workers,
+    run: RunDir,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Optional offline warm start before iteration 0: sample ``warm_start_samples_per_prompt``
     completions of ``warm_start_prompts`` prompts (one iteration's by default) at the
     schedule's ``start`` target (with objectives, the middle of each objective's range), score
     them, append them (iteration -1), train ``warm_start_steps`` steps (at ``warm_start_lr``
-    when set) and sync the weights."""
+    when set; a progress bar counts them when ``progress``) and sync the weights.
+
+    Returns:
+        The warm start's record, also written to the run directory (``warm_start.json``) and
+        logged as one line (:func:`~online_dt.loop.console.warm_start_line`): ``samples`` (kept
+        after scoring), ``prompts``, ``steps``, ``loss`` (the mean over the steps; NaN without
+        steps), and ``rollout_s``, ``scoring_s``, ``training_s`` (appending included),
+        ``sync_s``, ``other_s`` and ``wall_s`` in seconds.
+    """
     on = cfg.online
+    timer = StageTimer(STAGES[:-1])
     batch = prompts_for(prompts, 0, on.warm_start_prompt_count)
     params = sampling_params(cfg, -1, on.warm_start_samples_per_prompt)
     start: Reward = cfg.schedule.start
     if cfg.conditioning.objectives:  # the middle of every objective's range
         start = tuple(o.center for o in cfg.conditioning.objectives)
-    targets = [start] * len(batch)
-    rollouts = workers.samplers.generate(batch, targets, params).result().rollouts
-    scored = score_rollouts(
-        workers.reward.score,
-        rollouts,
-        -1,
-        cfg.fault_tolerance,
-        run,
-        restart=workers.restart_reward,
-        wait_for_restart=workers.wait_for_reward,
-    )
-    appended = workers.learner.append(*scored.kept(rollouts), -1, time.time()).result()
-    trained = workers.learner.train(on.warm_start_steps, on.warm_start_lr).result()
-    workers.samplers.load_weights(workers.learner.publish().result()).result()
     log.info(
-        "warm start: %d samples, %d steps, loss %.3f",
-        appended["count"],
-        on.warm_start_steps,
-        trained["loss"],
+        "warm start: sampling %d completions (%d prompts x %d) at target %s",
+        len(batch) * params.n,
+        len(batch),
+        params.n,
+        reward_text(start),
     )
+    with timer("rollout"):
+        rollouts = workers.samplers.generate(batch, [start] * len(batch), params).result().rollouts
+    with timer("scoring"):
+        scored = score_rollouts(
+            workers.reward.score,
+            rollouts,
+            -1,
+            cfg.fault_tolerance,
+            run,
+            restart=workers.restart_reward,
+            wait_for_restart=workers.wait_for_reward,
+        )
+    with timer("training"):
+        appended = workers.learner.append(*scored.kept(rollouts), -1, time.time()).result()
+        loss = _train_with_progress(workers, on.warm_start_steps, on.warm_start_lr, progress)
+    with timer("sync"):
+        workers.samplers.load_weights(workers.learner.publish().result()).result()
+    record = {
+        "samples": appended["count"],
+        "prompts": len(batch),
+        "steps": on.warm_start_steps,
+        "loss": loss,
+        **timer.seconds(),
+    }
+    run.write_warm_start(record)
+    log.info("%s", warm_start_line(record))
+    return record
+
+
+def _train_with_progress(workers: Workers, steps: int, lr: float | None, progress: bool) -> float:
+    """Train ``steps`` steps in calls of :data:`WARM_START_STEPS_PER_CALL`; their mean loss."""
+    total = 0.0
+    with tqdm(total=steps, desc="warm start", unit="step", disable=not progress) as bar:
+        for done in range(0, steps, WARM_START_STEPS_PER_CALL):
+            n = min(WARM_START_STEPS_PER_CALL, steps - done)
+            trained = workers.learner.train(n, lr).result()
+            total += trained["loss"] * n
+            bar.update(n)
+            bar.set_postfix(loss=f"{trained['loss']:.3f}")
+    return total / steps if steps else float("nan")
 
 
 def run_loop(
@@ -216,7 +264,7 @@ def _run_loop(
     best_above = cfg.conditioning.reward_max if cfg.conditioning.best_command else None
     state = schedule_state or ScheduleState.initial(cfg.schedule)
     if start_iteration == 0 and on.warm_start_samples_per_prompt > 0:
-        warm_start(cfg, prompts, workers, run)
+        warm_start(cfg, prompts, workers, run, progress)
     history: list[dict[str, Any]] = []
     pending: Launched | None = None  # async: the next iteration, submitted during training
     loading: Future[Any] | None = None  # async: the samplers' weight load, queued behind it
