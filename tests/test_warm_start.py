@@ -161,3 +161,47 @@ def test_the_warm_start_trains_in_calls_to_the_weights_of_one_call(tmp_path, bas
     assert "warm start       " in run_summary(
         plan.run.read_metrics(), plan.run.path, None, None, warm_start=second
     )
+
+
+def test_a_run_stopped_after_the_warm_start_resumes_without_repeating_it(
+    tmp_path,
+    base,  # noqa: F811
+    monkeypatch,
+):
+    """The warm start checkpoints (after iteration -1): a run stopped in its first iteration
+    resumes after the warm start, which it does not run again, to the targets and buffer of an
+    uninterrupted run."""
+    from online_dt.training import learner as learner_module
+
+    warm = {"warm_start_samples_per_prompt": 2, "warm_start_steps": 3, "warm_start_lr": 5e-3}
+    full, _ = run_local(make_cfg(tmp_path / "full", base, iterations=2, **warm))
+
+    calls: list[int] = []
+    append, train = learner_module.Learner.append, learner_module.Learner.train
+
+    def failing(self, rollouts, rewards, iteration, *args, **kwargs):
+        if iteration == 0:
+            raise RuntimeError("stopped in iteration 0")
+        return append(self, rollouts, rewards, iteration, *args, **kwargs)
+
+    def recording(self, steps, lr=None):
+        calls.append(steps)
+        return train(self, steps, lr)
+
+    monkeypatch.setattr(learner_module.Learner, "train", recording)
+    monkeypatch.setattr(learner_module.Learner, "append", failing)
+    with pytest.raises(RuntimeError, match="stopped in iteration 0"):
+        run_local(make_cfg(tmp_path / "cut", base, iterations=2, **warm))
+    cut = tmp_path / "cut" / "run"
+    assert (cut / "checkpoints" / "iter--00001").is_dir() and not (cut / "metrics.jsonl").exists()
+    assert calls == [3]
+
+    monkeypatch.setattr(learner_module.Learner, "append", append)
+    _, plan = run_local(None, resume=cut)
+    assert calls == [3, 2, 2]  # the two iterations only
+    resumed = plan.run.read_metrics()
+    assert [m["iteration"] for m in resumed] == [0, 1]
+    assert [m["target"] for m in resumed] == pytest.approx([m["target"] for m in full])
+    data = export_dataset(plan.run.buffer_dir)
+    assert data["iteration"].count(-1) == 8  # the warm start's samples, once
+    assert len(data) == full[-1]["buffer_size"] == resumed[-1]["buffer_size"]

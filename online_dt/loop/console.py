@@ -76,7 +76,7 @@ def warm_start_line(record: Mapping[str, Any]) -> str:
     stages = sorted(
         (
             (record[k], k[:-2])
-            for k in ("rollout_s", "scoring_s", "training_s", "sync_s")
+            for k in ("rollout_s", "scoring_s", "training_s", "sync_s", "checkpoint_s")
             if isinstance(record.get(k), int | float)
         ),
         reverse=True,

@@ -142,13 +142,16 @@ def warm_start(
     prompts: Sequence[str],
     workers: Workers,
     run: RunDir,
+    state: ScheduleState,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Optional offline warm start before iteration 0: sample ``warm_start_samples_per_prompt``
     completions of ``warm_start_prompts`` prompts (one iteration's by default) at the
     schedule's ``start`` target (with objectives, the middle of each objective's range), score
     them, append them (iteration -1), train ``warm_start_steps`` steps (at ``warm_start_lr``
-    when set; a progress bar counts them when ``progress``) and sync the weights.
+    when set; a progress bar counts them when ``progress``), sync the weights and checkpoint
+    (after iteration -1, with the schedule's initial ``state``): a run stopped before its first
+    iteration's checkpoint resumes after the warm start instead of starting over.
 
     Returns:
         The warm start's record, also written to the run directory (``warm_start.json``) and
@@ -158,7 +161,7 @@ def warm_start(
         ``sync_s``, ``other_s`` and ``wall_s`` in seconds.
     """
     on = cfg.online
-    timer = StageTimer(STAGES[:-1])
+    timer = StageTimer(STAGES)
     batch = prompts_for(prompts, 0, on.warm_start_prompt_count)
     params = sampling_params(cfg, -1, on.warm_start_samples_per_prompt)
     start: Reward = cfg.schedule.start
@@ -188,6 +191,9 @@ def warm_start(
         loss = _train_with_progress(workers, on.warm_start_steps, on.warm_start_lr, progress)
     with timer("sync"):
         workers.samplers.load_weights(workers.learner.publish().result()).result()
+    with timer("checkpoint"):
+        controller = {"schedule": state.to_dict(), "iteration": -1}
+        workers.learner.checkpoint(-1, controller, background=on.background_checkpoints).result()
     record = {
         "samples": appended["count"],
         "prompts": len(batch),
@@ -227,6 +233,8 @@ def run_loop(
 ) -> list[dict[str, Any]]:
     """Run iterations ``start_iteration .. cfg.online.iterations - 1``; return their records.
 
+    A new run (``schedule_state`` ``None``) starts with the warm start when the config has one
+    (:func:`warm_start`); a resumed one (the checkpoint's ``schedule_state``) never repeats it.
     Each record is also logged as one line (:func:`online_dt.loop.console.iteration_line`,
     logger ``online_dt.loop.loop``, INFO), printed above the progress bar when it is shown.
     ``extra_metrics`` is called once per record, and what it returns is added to the record
@@ -263,8 +271,8 @@ def _run_loop(
     max_lag = on.max_policy_lag if overlap else 0
     best_above = cfg.conditioning.reward_max if cfg.conditioning.best_command else None
     state = schedule_state or ScheduleState.initial(cfg.schedule)
-    if start_iteration == 0 and on.warm_start_samples_per_prompt > 0:
-        warm_start(cfg, prompts, workers, run, progress)
+    if schedule_state is None and on.warm_start_samples_per_prompt > 0:  # a new run
+        warm_start(cfg, prompts, workers, run, state, progress)
     history: list[dict[str, Any]] = []
     pending: Launched | None = None  # async: the next iteration, submitted during training
     loading: Future[Any] | None = None  # async: the samplers' weight load, queued behind it
