@@ -206,6 +206,13 @@ def test_metrics_samples_and_status(client, synthetic):
         "reward model returned NaN",
     ]
     assert latest[3]["file"] == "broken.json" and "cannot be read" in latest[3]["reason"]
+    assert st["warm_start"] is None
+    warm = {"samples": 7168, "prompts": 512, "steps": 300, "loss": 1.43, "wall_s": 45.3}
+    (synthetic / "warm_start.json").write_text(json.dumps(warm))
+    assert client.get("/api/status").json()["warm_start"] == warm
+    (synthetic / "warm_start.json").write_text("[1, 2]")
+    assert client.get("/api/status").json()["warm_start"] is None
+    (synthetic / "warm_start.json").unlink()
 
     cfg = client.get("/api/config").json()
     assert cfg["config"]["online"]["iterations"] == 10

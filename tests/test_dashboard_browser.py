@@ -143,6 +143,14 @@ def test_every_panel_shows_the_run(browser_page, run_dir):
     assert page.inner_text("#st-buffer") == str(metrics[-1]["buffer_size"])
     assert page.inner_text("#st-target") == f"{metrics[-1]['target']:.3f}"
     assert page.inner_text("#st-checkpoint") == f"iter-{ITERATIONS - 1:06d}"
+    assert page.inner_text("#st-warm-start") == "–"  # this run has none
+    warm = {"samples": 448, "prompts": 32, "steps": 10, "loss": 1.5, "wall_s": 2.71}
+    (run_dir / "warm_start.json").write_text(json.dumps(warm))
+    try:  # the next poll shows it
+        shown = "document.getElementById('st-warm-start').textContent"
+        wait_for(page, f"{shown} === '448 samples, 10 steps, 2.7 s'")
+    finally:
+        (run_dir / "warm_start.json").unlink()
     assert page.inner_text("#errors-summary") == "none"
     summary = page.inner_text("#config-summary")
     assert "schedule" in summary and "quantile" in summary and "8 x 2" in summary

@@ -58,6 +58,7 @@ from online_dt.launch.rundir import (
     LATEST_FILE,
     METRICS_FILE,
     REJECTED_DIR,
+    WARM_START_FILE,
 )
 from online_dt.launch.rundir import finite_or_none as finite
 from online_dt.util.pareto import pareto_front
@@ -141,10 +142,12 @@ class RunReader:
 
     def status(self) -> dict[str, Any]:
         """Run status: the last iteration's figures, progress, state, latest checkpoint,
-        whether an evaluation exists, and errors (rejected batches, ``errors`` lists in the
-        metrics records). With several objectives, ``target`` and ``achieved_mean`` are
-        vectors, ``objectives`` their names (else ``None``), and ``front_size`` and
-        ``front_hypervolume`` the last iteration's figures of the buffer's front."""
+        whether an evaluation exists, the warm start's record (``warm_start.json``: samples,
+        prompts, steps, loss, seconds per stage; ``None`` without one), and errors (rejected
+        batches, ``errors`` lists in the metrics records). With several objectives,
+        ``target`` and ``achieved_mean`` are vectors, ``objectives`` their names (else
+        ``None``), and ``front_size`` and ``front_hypervolume`` the last iteration's figures of
+        the buffer's front."""
         metrics = self.files.metrics()["records"]
         cfg = self.config()
         total = integer(((cfg["config"] or {}).get("online") or {}).get("iterations"), None)
@@ -170,6 +173,7 @@ class RunReader:
         latest, _ = self.files.json_file(_LATEST)
         if isinstance(latest, dict):
             checkpoint = latest.get("path")
+        warm_start, _ = self.files.json_file(WARM_START_FILE)
         return {
             "run_dir": str(self.files.root),
             "name": self.files.root.name,
@@ -186,6 +190,7 @@ class RunReader:
             "front_hypervolume": last.get("front_hypervolume"),
             "updated_at": updated,
             "checkpoint": checkpoint,
+            "warm_start": warm_start if isinstance(warm_start, dict) else None,
             "eval_available": latest_eval is not None,
             "eval_kind": latest_eval[0] if latest_eval is not None else None,
             "config_error": cfg["error"],

@@ -584,6 +584,11 @@ function renderStatus(st) {
   text($("st-buffer"), st.buffer_size);
   text($("st-target"), fmtReward(st.target));
   text($("st-achieved"), fmtReward(st.achieved_mean));
+  const warm = st.warm_start;
+  text(
+    $("st-warm-start"),
+    warm ? `${warm.samples} samples, ${warm.steps} steps, ${fmt(warm.wall_s, 1)} s` : null,
+  );
   text($("st-checkpoint"), st.checkpoint);
   text($("st-updated"), st.updated_at ? new Date(st.updated_at * 1000).toLocaleTimeString() : null);
 
