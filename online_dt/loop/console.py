@@ -70,8 +70,8 @@ def warm_start_line(record: Mapping[str, Any]) -> str:
     """One line for the warm start's record (:func:`online_dt.loop.loop.warm_start`): samples
     kept of prompts, training steps, mean loss, wall seconds with the two largest stages.
 
-    Example: ``warm start  7168 samples of 512 prompts  300 steps  loss 1.427  45.2s
-    (training 36.1, rollout 8.7)``.
+    Example: ``warm start  7168 samples of 512 prompts  300 steps  loss 1.427  47.4s
+    (training 35.6, rollout 11.5)``.
     """
     stages = sorted(
         (

@@ -158,7 +158,7 @@ def warm_start(
         logged as one line (:func:`~online_dt.loop.console.warm_start_line`): ``samples`` (kept
         after scoring), ``prompts``, ``steps``, ``loss`` (the mean over the steps; NaN without
         steps), and ``rollout_s``, ``scoring_s``, ``training_s`` (appending included),
-        ``sync_s``, ``other_s`` and ``wall_s`` in seconds.
+        ``sync_s``, ``checkpoint_s``, ``other_s`` and ``wall_s`` in seconds.
     """
     on = cfg.online
     timer = StageTimer(STAGES)
