@@ -25,6 +25,21 @@ def reward_text(value: Any, spec: str = ".3f") -> str:
     return _num(value, spec)
 
 
+def _wall_text(record: Mapping[str, Any]) -> str:
+    """A record's wall seconds with its two largest stages: ``2.5s (training 1.6, rollout
+    0.8)``."""
+    stages = sorted(
+        (
+            (record[k], k[:-2])
+            for k in ("rollout_s", "scoring_s", "training_s", "sync_s", "checkpoint_s")
+            if isinstance(record.get(k), int | float)
+        ),
+        reverse=True,
+    )[:2]
+    top = ", ".join(f"{name} {seconds:.1f}" for seconds, name in stages)
+    return f"{_num(record.get('wall_s'), '.1f')}s ({top})"
+
+
 def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
     """One line for one iteration's record (numbered from 1: ``iter 1/30`` is iteration 0 in
     ``metrics.jsonl``): target and achieved reward (mean, p10..p90),
@@ -51,16 +66,7 @@ def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
     parts.append(f"loss {_num(record.get('loss'))}")
     if record.get("kl_to_base") is not None:
         parts.append(f"KL {_num(record['kl_to_base'], '.1f')}")
-    stages = sorted(
-        (
-            (record[k], k[:-2])
-            for k in ("rollout_s", "scoring_s", "training_s", "sync_s", "checkpoint_s")
-            if isinstance(record.get(k), int | float)
-        ),
-        reverse=True,
-    )[:2]
-    top = ", ".join(f"{name} {seconds:.1f}" for seconds, name in stages)
-    parts.append(f"{_num(record.get('wall_s'), '.1f')}s ({top})")
+    parts.append(_wall_text(record))
     if record.get("policy_lag_max"):
         parts.append(f"lag {record['policy_lag_max']}")
     return "  ".join(parts)
@@ -73,22 +79,13 @@ def warm_start_line(record: Mapping[str, Any]) -> str:
     Example: ``warm start  7168 samples of 512 prompts  300 steps  loss 1.427  47.4s
     (training 35.6, rollout 11.5)``.
     """
-    stages = sorted(
-        (
-            (record[k], k[:-2])
-            for k in ("rollout_s", "scoring_s", "training_s", "sync_s", "checkpoint_s")
-            if isinstance(record.get(k), int | float)
-        ),
-        reverse=True,
-    )[:2]
-    top = ", ".join(f"{name} {seconds:.1f}" for seconds, name in stages)
     return "  ".join(
         [
             "warm start",
             f"{record.get('samples', 0)} samples of {record.get('prompts', 0)} prompts",
             f"{record.get('steps', 0)} steps",
             f"loss {_num(record.get('loss'))}",
-            f"{_num(record.get('wall_s'), '.1f')}s ({top})",
+            _wall_text(record),
         ]
     )
 
