@@ -144,7 +144,7 @@ def warm_start(
     run: RunDir,
     state: ScheduleState,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> None:
     """Optional offline warm start before iteration 0: sample ``warm_start_samples_per_prompt``
     completions of ``warm_start_prompts`` prompts (one iteration's by default) at the
     schedule's ``start`` target (with objectives, the middle of each objective's range), score
@@ -153,12 +153,11 @@ def warm_start(
     (after iteration -1, with the schedule's initial ``state``): a run stopped before its first
     iteration's checkpoint resumes after the warm start instead of starting over.
 
-    Returns:
-        The warm start's record, also written to the run directory (``warm_start.json``) and
-        logged as one line (:func:`~online_dt.loop.console.warm_start_line`): ``samples`` (kept
-        after scoring), ``prompts``, ``steps``, ``loss`` (the mean over the steps; NaN without
-        steps), and ``rollout_s``, ``scoring_s``, ``training_s`` (appending included),
-        ``sync_s``, ``checkpoint_s``, ``other_s`` and ``wall_s`` in seconds.
+    Its record goes to the run directory (``warm_start.json``) and is logged as one line
+    (:func:`~online_dt.loop.console.warm_start_line`): ``samples`` (kept after scoring),
+    ``prompts``, ``steps``, ``loss`` (the mean over the steps; NaN without steps), and
+    ``rollout_s``, ``scoring_s``, ``training_s`` (appending included), ``sync_s``,
+    ``checkpoint_s``, ``other_s`` and ``wall_s`` in seconds.
     """
     on = cfg.online
     timer = StageTimer(STAGES)
@@ -191,9 +190,9 @@ def warm_start(
         loss = _train_with_progress(workers, on.warm_start_steps, on.warm_start_lr, progress)
     with timer("sync"):
         workers.samplers.load_weights(workers.learner.publish().result()).result()
-    with timer("checkpoint"):
+    with timer("checkpoint"):  # in the foreground: no earlier checkpoint to fall back on
         controller = {"schedule": state.to_dict(), "iteration": -1}
-        workers.learner.checkpoint(-1, controller, background=on.background_checkpoints).result()
+        workers.learner.checkpoint(-1, controller, background=False).result()
     record = {
         "samples": appended["count"],
         "prompts": len(batch),
@@ -203,7 +202,6 @@ def warm_start(
     }
     run.write_warm_start(record)
     log.info("%s", warm_start_line(record))
-    return record
 
 
 def _train_with_progress(workers: Workers, steps: int, lr: float | None, progress: bool) -> float:
