@@ -170,6 +170,58 @@ def test_the_best_sample_of_each_prompt_that_asked_for_the_best_command_is_kept(
     assert kept[2].iteration is None
 
 
+def test_best_kl_coef_ranks_by_reward_less_the_kl_to_the_base():
+    near = sample("a", 0.85, 2.0, log_importance_weight=-10.0)
+    far = sample("a", 0.9, 2.0, log_importance_weight=-100.0)
+    lost = sample("b", 0.99, 2.0)  # no weight: the base gives its completion probability 0
+    kept_b = sample("b", 0.1, 2.0, log_importance_weight=-1.0)
+    samples = [far, near, lost, kept_b]
+    # the reward alone: 0.9 and 0.99
+    assert best_of_prompts(samples, reward_max=1.0) == [far, lost]
+    # 0.9 - 1e-3 * 100 = 0.8 < 0.85 - 1e-3 * 10 = 0.84; an unweighted sample ranks last
+    assert best_of_prompts(samples, reward_max=1.0, kl_coef=1e-3) == [near, kept_b]
+    # a small coefficient only breaks near-ties: 0.9 - 1e-4 * 100 = 0.89 > 0.849
+    assert best_of_prompts(samples, reward_max=1.0, kl_coef=1e-4)[0] is far
+
+
+def test_best_kl_coef_needs_the_best_command_and_importance_weights(tmp_path, base):  # noqa: F811
+    with pytest.raises(ValidationError, match=r"online.best_kl_coef: 0.001 ranks the best"):
+        make_cfg(tmp_path, base, best_kl_coef=1e-3)
+    data = with_best(make_cfg(tmp_path, base)).model_dump()
+    data["online"]["best_kl_coef"] = 1e-3
+    with pytest.raises(ValidationError, match=r"buffer.importance_weighting: true"):
+        OnlineRunConfig.model_validate(data)
+    data["buffer"]["importance_weighting"] = True
+    assert OnlineRunConfig.model_validate(data).online.best_kl_coef == 1e-3
+
+
+def test_the_learner_ranks_the_best_samples_by_the_kl_regularised_reward(
+    tmp_path,
+    base,  # noqa: F811
+    monkeypatch,
+):
+    data = with_best(make_cfg(tmp_path, base), best_rows=2).model_dump()
+    data["online"].update(best_kl_coef=10.0, samples_per_prompt=4)
+    data["buffer"]["importance_weighting"] = True
+    cfg = OnlineRunConfig.model_validate(data)
+    batches = record_steps(monkeypatch)
+    _, plan = run_local(cfg)
+    from online_dt.replay.export import export_dataset
+
+    buffer = export_dataset(plan.run.buffer_dir).to_pandas()
+    differs = 0
+    for it in range(4):
+        steps = batches[it * 2 : it * 2 + 2]
+        rows = {s.sample_id for b in steps for s in b[cfg.training.batch_size :]}
+        asked = buffer[(buffer.iteration == it) & (buffer.target_reward > 1.0)]
+        score = asked.achieved_reward + 10.0 * asked.log_importance_weight
+        best = asked.loc[score.groupby(asked.prompt).idxmax()]
+        assert rows == set(best.sample_id)  # both prompts' best, dealt over the two steps
+        by_reward = asked.loc[asked.groupby("prompt").achieved_reward.idxmax()]
+        differs += set(by_reward.sample_id) != rows
+    assert differs  # the coefficient changed which samples were kept
+
+
 def test_best_rows_are_dealt_out_evenly_and_relabelled():
     rows = BestRows(4, seed=0)
     assert rows.take() == []

@@ -105,6 +105,15 @@ class OnlineConfig(StrictModel):
     step then has ``training.batch_size`` buffer rows plus these. Not read without
     ``best_command``."""
 
+    best_kl_coef: float = Field(0.0, ge=0.0)
+    """With ``conditioning.best_command``: each prompt's best sample is the one with the highest
+    achieved reward minus this times its KL to the base model (``log pi - log p_base`` of the
+    completion, nats; reward units per nat), the KL-regularised reward of RLHF used to rank
+    RAFT's samples (:func:`~online_dt.training.best_rows.best_of_prompts`). 0 (default): the
+    highest reward. 1e-4 kept the best command's KL per completion at 73-84 nats where 0 gave
+    120, at most 0.007 less reward (docs/method.md, round 26). > 0 needs ``best_command`` and
+    ``buffer.importance_weighting`` (which gives every sample its ``log p_base - log pi``)."""
+
     best_asks_in_buffer: bool = True
     """With ``conditioning.best_command``: whether the samples of the prompts that asked for the
     best command also enter the replay buffer, relabelled with their achieved rewards as every

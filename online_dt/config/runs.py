@@ -205,6 +205,12 @@ class OnlineRunConfig(RunConfig):
                 f"conditioning.{self.conditioning.lora_option} needs sampler.backend: hf or auto "
                 "(auto then picks HF): vLLM's engine runs the model without the LoRA's gate"
             )
+        if self.online.best_kl_coef > 0 and not (best and self.buffer.importance_weighting):
+            raise ValueError(
+                f"online.best_kl_coef: {self.online.best_kl_coef} ranks the best command's "
+                "samples by their KL to the base model, which needs conditioning.best_command: "
+                "true and buffer.importance_weighting: true (the samples' log p_base - log pi)"
+            )
         if not best:
             return self
         if fraction == 0 or self.online.best_rows == 0:

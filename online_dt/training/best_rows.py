@@ -2,7 +2,8 @@
 
 With ``conditioning.best_command``, a share of each iteration's prompts asks for the best
 command (``schedule.best_fraction``). Of each such prompt's samples, the one with the highest
-achieved reward is kept, labelled with the best command's target, and added to every training
+achieved reward (less ``online.best_kl_coef`` times its KL to the base model) is kept,
+labelled with the best command's target, and added to every training
 step of the following training (``online.best_rows`` rows per step). This is RAFT's round
 (Dong et al., 2023, "RAFT: Reward rAnked FineTuning", arXiv 2304.06767: sample k per prompt,
 keep the best, fine-tune on it) for one command of the policy. Hindsight relabeling alone
@@ -14,6 +15,7 @@ unless ``online.best_asks_in_buffer`` is false.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,23 +23,39 @@ import numpy as np
 from online_dt.samples import Sample
 
 
-def best_of_prompts(samples: Sequence[Sample], reward_max: float) -> list[Sample]:
-    """The highest-reward sample of each prompt among ``samples`` asked for the best command
+def best_of_prompts(
+    samples: Sequence[Sample], reward_max: float, kl_coef: float = 0.0
+) -> list[Sample]:
+    """The best sample of each prompt among ``samples`` asked for the best command
     (``target_reward`` above ``reward_max``), in the order of their prompts' first sample.
     Ties keep the first. Samples asked for a reward target are skipped.
+
+    "Best" is the highest achieved reward minus ``kl_coef`` times the sample's KL to the base
+    model, ``log pi - log p_base`` of its completion (nats; minus its
+    ``log_importance_weight``): the KL-regularised reward that RLHF maximises (Ziegler et al.,
+    2019, "Fine-Tuning Language Models from Human Preferences", arXiv 1909.08593), used here
+    to rank RAFT's samples instead of the reward alone (docs/method.md, round 26). Among
+    samples of nearly equal reward it keeps the one nearest the base model's text.
 
     Args:
         samples: one iteration's samples (scalar rewards).
         reward_max: ``conditioning.reward_max``; a target above it is the best command.
+        kl_coef: ``online.best_kl_coef``, reward units per nat, >= 0. With ``kl_coef > 0`` a
+            sample without a log importance weight (the base model gives its completion
+            probability 0) ranks below every sample with one.
     """
-    best: dict[str, Sample] = {}
+    best: dict[str, tuple[float, Sample]] = {}
     for s in samples:
         if s.target_reward is None or float(s.target_reward) <= reward_max:  # type: ignore[arg-type]
             continue
+        score = float(s.achieved_reward)  # type: ignore[arg-type]
+        if kl_coef > 0:
+            log_iw = s.log_importance_weight
+            score = score + kl_coef * log_iw if log_iw is not None else -math.inf
         kept = best.get(s.prompt)
-        if kept is None or float(s.achieved_reward) > float(kept.achieved_reward):  # type: ignore[arg-type]
-            best[s.prompt] = s
-    return list(best.values())
+        if kept is None or score > kept[0]:
+            best[s.prompt] = (score, s)
+    return [s for _, s in best.values()]
 
 
 class BestRows:
