@@ -111,7 +111,7 @@ class OnlineConfig(StrictModel):
     completion, nats; reward units per nat), the KL-regularised reward of RLHF used to rank
     RAFT's samples (:func:`~online_dt.training.best_rows.best_of_prompts`). 0 (default): the
     highest reward. 1e-4 kept the best command's KL per completion at 73-84 nats where 0 gave
-    120, at most 0.007 less reward (docs/method.md, round 26). > 0 needs ``best_command`` and
+    96-120, for 0.002-0.010 less reward (docs/method.md, round 26). > 0 needs ``best_command`` and
     ``buffer.importance_weighting`` (which gives every sample its ``log p_base - log pi``)."""
 
     best_asks_in_buffer: bool = True
