@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from online_dt.config.dashboard import TOKEN_ENV
+from online_dt.loop.timing import STAGES
 
 
 def _num(value: Any, spec: str = ".3f") -> str:
@@ -31,7 +32,7 @@ def _wall_text(record: Mapping[str, Any]) -> str:
     stages = sorted(
         (
             (record[k], k[:-2])
-            for k in ("rollout_s", "scoring_s", "training_s", "sync_s", "checkpoint_s")
+            for k in (f"{stage}_s" for stage in STAGES)
             if isinstance(record.get(k), int | float)
         ),
         reverse=True,

@@ -39,7 +39,7 @@ from online_dt.loop.reward_stats import RewardStats
 from online_dt.loop.rollout_batch import RolloutBatch, SamplerRecovery
 from online_dt.loop.schedule import ScheduleState, next_target, sample_targets
 from online_dt.loop.scoring import score_rollouts
-from online_dt.loop.timing import StageTimer
+from online_dt.loop.timing import STAGES, StageTimer
 from online_dt.loop.workers import Workers
 from online_dt.rollout.sampler import SamplingParams
 from online_dt.samples import Reward
@@ -49,9 +49,6 @@ log = logging.getLogger(__name__)
 
 SAMPLING_SEED_STREAM = 2
 """Seed key of each iteration's sampling (the schedule's streams are 0 and 1)."""
-
-STAGES = ("rollout", "scoring", "training", "sync", "checkpoint")
-"""The stages of an iteration the loop times (each a ``<stage>_s`` column of the metrics)."""
 
 Launched = tuple[Reward, ScheduleState, Future[RolloutBatch]]
 """An iteration's target (with several objectives, the mean of its prompts' target vectors),

@@ -6,6 +6,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+STAGES = ("rollout", "scoring", "training", "sync", "checkpoint")
+"""The stages of an iteration the loop times (each a ``<stage>_s`` column of the metrics)."""
+
 
 class StageTimer:
     """Times the named stages of one iteration (``with timer("rollout"): ...``).
