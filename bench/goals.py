@@ -11,7 +11,10 @@ method in it (``online-dt``, ``online-dt-token``) this prints:
   on as many samples as the bin holds at least ``--distinct-ratio`` of the bin's. An NLL below
   the reference is not a miss on its own: the distinct-2 check is what catches mode-seeking;
 * **(c)** at the same targets: ``|achieved - target| <= --calibration-tol``;
-* **(d)** online-dt's training time at most the peer's (``train_s``, one machine, one run).
+* **(d)** online-dt's training time at most the peer's (``train_s``, one machine, one run);
+* **the plane**: for every other method in the file (GRPO at each beta, RAFT, best-of-n), whether
+  some target of online-dt is on or above it, with at least its reward at no more than its KL
+  (the issue's aim: online-dt on or above every peer on the reward-vs-KL plane).
 
 The peer is a row of the same file (``--peer``, default ``grpo-b0.04``) or, when it ran in
 another invocation, of the file given with ``--peer-json`` (one per input, in order, e.g. the
@@ -71,6 +74,8 @@ class Verdict:
         b_misses: ``(target, what)`` for each target of (b)'s range that misses it.
         b_unknown: targets of (b)'s range whose reference bin holds no base sample.
         c_errors: ``target -> |achieved - target|`` over (c)'s range.
+        plane: ``peer method -> whether some target is on or above it`` (reward at least its
+            own at KL at most its own), for every other method of the report.
     """
 
     method: str
@@ -84,6 +89,7 @@ class Verdict:
     b_misses: list[tuple[float, str]] = field(default_factory=list)
     b_unknown: list[float] = field(default_factory=list)
     c_errors: dict[float, float] = field(default_factory=dict)
+    plane: dict[str, bool] = field(default_factory=dict)
     calibration_tol: float = 0.05
 
     @property
@@ -149,6 +155,13 @@ def score(
         peer_train_s=peer_row["train_s"],
         calibration_tol=thresholds.calibration_tol,
     )
+    for other in rows:
+        if other["method"] != "base" and other["method"] not in ODT_METHODS:
+            verdict.plane[other["method"]] = any(
+                r["reward_mean"] >= other["reward_mean"]
+                and r["kl_per_completion"] <= other["kl_per_completion"]
+                for r in odt
+            )
     lo, hi = base["reward_p10"], base["reward_p90"]
     bins = {round(b["center"], 6): b for b in (report.get("reference") or {}).get("at_targets", [])}
     for row in sorted(odt, key=lambda r: r["target"]):
@@ -181,6 +194,7 @@ def format_verdict(v: Verdict, peer: str) -> str:
         b_text += (
             ("; " if b_text else "") + "no reference at " + ", ".join(f"{t:g}" for t in v.b_unknown)
         )
+    plane = ", ".join(f"{m} {'yes' if on else 'no'}" for m, on in v.plane.items())
     return "\n".join(
         [
             f"  {v.method}: (a) {a}: {v.reward:.4f} at {v.kl:.1f} nats (target {v.best_target:g})"
@@ -189,6 +203,7 @@ def format_verdict(v: Verdict, peer: str) -> str:
             f"    (c) {len(v.c_misses)} misses of {len(v.c_errors)}; |achieved - target| {c_text}",
             f"    (d) {'met' if v.d_met else 'not met'}: {v.train_s:.1f} s against "
             f"{v.peer_train_s:.1f} s ({v.train_s / v.peer_train_s:.2f}x)",
+            f"    on or above on the plane: {plane or 'no other method in the file'}",
         ]
     )
 

@@ -114,3 +114,15 @@ def test_main_refuses_a_missing_peer_row(tmp_path, capsys):
     assert main([str(path)]) == 2
     assert "has no 'grpo-b0.04' row" in capsys.readouterr().err
     assert main([str(path), "--peer-json", str(path), str(path)]) == 2
+
+
+def test_the_plane_asks_for_one_target_on_or_above_each_other_method():
+    r = report()
+    r["rows"] += [
+        {"method": "raft", "reward_mean": 0.996, "kl_per_completion": 100.0, "train_s": 20.0},
+        {"method": "best-of-4", "reward_mean": 0.5, "kl_per_completion": 0.6, "train_s": 0.0},
+        {"method": "grpo-b0", "reward_mean": 0.3, "kl_per_completion": 2.0, "train_s": 20.0},
+    ]
+    v = score(r, r["rows"][1], "online-dt")
+    # grpo-b0: target 0.4 gives 0.41 at 2.0 nats; best-of-4: nothing at <= 0.6 nats
+    assert v.plane == {"grpo-b0.04": True, "raft": False, "best-of-4": False, "grpo-b0": True}
