@@ -16,6 +16,11 @@ method in it (``online-dt``, ``online-dt-token``) this prints:
   some target of online-dt is on or above it, with at least its reward at no more than its KL
   (the issue's aim: online-dt on or above every peer on the reward-vs-KL plane).
 
+When the peer's row has a training path (``bench/peers.py --path-evals N``), (a)'s line also
+gives the peer's reward where its path reaches the best target's KL (linear between the path's
+points, the base model its start), which tells a point short of the peer's end point but above
+its path from one below both.
+
 The peer is a row of the same file (``--peer``, default ``grpo-b0.04``) or, when it ran in
 another invocation, of the file given with ``--peer-json`` (one per input, in order, e.g. the
 same seed run with ``--methods grpo``). With several inputs it then prints, per method, how many
@@ -74,6 +79,8 @@ class Verdict:
         b_misses: ``(target, what)`` for each target of (b)'s range that misses it.
         b_unknown: targets of (b)'s range whose reference bin holds no base sample.
         c_errors: ``target -> |achieved - target|`` over (c)'s range.
+        peer_path_reward: the peer's reward interpolated along its training path at ``kl``
+            (``None``: no path, or ``kl`` beyond its end).
         plane: ``peer method -> whether some target is on or above it`` (reward at least its
             own at KL at most its own), for every other method of the report.
     """
@@ -89,6 +96,7 @@ class Verdict:
     b_misses: list[tuple[float, str]] = field(default_factory=list)
     b_unknown: list[float] = field(default_factory=list)
     c_errors: dict[float, float] = field(default_factory=dict)
+    peer_path_reward: float | None = None
     plane: dict[str, bool] = field(default_factory=dict)
     calibration_tol: float = 0.05
 
@@ -111,6 +119,17 @@ class Verdict:
     def d_met(self) -> bool:
         """(d): trained in no more time than the peer."""
         return self.train_s <= self.peer_train_s
+
+
+def path_reward_at(path: Sequence[dict[str, Any]], kl: float, base_reward: float) -> float | None:
+    """The reward along a training path at KL ``kl`` (nats per completion): linear between
+    neighbouring points, in the path's order (train calls), from the base model (KL 0,
+    ``base_reward``) on; the first segment that spans ``kl`` counts. ``None`` beyond the path."""
+    points = [(0.0, base_reward)] + [(p["kl_per_completion"], p["reward_mean"]) for p in path]
+    for (k0, r0), (k1, r1) in zip(points, points[1:], strict=False):
+        if min(k0, k1) <= kl <= max(k0, k1):
+            return r0 if k1 == k0 else r0 + (r1 - r0) * (kl - k0) / (k1 - k0)
+    return None
 
 
 def _row(rows: Sequence[dict[str, Any]], method: str, where: str) -> dict[str, Any]:
@@ -155,6 +174,8 @@ def score(
         peer_train_s=peer_row["train_s"],
         calibration_tol=thresholds.calibration_tol,
     )
+    if peer_row.get("path"):
+        verdict.peer_path_reward = path_reward_at(peer_row["path"], verdict.kl, base["reward_mean"])
     for other in rows:
         if other["method"] != "base" and other["method"] not in ODT_METHODS:
             verdict.plane[other["method"]] = any(
@@ -195,10 +216,14 @@ def format_verdict(v: Verdict, peer: str) -> str:
             ("; " if b_text else "") + "no reference at " + ", ".join(f"{t:g}" for t in v.b_unknown)
         )
     plane = ", ".join(f"{m} {'yes' if on else 'no'}" for m, on in v.plane.items())
+    on_path = ""
+    if v.peer_path_reward is not None:
+        side = "above" if v.reward >= v.peer_path_reward else "below"
+        on_path = f"; {side} its path, which has {v.peer_path_reward:.4f} at that KL"
     return "\n".join(
         [
             f"  {v.method}: (a) {a}: {v.reward:.4f} at {v.kl:.1f} nats (target {v.best_target:g})"
-            f" against {peer}'s {v.peer_reward:.4f} at {v.peer_kl:.1f}",
+            f" against {peer}'s {v.peer_reward:.4f} at {v.peer_kl:.1f}{on_path}",
             f"    (b) {'met' if v.b_met else 'not met'}" + (f": {b_text}" if b_text else ""),
             f"    (c) {len(v.c_misses)} misses of {len(v.c_errors)}; |achieved - target| {c_text}",
             f"    (d) {'met' if v.d_met else 'not met'}: {v.train_s:.1f} s against "
@@ -222,12 +247,17 @@ def format_summary(verdicts: Sequence[Verdict], peer: str) -> str:
     c = sum(not v.c_misses for v in verdicts)
     d = sum(v.d_met for v in verdicts)
     misses = sum(len(v.c_misses) for v in verdicts)
+    on_path = [v.reward >= v.peer_path_reward for v in verdicts if v.peer_path_reward is not None]
+    path_text = (
+        f"; above {peer}'s path at its KL in {sum(on_path)} of {len(on_path)}" if on_path else ""
+    )
     kl = [v.kl for v in verdicts]
     peer_kl = [v.peer_kl for v in verdicts]
     return "\n".join(
         [
             f"  {verdicts[0].method} over {n} runs: (a) met in {a}, (b) in {b}, (c) in {c} "
-            f"({misses} misses in {sum(len(v.c_errors) for v in verdicts)} targets), (d) in {d}",
+            f"({misses} misses in {sum(len(v.c_errors) for v in verdicts)} targets), (d) in {d}"
+            f"{path_text}",
             f"    best target: reward {_mean_sd([v.reward for v in verdicts])}, KL "
             f"{statistics.fmean(kl):.1f} nats; {peer}: reward "
             f"{_mean_sd([v.peer_reward for v in verdicts])}, KL {statistics.fmean(peer_kl):.1f}",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.goals import Thresholds, main, score
+from bench.goals import Thresholds, format_summary, main, path_reward_at, score
 
 TARGETS = (-0.8, -0.4, 0.0, 0.4, 0.8, 1.0)
 
@@ -126,3 +126,25 @@ def test_the_plane_asks_for_one_target_on_or_above_each_other_method():
     v = score(r, r["rows"][1], "online-dt")
     # grpo-b0: target 0.4 gives 0.41 at 2.0 nats; best-of-4: nothing at <= 0.6 nats
     assert v.plane == {"grpo-b0.04": True, "raft": False, "best-of-4": False, "grpo-b0": True}
+
+
+def test_the_peers_path_at_the_best_targets_kl():
+    path = [
+        {"kl_per_completion": 10.0, "reward_mean": 0.9},
+        {"kl_per_completion": 50.0, "reward_mean": 0.98},
+        {"kl_per_completion": 90.0, "reward_mean": 0.99},
+    ]
+    assert path_reward_at(path, 5.0, 0.0) == pytest.approx(0.45), "from the base model at KL 0"
+    assert path_reward_at(path, 70.0, 0.0) == pytest.approx(0.985)
+    assert path_reward_at(path, 90.0, 0.0) == pytest.approx(0.99)
+    assert path_reward_at(path, 90.5, 0.0) is None, "beyond the path's end"
+    r = report()
+    r["rows"][1]["path"] = path
+    v = score(r, r["rows"][1], "online-dt")  # 0.995 at 80 nats, the path 0.9875 there
+    assert v.peer_path_reward == pytest.approx(0.9875)
+    r2 = report()
+    odt_row(r2, 1.0)["reward_mean"] = 0.98
+    r2["rows"][1]["path"] = path
+    below = score(r2, r2["rows"][1], "online-dt")
+    text = format_summary([v, below], "grpo-b0.04")
+    assert "above grpo-b0.04's path at its KL in 1 of 2" in text
