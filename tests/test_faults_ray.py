@@ -273,6 +273,27 @@ def test_hung_reward_actor_is_timed_out_killed_and_restarted(ray_address, tiny, 
     )
 
 
+def alive_actor_ids(address: str) -> set[str]:
+    """Ids of the actors ALIVE on the cluster at ``address``."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=10_000)
+    return {a.actor_id for a in alive}
+
+
+def wait_until_dead(address: str, actor_ids: set[str], timeout: float = 60.0) -> None:
+    """Return once Ray reports every actor of ``actor_ids`` ``DEAD``."""
+    from ray.util.state import list_actors
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = {a.actor_id: a.state for a in list_actors(address=address, limit=10_000)}
+        if all(states.get(i) == "DEAD" for i in actor_ids):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"actors {sorted(actor_ids)} were not all DEAD within {timeout}s")
+
+
 def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path):
     cfg = online_cfg(
         tmp_path / "run",
@@ -285,6 +306,7 @@ def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path)
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO)}
     run = RunDir(cfg.online.run_dir)
+    known = alive_actor_ids(ray_address)
     driver = subprocess.Popen(
         [sys.executable, "-m", "online_dt.run", "--config", str(path), "--no-progress"],
         cwd=REPO,
@@ -300,6 +322,8 @@ def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path)
     driver.send_signal(signal.SIGKILL)  # Ray then kills the job's actors and placement group
     driver.wait()
     killed_at = time.time()
+    # what was persisted is read once the job's learner can no longer write (its actors DEAD)
+    wait_until_dead(ray_address, alive_actor_ids(ray_address) - known)
     before = {r["sample_id"]: r for r in read_persisted(run.buffer_dir).to_pylist()}
     stopped = json.loads((run.latest_checkpoint() / "state.json").read_text())["controller"]
     resumed = subprocess.run(
@@ -316,7 +340,8 @@ def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path)
     rows = read_persisted(run.buffer_dir).to_pylist()
     assert len({r["sample_id"] for r in rows}) == len(rows), "no sample twice"
     after = {r["sample_id"]: r for r in rows}
-    assert all(after[sid] == row for sid, row in before.items()), "every persisted sample kept"
+    changed = [(row, after.get(sid)) for sid, row in before.items() if after.get(sid) != row]
+    assert not changed, f"{len(changed)} persisted samples changed or lost, e.g. {changed[0]}"
     first_resumed = next(m for m in metrics if m["iteration"] == stopped["iteration"] + 1)
     print(
         f"\ndriver SIGKILLed after iteration {stopped['iteration']} was checkpointed: "
@@ -611,7 +636,8 @@ def test_learner_killed_mid_training_is_restarted_from_its_checkpoint(
     ids = [r["sample_id"] for r in rows]
     assert sorted(ids) == list(range(len(ids))), "every persisted sample once"
     after = {r["sample_id"]: r for r in rows}
-    assert all(after[sid] == row for sid, row in before.items()), "every persisted sample kept"
+    changed = [(row, after.get(sid)) for sid, row in before.items() if after.get(sid) != row]
+    assert not changed, f"{len(changed)} persisted samples changed or lost, e.g. {changed[0]}"
     assert len(before) == 3 * 64, "killed in iteration 2's training, after its append"
     assert [sum(r["iteration"] == i for r in rows) for i in range(5)] == [64, 64, 128, 64, 64]
     back = metrics[2]["time"] - killed["wall"]
