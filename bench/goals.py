@@ -82,7 +82,8 @@ class Verdict:
         peer_path_reward: the peer's reward interpolated along its training path at ``kl``
             (``None``: no path, or ``kl`` beyond its end).
         plane: ``peer method -> whether some target is on or above it`` (reward at least its
-            own at KL at most its own), for every other method of the report.
+            own at KL at most its own), for every method of the report but the base and
+            online-dt's rows (guided ones included).
     """
 
     method: str
@@ -177,7 +178,7 @@ def score(
     if peer_row.get("path"):
         verdict.peer_path_reward = path_reward_at(peer_row["path"], verdict.kl, base["reward_mean"])
     for other in rows:
-        if other["method"] != "base" and other["method"] not in ODT_METHODS:
+        if other["method"] != "base" and not other["method"].startswith("online-dt"):
             verdict.plane[other["method"]] = any(
                 r["reward_mean"] >= other["reward_mean"]
                 and r["kl_per_completion"] <= other["kl_per_completion"]

@@ -1611,6 +1611,19 @@ def to_json(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def goals_text(report: dict[str, Any], peer: str = "grpo-b0.04") -> str:
+    """``bench/goals.py``'s verdicts for each online-dt method of ``report`` against ``peer``'s
+    row; ``""`` when the report lacks either."""
+    from bench.goals import ODT_METHODS, format_verdict, score
+
+    rows = report["rows"]
+    peers = [r for r in rows if r["method"] == peer]
+    methods = [m for m in ODT_METHODS if any(r["method"] == m for r in rows)]
+    if not peers or not methods:
+        return ""
+    return "\n".join(format_verdict(score(report, peers[0], m), peer) for m in methods)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit status: 0, or 1 when a method's train reward calls
     differ from the budget or any were on a held-out prompt (both reported in the JSON)."""
@@ -1702,6 +1715,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "peers.json").write_text(json.dumps(to_json(report), indent=2))
     plot(rows, reference, out / "peers.png")
     print(table)
+    goals = goals_text(report)
+    if goals:
+        print(f"\nissue 12's goals (bench/goals.py):\n{goals}")
     print(
         f"\nbudget {setup.budget} reward calls; wall {report['setup']['wall_s']:.0f} s; "
         f"wrote {out / 'peers.json'} and {out / 'peers.png'}"

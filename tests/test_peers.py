@@ -567,6 +567,10 @@ def test_peers_script_at_a_tiny_budget(tmp_path, embedded_model_dir):
     assert report["setup"]["train_prompts"] + report["setup"]["heldout_prompts"] == 742
     assert (out / "peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "online-dt" in stdout and "^ base |r-" in stdout
+    # the goals' verdicts against GRPO beta 0.04, for scalar and token mode
+    goals = stdout.split("issue 12's goals (bench/goals.py):\n")[1]
+    assert goals.startswith("  online-dt: (a) ") and "\n  online-dt-token: (a) " in goals
+    assert "on or above on the plane: best-of-4 " in goals
 
 
 @pytest.mark.slow
