@@ -16,11 +16,7 @@ from __future__ import annotations
 
 from online_dt.config.base import ConfigError, StrictModel
 from online_dt.config.buffer import ReplayBufferConfig
-from online_dt.config.conditioning import (
-    ConditioningConfig,
-    NormalizationConfig,
-    ObjectiveConfig,
-)
+from online_dt.config.conditioning import ConditioningConfig, NormalizationConfig
 from online_dt.config.dashboard import DashboardConfig
 from online_dt.config.loading import (
     config_class_for,
@@ -30,6 +26,7 @@ from online_dt.config.loading import (
 )
 from online_dt.config.loop import FaultToleranceConfig, OnlineConfig
 from online_dt.config.model import EMBEDDED, BootstrapConfig, ModelConfig
+from online_dt.config.objective import ObjectiveConfig
 from online_dt.config.offline import OfflineConfig
 from online_dt.config.prompts import PromptsConfig
 from online_dt.config.resources import ResourcesConfig

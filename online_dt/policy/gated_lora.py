@@ -1,6 +1,7 @@
 """A low-rank adapter whose update each row of a batch scales by its own gate.
 
-Every linear layer of the model's body (the output embedding excepted) gets a LoRA update
+Every linear layer of the model's body (the output embedding excepted, unless
+``conditioning.lora_output_layer``) gets a LoRA update
 ``x A B`` (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv
 2106.09685), multiplied row by row by a gate ``g`` (``[B]``) and added to the layer's output:
 ``y = x W + g * (x A B)``. ``B`` starts at zero, so the untrained adapter changes nothing. Two
@@ -21,6 +22,10 @@ options use it, one at a time, and :func:`gate_values` says which gate each give
   prediction on the relabelled replay buffer together with the rest of the policy
   (docs/method.md, round 22).
 
+The output layer, when adapted, may also run on the labelled positions alone
+(:class:`~online_dt.policy.labelled_logits.LabelledLogits`), ``[N, H]`` rows of hidden states
+picked from ``[B, T]``: :meth:`GatedLoRA.positions` gives each of them its row's gate.
+
 The gate is set before a forward pass (:meth:`RewardConditionedPolicy.embed
 <online_dt.policy.policy.RewardConditionedPolicy.embed>` sets it whenever it fills the slots)
 and holds for the decoding steps after it, so one batch in flight at a time: guided
@@ -30,7 +35,8 @@ adapter.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,21 +51,23 @@ STATE_PREFIX = "lora."
 
 
 def adapted_layers(
-    model: nn.Module, suffixes: Sequence[str] | None = None
+    model: nn.Module, suffixes: Sequence[str] | None = None, output_layer: bool = False
 ) -> list[tuple[str, nn.Module, int, int]]:
     """``(name, module, in_features, out_features)`` of every ``nn.Linear`` and transformers
     ``Conv1D`` (GPT-2's projections, weight ``[in, out]``) in ``model``, the output embedding
-    (LM head) excepted, in ``named_modules`` order; with ``suffixes``
-    (``conditioning.lora_layers``), only those whose dotted name ends with one of them
-    (``mlp.c_fc`` matches ``transformer.h.0.mlp.c_fc``, not ``transformer.h.0.mlp.xc_fc``)."""
+    (LM head) excepted unless ``output_layer`` (``conditioning.lora_output_layer``), in
+    ``named_modules`` order; with ``suffixes`` (``conditioning.lora_layers``), only those whose
+    dotted name ends with one of them (``mlp.c_fc`` matches ``transformer.h.0.mlp.c_fc``, not
+    ``transformer.h.0.mlp.xc_fc``), and the output layer if ``output_layer``."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     wanted = None if suffixes is None else [s.strip(".").split(".") for s in suffixes]
     layers = []
     for name, module in model.named_modules():
-        if module is head:
+        if module is head and not output_layer:
             continue
         parts = name.split(".")
-        if wanted is not None and not any(parts[-len(w) :] == w for w in wanted):
+        picked = wanted is None or any(parts[-len(w) :] == w for w in wanted)
+        if not picked and module is not head:
             continue
         if isinstance(module, nn.Linear):
             layers.append((name, module, module.in_features, module.out_features))
@@ -114,6 +122,8 @@ class GatedLoRA(nn.Module):
             self.a[_key(name)] = nn.Parameter(a)
             self.b[_key(name)] = nn.Parameter(torch.zeros(rank, n_out))
         self.gate: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
+        """``[N]`` row of each flattened position inside :meth:`positions`."""
         self._handles: list[Any] = []
 
     @classmethod
@@ -123,14 +133,16 @@ class GatedLoRA(nn.Module):
         rank: int,
         generator: torch.Generator,
         layers: Sequence[str] | None = None,
+        output_layer: bool = False,
     ) -> GatedLoRA:
         """A new adapter over ``model``'s :func:`adapted_layers` (``B = 0``: no effect yet),
-        only those ending with one of ``layers`` when given (``conditioning.lora_layers``).
+        only those ending with one of ``layers`` when given (``conditioning.lora_layers``), the
+        output layer too with ``output_layer`` (``conditioning.lora_output_layer``).
 
         Raises:
             ValueError: ``layers`` matches no linear layer of ``model``.
         """
-        found = adapted_layers(model, layers)
+        found = adapted_layers(model, layers, output_layer)
         if not found:
             raise ValueError(
                 f"conditioning.lora_layers {list(layers or [])} matches no linear layer of the "
@@ -138,7 +150,9 @@ class GatedLoRA(nn.Module):
             )
         return cls({name: (n_in, n_out) for name, _, n_in, n_out in found}, rank, generator)
 
-    def attach(self, model: nn.Module, suffixes: Sequence[str] | None = None) -> None:
+    def attach(
+        self, model: nn.Module, suffixes: Sequence[str] | None = None, output_layer: bool = False
+    ) -> None:
         """Register a forward hook on each adapted layer of ``model`` that adds ``gate * (x A
         B)`` to its output. Attaching again first removes the previous hooks. A deep copy of
         ``model`` (the learner's frozen base model) copies the hooks, which do nothing there.
@@ -147,16 +161,20 @@ class GatedLoRA(nn.Module):
             model: the policy's causal LM.
             suffixes: ``conditioning.lora_layers``: the layers the adapter must cover (all of
                 :func:`adapted_layers` when ``None``).
+            output_layer: ``conditioning.lora_output_layer``: the output layer as well.
 
         Raises:
-            ValueError: the adapter's layers are not the ones ``suffixes`` picks in ``model``
-                (names or sizes), e.g. a checkpoint's adapter under another ``lora_layers``.
+            ValueError: the adapter's layers are not the ones ``suffixes`` and
+                ``output_layer`` pick in ``model`` (names or sizes), e.g. a checkpoint's
+                adapter under another ``lora_layers`` or ``lora_output_layer``.
         """
-        layers = {name: (module, i, o) for name, module, i, o in adapted_layers(model, suffixes)}
+        found = adapted_layers(model, suffixes, output_layer)
+        layers = {name: (module, i, o) for name, module, i, o in found}
         if sorted(layers) != sorted(self.names):
             raise ValueError(
                 f"the LoRA's {len(self.names)} layers are not the {len(layers)} that "
-                f"conditioning.lora_layers {suffixes} picks in this model"
+                f"conditioning.lora_layers {suffixes} (lora_output_layer: {output_layer}) picks "
+                "in this model"
             )
         for handle in self._handles:
             handle.remove()
@@ -174,6 +192,8 @@ class GatedLoRA(nn.Module):
             if gate is None or module is not layer:  # a deep copy (the base model) keeps hooks
                 return out
             x = inputs[0]
+            if self._rows is not None and x.shape[0] == self._rows.shape[0]:
+                gate = gate[self._rows]  # positions picked from the rows (positions())
             if x.shape[0] != gate.shape[0]:
                 raise RuntimeError(
                     f"the LoRA's gate holds {gate.shape[0]} rows, the batch {x.shape[0]}"
@@ -183,6 +203,18 @@ class GatedLoRA(nn.Module):
             return out + (gate.view(shape) * update).to(out.dtype)
 
         return add_update
+
+    @contextlib.contextmanager
+    def positions(self, where: torch.Tensor) -> Iterator[None]:
+        """Inside the block, a layer given ``[N, ...]`` inputs, the hidden states at the True
+        entries of ``where`` (``BoolTensor[B, T]``, row-major; ``N = where.sum()``), scales
+        each by the gate of the row it came from: the output layer run on the labelled
+        positions alone (:class:`~online_dt.policy.labelled_logits.LabelledLogits`)."""
+        self._rows = where.nonzero()[:, 0]
+        try:
+            yield
+        finally:
+            self._rows = None
 
     def clear_gate(self) -> None:
         """No row uses the adapter until the next :meth:`set_gate`."""

@@ -17,18 +17,24 @@ It splits the model into ``model.base_model`` (the body) and
 the output layer applied to the body's last hidden state gives the model's own logits. Models
 whose forward does more after the output layer (Gemma 2's logit soft-capping, Cohere's
 ``logit_scale``) fail the check and keep the full forward, whose logits are then gathered at
-the same positions: the result is the same either way, only the cost differs.
+the same positions: the result is the same either way, only the cost differs. An output
+layer that a gated LoRA adapts (``conditioning.lora_output_layer``) gets each picked position's
+gate from its row (:meth:`~online_dt.policy.gated_lora.GatedLoRA.positions`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from online_dt.policy.layout import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from online_dt.policy.gated_lora import GatedLoRA
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +119,25 @@ class LabelledLogits:
         split: run the output layer only at the labelled positions when
             :func:`split_output_layer` accepts the model; ``False``: always the full forward,
             gathered (the same values at more cost).
+        lora: the policy's gated LoRA, if any: when it adapts the output layer
+            (``conditioning.lora_output_layer``), that layer reads each labelled position's
+            gate from its row.
 
     Attributes:
         split: whether the output layer runs on the labelled positions only.
     """
 
-    def __init__(self, model: Any, *, split: bool = True) -> None:
+    def __init__(self, model: Any, *, split: bool = True, lora: GatedLoRA | None = None) -> None:
         self.model = model
-        self._parts = split_output_layer(model) if split else None
+        self.lora = lora
+        gate = None if lora is None else lora.gate
+        if lora is not None:
+            lora.clear_gate()  # the check's rows are not the ones a gate was set for
+        try:
+            self._parts = split_output_layer(model) if split else None
+        finally:
+            if lora is not None:
+                lora.gate = gate
         self.split = self._parts is not None
 
     def __call__(self, inputs: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
@@ -140,4 +157,6 @@ class LabelledLogits:
         if self._parts is None:
             return self.model(**inputs).logits[where]
         body, head = self._parts
-        return head(body(**inputs).last_hidden_state[where])
+        hidden = body(**inputs).last_hidden_state[where]
+        with self.lora.positions(where) if self.lora is not None else contextlib.nullcontext():
+            return head(hidden)

@@ -162,7 +162,9 @@ def with_fresh_conditioning(
         )
         lora = None
         if config.lora_rank is not None:
-            lora = GatedLoRA.fresh(model, config.lora_rank, generator, config.lora_layers)
+            lora = GatedLoRA.fresh(
+                model, config.lora_rank, generator, config.lora_layers, config.lora_output_layer
+            )
         conditioner = RewardConditioner(config, placeholder_id=placeholder, head=head, lora=lora)
     else:
         token_ids = add_reward_tokens(

@@ -65,7 +65,7 @@ class RewardConditionedPolicy(nn.Module):
         self.conditioner = conditioner
         self._token_ids = TokenIdCache(tokenizer)
         if conditioner.lora is not None:
-            conditioner.lora.attach(model, conditioner.config.lora_layers)  # gated in embed
+            conditioner.lora.attach(model, *conditioner.config.lora_coverage)  # gated in embed
 
     # -- construction --------------------------------------------------------------------------
 

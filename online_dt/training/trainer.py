@@ -217,7 +217,7 @@ class ConditionedTrainer:
         self.step_count = 0
         self._rng = torch.Generator().manual_seed(cfg.seed)
         split = cfg.logits_at_labelled_only
-        self.policy_logits = LabelledLogits(policy.model, split=split)
+        self.policy_logits = LabelledLogits(policy.model, split=split, lora=adapter)
         self.base_logits = None if base_model is None else LabelledLogits(base_model, split=split)
 
     @contextlib.contextmanager
