@@ -3,6 +3,8 @@ its metrics, and the checks of its config and of the rewards it needs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -182,6 +184,32 @@ def test_best_kl_coef_ranks_by_reward_less_the_kl_to_the_base():
     assert best_of_prompts(samples, reward_max=1.0, kl_coef=1e-3) == [near, kept_b]
     # a small coefficient only breaks near-ties: 0.9 - 1e-4 * 100 = 0.89 > 0.849
     assert best_of_prompts(samples, reward_max=1.0, kl_coef=1e-4)[0] is far
+
+
+def test_best_full_length_ranks_samples_that_reached_the_limit_first():
+    short = sample("a", 0.99, 2.0, completion_tokens=5)
+    full = sample("a", 0.9, 2.0, completion_tokens=8)
+    fuller = sample("a", 0.8, 2.0, completion_tokens=8)
+    only_short = sample("b", 0.5, 2.0, completion_tokens=3)
+    shorter = sample("b", 0.4, 2.0, completion_tokens=2)
+    samples = [short, fuller, full, only_short, shorter]
+    assert best_of_prompts(samples, reward_max=1.0) == [short, only_short]
+    # a: the best of the full-length samples; b: none reached 8 tokens, the best by reward
+    assert best_of_prompts(samples, reward_max=1.0, full_length=8) == [full, only_short]
+    assert best_of_prompts(samples, reward_max=1.0, full_length=9) == [short, only_short]
+    # within the full-length ones the KL-regularised reward decides
+    full_far = dataclasses.replace(full, log_importance_weight=-2000.0)
+    fuller_near = dataclasses.replace(fuller, log_importance_weight=-1.0)
+    both = [short, full_far, fuller_near]
+    assert best_of_prompts(both, 1.0, kl_coef=1e-4, full_length=8) == [fuller_near]
+
+
+def test_best_full_length_needs_the_best_command(tmp_path, base):  # noqa: F811
+    with pytest.raises(ValidationError, match=r"online\.best_full_length ranks the best"):
+        make_cfg(tmp_path, base, best_full_length=True)
+    data = with_best(make_cfg(tmp_path, base)).model_dump()
+    data["online"]["best_full_length"] = True
+    assert OnlineRunConfig.model_validate(data).online.best_full_length
 
 
 def test_best_kl_coef_needs_the_best_command_and_importance_weights(tmp_path, base):  # noqa: F811

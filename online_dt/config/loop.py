@@ -114,6 +114,14 @@ class OnlineConfig(StrictModel):
     96-120, for 0.002-0.010 less reward (docs/method.md, round 26). > 0 needs ``best_command`` and
     ``buffer.importance_weighting`` (which gives every sample its ``log p_base - log pi``)."""
 
+    best_full_length: bool = False
+    """With ``conditioning.best_command``: among each prompt's samples, those that reached
+    ``sampling.max_new_tokens`` without ending rank above those that ended earlier (each group
+    by the ranking above), so the best command's rows rarely teach it to stop. Its held-out
+    samples that stop after a few words are where its mean reward falls short of GRPO's; this
+    made them rarer, at more KL (docs/method.md, round 27). ``false`` (default): one ranking
+    for every sample."""
+
     best_asks_in_buffer: bool = True
     """With ``conditioning.best_command``: whether the samples of the prompts that asked for the
     best command also enter the replay buffer, relabelled with their achieved rewards as every

@@ -211,6 +211,11 @@ class OnlineRunConfig(RunConfig):
                 "samples by their KL to the base model, which needs conditioning.best_command: "
                 "true and buffer.importance_weighting: true (the samples' log p_base - log pi)"
             )
+        if self.online.best_full_length and not best:
+            raise ValueError(
+                "online.best_full_length ranks the best command's samples, which needs "
+                "conditioning.best_command: true"
+            )
         if not best:
             return self
         if fraction == 0 or self.online.best_rows == 0:

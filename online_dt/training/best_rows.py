@@ -2,7 +2,9 @@
 
 With ``conditioning.best_command``, a share of each iteration's prompts asks for the best
 command (``schedule.best_fraction``). Of each such prompt's samples, the one with the highest
-achieved reward (less ``online.best_kl_coef`` times its KL to the base model) is kept, labelled
+achieved reward (less ``online.best_kl_coef`` times its KL to the base model; with
+``online.best_full_length``, among the samples that reached the length limit if any did) is
+kept, labelled
 with the best command's target, and added to every training step of the following training
 (``online.best_rows`` rows per step). This is RAFT's round (Dong et al., 2023, "RAFT: Reward
 rAnked FineTuning", arXiv 2304.06767: sample k per prompt, keep the best, fine-tune on it) for
@@ -24,7 +26,10 @@ from online_dt.samples import Sample
 
 
 def best_of_prompts(
-    samples: Sequence[Sample], reward_max: float, kl_coef: float = 0.0
+    samples: Sequence[Sample],
+    reward_max: float,
+    kl_coef: float = 0.0,
+    full_length: int | None = None,
 ) -> list[Sample]:
     """The best sample of each prompt among ``samples`` asked for the best command
     (``target_reward`` above ``reward_max``), in the order of their prompts' first sample.
@@ -43,15 +48,21 @@ def best_of_prompts(
         kl_coef: ``online.best_kl_coef``, reward units per nat, >= 0. With ``kl_coef > 0`` a
             sample without a log importance weight (the base model gives its completion
             probability 0) ranks below every sample with one.
+        full_length: ``sampling.max_new_tokens`` with ``online.best_full_length``: a sample
+            whose completion has at least this many tokens (it reached the limit) ranks above
+            every sample of its prompt with fewer (it ended early), whatever their scores.
+            ``None``: length does not count.
     """
-    best: dict[str, tuple[float, Sample]] = {}
+    best: dict[str, tuple[tuple[bool, float], Sample]] = {}
     for s in samples:
         if s.target_reward is None or float(s.target_reward) <= reward_max:  # type: ignore[arg-type]
             continue
-        score = float(s.achieved_reward)  # type: ignore[arg-type]
+        reward = float(s.achieved_reward)  # type: ignore[arg-type]
         if kl_coef > 0:
             log_iw = s.log_importance_weight
-            score = score + kl_coef * log_iw if log_iw is not None else -math.inf
+            reward = reward + kl_coef * log_iw if log_iw is not None else -math.inf
+        full = full_length is not None and (s.completion_tokens or 0) >= full_length
+        score = (full, reward)
         kept = best.get(s.prompt)
         if kept is None or score > kept[0]:
             best[s.prompt] = (score, s)

@@ -204,7 +204,9 @@ class Learner:
         added = self.buffer.append(kept)
         if self.best_rows.rows:  # from the buffer's copies (with their ids) when it holds them
             pool = added if kept is new else new
-            best = best_of_prompts(pool, c.reward_max, self.cfg.online.best_kl_coef)
+            on = self.cfg.online
+            full = self.cfg.sampling.max_new_tokens if on.best_full_length else None
+            best = best_of_prompts(pool, c.reward_max, on.best_kl_coef, full)
             self.best_rows.update(best, c.best_target, iteration)
         # the new rewards feed the running and quantile normalisers (every reward ever scored,
         # evicted ones and best asks kept out of the buffer included); the token bins describe
