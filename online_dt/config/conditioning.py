@@ -150,9 +150,9 @@ class ConditioningConfig(StrictModel):
     lora_output_layer: bool = False
     """With an adapter (``reward_lora_rank`` or ``best_command_lora_rank``): adapt the output
     layer (the LM head, which ``lora_layers`` never picks) as well, so the adapter can move
-    the next-token logits directly, the end-of-sequence token's included. With the best
-    command, its samples ended early less often and reached more reward at a given KL to the
-    base model (docs/method.md, round 27). Needs an adapter."""
+    the next-token logits directly. With the best command it reached more reward at a given KL
+    to the base model, with half the distinct-2 (docs/method.md, round 27). Needs an
+    adapter."""
 
     reward_features: Literal["linear", "rbf"] = "linear"
     """Scalar mode: what the head reads. ``linear``: the normalised reward alone, so the slot
