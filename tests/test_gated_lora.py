@@ -45,6 +45,19 @@ def perturb(policy: RewardConditionedPolicy) -> None:
             b.normal_(0.0, 0.5)
 
 
+def assert_sampled_logprobs_are_teacher_forced(policy: RewardConditionedPolicy, rollouts) -> None:
+    """Each rollout's sampled log-probs equal the policy's teacher-forced ones at its target:
+    the gate held through every decoding step."""
+    for r in rollouts:
+        batch = policy.layout_ids([PROMPT], [float(r.target)], [r.token_ids])
+        with torch.no_grad():
+            logits = policy(batch, torch.tensor([float(r.target)])).logits[0].float()
+        labels = batch.labels[0]
+        where = (labels[1:] != -100).nonzero().flatten()
+        logp = logits[where].log_softmax(-1).gather(1, labels[1:][where][:, None]).flatten()
+        torch.testing.assert_close(logp, torch.tensor(r.logprobs), atol=1e-4, rtol=1e-4)
+
+
 def test_the_lora_needs_the_best_command_and_the_hf_sampler(tmp_path, base):  # noqa: F811
     with pytest.raises(ValidationError, match="best_command_lora_rank needs best_command"):
         ConditioningConfig(best_command_lora_rank=4)
@@ -95,14 +108,7 @@ def test_generation_keeps_the_gate_through_every_decoding_step(tmp_path, base): 
     policy = RewardConditionedPolicy.fresh(cfg, base).eval()
     perturb(policy)
     rollouts = policy.generate([PROMPT] * 4, [0.0, 2.0, 0.0, 2.0], max_new_tokens=6, seed=3)
-    for r in rollouts:
-        batch = policy.layout_ids([PROMPT], [float(r.target)], [r.token_ids])
-        with torch.no_grad():
-            logits = policy(batch, torch.tensor([float(r.target)])).logits[0].float()
-        labels = batch.labels[0]
-        where = (labels[1:] != -100).nonzero().flatten()
-        logp = logits[where].log_softmax(-1).gather(1, labels[1:][where][:, None]).flatten()
-        torch.testing.assert_close(logp, torch.tensor(r.logprobs), atol=1e-4, rtol=1e-4)
+    assert_sampled_logprobs_are_teacher_forced(policy, rollouts)
     with pytest.raises(ValueError, match="guided generation is not available"):
         policy.generate([PROMPT], [2.0], guidance_weight=1.0, guidance_reference=0.0)
 

@@ -14,7 +14,13 @@ from online_dt.policy.labelled_logits import LabelledLogits, labelled_positions
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer
-from tests.test_gated_lora import PROMPT, logits_at, perturb, with_lora
+from tests.test_gated_lora import (
+    PROMPT,
+    assert_sampled_logprobs_are_teacher_forced,
+    logits_at,
+    perturb,
+    with_lora,
+)
 from tests.test_loop import base, make_cfg  # noqa: F401  (base is a fixture)
 
 
@@ -102,14 +108,8 @@ def test_generation_and_the_policys_files_keep_the_output_layers_update(tmp_path
     cfg = with_head(make_cfg(tmp_path, base))
     policy = RewardConditionedPolicy.fresh(cfg, base).eval()
     perturb(policy)
-    for r in policy.generate([PROMPT] * 2, [2.0, 0.0], max_new_tokens=6, seed=3):
-        layout = policy.layout_ids([PROMPT], [float(r.target)], [r.token_ids])
-        with torch.no_grad():
-            logits = policy(layout, torch.tensor([float(r.target)])).logits[0].float()
-        labels = layout.labels[0]
-        at = (labels[1:] != -100).nonzero().flatten()
-        logp = logits[at].log_softmax(-1).gather(1, labels[1:][at][:, None]).flatten()
-        torch.testing.assert_close(logp, torch.tensor(r.logprobs), atol=1e-4, rtol=1e-4)
+    rollouts = policy.generate([PROMPT] * 2, [2.0, 0.0], max_new_tokens=6, seed=3)
+    assert_sampled_logprobs_are_teacher_forced(policy, rollouts)
     expected = logits_at(policy, [0.0, 2.0])
     policy.save_pretrained(tmp_path / "p")
     loaded = RewardConditionedPolicy.from_pretrained(tmp_path / "p").eval()
