@@ -61,6 +61,13 @@ def test_the_output_layer_is_adapted_for_the_best_commands_rows_only(tmp_path, b
     assert not torch.allclose(moved[1], untrained[1], atol=1e-3)
 
 
+def test_lora_layers_that_match_nothing_are_refused_with_the_output_layer(tmp_path, base):  # noqa: F811
+    data = with_head(make_cfg(tmp_path, base)).model_dump()
+    data["conditioning"]["lora_layers"] = ["mlp.no_such_layer"]
+    with pytest.raises(ValueError, match="matches no linear layer"):
+        RewardConditionedPolicy.fresh(OnlineRunConfig.model_validate(data), base)
+
+
 def test_labelled_logits_give_each_position_its_rows_gate(tmp_path, base):  # noqa: F811
     """The output layer on the labelled positions alone gives the full forward's logits there
     for a batch mixing the best command's rows with reward targets' (gates 1 and 0); without the

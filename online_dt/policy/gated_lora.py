@@ -143,7 +143,7 @@ class GatedLoRA(nn.Module):
             ValueError: ``layers`` matches no linear layer of ``model``.
         """
         found = adapted_layers(model, layers, output_layer)
-        if not found:
+        if not adapted_layers(model, layers):  # the output layer alone is not what was asked
             raise ValueError(
                 f"conditioning.lora_layers {list(layers or [])} matches no linear layer of the "
                 "model (e.g. GPT-2: mlp.c_fc, mlp.c_proj, attn.c_attn, attn.c_proj)"

@@ -47,7 +47,8 @@ def best_of_prompts(
         reward_max: ``conditioning.reward_max``; a target above it is the best command.
         kl_coef: ``online.best_kl_coef``, reward units per nat, >= 0. With ``kl_coef > 0`` a
             sample without a log importance weight (the base model gives its completion
-            probability 0) ranks below every sample with one.
+            probability 0) ranks below every sample with one (of its length group, with
+            ``full_length``).
         full_length: ``sampling.max_new_tokens`` with ``online.best_full_length``: a sample
             whose completion has at least this many tokens (it reached the limit) ranks above
             every sample of its prompt with fewer (it ended early), whatever their scores.
