@@ -46,8 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ODT_METHODS = ("online-dt", "online-dt-token")
-"""Method names of ``bench/peers.py``'s online-dt rows."""
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's bench package
+    sys.path.insert(0, str(ROOT))
+
+from bench.peers import ODT_MODES, is_odt, odt_method  # noqa: E402
+
+ODT_METHODS = tuple(odt_method(mode) for mode in ODT_MODES)
+"""Method names of ``bench/peers.py``'s unguided online-dt rows, one per conditioning mode."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,7 @@ def score(
     if peer_row.get("path"):
         verdict.peer_path_reward = path_reward_at(peer_row["path"], verdict.kl, base["reward_mean"])
     for other in rows:
-        if other["method"] != "base" and not other["method"].startswith("online-dt"):
+        if other["method"] != "base" and not is_odt(other["method"]):
             verdict.plane[other["method"]] = any(
                 r["reward_mean"] >= other["reward_mean"]
                 and r["kl_per_completion"] <= other["kl_per_completion"]

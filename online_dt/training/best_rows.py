@@ -4,14 +4,13 @@ With ``conditioning.best_command``, a share of each iteration's prompts asks for
 command (``schedule.best_fraction``). Of each such prompt's samples, the one with the highest
 achieved reward (less ``online.best_kl_coef`` times its KL to the base model; with
 ``online.best_full_length``, among the samples that reached the length limit if any did) is
-kept, labelled
-with the best command's target, and added to every training step of the following training
-(``online.best_rows`` rows per step). This is RAFT's round (Dong et al., 2023, "RAFT: Reward
-rAnked FineTuning", arXiv 2304.06767: sample k per prompt, keep the best, fine-tune on it) for
-one command of the policy. Hindsight relabeling alone teaches only rewards the buffer holds;
-what the best command gives climbs with each round, as RAFT's policy does. The same samples are
-in the replay buffer with their achieved rewards, unless ``online.best_asks_in_buffer`` is
-false.
+kept, labelled with the best command's target, and added to every training step of the
+following training (``online.best_rows`` rows per step). This is RAFT's round (Dong et al.,
+2023, "RAFT: Reward rAnked FineTuning", arXiv 2304.06767: sample k per prompt, keep the best,
+fine-tune on it) for one command of the policy. Hindsight relabeling alone teaches only rewards
+the buffer holds; what the best command gives climbs with each round, as RAFT's policy does.
+The same samples are in the replay buffer with their achieved rewards, unless
+``online.best_asks_in_buffer`` is false.
 """
 
 from __future__ import annotations
