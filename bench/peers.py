@@ -870,12 +870,12 @@ def plain_sft_step(
     setup: Setup, model: Any, optimizer: Any, prompt_ids: list[list[int]], completion_ids: list
 ) -> float:
     """One next-token step of a plain causal LM on (prompt, completion) token rows, the loss on
-    completion tokens only (``online_dt.training.trainer.next_token_loss``), gradients clipped
+    completion tokens only (``online_dt.training.losses.next_token_loss``), gradients clipped
     to the config's ``training.grad_clip``; returns the loss (nats per token)."""
     import torch
 
     from online_dt.policy.layout import IGNORE_INDEX
-    from online_dt.training.trainer import next_token_loss
+    from online_dt.training.losses import next_token_loss
 
     width = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True))
     pad = setup.tokenizer.pad_token_id

@@ -51,9 +51,10 @@ def collect_base_samples(
     samples_per_prompt: int,
     cfg: OfflineRunConfig,
     seed: int,
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[int]]:
     """Sample ``samples_per_prompt`` completions per prompt from the policy's base model
-    (called before any conditioned training). Returns (prompts, completions), aligned."""
+    (called before any conditioned training). Returns (prompts, completions, sampled token
+    counts, EOS included where a completion ended), aligned."""
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     sampled = sample_unconditioned(
@@ -69,7 +70,7 @@ def collect_base_samples(
         batch_size=cfg.sampling.batch_size,
     )
     completions = policy.tokenizer.batch_decode(sampled.token_ids, skip_special_tokens=True)
-    return repeated, completions
+    return repeated, completions, [len(ids) for ids in sampled.token_ids]
 
 
 def seed_everything(seed: int) -> None:
@@ -103,7 +104,7 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
     )
 
     t0 = time.perf_counter()
-    data_prompts, completions = collect_base_samples(
+    data_prompts, completions, lengths = collect_base_samples(
         policy, prompts, cfg.offline.samples_per_prompt, cfg, cfg.offline.seed
     )
     timings["sample_s"] = time.perf_counter() - t0
@@ -119,9 +120,17 @@ def run_offline(cfg: OfflineRunConfig, *, progress: bool = True) -> dict[str, An
     )
 
     t0 = time.perf_counter()
-    samples = [Sample(p, c, r) for p, c, r in zip(data_prompts, completions, rewards, strict=True)]
+    samples = [
+        Sample(p, c, r, completion_tokens=n)
+        for p, c, r, n in zip(data_prompts, completions, rewards, lengths, strict=True)
+    ]
     policy.fit_reward_statistics(rewards)
-    trainer = ConditionedTrainer(policy, cfg.training, bf16_autocast=cfg.model.bf16_autocast)
+    trainer = ConditionedTrainer(
+        policy,
+        cfg.training,
+        bf16_autocast=cfg.model.bf16_autocast,
+        max_new_tokens=cfg.sampling.max_new_tokens,  # cut completions get no EOS label
+    )
     history = trainer.fit(samples, cfg.training.steps, progress=progress, desc="offline training")
     timings["train_s"] = time.perf_counter() - t0
 

@@ -92,12 +92,24 @@ class Rollout:
     base_logprob: float | None = None
 
 
+def reached_length_limit(completion_tokens: int | None, max_new_tokens: int | None) -> bool:
+    """Whether a completion of ``completion_tokens`` sampled tokens (its EOS counted when it
+    ended, :attr:`Rollout.token_ids`) reached the sampler's ``max_new_tokens``: the sampler
+    cut it, or, which the count cannot tell apart, it ended with EOS as its last allowed token.
+    ``False`` when either is ``None`` (a text without its sampled length, or no limit)."""
+    if completion_tokens is None or max_new_tokens is None:
+        return False
+    return completion_tokens >= max_new_tokens
+
+
 class Labelled(Protocol):
     """What training reads of a sample: the text and the reward it is conditioned on.
 
     Attributes:
         prompt: prompt text.
-        completion: completion text (EOS is appended when tokenised).
+        completion: completion text (EOS is appended when tokenised, unless the sample's
+            ``completion_tokens``, where it has one, say the sampler cut it at the length
+            limit: :func:`reached_length_limit`).
         achieved_reward: the conditioning label in reward units (finite; a tuple, one per
             objective, with ``conditioning.objectives``).
     """

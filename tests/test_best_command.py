@@ -403,3 +403,35 @@ def test_eval_of_a_best_command_run_has_the_best_commands_row(tmp_path, base):  
     assert [r["target"] for r in given["rows"]] == [0.5]  # no extrapolation row is added
     with pytest.raises(EvalError, match="--recalibrate is not implemented"):
         run_eval(plan.run.path, samples_per_target=4, out_dir=out, recalibration_samples=8)
+
+
+def test_the_learner_labels_no_eos_after_completions_the_sampler_cut(
+    tmp_path,
+    base,  # noqa: F811
+    monkeypatch,
+):
+    """Every training step of a run lays out its rows with ``sampling.max_new_tokens``: a
+    sample that reached it (the sampler cut it) has no EOS label, one that ended earlier has
+    one; the best command's rows too (docs/method.md, round 28)."""
+    import online_dt.training.trainer as trainer_module
+
+    cfg = with_best(make_cfg(tmp_path, base), best_rows=3)
+    limit, laid_out = cfg.sampling.max_new_tokens, []
+    real = trainer_module.collate
+
+    def spy(policy, samples, include_prompt_loss=False, max_new_tokens=None):
+        batch, rewards = real(policy, samples, include_prompt_loss, max_new_tokens)
+        laid_out.append((policy, samples, batch, max_new_tokens))
+        return batch, rewards
+
+    monkeypatch.setattr(trainer_module, "collate", spy)
+    run_local(cfg)
+    assert laid_out and {given for *_, given in laid_out} == {limit}
+    ends = {True: 0, False: 0}
+    for policy, samples, batch, _ in laid_out:
+        for i, s in enumerate(samples):
+            labels = batch.labels[i][batch.labels[i] != -100].tolist()
+            cut = s.completion_tokens >= limit
+            assert (labels[-1] == policy.eos_token_id) != cut or not labels
+            ends[cut] += 1
+    assert ends[True] and ends[False]

@@ -133,7 +133,7 @@ def test_trainer_steps_are_the_same_either_way(model_dir, coefs):
 
 def test_first_step_loss_is_the_full_forwards(model_dir):
     """An independent reference: the loss of the whole [B, T, V] logits."""
-    from online_dt.training.trainer import next_token_loss
+    from online_dt.training.losses import next_token_loss
 
     policy = policy_for(model_dir)
     trainer = ConditionedTrainer(policy, TrainingConfig(batch_size=3, length_buckets=1))

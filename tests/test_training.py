@@ -9,12 +9,8 @@ from online_dt.config import ConditioningConfig, TrainingConfig
 from online_dt.policy.layout import IGNORE_INDEX
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Sample
-from online_dt.training.trainer import (
-    ConditionedTrainer,
-    collate,
-    mean_entropy,
-    next_token_loss,
-)
+from online_dt.training.losses import mean_entropy, next_token_loss
+from online_dt.training.trainer import ConditionedTrainer, collate
 from tests.tiny import build_tiny_model
 
 
@@ -45,6 +41,32 @@ def test_collate_masks_prompt_and_padding(gpt2_dir):
         assert labelled == completion
     batch_p, _ = collate(policy, RECORDS, include_prompt_loss=True)
     assert (batch_p.labels != IGNORE_INDEX).sum() > (batch.labels != IGNORE_INDEX).sum()
+
+
+def test_completions_cut_at_the_length_limit_get_no_eos_label(gpt2_dir):
+    """A completion whose sampled length reached ``sampling.max_new_tokens`` was cut by the
+    sampler: it did not end there, so it gets no EOS label. One that ended before the limit
+    (its EOS counted in ``completion_tokens``), or a text without its sampled length, gets EOS,
+    and without a limit every completion does."""
+    policy = policy_for(gpt2_dir)
+    limit, eos = 4, policy.eos_token_id
+    rows = [
+        Sample("the movie was", " wonderful and great", 1.0, completion_tokens=limit),
+        Sample("the food was", " terrible", -1.0, completion_tokens=2),
+        Sample("honestly the game is", " fun", 0.5),
+    ]
+    batch, _ = collate(policy, rows, max_new_tokens=limit)
+    for i, r in enumerate(rows):
+        labelled = batch.labels[i][batch.labels[i] != IGNORE_INDEX].tolist()
+        ids = policy.encode([r.completion])[0]
+        assert labelled == (ids if i == 0 else [*ids, eos]), i
+    unlimited, _ = collate(policy, rows)
+    assert int((unlimited.labels == eos).sum()) == 3
+    trainer = ConditionedTrainer(
+        policy, TrainingConfig(batch_size=3, length_buckets=1), max_new_tokens=limit
+    )
+    plain = ConditionedTrainer(policy_for(gpt2_dir), TrainingConfig(batch_size=3, length_buckets=1))
+    assert trainer.step(rows).tokens == plain.step(rows).tokens - 1
 
 
 def test_next_token_loss_matches_reference():

@@ -145,8 +145,6 @@ class RewardConditionedPolicy(nn.Module):
         self.tokenizer.save_pretrained(path)
         self.conditioner.save(path)
 
-    # -- properties ----------------------------------------------------------------------------
-
     @property
     def config(self) -> ConditioningConfig:
         """The conditioning config."""
@@ -262,25 +260,27 @@ class RewardConditionedPolicy(nn.Module):
         completions: Sequence[str] | None = None,
         *,
         include_prompt_loss: bool = False,
+        ended: Sequence[bool] | None = None,
     ) -> ConditionedBatch:
-        """Tokenise and lay out a batch: right padded with labels when completions are given
-        (completions get EOS appended), else left padded for generation.
+        """Tokenise and lay out a batch: right padded with labels when completions are given,
+        else left padded for generation. A completion gets an EOS label unless ``ended`` is
+        False for it (one the sampler cut at ``max_new_tokens`` did not end; ``None``: all did).
 
         A completion's text can tokenise to more tokens than were sampled (a byte-level token
-        holding part of a UTF-8 character decodes to U+FFFD, which encodes as three bytes), so
-        a completion is cut to fit the model's positions (:attr:`max_positions`) with its
-        slot (:attr:`slot_width` columns), prompt and EOS; without the cut, GPT-2's position
-        embeddings fail with ``IndexError``. Preflight checks that the prompts leave room for
+        holding part of a UTF-8 character decodes to U+FFFD, three bytes), so it is cut to fit
+        :attr:`max_positions` with its slot, prompt and EOS, without which GPT-2's position
+        embeddings raise ``IndexError``; preflight checks the prompts leave room for
         ``max_new_tokens``.
         """
         completion_ids = None
         if completions is not None:
-            limit = self.max_positions
-            completion_ids = []
-            for prompt_ids, ids in zip(self.encode(prompts), self.encode(completions), strict=True):
+            limit, completion_ids = self.max_positions, []
+            ends = [True] * len(prompts) if ended is None else ended
+            encoded = zip(self.encode(prompts), self.encode(completions), ends, strict=True)
+            for prompt_ids, ids, end in encoded:
                 if limit is not None:
                     ids = ids[: max(limit - self.slot_width - 1 - len(prompt_ids), 0)]
-                completion_ids.append([*ids, self.eos_token_id])
+                completion_ids.append([*ids, self.eos_token_id] if end else list(ids))
         return self.layout_ids(
             prompts, rewards, completion_ids, include_prompt_loss=include_prompt_loss
         )

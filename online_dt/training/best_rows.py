@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from online_dt.samples import Sample
+from online_dt.samples import Sample, reached_length_limit
 
 
 def best_of_prompts(
@@ -61,7 +61,7 @@ def best_of_prompts(
         if kl_coef > 0:
             log_iw = s.log_importance_weight
             reward = reward + kl_coef * log_iw if log_iw is not None else -math.inf
-        full = full_length is not None and (s.completion_tokens or 0) >= full_length
+        full = reached_length_limit(s.completion_tokens, full_length)
         score = (full, reward)
         kept = best.get(s.prompt)
         if kept is None or score > kept[0]:

@@ -102,6 +102,7 @@ class Learner:
             base_model=self.base_model if cfg.online.kl_coef > 0 else None,
             kl_coef=cfg.online.kl_coef,
             entropy_coef=cfg.online.entropy_coef,
+            max_new_tokens=cfg.sampling.max_new_tokens,  # cut completions get no EOS label
         )
         self.best_rows = BestRows(
             cfg.online.best_rows if cfg.conditioning.best_command else 0, cfg.training.seed

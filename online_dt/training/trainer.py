@@ -25,8 +25,9 @@ from online_dt.policy.labelled_logits import LabelledLogits, labelled_positions,
 from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch
 from online_dt.policy.logprobs import base_model_inputs
 from online_dt.policy.policy import RewardConditionedPolicy
-from online_dt.samples import Labelled
+from online_dt.samples import Labelled, reached_length_limit
 from online_dt.training.kl import kl_between
+from online_dt.training.losses import entropy_of
 from online_dt.training.optim import adamw
 
 
@@ -73,9 +74,18 @@ def _trains_only(module: torch.nn.Module, part: torch.nn.Module | None) -> Itera
 
 
 def collate(
-    policy: RewardConditionedPolicy, samples: Sequence[Labelled], include_prompt_loss: bool = False
+    policy: RewardConditionedPolicy,
+    samples: Sequence[Labelled],
+    include_prompt_loss: bool = False,
+    max_new_tokens: int | None = None,
 ) -> tuple[ConditionedBatch, torch.Tensor]:
     """Lay out samples for a teacher-forced step.
+
+    Args:
+        max_new_tokens: ``sampling.max_new_tokens``: a sample whose ``completion_tokens``
+            reached it (:func:`~online_dt.samples.reached_length_limit`) was cut by the
+            sampler and gets no EOS label, as TRL's trainers leave a truncated completion
+            without one; ``None``: every completion gets EOS.
 
     Returns:
         The right-padded :class:`ConditionedBatch` with labels, and ``rewards`` as a float
@@ -87,72 +97,12 @@ def collate(
         rewards,
         [r.completion for r in samples],
         include_prompt_loss=include_prompt_loss,
+        ended=[
+            not reached_length_limit(getattr(r, "completion_tokens", None), max_new_tokens)
+            for r in samples
+        ],
     )
     return batch, policy.conditioner.reward_tensor(rewards)
-
-
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]``.
-
-    The loss of whole ``[B, T, V]`` logits, for a plain causal LM's step (``bench/peers.py``'s
-    RAFT); :class:`ConditionedTrainer` takes the same mean of the logits at the labelled
-    positions only.
-
-    Args:
-        logits: ``[B, T, V]``.
-        labels: ``[B, T]`` aligned with the inputs, ``IGNORE_INDEX`` (-100) where no loss is
-            taken.
-
-    Returns:
-        The scalar loss (nats per labelled token) and the number of labelled tokens.
-    """
-    # shift the labels left instead of slicing the logits: a slice of ``[B, T, V]`` is not
-    # contiguous, and flattening it copied the logits (and their gradient) on every step
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    count = int((targets != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss / max(count, 1), count
-
-
-def mean_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean entropy of the policy's next-token distribution over labelled positions, in nats.
-
-    The entropy term of Quark's loss (Lu et al., 2022: NLL + 0.05 KL - 0.06 entropy per
-    token), over the same positions as :func:`next_token_loss`: :func:`entropy_of` of the
-    logits there.
-
-    Args:
-        logits: ``[B, T, V]``; position ``t`` predicts ``labels[:, t + 1]``.
-        labels: ``[B, T]``, ``IGNORE_INDEX`` (-100) where no loss is taken.
-
-    Returns:
-        A scalar tensor in ``[0, log V]``, differentiable in ``logits`` (0 when no position is
-        labelled).
-    """
-    where = labels[:, 1:] != IGNORE_INDEX
-    return entropy_of(logits[:, :-1][where])
-
-
-def entropy_of(logits: torch.Tensor) -> torch.Tensor:
-    """Mean entropy, in nats, of the next-token distributions of logits already taken at the
-    labelled positions (:class:`~online_dt.policy.labelled_logits.LabelledLogits`).
-
-    Args:
-        logits: ``[N, V]``.
-
-    Returns:
-        A scalar tensor in ``[0, log V]``, float32, differentiable in ``logits`` (0 when ``N``
-        is 0).
-    """
-    if logits.shape[0] == 0:
-        return logits.sum() * 0.0
-    logp = logits.float().log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1).mean()
 
 
 class ConditionedTrainer:
@@ -166,7 +116,9 @@ class ConditionedTrainer:
     Quark, Lu et al., 2022); with
     ``entropy_coef > 0`` it subtracts ``entropy_coef`` times the policy's mean per-token entropy
     there (Quark's entropy bonus, :func:`entropy_of`). Both take the logits at the labelled
-    positions only (``cfg.logits_at_labelled_only``).
+    positions only (``cfg.logits_at_labelled_only``). With ``max_new_tokens``
+    (``sampling.max_new_tokens``), completions the sampler cut there get no EOS label
+    (:func:`collate`).
 
     Attributes:
         policy_logits: the policy model's
@@ -187,6 +139,7 @@ class ConditionedTrainer:
         base_model: torch.nn.Module | None = None,
         kl_coef: float = 0.0,
         entropy_coef: float = 0.0,
+        max_new_tokens: int | None = None,
     ) -> None:
         if kl_coef > 0 and base_model is None:
             raise ValueError("kl_coef > 0 needs the frozen base model")
@@ -196,6 +149,7 @@ class ConditionedTrainer:
         self.base_model = base_model
         self.kl_coef = kl_coef
         self.entropy_coef = entropy_coef
+        self.max_new_tokens = max_new_tokens
         self.cfg = cfg
         self.device = policy.device
         self.autocast = bf16_autocast and self.device.type == "cuda"
@@ -266,7 +220,8 @@ class ConditionedTrainer:
             rest = [s for s in samples if not asks_best(s.achieved_reward)]  # type: ignore[arg-type]
             buckets = [(part, False) for part in self.length_buckets(rest)] if rest else []
             buckets += [(best, True)] if best else []
-        parts = [collate(self.policy, part, self.cfg.include_prompt_loss) for part, _ in buckets]
+        prompt_loss, limit = self.cfg.include_prompt_loss, self.max_new_tokens
+        parts = [collate(self.policy, part, prompt_loss, limit) for part, _ in buckets]
         # each micro-batch's mean is weighted by its share of the batch's labelled tokens
         counts = [int((batch.labels[:, 1:] != IGNORE_INDEX).sum()) for batch, _ in parts]
         total = max(sum(counts), 1)
