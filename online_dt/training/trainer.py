@@ -84,8 +84,8 @@ def collate(
     Args:
         max_new_tokens: ``sampling.max_new_tokens``: a sample whose ``completion_tokens``
             reached it (:func:`~online_dt.samples.reached_length_limit`) was cut by the
-            sampler and gets no EOS label, as TRL's trainers leave a truncated completion
-            without one; ``None``: every completion gets EOS.
+            sampler and gets no EOS label, as TRL's GRPOTrainer masks a truncated completion
+            without adding one; ``None``: every completion gets EOS.
 
     Returns:
         The right-padded :class:`ConditionedBatch` with labels, and ``rewards`` as a float
