@@ -14,6 +14,7 @@ from online_dt.config import ConditioningConfig, OnlineRunConfig, ScheduleConfig
 from online_dt.loop.records import rollout_metrics
 from online_dt.loop.schedule import sample_targets
 from online_dt.loop.workers import CheckedRewardModel
+from online_dt.policy.layout import IGNORE_INDEX
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.rewards import RewardModelError
 from online_dt.samples import Rollout, Sample
@@ -430,8 +431,8 @@ def test_the_learner_labels_no_eos_after_completions_the_sampler_cut(
     ends = {True: 0, False: 0}
     for policy, samples, batch, _ in laid_out:
         for i, s in enumerate(samples):
-            labels = batch.labels[i][batch.labels[i] != -100].tolist()
+            labels = batch.labels[i][batch.labels[i] != IGNORE_INDEX].tolist()
             cut = s.completion_tokens >= limit
-            assert (labels[-1] == policy.eos_token_id) != cut or not labels
+            assert not labels or (labels[-1] == policy.eos_token_id) != cut
             ends[cut] += 1
     assert ends[True] and ends[False]

@@ -280,7 +280,7 @@ class RewardConditionedPolicy(nn.Module):
             for prompt_ids, ids, end in encoded:
                 if limit is not None:
                     ids = ids[: max(limit - self.slot_width - 1 - len(prompt_ids), 0)]
-                completion_ids.append([*ids, self.eos_token_id] if end else list(ids))
+                completion_ids.append([*ids, self.eos_token_id] if end else ids)
         return self.layout_ids(
             prompts, rewards, completion_ids, include_prompt_loss=include_prompt_loss
         )
