@@ -122,6 +122,8 @@ class GatedLoRA(nn.Module):
             self.a[_key(name)] = nn.Parameter(a)
             self.b[_key(name)] = nn.Parameter(torch.zeros(rank, n_out))
         self.gate: torch.Tensor | None = None
+        self._gate_is_one = False
+        """Every row's gate is 1 (the best command's micro-batch): no scaling needed."""
         self._rows: torch.Tensor | None = None
         """``[N]`` row of each flattened position inside :meth:`positions`."""
         self._handles: list[Any] = []
@@ -198,9 +200,12 @@ class GatedLoRA(nn.Module):
                 raise RuntimeError(
                     f"the LoRA's gate holds {gate.shape[0]} rows, the batch {x.shape[0]}"
                 )
-            update = (x.to(a.dtype) @ a) @ b
-            shape = (-1,) + (1,) * (out.dim() - 1)
-            return out + (gate.view(shape) * update).to(out.dtype)
+            # out + gate * (x A B) as one addmm, the gate applied to the rank-r factor x A
+            xa = x.to(a.dtype) @ a  # [..., r]
+            if not self._gate_is_one:
+                xa = xa * gate.view((-1,) + (1,) * (xa.dim() - 1))
+            flat = torch.addmm(out.reshape(-1, out.shape[-1]), xa.reshape(-1, a.shape[1]), b)
+            return flat.view(out.shape).to(out.dtype)
 
         return add_update
 
@@ -219,12 +224,14 @@ class GatedLoRA(nn.Module):
     def clear_gate(self) -> None:
         """No row uses the adapter until the next :meth:`set_gate`."""
         self.gate = None
+        self._gate_is_one = False
 
     def set_gate(self, gate: torch.Tensor) -> None:
         """Scale the adapter's update by ``gate`` (``[B]``, bool or float; 0 or False: no
         update in that row) in every forward pass until the next call."""
         factor = self.a[_key(self.names[0])]
         self.gate = gate.to(factor.device, factor.dtype) if bool(gate.any()) else None
+        self._gate_is_one = self.gate is not None and bool((self.gate == 1).all())
 
     def state(self) -> dict[str, torch.Tensor]:
         """The factors as float32 CPU copies under :data:`STATE_PREFIX` keys."""

@@ -136,8 +136,8 @@ class LabelledLogits:
         try:
             self._parts = split_output_layer(model) if split else None
         finally:
-            if lora is not None:
-                lora.gate = gate
+            if lora is not None and gate is not None:
+                lora.set_gate(gate)
         self.split = self._parts is not None
 
     def __call__(self, inputs: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
