@@ -147,6 +147,26 @@ def test_the_best_commands_rows_train_the_lora_and_nothing_else(tmp_path, base):
     assert all(p.requires_grad for p in policy.parameters())
 
 
+def test_the_hook_adds_each_rows_gate_times_the_low_rank_update():
+    """``y = x W + g * (x A B)`` row by row, for mixed gates, every gate 1 (the best command's
+    micro-batch) and a cleared gate, on a three-dimensional input as the model's layers get."""
+    layer = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    lora = GatedLoRA({"0": (6, 5)}, 3, torch.Generator().manual_seed(0))
+    lora.attach(layer)
+    with torch.no_grad():
+        lora.b["0"].normal_(0.0, 1.0)
+    x = torch.randn(4, 2, 6)
+    plain = layer(x).detach()  # no gate set yet: the layer alone
+    update = (x @ lora.a["0"]) @ lora.b["0"]
+    with torch.no_grad():
+        for gate in ([0.0, 0.5, 1.0, -2.0], [1.0] * 4, [True, False, True, False]):
+            lora.set_gate(torch.tensor(gate))
+            want = plain + torch.tensor(gate, dtype=torch.float32).view(-1, 1, 1) * update
+            torch.testing.assert_close(layer(x), want)
+        lora.clear_gate()
+        torch.testing.assert_close(layer(x), plain)
+
+
 def test_a_fresh_and_a_loaded_lora_list_their_factors_in_one_order():
     """The optimizer's state follows the parameters' order: a resumed run's loaded LoRA must
     list them as the fresh one did (with 12 layers, model order and name order differ)."""
