@@ -204,7 +204,7 @@ class GatedLoRA(nn.Module):
             xa = x.to(a.dtype) @ a  # [..., r]
             if not self._gate_is_one:
                 xa = xa * gate.view((-1,) + (1,) * (xa.dim() - 1))
-            flat = torch.addmm(out.reshape(-1, out.shape[-1]), xa.reshape(-1, a.shape[1]), b)
+            flat = torch.addmm(out.reshape(-1, out.shape[-1]).to(xa.dtype), xa.flatten(0, -2), b)
             return flat.view(out.shape).to(out.dtype)
 
         return add_update
