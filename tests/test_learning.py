@@ -107,7 +107,7 @@ def test_the_best_recipes_best_command_runs_to_the_length_limit(tmp_path):
     cut, docs/method.md) the same recipe's samples averaged 22.97-23.48 tokens over five seeds,
     a few of them ending after a word or two (``'!'``, reward 0.0); after it, 23.94-24.00 and
     0.9922-0.9948; with round 29's recipe (a warm start on base samples, then two steps per
-    iteration of 32 of the best command's rows) 23.97-24.00 and 0.9941-0.9962."""
+    iteration of 32 of the best command's rows) 23.97-24.00 and 0.9954-0.9960."""
     from tests.bench_runner import run_peers
 
     args = ["--config=configs/best.yaml", "--methods=online-dt", "--odt-modes=scalar"]
