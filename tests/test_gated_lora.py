@@ -16,7 +16,7 @@ from online_dt.config import ConditioningConfig, OnlineRunConfig, TrainingConfig
 from online_dt.policy.gated_lora import GatedLoRA, adapted_layers
 from online_dt.policy.logprobs import base_model_inputs
 from online_dt.policy.policy import RewardConditionedPolicy
-from online_dt.rollout.factory import make_sampler_backend_name
+from online_dt.rollout.factory import make_sampler_backend_name, needs_hf_sampler
 from online_dt.samples import Sample
 from online_dt.training.trainer import ConditionedTrainer
 from tests.test_best_command import with_best
@@ -58,15 +58,22 @@ def assert_sampled_logprobs_are_teacher_forced(policy: RewardConditionedPolicy, 
         torch.testing.assert_close(logp, torch.tensor(r.logprobs), atol=1e-4, rtol=1e-4)
 
 
-def test_the_lora_needs_the_best_command_and_the_hf_sampler(tmp_path, base):  # noqa: F811
+def test_the_lora_needs_the_best_command_and_a_rank_vllm_takes(tmp_path, base):  # noqa: F811
     with pytest.raises(ValidationError, match="best_command_lora_rank needs best_command"):
         ConditioningConfig(best_command_lora_rank=4)
     with pytest.raises(ValidationError, match="best_command_lora_rank"):
         ConditioningConfig(best_command=True, best_command_lora_rank=0)
     data = with_lora(make_cfg(tmp_path, base)).model_dump()
     data["sampler"]["backend"] = "vllm"
-    with pytest.raises(ValidationError, match=r"needs sampler\.backend: hf or auto"):
+    data["conditioning"]["best_command_lora_rank"] = 16  # vLLM's engine applies it
+    assert OnlineRunConfig.model_validate(data).sampler.backend == "vllm"
+    data["conditioning"]["best_command_lora_rank"] = 4  # not one of vLLM's ranks
+    with pytest.raises(ValidationError, match=r"vLLM's engine takes LoRA ranks"):
         OnlineRunConfig.model_validate(data)
+    auto = {**data, "sampler": {"backend": "auto"}}
+    assert needs_hf_sampler(OnlineRunConfig.model_validate(auto))  # auto picks HF for it
+    auto["conditioning"]["best_command_lora_rank"] = 16
+    assert not needs_hf_sampler(OnlineRunConfig.model_validate(auto))
     assert make_sampler_backend_name("auto", "cpu", needs_hf=True) == "hf"
     assert make_sampler_backend_name("auto", "cuda", needs_hf=True) == "hf"  # not vLLM on a GPU
     with pytest.raises(ValueError, match="cannot run"):

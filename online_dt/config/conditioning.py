@@ -124,8 +124,9 @@ class ConditioningConfig(StrictModel):
     head's learning rate (``training.lr * training.head_lr_multiplier``); the head's best
     command input is then never trained (it stays at zero, so the best command's slot is the
     ``reward_max`` one, and only the LoRA sets it apart). ``None`` (default):
-    no adapter, the best command's rows train the whole policy (round 19). Needs the HF
-    sampler (vLLM runs the model without the adapter's gate) and no guided generation
+    no adapter, the best command's rows train the whole policy (round 19). vLLM's engine
+    applies it as a per-request LoRA (:mod:`online_dt.rollout.vllm_lora`; ranks 1, 8, 16, 32,
+    64, 128 or 256 there); no guided generation
     (docs/method.md, round 20)."""
 
     reward_lora_rank: int | None = Field(None, ge=1, le=256)

@@ -22,7 +22,7 @@ from online_dt.config.placement import plan_placement
 from online_dt.config.prompts import PromptsConfig
 from online_dt.config.resources import ResourcesConfig
 from online_dt.config.reward_model import RewardModelConfig
-from online_dt.config.sampling import SamplerConfig, SamplingConfig
+from online_dt.config.sampling import VLLM_LORA_RANKS, SamplerConfig, SamplingConfig
 from online_dt.config.schedule import ScheduleConfig
 from online_dt.config.training import OfflineTrainingConfig, TrainingConfig
 
@@ -200,10 +200,16 @@ class OnlineRunConfig(RunConfig):
                 "online.best_asks_in_buffer: false is about the best command's asks, which "
                 "need conditioning.best_command: true"
             )
-        if self.conditioning.lora_option and self.sampler.backend == "vllm":
+        if self.conditioning.reward_lora_rank is not None and self.sampler.backend == "vllm":
             raise ValueError(
-                f"conditioning.{self.conditioning.lora_option} needs sampler.backend: hf or auto "
-                "(auto then picks HF): vLLM's engine runs the model without the LoRA's gate"
+                "conditioning.reward_lora_rank needs sampler.backend: hf or auto (auto then "
+                "picks HF): vLLM's engine has no LoRA whose gate is a real number per row"
+            )
+        rank = self.conditioning.best_command_lora_rank
+        if rank is not None and self.sampler.backend == "vllm" and rank not in VLLM_LORA_RANKS:
+            raise ValueError(
+                f"conditioning.best_command_lora_rank {rank} with sampler.backend: vllm: vLLM's "
+                f"engine takes LoRA ranks {list(VLLM_LORA_RANKS)}"
             )
         if self.online.best_kl_coef > 0 and not (best and self.buffer.importance_weighting):
             raise ValueError(

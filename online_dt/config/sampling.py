@@ -26,6 +26,10 @@ class SamplingConfig(StrictModel):
     """Prompts per generation batch of the HF reference sampler."""
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The LoRA ranks vLLM 0.32's engine takes (its ``LoRAConfig.max_lora_rank``)."""
+
+
 class SamplerConfig(StrictModel):
     """Which sampler backend generates rollouts, and its engine settings."""
 
@@ -33,8 +37,8 @@ class SamplerConfig(StrictModel):
     """``vllm``: vLLM engine (CPU build or CUDA build). ``hf``: the in-process reference sampler.
     ``auto``: vLLM when the sampler runs on a CUDA device and vLLM can be imported, else HF
     (on CPU vLLM's engine is no faster for small models and takes 20-45 s to start; ask for
-    ``vllm`` to use it there; with ``conditioning.best_command_lora_rank`` or
-    ``reward_lora_rank``, HF everywhere).
+    ``vllm`` to use it there; with ``conditioning.reward_lora_rank``, or a
+    ``best_command_lora_rank`` vLLM does not take, HF everywhere).
     A log line says which runs."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

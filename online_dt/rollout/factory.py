@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from online_dt.config import OnlineRunConfig
+from online_dt.config.sampling import VLLM_LORA_RANKS
 from online_dt.rollout.base_logprobs import BaseLogprobSampler
 from online_dt.rollout.hf_sampler import HFSampler
 from online_dt.rollout.sampler import NO_WEIGHTS, Sampler
@@ -87,9 +88,19 @@ def make_sampler_from_skeleton(
     return _with_base_logprobs(sampler, cfg, base_path)
 
 
+def needs_hf_sampler(cfg: OnlineRunConfig) -> bool:
+    """Whether the policy has a LoRA vLLM's engine cannot apply: the reward-scaled one
+    (``conditioning.reward_lora_rank``, whose gate is a real number per row), or the best
+    command's at a rank vLLM does not take (``VLLM_LORA_RANKS``)."""
+    best_rank = cfg.conditioning.best_command_lora_rank
+    return cfg.conditioning.reward_lora_rank is not None or (
+        best_rank is not None and best_rank not in VLLM_LORA_RANKS
+    )
+
+
 def _backend(cfg: OnlineRunConfig) -> str:
-    lora = cfg.conditioning.lora_rank is not None
-    return make_sampler_backend_name(cfg.sampler.backend, cfg.model.device, needs_hf=lora)
+    needs_hf = needs_hf_sampler(cfg)
+    return make_sampler_backend_name(cfg.sampler.backend, cfg.model.device, needs_hf=needs_hf)
 
 
 def make_sampler_backend_name(prefer: str, device: str = "auto", *, needs_hf: bool = False) -> str:
@@ -100,9 +111,10 @@ def make_sampler_backend_name(prefer: str, device: str = "auto", *, needs_hf: bo
     vLLM can be imported; otherwise the HF reference sampler. On CPU vLLM's engine was no
     faster than the HF sampler for the embedded model and takes 20-45 s to start
     (``bench/loop.py``: a whole Ray run 2.26x TRL GRPO's wall time with vLLM, 1.69x with
-    HF); ``vllm`` asks for vLLM's CPU engine explicitly. ``needs_hf`` (a policy with a gated
-    LoRA, ``conditioning.best_command_lora_rank`` or ``reward_lora_rank``, whose per-row gate
-    vLLM's engine does not apply) makes ``auto`` pick HF everywhere.
+    HF); ``vllm`` asks for vLLM's CPU engine explicitly. ``needs_hf`` (a policy with a LoRA
+    vLLM's engine cannot apply: ``conditioning.reward_lora_rank``, whose gate is a real number
+    per row, or a ``best_command_lora_rank`` vLLM does not take) makes ``auto`` pick HF
+    everywhere.
 
     Raises:
         ImportError: ``vllm`` was asked for and cannot be imported.
@@ -114,8 +126,8 @@ def make_sampler_backend_name(prefer: str, device: str = "auto", *, needs_hf: bo
         return "hf"
     if needs_hf:
         if prefer == "vllm":
-            raise ValueError("sampler.backend: vllm cannot run the policy's gated LoRA")
-        log.info("sampler backend: HF reference (auto: the policy's gated LoRA needs it)")
+            raise ValueError("sampler.backend: vllm cannot run the policy's LoRA")
+        log.info("sampler backend: HF reference (auto: the policy's LoRA needs it)")
         return "hf"
     if prefer == "auto" and resolve_device(device).type != "cuda":
         log.info("sampler backend: HF reference (auto on CPU; sampler.backend: vllm for vLLM)")

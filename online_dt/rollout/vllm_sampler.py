@@ -42,6 +42,8 @@ import torch
 from online_dt.config import SamplerConfig
 from online_dt.policy.conditioner import RewardConditioner
 from online_dt.rollout.sampler import NO_WEIGHTS, SamplingParams, check_request, require_weights
+from online_dt.rollout.vllm_lora import BestCommandAdapter
+from online_dt.rollout.vllm_lora import engine_args as lora_engine_args
 from online_dt.rollout.vllm_prompts import PromptBuilder
 from online_dt.rollout.weight_sync import PolicySkeleton, PolicyState, WeightUpdate
 from online_dt.samples import Reward, Rollout, as_reward
@@ -165,9 +167,14 @@ class VLLMSampler:
     A script that creates this sampler needs an ``if __name__ == "__main__":`` guard (vLLM
     starts worker processes with spawn).
 
+    The best command's LoRA (``conditioning.best_command_lora_rank``) is applied as vLLM's
+    per-request LoRA to the requests whose target asks for the best command
+    (:mod:`online_dt.rollout.vllm_lora`): the adapter of each policy version is written to a
+    temporary directory, removed by :meth:`close`.
+
     Raises:
-        ValueError: the policy has a gated LoRA (``conditioning.best_command_lora_rank`` or
-            ``reward_lora_rank``), which the engine would not apply.
+        ValueError: the policy has a LoRA the engine cannot apply
+            (:func:`~online_dt.rollout.vllm_lora.engine_args`).
     """
 
     backend = "vllm"
@@ -192,6 +199,7 @@ class VLLMSampler:
         self.in_process = self.cfg.weight_sync == "ray"
         """Whether the engine runs in this process (needed for ``ray`` updates)."""
         self._workdir: Path | None = None  # engine files written by from_skeleton
+        self._adapter_dir: Path | None = None  # the best command's adapters
         on_gpu = torch.cuda.is_available()
         dtype = self.cfg.dtype
         if dtype == "auto":
@@ -207,12 +215,11 @@ class VLLMSampler:
             kwargs.update(engine_kwargs())
         if dummy_weights:
             kwargs["load_format"] = "dummy"
-        if self.prompts.conditioner.lora is not None:
-            option = self.prompts.conditioner.config.lora_option
-            raise ValueError(
-                f"the policy has a gated LoRA (conditioning.{option}), which vLLM's engine "
-                "does not apply: use sampler.backend: hf"
-            )
+        self.adapter: BestCommandAdapter | None = None
+        """The best command's LoRA as the engine applies it (``None`` without one)."""
+        lora = self.prompts.conditioner.lora
+        if lora is not None:
+            kwargs.update(lora_engine_args(self.prompts.conditioner.config, lora, policy_dir))
         scalar = self.prompts.conditioner.config.mode == "scalar"
         if not scalar:
             from online_dt.rollout.vllm_logits import BANNED_TOKENS_PROCESSOR
@@ -235,6 +242,11 @@ class VLLMSampler:
         with in_process_engine() if self.in_process else contextlib.nullcontext():
             self.llm = LLM(model=str(policy_dir), **self.engine_args)
         self.llm.update_weight_version(str(policy_version))
+        if lora is not None:
+            self._adapter_dir = Path(tempfile.mkdtemp(prefix="online-dt-lora-"))
+            reward_max = self.prompts.conditioner.config.reward_max
+            self.adapter = BestCommandAdapter(self._adapter_dir, reward_max)
+            self.adapter.update(lora, policy_version)
         log.info(
             "vLLM sampler ready in %.1fs (%s mode, dtype %s, engine %s)",
             time.perf_counter() - start,
@@ -276,8 +288,9 @@ class VLLMSampler:
         sampling = vllm_sampling_params(
             params, len(inputs), banned_token_ids=self.prompts.conditioner.reward_token_ids
         )
+        loras = self.adapter.requests(targets) if self.adapter is not None else None
         start = time.perf_counter()
-        outputs = self.llm.generate(inputs, sampling, use_tqdm=False)
+        outputs = self.llm.generate(inputs, sampling, use_tqdm=False, lora_request=loras)
         seconds = time.perf_counter() - start
         now = time.time()
         token_ids = [list(out.token_ids) for request in outputs for out in request.outputs]
@@ -312,9 +325,11 @@ class VLLMSampler:
         if engine is not None:
             engine.llm_engine.engine_core.shutdown()
             del self.llm
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+        for attr in ("_workdir", "_adapter_dir"):
+            directory = getattr(self, attr, None)
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+                setattr(self, attr, None)
 
     def load_weights(self, update: WeightUpdate) -> None:
         """Apply a published update in place (no engine restart): load the model weights,
@@ -325,7 +340,10 @@ class VLLMSampler:
           builder reads the directory.
         * ``ray``: the state's tensors go to the engine through ``collective_rpc``
           (``load_policy_tensors``), the prompt builder is rebuilt from the state; no file
-          is read or written.
+          is read or written but the best command's adapter, if any.
+
+        With the best command's LoRA, its new adapter is written and named by the requests
+        that ask for the best command from then on (vLLM loads it with the first).
 
         Raises:
             ValueError: a ``checkpoint``/``nccl`` update without a path, or a ``ray`` update
@@ -358,5 +376,8 @@ class VLLMSampler:
                 self.llm.collective_rpc("reload_policy", args=(update.path,))
             self.llm.reset_prefix_cache()  # cached prefixes hold activations of the old weights
             self.prompts = PromptBuilder(update.path)
+        lora = self.prompts.conditioner.lora
+        if self.adapter is not None and lora is not None:
+            self.adapter.update(lora, update.version)
         self.policy_version = update.version
         self.llm.update_weight_version(str(update.version))

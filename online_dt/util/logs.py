@@ -55,6 +55,12 @@ HARMLESS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "vllm",
+        "vLLM has deprecated support for supporting different tokenizers for different LoRAs",
+        "the best command's adapter (online_dt/rollout/vllm_lora.py) has no tokenizer of its "
+        "own; the base model's is the one it needs",
+    ),
+    (
+        "vllm",
         "Reset SSM cache type",
         "concerns Mamba-style state caches; the policies here are attention-only",
     ),
