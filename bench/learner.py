@@ -19,7 +19,7 @@ per-step times are taken with ``time.perf_counter`` and the median is
 reported. Tokens are labelled tokens (completion tokens and EOS), the same on both sides.
 
 Usage:
-    .venv/bin/python bench/learner.py [--config configs/default.yaml] [--threads 2]
+    .venv/bin/python bench/learner.py [--config configs/plain.yaml] [--threads 2]
         [--rounds 5] [--steps 8] [--set key=value ...] [--json OUT]
 """
 
@@ -43,7 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", default="configs/default.yaml", help="run config (YAML)")
+    p.add_argument("--config", default="configs/plain.yaml", help="run config (YAML)")
     p.add_argument(
         "--set",
         action="append",

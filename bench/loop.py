@@ -1,13 +1,14 @@
 """Loop benchmark: the online loop on Ray in sync and async mode, and the standalone sampler.
 
-Runs the online loop on Ray with the given config (default: configs/default.yaml, shortened)
-once per mode (``--modes``, default ``sync,async``), then the standalone sampler alone with the
-same prompts, samples per prompt and sampling settings, and prints from that one run, per mode:
-steady-state samples/s (iteration 0 left out: it holds the engine's first rollout), the time
-per stage (rollout, scoring, training, weight sync, checkpoint, other) and how much of each
-iteration's wall time the stages cover, and, measured from timestamps taken inside the actors,
-the share of each training interval overlapped by the next iteration's rollouts. Then
-async ÷ sync samples/s and each mode ÷ the standalone sampler.
+Runs the online loop on Ray with the given config (default: configs/plain.yaml, the default before
+round 30, on which the README's loop figures were measured; shortened) once per mode (``--modes``,
+default ``sync,async``), then the standalone sampler alone with the same prompts, samples per
+prompt and sampling settings, and prints from that one run, per mode: steady-state samples/s
+(iteration 0 left out: it holds the engine's first rollout), the time per stage (rollout, scoring,
+training, weight sync, checkpoint, other) and how much of each iteration's wall time the stages
+cover, and, measured from timestamps taken inside the actors, the share of each training interval
+overlapped by the next iteration's rollouts. Then async ÷ sync samples/s and each mode ÷ the
+standalone sampler.
 
 With ``--grpo-beta B``, TRL's ``GRPOTrainer`` (the ``bench/peers.py`` setup: same base model,
 reward model, sampling settings and train prompts) then runs at the same reward-model calls as
@@ -28,7 +29,7 @@ shutdown cost) and a process that runs the same GRPO, each timed from its start 
 installed).
 
 Usage:
-    .venv/bin/python bench/loop.py [--config configs/default.yaml] [--iterations 10]
+    .venv/bin/python bench/loop.py [--config configs/plain.yaml] [--iterations 10]
         [--modes sync,async] [--repeats 1] [--set key=value ...] [--grpo-beta 0.04]
         [--processes]
 """
@@ -153,7 +154,7 @@ def whole_processes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--config", default="configs/plain.yaml")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--modes", default="sync,async", help="comma-separated online.mode values")
     parser.add_argument("--sampler-repeats", type=int, default=5)

@@ -2,8 +2,9 @@
 
 Issue #14's measurement: a multi-objective run (``--config``, default
 ``configs/multi_objective.yaml``: VADER sentiment and brevity) spends the whole budget of
-reward-model calls; two single-objective runs spend half each, one on sentiment (the default
-recipe, ``configs/default.yaml``) and one on brevity (the same recipe with
+reward-model calls; two single-objective runs spend half each, one on sentiment (the recipe
+without the best command, ``configs/plain.yaml``, the default before round 30, on which
+``configs/multi_objective.yaml`` is built) and one on brevity (the same recipe with
 :class:`~online_dt.rewards.multi.BrevityReward` and its range). Every run trains in process on
 the same train prompts; every policy is scored on the same held-out prompts, never trained on,
 by :class:`~online_dt.rewards.multi.SentimentBrevityReward` (both objectives):
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: this checkout's online_dt, not an installed one
     sys.path.insert(0, str(ROOT))
 
-SINGLE_CONFIG = ROOT / "configs" / "default.yaml"
+SINGLE_CONFIG = ROOT / "configs" / "plain.yaml"
 """The single-objective recipe both single-objective runs start from."""
 
 BREVITY_OVERRIDES: dict[str, Any] = {
@@ -57,7 +58,7 @@ BREVITY_OVERRIDES: dict[str, Any] = {
     },
     "schedule": {"start": -10.0, "max_increase": 1.0, "spread": 1.0, "max_target": 0.0},
 }
-"""``configs/default.yaml`` changed for the brevity run: its reward model, and the reward
+"""``configs/plain.yaml`` changed for the brevity run: its reward model, and the reward
 units of the normalisation and the schedule (the sentiment recipe's, times 10)."""
 
 

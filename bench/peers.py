@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--odt-modes",
         default=None,
         help="comma-separated conditioning modes to run online-dt in, one run each: scalar "
-        "(rows `online-dt`), token (rows `online-dt-token`); default both, or only the mode "
-        "an --odt-set conditioning.mode=... names",
+        "(rows `online-dt`), token (rows `online-dt-token`); default the mode an --odt-set "
+        "conditioning.mode=... names, else --config's own; scalar,token runs both",
     )
     g.add_argument(
         "--targets",
@@ -1132,9 +1132,23 @@ def odt_overrides(args: argparse.Namespace, mode: str | None = None) -> dict[str
     return overrides
 
 
+def config_mode(path: str | Path) -> str:
+    """``conditioning.mode`` of the run config at ``path`` (``scalar`` or ``token``).
+
+    Raises:
+        SystemExit: the config cannot be loaded (its error names the field).
+    """
+    from online_dt.config import ConfigError, OnlineRunConfig, load_config
+
+    try:
+        return load_config(path, OnlineRunConfig).conditioning.mode
+    except (ConfigError, OSError) as e:
+        raise SystemExit(f"error: --config {path}: {e}") from None
+
+
 def odt_modes(args: argparse.Namespace) -> list[str]:
     """The conditioning modes online-dt runs in: ``--odt-modes``, else the one
-    ``--odt-set conditioning.mode=...`` names, else scalar and token.
+    ``--odt-set conditioning.mode=...`` names, else ``--config``'s own ``conditioning.mode``.
 
     Raises:
         SystemExit: an unknown mode, or ``--odt-modes`` and ``--odt-set conditioning.mode``
@@ -1144,7 +1158,7 @@ def odt_modes(args: argparse.Namespace) -> list[str]:
 
     named = parse_overrides(args.odt_set).get("conditioning", {}).get("mode")
     if args.odt_modes is None:
-        return [named] if named is not None else list(ODT_MODES)
+        return [named if named is not None else config_mode(args.config)]
     modes = [m.strip() for m in args.odt_modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - set(ODT_MODES))
     if unknown or not modes:

@@ -2,9 +2,9 @@
 
 Runs the online loop on Ray exactly as ``online-dt run`` does (``plan_run`` then
 ``actors.controller.run_on_ray``: learner, sampler and reward actors, a checkpoint after every
-iteration), on ``configs/default.yaml`` shrunk so that hundreds of iterations fit in minutes
-(:data:`SHRUNK`; ``--set`` overrides it). While it runs, every ``--sample-every`` iterations it
-records, from the loop's metrics callback in the driver:
+iteration), on ``configs/plain.yaml`` (no warm start) shrunk so that hundreds of iterations fit in
+minutes (:data:`SHRUNK`; ``--set`` overrides it). While it runs, every ``--sample-every``
+iterations it records, from the loop's metrics callback in the driver:
 
 * the resident set size (RSS) of the driver and of each live actor (psutil on the actors'
   pids, found with Ray's state API);
@@ -36,7 +36,7 @@ does more work. Exit status 0 whether the goals hold or not (the JSON
 says); 1 only if the run fails.
 
 Usage:
-    .venv/bin/python bench/soak.py [--iterations 300] [--config configs/default.yaml]
+    .venv/bin/python bench/soak.py [--iterations 300] [--config configs/plain.yaml]
         [--set key=value ...] [--sample-every 1] [--warmup 10] [--window 50]
         [--tolerance 0.1] [--resumes 2] [--json runs/soak.json] [--keep-run-dir]
 
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The shrunken config (applied before --set): " + " ".join(SHRUNK),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--config", default="configs/default.yaml", help="base config")
+    parser.add_argument("--config", default="configs/plain.yaml", help="base config")
     parser.add_argument("--iterations", type=int, default=300, help="iterations of the soak")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"

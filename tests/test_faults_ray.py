@@ -62,13 +62,15 @@ def tiny(tmp_path_factory):
 
 
 def online_cfg(run_dir, **sections) -> OnlineRunConfig:
+    """``configs/plain.yaml`` (no warm start: a learner lost before the first checkpoint cannot
+    be restarted, docs/reliability.md) with ``sections`` overriding its fields."""
     overrides = {
         "online": {"run_dir": str(run_dir), "kl_samples": 0},
         "dashboard": {"enabled": False},
     }
     for key, value in sections.items():
         overrides.setdefault(key, {}).update(value)
-    return load_config(REPO / "configs/default.yaml", OnlineRunConfig, overrides)
+    return load_config(REPO / "configs/plain.yaml", OnlineRunConfig, overrides)
 
 
 def kill_when_running(method: str, address: str, timeout: float = 180.0) -> dict:
