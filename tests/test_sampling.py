@@ -201,6 +201,35 @@ def test_backend_choice(vllm_import):
 # ---------------------------------------------------------------------------------------------
 
 
+BEST = 2.0
+"""A target above ``conditioning.reward_max`` (1.0): it asks for the best command."""
+
+
+def best_command_policy(tmp_path, arch):
+    """A scalar policy with the best command's LoRA (rank 16, the output layer included), its
+    factors moved off their start (``B = 0``) so the adapter changes every adapted layer."""
+    base = build_tiny_model(tmp_path / f"base-{arch}", arch)
+    cfg = ConditioningConfig(best_command=True, best_command_lora_rank=16, lora_output_layer=True)
+    policy = RewardConditionedPolicy.from_base(base, cfg, attn_implementation="eager").eval()
+    randomize_lora(policy, seed=0)
+    return policy
+
+
+def randomize_lora(policy, seed):
+    generator = torch.Generator().manual_seed(seed)
+    lora = policy.conditioner.lora
+    with torch.no_grad():
+        for table in (lora.a, lora.b):
+            for value in table.values():
+                value.copy_(torch.randn(value.shape, generator=generator) * 0.3)
+
+
+def rows_gap(policy, rollouts, best):
+    """:func:`max_logprob_gap` over the rollouts that ask for the best command (``best``) or
+    over the others."""
+    return max_logprob_gap(policy, [r for r in rollouts if (r.target > 1.0) == best])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("arch", "mode"), SYNC_VARIANTS)
 def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
@@ -240,16 +269,21 @@ def test_vllm_matches_hf_before_and_after_sync(tmp_path, arch, mode):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("arch", "mode"), [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar+prompt")]
+    ("arch", "mode"),
+    [("gpt2", "scalar"), ("gpt2", "token"), ("llama", "scalar+prompt"), ("gpt2", "best_lora")],
 )
 def test_vllm_ray_weight_sync_matches_hf(tmp_path, arch, mode):
     """weight_sync: ray on a real engine: built from the skeleton (no weights file anywhere),
-    then every version's tensors loaded in place through collective_rpc, in process."""
+    then every version's tensors loaded in place through collective_rpc, in process
+    (``best_lora``: the best command's LoRA, two of the four prompts asking for it, its
+    adapter written from each version's state)."""
     import vllm.envs
 
     from online_dt.rollout.vllm_sampler import IN_PROCESS_ENV, VLLMSampler
 
-    policy = make_policy(tmp_path, arch, mode)
+    best = mode == "best_lora"
+    policy = best_command_policy(tmp_path, arch) if best else make_policy(tmp_path, arch, mode)
+    targets = [0.5, BEST, -0.5, BEST] if best else TARGETS
     env_before, set_num_threads = os.environ.get(IN_PROCESS_ENV), torch.set_num_threads
     cfg = SamplerConfig(kv_cache_memory_gb=0.05, weight_sync="ray")
     sampler = VLLMSampler.from_skeleton(PolicySkeleton.of(policy), cfg)
@@ -265,18 +299,20 @@ def test_vllm_ray_weight_sync_matches_hf(tmp_path, arch, mode):
         assert workdir is not None and not list(workdir.glob("*.safetensors")), "no weights"
         params = SamplingParams(n=2, max_new_tokens=10, seed=7)
         with pytest.raises(NoWeightsError):
-            sampler.generate(PROMPTS, TARGETS, params)
+            sampler.generate(PROMPTS, targets, params)
 
         publisher = MemoryPublisher()
         sampler.load_weights(publisher.publish(policy, 0))
-        out = sampler.generate(PROMPTS, TARGETS, params)
+        out = sampler.generate(PROMPTS, targets, params)
         assert all(r.policy_version == 0 for r in out)
         assert max_logprob_gap(policy, out) < TOLERANCE
 
         old = copy.deepcopy(policy)
+        if best:
+            randomize_lora(policy, seed=1)
         train_a_little(policy)
         sampler.load_weights(publisher.publish(policy, 1))
-        after = sampler.generate(PROMPTS, TARGETS, params)
+        after = sampler.generate(PROMPTS, targets, params)
         assert all(r.policy_version == 1 for r in after)
         assert max_logprob_gap(policy, after) < TOLERANCE
         # the test can tell: the same samples are far from the old weights' logprobs
@@ -285,35 +321,6 @@ def test_vllm_ray_weight_sync_matches_hf(tmp_path, arch, mode):
     finally:
         sampler.close()
     assert not workdir.exists(), "close removes the engine's config and tokenizer files"
-
-
-BEST = 2.0
-"""A target above ``conditioning.reward_max`` (1.0): it asks for the best command."""
-
-
-def best_command_policy(tmp_path, arch):
-    """A scalar policy with the best command's LoRA (rank 16, the output layer included), its
-    factors moved off their start (``B = 0``) so the adapter changes every adapted layer."""
-    base = build_tiny_model(tmp_path / f"base-{arch}", arch)
-    cfg = ConditioningConfig(best_command=True, best_command_lora_rank=16, lora_output_layer=True)
-    policy = RewardConditionedPolicy.from_base(base, cfg, attn_implementation="eager").eval()
-    randomize_lora(policy, seed=0)
-    return policy
-
-
-def randomize_lora(policy, seed):
-    generator = torch.Generator().manual_seed(seed)
-    lora = policy.conditioner.lora
-    with torch.no_grad():
-        for table in (lora.a, lora.b):
-            for value in table.values():
-                value.copy_(torch.randn(value.shape, generator=generator) * 0.3)
-
-
-def rows_gap(policy, rollouts, best):
-    """:func:`max_logprob_gap` over the rollouts that ask for the best command (``best``) or
-    over the others."""
-    return max_logprob_gap(policy, [r for r in rollouts if (r.target > 1.0) == best])
 
 
 @pytest.mark.slow
