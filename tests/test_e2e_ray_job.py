@@ -1,5 +1,5 @@
-"""End to end: a local Ray head, ``ray job submit`` of the default config (shortened), and
-assertions on the run directory it leaves behind."""
+"""End to end: a local Ray head, ``ray job submit`` of the default config (its warm start, then
+fewer iterations), and assertions on the run directory it leaves behind."""
 
 from __future__ import annotations
 
@@ -117,9 +117,17 @@ def test_ray_job_submit_default_config(ray_head, embedded_model_dir, tmp_path):
     last = sum(m["achieved_mean"] for m in metrics[-3:]) / 3
     print("achieved first 3 / last 3:", round(first, 3), round(last, 3))
     assert last - first >= 0.2
-    # every scored sample is in the buffer exactly once, from a published version
+    # every scored sample is in the buffer exactly once, from a published version: the warm
+    # start's (the default has one; it publishes version 1), then each iteration's but the
+    # best command's asks (online.best_asks_in_buffer: false keeps them out)
+    warm = json.loads((run_dir / "warm_start.json").read_text())["samples"]
+    assert warm == cfg.online.warm_start_prompt_count * cfg.online.warm_start_samples_per_prompt
+    kept_best = cfg.online.best_asks_in_buffer
+    per_iteration = [m["samples"] - (0 if kept_best else m["best_asks"]) for m in metrics]
+    assert all(m["best_asks"] > 0 for m in metrics)
     data = export_dataset(run_dir / "buffer")
-    assert len(data) == sum(m["samples"] for m in metrics)
+    assert len(data) == warm + sum(per_iteration)
     assert sorted(data["sample_id"]) == list(range(len(data)))
-    published = {0} | {m["policy_version"] for m in metrics}
+    assert metrics[0]["policy_version"] == 2
+    published = {0, 1} | {m["policy_version"] for m in metrics}
     assert set(data["policy_version"]) <= published
