@@ -29,11 +29,13 @@ import torch
 from safetensors.torch import save_file
 
 from online_dt.config.sampling import VLLM_LORA_RANKS
+from online_dt.policy.gated_lora import gate_values
 from online_dt.rollout.vllm_lora_plugin import GPT2_LORA_ARCHITECTURE
 from online_dt.samples import Reward, as_reward
 
 if TYPE_CHECKING:
     from online_dt.config import ConditioningConfig
+    from online_dt.policy.conditioner import RewardConditioner
     from online_dt.policy.gated_lora import GatedLoRA
 
 ADAPTER_PREFIX = "base_model.model."
@@ -126,12 +128,10 @@ class BestCommandAdapter:
     Args:
         directory: where the adapters are written (one subdirectory per version; the previous
             one is removed when the next is written).
-        reward_max: ``conditioning.reward_max``: a target above it asks for the best command.
     """
 
-    def __init__(self, directory: str | Path, reward_max: float) -> None:
+    def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self.reward_max = reward_max
         self.request: Any = None
         """The current ``vllm.lora.request.LoRARequest`` (``None`` before :meth:`update`)."""
         self._count = 0
@@ -150,9 +150,10 @@ class BestCommandAdapter:
             shutil.rmtree(previous.lora_path, ignore_errors=True)
         return self.request
 
-    def requests(self, targets: Sequence[Reward]) -> list[Any]:
-        """One entry per target: the current ``LoRARequest`` where the target asks for the best
-        command (above ``reward_max``), ``None`` elsewhere.
+    def requests(self, targets: Sequence[Reward], conditioner: RewardConditioner) -> list[Any]:
+        """One entry per target: the current ``LoRARequest`` where the adapter's gate is on
+        (:func:`gate_values` of ``conditioner``, the policy's: the target asks for the best
+        command), ``None`` elsewhere.
 
         Raises:
             ValueError: a target is a vector (several objectives).
@@ -161,7 +162,8 @@ class BestCommandAdapter:
         rewards = [as_reward(t) for t in targets]
         if any(isinstance(r, tuple) for r in rewards):
             raise ValueError("the best command takes one reward per target, not a vector")
-        wanted = [r > self.reward_max for r in rewards]
+        config, normalize = conditioner.config, conditioner.normalize
+        wanted = gate_values(config, torch.tensor(rewards), normalize).tolist()
         if any(wanted) and self.request is None:
             raise RuntimeError("the best command's adapter has not been written yet")
         return [self.request if w else None for w in wanted]

@@ -244,8 +244,7 @@ class VLLMSampler:
         self.llm.update_weight_version(str(policy_version))
         if lora is not None:
             self._adapter_dir = Path(tempfile.mkdtemp(prefix="online-dt-lora-"))
-            reward_max = self.prompts.conditioner.config.reward_max
-            self.adapter = BestCommandAdapter(self._adapter_dir, reward_max)
+            self.adapter = BestCommandAdapter(self._adapter_dir)
             self.adapter.update(lora, policy_version)
         log.info(
             "vLLM sampler ready in %.1fs (%s mode, dtype %s, engine %s)",
@@ -288,7 +287,9 @@ class VLLMSampler:
         sampling = vllm_sampling_params(
             params, len(inputs), banned_token_ids=self.prompts.conditioner.reward_token_ids
         )
-        loras = self.adapter.requests(targets) if self.adapter is not None else None
+        loras = None
+        if self.adapter is not None:
+            loras = self.adapter.requests(targets, self.prompts.conditioner)
         start = time.perf_counter()
         outputs = self.llm.generate(inputs, sampling, use_tqdm=False, lora_request=loras)
         seconds = time.perf_counter() - start
