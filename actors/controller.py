@@ -232,7 +232,9 @@ class LearnerStarter:
 
     def __call__(self, checkpoint: Path | None) -> Any:
         """Start a learner actor from ``checkpoint`` (``None``: fresh); return its
-        ``RayHandle``. Its constructor's errors surface at its first call.
+        ``RayHandle``. Its constructor's errors surface at its first call. A fresh learner
+        that replaces a lost one starts over (``Learner(start_over=True)``: the run had no
+        checkpoint yet, and the lost learner's replay-buffer shards are deleted).
 
         Raises:
             TimeoutError: the previous actor still answered ``restart_timeout_s`` after it
@@ -243,6 +245,7 @@ class LearnerStarter:
         from actors.ray_futures import RayHandle, end_actor
         from actors.workers import LearnerActor
 
+        start_over = self.actor is not None and checkpoint is None
         if self.actor is not None:
             end_actor(self.actor, self.plan.cfg.fault_tolerance.restart_timeout_s)
         self.actor = (
@@ -254,6 +257,7 @@ class LearnerStarter:
                 str(self.plan.run.path),
                 None if checkpoint is None else str(checkpoint),
                 self.log_file,
+                start_over,
             )
         )
         return RayHandle(self.actor)

@@ -144,11 +144,12 @@ class LearnerActor(Learner):
         run_dir: str,
         checkpoint: Any,
         log_file: str | None = None,
+        start_over: bool = False,
     ) -> None:
         log_to_file(log_file)
         if cfg.resources.retain_freed_memory:
             retain_freed_memory()
-        super().__init__(cfg, base_path, run_dir, checkpoint)
+        super().__init__(cfg, base_path, run_dir, checkpoint, start_over)
         if cfg.sampler.weight_sync == "ray":
             import ray
 

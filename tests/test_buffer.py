@@ -133,6 +133,22 @@ def test_constructor_refuses_existing_shards(tmp_path):
         ReplayBuffer(cfg(), tmp_path)
 
 
+def test_remove_all_leaves_a_folder_a_new_buffer_accepts(tmp_path):
+    from online_dt.replay import shards
+
+    assert shards.remove_all(tmp_path / "missing") == 0
+    buf = ReplayBuffer(cfg(shard_size=2), tmp_path)
+    buf.append(batch([0.1, 0.2, 0.3]))
+    (tmp_path / ".shard-x.tmp").write_bytes(b"partial")
+    (tmp_path / "notes.txt").write_text("not a shard")
+    before = len(shards.list_shards(tmp_path))
+    assert before >= 2
+    assert shards.remove_all(tmp_path) == before
+    assert shards.list_shards(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert len(ReplayBuffer(cfg(), tmp_path)) == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # eviction
 # ---------------------------------------------------------------------------------------------

@@ -783,8 +783,11 @@ def mortal_run(tmp_path, base, die_at, restart_die_at=None, **settings):
     restarts = []
 
     def restart(checkpoint):
-        restarts.append((checkpoint.name, workers.samplers.update.version))
-        learner = Learner(cfg, base_model_path(cfg), plan.run.path, checkpoint)
+        name = None if checkpoint is None else checkpoint.name
+        update = workers.samplers.update  # None until the samplers loaded a version
+        restarts.append((name, None if update is None else update.version))
+        fresh = checkpoint is None  # lost before the first checkpoint: start over
+        learner = Learner(cfg, base_model_path(cfg), plan.run.path, checkpoint, start_over=fresh)
         return MortalLearner(learner, *(restart_die_at or ("train", None)))
 
     return plan, replace(workers, learner=first, restart_learner=restart), restarts
@@ -827,6 +830,51 @@ def test_a_lost_learner_is_restarted_from_its_checkpoint_and_the_samplers_resync
     said = caplog.text
     assert "the learner was lost" in said and "restarting it from iter-000001" in said
     assert "restart 1 of 2" in said and "every sampler resynced" in said
+
+
+@pytest.mark.parametrize("dies_in", ["append", "train"])
+def test_a_learner_lost_in_the_warm_start_is_replaced_by_a_fresh_one_and_the_run_starts_over(
+    tmp_path, base, dies_in, caplog
+):
+    """The learner dies in the warm start, before the run's first checkpoint: in its append
+    (``append`` 1, nothing persisted yet) or in its training (``train`` 1, after its samples
+    were persisted). A fresh learner replaces it, deletes what it persisted, and the warm start
+    runs again: the buffer holds its samples once, and every iteration runs once."""
+    from online_dt.loop.plan import execute
+
+    plan, workers, restarts = mortal_run(
+        tmp_path,
+        base,
+        (dies_in, 1),
+        warm_start_samples_per_prompt=2,
+        warm_start_prompts=6,
+        warm_start_steps=2,
+    )
+    caplog.set_level(logging.INFO, logger="online_dt")
+    history = execute(plan, workers, progress=False)
+    assert restarts == [(None, None)], "one fresh learner; the samplers never loaded a version"
+    metrics = plan.run.read_metrics()
+    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3] == [m["iteration"] for m in history]
+    assert [m["learner_restarts"] for m in metrics] == [1, 0, 0, 0]
+    # the warm start's checkpoint published version 1; each iteration one more
+    assert [m["policy_version"] for m in metrics] == [2, 3, 4, 5]
+    rows = read_persisted(plan.run.buffer_dir).to_pylist()
+    assert [r["sample_id"] for r in rows] == list(range(len(rows)))
+    per_iteration = [sum(r["iteration"] == i for r in rows) for i in range(-1, 4)]
+    assert per_iteration == [12, 8, 8, 8, 8], "the warm start's 6 x 2 samples once"
+    assert plan.run.read_warm_start()["samples"] == 12
+    said = caplog.text
+    assert "before the run's first checkpoint; starting a fresh one (restart 1 of 2)" in said
+    deleted = 1 if dies_in == "train" else 0
+    assert f"deleted the lost learner's {deleted} replay-buffer shard(s)" in said
+
+
+def test_starting_over_takes_no_checkpoint(tmp_path, base):
+    from online_dt.training.learner import Learner
+
+    cfg = loop_tests.make_cfg(tmp_path, base)
+    with pytest.raises(ValueError, match="start_over is a fresh start"):
+        Learner(cfg, str(base), tmp_path / "run", tmp_path / "ckpt", start_over=True)
 
 
 def test_a_learner_lost_while_writing_a_checkpoint_resumes_from_the_one_before(

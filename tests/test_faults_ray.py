@@ -62,8 +62,8 @@ def tiny(tmp_path_factory):
 
 
 def online_cfg(run_dir, **sections) -> OnlineRunConfig:
-    """``configs/plain.yaml`` (no warm start: a learner lost before the first checkpoint cannot
-    be restarted, docs/reliability.md) with ``sections`` overriding its fields."""
+    """``configs/plain.yaml`` (no warm start, no best command: the figures of
+    docs/reliability.md are its) with ``sections`` overriding its fields."""
     overrides = {
         "online": {"run_dir": str(run_dir), "kl_samples": 0},
         "dashboard": {"enabled": False},
@@ -569,6 +569,54 @@ def test_a_sampler_lost_for_good_leaves_the_split_and_its_prompts_go_to_the_othe
         f"{metrics[2]['sampler_recovery_s']:.1f}s; rollouts {rollout_s}s; 0 samples lost, "
         f"run {time.perf_counter() - start:.0f}s"
     )
+
+
+def test_learner_killed_in_the_warm_start_is_replaced_by_a_fresh_one(ray_address, tiny, tmp_path):
+    """SIGKILL the learner actor's process in the warm start's training, before the run's
+    first checkpoint: the controller starts a fresh learner, which deletes the replay-buffer
+    shards the killed one persisted, and the run starts over at the warm start; it finishes
+    with the warm start's samples once and each iteration once."""
+    from actors.controller import run_on_ray
+
+    cfg = online_cfg(
+        tmp_path / "run",
+        model={"name_or_path": str(tiny)},
+        sampler={"backend": "hf"},
+        sampling={"max_new_tokens": 8},
+        # enough warm-start steps that its first training call lasts seconds
+        online={
+            "iterations": 2,
+            "prompts_per_iteration": 16,
+            "train_steps_per_iteration": 4,
+            "warm_start_samples_per_prompt": 2,
+            "warm_start_prompts": 32,
+            "warm_start_steps": 50,
+        },
+    )
+    plan = plan_run(cfg, None)
+    killed: dict = {}
+
+    def kill() -> None:
+        try:
+            killed.update(kill_when_running("LearnerActor.train", ray_address))
+        except Exception as e:
+            killed["error"] = e
+
+    killed["thread"] = threading.Thread(target=kill)
+    killed["thread"].start()
+    assert run_on_ray(plan, progress=False) == 0
+    killed["thread"].join()
+    assert "error" not in killed, killed.get("error")
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed["pid"], 0)
+    metrics = plan.run.read_metrics()
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    assert [m["learner_restarts"] for m in metrics] == [1, 0]
+    assert [m["policy_version"] for m in metrics] == [2, 3], "the warm start published 1"
+    rows = read_persisted(plan.run.buffer_dir).to_pylist()
+    assert sorted(r["sample_id"] for r in rows) == list(range(len(rows)))
+    assert [sum(r["iteration"] == i for r in rows) for i in (-1, 0, 1)] == [64, 64, 64]
+    assert plan.run.latest_checkpoint().name == "iter-000001"
 
 
 @pytest.mark.parametrize("weight_sync", ["checkpoint", "ray"])

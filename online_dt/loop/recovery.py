@@ -6,6 +6,11 @@ state stored in it; the logs of later iterations dropped, as those iterations ru
 learner built from that checkpoint, which applies ``online.resume_policy`` to the samples
 persisted after it (:class:`~online_dt.training.learner.Learner`), so the two cannot diverge.
 
+A learner lost before the run's first checkpoint (during the warm start, or in the first
+iterations with ``online.checkpoint_every`` above 1) is replaced by a fresh one, which deletes
+the replay-buffer shards the lost one persisted; the run starts over at the warm start
+(:func:`start_over_point`).
+
 :func:`run_recovering` runs the loop and, when the learner is lost
 (:class:`LearnerLostError`), restarts it through ``Workers.restart_learner`` up to
 ``fault_tolerance.learner_max_restarts`` times in the job: the new learner publishes the
@@ -43,14 +48,16 @@ class ResumePoint:
     """Where a run continues from its last checkpoint.
 
     Attributes:
-        checkpoint: the checkpoint directory (the learner is rebuilt from it).
+        checkpoint: the checkpoint directory (the learner is rebuilt from it); ``None``: the
+            run starts over with a fresh learner (:func:`start_over_point`).
         start_iteration: the first iteration to run (the one after the checkpoint's).
-        schedule_state: the target schedule's state stored in the checkpoint.
+        schedule_state: the target schedule's state stored in the checkpoint; ``None`` when
+            the run starts over (the loop then runs the warm start, if any, as a new run does).
     """
 
-    checkpoint: Path
+    checkpoint: Path | None
     start_iteration: int
-    schedule_state: ScheduleState
+    schedule_state: ScheduleState | None
 
 
 def resume_point(run: RunDir) -> ResumePoint:
@@ -65,6 +72,13 @@ def resume_point(run: RunDir) -> ResumePoint:
     run.truncate_logs(state["iteration"])
     schedule = ScheduleState.from_dict(state["schedule"])
     return ResumePoint(checkpoint, state["iteration"] + 1, schedule)
+
+
+def start_over_point(run: RunDir) -> ResumePoint:
+    """The point of a run that has no checkpoint yet: from the start, with a fresh learner (the
+    warm start runs again, and every iteration's metrics and sample records are dropped)."""
+    run.truncate_logs(-1)
+    return ResumePoint(None, 0, None)
 
 
 class _Watched:
@@ -130,7 +144,9 @@ def restart_learner(
     restarts: LearnerRestarts,
     resume_policy: str = "keep",
 ) -> tuple[Workers, ResumePoint]:
-    """Start a new learner from ``run``'s last checkpoint and resync every sampler to it.
+    """Start a new learner from ``run``'s last checkpoint and resync every sampler to it; with
+    no checkpoint yet, a fresh learner that deletes the lost one's replay-buffer shards, and the
+    run starts over (:func:`start_over_point`).
 
     The new learner deletes the versions published after the checkpoint and publishes the
     checkpoint's version; every sampler loads it before it samples again (a sampler lost
@@ -145,8 +161,8 @@ def restart_learner(
 
     Raises:
         LearnerLostError: the learner cannot be restarted: restarts spent
-            (``fault_tolerance.learner_max_restarts``), none possible (``Workers.restart_learner``
-            is ``None``, as in process), or no checkpoint written yet.
+            (``fault_tolerance.learner_max_restarts``) or none possible
+            (``Workers.restart_learner`` is ``None``, as in process).
     """
     started = time.perf_counter()
     while True:
@@ -168,22 +184,29 @@ def restart_learner(
         restarts.unrecorded += 1
         try:
             point = resume_point(run)
-        except RunDirError as e:
-            raise LearnerLostError(
-                f"the learner was lost ({lost}) before the first checkpoint; nothing to "
-                "restart it from"
-            ) from e
-        log.warning(
-            "the learner was lost (%s); restarting it from %s (restart %d of %d): iterations "
-            "from %d run again; samples persisted after the checkpoint are %s "
-            "(online.resume_policy)",
-            lost,
-            point.checkpoint.name,
-            restarts.done,
-            restarts.limit,
-            point.start_iteration,
-            "kept once" if resume_policy == "keep" else "dropped",
-        )
+        except RunDirError:  # lost before the first checkpoint: nothing to restart it from
+            point = start_over_point(run)
+        if point.checkpoint is None:
+            log.warning(
+                "the learner was lost (%s) before the run's first checkpoint; starting a fresh "
+                "one (restart %d of %d): the run starts over, its warm start included, and "
+                "the samples the lost learner persisted are deleted",
+                lost,
+                restarts.done,
+                restarts.limit,
+            )
+        else:
+            log.warning(
+                "the learner was lost (%s); restarting it from %s (restart %d of %d): "
+                "iterations from %d run again; samples persisted after the checkpoint are %s "
+                "(online.resume_policy)",
+                lost,
+                point.checkpoint.name,
+                restarts.done,
+                restarts.limit,
+                point.start_iteration,
+                "kept once" if resume_policy == "keep" else "dropped",
+            )
         learner = watched(workers.restart_learner(point.checkpoint))
         try:
             update = learner.initial_update().result()

@@ -111,9 +111,11 @@ class Workers:
             and takes calls, so that a restart is not timed as the scoring call sent after it;
             on Ray the restarted actor answers ``pid``. ``None`` in process (nothing restarts).
         restart_learner: ends the lost learner and starts a new one from the given checkpoint
-            directory, returning its handle (:func:`online_dt.loop.recovery.restart_learner`
-            then publishes its version and resyncs the samplers); on Ray a new learner actor.
-            ``None`` in process, where the learner dies with the loop.
+            directory, or, given ``None`` (no checkpoint yet), a fresh one that starts over
+            (``Learner(start_over=True)``), returning its handle
+            (:func:`online_dt.loop.recovery.restart_learner` then publishes its version and
+            resyncs the samplers); on Ray a new learner actor. ``None`` in process, where the
+            learner dies with the loop.
     """
 
     samplers: SamplerWorkers
@@ -122,7 +124,7 @@ class Workers:
     close: Callable[[], None] = lambda: None
     restart_reward: Callable[[], float] | None = None
     wait_for_reward: Callable[[], float] | None = None
-    restart_learner: Callable[[Path], LearnerWorker] | None = None
+    restart_learner: Callable[[Path | None], LearnerWorker] | None = None
 
 
 class CheckedRewardModel:

@@ -245,6 +245,23 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
         raise
 
 
+def remove_all(root: Path) -> int:
+    """Delete every shard and temporary file under ``root`` (writer only): the buffer of a run
+    whose learner was lost before its first checkpoint, which a fresh learner starts over
+    without. Returns the number of shards deleted (0 when ``root`` does not exist).
+
+    Raises:
+        OSError: a file could not be deleted (the ones before it are gone).
+    """
+    if not root.exists():
+        return 0
+    found = list_shards(root)
+    for shard in found:
+        remove_file(shard.path)
+    clean_tmp(root)
+    return len(found)
+
+
 def clean_tmp(root: Path) -> None:
     """Delete the temporary files interrupted writes left under ``root`` (writer only)."""
     for p in root.glob(".shard-*.tmp"):

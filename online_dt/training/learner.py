@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import shutil
 import time
@@ -32,6 +33,7 @@ from online_dt.launch.rundir import (
 from online_dt.objectives import front_summary
 from online_dt.policy.labelled_logits import LabelledLogits
 from online_dt.policy.policy import RewardConditionedPolicy
+from online_dt.replay import shards
 from online_dt.replay.buffer import ReplayBuffer
 from online_dt.replay.schema import coerce_samples
 from online_dt.rollout.weight_sync import PolicyState, WeightUpdate, make_publisher
@@ -40,6 +42,8 @@ from online_dt.training.best_rows import BestRows, best_of_prompts
 from online_dt.training.kl import kl_per_completion
 from online_dt.training.trainer import ConditionedTrainer
 from online_dt.util.atomic import atomic_write_dir
+
+log = logging.getLogger(__name__)
 
 
 class Learner:
@@ -50,6 +54,15 @@ class Learner:
         base_path: the base model (hub name or directory).
         run_dir: the run directory.
         checkpoint: a checkpoint directory to resume from (``None``: fresh start).
+        start_over: a fresh start that replaces a learner lost before the run's first
+            checkpoint (during the warm start): the replay-buffer shards the lost learner
+            persisted are deleted first, as nothing refers to them and the warm start runs
+            again (:func:`online_dt.loop.recovery.restart_learner`).
+
+    Raises:
+        FileExistsError: a fresh start (not ``start_over``) finds replay-buffer shards in the
+            run directory.
+        ValueError: ``start_over`` with a ``checkpoint``.
     """
 
     def __init__(
@@ -58,7 +71,10 @@ class Learner:
         base_path: str,
         run_dir: str | Path,
         checkpoint: str | Path | None = None,
+        start_over: bool = False,
     ) -> None:
+        if start_over and checkpoint is not None:
+            raise ValueError("start_over is a fresh start: it takes no checkpoint")
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one bar per published version would flood the log
@@ -112,6 +128,13 @@ class Learner:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._writing: Future[None] | None = None
         """The checkpoint being written in the background, if any."""
+        if start_over:
+            removed = shards.remove_all(self.run.buffer_dir)
+            log.warning(
+                "starting over without a checkpoint: deleted the lost learner's %d replay-buffer "
+                "shard(s)",
+                removed,
+            )
         if checkpoint is None:
             self.buffer = ReplayBuffer(cfg.buffer, self.run.buffer_dir, seed=cfg.training.seed)
             self.version = 0
