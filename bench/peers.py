@@ -1193,9 +1193,9 @@ def check_odt_config(setup: Setup, mode: str) -> None:
 
     Raises:
         SystemExit: the config is invalid (e.g. ``conditioning.best_command`` in token mode:
-            pass ``--odt-modes scalar``), or ``--odt-recalibrate`` with
-            ``conditioning.best_command`` (the grid's step above ``reward_max`` would ask for
-            the best command), or ``--odt-guidance`` with
+            pass ``--odt-modes scalar``), or an ``--odt-recalibration-grid`` value above
+            ``reward_max`` with ``conditioning.best_command`` (it asks for the best command),
+            or ``--odt-guidance`` with
             ``conditioning.best_command_lora_rank`` or ``reward_lora_rank`` (guided generation
             is refused with a gated LoRA).
     """
@@ -1205,10 +1205,11 @@ def check_odt_config(setup: Setup, mode: str) -> None:
         cfg = odt_config(setup, mode)
     except (ValidationError, ValueError) as e:
         raise SystemExit(f"error: the online-dt config in {mode} mode: {e}") from e
-    if setup.args.odt_recalibrate and cfg.conditioning.best_command:
+    grid = setup.args.odt_recalibration_grid or []
+    if cfg.conditioning.best_command and any(c > cfg.conditioning.reward_max for c in grid):
         raise SystemExit(
-            "error: --odt-recalibrate with conditioning.best_command is not implemented: the "
-            "grid's step above reward_max would ask for the best command"
+            f"error: --odt-recalibration-grid {grid}: a value above conditioning.reward_max "
+            f"({cfg.conditioning.reward_max:g}) asks for the best command, not for a reward"
         )
     if setup.args.odt_guidance and cfg.conditioning.lora_option is not None:
         raise SystemExit(
@@ -1230,7 +1231,7 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
     from online_dt.loop.workers import CheckedRewardModel, local_workers
     from online_dt.policy.guidance import buffer_prior
     from online_dt.policy.policy import RewardConditionedPolicy
-    from online_dt.policy.recalibration import default_grid
+    from online_dt.policy.recalibration import default_grid, without_best_command
 
     a = setup.args
     start = time.perf_counter()
@@ -1289,8 +1290,11 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
             variants.append((f"{name}-guided{weight:g}{suffix}", (weight, references[ref])))
     strategy = a.odt_recalibration_strategy
     scalar_grid = a.odt_recalibration_grid
+    best_above = cfg.conditioning.reward_max if cfg.conditioning.best_command else None
     if a.odt_recalibrate and not scalar_grid:
         scalar_grid = default_grid(buffer_rewards(plan.run.path))
+        if best_above is not None:  # the step beyond the top would ask for the best command
+            scalar_grid = without_best_command(scalar_grid, best_above)
     n_eval = len(eval_prompts(setup))
     for label, guidance in variants:
         weight = None if guidance is None else guidance[0]
@@ -1303,7 +1307,7 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
                 start, before = time.perf_counter(), setup.reward.calls(f"{row_label}:eval")
                 asked = target
                 extra: dict[str, Any] = {}
-                if recal is not None:
+                if recal is not None and (best_above is None or target <= best_above):
                     asked = recal.conditionings(target, n_eval, strategy, setup.seed(SEED_RECAL, 2))
                     extra["recalibration"] = {
                         "strategy": strategy,

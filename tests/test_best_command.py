@@ -402,8 +402,31 @@ def test_eval_of_a_best_command_run_has_the_best_commands_row(tmp_path, base):  
         reference_samples=0,
     )
     assert [r["target"] for r in given["rows"]] == [0.5]  # no extrapolation row is added
-    with pytest.raises(EvalError, match="--recalibrate is not implemented"):
-        run_eval(plan.run.path, samples_per_target=4, out_dir=out, recalibration_samples=8)
+    # recalibrated: the best command's target is asked for as it is
+    recal = run_eval(
+        plan.run.path,
+        samples_per_target=4,
+        out_dir=out,
+        with_kl=False,
+        reference_samples=0,
+        recalibration_samples=2,
+        recalibration_grid=[-0.5, 0.0, 0.5],
+    )
+    reward_max = plan.cfg.conditioning.reward_max
+    assert recal["recalibration"]["conditioning"] == [-0.5, 0.0, 0.5]
+    assert recal["recalibration"]["calls"] == 2 * 3
+    best_row = recal["rows"][-1]
+    assert best_row["target"] == 2.0 and best_row["asked"] == [[2.0, 4]]
+    assert recal["recalibration"]["bracket"][-1] is None
+    assert all(c <= reward_max for r in recal["rows"][:-1] for c, _ in r["asked"])
+    with pytest.raises(EvalError, match="asks for the run's best command"):
+        run_eval(
+            plan.run.path,
+            samples_per_target=4,
+            out_dir=out,
+            recalibration_samples=2,
+            recalibration_grid=[0.0, 1.5],
+        )
 
 
 def test_the_learner_labels_no_eos_after_completions_the_sampler_cut(

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from online_dt.policy.recalibration import Bracket, Recalibration
+from online_dt.policy.recalibration import (
+    Bracket,
+    Recalibration,
+    default_grid,
+    recalibrated_asks,
+    without_best_command,
+)
 
 
 def _fit(points: dict[float, list[float]]) -> Recalibration:
@@ -134,3 +140,16 @@ def test_default_grid_steps_beyond_the_trained_rewards():
     for bad in ([], [0.5, 0.5]):
         with pytest.raises(ValueError, match="spanning a range"):
             default_grid(bad)
+
+
+def test_a_best_command_policy_is_recalibrated_below_reward_max_only():
+    grid = default_grid([-0.99, 0.99])
+    assert max(grid) > 1.0
+    kept = without_best_command(grid, 1.0)
+    assert kept == [c for c in grid if c <= 1.0] and len(kept) == len(grid) - 1
+    with pytest.raises(ValueError, match="two values at or below"):
+        without_best_command([0.5, 1.5, 2.0], 1.0)
+    fit = Recalibration.fit([-1.0, 0.0, 1.0], [-0.5, 0.0, 0.5])
+    assert recalibrated_asks(fit, 2.0, 3, "interpolate", best_above=1.0) == [2.0] * 3
+    assert recalibrated_asks(fit, 0.25, 2, "interpolate", best_above=1.0) == [0.5, 0.5]
+    assert recalibrated_asks(fit, 2.0, 1, "interpolate") == [1.0], "no best command: the end"

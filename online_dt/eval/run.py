@@ -73,7 +73,11 @@ from online_dt.eval.steering import (
 )
 from online_dt.eval.target_input import TargetSpec, show_target
 from online_dt.launch.rundir import CONFIG_FILE, EVAL_PLOT_FILE, EVAL_TABLE_FILE
-from online_dt.policy.recalibration import default_grid
+from online_dt.policy.recalibration import (
+    default_grid,
+    recalibrated_asks,
+    without_best_command,
+)
 from online_dt.util.seeds import derived_seed
 
 DEFAULT_SAMPLES_PER_TARGET = 64
@@ -171,9 +175,11 @@ def run_eval(
             ``grid`` for a run with a single reward; recalibration in scalar mode without
             ``recalibration_grid`` when the buffer's rewards span no range; a vector target
             for a run with a single reward, or a scalar target (or one of the wrong length)
-            for a run with objectives; ``grid`` together with ``targets``; recalibration for a
-            run with ``best_command``, or guidance with a gated LoRA (``best_command_lora_rank``
-            or ``reward_lora_rank``).
+            for a run with objectives; ``grid`` together with ``targets``; a
+            ``recalibration_grid`` value above ``conditioning.reward_max`` for a run with
+            ``best_command`` (it asks for the best command; the default grid drops it, and the
+            best command's target is asked for as it is), or guidance with a gated LoRA
+            (``best_command_lora_rank`` or ``reward_lora_rank``).
         ConfigError: the config is invalid.
         PromptError, RewardModelLoadError, OSError: prompts, reward model or models can't load.
     """
@@ -261,11 +267,8 @@ def run_eval(
     if cfg.conditioning.best_command:  # trained on its own rows: not an unseen label
         planned = [(t, x and t <= cfg.conditioning.reward_max) for t, x in planned]
 
-    if recalibration_samples > 0 and cfg.conditioning.best_command:
-        raise EvalError(
-            "--recalibrate is not implemented for a run with conditioning.best_command: the "
-            "grid's step above conditioning.reward_max would ask for the best command"
-        )
+    # with a best command, a conditioning value above reward_max asks for it, not for a reward
+    best_above = cfg.conditioning.reward_max if cfg.conditioning.best_command else None
     option = cfg.conditioning.lora_option
     if guidance_weight > 0 and option is not None:
         raise EvalError(
@@ -274,6 +277,11 @@ def run_eval(
         )
     guidance = plan_guidance(rewards_seen, guidance_weight, guidance_rewards, guidance_prior)
     scalar_grid = list(recalibration_grid or [])
+    if best_above is not None and any(c > best_above for c in scalar_grid):
+        raise EvalError(
+            f"--recalibration-grid {scalar_grid}: a value above conditioning.reward_max "
+            f"({best_above:g}) asks for the run's best command, not for a reward"
+        )
     if recalibration_samples > 0 and not scalar_grid and cfg.conditioning.mode == "scalar":
         if len(rewards_seen) == 0 or not rewards_seen.max() > rewards_seen.min():
             raise EvalError(
@@ -281,6 +289,8 @@ def run_eval(
                 "--recalibration-grid C ..."
             )
         scalar_grid = default_grid(rewards_seen)
+        if best_above is not None:  # the step beyond the top would ask for the best command
+            scalar_grid = without_best_command(scalar_grid, best_above)
 
     prompts = load_prompts(cfg.prompts)
     reward_model = load_reward_model(cfg.reward_model)
@@ -303,11 +313,16 @@ def run_eval(
                 seed,
             )
             ask = functools.partial(
-                fit.conditionings,
+                recalibrated_asks,
+                fit,
                 strategy=recal["strategy"],
                 seed=derived_seed(seed, RECALIBRATION_SEED_KEY, 2**20),
+                best_above=best_above,
             )
-            recal["bracket"] = [dataclasses.asdict(fit.bracket(t)) for t, _ in planned]
+            best_rows = {t for t, _ in planned if best_above is not None and t > best_above}
+            recal["bracket"] = [  # None for the best command's row
+                None if t in best_rows else dataclasses.asdict(fit.bracket(t)) for t, _ in planned
+            ]
         rows = evaluate_calibration(
             sampler,
             score,

@@ -66,6 +66,25 @@ def default_grid(
     return [lo + step * k for k in range(-1, points + 1)]
 
 
+def without_best_command(grid: Sequence[float], reward_max: float) -> list[float]:
+    """``grid`` without its values above ``reward_max`` (reward units), for a policy with
+    ``conditioning.best_command``: there a conditioning value above ``reward_max`` asks for the
+    best command, not for a reward, so it has no place on a map from conditioning values to
+    the rewards they achieve. For VADER's default grid (:func:`default_grid`) that drops the
+    step beyond the top, 1.5.
+
+    Raises:
+        ValueError: fewer than two values remain.
+    """
+    kept = [float(c) for c in grid if c <= reward_max]
+    if len(kept) < 2:
+        raise ValueError(
+            f"a recalibration grid needs two values at or below conditioning.reward_max "
+            f"({reward_max:g}; above it the best command is asked for), got {list(grid)}"
+        )
+    return kept
+
+
 def conditioning_grid(conditioner: Any, scalar_grid: Sequence[float]) -> list[float]:
     """The conditioning values to measure for ``conditioner``
     (:class:`~online_dt.policy.conditioner.RewardConditioner`, one reward): ``scalar_grid``
@@ -237,3 +256,23 @@ class Recalibration:
         return cls(
             tuple(map(float, c)), tuple(map(float, m)), tuple(map(float, a)), tuple(map(int, n))
         )
+
+
+def recalibrated_asks(
+    fit: Recalibration,
+    target: float,
+    n: int,
+    strategy: Strategy,
+    seed: int = 0,
+    best_above: float | None = None,
+) -> list[float]:
+    """:meth:`Recalibration.conditionings` of ``target``, except for a target above
+    ``best_above`` (``conditioning.reward_max`` of a policy with ``best_command``), which asks
+    for the best command and is passed through ``n`` times unchanged.
+
+    Raises:
+        ValueError: as :meth:`Recalibration.conditionings`.
+    """
+    if best_above is not None and target > best_above:
+        return [float(target)] * n
+    return fit.conditionings(target, n, strategy, seed)
