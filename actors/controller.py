@@ -245,7 +245,9 @@ class LearnerStarter:
         from actors.ray_futures import RayHandle, end_actor
         from actors.workers import LearnerActor
 
-        start_over = self.actor is not None and checkpoint is None
+        # a fresh learner replacing a lost one, or the first of a resumed run that had no
+        # checkpoint, deletes the shards persisted before it
+        start_over = checkpoint is None and (self.actor is not None or self.plan.start_over)
         if self.actor is not None:
             end_actor(self.actor, self.plan.cfg.fault_tolerance.restart_timeout_s)
         self.actor = (

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             if plan.cfg.resources.retain_freed_memory:
                 retain_freed_memory()
             base = base_model_path(plan.cfg)
-            workers = local_workers(plan.cfg, base, plan.run.path, plan.checkpoint)
+            workers = local_workers(plan.cfg, base, plan.run.path, plan.checkpoint, plan.start_over)
             try:
                 execute(plan, workers, progress=not args.no_progress)
             finally:
@@ -248,7 +248,9 @@ def stopped_message(plan: RunPlan, error: Exception) -> str:
             f" --resume {plan.run.path}"
         )
     except RunDirError:
-        return f"{what}. No checkpoint was written yet: start a new run (another online.run_dir)"
+        return (
+            f"{what}. No checkpoint was written yet: --resume {plan.run.path} starts the run over"
+        )
 
 
 if __name__ == "__main__":

@@ -540,9 +540,14 @@ def test_a_batch_failing_before_the_first_checkpoint_is_kept_with_its_run_dir(
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     assert main(["--config", str(path), "--local", "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "No checkpoint was written yet" in err and "--resume" not in err
-    [kept] = RunDir(cfg.online.run_dir).read_rejected()
+    run = RunDir(cfg.online.run_dir)
+    assert f"No checkpoint was written yet: --resume {run.path} starts the run over" in err
+    [kept] = run.read_rejected()
     assert kept["iteration"] == 0 and len(kept["samples"]) == 8
+    fixed = "reward_model.kwargs.fail_calls=[]"
+    assert main(["--resume", str(run.path), "--set", fixed, "--local", "--no-progress"]) == 0
+    assert [m["iteration"] for m in run.read_metrics()] == [0, 1, 2, 3]
+    assert len(export_dataset(run.buffer_dir)) == 32
 
 
 # -- bad configuration and inputs: one message, no run directory ---------------------------------
@@ -867,6 +872,40 @@ def test_a_learner_lost_in_the_warm_start_is_replaced_by_a_fresh_one_and_the_run
     assert "before the run's first checkpoint; starting a fresh one (restart 1 of 2)" in said
     deleted = 1 if dies_in == "train" else 0
     assert f"deleted the lost learner's {deleted} replay-buffer shard(s)" in said
+
+
+def test_a_run_stopped_in_its_warm_start_is_resumed_from_the_start(tmp_path, base, caplog):
+    """In process the learner cannot be restarted: lost in the warm start's training, after
+    its samples were persisted, it stops the run with no checkpoint. ``--resume`` then starts
+    the run over with a fresh learner, which deletes those samples."""
+    from dataclasses import replace
+
+    from online_dt.loop.plan import base_model_path, execute, plan_run
+    from online_dt.loop.recovery import LearnerLostError
+    from online_dt.loop.workers import local_workers
+
+    plan, workers, _ = mortal_run(
+        tmp_path,
+        base,
+        ("train", 1),
+        warm_start_samples_per_prompt=2,
+        warm_start_prompts=6,
+        warm_start_steps=2,
+    )
+    with pytest.raises(LearnerLostError, match="cannot be restarted here"):
+        execute(plan, replace(workers, restart_learner=None), progress=False)
+    assert len(read_persisted(plan.run.buffer_dir)) == 12, "the warm start's append landed"
+    caplog.set_level(logging.WARNING, logger="online_dt")
+    resumed = plan_run(None, plan.run.path)
+    assert resumed.start_over and resumed.checkpoint is None and resumed.schedule_state is None
+    assert "has no checkpoint yet (it stopped in its warm start): it starts over" in caplog.text
+    resumed.prompts = loop_tests.PROMPTS
+    cfg = resumed.cfg
+    again = local_workers(cfg, base_model_path(cfg), resumed.run.path, None, start_over=True)
+    execute(resumed, again, progress=False)
+    assert [m["iteration"] for m in resumed.run.read_metrics()] == [0, 1, 2, 3]
+    rows = read_persisted(plan.run.buffer_dir).to_pylist()
+    assert [sum(r["iteration"] == i for r in rows) for i in range(-1, 4)] == [12, 8, 8, 8, 8]
 
 
 def test_starting_over_takes_no_checkpoint(tmp_path, base):

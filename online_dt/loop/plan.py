@@ -7,6 +7,7 @@ workers (in process or on Ray), with the per-iteration records going to callback
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,13 @@ from online_dt.config import OnlineRunConfig, config_yaml, load_config
 from online_dt.embedded.base_model import resolve_base_model
 from online_dt.launch.preflight import preflight
 from online_dt.launch.prompts import load_prompts
-from online_dt.launch.rundir import CONFIG_FILE, TENSORBOARD_DIR, RunDir
-from online_dt.loop.recovery import resume_point, run_recovering
+from online_dt.launch.rundir import CONFIG_FILE, TENSORBOARD_DIR, RunDir, RunDirError
+from online_dt.loop.recovery import resume_point, run_recovering, start_over_point
 from online_dt.loop.schedule import ScheduleState
 from online_dt.loop.workers import Workers
 from online_dt.util.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 MetricsCallback = Callable[[dict[str, Any]], None]
 """Receives each iteration's metrics record."""
@@ -37,6 +40,9 @@ class RunPlan:
         start_iteration: first iteration to run.
         schedule_state: schedule state to continue from, or ``None``.
         prompts: the loaded prompt set.
+        start_over: a resumed run that stopped before its first checkpoint (in its warm
+            start): it runs again from the start with a fresh learner, which deletes the
+            replay-buffer shards it had persisted (``Learner(start_over=True)``).
     """
 
     cfg: OnlineRunConfig
@@ -45,6 +51,7 @@ class RunPlan:
     start_iteration: int
     schedule_state: ScheduleState | None
     prompts: list[str]
+    start_over: bool = False
 
 
 def plan_run(
@@ -60,10 +67,11 @@ def plan_run(
     created.
     On resume the run directory's ``config.yaml`` is authoritative, with ``overrides`` applied
     on top (e.g. more ``online.iterations``); logs of iterations after the checkpoint are
-    dropped (they will be run again).
+    dropped (they will be run again). A run that stopped before its first checkpoint (in its
+    warm start) starts over (``RunPlan.start_over``), as a learner lost then does.
 
     Raises:
-        RunDirError: a new run would overwrite an existing one, or there is nothing to resume.
+        RunDirError: a new run would overwrite an existing one.
         ConfigError: the run directory's config is invalid.
         PromptError: the prompt source is missing or empty.
         PreflightError: the base model or reward model cannot be loaded, or a prompt is too
@@ -74,11 +82,25 @@ def plan_run(
         cfg = load_config(run.path / CONFIG_FILE, OnlineRunConfig, overrides)
         prompts = load_prompts(cfg.prompts)
         preflight(cfg, prompts, base_model_path(cfg))
-        point = resume_point(run)  # the same as a learner restarted within a job
+        try:  # the same as a learner restarted within a job
+            point = resume_point(run)
+        except RunDirError:  # stopped before its first checkpoint: nothing to continue from
+            point = start_over_point(run)
+            log.warning(
+                "%s has no checkpoint yet (it stopped in its warm start): it starts over, and "
+                "the samples it persisted are deleted",
+                run.path,
+            )
         if overrides:  # the run directory's config stays the one the run actually uses
             atomic_write_text(run.path / CONFIG_FILE, config_yaml(cfg))
         return RunPlan(
-            cfg, run, point.checkpoint, point.start_iteration, point.schedule_state, prompts
+            cfg,
+            run,
+            point.checkpoint,
+            point.start_iteration,
+            point.schedule_state,
+            prompts,
+            start_over=point.checkpoint is None,
         )
     assert cfg is not None
     prompts = load_prompts(cfg.prompts)

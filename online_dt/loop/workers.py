@@ -174,10 +174,16 @@ class CheckedRewardModel:
 
 
 def local_workers(
-    cfg: OnlineRunConfig, base_path: str, run_dir: Path, checkpoint: Path | None
+    cfg: OnlineRunConfig,
+    base_path: str,
+    run_dir: Path,
+    checkpoint: Path | None,
+    start_over: bool = False,
 ) -> Workers:
     """Workers in this process (``--local``, tests): one sampler, the reward model and the
     learner, built from the config; the sampler starts from the learner's first version.
+    ``start_over``: the learner is fresh and deletes the replay-buffer shards of a run that
+    stopped before its first checkpoint (``RunPlan.start_over``).
 
     With ``sampler.weight_sync: ray`` the sampler is built from the policy's skeleton (config
     and tokenizer) and the first version's in-memory state is sent to it through the sampler
@@ -196,7 +202,7 @@ def local_workers(
             "resources.sampler_threads applies to Ray's sampler actors; in one process the "
             "learner and the sampler share resources.learner_threads (or torch's default)"
         )
-    learner = Learner(cfg, base_path, run_dir, checkpoint)
+    learner = Learner(cfg, base_path, run_dir, checkpoint, start_over)
     update = learner.initial_update()
     if update.backend == "ray":
         sampler = make_sampler_from_skeleton(cfg, PolicySkeleton.of(learner.policy), base_path)
