@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="C",
         help="scalar mode: the conditioning values --odt-recalibrate measures (default: as "
         "online-dt eval, 5 evenly over the run's replay-buffer rewards plus one step beyond "
-        "each end, online_dt.policy.recalibration.default_grid)",
+        "each end, online_dt.policy.recalibration.default_grid; with a best command not the "
+        "step above conditioning.reward_max)",
     )
     g.add_argument(
         "--odt-recalibration-strategy",

@@ -145,7 +145,8 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         metavar="C",
         help="scalar mode: the conditioning values --recalibrate measures (default: 5 evenly "
-        "from the replay buffer's lowest reward to its highest, plus one step beyond each end)",
+        "from the replay buffer's lowest reward to its highest, plus one step beyond each end; "
+        "with a best command not the step above conditioning.reward_max, which asks for it)",
     )
     p.add_argument(
         "--recalibration-strategy",

@@ -871,7 +871,7 @@ def test_a_learner_lost_in_the_warm_start_is_replaced_by_a_fresh_one_and_the_run
     said = caplog.text
     assert "before the run's first checkpoint; starting a fresh one (restart 1 of 2)" in said
     deleted = 1 if dies_in == "train" else 0
-    assert f"deleted the lost learner's {deleted} replay-buffer shard(s)" in said
+    assert f"deleted {deleted} replay-buffer shard(s) persisted before it" in said
 
 
 def test_a_run_stopped_in_its_warm_start_is_resumed_from_the_start(tmp_path, base, caplog):

@@ -88,7 +88,7 @@ def plan_run(
             point = start_over_point(run)
             log.warning(
                 "%s has no checkpoint yet (it stopped in its warm start): it starts over, and "
-                "the samples it persisted are deleted",
+                "the samples it had persisted are deleted",
                 run.path,
             )
         if overrides:  # the run directory's config stays the one the run actually uses

@@ -54,10 +54,10 @@ class Learner:
         base_path: the base model (hub name or directory).
         run_dir: the run directory.
         checkpoint: a checkpoint directory to resume from (``None``: fresh start).
-        start_over: a fresh start that replaces a learner lost before the run's first
-            checkpoint (during the warm start): the replay-buffer shards the lost learner
-            persisted are deleted first, as nothing refers to them and the warm start runs
-            again (:func:`online_dt.loop.recovery.restart_learner`).
+        start_over: a fresh start of a run that has no checkpoint yet but persisted samples
+            (its learner was lost, or its driver stopped, in the warm start): those
+            replay-buffer shards are deleted first, as nothing refers to them and the warm start
+            runs again (:func:`online_dt.loop.recovery.restart_learner`, ``--resume``).
 
     Raises:
         FileExistsError: a fresh start (not ``start_over``) finds replay-buffer shards in the
@@ -131,8 +131,8 @@ class Learner:
         if start_over:
             removed = shards.remove_all(self.run.buffer_dir)
             log.warning(
-                "starting over without a checkpoint: deleted the lost learner's %d replay-buffer "
-                "shard(s)",
+                "starting over without a checkpoint: deleted %d replay-buffer shard(s) persisted "
+                "before it",
                 removed,
             )
         if checkpoint is None:
