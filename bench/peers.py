@@ -1207,7 +1207,7 @@ def check_odt_config(setup: Setup, mode: str) -> None:
     except (ValidationError, ValueError) as e:
         raise SystemExit(f"error: the online-dt config in {mode} mode: {e}") from e
     grid = setup.args.odt_recalibration_grid or []
-    if cfg.conditioning.best_command and any(c > cfg.conditioning.reward_max for c in grid):
+    if any(cfg.conditioning.asks_best_command(c) for c in grid):
         raise SystemExit(
             f"error: --odt-recalibration-grid {grid}: a value above conditioning.reward_max "
             f"({cfg.conditioning.reward_max:g}) asks for the best command, not for a reward"
@@ -1291,11 +1291,10 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
             variants.append((f"{name}-guided{weight:g}{suffix}", (weight, references[ref])))
     strategy = a.odt_recalibration_strategy
     scalar_grid = a.odt_recalibration_grid
-    best_above = cfg.conditioning.reward_max if cfg.conditioning.best_command else None
     if a.odt_recalibrate and not scalar_grid:
         scalar_grid = default_grid(buffer_rewards(plan.run.path))
-        if best_above is not None:  # the step beyond the top would ask for the best command
-            scalar_grid = without_best_command(scalar_grid, best_above)
+        if cfg.conditioning.best_command:  # the step beyond the top would ask for it
+            scalar_grid = without_best_command(scalar_grid, cfg.conditioning.reward_max)
     n_eval = len(eval_prompts(setup))
     for label, guidance in variants:
         weight = None if guidance is None else guidance[0]
@@ -1308,7 +1307,7 @@ def run_online_dt(setup: Setup, base_mean: float, mode: str) -> list[dict[str, A
                 start, before = time.perf_counter(), setup.reward.calls(f"{row_label}:eval")
                 asked = target
                 extra: dict[str, Any] = {}
-                if recal is not None and (best_above is None or target <= best_above):
+                if recal is not None and not cfg.conditioning.asks_best_command(target):
                     asked = recal.conditionings(target, n_eval, strategy, setup.seed(SEED_RECAL, 2))
                     extra["recalibration"] = {
                         "strategy": strategy,

@@ -268,6 +268,7 @@ def run_eval(
         planned = [(t, x and t <= cfg.conditioning.reward_max) for t, x in planned]
 
     # with a best command, a conditioning value above reward_max asks for it, not for a reward
+    asks_best = cfg.conditioning.asks_best_command
     best_above = cfg.conditioning.reward_max if cfg.conditioning.best_command else None
     option = cfg.conditioning.lora_option
     if guidance_weight > 0 and option is not None:
@@ -277,10 +278,10 @@ def run_eval(
         )
     guidance = plan_guidance(rewards_seen, guidance_weight, guidance_rewards, guidance_prior)
     scalar_grid = list(recalibration_grid or [])
-    if best_above is not None and any(c > best_above for c in scalar_grid):
+    if any(asks_best(c) for c in scalar_grid):
         raise EvalError(
             f"--recalibration-grid {scalar_grid}: a value above conditioning.reward_max "
-            f"({best_above:g}) asks for the run's best command, not for a reward"
+            f"({cfg.conditioning.reward_max:g}) asks for the run's best command, not for a reward"
         )
     if recalibration_samples > 0 and not scalar_grid and cfg.conditioning.mode == "scalar":
         if len(rewards_seen) == 0 or not rewards_seen.max() > rewards_seen.min():
@@ -319,9 +320,8 @@ def run_eval(
                 seed=derived_seed(seed, RECALIBRATION_SEED_KEY, 2**20),
                 best_above=best_above,
             )
-            best_rows = {t for t, _ in planned if best_above is not None and t > best_above}
             recal["bracket"] = [  # None for the best command's row
-                None if t in best_rows else dataclasses.asdict(fit.bracket(t)) for t, _ in planned
+                None if asks_best(t) else dataclasses.asdict(fit.bracket(t)) for t, _ in planned
             ]
         rows = evaluate_calibration(
             sampler,
