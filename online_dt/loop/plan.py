@@ -17,8 +17,8 @@ from online_dt.config import OnlineRunConfig, config_yaml, load_config
 from online_dt.embedded.base_model import resolve_base_model
 from online_dt.launch.preflight import preflight
 from online_dt.launch.prompts import load_prompts
-from online_dt.launch.rundir import CONFIG_FILE, TENSORBOARD_DIR, RunDir, RunDirError
-from online_dt.loop.recovery import resume_point, run_recovering, start_over_point
+from online_dt.launch.rundir import CONFIG_FILE, TENSORBOARD_DIR, RunDir
+from online_dt.loop.recovery import resume_or_start_over, run_recovering
 from online_dt.loop.schedule import ScheduleState
 from online_dt.loop.workers import Workers
 from online_dt.util.atomic import atomic_write_text
@@ -82,10 +82,8 @@ def plan_run(
         cfg = load_config(run.path / CONFIG_FILE, OnlineRunConfig, overrides)
         prompts = load_prompts(cfg.prompts)
         preflight(cfg, prompts, base_model_path(cfg))
-        try:  # the same as a learner restarted within a job
-            point = resume_point(run)
-        except RunDirError:  # stopped before its first checkpoint: nothing to continue from
-            point = start_over_point(run)
+        point = resume_or_start_over(run)  # the same as a learner restarted within a job
+        if point.checkpoint is None:
             log.warning(
                 "%s has no checkpoint yet (it stopped in its warm start): it starts over, and "
                 "the samples it had persisted are deleted",

@@ -1,15 +1,16 @@
 """Continuing a run from its last checkpoint: ``--resume`` in a new job, and the learner
 restarted within the job after its process died.
 
-Both go through :func:`resume_point` (the checkpoint, the iteration after it and the schedule
-state stored in it; the logs of later iterations dropped, as those iterations run again) and a
-learner built from that checkpoint, which applies ``online.resume_policy`` to the samples
-persisted after it (:class:`~online_dt.training.learner.Learner`), so the two cannot diverge.
+Both go through :func:`resume_or_start_over` and a learner built from what it finds:
+:func:`resume_point` (the checkpoint, the iteration after it and the schedule state stored in
+it; the logs of later iterations dropped, as those iterations run again), and a learner from
+that checkpoint, which applies ``online.resume_policy`` to the samples persisted after it
+(:class:`~online_dt.training.learner.Learner`), so the two cannot diverge.
 
-A learner lost before the run's first checkpoint (during the warm start, or in the first
-iterations with ``online.checkpoint_every`` above 1) is replaced by a fresh one, which deletes
-the replay-buffer shards the lost one persisted; the run starts over at the warm start
-(:func:`start_over_point`).
+A run with no checkpoint yet (its learner lost, or its driver stopped, in the warm start, or
+in the first iterations with ``online.checkpoint_every`` above 1) starts over instead
+(:func:`start_over_point`): a fresh learner deletes the replay-buffer shards persisted before
+it, and the warm start runs again.
 
 :func:`run_recovering` runs the loop and, when the learner is lost
 (:class:`LearnerLostError`), restarts it through ``Workers.restart_learner`` up to
@@ -79,6 +80,15 @@ def start_over_point(run: RunDir) -> ResumePoint:
     warm start runs again, and every iteration's metrics and sample records are dropped)."""
     run.truncate_logs(-1)
     return ResumePoint(None, 0, None)
+
+
+def resume_or_start_over(run: RunDir) -> ResumePoint:
+    """:func:`resume_point` of ``run``, or :func:`start_over_point` when it has no checkpoint
+    yet (``checkpoint`` is then ``None``): where a restarted learner and ``--resume`` go on."""
+    try:
+        return resume_point(run)
+    except RunDirError:  # stopped before its first checkpoint: nothing to continue from
+        return start_over_point(run)
 
 
 class _Watched:
@@ -182,10 +192,7 @@ def restart_learner(
             ) from lost
         restarts.done += 1
         restarts.unrecorded += 1
-        try:
-            point = resume_point(run)
-        except RunDirError:  # lost before the first checkpoint: nothing to restart it from
-            point = start_over_point(run)
+        point = resume_or_start_over(run)
         if point.checkpoint is None:
             log.warning(
                 "the learner was lost (%s) before the run's first checkpoint; starting a fresh "
