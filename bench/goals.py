@@ -10,7 +10,11 @@ method in it (``online-dt``, ``online-dt-token``) this prints:
   (base samples whose reward is within the bin's half-width of the target), and word distinct-2
   on as many samples as the bin holds at least ``--distinct-ratio`` of the bin's. An NLL below
   the reference is not a miss on its own: the distinct-2 check is what catches mode-seeking;
-* **(c)** at the same targets: ``|achieved - target| <= --calibration-tol``;
+* **(c)** at the same targets: ``|achieved - target| <= --calibration-tol``, and the
+  calibration slope: the least-squares slope of the achieved reward on the target over them
+  (1 for a calibrated policy; below 1 when the achieved reward is drawn towards the middle of
+  the range). Over several runs the slope and the mean signed error at each target are less
+  noisy than the count of misses, which moves with every error near the tolerance;
 * **(d)** online-dt's training time at most the peer's (``train_s``, one machine, one run);
 * **the plane**: for every other method in the file (GRPO at each beta, RAFT, best-of-n), whether
   some target of online-dt is on or above it, with at least its reward at no more than its KL
@@ -85,6 +89,7 @@ class Verdict:
         b_misses: ``(target, what)`` for each target of (b)'s range that misses it.
         b_unknown: targets of (b)'s range whose reference bin holds no base sample.
         c_errors: ``target -> |achieved - target|`` over (c)'s range.
+        c_signed: ``target -> achieved - target`` over (c)'s range.
         peer_path_reward: the peer's reward interpolated along its training path at ``kl``
             (``None``: no path, or ``kl`` beyond its end).
         plane: ``peer method -> whether some target is on or above it`` (reward at least its
@@ -103,6 +108,7 @@ class Verdict:
     b_misses: list[tuple[float, str]] = field(default_factory=list)
     b_unknown: list[float] = field(default_factory=list)
     c_errors: dict[float, float] = field(default_factory=dict)
+    c_signed: dict[float, float] = field(default_factory=dict)
     peer_path_reward: float | None = None
     plane: dict[str, bool] = field(default_factory=dict)
     calibration_tol: float = 0.05
@@ -121,6 +127,17 @@ class Verdict:
     def c_misses(self) -> list[float]:
         """(c): the targets whose error exceeds the tolerance."""
         return [t for t, e in self.c_errors.items() if e > self.calibration_tol]
+
+    @property
+    def c_slope(self) -> float | None:
+        """The calibration slope: the least-squares slope of the achieved reward on the target
+        over (c)'s range (``statistics.linear_regression``); ``None`` with fewer than two
+        targets there."""
+        if len(self.c_signed) < 2:
+            return None
+        targets = list(self.c_signed)
+        achieved = [t + e for t, e in self.c_signed.items()]
+        return statistics.linear_regression(targets, achieved).slope
 
     @property
     def d_met(self) -> bool:
@@ -196,6 +213,7 @@ def score(
         target = row["target"]
         if not lo <= target <= hi:
             continue
+        verdict.c_signed[target] = row["reward_mean"] - target
         verdict.c_errors[target] = abs(row["reward_mean"] - target)
         ref = bins.get(round(target, 6))
         if ref is None or not ref["count"] or "distinct_2_at_bin_size" not in row:
@@ -222,6 +240,8 @@ def format_verdict(v: Verdict, peer: str) -> str:
         b_text += (
             ("; " if b_text else "") + "no reference at " + ", ".join(f"{t:g}" for t in v.b_unknown)
         )
+    if v.c_slope is not None:
+        c_text += f"; slope {v.c_slope:.3f}"
     plane = ", ".join(f"{m} {'yes' if on else 'no'}" for m, on in v.plane.items())
     on_path = ""
     if v.peer_path_reward is not None:
@@ -247,7 +267,8 @@ def _mean_sd(xs: Sequence[float]) -> str:
 
 def format_summary(verdicts: Sequence[Verdict], peer: str) -> str:
     """Counts of runs meeting each goal and the means (± sample standard deviation) of the best
-    target's reward and KL, the peer's beside them, for verdicts of one method."""
+    target's reward and KL, the peer's beside them, the calibration slope and the mean signed
+    error at each target of (c)'s range, for verdicts of one method."""
     n = len(verdicts)
     a = sum(v.a_met for v in verdicts)
     b = sum(v.b_met for v in verdicts)
@@ -260,6 +281,18 @@ def format_summary(verdicts: Sequence[Verdict], peer: str) -> str:
     )
     kl = [v.kl for v in verdicts]
     peer_kl = [v.peer_kl for v in verdicts]
+    slopes = [v.c_slope for v in verdicts if v.c_slope is not None]
+    signed: dict[float, list[float]] = {}
+    for v in verdicts:
+        for t, e in v.c_signed.items():
+            signed.setdefault(t, []).append(e)
+    calibration = []
+    if slopes:
+        errors = ", ".join(f"{t:g}: {statistics.fmean(e):+.3f}" for t, e in sorted(signed.items()))
+        calibration = [
+            f"    calibration: slope {_mean_sd(slopes)} over {len(slopes)} runs; mean "
+            f"achieved - target {errors}"
+        ]
     return "\n".join(
         [
             f"  {verdicts[0].method} over {n} runs: (a) met in {a}, (b) in {b}, (c) in {c} "
@@ -268,6 +301,7 @@ def format_summary(verdicts: Sequence[Verdict], peer: str) -> str:
             f"    best target: reward {_mean_sd([v.reward for v in verdicts])}, KL "
             f"{statistics.fmean(kl):.1f} nats; {peer}: reward "
             f"{_mean_sd([v.peer_reward for v in verdicts])}, KL {statistics.fmean(peer_kl):.1f}",
+            *calibration,
         ]
     )
 

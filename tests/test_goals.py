@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.goals import Thresholds, format_summary, main, path_reward_at, score
+from bench.goals import Thresholds, format_summary, format_verdict, main, path_reward_at, score
 
 TARGETS = (-0.8, -0.4, 0.0, 0.4, 0.8, 1.0)
 
@@ -83,6 +83,22 @@ def test_c_and_d():
     v = score(r, r["rows"][1], "online-dt")
     assert v.c_misses == [-0.8] and v.c_errors[-0.8] == pytest.approx(0.2)
     assert not v.d_met
+
+
+def test_c_slope_is_the_least_squares_slope_of_achieved_on_target():
+    r = report()
+    v = score(r, r["rows"][1], "online-dt")
+    assert v.c_slope == pytest.approx(1.0), "every target off by the same +0.01"
+    for t in (-0.8, -0.4, 0.0, 0.4, 0.8):  # drawn towards the middle: achieved = 0.9 t
+        odt_row(r, t)["reward_mean"] = 0.9 * t
+    odt_row(r, 1.0)["reward_mean"] = 0.5  # outside (c)'s range: not in the fit
+    v = score(r, r["rows"][1], "online-dt")
+    assert v.c_slope == pytest.approx(0.9)
+    assert v.c_signed[-0.8] == pytest.approx(0.08) and v.c_signed[0.8] == pytest.approx(-0.08)
+    assert "slope 0.900" in format_verdict(v, "grpo-b0.04")
+    summary = format_summary([v, score(report(), report()["rows"][1], "online-dt")], "grpo")
+    assert "calibration: slope 0.9500 ± 0.0707 over 2 runs" in summary
+    assert "-0.8: +0.045" in summary and "0.8: -0.035" in summary
 
 
 def test_main_pairs_peers_and_summarises(tmp_path, capsys):
