@@ -51,6 +51,15 @@ class RunConfig(StrictModel):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     """How the embedded base model is built when ``model.name_or_path`` is ``embedded``."""
 
+    @model_validator(mode="after")
+    def _discriminative_loss_needs_one_reward(self) -> RunConfig:
+        if self.training.discriminative_coef > 0 and self.conditioning.objectives:
+            raise ValueError(
+                "training.discriminative_coef needs one reward: contrast labels with "
+                "conditioning.objectives are not defined; set it to 0"
+            )
+        return self
+
 
 class OfflineRunConfig(RunConfig):
     """Top-level config of ``online-dt train-offline``: the shared sections plus ``offline``."""

@@ -66,6 +66,18 @@ class ConditionedBatch:
             self.slot_width,
         )
 
+    def select(self, rows: torch.Tensor) -> ConditionedBatch:
+        """The batch's rows ``rows`` (``LongTensor[K]``, on the batch's device), every tensor
+        indexed alike; the columns (and so the padding) stay as they are."""
+        return ConditionedBatch(
+            self.input_ids[rows],
+            self.attention_mask[rows],
+            self.position_ids[rows],
+            None if self.labels is None else self.labels[rows],
+            None if self.prompt_mask is None else self.prompt_mask[rows],
+            self.slot_width,
+        )
+
 
 def context_length(model_config: Any) -> int | None:
     """The model's maximum sequence length in tokens (``max_position_embeddings``,

@@ -26,6 +26,7 @@ from online_dt.policy.layout import IGNORE_INDEX, ConditionedBatch
 from online_dt.policy.logprobs import base_model_inputs
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Labelled, reached_length_limit
+from online_dt.training.discriminative import discriminative_loss
 from online_dt.training.kl import kl_between
 from online_dt.training.losses import entropy_of
 from online_dt.training.optim import adamw
@@ -38,7 +39,8 @@ class StepMetrics:
     Attributes:
         loss: training loss: mean next-token cross-entropy (nats per labelled token), plus
             ``kl_coef * kl`` when the KL penalty is on, minus ``entropy_coef * entropy`` when
-            the entropy bonus is on.
+            the entropy bonus is on, plus ``training.discriminative_coef`` times the
+            discriminative loss when that is on.
         grad_norm: global gradient norm before clipping.
         lr: base learning rate used for the step.
         tokens: labelled tokens in the batch.
@@ -170,6 +172,7 @@ class ConditionedTrainer:
         )
         self.step_count = 0
         self._rng = torch.Generator().manual_seed(cfg.seed)
+        self._contrast_rng = torch.Generator().manual_seed(cfg.seed + 1)
         split = cfg.logits_at_labelled_only
         self.policy_logits = LabelledLogits(policy.model, split=split, lora=adapter)
         self.base_logits = None if base_model is None else LabelledLogits(base_model, split=split)
@@ -232,7 +235,7 @@ class ConditionedTrainer:
         try:
             for (batch, rewards), count, (_, lora_only) in zip(parts, counts, buckets, strict=True):
                 with _trains_only(self.policy, lora if lora_only else None):
-                    loss = self._loss(batch.to(self.device), rewards, kls, entropies)
+                    loss = self._loss(batch.to(self.device), rewards, kls, entropies, lora_only)
                     (loss * (count / total)).backward()
                 losses.append(float(loss.detach()))
         finally:
@@ -260,9 +263,11 @@ class ConditionedTrainer:
         rewards: torch.Tensor,
         kls: list[float],
         entropies: list[float],
+        best_rows: bool = False,
     ) -> torch.Tensor:
         """One micro-batch's loss (see :class:`StepMetrics`); appends its KL and entropy to
-        ``kls`` and ``entropies`` when those terms are on."""
+        ``kls`` and ``entropies`` when those terms are on. ``best_rows``: the best command's
+        micro-batch, which the discriminative loss leaves alone."""
         assert batch.labels is not None
         where = labelled_positions(batch.labels)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
@@ -270,6 +275,9 @@ class ConditionedTrainer:
             logits = self.policy_logits(inputs, where)  # [N, V]
         targets = labelled_targets(batch.labels)  # [N]
         loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(len(targets), 1)
+        if self.cfg.discriminative_coef > 0 and not best_rows:
+            term = self._discriminative(batch, rewards, logits, where)
+            loss = loss + self.cfg.discriminative_coef * term
         if self.kl_coef > 0:
             assert self.base_logits is not None
             with torch.no_grad():
@@ -282,6 +290,34 @@ class ConditionedTrainer:
             loss = loss - self.entropy_coef * entropy
             entropies.append(float(entropy.detach()))
         return loss
+
+    def _discriminative(
+        self,
+        batch: ConditionedBatch,
+        rewards: torch.Tensor,
+        logits: torch.Tensor,
+        where: torch.Tensor,
+    ) -> torch.Tensor:
+        """The micro-batch's :func:`~online_dt.training.discriminative.discriminative_loss`,
+        the contrast labels scored by the policy as the labels are."""
+
+        def score(part: ConditionedBatch, labels: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                return self.policy_logits(
+                    self.policy.model_inputs(part, labels.to(self.device)), at
+                )
+
+        cfg = self.cfg
+        return discriminative_loss(
+            score,
+            batch,
+            rewards,
+            logits,
+            where,
+            min_gap=cfg.discriminative_min_gap,
+            fraction=cfg.discriminative_fraction,
+            generator=self._contrast_rng,
+        )
 
     def length_buckets(self, samples: Sequence[Labelled]) -> list[list[Labelled]]:
         """``samples`` as ``cfg.length_buckets`` micro-batches (fewer when the batch is
@@ -336,6 +372,7 @@ class ConditionedTrainer:
             "scheduler": self.scheduler.state_dict(),
             "step_count": self.step_count,
             "rng": self._rng.get_state(),
+            "contrast_rng": self._contrast_rng.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -344,6 +381,8 @@ class ConditionedTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = state["step_count"]
         self._rng.set_state(state["rng"])
+        if "contrast_rng" in state:  # checkpoints written before the discriminative loss
+            self._contrast_rng.set_state(state["contrast_rng"])
 
 
 def _weighted(values: Sequence[float], counts: Sequence[int]) -> float:
