@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from online_dt.config import OnlineRunConfig, load_config
-from online_dt.launch.rundir import RunDir
+from online_dt.launch.rundir import RunDir, RunDirError
 from online_dt.loop.plan import plan_run
 from online_dt.replay.shards import read_persisted
 from tests.tiny import build_tiny_model
@@ -350,6 +350,68 @@ def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path)
         f"{len(before)} persisted samples all kept once; the new driver finished iteration "
         f"{first_resumed['iteration']} {first_resumed['time'] - killed_at:.0f}s after the kill"
     )
+
+
+def test_driver_killed_in_the_warm_start_then_resumed_starts_over(ray_address, tiny, tmp_path):
+    """SIGKILL the driver in the warm start, after its samples were persisted and before the
+    run's first checkpoint: ``--resume`` by a new driver starts the run over (its first learner
+    deletes those samples) and finishes it with the warm start's samples once and each
+    iteration once."""
+    cfg = online_cfg(
+        tmp_path / "run",
+        model={"name_or_path": str(tiny)},
+        sampler={"backend": "hf"},
+        sampling={"max_new_tokens": 8},
+        online={
+            "iterations": 2,
+            "prompts_per_iteration": 16,
+            "train_steps_per_iteration": 2,
+            "warm_start_samples_per_prompt": 2,
+            "warm_start_prompts": 32,
+            "warm_start_steps": 60,  # seconds of training after the append: time to kill
+        },
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO)}
+    run = RunDir(cfg.online.run_dir)
+    known = alive_actor_ids(ray_address)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "online_dt.run", "--config", str(path), "--no-progress"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def persisted() -> int:
+        return len(read_persisted(run.buffer_dir)) if run.buffer_dir.exists() else 0
+
+    deadline = time.time() + 300
+    while not persisted() and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert driver.poll() is None, "the run ended before it could be killed"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    wait_until_dead(ray_address, alive_actor_ids(ray_address) - known)
+    assert persisted() == 64, "the warm start's append landed"
+    with pytest.raises(RunDirError):
+        run.latest_checkpoint()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "online_dt.run", "--resume", str(run.path), "--no-progress"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "it starts over" in resumed.stdout + resumed.stderr
+    assert [m["iteration"] for m in run.read_metrics()] == [0, 1]
+    rows = read_persisted(run.buffer_dir).to_pylist()
+    assert sorted(r["sample_id"] for r in rows) == list(range(len(rows))), "the old ones deleted"
+    assert [sum(r["iteration"] == i for r in rows) for i in (-1, 0, 1)] == [64, 64, 64]
+    assert run.latest_checkpoint().name == "iter-000001"
 
 
 # -- weight_sync: ray (the object store instead of files) ----------------------------------------
