@@ -188,3 +188,16 @@ def test_the_best_commands_rows_are_not_contrasted(gpt2_dir):
         ]
     )
     assert len(calls) == 1 and sorted(calls[0]) == pytest.approx([-0.9, 0.9]), calls
+
+
+def test_it_trains_beside_the_reward_scaled_lora(gpt2_dir):
+    """The contrast pass sets the LoRA's per-row gate for its own rows; the next-token loss's
+    backward pass still uses the gate of its forward pass (no in-place change between)."""
+    cfg = ConditioningConfig(mode="scalar", reward_lora_rank=2)
+    policy = without_dropout(
+        RewardConditionedPolicy.from_base(gpt2_dir, cfg, attn_implementation="eager")
+    )
+    trainer = ConditionedTrainer(policy, TrainingConfig(batch_size=2, discriminative_coef=1.0))
+    records = [Sample("the movie was", " great", 0.9), Sample("the movie was", " awful", -0.9)]
+    first = trainer.step(records)
+    assert math.isfinite(first.loss) and first.grad_norm > 0
