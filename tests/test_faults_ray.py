@@ -296,6 +296,38 @@ def wait_until_dead(address: str, actor_ids: set[str], timeout: float = 60.0) ->
     raise TimeoutError(f"actors {sorted(actor_ids)} were not all DEAD within {timeout}s")
 
 
+def start_driver(
+    cfg: OnlineRunConfig, tmp_path: Path, address: str
+) -> tuple[subprocess.Popen, RunDir, dict[str, str], set[str]]:
+    """Start ``python -m online_dt.run`` on ``cfg`` (written to ``tmp_path/c.yaml``) as a
+    driver of the cluster at ``address``; return the process, its run directory, the
+    environment it ran with and the ids of the actors alive before it."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": str(REPO)}
+    known = alive_actor_ids(address)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "online_dt.run", "--config", str(path), "--no-progress"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return driver, RunDir(cfg.online.run_dir), env, known
+
+
+def resume_driver(run: RunDir, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -m online_dt.run --resume RUN`` as a new driver, to its end (10 min at most)."""
+    return subprocess.run(
+        [sys.executable, "-m", "online_dt.run", "--resume", str(run.path), "--no-progress"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path):
     cfg = online_cfg(
         tmp_path / "run",
@@ -304,18 +336,7 @@ def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path)
         sampling={"max_new_tokens": 8},
         online={"iterations": 8, "prompts_per_iteration": 16, "train_steps_per_iteration": 2},
     )
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO)}
-    run = RunDir(cfg.online.run_dir)
-    known = alive_actor_ids(ray_address)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "online_dt.run", "--config", str(path), "--no-progress"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    driver, run, env, known = start_driver(cfg, tmp_path, ray_address)
     deadline = time.time() + 300
     while len(run.read_metrics()) < 3 and driver.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -328,14 +349,7 @@ def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path)
     wait_until_dead(ray_address, alive_actor_ids(ray_address) - known)
     before = {r["sample_id"]: r for r in read_persisted(run.buffer_dir).to_pylist()}
     stopped = json.loads((run.latest_checkpoint() / "state.json").read_text())["controller"]
-    resumed = subprocess.run(
-        [sys.executable, "-m", "online_dt.run", "--resume", str(run.path), "--no-progress"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = resume_driver(run, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = run.read_metrics()
     assert [m["iteration"] for m in metrics] == list(range(8))
@@ -371,18 +385,7 @@ def test_driver_killed_in_the_warm_start_then_resumed_starts_over(ray_address, t
             "warm_start_steps": 60,  # seconds of training after the append: time to kill
         },
     )
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO)}
-    run = RunDir(cfg.online.run_dir)
-    known = alive_actor_ids(ray_address)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "online_dt.run", "--config", str(path), "--no-progress"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    driver, run, env, known = start_driver(cfg, tmp_path, ray_address)
 
     def persisted() -> int:
         return len(read_persisted(run.buffer_dir)) if run.buffer_dir.exists() else 0
@@ -397,14 +400,7 @@ def test_driver_killed_in_the_warm_start_then_resumed_starts_over(ray_address, t
     assert persisted() == 64, "the warm start's append landed"
     with pytest.raises(RunDirError):
         run.latest_checkpoint()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "online_dt.run", "--resume", str(run.path), "--no-progress"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = resume_driver(run, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "it starts over" in resumed.stdout + resumed.stderr
     assert [m["iteration"] for m in run.read_metrics()] == [0, 1]
