@@ -366,25 +366,26 @@ def test_driver_killed_then_resumed_by_a_new_driver(ray_address, tiny, tmp_path)
     )
 
 
+def warm_start_cfg(run_dir: Path, tiny: Path, **online: int) -> OnlineRunConfig:
+    """Two iterations of 16 prompts on the tiny model after a warm start on 32 prompts x 2
+    samples (64 of iteration -1), with ``online``'s other settings."""
+    warm = {"warm_start_samples_per_prompt": 2, "warm_start_prompts": 32}
+    return online_cfg(
+        run_dir,
+        model={"name_or_path": str(tiny)},
+        sampler={"backend": "hf"},
+        sampling={"max_new_tokens": 8},
+        online={"iterations": 2, "prompts_per_iteration": 16, **warm, **online},
+    )
+
+
 def test_driver_killed_in_the_warm_start_then_resumed_starts_over(ray_address, tiny, tmp_path):
     """SIGKILL the driver in the warm start, after its samples were persisted and before the
     run's first checkpoint: ``--resume`` by a new driver starts the run over (its first learner
     deletes those samples) and finishes it with the warm start's samples once and each
     iteration once."""
-    cfg = online_cfg(
-        tmp_path / "run",
-        model={"name_or_path": str(tiny)},
-        sampler={"backend": "hf"},
-        sampling={"max_new_tokens": 8},
-        online={
-            "iterations": 2,
-            "prompts_per_iteration": 16,
-            "train_steps_per_iteration": 2,
-            "warm_start_samples_per_prompt": 2,
-            "warm_start_prompts": 32,
-            "warm_start_steps": 60,  # seconds of training after the append: time to kill
-        },
-    )
+    # seconds of warm-start training after its append: time to kill the driver
+    cfg = warm_start_cfg(tmp_path / "run", tiny, train_steps_per_iteration=2, warm_start_steps=60)
     driver, run, env, known = start_driver(cfg, tmp_path, ray_address)
 
     def persisted() -> int:
@@ -636,21 +637,8 @@ def test_learner_killed_in_the_warm_start_is_replaced_by_a_fresh_one(ray_address
     with the warm start's samples once and each iteration once."""
     from actors.controller import run_on_ray
 
-    cfg = online_cfg(
-        tmp_path / "run",
-        model={"name_or_path": str(tiny)},
-        sampler={"backend": "hf"},
-        sampling={"max_new_tokens": 8},
-        # enough warm-start steps that its first training call lasts seconds
-        online={
-            "iterations": 2,
-            "prompts_per_iteration": 16,
-            "train_steps_per_iteration": 4,
-            "warm_start_samples_per_prompt": 2,
-            "warm_start_prompts": 32,
-            "warm_start_steps": 50,
-        },
-    )
+    # enough warm-start steps that its first training call lasts seconds
+    cfg = warm_start_cfg(tmp_path / "run", tiny, train_steps_per_iteration=4, warm_start_steps=50)
     plan = plan_run(cfg, None)
     killed: dict = {}
 
