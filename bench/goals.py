@@ -88,7 +88,6 @@ class Verdict:
             (seconds).
         b_misses: ``(target, what)`` for each target of (b)'s range that misses it.
         b_unknown: targets of (b)'s range whose reference bin holds no base sample.
-        c_errors: ``target -> |achieved - target|`` over (c)'s range.
         c_signed: ``target -> achieved - target`` over (c)'s range.
         peer_path_reward: the peer's reward interpolated along its training path at ``kl``
             (``None``: no path, or ``kl`` beyond its end).
@@ -107,7 +106,6 @@ class Verdict:
     peer_train_s: float
     b_misses: list[tuple[float, str]] = field(default_factory=list)
     b_unknown: list[float] = field(default_factory=list)
-    c_errors: dict[float, float] = field(default_factory=dict)
     c_signed: dict[float, float] = field(default_factory=dict)
     peer_path_reward: float | None = None
     plane: dict[str, bool] = field(default_factory=dict)
@@ -122,6 +120,11 @@ class Verdict:
     def b_met(self) -> bool:
         """(b): no target of the range misses and every one has a reference."""
         return not self.b_misses and not self.b_unknown
+
+    @property
+    def c_errors(self) -> dict[float, float]:
+        """(c): ``target -> |achieved - target|`` over its range."""
+        return {t: abs(e) for t, e in self.c_signed.items()}
 
     @property
     def c_misses(self) -> list[float]:
@@ -214,7 +217,6 @@ def score(
         if not lo <= target <= hi:
             continue
         verdict.c_signed[target] = row["reward_mean"] - target
-        verdict.c_errors[target] = abs(row["reward_mean"] - target)
         ref = bins.get(round(target, 6))
         if ref is None or not ref["count"] or "distinct_2_at_bin_size" not in row:
             verdict.b_unknown.append(target)
