@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from online_dt.config import ConditioningConfig, TrainingConfig
-from online_dt.policy.labelled_logits import labelled_positions
+from online_dt.policy.labelled_logits import labelled_positions, labelled_targets
 from online_dt.policy.logprobs import completion_logprobs
 from online_dt.policy.policy import RewardConditionedPolicy
 from online_dt.samples import Sample
@@ -63,6 +64,7 @@ def test_the_loss_is_the_two_way_classifiers_nll_of_the_true_label(gpt2_dir):
         trainer = ConditionedTrainer(policy, TrainingConfig())
         inputs = policy.model_inputs(batch, rewards)
         logits = trainer.policy_logits(inputs, where)
+        token_logp = -F.cross_entropy(logits, labelled_targets(batch.labels), reduction="none")
 
         def score(part, labels, at):
             return trainer.policy_logits(policy.model_inputs(part, labels), at)
@@ -71,7 +73,7 @@ def test_the_loss_is_the_two_way_classifiers_nll_of_the_true_label(gpt2_dir):
             score,
             batch,
             rewards,
-            logits,
+            token_logp,
             where,
             min_gap=0.5,
             fraction=1.0,
@@ -99,11 +101,12 @@ def test_no_contrast_gives_zero_in_the_graph(gpt2_dir):
     where = labelled_positions(batch.labels)
     trainer = ConditionedTrainer(policy, TrainingConfig())
     logits = trainer.policy_logits(policy.model_inputs(batch, rewards), where)
+    token_logp = -F.cross_entropy(logits, labelled_targets(batch.labels), reduction="none")
     loss = discriminative_loss(
         lambda *a: pytest.fail("no contrast pass without a contrasted row"),
         batch,
         rewards,
-        logits,
+        token_logp,
         where,
         min_gap=0.5,
         fraction=1.0,

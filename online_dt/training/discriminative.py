@@ -94,7 +94,7 @@ def discriminative_loss(
     score: Callable[[ConditionedBatch, torch.Tensor, torch.Tensor], torch.Tensor],
     batch: ConditionedBatch,
     rewards: torch.Tensor,
-    logits: torch.Tensor,
+    token_logp: torch.Tensor,
     where: torch.Tensor,
     *,
     min_gap: float,
@@ -111,8 +111,9 @@ def discriminative_loss(
             (``[K]``), as the next-token loss's forward pass takes them.
         batch: the micro-batch, with labels.
         rewards: ``[B]`` its rows' labels (achieved rewards).
-        logits: ``[N, V]`` its logits at ``where`` under ``rewards``, from the next-token
-            loss's forward pass (reused, not recomputed).
+        token_logp: ``[N]`` the log-probability of each labelled token under ``rewards``,
+            from the next-token loss's forward pass and cross-entropy (reused, not
+            recomputed).
         where: ``BoolTensor[B, T]``, its labelled positions
             (:func:`~online_dt.policy.labelled_logits.labelled_positions`).
         min_gap, fraction, generator: as :func:`contrast_rows` takes them.
@@ -128,9 +129,8 @@ def discriminative_loss(
     rows, contrast = contrast_rows(rewards, min_gap, fraction, generator)
     tokens = max(int(where.sum()), 1)
     if len(rows) == 0:
-        return logits.sum() * 0.0
-    rows = rows.to(logits.device)
-    token_logp = -F.cross_entropy(logits.float(), labelled_targets(batch.labels), reduction="none")
+        return token_logp.sum() * 0.0
+    rows = rows.to(token_logp.device)
     logp_label = row_sums(token_logp, where.nonzero()[:, 0], where.shape[0])[rows]
     part, part_where = batch.select(rows), where[rows]
     assert part.labels is not None

@@ -274,10 +274,13 @@ class ConditionedTrainer:
             inputs = self.policy.model_inputs(batch, rewards.to(self.device))
             logits = self.policy_logits(inputs, where)  # [N, V]
         targets = labelled_targets(batch.labels)  # [N]
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(len(targets), 1)
-        if self.cfg.discriminative_coef > 0 and not best_rows:
-            term = self._discriminative(batch, rewards, logits, where)
+        if self.cfg.discriminative_coef > 0 and not best_rows:  # per token, for both terms
+            token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
+            loss = token_nll.sum() / max(len(targets), 1)
+            term = self._discriminative(batch, rewards, -token_nll, where)
             loss = loss + self.cfg.discriminative_coef * term
+        else:
+            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(len(targets), 1)
         if self.kl_coef > 0:
             assert self.base_logits is not None
             with torch.no_grad():
@@ -295,7 +298,7 @@ class ConditionedTrainer:
         self,
         batch: ConditionedBatch,
         rewards: torch.Tensor,
-        logits: torch.Tensor,
+        token_logp: torch.Tensor,
         where: torch.Tensor,
     ) -> torch.Tensor:
         """The micro-batch's :func:`~online_dt.training.discriminative.discriminative_loss`,
@@ -312,7 +315,7 @@ class ConditionedTrainer:
             score,
             batch,
             rewards,
-            logits,
+            token_logp,
             where,
             min_gap=cfg.discriminative_min_gap,
             fraction=cfg.discriminative_fraction,
