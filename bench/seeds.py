@@ -240,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be at least 1")
+    # the runs start in the repository root: paths given relative to here must not move
+    args.out = args.out.resolve()
+    args.peer_dir = args.peer_dir.resolve() if args.peer_dir else None
+    if Path(args.config).exists():
+        args.config = str(Path(args.config).resolve())
     pairs = plan(args)
     todo = list(dict.fromkeys(r for pair in pairs for r in pair if not r.report.exists()))
     print(f"{len(pairs)} seeds, {len(todo)} runs to do, {args.jobs} at a time", flush=True)
