@@ -1645,6 +1645,8 @@ def goals_text(report: dict[str, Any], peer: str = "grpo-b0.04") -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit status: 0, or 1 when a method's train reward calls
     differ from the budget or any were on a held-out prompt (both reported in the JSON)."""
+    from online_dt.util.atomic import atomic_write_text
+
     args = build_parser().parse_args(argv)
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(wanted) - set(METHODS))
@@ -1730,7 +1732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": rows,
         "reference": reference,
     }
-    (out / "peers.json").write_text(json.dumps(to_json(report), indent=2))
+    # written whole or not at all: bench/seeds.py takes a run whose peers.json exists as done
+    atomic_write_text(out / "peers.json", json.dumps(to_json(report), indent=2))
     plot(rows, reference, out / "peers.png")
     print(table)
     goals = goals_text(report)
