@@ -280,11 +280,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if source.config_path is None:
         raise SystemExit(f"error: no config.yaml found above {source.policy_dir}")
     cfg = load_config(source.config_path, OnlineRunConfig)
+    if cfg.conditioning.objectives:
+        raise SystemExit("error: the run has several objectives; this script takes one reward")
+    if args.raw_score == "vader" and cfg.reward_model.kind != "vader":
+        raise SystemExit(
+            f"error: --raw-score vader needs the run's reward model to be VADER "
+            f"(reward_model.kind is {cfg.reward_model.kind!r})"
+        )
     base_path = resolve_base_model(cfg.model, cfg.bootstrap, progress=False)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     base.eval().requires_grad_(False)
-    policy = RewardConditionedPolicy.from_pretrained(source.policy_dir, device="cpu").eval()
+    policy = RewardConditionedPolicy.from_pretrained(source.policy_dir, device=cfg.model.device)
+    policy.eval()
     reward = load_reward_model(cfg.reward_model)
     prompts = choose_prompts(load_prompts(cfg.prompts), args.prompts, args.peers_seed)
     k = args.samples_per_prompt
@@ -334,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"reference from {args.reference_samples} base samples, half width {args.half_width}"
     )
     print(format_table(rows, fitted))
-    print(f"{time.perf_counter() - start:.0f} s")
+    print(f"sampled, scored and measured in {time.perf_counter() - start:.0f} s")
     if args.json is not None:
         report = {"source": str(source.policy_dir), "args": vars(args), "rows": rows}
         report["slopes"] = fitted

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from bench.spread import (
     choose_prompts,
@@ -105,6 +107,21 @@ def test_bad_arguments_exit_before_loading_anything(capsys):
     assert "--samples-per-prompt must be >= 2" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="not a run directory"):
         main(["/"])
+
+
+@pytest.mark.slow
+def test_raw_score_needs_a_vader_run(tmp_path_factory, embedded_model_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(real_run(tmp_path_factory, embedded_model_dir), run, symlinks=True)
+    config = run / "config.yaml"
+    data = yaml.safe_load(config.read_text())
+    data["reward_model"] = {
+        "kind": "custom",
+        "class_path": "tests.custom_reward_example:LengthReward",
+    }
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit, match="needs the run's reward model to be VADER"):
+        main([str(run), "--raw-score", "vader"])
 
 
 @pytest.mark.slow
