@@ -211,9 +211,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("source", help="run directory, checkpoint or saved policy")
     p.add_argument(
-        "--asks", type=float, nargs="+", default=[-0.8, -0.4, 0.0, 0.4, 0.8], metavar="R"
+        "--asks",
+        type=float,
+        nargs="+",
+        default=[-0.8, -0.4, 0.0, 0.4, 0.8],
+        metavar="R",
+        help="target rewards to ask the policy for (reward units)",
     )
-    p.add_argument("--prompts", type=int, default=128, help="prompts (the prompt set's last)")
+    p.add_argument(
+        "--prompts", type=int, default=128, help="prompts per ask (the prompt set's last)"
+    )
     p.add_argument(
         "--samples-per-prompt", type=int, default=4, help="completions per prompt (>= 2)"
     )
