@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -87,8 +86,11 @@ def vader_raw_score(
 
 
 def vader_compound(raw: float, alpha: float = VADER_ALPHA) -> float:
-    """``normalize(x, alpha) = x / sqrt(x^2 + alpha)``, VADER's compound score of a raw sum."""
-    return raw / math.sqrt(raw * raw + alpha)
+    """VADER's compound score of a raw sum: ``vaderSentiment``'s own ``normalize(x, alpha) =
+    x / sqrt(x^2 + alpha)``, clipped to ``[-1, 1]``."""
+    from vaderSentiment.vaderSentiment import normalize
+
+    return float(normalize(raw, alpha))
 
 
 def variance_split(values: Sequence[float], per_prompt: int) -> tuple[float, float]:
@@ -301,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy = RewardConditionedPolicy.from_pretrained(source.policy_dir, device=cfg.model.device)
     policy.eval()
     reward = load_reward_model(cfg.reward_model)
+
+    def score(prompts: list[str], completions: list[str]) -> list[float]:
+        return [float(r) for r in reward.score(prompts, completions)]
+
     prompts = choose_prompts(load_prompts(cfg.prompts), args.prompts, args.peers_seed)
     k = args.samples_per_prompt
     batch = [p for p in prompts for _ in range(k)]
@@ -310,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base,
         tokenizer,
         prompts,
-        lambda ps, cs: [float(r) for r in reward.score(ps, cs)],
+        score,
         s,
         args.asks,
         samples=args.reference_samples,
@@ -331,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=s.batch_size,
         )
         texts = [r.completion for r in rollouts]
-        rewards = [float(r) for r in reward.score(batch, texts)]
+        rewards = score(batch, texts)
         base_lp = teacher_forced_logprobs(
             base,
             encode_prompts(tokenizer, batch),
